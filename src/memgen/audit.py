@@ -1,0 +1,99 @@
+"""Classify one evaluated set against its training and synthetic sets: config → result → files.
+
+This is the orchestration behind ``memgen classify``; the math lives in ``metrics``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from memgen import __version__
+from memgen.io import check_same_shape, write_json
+from memgen.metrics.classify import Neighbours, Rule, apply_rule, find_neighbours, make_rule
+from memgen.metrics.null import DEFAULT_ALPHA, NullResult, null_rates
+from memgen.metrics.stats import DEFAULT_RESAMPLES, FractionEstimate, estimate_fractions
+
+
+@dataclass(frozen=True)
+class ClassifyConfig:
+    """Everything that decides the labels; serialised into every summary.json."""
+
+    rule: str = "paper"
+    delta_m: float | None = None  # None: the rule's default
+    delta_s: float | None = None
+    metric: str = "l2"
+    k: int | None = None  # None: 5, or fewer when a set is smaller
+    alpha: float = DEFAULT_ALPHA
+    calibrate: bool = False  # label with the thresholds calibrated on held-out data
+    n_resamples: int = DEFAULT_RESAMPLES
+    seed: int = 0
+    memory_budget: int | None = None
+
+    def make_rule(self) -> Rule:
+        return make_rule(self.rule, self.delta_m, self.delta_s)
+
+
+@dataclass(frozen=True)
+class Audit:
+    """Labels of the evaluated set, their neighbours, fractions and (optionally) null rates."""
+
+    config: ClassifyConfig
+    rule: Rule  # the thresholds actually applied
+    labels: np.ndarray  # (n,) int8
+    neighbours: Neighbours
+    estimate: FractionEstimate
+    null: NullResult | None
+    n_train: int
+    n_synth: int
+
+
+def classify_sets(eval_set: np.ndarray, train: np.ndarray, synth: np.ndarray | None = None,
+                  heldout: np.ndarray | None = None, config: ClassifyConfig = ClassifyConfig(),
+                  progress: bool = False) -> Audit:
+    """Label every evaluated sample; with held-out data, also the null rates."""
+    check_same_shape(train=train, eval=eval_set, synth=synth, heldout=heldout)
+    rule = config.make_rule()
+    if config.calibrate and heldout is None:
+        raise ValueError("calibrated thresholds need held-out real data (--heldout)")
+    if rule.needs_second_neighbour and len(train) < 2:
+        raise ValueError("the paper rule needs a second nearest training sample, but the "
+                         "training set has only one (use --rule absolute)")
+    common = dict(k=config.k, metric=config.metric, memory_budget=config.memory_budget,
+                  progress=progress)
+    null = None
+    if heldout is not None:
+        null = null_rates(train, heldout, rule, n_eval=len(eval_set),
+                          n_synth=None if synth is None else len(synth), alpha=config.alpha,
+                          seed=config.seed, n_resamples=config.n_resamples, **common)
+        if config.calibrate:
+            rule = null.calibrated
+    near = find_neighbours(eval_set, train, synth, **common)
+    labels = apply_rule(near.train_dist, near.synth_dist, rule)
+    return Audit(config=config, rule=rule, labels=labels, neighbours=near, null=null,
+                 estimate=estimate_fractions(labels, config.n_resamples, config.seed),
+                 n_train=len(train), n_synth=len(eval_set) if synth is None else len(synth))
+
+
+def summary(audit: Audit) -> dict:
+    """The summary.json payload (DESIGN §4 keys first)."""
+    payload = audit.estimate.as_dict()
+    payload.update(rule=audit.rule.name, delta_m=audit.rule.delta_m,
+                   delta_s=audit.rule.delta_s, metric=audit.config.metric,
+                   k=int(audit.neighbours.train_dist.shape[1]), n_train=audit.n_train,
+                   n_synth=audit.n_synth, calibrated=audit.config.calibrate)
+    if audit.null is not None:
+        payload["null"] = audit.null.as_dict()
+    payload.update(config=asdict(audit.config), version=__version__)
+    return payload
+
+
+def write_audit(out: Path, audit: Audit) -> None:
+    """summary.json and labels.npz into an (already created) folder."""
+    write_json(out / "summary.json", summary(audit))
+    near = audit.neighbours
+    np.savez(out / "labels.npz", labels=audit.labels, train_dist=near.train_dist,
+             train_idx=near.train_idx, synth_dist=near.synth_dist, synth_idx=near.synth_idx)
+

@@ -1,0 +1,222 @@
+"""Command line: flags → config dataclasses → library calls. No math here."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+import numpy as np
+
+from memgen import __version__
+from memgen.io import atomic_output_dir, load_samples, write_json
+
+RULES = ("paper", "absolute")
+
+
+class _Group(click.Group):
+    """Turns ValueError from the library into a one-line error and exit status 1."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except ValueError as err:
+            raise click.ClickException(str(err).splitlines()[0]) from None
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="memgen")
+def cli():
+    """memgen: which generated samples are copies of training data (memorized), which are
+    new but recurring attractors (spurious), and which are genuinely new (generalized)
+    — Pham et al., "Memorization to Generalization", arXiv 2505.21777."""
+
+
+@cli.command()
+@click.option("--train", "train_path", required=True, type=click.Path(dir_okay=False),
+              help="Training set S (.npz with key 'samples', or .npy).")
+@click.option("--eval", "eval_path", required=True, type=click.Path(dir_okay=False),
+              help="Evaluated samples S_eval, generated independently of S'.")
+@click.option("--synth", "synth_path", type=click.Path(dir_okay=False),
+              help="Synthetic set S' (|S'| >> |S|). Omitted: S_eval is its own synthetic "
+                   "set, self-matches excluded.")
+@click.option("--heldout", "heldout_path", type=click.Path(dir_okay=False),
+              help="Held-out real data (not in S): null rates and calibrated thresholds.")
+@click.option("--rule", type=click.Choice(RULES), default="paper", show_default=True,
+              help="paper: ratio tests of eqs. 4-6; absolute: raw-distance thresholds "
+                   "(the public reference code).")
+@click.option("--delta-m", type=float, help="Memorization threshold [paper: 1/3; absolute: 0.03].")
+@click.option("--delta-s", type=float, help="Spurious threshold [paper: 1/3; absolute: 0.02].")
+@click.option("--metric", type=click.Choice(["l2"]), default="l2", show_default=True,
+              help="Distance d: Euclidean on pixels.")
+@click.option("--k", type=int, help="Neighbours kept per set [5, or fewer for a small set].")
+@click.option("--alpha", type=float, default=0.05, show_default=True,
+              help="Null detection rate the calibrated thresholds allow.")
+@click.option("--calibrate", is_flag=True,
+              help="Label with the thresholds calibrated on --heldout.")
+@click.option("--bootstrap", "n_resamples", type=int, default=1000, show_default=True,
+              help="Bootstrap resamples for the 95% intervals.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--memory-budget", type=float, default=512, show_default=True,
+              help="MiB for one block of pairwise distances.")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Output folder: summary.json, labels.npz.")
+def classify(train_path, eval_path, synth_path, heldout_path, rule, delta_m, delta_s, metric, k,
+             alpha, calibrate, n_resamples, seed, memory_budget, out):
+    """Label every evaluated sample memorized, spurious or generalized (eqs. 4-6)."""
+    from memgen.audit import ClassifyConfig, classify_sets, summary, write_audit
+
+    config = ClassifyConfig(rule=rule, delta_m=delta_m, delta_s=delta_s, metric=metric, k=k,
+                            alpha=alpha, calibrate=calibrate, n_resamples=n_resamples,
+                            seed=seed, memory_budget=_mib(memory_budget))
+    config.make_rule()  # reject bad thresholds before reading any data
+    train = load_samples(train_path, "--train")
+    eval_set = load_samples(eval_path, "--eval")
+    synth = load_samples(synth_path, "--synth") if synth_path else None
+    heldout = load_samples(heldout_path, "--heldout") if heldout_path else None
+    audit = classify_sets(eval_set, train, synth, heldout, config, progress=True)
+    with atomic_output_dir(out) as tmp:
+        write_audit(tmp, audit)
+    _print_summary(summary(audit))
+    click.echo(f"wrote {Path(out) / 'summary.json'} and {Path(out) / 'labels.npz'}")
+
+
+@cli.command()
+@click.argument("fractions_csv", type=click.Path(dir_okay=False))
+@click.option("--epsilon", type=float, default=0.1, show_default=True,
+              help="Error margin of eqs. 1 and 3.")
+@click.option("--bootstrap", "n_resamples", type=int, default=1000, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False), help="Also write the JSON here.")
+def capacities(fractions_csv, epsilon, n_resamples, seed, out):
+    """Memorization, spurious and generalization capacities (eqs. 1-3) of a fractions.csv."""
+    from memgen.metrics.capacity import capacities as compute, read_fraction_table
+
+    result = compute(read_fraction_table(fractions_csv), epsilon, n_resamples, seed)
+    payload = {name: c.as_dict() for name, c in result.items()}
+    payload["epsilon"] = epsilon
+    for name, c in result.items():
+        value = "not reached" if c.value is None else f"K = {c.value}"
+        interval = "" if c.lo is None else f"   95% CI [{c.lo}, {c.hi}]"
+        click.echo(f"{name}: {value}{interval}")
+    if out:
+        write_json(Path(out), payload)
+
+
+@cli.group()
+def plot():
+    """Figures: fraction curves (paper Fig. 2) and neighbour grids (paper Fig. 1)."""
+
+
+@plot.command("fractions")
+@click.argument("fractions_csv", type=click.Path(dir_okay=False))
+@click.option("--epsilon", type=float, default=0.1, show_default=True)
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Image file.")
+def plot_fractions_cmd(fractions_csv, epsilon, out):
+    """Fractions of the three labels against K, with intervals and MC/SC/GC marked."""
+    from memgen.metrics.capacity import capacities as compute, read_fraction_table
+    from memgen.report.figures import plot_fractions
+
+    table = read_fraction_table(fractions_csv)
+    caps = compute(table, epsilon, n_resamples=1)
+    fig = plot_fractions(table.K, table.fractions, table.lo, table.hi,
+                         capacities={n: c.value for n, c in caps.items()})
+    fig.savefig(out, dpi=150)
+    click.echo(f"wrote {out}")
+
+
+@plot.command("neighbours")
+@click.option("--train", "train_path", required=True, type=click.Path(dir_okay=False))
+@click.option("--eval", "eval_path", required=True, type=click.Path(dir_okay=False))
+@click.option("--synth", "synth_path", type=click.Path(dir_okay=False))
+@click.option("--labels", "labels_path", required=True, type=click.Path(dir_okay=False),
+              help="labels.npz written by memgen classify.")
+@click.option("--per-label", type=int, default=2, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Image file.")
+def plot_neighbours_cmd(train_path, eval_path, synth_path, labels_path, per_label, seed, out):
+    """A few samples per label with their top-k training and synthetic neighbours."""
+    from memgen.report.figures import plot_neighbours
+
+    train = load_samples(train_path, "--train")
+    eval_set = load_samples(eval_path, "--eval")
+    synth = load_samples(synth_path, "--synth") if synth_path else eval_set
+    found = _load_labels(labels_path, len(eval_set))
+    fig = plot_neighbours(eval_set, train, synth, found["train_idx"], found["synth_idx"],
+                          found["labels"], _choose(found["labels"], per_label, seed),
+                          found["train_dist"], found["synth_dist"])
+    fig.savefig(out, dpi=120)
+    click.echo(f"wrote {out}")
+
+
+@cli.command()
+@click.option("--data-root", type=click.Path(file_okay=False),
+              help="Folder with the Fashion-MNIST IDX files [MEMGEN_DATA or the Debian path].")
+@click.option("--K", "K", type=int, default=1000, show_default=True, help="Training-set size.")
+@click.option("--n-eval", type=int, default=1000, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", type=click.Path(file_okay=False), default="runs/demo", show_default=True)
+def demo(data_root, K, n_eval, seed, out):
+    """Classify planted copies, blends and novel images built from real Fashion-MNIST,
+    and compare the detected labels with the planted truth."""
+    from memgen.demo import DemoConfig, run_demo
+
+    result = run_demo(DemoConfig(K=K, n_eval=n_eval, seed=seed), data_root, out, progress=True)
+    _print_summary(result.summary)
+    click.echo(result.confusion_text)
+    click.echo(f"wrote {out}/: summary.json, labels.npz, demo.json, fractions.png, "
+               "neighbours.png")
+
+
+def _mib(value: float) -> int:
+    if not value > 0:
+        raise ValueError("--memory-budget must be a positive number of MiB")
+    return int(value * 2**20)
+
+
+def _print_summary(payload: dict) -> None:
+    null = payload.get("null", {}).get("fractions")
+    click.echo(f"{payload['n_eval']} evaluated samples, rule {payload['rule']} "
+               f"(δ_m = {payload['delta_m']:.4g}, δ_s = {payload['delta_s']:.4g}), "
+               f"metric {payload['metric']}")
+    header = f"{'label':<12}{'fraction':>10}{'95% CI':>20}"
+    click.echo(header + (f"{'null rate':>12}" if null else ""))
+    for name, value in payload["fractions"].items():
+        lo, hi = payload["ci95"][name]
+        line = f"{name:<12}{value:>10.4f}{f'[{lo:.4f}, {hi:.4f}]':>20}"
+        click.echo(line + (f"{null[name]:>12.4f}" if null else ""))
+
+
+def _load_labels(path: str, n_eval: int) -> dict:
+    keys = ("labels", "train_dist", "train_idx", "synth_dist", "synth_idx")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            found = {key: archive[key] for key in keys}
+    except KeyError as err:
+        raise ValueError(f"--labels: {path} lacks {err}") from None
+    except (OSError, ValueError) as err:
+        raise ValueError(f"--labels: cannot read {path} ({err})") from None
+    if len(found["labels"]) != n_eval:
+        raise ValueError(f"--labels holds {len(found['labels'])} labels but --eval has "
+                         f"{n_eval} samples")
+    return found
+
+
+def _choose(labels: np.ndarray, per_label: int, seed: int) -> dict:
+    from memgen.metrics.classify import LABEL_NAMES
+
+    rng = np.random.default_rng(seed)
+    chosen = {}
+    for code, name in enumerate(LABEL_NAMES):
+        members = np.flatnonzero(labels == code)
+        chosen[name] = sorted(rng.choice(members, min(per_label, len(members)), replace=False))
+    return chosen
+
+
+def main(argv=None):
+    """Entry point of the ``memgen`` console script."""
+    cli.main(args=argv, prog_name="memgen")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

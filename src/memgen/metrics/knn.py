@@ -1,0 +1,248 @@
+"""Exact k-nearest-neighbour search under Euclidean distance.
+
+The search runs in two passes, the way scikit-learn's brute-force engine bounds
+its memory, but with an exactness guarantee that float32 GEMM alone lacks:
+
+1. *Screen* (float32, GEMM-bound). For a block of queries Q and a block of
+   references R the squared distances are ‖q‖² + ‖r‖² − 2 qᵀr. The ‖q‖² term
+   does not change a row's ranking, so the block computes ‖r‖² − 2 qᵀr with one
+   ``addmm`` and keeps the ``c = k + margin`` smallest per row, merged across
+   reference blocks.
+2. *Refine* (float64). The c candidates of every query are re-scored as
+   ‖q − r‖² in float64 and sorted by (distance, index).
+
+The float32 screen can mis-order near-ties (cancellation in ‖q‖² + ‖r‖² − 2qᵀr),
+so the result is *certified*: with T the largest screened value kept for a row
+and γ a rigorous bound on the screening error, every discarded reference has
+exact squared distance ≥ T − γ. If the k-th refined distance is below that, the
+row is exact; rows that fail the check (rare) are recomputed by a float64 scan
+over all references. Data are centred on the reference mean first, which makes
+‖q‖² and ‖r‖² (and so γ) small. Ties are broken by the smaller index.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+DEFAULT_MEMORY_BUDGET = 512 * 2**20  # bytes for the (queries × references) score block
+
+
+@dataclass(frozen=True)
+class KnnResult:
+    """Neighbours of every query, ascending by distance (ties: smaller index).
+
+    dist: (n, k) float64 Euclidean distances (not squared).
+    idx:  (n, k) int64 indices into the reference set.
+    n_fallback: rows that needed the float64 full scan to be certified exact.
+    """
+
+    dist: torch.Tensor
+    idx: torch.Tensor
+    n_fallback: int = 0
+
+
+def knn(query, ref, k: int, exclude_self: bool = False, *, memory_budget: int | None = None,
+        margin: int = 8, progress: bool = False):
+    """Exact top-k Euclidean neighbours of each query row among the rows of ``ref``.
+
+    query: (n, ...) array or tensor; ref: (m, ...) with the same trailing shape
+    (flattened to vectors). ``exclude_self=True`` means query *is* ref (n == m)
+    and drops the match of row i with reference i, by index, so duplicated points
+    still find each other. Returns ``(dist, idx)``, each (n, k), as numpy arrays
+    for numpy inputs and tensors (on the input's device) for tensor inputs.
+    """
+    as_numpy = not isinstance(query, torch.Tensor)
+    result = knn_search(_as_tensor(query), _as_tensor(ref), k, exclude_self=exclude_self,
+                        memory_budget=memory_budget, margin=margin, progress=progress)
+    if as_numpy:
+        return result.dist.cpu().numpy(), result.idx.cpu().numpy()
+    return result.dist, result.idx
+
+
+def knn_search(query: torch.Tensor, ref: torch.Tensor, k: int, *, exclude_self: bool = False,
+               memory_budget: int | None = None, margin: int = 8,
+               progress: bool = False) -> KnnResult:
+    """Tensor version of :func:`knn` returning a :class:`KnnResult`."""
+    query, ref = _validate(query, ref, k, exclude_self)
+    n, m = query.shape[0], ref.shape[0]
+    budget = _budget(memory_budget)
+    center = ref.mean(dim=0, dtype=torch.float64)
+    r32 = (ref.double() - center).float() if ref.dtype != torch.float32 else ref - center.float()
+    r_sq32 = r32.square().sum(dim=1)
+    n_cand = min(k + margin, m - int(exclude_self))
+    q_block, r_block = _block_sizes(n, m, budget, itemsize=4)
+
+    dist = torch.empty(n, k, dtype=torch.float64, device=query.device)
+    idx = torch.empty(n, k, dtype=torch.int64, device=query.device)
+    n_fallback = 0
+    starts = range(0, n, q_block)
+    for q0 in tqdm(starts, desc="kNN", unit="block", disable=not progress or len(starts) < 2):
+        q = query[q0:q0 + q_block]
+        own = torch.arange(q0, q0 + q.shape[0], device=q.device) if exclude_self else None
+        q32 = (q.double() - center).float()
+        d2, ix, ok = _certified_pass(q, q32, ref, r32, r_sq32, own, k, n_cand, r_block)
+        if not ok.all():
+            bad = torch.nonzero(~ok).squeeze(1)
+            n_fallback += len(bad)
+            d2[bad], ix[bad] = _fallback(q[bad], ref, center, None if own is None else own[bad],
+                                         k, margin, budget)
+        dist[q0:q0 + q.shape[0]], idx[q0:q0 + q.shape[0]] = d2.sqrt(), ix
+    return KnnResult(dist=dist, idx=idx, n_fallback=n_fallback)
+
+
+def _certified_pass(q, q_scr, ref, r_scr, r_sq, own, k, n_cand, r_block):
+    """Screen centred data in r_scr's precision, refine raw data in float64, certify each row."""
+    cand_val, cand_idx = _screen(q_scr, r_scr, r_sq, n_cand, r_block, own)
+    d2, ix = _refine(q, ref, cand_idx, k)
+    if n_cand >= ref.shape[0] - int(own is not None):
+        return d2, ix, torch.ones(len(q), dtype=torch.bool, device=q.device)
+    return d2, ix, _certified(q_scr, r_sq, cand_val, d2[:, -1], _unit_roundoff(r_scr.dtype))
+
+
+def _fallback(q, ref, center, own, k, margin, budget):
+    """Rows the float32 screen could not certify: a float64 screen, then direct differences."""
+    n_cand = min(max(4 * (k + margin), 64), ref.shape[0] - int(own is not None))
+    r64 = ref.double() - center
+    r_sq64 = r64.square().sum(dim=1)
+    _, r_block = _block_sizes(len(q), ref.shape[0], budget, itemsize=8)
+    d2, ix, ok = _certified_pass(q, q.double() - center, ref, r64, r_sq64, own, k, n_cand, r_block)
+    if not ok.all():
+        bad = torch.nonzero(~ok).squeeze(1)
+        d2[bad], ix[bad] = _direct_scan(q[bad], ref, None if own is None else own[bad], k, budget)
+    return d2, ix
+
+
+def brute_force_knn(query, ref, k: int, exclude_self: bool = False):
+    """Reference implementation: all float64 distances, then a stable sort. O(n·m) memory."""
+    q = _as_tensor(query).reshape(len(query), -1).double()
+    r = _as_tensor(ref).reshape(len(ref), -1).double()
+    d2 = (q[:, None, :] - r[None, :, :]).square().sum(-1)
+    if exclude_self:
+        d2.fill_diagonal_(float("inf"))
+    order = torch.sort(d2, dim=1, stable=True).indices[:, :k]
+    return d2.gather(1, order).sqrt().numpy(), order.numpy()
+
+
+def _as_tensor(x) -> torch.Tensor:
+    if isinstance(x, torch.Tensor):
+        return x
+    arr = np.asarray(x)
+    if arr.dtype == object:
+        raise ValueError("object arrays are not supported; pass a numeric array")
+    return torch.from_numpy(np.ascontiguousarray(arr))
+
+
+def _validate(query: torch.Tensor, ref: torch.Tensor, k: int, exclude_self: bool):
+    if query.ndim < 2 or ref.ndim < 2:
+        raise ValueError("query and ref must have a leading sample axis: shapes (n, d...)")
+    if query.shape[1:] != ref.shape[1:]:
+        raise ValueError(f"query samples have shape {tuple(query.shape[1:])} but reference "
+                         f"samples have shape {tuple(ref.shape[1:])}")
+    if query.shape[0] == 0 or ref.shape[0] == 0:
+        raise ValueError("query and reference sets must not be empty")
+    if query.device != ref.device:
+        raise ValueError(f"query is on {query.device} but ref is on {ref.device}")
+    if exclude_self and query.shape[0] != ref.shape[0]:
+        raise ValueError("exclude_self=True needs query and ref to be the same set")
+    available = ref.shape[0] - int(exclude_self)
+    if not 1 <= k <= available:
+        raise ValueError(f"k={k} neighbours requested but the reference set offers {available}")
+    query, ref = query.reshape(query.shape[0], -1), ref.reshape(ref.shape[0], -1)
+    if not (torch.isfinite(query).all() and torch.isfinite(ref).all()):
+        raise ValueError("query or reference contains NaN or Inf")
+    return query, ref
+
+
+def _budget(memory_budget: int | None) -> int:
+    budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else int(memory_budget)
+    if budget <= 0:
+        raise ValueError("memory_budget must be a positive number of bytes")
+    return budget
+
+
+def _block_sizes(n: int, m: int, budget: int, itemsize: int) -> tuple[int, int]:
+    """Query and reference block sizes whose score block fits the budget."""
+    elements = max(budget // itemsize, 1)
+    q_block = max(1, min(n, 2048, elements // min(m, 8192)))
+    r_block = max(1, min(m, elements // q_block))
+    return q_block, r_block
+
+
+def _screen(q: torch.Tensor, r: torch.Tensor, r_sq: torch.Tensor, n_cand: int, r_block: int,
+            own: torch.Tensor | None):
+    """The n_cand smallest ‖r‖² − 2qᵀr per query row, merged across reference blocks.
+
+    own: (bq,) reference index of each query itself (excluded), or None.
+    """
+    best_val = best_idx = None
+    rows = torch.arange(q.shape[0], device=q.device)
+    for r0 in range(0, r.shape[0], r_block):
+        r1 = min(r0 + r_block, r.shape[0])
+        scores = torch.addmm(r_sq[r0:r1].unsqueeze(0), q, r[r0:r1].T, alpha=-2.0)  # (bq, br)
+        if own is not None:
+            hit = (own >= r0) & (own < r1)
+            scores[rows[hit], own[hit] - r0] = float("inf")
+        val, pos = torch.topk(scores, min(n_cand, r1 - r0), dim=1, largest=False, sorted=False)
+        pos += r0
+        if best_val is not None:
+            val, pos = torch.cat([best_val, val], 1), torch.cat([best_idx, pos], 1)
+            if val.shape[1] > n_cand:
+                val, sel = torch.topk(val, n_cand, dim=1, largest=False, sorted=False)
+                pos = pos.gather(1, sel)
+        best_val, best_idx = val, pos
+    return best_val, best_idx
+
+
+def _refine(q: torch.Tensor, ref: torch.Tensor, cand_idx: torch.Tensor, k: int):
+    """Float64 squared distances of the raw candidates; the k best by (distance, index)."""
+    d2 = (ref[cand_idx].double() - q.double().unsqueeze(1)).square().sum(-1)  # (bq, c)
+    return _take_sorted(d2, cand_idx, k)
+
+
+def _take_sorted(d2: torch.Tensor, idx: torch.Tensor, k: int):
+    """The k smallest by (d2, idx): a stable sort by index, then a stable sort by distance."""
+    by_idx = torch.sort(idx, dim=1, stable=True).indices
+    d2, idx = d2.gather(1, by_idx), idx.gather(1, by_idx)
+    by_d = torch.sort(d2, dim=1, stable=True).indices[:, :k]
+    return d2.gather(1, by_d), idx.gather(1, by_d)
+
+
+def _unit_roundoff(dtype: torch.dtype) -> float:
+    """Unit roundoff of a matmul in dtype, honouring reduced-precision float32 matmul modes."""
+    if dtype == torch.float64:
+        return 2.0**-53
+    precision = torch.get_float32_matmul_precision()
+    return {"highest": 2.0**-24, "high": 2.0**-11}.get(precision, 2.0**-8)
+
+
+def _certified(q_scr, r_sq, cand_val, kth_d2, u: float) -> torch.Tensor:
+    """True where no discarded reference can beat the k-th refined distance.
+
+    A discarded reference j has screened score s_j ≥ T (the largest kept score).
+    The screen's error obeys |s_j + ‖q‖² − ‖q − r_j‖²| ≤ γ with
+    γ = 2 (d + 4) u (‖q‖² + max‖r‖²): the classical bound d·u·‖q‖‖r‖ for a length-d
+    dot product in any summation order, the same for ‖r‖², the rounding of the
+    inputs to the screen's precision, doubled for margin. So the row is exact when
+    kth_d2 < T + ‖q‖² − γ (strict, so that ties with discarded points cannot hide).
+    """
+    d = q_scr.shape[1]
+    q_sq = q_scr.double().square().sum(1)
+    gamma = 2.0 * (d + 4) * u * (q_sq + r_sq.max().double())
+    threshold = cand_val.double().max(dim=1).values + q_sq - gamma
+    return kth_d2 < threshold
+
+
+def _direct_scan(q, ref, own, k, budget):
+    """Float64 differences against every reference, in chunks within the budget."""
+    q64 = q.double()
+    step = max(1, budget // (8 * q64.numel()))
+    d2 = torch.cat([(ref[r0:r0 + step].double().unsqueeze(0) - q64.unsqueeze(1)).square().sum(-1)
+                    for r0 in range(0, ref.shape[0], step)], dim=1)  # (b, m)
+    if own is not None:
+        d2[torch.arange(len(own), device=d2.device), own] = float("inf")
+    all_idx = torch.arange(ref.shape[0], device=ref.device).expand(len(q64), -1)
+    return _take_sorted(d2, all_idx, k)

@@ -1,0 +1,115 @@
+"""Figures: they take computed numbers and return a matplotlib Figure; no metrics here."""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from memgen.metrics.classify import LABEL_NAMES  # noqa: E402
+
+COLORS = {"memorized": "tab:red", "spurious": "tab:orange", "generalized": "tab:blue"}
+CAPACITY_LABEL = {"MC": "memorized", "SC": "spurious", "GC": "generalized"}
+
+
+def plot_fractions(K: np.ndarray, fractions: np.ndarray, lo: np.ndarray | None = None,
+                   hi: np.ndarray | None = None, capacities: Mapping[str, int | None] = (),
+                   null: np.ndarray | None = None, title: str = ""):
+    """Paper Fig. 2: the three fractions against K (log axis) with shaded 95% intervals.
+
+    fractions, lo, hi, null: (M, 3) in LABEL_NAMES order; null rates are dashed.
+    capacities: {"MC": K or None, ...}, drawn as dotted vertical lines when reached.
+    """
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), layout="constrained")
+    for j, name in enumerate(LABEL_NAMES):
+        ax.plot(K, fractions[:, j], "o-", ms=3.5, color=COLORS[name], label=name)
+        if lo is not None and hi is not None:
+            ax.fill_between(K, lo[:, j], hi[:, j], color=COLORS[name], alpha=0.2, lw=0)
+        if null is not None:
+            ax.plot(K, null[:, j], "--", lw=1, color=COLORS[name], alpha=0.7)
+    for name, value in dict(capacities).items():
+        if value is not None:
+            ax.axvline(value, ls=":", color=COLORS[CAPACITY_LABEL[name]], lw=1.2)
+            ax.text(value, 1.02, name, ha="center", va="bottom",
+                    color=COLORS[CAPACITY_LABEL[name]], transform=ax.get_xaxis_transform())
+    if len(K) > 1 and K.min() > 0:
+        ax.set_xscale("log")
+    ax.set(xlabel="training-set size K", ylabel="fraction of evaluated samples",
+           ylim=(-0.02, 1.02))
+    if null is not None:
+        ax.plot([], [], "k--", lw=1, label="null rate (held-out data)")
+    ax.legend(loc="center right", fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=10)
+    return fig
+
+
+def plot_neighbours(samples: np.ndarray, train: np.ndarray, synth: np.ndarray,
+                    train_idx: np.ndarray, synth_idx: np.ndarray, labels: np.ndarray,
+                    chosen: Mapping[str, Sequence[int]], train_dist: np.ndarray | None = None,
+                    synth_dist: np.ndarray | None = None):
+    """Paper Fig. 1: per label, evaluated samples with top-k training (upper row) and
+    synthetic (lower row) neighbours. Images are (N, C, H, W) in [-1, 1].
+
+    chosen: label name -> indices into ``samples`` to show.
+    """
+    if samples.ndim != 4:
+        raise ValueError("neighbour grids need image samples of shape (N, C, H, W)")
+    k = train_idx.shape[1]
+    rows = [(name, i) for name in LABEL_NAMES for i in chosen.get(name, ())]
+    if not rows:
+        raise ValueError("no samples chosen for the neighbour grid")
+    fig, axes = plt.subplots(2 * len(rows), k + 1, figsize=(1.1 * (k + 1), 2.2 * len(rows)),
+                             squeeze=False, layout="constrained")
+    for r, (name, i) in enumerate(rows):
+        top, bottom = axes[2 * r], axes[2 * r + 1]
+        _show(top[0], samples[i], f"{name}\n#{i}", COLORS[name])
+        bottom[0].axis("off")
+        for j in range(k):
+            _show(top[j + 1], train[train_idx[i, j]], _caption("train", train_dist, i, j))
+            if j < synth_idx.shape[1]:
+                _show(bottom[j + 1], synth[synth_idx[i, j]], _caption("synth", synth_dist, i, j))
+            else:
+                bottom[j + 1].axis("off")
+    return fig
+
+
+def _caption(kind: str, dist: np.ndarray | None, i: int, j: int) -> str:
+    return kind if dist is None else f"{kind} {dist[i, j]:.3g}"
+
+
+def _show(ax, image: np.ndarray, caption: str, color: str = "black") -> None:
+    picture = np.clip((np.transpose(image, (1, 2, 0)) + 1) / 2, 0, 1)
+    if picture.shape[2] == 1:
+        ax.imshow(picture[:, :, 0], cmap="gray", vmin=0, vmax=1)
+    else:
+        ax.imshow(picture)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(caption, fontsize=7, color=color)
+    for spine in ax.spines.values():
+        spine.set_color(color)
+
+
+def plot_label_bars(groups: Mapping[str, tuple], title: str = ""):
+    """Grouped bars of label fractions: groups maps a name (e.g. "observed", "null rate")
+    to (fractions, lo, hi), each (3,) in LABEL_NAMES order; lo/hi may be None."""
+    fig, ax = plt.subplots(figsize=(5.6, 3.6), layout="constrained")
+    width = 0.8 / len(groups)
+    x = np.arange(3)
+    for g, (group, (values, lo, hi)) in enumerate(groups.items()):
+        values = np.asarray(values)
+        err = None if lo is None else [values - np.asarray(lo), np.asarray(hi) - values]
+        ax.bar(x + (g - (len(groups) - 1) / 2) * width, values, width * 0.95, yerr=err,
+               capsize=3, color=[COLORS[n] for n in LABEL_NAMES], alpha=1.0 - 0.3 * g,
+               hatch=("", "//", "..", "xx")[g % 4], edgecolor="black", lw=0.5, label=group)
+    ax.set_xticks(x, LABEL_NAMES)
+    ax.set(ylabel="fraction of evaluated samples", ylim=(0, 1.05))
+    ax.legend(fontsize=8, loc="upper left")
+    if title:
+        ax.set_title(title, fontsize=10)
+    return fig
