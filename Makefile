@@ -1,0 +1,39 @@
+# make run   — install everything, then run the main job on real Fashion-MNIST
+# make test  — install everything, then run the test suite
+# make bench — install everything, then run the benchmarks in bench/
+
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+FMNIST  := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+OUT     ?= runs/demo
+
+.PHONY: install data run test bench clean
+
+install: $(STAMP) data
+
+# torch is pinned to the local CPU build here only; the package itself accepts any torch >= 2.1.
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+data: $(FMNIST)
+
+$(FMNIST):
+	$(SUDO) apt-get update -qq
+	$(SUDO) apt-get install -y -qq dataset-fashion-mnist
+
+run: install
+	$(BIN)/memgen demo --out $(OUT)
+
+test: install
+	$(BIN)/pytest
+
+bench: install
+	$(BIN)/python bench/knn.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .hypothesis
