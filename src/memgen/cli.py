@@ -9,7 +9,7 @@ import click
 import numpy as np
 
 from memgen import __version__
-from memgen.io import atomic_output_dir, load_samples, write_json
+from memgen.io import atomic_file, atomic_output_dir, check_output_dir, load_samples, write_json
 
 RULES = ("paper", "absolute")
 
@@ -69,7 +69,8 @@ def classify(train_path, eval_path, synth_path, heldout_path, rule, delta_m, del
     config = ClassifyConfig(rule=rule, delta_m=delta_m, delta_s=delta_s, metric=metric, k=k,
                             alpha=alpha, calibrate=calibrate, n_resamples=n_resamples,
                             seed=seed, memory_budget=_mib(memory_budget))
-    config.make_rule()  # reject bad thresholds before reading any data
+    config.make_rule()  # reject bad thresholds and --out before reading any data
+    check_output_dir(out)
     train = load_samples(train_path, "--train")
     eval_set = load_samples(eval_path, "--eval")
     synth = load_samples(synth_path, "--synth") if synth_path else None
@@ -100,7 +101,8 @@ def capacities(fractions_csv, epsilon, n_resamples, seed, out):
         interval = "" if c.lo is None else f"   95% CI [{c.lo}, {c.hi}]"
         click.echo(f"{name}: {value}{interval}")
     if out:
-        write_json(Path(out), payload)
+        with atomic_file(out) as tmp:
+            write_json(tmp, payload)
 
 
 @cli.group()
@@ -121,8 +123,7 @@ def plot_fractions_cmd(fractions_csv, epsilon, out):
     caps = compute(table, epsilon, n_resamples=1)
     fig = plot_fractions(table.K, table.fractions, table.lo, table.hi,
                          capacities={n: c.value for n, c in caps.items()})
-    fig.savefig(out, dpi=150)
-    click.echo(f"wrote {out}")
+    _save(fig, out, dpi=150)
 
 
 @plot.command("neighbours")
@@ -145,8 +146,7 @@ def plot_neighbours_cmd(train_path, eval_path, synth_path, labels_path, per_labe
     fig = plot_neighbours(eval_set, train, synth, found["train_idx"], found["synth_idx"],
                           found["labels"], _choose(found["labels"], per_label, seed),
                           found["train_dist"], found["synth_dist"])
-    fig.savefig(out, dpi=120)
-    click.echo(f"wrote {out}")
+    _save(fig, out, dpi=120)
 
 
 @cli.command()
@@ -166,6 +166,12 @@ def demo(data_root, K, n_eval, seed, out):
     click.echo(result.confusion_text)
     click.echo(f"wrote {out}/: summary.json, labels.npz, demo.json, fractions.png, "
                "neighbours.png")
+
+
+def _save(fig, out: str, dpi: int) -> None:
+    with atomic_file(out) as tmp:
+        fig.savefig(tmp, dpi=dpi)
+    click.echo(f"wrote {out}")
 
 
 def _mib(value: float) -> int:

@@ -12,6 +12,7 @@ import os
 import shutil
 import tempfile
 import zipfile
+import zlib
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -29,16 +30,22 @@ def load_samples(path: str | Path, name: str = "samples") -> np.ndarray:
         array = _read_array(path)
     except ValueError as err:
         raise ValueError(f"{name}: {path}: {err}") from None
-    except (OSError, zipfile.BadZipFile, EOFError) as err:
+    except (OSError, zipfile.BadZipFile, EOFError, zlib.error) as err:
         raise ValueError(f"{name}: cannot read {path} ({err})") from None
     return validate_samples(array, name)
 
 
+_MAGIC = {".npy": b"\x93NUMPY", ".npz": b"PK"}
+
+
 def _read_array(path: Path) -> np.ndarray:
+    if path.suffix not in _MAGIC:
+        raise ValueError("expected a .npz or .npy file")
+    with path.open("rb") as f:
+        if not f.read(6).startswith(_MAGIC[path.suffix]):
+            raise ValueError(f"not a valid {path.suffix} file")
     if path.suffix == ".npy":
         return np.load(path, allow_pickle=False)
-    if path.suffix != ".npz":
-        raise ValueError("expected a .npz or .npy file")
     with np.load(path, allow_pickle=False) as archive:
         keys = list(archive.keys())
         if SAMPLES_KEY in keys:
@@ -76,6 +83,14 @@ def check_same_shape(**sets: np.ndarray | None) -> None:
                              f"{first_name} samples have shape {first.shape[1:]}")
 
 
+def check_output_dir(out: str | Path) -> None:
+    """ValueError unless ``out`` is absent, empty, or an earlier memgen output folder."""
+    out = Path(out)
+    if out.exists() and not (out.is_dir() and (not any(out.iterdir())
+                                               or (out / ".memgen").exists())):
+        raise ValueError(f"{out} exists and was not written by memgen; choose another --out")
+
+
 @contextmanager
 def atomic_output_dir(out: str | Path):
     """Yield a temporary folder that replaces ``out`` only if the block succeeds.
@@ -84,9 +99,7 @@ def atomic_output_dir(out: str | Path):
     (holds a ``.memgen`` marker); on failure nothing is left behind.
     """
     out = Path(out)
-    if out.exists() and not (out.is_dir() and (not any(out.iterdir())
-                                               or (out / ".memgen").exists())):
-        raise ValueError(f"{out} exists and was not written by memgen; choose another --out")
+    check_output_dir(out)
     created = next((p for p in reversed(out.absolute().parents) if not p.exists()), None)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -104,6 +117,24 @@ def atomic_output_dir(out: str | Path):
         out.rename(old)
     tmp.rename(out)
     shutil.rmtree(old, ignore_errors=True)
+
+
+@contextmanager
+def atomic_file(path: str | Path):
+    """Yield a temporary path (same suffix) that becomes ``path`` if the block succeeds.
+
+    Missing parent folders are created.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def write_json(path: Path, payload: dict) -> None:

@@ -2,7 +2,8 @@
 
 From a table of label fractions against the training-set size K:
     MC = max{K : P(memorized) ≥ 1 − ε}      (eq. 1)
-    SC = argmax_K P(spurious)                 (eq. 2; ties: the smallest K)
+    SC = argmax_K P(spurious)                 (eq. 2; ties: the smallest K;
+                                               not reached if P(spurious) = 0 at every K)
     GC = min{K : P(generalized) ≥ 1 − ε}    (eq. 3)
 A capacity whose condition holds at no K is "not reached" (None), never invented.
 Intervals come from bootstrapping every K's labels jointly and recomputing.
@@ -61,7 +62,7 @@ def capacity_values(K: np.ndarray, fractions: np.ndarray, eps: float = DEFAULT_E
     mc = K[mem >= 1 - eps - tol]
     gc = K[gen >= 1 - eps - tol]
     return (int(mc.max()) if len(mc) else None,
-            int(K[int(np.argmax(spur))]),
+            int(K[int(np.argmax(spur))]) if spur.max() > 0 else None,
             int(gc.min()) if len(gc) else None)
 
 

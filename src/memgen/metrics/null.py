@@ -86,6 +86,8 @@ def null_rates(train, heldout, rule: Rule, *, n_eval: int, n_synth: int | None,
                seed: int = 0, n_resamples: int = 1000, memory_budget: int | None = None,
                progress: bool = False) -> NullResult:
     """Apply ``rule`` with held-out real data as both evaluated and synthetic sets."""
+    if len(heldout) < 2:
+        raise ValueError(f"the null run needs at least 2 held-out samples, got {len(heldout)}")
     e, s = null_sizes(len(heldout), n_eval, n_synth)
     order = np.random.default_rng(seed).permutation(len(heldout))
     null_eval = heldout[order[:e]]
