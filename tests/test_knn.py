@@ -110,3 +110,22 @@ def test_cuda_matches_cpu():
     gpu = knn_search(q.cuda(), r.cuda(), 5)
     assert gpu.idx.device.type == "cuda"
     torch.testing.assert_close(gpu.idx.cpu(), cpu.idx, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("grid", [False, True])
+def test_large_blocks_use_group_preselection_exactly(grid):
+    """Blocks of 8192 columns go through the group-minimum pre-selection; still exact."""
+    rng = np.random.default_rng(7)
+    if grid:  # integer points: massive exact ties across groups
+        r = rng.integers(-2, 3, size=(20_000, 4)).astype(np.float32)
+        q = rng.integers(-2, 3, size=(40, 4)).astype(np.float32)
+    else:
+        r = rng.normal(size=(20_000, 8)).astype(np.float32)
+        q = rng.normal(size=(40, 8)).astype(np.float32)
+    dist, idx = memgen.knn(q, r, 7)
+    bdist, bidx = brute_force_knn(q, r, 7)
+    np.testing.assert_array_equal(idx, bidx)
+    np.testing.assert_array_equal(dist, bdist)
+    dist, idx = memgen.knn(r[:2048], r[:2048], 3, exclude_self=True)
+    bdist, bidx = brute_force_knn(r[:2048], r[:2048], 3, exclude_self=True)
+    np.testing.assert_array_equal(idx, bidx)

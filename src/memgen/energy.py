@@ -1,0 +1,167 @@
+"""Energies of associative memories and of the empirical denoising problem.
+
+Symbols (paper §C.2 and project page; x: (B, D) queries, y_i: (N, D) stored patterns):
+    DenseAM      E(x)   = ½‖x‖² − (1/β) log Σ_i exp(β xᵀy_i)                       (eq. 10)
+    empirical    E_σ(x) = −log p_σ(x),  p_σ = (1/N) Σ_i N(x; a y_i, σ² I)
+                        = ‖x‖²/(2σ²) − log Σ_i exp(a xᵀy_i/σ² − a²‖y_i‖²/(2σ²)) + C_σ
+                 with a = √ᾱ (VP) or 1 (VE); β_σ = a/σ² is its inverse temperature.
+    kernel       E(x)   = −(1/β) log Σ_i exp(−β‖x − y_i‖²)     (eq. 13 convention;
+                 VE noise σ ⇔ β = 1/(2σ²), so E_σ = β·E + const with patterns a·y_i)
+    circle       E(R)   = R² + 1 − (1/β) log I0(2βR): the kernel energy of the uniform
+                 unit circle, up to the constant −(1/β) log N.
+
+Every function is batched over x, stable at large β (log-sum-exp), and keeps the
+dtype and device of its inputs: pass float64 tensors for float64 results.
+Gradients are analytic; Hessians are returned as (B, D, D) and only meant for
+moderate D (see ``hessian_min_eigenvalue`` for a matrix-free smallest eigenvalue).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+# ---------------------------------------------------------------------------- DenseAM
+
+
+def dense_am_energy(x: torch.Tensor, patterns: torch.Tensor, beta: float) -> torch.Tensor:
+    """½‖x‖² − (1/β) log Σ exp(β xᵀy_i) (paper eq. 10). x: (B, D) -> (B,)."""
+    logits = beta * (x @ patterns.T)  # (B, N)
+    return 0.5 * x.square().sum(-1) - torch.logsumexp(logits, dim=-1) / beta
+
+
+def dense_am_weights(x: torch.Tensor, patterns: torch.Tensor, beta: float) -> torch.Tensor:
+    """softmax_i(β xᵀy_i): (B, N)."""
+    return torch.softmax(beta * (x @ patterns.T), dim=-1)
+
+
+def dense_am_grad(x: torch.Tensor, patterns: torch.Tensor, beta: float) -> torch.Tensor:
+    """∇E = x − Σ_i w_i y_i with w = softmax(β xᵀy): (B, D)."""
+    return x - dense_am_weights(x, patterns, beta) @ patterns
+
+
+def dense_am_hessian(x: torch.Tensor, patterns: torch.Tensor, beta: float) -> torch.Tensor:
+    """∇²E = I − β Cov_w(y): (B, D, D)."""
+    w = dense_am_weights(x, patterns, beta)
+    return _identity_minus(weighted_covariance(w, patterns), beta, 1.0)
+
+
+# -------------------------------------------------------------- Gaussian kernel (eq. 13)
+
+
+def kernel_logits(x: torch.Tensor, patterns: torch.Tensor, beta) -> torch.Tensor:
+    """−β‖x − y_i‖²: (B, N), from the expanded form (one GEMM).
+
+    beta: a float, or a (B,) tensor of per-row inverse temperatures.
+    """
+    sq = x.square().sum(-1, keepdim=True) - 2 * x @ patterns.T + patterns.square().sum(-1)
+    if isinstance(beta, torch.Tensor):
+        beta = beta.to(sq.dtype).reshape(-1, 1)
+    return -beta * sq.clamp_min(0)
+
+
+def kernel_energy(x: torch.Tensor, patterns: torch.Tensor, beta: float) -> torch.Tensor:
+    """−(1/β) log Σ exp(−β‖x − y_i‖²). x: (B, D) -> (B,)."""
+    return -torch.logsumexp(kernel_logits(x, patterns, beta), dim=-1) / beta
+
+
+def kernel_weights(x: torch.Tensor, patterns: torch.Tensor, beta: float) -> torch.Tensor:
+    """Posterior weights softmax_i(−β‖x − y_i‖²): (B, N)."""
+    return torch.softmax(kernel_logits(x, patterns, beta), dim=-1)
+
+
+def kernel_grad(x: torch.Tensor, patterns: torch.Tensor, beta: float) -> torch.Tensor:
+    """∇E = 2(x − Σ_i w_i y_i): (B, D)."""
+    return 2 * (x - kernel_weights(x, patterns, beta) @ patterns)
+
+
+def kernel_hessian(x: torch.Tensor, patterns: torch.Tensor, beta: float) -> torch.Tensor:
+    """∇²E = 2(I − 2β Cov_w(y)): (B, D, D)."""
+    w = kernel_weights(x, patterns, beta)
+    return _identity_minus(weighted_covariance(w, patterns), 2 * beta, 2.0)
+
+
+# ------------------------------------------------------------- empirical (−log p_σ)
+
+
+def beta_sigma(scale: float, sigma: float) -> float:
+    """Inverse temperature β_σ = a_σ / σ² of the empirical denoising energy."""
+    if not sigma > 0:
+        raise ValueError(f"sigma must be positive, got {sigma}")
+    return scale / sigma**2
+
+
+def kernel_beta(sigma: float) -> float:
+    """The eq. 13 inverse temperature β = 1/(2σ²) of VE noise level σ."""
+    if not sigma > 0:
+        raise ValueError(f"sigma must be positive, got {sigma}")
+    return 1.0 / (2.0 * sigma**2)
+
+
+def empirical_energy(x: torch.Tensor, patterns: torch.Tensor, sigma: float,
+                     scale: float = 1.0) -> torch.Tensor:
+    """−log p_σ(x) with p_σ = (1/N) Σ N(x; a y_i, σ² I), all constants included. (B,)."""
+    n, d = patterns.shape
+    logits = kernel_logits(x, scale * patterns, kernel_beta(sigma))
+    const = math.log(n) + 0.5 * d * math.log(2 * math.pi * sigma**2)
+    return const - torch.logsumexp(logits, dim=-1)
+
+
+def empirical_grad(x: torch.Tensor, patterns: torch.Tensor, sigma: float,
+                   scale: float = 1.0) -> torch.Tensor:
+    """∇E_σ = (x − a Σ_i w_i y_i)/σ² = −score: (B, D)."""
+    return (x - empirical_denoise(x, patterns, sigma, scale)) / sigma**2
+
+
+def empirical_hessian(x: torch.Tensor, patterns: torch.Tensor, sigma: float,
+                      scale: float = 1.0) -> torch.Tensor:
+    """∇²E_σ = (I − Cov_w(a y)/σ²)/σ²: (B, D, D)."""
+    w = kernel_weights(x, scale * patterns, kernel_beta(sigma))
+    cov = weighted_covariance(w, scale * patterns)
+    return _identity_minus(cov, 1 / sigma**2, 1 / sigma**2)
+
+
+def empirical_denoise(x: torch.Tensor, patterns: torch.Tensor, sigma: float,
+                      scale: float = 1.0) -> torch.Tensor:
+    """The exact posterior mean D(x, σ) = Σ_i softmax_i(−‖x − a y_i‖²/(2σ²)) · a y_i."""
+    scaled = scale * patterns
+    return kernel_weights(x, scaled, kernel_beta(sigma)) @ scaled
+
+
+# ---------------------------------------------------------------- unit-circle limit
+
+
+def circle_energy(R: torch.Tensor, beta: float) -> torch.Tensor:
+    """R² + 1 − (1/β) log I0(2βR): the uniform unit circle's kernel energy (eq. 13 limit).
+
+    Uses the exponentially scaled Bessel function, log I0(z) = log i0e(z) + z, so that
+    large βR does not overflow.
+    """
+    z = 2 * beta * R
+    return R.square() + 1 - (torch.log(torch.special.i0e(z)) + z.abs()) / beta
+
+
+def circle_radial_score(R: torch.Tensor, beta: float) -> torch.Tensor:
+    """−dE/dR = 2(I1(2βR)/I0(2βR) − R), the radial pull towards the circle.
+
+    (The public reference code's docstring flips this sign; this one is −∂E/∂R.)
+    """
+    z = 2 * beta * R
+    return 2 * (torch.special.i1e(z) / torch.special.i0e(z) - R)
+
+
+# -------------------------------------------------------------------------- helpers
+
+
+def weighted_covariance(w: torch.Tensor, patterns: torch.Tensor) -> torch.Tensor:
+    """Cov_w(y) = Σ w_i y_i y_iᵀ − m mᵀ with m = Σ w_i y_i, per row of w: (B, D, D)."""
+    mean = w @ patterns  # (B, D)
+    second = torch.einsum("bn,nd,ne->bde", w, patterns, patterns)
+    return second - mean.unsqueeze(2) * mean.unsqueeze(1)
+
+
+def _identity_minus(cov: torch.Tensor, gamma: float, c: float) -> torch.Tensor:
+    """c (I − γ cov), batched."""
+    eye = torch.eye(cov.shape[-1], dtype=cov.dtype, device=cov.device)
+    return c * (eye - gamma * cov)
