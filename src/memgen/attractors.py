@@ -1,0 +1,292 @@
+"""Attractors of an associative memory: retrieval dynamics, merging, stability, basins.
+
+A :class:`Memory` is a set of stored patterns with an energy (DESIGN §1):
+    kernel    E(x) = −(1/β) log Σ exp(−β‖x − y_i‖²)  (eq. 13; the empirical denoising
+              energy at VE noise σ is this with β = 1/(2σ²) and patterns a·y_i)
+    dense_am  E(x) = ½‖x‖² − (1/β) log Σ exp(β xᵀy_i)  (eq. 10)
+Both have the form E = c(½‖x‖² − …) whose minimiser map is x ← Σ_i w_i(x) y_i, the
+fixed-point (CCCP) retrieval that never raises the energy; gradient descent is the
+other dynamics offered. Endpoints that coincide are merged, then each attractor is
+classified by the smallest Hessian eigenvalue (exact, via the Gram matrix of the
+patterns that carry weight, or Lanczos when that is large) and its distance to the
+nearest stored pattern: memorized, spurious (stable, not stored) or saddle.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy.sparse.linalg import LinearOperator, eigsh
+from tqdm.auto import tqdm
+
+from memgen import energy as E
+
+KINDS = ("memorized", "spurious", "saddle")
+_EXACT_EIG_MAX = 2000  # largest Gram matrix diagonalised exactly; Lanczos above
+_BATCH_BUDGET = 256 * 2**20  # bytes for one (starts × patterns) block of weights
+
+
+@dataclass(frozen=True)
+class Memory:
+    """Stored patterns (N, D) and the energy that retrieves them."""
+
+    patterns: torch.Tensor
+    beta: float
+    kind: str = "kernel"
+
+    def __post_init__(self):
+        if self.kind not in _ENERGIES:
+            raise ValueError(f"unknown energy {self.kind!r}; known: {', '.join(_ENERGIES)}")
+        if self.patterns.ndim != 2 or len(self.patterns) == 0:
+            raise ValueError("patterns must be a non-empty (N, D) tensor")
+        if not self.beta > 0:
+            raise ValueError(f"beta must be positive, got {self.beta}")
+
+    @classmethod
+    def from_sigma(cls, patterns: torch.Tensor, sigma: float, scale: float = 1.0) -> "Memory":
+        """The empirical denoising energy at noise σ (VP scale a): kernel, β = 1/(2σ²)."""
+        return cls(scale * patterns, E.kernel_beta(sigma), "kernel")
+
+    def energy(self, x: torch.Tensor) -> torch.Tensor:
+        return _ENERGIES[self.kind][0](x, self.patterns, self.beta)
+
+    def grad(self, x: torch.Tensor) -> torch.Tensor:
+        return _ENERGIES[self.kind][1](x, self.patterns, self.beta)
+
+    def weights(self, x: torch.Tensor) -> torch.Tensor:
+        return _ENERGIES[self.kind][2](x, self.patterns, self.beta)
+
+    @property
+    def curvature(self) -> tuple[float, float]:
+        """(c, γ) with ∇²E = c (I − γ Cov_w(y))."""
+        return (2.0, 2.0 * self.beta) if self.kind == "kernel" else (1.0, self.beta)
+
+
+_ENERGIES = {
+    "kernel": (E.kernel_energy, E.kernel_grad, E.kernel_weights),
+    "dense_am": (E.dense_am_energy, E.dense_am_grad, E.dense_am_weights),
+}
+
+
+@dataclass(frozen=True)
+class Retrieval:
+    """Endpoints of the retrieval dynamics from every start."""
+
+    endpoints: torch.Tensor  # (S, D)
+    energies: torch.Tensor  # (S,)
+    iterations: np.ndarray  # (S,) steps taken
+    converged: np.ndarray  # (S,) bool: last step shorter than tol
+    method: str
+    tol: float
+    max_iter: int
+
+
+def retrieve(memory: Memory, starts: torch.Tensor, *, method: str = "fixed_point",
+             tol: float = 1e-6, max_iter: int = 1000, step: float | None = None,
+             callback=None, progress: bool = False) -> Retrieval:
+    """Run retrieval from every start until the step is shorter than tol (or max_iter).
+
+    fixed_point: x ← Σ_i w_i(x) y_i. gradient: x ← x − η∇E with η = step (default
+    1/(2c), half the inverse of the Hessian's upper bound). callback(i, x, energies) is
+    called after every step of every batch (for tests of monotone descent).
+    """
+    if method not in ("fixed_point", "gradient"):
+        raise ValueError(f"unknown retrieval method {method!r}; use fixed_point or gradient")
+    eta = 1.0 / (2 * memory.curvature[0]) if step is None else step
+    batch = max(1, _BATCH_BUDGET // (starts.element_size() * len(memory.patterns)))
+    out, iters, done = [], [], []
+    for b0 in tqdm(range(0, len(starts), batch), desc="retrieval", unit="batch",
+                   disable=not progress or len(starts) <= batch):
+        x, it, ok = _descend(memory, starts[b0:b0 + batch].clone(), method, eta, tol, max_iter,
+                             callback)
+        out.append(x), iters.append(it), done.append(ok)
+    endpoints = torch.cat(out)
+    return Retrieval(endpoints, memory.energy(endpoints), np.concatenate(iters),
+                     np.concatenate(done), method, tol, max_iter)
+
+
+def _descend(memory, x, method, eta, tol, max_iter, callback):
+    iterations = np.zeros(len(x), dtype=np.int64)
+    active = torch.ones(len(x), dtype=torch.bool, device=x.device)
+    for i in range(max_iter):
+        xa = x[active]
+        if method == "fixed_point":
+            new = memory.weights(xa) @ memory.patterns
+        else:
+            new = xa - eta * memory.grad(xa)
+        moved = (new - xa).norm(dim=1)
+        x[active] = new
+        iterations[active.cpu().numpy()] += 1
+        if callback is not None:
+            callback(i, x, memory.energy(x))
+        still = moved >= tol
+        active[active.clone()] = still
+        if not active.any():
+            break
+    return x, iterations, ~active.cpu().numpy()
+
+
+def merge_endpoints(points: torch.Tensor, energies: torch.Tensor, tol: float):
+    """Greedy leader clustering: the lowest-energy unassigned endpoint becomes a
+    representative and takes every endpoint within tol. Returns (rep indices (A,),
+    assignment (S,) into 0..A−1)."""
+    order = torch.argsort(energies).cpu().numpy()
+    assignment = np.full(len(points), -1, dtype=np.int64)
+    reps: list[int] = []
+    for i in order:
+        if assignment[i] >= 0:
+            continue
+        near = ((points - points[i]).norm(dim=1) <= tol).cpu().numpy() & (assignment < 0)
+        assignment[near] = len(reps)
+        reps.append(int(i))
+    return np.array(reps, dtype=np.int64), assignment
+
+
+def min_hessian_eigenvalue(memory: Memory, x: torch.Tensor, weight_floor: float = 1e-12
+                           ) -> np.ndarray:
+    """Smallest eigenvalue of ∇²E = c(I − γ Cov_w(y)) at each row of x: (B,).
+
+    Cov_w = ỸᵀỸ with Ỹ = diag(√w)(Y − m) over the patterns whose weight exceeds
+    weight_floor·max w, so its top eigenvalue is that of the small Gram matrix ỸỸᵀ
+    (exact), or of ỸᵀỸ by Lanczos when both sides exceed 2,000.
+    """
+    c, gamma = memory.curvature
+    d = memory.patterns.shape[1]
+    out = np.empty(len(x))
+    for b, w in enumerate(memory.weights(x.to(memory.patterns.dtype)).double()):
+        keep = w > weight_floor * w.max()
+        y = memory.patterns[keep].double()
+        wk = w[keep] / w[keep].sum()
+        yt = wk.sqrt().unsqueeze(1) * (y - wk @ y)  # (n_active, D)
+        top = _top_eigenvalue(yt)
+        lowest = 1.0 - gamma * top
+        out[b] = c * (min(lowest, 1.0) if len(yt) < d else lowest)
+    return out
+
+
+def _top_eigenvalue(yt: torch.Tensor) -> float:
+    n, d = yt.shape
+    if min(n, d) <= _EXACT_EIG_MAX:
+        gram = yt @ yt.T if n <= d else yt.T @ yt
+        return float(torch.linalg.eigvalsh(gram)[-1])
+    a = yt.cpu().numpy()
+    op = LinearOperator((d, d), matvec=lambda v: a.T @ (a @ v), dtype=np.float64)
+    return float(eigsh(op, k=1, which="LA", return_eigenvectors=False)[0])
+
+
+@dataclass(frozen=True)
+class Attractors:
+    """Merged endpoints of retrieval, classified (A attractors, S starts)."""
+
+    points: torch.Tensor  # (A, D)
+    energies: np.ndarray  # (A,)
+    kinds: np.ndarray  # (A,) str: memorized | spurious | saddle
+    min_eigenvalue: np.ndarray  # (A,) smallest Hessian eigenvalue
+    basin: np.ndarray  # (A,) share of starts that ended here
+    nearest_pattern: np.ndarray  # (A,) index of the closest stored pattern
+    pattern_distance: np.ndarray  # (A,) its distance
+    assignment: np.ndarray  # (S,) attractor reached from each start
+    retrieval: Retrieval
+
+    def count(self, kind: str) -> int:
+        return int((self.kinds == kind).sum())
+
+    def share(self, kind: str) -> float:
+        """Share of starts that ended at an attractor of this kind."""
+        return float(self.basin[self.kinds == kind].sum())
+
+
+def find_attractors(memory: Memory, starts: torch.Tensor, *, method: str = "fixed_point",
+                    tol: float = 1e-7, max_iter: int = 2000, merge_tol: float | None = None,
+                    store_tol: float | None = None, eig_tol: float = 1e-6,
+                    progress: bool = False) -> Attractors:
+    """Retrieve from every start, merge coinciding endpoints, classify the attractors.
+
+    merge_tol: endpoints closer than this are one attractor (default 1e-3 × the
+    patterns' RMS radius, or 1000·tol if larger). store_tol: an attractor within this
+    distance of a stored pattern is memorized (default: a quarter of the smallest
+    distance between two distinct patterns, capped at 1e-2 × RMS radius).
+    eig_tol: λ_min below −eig_tol·c makes a saddle.
+    """
+    from memgen.metrics.knn import knn_search
+
+    scale = float(memory.patterns.double().square().sum(1).mean().sqrt()) or 1.0
+    merge_tol = max(1e-3 * scale, 1e3 * tol) if merge_tol is None else merge_tol
+    store_tol = _default_store_tol(memory.patterns, scale) if store_tol is None else store_tol
+    run = retrieve(memory, starts, method=method, tol=tol, max_iter=max_iter, progress=progress)
+    reps, assignment = merge_endpoints(run.endpoints, run.energies, merge_tol)
+    points = run.endpoints[reps]
+    near = knn_search(points, memory.patterns, 1)
+    lam = min_hessian_eigenvalue(memory, points)
+    dist = near.dist[:, 0].cpu().numpy()
+    kinds = np.where(lam < -eig_tol * memory.curvature[0], "saddle",
+                     np.where(dist <= store_tol, "memorized", "spurious"))
+    basin = np.bincount(assignment, minlength=len(reps)) / len(starts)
+    return Attractors(points, run.energies[reps].cpu().numpy(), kinds, lam, basin,
+                      near.idx[:, 0].cpu().numpy(), dist, assignment, run)
+
+
+def _default_store_tol(patterns: torch.Tensor, scale: float) -> float:
+    from memgen.metrics.knn import knn_search
+
+    if len(patterns) < 2:
+        return 1e-2 * scale
+    gap = knn_search(patterns, patterns, 1, exclude_self=True).dist[:, 0]
+    gap = gap[gap > 0]
+    return min(0.25 * float(gap.min()), 1e-2 * scale) if len(gap) else 1e-2 * scale
+
+
+# ------------------------------------------------------------------------ starts
+
+
+def box_starts(patterns: torch.Tensor, n: int, generator: torch.Generator | None = None,
+               margin: float = 0.25) -> torch.Tensor:
+    """n points uniform in the patterns' bounding box, widened by margin × its extent."""
+    lo, hi = patterns.min(0).values, patterns.max(0).values
+    pad = margin * (hi - lo).clamp_min(1e-3)
+    u = torch.rand(n, patterns.shape[1], generator=generator, dtype=patterns.dtype)
+    return lo - pad + u.to(patterns.device) * (hi - lo + 2 * pad)
+
+
+def noisy_starts(patterns: torch.Tensor, n: int, sigma: float,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+    """n samples of p_σ = (1/N) Σ N(y_i, σ² I): a random pattern plus Gaussian noise."""
+    pick = torch.randint(len(patterns), (n,), generator=generator)
+    noise = torch.randn(n, patterns.shape[1], generator=generator, dtype=patterns.dtype)
+    return patterns[pick.to(patterns.device)] + sigma * noise.to(patterns.device)
+
+
+def annealed_starts(patterns: torch.Tensor, n: int, sigma: float,
+                    generator: torch.Generator | None = None, sigma_max: float | None = None,
+                    steps: int = 200) -> torch.Tensor:
+    """n endpoints of the reverse diffusion with the exact denoiser, stopped at σ.
+
+    Starts from N(mean, σ_max² I), σ_max defaulting to the patterns' largest distance
+    from their mean (the usual "σ_max ≈ data diameter" rule), and follows a geometric
+    ladder of ``steps`` levels down to σ with Euler–Maruyama.
+    """
+    from memgen.denoisers import EmpiricalDenoiser
+    from memgen.samplers import sample_euler_maruyama, ve_sigmas
+
+    mean = patterns.mean(0)
+    if sigma_max is None:
+        sigma_max = max(float((patterns - mean).norm(dim=1).max()), 2 * sigma)
+    noise = torch.randn(n, patterns.shape[1], generator=generator, dtype=patterns.dtype)
+    x = mean + sigma_max * noise.to(patterns.device)
+    sigmas = ve_sigmas(sigma_max, sigma, steps)
+    return sample_euler_maruyama(EmpiricalDenoiser(patterns), x, sigmas, generator=generator)
+
+
+STARTS = {"box": box_starts, "noisy": noisy_starts, "annealed": annealed_starts}
+
+
+def make_starts(kind: str, patterns: torch.Tensor, n: int, sigma: float,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+    """Starts of the named kind: box, noisy (samples of p_σ) or annealed."""
+    if kind not in STARTS:
+        raise ValueError(f"unknown starts {kind!r}; known: {', '.join(STARTS)}")
+    if kind == "box":
+        return box_starts(patterns, n, generator)
+    return STARTS[kind](patterns, n, sigma, generator)

@@ -1,0 +1,112 @@
+"""Attractors: the two-pattern bifurcation, the large- and small-β limits, monotone retrieval."""
+
+import numpy as np
+import pytest
+import torch
+
+from memgen import energy as E
+from memgen.attractors import (Memory, box_starts, find_attractors, merge_endpoints,
+                               min_hessian_eigenvalue, noisy_starts, retrieve)
+
+F64 = torch.float64
+
+
+def _two_patterns(mu):
+    return torch.tensor([[mu], [-mu]], dtype=F64)
+
+
+def _count_minima_1d(mu, sigma):
+    """Local minima of −log p_σ for patterns ±μ, on a fine grid."""
+    x = torch.linspace(-3, 3, 60_001, dtype=F64)[:, None]
+    e = E.empirical_energy(x, _two_patterns(mu), sigma)
+    return int(((e[1:-1] < e[:-2]) & (e[1:-1] < e[2:])).sum())
+
+
+def test_two_patterns_two_minima_above_sigma_one_below():
+    sigma = 0.5
+    assert _count_minima_1d(0.6, sigma) == 2
+    assert _count_minima_1d(0.4, sigma) == 1
+    memory = Memory.from_sigma(_two_patterns(0.6), sigma)
+    starts = torch.linspace(-2, 2, 41, dtype=F64)[:, None]
+    found = find_attractors(memory, starts)
+    # The start at exactly 0 stays on the symmetric critical point: a saddle, and seen as one.
+    assert found.count("saddle") == 1 and abs(float(found.points[found.kinds == "saddle"])) < 1e-12
+    minima = found.points[found.kinds != "saddle"]
+    assert len(minima) == 2 and minima.abs().min() > 0.3
+    one = find_attractors(Memory.from_sigma(_two_patterns(0.4), sigma), starts)
+    assert len(one.points) == 1 and abs(float(one.points[0, 0])) < 1e-4
+
+
+def test_two_pattern_switch_located_to_1e_3():
+    """Bisection on μ/σ: the minimum count switches from 1 to 2 at μ = σ."""
+    sigma, lo, hi = 0.5, 0.3, 0.8
+    while hi - lo > 1e-4:
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if _count_minima_1d(mid, sigma) == 2 else (mid, hi)
+    assert abs((lo + hi) / 2 - sigma) < 1e-3
+    # The Hessian at the symmetric point changes sign at the same place.
+    at_zero = torch.zeros(1, 1, dtype=F64)
+    lam = [min_hessian_eigenvalue(Memory.from_sigma(_two_patterns(m), sigma), at_zero)[0]
+           for m in (sigma - 1e-3, sigma + 1e-3)]
+    assert lam[0] > 0 > lam[1]
+
+
+@pytest.mark.parametrize("kind", ["kernel", "dense_am"])
+def test_large_beta_stores_every_pattern_and_nothing_else(kind):
+    g = torch.Generator().manual_seed(0)
+    y = torch.randn(12, 5, generator=g, dtype=F64)
+    if kind == "dense_am":
+        y = y / y.norm(dim=1, keepdim=True)  # equal norms: every pattern can be a fixed point
+    memory = Memory(y, 200.0, kind)
+    starts = torch.cat([noisy_starts(y, 400, 0.05, g), y])
+    found = find_attractors(memory, starts)
+    assert found.count("memorized") == 12
+    assert found.count("spurious") == 0 and found.count("saddle") == 0
+    assert sorted(found.nearest_pattern.tolist()) == list(range(12))
+    assert (found.min_eigenvalue > 0).all()
+
+
+def test_small_beta_single_minimum_at_the_mean():
+    g = torch.Generator().manual_seed(1)
+    y = torch.randn(30, 3, generator=g, dtype=F64)
+    memory = Memory(y, 1e-3, "kernel")
+    found = find_attractors(memory, box_starts(y, 200, g))
+    assert len(found.points) == 1 and found.kinds[0] == "spurious"
+    assert (found.points[0] - y.mean(0)).norm() < 1e-2
+    assert found.min_eigenvalue[0] > 1.9  # ≈ 2(1 − 2β·Var) ≈ 2
+
+
+@pytest.mark.parametrize("method", ["fixed_point", "gradient"])
+def test_retrieval_descends_monotonically(method):
+    g = torch.Generator().manual_seed(2)
+    y = torch.randn(50, 2, generator=g, dtype=F64)
+    memory = Memory(y, 3.0, "kernel")
+    starts = box_starts(y, 64, g)
+    trace = [memory.energy(starts)]
+    run = retrieve(memory, starts, method=method, tol=1e-9, max_iter=3000,
+                   callback=lambda i, x, e: trace.append(e.clone()))
+    steps = torch.stack(trace)
+    assert (steps[1:] <= steps[:-1] + 1e-12).all()
+    assert run.converged.all()
+    assert memory.grad(run.endpoints).norm(dim=1).max() < 1e-6
+
+
+def test_hessian_eigenvalue_matches_dense_and_lanczos_paths(monkeypatch):
+    import memgen.attractors as A
+
+    g = torch.Generator().manual_seed(3)
+    y = torch.randn(40, 6, generator=g, dtype=F64)
+    memory = Memory(y, 0.3, "kernel")
+    x = torch.randn(5, 6, generator=g, dtype=F64)
+    dense = torch.linalg.eigvalsh(E.kernel_hessian(x, y, 0.3))[:, 0].numpy()
+    np.testing.assert_allclose(min_hessian_eigenvalue(memory, x), dense, rtol=1e-10, atol=1e-12)
+    monkeypatch.setattr(A, "_EXACT_EIG_MAX", 2)  # force the Lanczos path
+    np.testing.assert_allclose(min_hessian_eigenvalue(memory, x), dense, rtol=1e-8, atol=1e-10)
+
+
+def test_merge_endpoints_greedy_by_energy():
+    points = torch.tensor([[0.0], [0.05], [1.0], [1.04], [3.0]], dtype=F64)
+    energies = torch.tensor([1.0, 0.5, 2.0, 2.5, 0.1], dtype=F64)
+    reps, assignment = merge_endpoints(points, energies, tol=0.1)
+    assert reps.tolist() == [4, 1, 2]
+    assert assignment.tolist() == [1, 1, 2, 2, 0]
