@@ -110,3 +110,32 @@ def test_merge_endpoints_greedy_by_energy():
     reps, assignment = merge_endpoints(points, energies, tol=0.1)
     assert reps.tolist() == [4, 1, 2]
     assert assignment.tolist() == [1, 1, 2, 2, 0]
+
+
+def test_minimum_energy_path_barrier_equals_exact_saddle_height():
+    """Two patterns ±μ e₁ in 2D: the saddle is the origin, the minima at ±x* e₁."""
+    sigma, mu = 0.5, 0.8
+    y = torch.tensor([[mu, 0.0], [-mu, 0.0]], dtype=F64)
+    memory = Memory.from_sigma(y, sigma)
+    found = find_attractors(memory, torch.tensor([[1.0, 0.3], [-1.0, -0.2]], dtype=F64))
+    a, b = found.points
+    from memgen.attractors import minimum_energy_path
+
+    path = minimum_energy_path(memory, a, b, n_images=81)
+    exact = float(memory.energy(torch.zeros(1, 2, dtype=F64))[0] - memory.energy(a[None])[0])
+    assert path.barrier == pytest.approx(exact, rel=1e-3)
+
+
+def test_ring_barriers_on_three_well_separated_points():
+    from memgen.attractors import ring_barriers, ring_energy_spread
+
+    theta = torch.tensor([0.0, 2.0, 4.0], dtype=F64) * np.pi / 3
+    y = torch.stack([theta.cos(), theta.sin()], 1)
+    memory = Memory(y, 20.0, "kernel")
+    found = find_attractors(memory, y + 0.01)
+    barriers = ring_barriers(memory, found, n_images=61)
+    assert found.count("memorized") == 3 and len(barriers) == 3
+    # Symmetric wells: the saddle is the chord's midpoint, at squared distance 3/4 from two
+    # patterns (the third is e^{−45} away), so the barrier is 3/4 − log(2)/β above E ≈ 0.
+    assert np.allclose(barriers, 0.75 - np.log(2) / 20, rtol=2e-3)
+    assert ring_energy_spread(memory) > 0.5

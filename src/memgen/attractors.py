@@ -290,3 +290,75 @@ def make_starts(kind: str, patterns: torch.Tensor, n: int, sigma: float,
     if kind == "box":
         return box_starts(patterns, n, generator)
     return STARTS[kind](patterns, n, sigma, generator)
+
+
+# ---------------------------------------------------------------------- barriers
+
+
+@dataclass(frozen=True)
+class Path:
+    """A minimum-energy path between two minima and its energy profile."""
+
+    points: torch.Tensor  # (n_images, D), points[0] = a, points[-1] = b
+    energies: np.ndarray  # (n_images,)
+
+    @property
+    def barrier(self) -> float:
+        """Energy of the path's highest point above the higher of its two ends."""
+        return float(self.energies.max() - max(self.energies[0], self.energies[-1]))
+
+
+def minimum_energy_path(memory: Memory, a: torch.Tensor, b: torch.Tensor, n_images: int = 41,
+                        n_iter: int = 400, step: float | None = None) -> Path:
+    """Zero-temperature string method (E, Ren & Vanden-Eijnden 2007) between minima a, b.
+
+    The straight segment is relaxed by gradient steps on its interior images, each
+    followed by reparametrisation to equal arc length; the highest image then sits at
+    the saddle to O(1/n_images).
+    """
+    eta = 1.0 / (4 * memory.curvature[0]) if step is None else step
+    t = torch.linspace(0, 1, n_images, dtype=memory.patterns.dtype, device=a.device)[:, None]
+    path = a + t * (b - a)
+    for _ in range(n_iter):
+        path[1:-1] -= eta * memory.grad(path[1:-1])
+        path = _equal_arc_length(path)
+    return Path(path, memory.energy(path).cpu().numpy())
+
+
+def _equal_arc_length(path: torch.Tensor) -> torch.Tensor:
+    seg = (path[1:] - path[:-1]).norm(dim=1)
+    s = torch.cat([seg.new_zeros(1), seg.cumsum(0)])
+    if s[-1] == 0:
+        return path
+    s = (s / s[-1]).cpu().numpy()
+    u = np.linspace(0, 1, len(path))
+    p = path.cpu().numpy()
+    out = np.stack([np.interp(u, s, p[:, j]) for j in range(p.shape[1])], axis=1)
+    return torch.from_numpy(out).to(path)
+
+
+def ring_barriers(memory: Memory, found: Attractors, **path_options) -> np.ndarray:
+    """Barriers between angularly neighbouring stable attractors of 2D data (A,) or empty.
+
+    Attractors (saddles excluded) are ordered by angle about the origin; entry i is the
+    barrier of the path from attractor i to its counter-clockwise neighbour.
+    """
+    if found.points.shape[1] != 2:
+        raise ValueError("ring barriers are defined for 2D data")
+    stable = found.points[found.kinds != "saddle"]
+    if len(stable) < 2:
+        return np.array([])
+    stable = stable[torch.argsort(torch.atan2(stable[:, 1], stable[:, 0]))]
+    pairs = [(stable[i], stable[(i + 1) % len(stable)]) for i in range(len(stable))]
+    if len(stable) == 2:
+        pairs = pairs[:1]  # the two arcs share one pair of ends; keep the one path found
+    return np.array([minimum_energy_path(memory, a, b, **path_options).barrier
+                     for a, b in pairs])
+
+
+def ring_energy_spread(memory: Memory, radius: float = 1.0, n: int = 720) -> float:
+    """max − min of the energy around the circle of the given radius (2D data)."""
+    theta = torch.linspace(0, 2 * np.pi, n + 1, dtype=memory.patterns.dtype)[:-1]
+    ring = radius * torch.stack([theta.cos(), theta.sin()], 1).to(memory.patterns.device)
+    e = memory.energy(ring)
+    return float(e.max() - e.min())
