@@ -8,8 +8,15 @@ Both have the form E = c(½‖x‖² − …) whose minimiser map is x ← Σ_i 
 fixed-point (CCCP) retrieval that never raises the energy; gradient descent is the
 other dynamics offered. Endpoints that coincide are merged, then each attractor is
 classified by the smallest Hessian eigenvalue (exact, via the Gram matrix of the
-patterns that carry weight, or Lanczos when that is large) and its distance to the
-nearest stored pattern: memorized, spurious (stable, not stored) or saddle.
+patterns that carry weight, or Lanczos when that is large) and by whether one stored
+pattern dominates it: memorized, spurious (stable, not stored) or saddle.
+
+"Stored" is decided by the retrieval weights w = softmax over patterns at the
+attractor: a memory is an attractor whose weight is dominated by a single pattern
+(w_max > 1/2). This is scale-free: a memory displaced by its neighbours' pull still
+counts, while a mixture (two patterns merged into one well, w ≈ ½ each) or a point of
+a dense ring (weight spread over many patterns) does not. An optional absolute
+distance tolerance can be added on top.
 """
 
 from __future__ import annotations
@@ -187,6 +194,7 @@ class Attractors:
     basin: np.ndarray  # (A,) share of starts that ended here
     nearest_pattern: np.ndarray  # (A,) index of the closest stored pattern
     pattern_distance: np.ndarray  # (A,) its distance
+    max_weight: np.ndarray  # (A,) largest retrieval weight w_i at the attractor
     assignment: np.ndarray  # (S,) attractor reached from each start
     retrieval: Retrieval
 
@@ -200,42 +208,32 @@ class Attractors:
 
 def find_attractors(memory: Memory, starts: torch.Tensor, *, method: str = "fixed_point",
                     tol: float = 1e-7, max_iter: int = 2000, merge_tol: float | None = None,
-                    store_tol: float | None = None, eig_tol: float = 1e-6,
-                    progress: bool = False) -> Attractors:
+                    store_weight: float = 0.5, store_tol: float | None = None,
+                    eig_tol: float = 1e-6, progress: bool = False) -> Attractors:
     """Retrieve from every start, merge coinciding endpoints, classify the attractors.
 
     merge_tol: endpoints closer than this are one attractor (default 1e-3 × the
-    patterns' RMS radius, or 1000·tol if larger). store_tol: an attractor within this
-    distance of a stored pattern is memorized (default: a quarter of the smallest
-    distance between two distinct patterns, capped at 1e-2 × RMS radius).
-    eig_tol: λ_min below −eig_tol·c makes a saddle.
+    patterns' RMS norm, or 1000·tol if larger). An attractor is memorized when one
+    pattern's retrieval weight exceeds store_weight (and, if store_tol is given, that
+    pattern lies within store_tol); saddle when λ_min < −eig_tol·c; else spurious.
     """
     from memgen.metrics.knn import knn_search
 
     scale = float(memory.patterns.double().square().sum(1).mean().sqrt()) or 1.0
     merge_tol = max(1e-3 * scale, 1e3 * tol) if merge_tol is None else merge_tol
-    store_tol = _default_store_tol(memory.patterns, scale) if store_tol is None else store_tol
     run = retrieve(memory, starts, method=method, tol=tol, max_iter=max_iter, progress=progress)
     reps, assignment = merge_endpoints(run.endpoints, run.energies, merge_tol)
     points = run.endpoints[reps]
     near = knn_search(points, memory.patterns, 1)
-    lam = min_hessian_eigenvalue(memory, points)
     dist = near.dist[:, 0].cpu().numpy()
+    w_max = memory.weights(points).max(dim=1).values.double().cpu().numpy()
+    stored = (w_max > store_weight) & (dist <= (np.inf if store_tol is None else store_tol))
+    lam = min_hessian_eigenvalue(memory, points)
     kinds = np.where(lam < -eig_tol * memory.curvature[0], "saddle",
-                     np.where(dist <= store_tol, "memorized", "spurious"))
+                     np.where(stored, "memorized", "spurious"))
     basin = np.bincount(assignment, minlength=len(reps)) / len(starts)
     return Attractors(points, run.energies[reps].cpu().numpy(), kinds, lam, basin,
-                      near.idx[:, 0].cpu().numpy(), dist, assignment, run)
-
-
-def _default_store_tol(patterns: torch.Tensor, scale: float) -> float:
-    from memgen.metrics.knn import knn_search
-
-    if len(patterns) < 2:
-        return 1e-2 * scale
-    gap = knn_search(patterns, patterns, 1, exclude_self=True).dist[:, 0]
-    gap = gap[gap > 0]
-    return min(0.25 * float(gap.min()), 1e-2 * scale) if len(gap) else 1e-2 * scale
+                      near.idx[:, 0].cpu().numpy(), dist, w_max, assignment, run)
 
 
 # ------------------------------------------------------------------------ starts

@@ -12,10 +12,38 @@ from memgen import __version__
 from memgen.io import atomic_file, atomic_output_dir, check_output_dir, load_samples, write_json
 
 RULES = ("paper", "absolute")
+LIST_OPTIONS = ("--K", "--sigma")  # take several numbers: --K 2 9 1000
+
+
+def expand_lists(args: list[str]) -> list[str]:
+    """Rewrite ``--K 2 9 1000`` as ``--K 2 --K 9 --K 1000`` (click repeats options)."""
+    out, current = [], None
+    for token in args:
+        if token in LIST_OPTIONS:
+            current = token
+            out.append(token)
+            continue
+        if current is not None and _is_number(token) and out[-1] != current:
+            out.append(current)
+        elif not _is_number(token):
+            current = None
+        out.append(token)
+    return out
+
+
+def _is_number(token: str) -> bool:
+    try:
+        float(token)
+    except ValueError:
+        return False
+    return True
 
 
 class _Group(click.Group):
-    """Turns ValueError from the library into a one-line error and exit status 1."""
+    """Accepts list options; turns ValueError into a one-line error and exit status 1."""
+
+    def parse_args(self, ctx, args):
+        return super().parse_args(ctx, expand_lists(list(args)))
 
     def invoke(self, ctx):
         try:
@@ -166,6 +194,70 @@ def demo(data_root, K, n_eval, seed, out):
     click.echo(result.confusion_text)
     click.echo(f"wrote {out}/: summary.json, labels.npz, demo.json, fractions.png, "
                "neighbours.png")
+
+
+@cli.command()
+@click.option("--data", type=click.Choice(["circle", "fmnist"]), default="circle",
+              show_default=True, help="Stored patterns: the unit-circle pool or Fashion-MNIST.")
+@click.option("--sigma", "sigmas", type=float, multiple=True, required=True,
+              help="VE noise level(s) σ, e.g. --sigma 0.1 0.2 (β = 1/(2σ²)); several give a "
+                   "(K × β) heat map.")
+@click.option("--K", "Ks", type=int, multiple=True, required=True,
+              help="Numbers of stored patterns (nested subsets), e.g. --K 2 4 9 16.")
+@click.option("--n-starts", type=int, default=1024, show_default=True)
+@click.option("--starts", type=click.Choice(["noisy", "box", "annealed"]), default="noisy",
+              show_default=True, help="Retrieval starts: samples of p_σ, uniform in the data's "
+                                      "box, or reverse diffusion stopped at σ.")
+@click.option("--method", type=click.Choice(["fixed_point", "gradient"]), default="fixed_point",
+              show_default=True)
+@click.option("--max-iter", type=int, default=2000, show_default=True)
+@click.option("--tol", type=float, default=1e-6, show_default=True,
+              help="Stop when a step is shorter than tol × the patterns' RMS norm.")
+@click.option("--dtype", type=click.Choice(["float64", "float32"]), default=None,
+              help="[float64 for the circle, float32 for images]")
+@click.option("--data-root", type=click.Path(file_okay=False))
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", required=True, type=click.Path(file_okay=False))
+def phase(data, sigmas, Ks, n_starts, starts, method, max_iter, tol, dtype, data_root, seed, out):
+    """Attractors of the exact energy −log p_σ against the load K (and σ): phase.csv."""
+    from memgen.phase import PhaseConfig, run_phase, write_phase
+
+    config = PhaseConfig(data=data, sigmas=tuple(sigmas), Ks=tuple(Ks), n_starts=n_starts,
+                         starts=starts, method=method, tol=tol, max_iter=max_iter, seed=seed,
+                         data_root=data_root,
+                         dtype=dtype or ("float64" if data == "circle" else "float32"))
+    check_output_dir(out)
+    rows = run_phase(config, progress=True)
+    with atomic_output_dir(out) as tmp:
+        write_phase(tmp, rows, config)
+    columns = ("sigma", "K", "n_attractors", "n_memorized", "n_spurious", "n_saddle",
+               "share_memorized", "share_spurious", "rule_generalized")
+    click.echo("".join(f"{c:>17}" for c in columns))
+    for row in rows:
+        click.echo("".join(f"{row[c]:>17.4g}" if isinstance(row[c], float) else f"{row[c]:>17}"
+                           for c in columns))
+    click.echo(f"wrote {Path(out) / 'phase.csv'} and {Path(out) / 'phase.png'}")
+
+
+@cli.command()
+@click.option("--K", "Ks", type=int, multiple=True, default=(2, 9, 1000), show_default=True,
+              help="Numbers of circle points, one panel each.")
+@click.option("--beta", type=float, default=20.0, show_default=True,
+              help="Inverse temperature of the kernel energy (β = 1/(2σ²)).")
+@click.option("--out", required=True, type=click.Path(file_okay=False))
+def landscape(Ks, beta, out):
+    """2D energy landscapes of unit-circle data with their attractors (project page Fig. 2)."""
+    from memgen.landscape import LandscapeConfig, run_landscape, write_landscape
+
+    config = LandscapeConfig(Ks=tuple(Ks), beta=beta)
+    check_output_dir(out)
+    panels = run_landscape(config)
+    with atomic_output_dir(out) as tmp:
+        write_landscape(tmp, panels, config)
+    for panel in panels:
+        kinds = ", ".join(f"{(panel.kinds == k).sum()} {k}" for k in np.unique(panel.kinds))
+        click.echo(f"{panel.title}: {kinds}")
+    click.echo(f"wrote {Path(out) / 'attractors.csv'} and {Path(out) / 'landscape.png'}")
 
 
 def _save(fig, out: str, dpi: int) -> None:

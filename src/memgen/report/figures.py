@@ -113,3 +113,96 @@ def plot_label_bars(groups: Mapping[str, tuple], title: str = ""):
     if title:
         ax.set_title(title, fontsize=10)
     return fig
+
+
+def plot_phase(rows: Sequence[Mapping], title: str = ""):
+    """Phase sweep: curves against K for one σ, or (K × β) heat maps for several."""
+    sigmas = sorted({r["sigma"] for r in rows}, reverse=True)  # β ascending upwards
+    if len(sigmas) == 1:
+        return _phase_curves(rows, title)
+    Ks = sorted({r["K"] for r in rows})
+    keys = [("share_memorized", "starts → memorized attractors"),
+            ("share_spurious", "starts → spurious attractors"),
+            ("rule_generalized", "eqs. 4–6: generalized endpoints")]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), layout="constrained", squeeze=False)
+    lookup = {(r["sigma"], r["K"]): r for r in rows}
+    betas = [1 / (2 * s**2) for s in sigmas]
+    for ax, (key, label) in zip(axes[0], keys):
+        grid = np.array([[lookup[(s, K)][key] for K in Ks] for s in sigmas])
+        im = ax.imshow(grid, origin="lower", aspect="auto", vmin=0, vmax=1, cmap="viridis")
+        ax.set_xticks(range(len(Ks)), [str(K) for K in Ks], rotation=45, fontsize=7)
+        ax.set_yticks(range(len(sigmas)), [f"{b:.3g}" for b in betas], fontsize=7)
+        ax.set(xlabel="K", ylabel="β = 1/(2σ²)", title=label)
+        fig.colorbar(im, ax=ax, shrink=0.8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def _phase_curves(rows: Sequence[Mapping], title: str):
+    K = np.array([r["K"] for r in rows])
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), layout="constrained")
+    for key, name, style in [("share_memorized", "memorized", "o-"),
+                             ("share_spurious", "spurious", "o-")]:
+        ax.plot(K, [r[key] for r in rows], style, ms=3.5, color=COLORS[name],
+                label=f"starts → {name} attractors")
+    for name in LABEL_NAMES:
+        ax.plot(K, [r[f"rule_{name}"] for r in rows], "--", color=COLORS[name], lw=1,
+                label=f"eqs. 4–6 {name}")
+    ax.set_xscale("log")
+    ax.set(xlabel="K (stored patterns)", ylabel="share of starts", ylim=(-0.02, 1.02))
+    twin = ax.twinx()
+    twin.plot(K, [r["n_attractors"] for r in rows], "k:", lw=1.2)
+    if max(r["n_attractors"] for r in rows) > 50:
+        twin.set_yscale("log")
+    twin.set_ylabel("attractors found (dotted)")
+    ax.legend(fontsize=7, loc="center left")
+    ax.set_title(title + f"  (σ = {rows[0]['sigma']:.3g}, β = {rows[0]['beta']:.3g})",
+                 fontsize=10)
+    return fig
+
+
+def plot_landscape(panels: Sequence, extent: float, beta: float):
+    """Project-page Fig. 2: energy heat map (dark = low), score arrows, the unit circle,
+    training points (red stars), attractors (yellow crosses, annotated with their energy
+    above the panel's lowest attractor; spurious ones circled; saddles as cyan x)."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.9),
+                             layout="constrained", squeeze=False)
+    axis = np.linspace(-extent, extent, panels[0].score.shape[0])
+    theta = np.linspace(0, 2 * np.pi, 400)
+    for ax, panel in zip(axes[0], panels):
+        lo, hi = np.percentile(panel.energy, [0, 90])
+        ax.imshow(np.clip(panel.energy, lo, hi), origin="lower", cmap="magma",
+                  extent=(-extent, extent, -extent, extent))
+        u, v = panel.score[..., 0], panel.score[..., 1]
+        norm = np.hypot(u, v) + 1e-12
+        ax.quiver(axis, axis, u / norm, v / norm, color="white", alpha=0.45, scale=30,
+                  width=0.004)
+        ax.plot(np.cos(theta), np.sin(theta), "--", color="white", lw=0.8, alpha=0.7)
+        if panel.patterns is not None:
+            ax.plot(*panel.patterns.T, "*", color="red", ms=9 if len(panel.patterns) < 50 else 2,
+                    mec="darkred", mew=0.4)
+        _draw_attractors(ax, panel)
+        ax.set(xlim=(-extent, extent), ylim=(-extent, extent), xticks=[], yticks=[])
+        ax.set_title(panel.title, fontsize=10)
+    fig.suptitle(f"kernel energy, β = {beta:g}", fontsize=10)
+    return fig
+
+
+def _draw_attractors(ax, panel) -> None:
+    if panel.ring_radius is not None:
+        t = np.linspace(0, 2 * np.pi, 400)
+        ax.plot(panel.ring_radius * np.cos(t), panel.ring_radius * np.sin(t), color="yellow",
+                lw=1.5, label=f"minimum ring R* = {panel.ring_radius:.3f}")
+        ax.legend(fontsize=7, loc="lower right")
+        return
+    stable = panel.kinds != "saddle"
+    shifted = panel.attractor_energy - panel.attractor_energy[stable].min()
+    ax.plot(*panel.attractors[stable].T, "x", color="yellow", ms=8, mew=2)
+    spurious = panel.attractors[panel.kinds == "spurious"]
+    ax.plot(*spurious.T, "o", mfc="none", mec="yellow", ms=12, mew=1)
+    ax.plot(*panel.attractors[~stable].T, "x", color="cyan", ms=6, mew=1.5)
+    if stable.sum() <= 12:
+        for (x, y), e in zip(panel.attractors[stable], shifted[stable]):
+            ax.annotate(f"{e:.3g}", (x, y), xytext=(4, 4), textcoords="offset points",
+                        color="yellow", fontsize=7)

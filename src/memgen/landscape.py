@@ -1,0 +1,126 @@
+"""2D energy landscapes of the unit-circle data (project page, Fig. 2).
+
+One panel per K: the kernel energy −(1/β) log Σ exp(−β‖x − y_i‖²) of the first K
+points of the circle pool on a grid, its score field, the training points and the
+attractors found by retrieval from a grid of starts; plus the continuum panel
+E(R) = R² + 1 − (1/β) log I0(2βR) whose minimum is the whole ring R = R*.
+Orchestration only: the math is in ``energy`` and ``attractors``.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from memgen import energy as E
+from memgen.attractors import Attractors, Memory, find_attractors
+
+EXTENT = 1.6  # the grid covers [−EXTENT, EXTENT]²
+
+
+@dataclass(frozen=True)
+class LandscapeConfig:
+    Ks: tuple[int, ...] = (2, 9, 1000)
+    beta: float = 20.0
+    grid: int = 161  # energy grid points per axis
+    arrows: int = 21  # score arrows per axis
+    starts_per_axis: int = 40  # retrieval starts on a regular grid
+    split_seed: int = 42  # subsets of the 60,000-point pool (seed 9)
+    max_iter: int = 5000
+
+
+@dataclass(frozen=True)
+class Panel:
+    """What one panel shows (computed, not drawn)."""
+
+    title: str
+    energy: np.ndarray  # (grid, grid), rows along y
+    score: np.ndarray  # (arrows, arrows, 2): −∇E
+    patterns: np.ndarray | None  # (K, 2)
+    attractors: np.ndarray  # (A, 2)
+    attractor_energy: np.ndarray  # (A,)
+    kinds: np.ndarray  # (A,)
+    ring_radius: float | None = None  # continuum: the radius of the minimum ring
+
+
+def circle_ring_radius(beta: float) -> float:
+    """R* > 0 where the continuum radial score 2(I1/I0(2βR) − R) vanishes (bisection)."""
+    lo, hi = 1e-9, 1.0
+    f = lambda r: float(E.circle_radial_score(torch.tensor(r, dtype=torch.float64), beta))  # noqa: E731
+    if f(lo) <= 0:  # βR small: I1/I0 ≈ βR < R for β < 1: the minimum is the origin
+        return 0.0
+    for _ in range(80):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if f(mid) > 0 else (lo, mid)
+    return (lo + hi) / 2
+
+
+def grid_points(n: int) -> torch.Tensor:
+    axis = torch.linspace(-EXTENT, EXTENT, n, dtype=torch.float64)
+    yy, xx = torch.meshgrid(axis, axis, indexing="ij")
+    return torch.stack([xx.reshape(-1), yy.reshape(-1)], 1)
+
+
+def discrete_panel(patterns: torch.Tensor, config: LandscapeConfig) -> tuple[Panel, Attractors]:
+    memory = Memory(patterns, config.beta, "kernel")
+    found = find_attractors(memory, grid_points(config.starts_per_axis), tol=1e-9,
+                            max_iter=config.max_iter)
+    g, a = config.grid, config.arrows
+    panel = Panel(
+        title=f"K = {len(patterns)}",
+        energy=memory.energy(grid_points(g)).reshape(g, g).numpy(),
+        score=(-memory.grad(grid_points(a))).reshape(a, a, 2).numpy(),
+        patterns=patterns.numpy(), attractors=found.points.numpy(),
+        attractor_energy=found.energies, kinds=found.kinds)
+    return panel, found
+
+
+def continuum_panel(config: LandscapeConfig) -> Panel:
+    g, a = config.grid, config.arrows
+    radius = circle_ring_radius(config.beta)
+
+    def radial(points):
+        return points.norm(dim=1)
+
+    energy = E.circle_energy(radial(grid_points(g)), config.beta).reshape(g, g)
+    pts = grid_points(a)
+    r = radial(pts).clamp_min(1e-12)
+    score = (E.circle_radial_score(r, config.beta) / r)[:, None] * pts
+    ring_energy = float(E.circle_energy(torch.tensor(radius, dtype=torch.float64), config.beta))
+    return Panel(title="continuum (K → ∞)", energy=energy.numpy(),
+                 score=score.reshape(a, a, 2).numpy(), patterns=None,
+                 attractors=np.array([[radius, 0.0]]), attractor_energy=np.array([ring_energy]),
+                 kinds=np.array(["ring"]), ring_radius=radius)
+
+
+def run_landscape(config: LandscapeConfig) -> list[Panel]:
+    from memgen.data import circle_pool, nested_indices
+
+    pool = circle_pool(60_000, seed=9)
+    bad = [K for K in config.Ks if not 1 <= K <= len(pool)]
+    if bad or not config.Ks:
+        raise ValueError(f"K must lie in [1, {len(pool)}]; got {bad or 'none'}")
+    if not config.beta > 0:
+        raise ValueError(f"beta must be positive, got {config.beta}")
+    panels = []
+    for K in config.Ks:
+        patterns = torch.from_numpy(pool[nested_indices(len(pool), K, config.split_seed)])
+        panels.append(discrete_panel(patterns.double(), config)[0])
+    return panels + [continuum_panel(config)]
+
+
+def write_landscape(out: Path, panels: list[Panel], config: LandscapeConfig) -> None:
+    """attractors.csv (K, x, y, energy, kind) and landscape.png into an existing folder."""
+    from memgen.report.figures import plot_landscape
+
+    with (out / "attractors.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["K", "x", "y", "energy", "kind"])
+        for K, panel in zip([*config.Ks, "continuum"], panels):
+            for (x, y), e, kind in zip(panel.attractors, panel.attractor_energy, panel.kinds):
+                writer.writerow([K, f"{x:.6g}", f"{y:.6g}", f"{e:.6g}", kind])
+    plot_landscape(panels, EXTENT, beta=config.beta).savefig(out / "landscape.png", dpi=130)
