@@ -22,6 +22,7 @@ distance tolerance can be added on top.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -64,6 +65,31 @@ class Memory:
 
     def weights(self, x: torch.Tensor) -> torch.Tensor:
         return _ENERGIES[self.kind][2](x, self.patterns, self.beta)
+
+    @cached_property
+    def _logit_bias(self) -> torch.Tensor:
+        """Per-pattern logit offset: −β‖y_i‖² (kernel; ‖x‖² cancels in the softmax) or 0."""
+        if self.kind == "kernel":
+            return -self.beta * torch.einsum("nd,nd->n", self.patterns, self.patterns)
+        return self.patterns.new_zeros(len(self.patterns))
+
+    def retrieval_step(self, x: torch.Tensor, buffer: torch.Tensor | None = None
+                       ) -> torch.Tensor:
+        """One fixed-point step x ← Σ_i w_i(x) y_i, written to minimise temporaries.
+
+        The logits are one addmm (2β xᵀy − β‖y‖² for the kernel, β xᵀy for DenseAM) into
+        ``buffer`` (a flat tensor of at least B·N elements, reused across steps), and the
+        softmax runs in place.
+        """
+        alpha = 2 * self.beta if self.kind == "kernel" else self.beta
+        shape = (len(x), len(self.patterns))
+        logits = (torch.empty(shape, dtype=x.dtype, device=x.device) if buffer is None
+                  else buffer[:shape[0] * shape[1]].view(shape))
+        torch.addmm(self._logit_bias.unsqueeze(0), x, self.patterns.T, alpha=alpha, out=logits)
+        logits -= logits.amax(dim=1, keepdim=True)
+        logits.exp_()
+        logits /= logits.sum(dim=1, keepdim=True)
+        return logits @ self.patterns
 
     @property
     def curvature(self) -> tuple[float, float]:
@@ -117,10 +143,11 @@ def retrieve(memory: Memory, starts: torch.Tensor, *, method: str = "fixed_point
 def _descend(memory, x, method, eta, tol, max_iter, callback):
     iterations = np.zeros(len(x), dtype=np.int64)
     active = torch.ones(len(x), dtype=torch.bool, device=x.device)
+    buffer = x.new_empty(len(x) * len(memory.patterns))
     for i in range(max_iter):
         xa = x[active]
         if method == "fixed_point":
-            new = memory.weights(xa) @ memory.patterns
+            new = memory.retrieval_step(xa, buffer)
         else:
             new = xa - eta * memory.grad(xa)
         moved = (new - xa).norm(dim=1)
