@@ -139,3 +139,31 @@ def test_ring_barriers_on_three_well_separated_points():
     # patterns (the third is e^{−45} away), so the barrier is 3/4 − log(2)/β above E ≈ 0.
     assert np.allclose(barriers, 0.75 - np.log(2) / 20, rtol=2e-3)
     assert ring_energy_spread(memory) > 0.5
+
+
+def test_find_attractors_from_patterns_with_beta_or_sigma():
+    y = torch.tensor([[1.0, 0.0], [-1.0, 0.0]], dtype=F64)
+    starts = torch.tensor([[0.8, 0.1], [-0.7, 0.2]], dtype=F64)
+    by_sigma = find_attractors(y, starts, sigma=0.3)
+    by_beta = find_attractors(y, starts, beta=1 / (2 * 0.3**2))
+    torch.testing.assert_close(by_sigma.points, by_beta.points)
+    assert by_sigma.count("memorized") == 2
+    with pytest.raises(ValueError, match="exactly one"):
+        find_attractors(y, starts, sigma=0.3, beta=2.0)
+    with pytest.raises(ValueError, match="exactly one"):
+        find_attractors(y, starts)
+
+
+def test_annealed_starts_end_near_training_points_at_small_sigma():
+    """Reverse diffusion with the exact denoiser, stopped at small σ: samples of p_σ."""
+    from memgen.attractors import make_starts
+
+    g = torch.Generator().manual_seed(5)
+    theta = torch.arange(5, dtype=F64) * 2 * np.pi / 5
+    y = torch.stack([theta.cos(), theta.sin()], 1)
+    x = make_starts("annealed", y, 400, 0.02, g)
+    nearest = torch.cdist(x, y).min(1).values
+    assert nearest.max() < 0.02 * 5  # within 5σ of a training point
+    assert 0.01 < nearest.mean() < 0.04  # ≈ σ·√(π/2) = 0.025 for a 2D Gaussian at σ
+    counts = torch.bincount(torch.cdist(x, y).argmin(1), minlength=5)
+    assert counts.min() > 40  # every pattern is reached, roughly uniformly (80 each)

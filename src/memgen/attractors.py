@@ -233,11 +233,32 @@ class Attractors:
         return float(self.basin[self.kinds == kind].sum())
 
 
-def find_attractors(memory: Memory, starts: torch.Tensor, *, method: str = "fixed_point",
-                    tol: float = 1e-7, max_iter: int = 2000, merge_tol: float | None = None,
+def as_memory(memory: Memory | torch.Tensor, *, beta: float | None = None,
+              sigma: float | None = None, scale: float = 1.0, kind: str = "kernel") -> Memory:
+    """A Memory as given, or built from (N, D) patterns with exactly one of beta or sigma."""
+    if isinstance(memory, Memory):
+        if beta is not None or sigma is not None:
+            raise ValueError("beta and sigma come with patterns, not with a Memory")
+        return memory
+    if (beta is None) == (sigma is None):
+        raise ValueError("give exactly one of beta (inverse temperature) or sigma (noise level)")
+    if sigma is not None:
+        if kind != "kernel":
+            raise ValueError("sigma defines the empirical (kernel) energy; use beta for dense_am")
+        return Memory.from_sigma(memory, sigma, scale)
+    return Memory(scale * memory, beta, kind)
+
+
+def find_attractors(memory: Memory | torch.Tensor, starts: torch.Tensor, *,
+                    beta: float | None = None, sigma: float | None = None, scale: float = 1.0,
+                    kind: str = "kernel", method: str = "fixed_point", tol: float = 1e-7,
+                    max_iter: int = 2000, merge_tol: float | None = None,
                     store_weight: float = 0.5, store_tol: float | None = None,
                     eig_tol: float = 1e-6, progress: bool = False) -> Attractors:
     """Retrieve from every start, merge coinciding endpoints, classify the attractors.
+
+    memory: a :class:`Memory`, or (N, D) patterns with beta= (kernel or dense_am energy)
+    or sigma= (the empirical energy −log p_σ, VP scale a = scale).
 
     merge_tol: endpoints closer than this are one attractor (default 1e-3 × the
     patterns' RMS norm, or 1000·tol if larger). An attractor is memorized when one
@@ -246,8 +267,9 @@ def find_attractors(memory: Memory, starts: torch.Tensor, *, method: str = "fixe
     """
     from memgen.metrics.knn import knn_search
 
-    scale = float(memory.patterns.double().square().sum(1).mean().sqrt()) or 1.0
-    merge_tol = max(1e-3 * scale, 1e3 * tol) if merge_tol is None else merge_tol
+    memory = as_memory(memory, beta=beta, sigma=sigma, scale=scale, kind=kind)
+    size = float(memory.patterns.double().square().sum(1).mean().sqrt()) or 1.0
+    merge_tol = max(1e-3 * size, 1e3 * tol) if merge_tol is None else merge_tol
     run = retrieve(memory, starts, method=method, tol=tol, max_iter=max_iter, progress=progress)
     reps, assignment = merge_endpoints(run.endpoints, run.energies, merge_tol)
     points = run.endpoints[reps]
