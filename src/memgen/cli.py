@@ -154,6 +154,18 @@ def plot_fractions_cmd(fractions_csv, epsilon, out):
     _save(fig, out, dpi=150)
 
 
+@plot.command("phase")
+@click.argument("phase_csv", type=click.Path(dir_okay=False))
+@click.option("--title", default="", help="Figure title.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Image file.")
+def plot_phase_cmd(phase_csv, title, out):
+    """Curves (one σ) or (K × β) heat maps (several σ) of a phase.csv."""
+    from memgen.phase import read_phase
+    from memgen.report.figures import plot_phase
+
+    _save(plot_phase(read_phase(phase_csv), title=title), out, dpi=150)
+
+
 @plot.command("neighbours")
 @click.option("--train", "train_path", required=True, type=click.Path(dir_okay=False))
 @click.option("--eval", "eval_path", required=True, type=click.Path(dir_okay=False))

@@ -132,5 +132,21 @@ def write_phase(out: Path, rows: list[dict], config: PhaseConfig) -> None:
         out / "phase.png", dpi=150)
 
 
+def read_phase(path: str | Path) -> list[dict]:
+    """Rows of a phase.csv with numbers parsed (counts as int, the rest as float)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"no such file: {path}")
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or set(COLUMNS) - set(rows[0]):
+        raise ValueError(f"{path} is not a phase.csv (columns {', '.join(COLUMNS)})")
+    counts = {"K", "n_starts", "n_attractors", "n_memorized", "n_spurious", "n_saddle"}
+    try:
+        return [{k: int(r[k]) if k in counts else float(r[k]) for k in COLUMNS} for r in rows]
+    except ValueError as err:
+        raise ValueError(f"{path}: non-numeric entry ({err})") from None
+
+
 def _fmt(value):
     return f"{value:.6g}" if isinstance(value, float) else value

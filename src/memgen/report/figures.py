@@ -121,15 +121,18 @@ def plot_phase(rows: Sequence[Mapping], title: str = ""):
     if len(sigmas) == 1:
         return _phase_curves(rows, title)
     Ks = sorted({r["K"] for r in rows})
-    keys = [("share_memorized", "starts → memorized attractors"),
-            ("share_spurious", "starts → spurious attractors"),
-            ("rule_generalized", "eqs. 4–6: generalized endpoints")]
+    keys = [("share_memorized", "starts → memorized attractors", (0, 1)),
+            ("share_spurious", "starts → spurious attractors", (0, 1)),
+            ("n_attractors", "attractors found", (None, None))]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), layout="constrained", squeeze=False)
     lookup = {(r["sigma"], r["K"]): r for r in rows}
     betas = [1 / (2 * s**2) for s in sigmas]
-    for ax, (key, label) in zip(axes[0], keys):
-        grid = np.array([[lookup[(s, K)][key] for K in Ks] for s in sigmas])
-        im = ax.imshow(grid, origin="lower", aspect="auto", vmin=0, vmax=1, cmap="viridis")
+    for ax, (key, label, (vmin, vmax)) in zip(axes[0], keys):
+        grid = np.array([[lookup[(s, K)][key] for K in Ks] for s in sigmas], dtype=float)
+        im = ax.imshow(grid, origin="lower", aspect="auto", vmin=vmin, vmax=vmax, cmap="viridis")
+        for (i, j), value in np.ndenumerate(grid):
+            if key == "n_attractors":
+                ax.text(j, i, f"{value:.0f}", ha="center", va="center", fontsize=6, color="w")
         ax.set_xticks(range(len(Ks)), [str(K) for K in Ks], rotation=45, fontsize=7)
         ax.set_yticks(range(len(sigmas)), [f"{b:.3g}" for b in betas], fontsize=7)
         ax.set(xlabel="K", ylabel="β = 1/(2σ²)", title=label)
