@@ -33,6 +33,7 @@ from memgen import energy as E
 
 KINDS = ("memorized", "spurious", "saddle")
 _EXACT_EIG_MAX = 2000  # largest Gram matrix diagonalised exactly; Lanczos above
+_EXACT_EIG_FLOPS = 2e9  # ... and only while forming it costs less than this
 _BATCH_BUDGET = 256 * 2**20  # bytes for one (starts × patterns) block of weights
 
 
@@ -201,8 +202,10 @@ def min_hessian_eigenvalue(memory: Memory, x: torch.Tensor, weight_floor: float 
 
 
 def _top_eigenvalue(yt: torch.Tensor) -> float:
+    """Largest eigenvalue of ỸᵀỸ: the smaller Gram matrix diagonalised, or Lanczos (ARPACK)
+    on v ↦ Ỹᵀ(Ỹv) when that Gram matrix is large or costly to form."""
     n, d = yt.shape
-    if min(n, d) <= _EXACT_EIG_MAX:
+    if min(n, d) <= _EXACT_EIG_MAX and n * d * min(n, d) <= _EXACT_EIG_FLOPS:
         gram = yt @ yt.T if n <= d else yt.T @ yt
         return float(torch.linalg.eigvalsh(gram)[-1])
     a = yt.cpu().numpy()
