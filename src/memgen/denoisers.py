@@ -45,3 +45,84 @@ class EmpiricalDenoiser:
         out = torch.cat([kernel_weights(flat[i:i + step], self.patterns, beta[i:i + step])
                          @ self.patterns for i in range(0, len(flat), step)])
         return out.reshape(x.shape).to(x.dtype)
+
+
+class EpsDenoiser:
+    """A VP ε-prediction network seen as a VE denoiser (k-diffusion's DiscreteEpsDDPMDenoiser).
+
+    At VE level σ: ᾱ = 1/(1 + σ²), x_vp = √ᾱ x, t = schedule.t_from_sigma(σ) (a float;
+    exact integers on the schedule's own ladder), ε̂ = net(x_vp, t), and
+    D(x, σ) = x − σ ε̂, clipped to [−1, 1] when ``clip`` (Ho et al.'s clip_denoised).
+    """
+
+    def __init__(self, net, schedule, clip: bool = True):
+        self.net, self.schedule, self.clip = net, schedule, clip
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
+        sigma = _per_sample(sigma, x)
+        t = torch.as_tensor(self.schedule.t_from_sigma(sigma.double().cpu().numpy()),
+                            dtype=x.dtype, device=x.device)
+        a = (1 + sigma.square()).rsqrt().view(-1, *([1] * (x.ndim - 1)))
+        eps = self.net(a * x, t)
+        out = x - sigma.view_as(a) * eps
+        return out.clamp(-1, 1) if self.clip else out
+
+
+class ScoreDenoiser:
+    """A VE score network s(x, t) with σ(t) = σ_max √t seen as D(x, σ) = x + σ² s(x, t)."""
+
+    def __init__(self, net, schedule):
+        self.net, self.schedule = net, schedule
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
+        sigma = _per_sample(sigma, x)
+        t = torch.as_tensor(self.schedule.t_from_sigma(sigma.double().cpu().numpy()),
+                            dtype=x.dtype, device=x.device)
+        return x + sigma.square().view(-1, *([1] * (x.ndim - 1))) * self.net(x, t)
+
+
+def _per_sample(sigma, x: torch.Tensor) -> torch.Tensor:
+    return torch.as_tensor(sigma, dtype=x.dtype, device=x.device).expand(len(x)).clone()
+
+
+def load_checkpoint_denoiser(path, *, ema: bool = True, device="cpu", clip: bool = True):
+    """The denoiser of a ``memgen train`` checkpoint (EMA weights by default)."""
+    from memgen.training import TrainConfig, load_checkpoint
+
+    payload = load_checkpoint(path, map_location=device)
+    config = TrainConfig.from_json(payload["config"])
+    net = config.net.build().to(device)
+    net.load_state_dict(payload["ema" if ema else "model"])
+    net.eval()
+    if config.objective == "vp_eps":
+        return EpsDenoiser(net, config.schedule(), clip=clip)
+    return ScoreDenoiser(net, config.schedule())
+
+
+def load_torchscript_denoiser(path, schedule=None, device="cpu", clip: bool = True):
+    """A TorchScript ε-model ``eps = model(x_t, t)`` (VP, integer-valued t) as a Denoiser.
+
+    TorchScript archives hold code and tensors, no pickled Python objects.
+    """
+    from pathlib import Path
+
+    from memgen.schedules import VPSchedule
+
+    if not Path(path).is_file():
+        raise ValueError(f"no such TorchScript file: {path}")
+    net = torch.jit.load(str(path), map_location=device).eval()
+    return EpsDenoiser(net, schedule or VPSchedule(), clip=clip)
+
+
+def load_diffusers_denoiser(path, schedule=None, device="cpu", clip: bool = True):
+    """A diffusers ``UNet2DModel`` directory (ε-prediction) as a Denoiser (needs diffusers)."""
+    try:
+        from diffusers import UNet2DModel
+    except ImportError:
+        raise ValueError("loading a diffusers model needs `pip install 'memgen[diffusers]'`") from None
+    from memgen.schedules import VPSchedule
+
+    unet = UNet2DModel.from_pretrained(str(path), local_files_only=True).to(device).eval()
+    return EpsDenoiser(lambda x, t: unet(x, t).sample, schedule or VPSchedule(), clip=clip)

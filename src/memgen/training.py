@@ -1,0 +1,273 @@
+"""Training diffusion models by denoising score matching (paper App. B.3, DESIGN §2).
+
+Objectives (x₀ a training sample, n ~ N(0, I)):
+    vp_eps    DDPM (Ho et al. 2020): t ~ U{0..T−1}, x_t = √ᾱ_t x₀ + √(1 − ᾱ_t) n,
+              loss ‖ε_θ(x_t, t) − n‖².
+    ve_score  VE SDE of the 2D toy: t ~ U(t_min, 1), σ = σ_max √t, x = x₀ + σ n,
+              loss ‖σ s_θ(x, t) + n‖² (λ(t) = σ² weighting of ‖s_θ − ∇ log p(x | x₀)‖²).
+Adam, EMA of the weights (with the usual warm-up min(decay, (1 + k)/(10 + k))), gradient
+clipping, batch min(B, K), a fixed iteration budget, one seed for everything: the model's
+initial weights, the batches, t and the noise, and dropout (run inside a forked global
+RNG, so the caller's RNG is untouched). Checkpoints carry the config, the weights, the
+EMA weights, the optimiser and every RNG state, and load with weights_only=True; a run
+resumes from its last checkpoint and continues exactly as if it had not stopped.
+Multi-process training runs under ``torchrun`` (DistributedDataParallel): each rank
+draws its own share of the batch from its own seeded stream.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm.auto import tqdm
+
+from memgen.nets import NetConfig, get_preset
+from memgen.schedules import VESchedule, VPSchedule
+
+OBJECTIVES = ("vp_eps", "ve_score")
+CHECKPOINT = "checkpoint.pt"
+LOG = "log.jsonl"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    preset: str = "fmnist-cpu-16"
+    objective: str = "vp_eps"
+    iterations: int = 2000
+    batch_size: int = 128  # the batch is min(batch_size, K)
+    lr: float = 2e-4
+    ema_decay: float = 0.9999
+    grad_clip: float = 1.0
+    seed: int = 3407
+    log_every: int = 100
+    checkpoint_every: int = 1000
+    amp: bool = False  # bfloat16 autocast on CUDA
+    beta_min: float = 1e-4  # vp_eps schedule
+    beta_max: float = 0.02
+    T: int = 1000
+    sigma_max: float = 1.0  # ve_score schedule
+    t_min: float = 1e-3
+
+    def __post_init__(self):
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"unknown objective {self.objective!r}; known: {', '.join(OBJECTIVES)}")
+        for name in ("iterations", "batch_size", "log_every", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        if not (self.lr > 0 and 0 <= self.ema_decay < 1 and self.grad_clip > 0):
+            raise ValueError("need lr > 0, 0 <= ema_decay < 1 and grad_clip > 0")
+
+    @property
+    def net(self) -> NetConfig:
+        return get_preset(self.preset)
+
+    def schedule(self):
+        if self.objective == "vp_eps":
+            return VPSchedule(self.beta_min, self.beta_max, self.T)
+        return VESchedule(self.sigma_max, self.t_min)
+
+    @classmethod
+    def from_json(cls, text: str) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in json.loads(text).items() if k in known})
+
+
+def training_loss(model: nn.Module, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
+                  config: TrainConfig, schedule) -> torch.Tensor:
+    """The objective's mean loss for given t (B,) and noise (like x0)."""
+    shape = (-1,) + (1,) * (x0.ndim - 1)
+    if config.objective == "vp_eps":
+        a_bar = torch.as_tensor(schedule.alphas_cumprod, device=x0.device)[t].to(x0.dtype)
+        x_t = a_bar.sqrt().view(shape) * x0 + (1 - a_bar).sqrt().view(shape) * noise
+        return (model(x_t, t) - noise).square().mean()
+    sigma = (config.sigma_max * t.sqrt()).view(shape)
+    return (sigma * model(x0 + sigma * noise, t) + noise).square().mean()
+
+
+def draw_batch(data: torch.Tensor, batch: int, config: TrainConfig, generator: torch.Generator):
+    """(x0, t, noise) for one step, all from ``generator`` (on CPU, then moved)."""
+    idx = torch.randint(len(data), (batch,), generator=generator)
+    x0 = data[idx.to(data.device)]
+    if config.objective == "vp_eps":
+        t = torch.randint(config.T, (batch,), generator=generator)
+    else:
+        t = config.t_min + (1 - config.t_min) * torch.rand(batch, generator=generator,
+                                                           dtype=torch.float64)
+        t = t.to(data.dtype)
+    noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype)
+    return x0, t.to(data.device), noise.to(data.device)
+
+
+@dataclass
+class TrainState:
+    """Everything a checkpoint holds, live."""
+
+    model: nn.Module
+    ema: nn.Module
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator
+    step: int = 0
+
+
+def new_state(config: TrainConfig, device: torch.device, rank: int = 0) -> TrainState:
+    """Model, EMA copy and optimiser with seeded initial weights (identical on every rank)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.random.set_rng_state(torch.Generator().manual_seed(config.seed).get_state())
+        model = config.net.build().to(device)
+    ema = copy.deepcopy(model).requires_grad_(False)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    generator = torch.Generator().manual_seed(config.seed + 1 + rank)
+    return TrainState(model, ema, optimizer, generator)
+
+
+def save_checkpoint(path: Path, state: TrainState, config: TrainConfig,
+                    rng: list[tuple[torch.Tensor, torch.Tensor]]):
+    """Atomically write the checkpoint (temp file + rename).
+
+    rng: per rank, (batch generator state, CPU RNG state) — every rank resumes its own.
+    """
+    payload = {"config": json.dumps(asdict(config)), "step": state.step,
+               "model": state.model.state_dict(), "ema": state.ema.state_dict(),
+               "optimizer": state.optimizer.state_dict(),
+               "generators": [g for g, _ in rng], "cpu_rngs": [c for _, c in rng]}
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
+    """A checkpoint as a dict (weights_only: no pickled code is ever run)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"no such checkpoint: {path}")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # torch raises assorted types for corrupt files
+        raise ValueError(f"cannot read checkpoint {path} ({type(err).__name__})") from None
+
+
+def restore(state: TrainState, payload: dict, rank: int = 0) -> torch.Tensor:
+    """Load a checkpoint into a state; returns this rank's saved CPU RNG state."""
+    if rank >= len(payload["generators"]):
+        raise ValueError("the checkpoint was written by fewer processes; resume with as many")
+    state.model.load_state_dict(payload["model"])
+    state.ema.load_state_dict(payload["ema"])
+    state.optimizer.load_state_dict(payload["optimizer"])
+    state.generator.set_state(payload["generators"][rank])
+    state.step = int(payload["step"])
+    return payload["cpu_rngs"][rank]
+
+
+@torch.no_grad()
+def update_ema(ema: nn.Module, model: nn.Module, decay: float, step: int) -> None:
+    """ema ← d·ema + (1 − d)·θ with d = min(decay, (1 + step)/(10 + step))."""
+    d = min(decay, (1 + step) / (10 + step))
+    for e, p in zip(ema.parameters(), _unwrap(model).parameters()):
+        e.lerp_(p, 1 - d)
+    for e, b in zip(ema.buffers(), _unwrap(model).buffers()):
+        e.copy_(b)
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def train(config: TrainConfig, data: torch.Tensor, out: str | Path, *, progress: bool = True,
+          stop_after: int | None = None) -> TrainState:
+    """Train on ``data`` (K, ...) until config.iterations, resuming from out/checkpoint.pt.
+
+    stop_after: return after this many steps of this call (to test resumption).
+    """
+    out = Path(out)
+    rank, world = _distributed()
+    state = new_state(config, data.device, rank)
+    cpu_rng = torch.Generator().manual_seed(config.seed + 10_000 + rank).get_state()
+    if (out / CHECKPOINT).exists():
+        payload = load_checkpoint(out / CHECKPOINT, data.device)
+        if json.loads(payload["config"]) != asdict(config):
+            raise ValueError(f"{out / CHECKPOINT} was made with another config; use a new --out")
+        cpu_rng = restore(state, payload, rank)
+        if rank == 0:
+            _truncate_log(out / LOG, state.step)
+    out.mkdir(parents=True, exist_ok=True)
+    model = nn.parallel.DistributedDataParallel(state.model) if world > 1 else state.model
+    with torch.random.fork_rng(devices=[]):
+        torch.random.set_rng_state(cpu_rng)
+        _loop(config, data, out, state, model, rank, world, progress, stop_after)
+        _checkpoint(out, state, config, rank, world)
+    return state
+
+
+def _checkpoint(out: Path, state: TrainState, config: TrainConfig, rank: int, world: int):
+    """Gather every rank's RNG states; rank 0 writes the checkpoint."""
+    mine = (state.generator.get_state(), torch.random.get_rng_state())
+    states = [mine]
+    if world > 1:
+        states = [None] * world
+        dist.all_gather_object(states, mine)
+    if rank == 0:
+        save_checkpoint(out / CHECKPOINT, state, config, states)
+
+
+def _loop(config, data, out, state, model, rank, world, progress, stop_after):
+    schedule = config.schedule()
+    batch = max(1, min(config.batch_size, len(data)) // world)
+    end = config.iterations if stop_after is None else min(config.iterations,
+                                                           state.step + stop_after)
+    amp = config.amp and data.device.type == "cuda"
+    bar = tqdm(total=config.iterations, initial=state.step, desc="train", unit="it",
+               disable=not progress or rank != 0)
+    t0, loss_sum, n_loss = time.perf_counter(), 0.0, 0
+    model.train()
+    while state.step < end:
+        x0, t, noise = draw_batch(data, batch, config, state.generator)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+            loss = training_loss(model, x0, t, noise, config, schedule)
+        state.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        state.optimizer.step()
+        update_ema(state.ema, model, config.ema_decay, state.step)
+        state.step += 1
+        loss_sum, n_loss = loss_sum + loss.detach(), n_loss + 1
+        bar.update(1)
+        if state.step % config.log_every == 0 or state.step == end:
+            mean = float(loss_sum) / n_loss
+            if rank == 0:
+                _log(out, state.step, mean, time.perf_counter() - t0)
+            bar.set_postfix(loss=f"{mean:.4f}")
+            loss_sum, n_loss = 0.0, 0
+        if state.step % config.checkpoint_every == 0 and state.step < end:
+            _checkpoint(out, state, config, rank, world)
+    bar.close()
+
+
+def _log(out: Path, step: int, loss: float, seconds: float) -> None:
+    record = {"step": step, "loss": loss, "seconds": round(seconds, 3)}
+    with (out / LOG).open("a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop log records written after the checkpoint a run resumes from."""
+    if path.exists():
+        lines = [ln for ln in path.read_text().splitlines() if json.loads(ln)["step"] <= step]
+        path.write_text("".join(ln + "\n" for ln in lines))
+
+
+def _distributed() -> tuple[int, int]:
+    """(rank, world size); initialises the process group under torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), world
