@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -312,8 +313,9 @@ def train(data, train_path, K, split_seed, data_root, preset, objective, iterati
                                                           else "vp_eps"))
     samples = _training_set(data, train_path, K, split_seed, data_root, net)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    np.savez(out / "train.npz", samples=samples)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, one process writes
+        with atomic_file(out / "train.npz") as tmp:
+            np.savez(tmp, samples=samples)
     state = run(config, torch.from_numpy(samples).to(device), out)
     click.echo(f"trained {state.step} iterations on {len(samples)} samples; "
                f"wrote {out / 'checkpoint.pt'}")

@@ -61,8 +61,7 @@ class EpsDenoiser:
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
         sigma = _per_sample(sigma, x)
-        t = torch.as_tensor(self.schedule.t_from_sigma(sigma.double().cpu().numpy()),
-                            dtype=x.dtype, device=x.device)
+        t = self.schedule.t_from_sigma(sigma.double().cpu()).to(x.device, x.dtype)
         a = (1 + sigma.square()).rsqrt().view(-1, *([1] * (x.ndim - 1)))
         eps = self.net(a * x, t)
         out = x - sigma.view_as(a) * eps
@@ -70,7 +69,8 @@ class EpsDenoiser:
 
 
 class ScoreDenoiser:
-    """A VE score network s(x, t) with σ(t) = σ_max √t seen as D(x, σ) = x + σ² s(x, t)."""
+    """A VE score network with σ(t) = σ_max √t seen as a denoiser: the network output F
+    is σ times the score (s = F/σ, see ``memgen.training``), so D(x, σ) = x + σ² s = x + σ F."""
 
     def __init__(self, net, schedule):
         self.net, self.schedule = net, schedule
@@ -78,9 +78,8 @@ class ScoreDenoiser:
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
         sigma = _per_sample(sigma, x)
-        t = torch.as_tensor(self.schedule.t_from_sigma(sigma.double().cpu().numpy()),
-                            dtype=x.dtype, device=x.device)
-        return x + sigma.square().view(-1, *([1] * (x.ndim - 1))) * self.net(x, t)
+        t = self.schedule.t_from_sigma(sigma.double().cpu()).to(x.device, x.dtype)
+        return x + sigma.view(-1, *([1] * (x.ndim - 1))) * self.net(x, t)
 
 
 def _per_sample(sigma, x: torch.Tensor) -> torch.Tensor:

@@ -4,11 +4,17 @@ Variance-exploding coordinates (Karras et al. 2022): x starts at noise level sig
 and is carried down the decreasing ladder ``sigmas``; the score at σ is
 (D(x, σ) − x)/σ² for a denoiser D (see ``memgen.denoisers``). The last entry of
 ``sigmas`` may be 0 (a final denoising step) or the level at which to stop.
+A VP model is sampled through ``memgen.schedules.VPSchedule.sigmas()`` (x_ve = x_vp/√ᾱ).
+
+Randomness comes only from ``generator``: None (torch's global RNG), a torch.Generator,
+or a ``StackedGenerator`` (one stream per sample, so a sample never depends on its batch).
+``callback(i, x, sigma_next)`` is called after step i. Nothing is clipped here.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 
@@ -21,15 +27,90 @@ def ve_sigmas(sigma_max: float, sigma_min: float, steps: int) -> torch.Tensor:
                           dtype=torch.float64)
 
 
+# ------------------------------------------------------------------------------ noise
+
+
+class StackedGenerator:
+    """One torch.Generator per sample (NVlabs/edm ``StackedRandomGenerator``).
+
+    Draws for a batch are the per-sample draws stacked along dim 0, so sample k's noise
+    depends only on seeds[k], never on the batch it is drawn in.
+    """
+
+    def __init__(self, seeds: Sequence[int], device: str | torch.device = "cpu"):
+        seeds = [int(s) for s in seeds]
+        if not seeds:
+            raise ValueError("seeds must be non-empty")
+        self.device = torch.device(device)
+        self.generators = [torch.Generator(self.device).manual_seed(s % (1 << 63))
+                           for s in seeds]
+
+    def __len__(self) -> int:
+        return len(self.generators)
+
+    def randn(self, shape, *, dtype=None, device=None) -> torch.Tensor:
+        """(len(seeds), ...) standard normal draws, row k from generator k."""
+        shape = tuple(shape)
+        if not shape or shape[0] != len(self):
+            raise ValueError(f"leading dimension {shape[:1]} must equal the number of "
+                             f"seeds ({len(self)})")
+        out = torch.stack([torch.randn(shape[1:], generator=g, dtype=dtype, device=self.device)
+                           for g in self.generators])
+        return out if device is None else out.to(device)
+
+    def randn_like(self, x: torch.Tensor) -> torch.Tensor:
+        return self.randn(x.shape, dtype=x.dtype, device=x.device)
+
+
+def _noise(x: torch.Tensor, generator) -> torch.Tensor:
+    """Standard normal noise shaped like x from None, a torch.Generator or a StackedGenerator."""
+    if isinstance(generator, StackedGenerator):
+        return generator.randn_like(x)
+    if generator is None or isinstance(generator, torch.Generator):
+        return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+    raise ValueError("generator must be None, a torch.Generator or a StackedGenerator, "
+                     f"got {type(generator).__name__}")
+
+
+def initial_noise(shape, sigma_max: float, generator=None, *, dtype=None,
+                  device=None) -> torch.Tensor:
+    """x ~ N(0, sigma_max² I) of the given shape: the start of a VE ladder.
+
+    DDPM's x_T ~ N(0, I) in VP coordinates is N(0, (1 + σ_{T−1}²) I) in VE coordinates,
+    i.e. ``sigma_max = 1/schedule.scale(T − 1)``; σ_{T−1} alone ignores the data's variance.
+    """
+    if not sigma_max > 0:
+        raise ValueError(f"sigma_max must be > 0, got {sigma_max}")
+    if device is None and isinstance(generator, StackedGenerator):
+        device = generator.device
+    like = torch.empty(shape, dtype=dtype, device=device)
+    return sigma_max * _noise(like, generator)
+
+
+def _levels(sigmas) -> list[float]:
+    """sigmas as floats, checked: non-increasing, every level but the last > 0."""
+    levels = [float(s) for s in sigmas]
+    if len(levels) < 1:
+        raise ValueError("sigmas must be non-empty")
+    if any(not a >= b for a, b in zip(levels, levels[1:])) or levels[-1] < 0:
+        raise ValueError("sigmas must be non-increasing and >= 0")
+    if any(not s > 0 for s in levels[:-1]):
+        raise ValueError("only the last entry of sigmas may be 0")
+    return levels
+
+
+# --------------------------------------------------------------------------- samplers
+
+
 @torch.no_grad()
 def sample_euler_maruyama(denoiser, x, sigmas, *, generator=None, callback=None):
     """Reverse VE SDE, Euler–Maruyama (Song et al. 2021, "reverse diffusion" predictor):
-    x ← x + (σ_i² − σ_{i+1}²)·score + √(σ_i² − σ_{i+1}²)·z."""
-    for i in range(len(sigmas) - 1):
-        s, s_next = float(sigmas[i]), float(sigmas[i + 1])
+    x ← x + (σ_i² − σ_{i+1}²)·score + √(σ_i² − σ_{i+1}²)·z  (no noise on a step to 0)."""
+    levels = _levels(sigmas)
+    for i, (s, s_next) in enumerate(zip(levels, levels[1:])):
         score = (denoiser(x, s) - x) / s**2
         var = s**2 - s_next**2
-        noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+        noise = _noise(x, generator)
         x = x + var * score + math.sqrt(var) * noise * (s_next > 0)
         if callback is not None:
             callback(i, x, s_next)
@@ -39,9 +120,9 @@ def sample_euler_maruyama(denoiser, x, sigmas, *, generator=None, callback=None)
 @torch.no_grad()
 def sample_heun(denoiser, x, sigmas, *, generator=None, callback=None):
     """Probability-flow ODE dx/dσ = (x − D(x, σ))/σ, Heun's 2nd order (Karras et al. 2022,
-    Alg. 1); deterministic, so ``generator`` is unused."""
-    for i in range(len(sigmas) - 1):
-        s, s_next = float(sigmas[i]), float(sigmas[i + 1])
+    Alg. 1); Euler on a step to 0; deterministic, so ``generator`` is unused."""
+    levels = _levels(sigmas)
+    for i, (s, s_next) in enumerate(zip(levels, levels[1:])):
         d = (x - denoiser(x, s)) / s
         x_next = x + (s_next - s) * d
         if s_next > 0:
@@ -51,3 +132,66 @@ def sample_heun(denoiser, x, sigmas, *, generator=None, callback=None):
         if callback is not None:
             callback(i, x, s_next)
     return x
+
+
+@torch.no_grad()
+def sample_ddpm(denoiser, x, sigmas, *, generator=None, callback=None):
+    """DDPM ancestral sampling (Ho et al. 2020, Alg. 2) in VE coordinates: with x̂0 = D(x, s),
+    x' ~ N(x̂0 + (s'²/s²)(x − x̂0), s'²(s² − s'²)/s² I); a step to 0 returns x̂0.
+
+    Proof that this is Ho's step for the VPSchedule ladder: (1) dividing by a_t = √ᾱ_t turns
+    x_t = √α_t x_{t−1} + √β_t ε into the random walk x_t = x_{t−1} + √(σ_t² − σ_{t−1}²) ε
+    (σ_t² − σ_{t−1}² = 1/ᾱ_t − 1/ᾱ_{t−1} = β_t/ᾱ_t); (2) the posterior of a Gaussian random
+    walk between x0 and x_t is the Brownian bridge above, which times a_{t−1} is q(x_{t−1} |
+    x_t, x0) of Ho's eq. 7 (mean coefficients β_t √ᾱ_{t−1}/(1−ᾱ_t), √α_t(1−ᾱ_{t−1})/(1−ᾱ_t),
+    variance β̃_t); with x̂0 = (x_t − √(1−ᾱ_t) ε̂)/√ᾱ_t that is Alg. 2, z = 0 at the last step.
+    """
+    levels = _levels(sigmas)
+    for i, (s, s_next) in enumerate(zip(levels, levels[1:])):
+        x0 = denoiser(x, s)
+        if s_next > 0:
+            r = (s_next / s) ** 2
+            x = x0 + r * (x - x0) + s_next * math.sqrt(1 - r) * _noise(x, generator)
+        else:
+            x = x0
+        if callback is not None:
+            callback(i, x, s_next)
+    return x
+
+
+@torch.no_grad()
+def sample_ddim(denoiser, x, sigmas, *, eta=0.0, generator=None, callback=None):
+    """DDIM (Song, Meng & Ermon 2021, eq. 12) in VE coordinates: ε̂ = (x − x̂0)/s,
+    x' = x̂0 + √(s'² − c²) ε̂ + c z with c = η s' √((s² − s'²)/s²).
+
+    η = 0: deterministic DDIM, x' = x̂0 + (s'/s)(x − x̂0), which is Euler's method for the
+    PF-ODE in σ (Karras et al. 2022, §4); η = 1: the ancestral variance, i.e. ``sample_ddpm``.
+    """
+    if not 0 <= eta <= 1:
+        raise ValueError(f"eta must lie in [0, 1], got {eta}")
+    levels = _levels(sigmas)
+    for i, (s, s_next) in enumerate(zip(levels, levels[1:])):
+        x0 = denoiser(x, s)
+        eps = (x - x0) / s
+        c = eta * s_next * math.sqrt(1 - (s_next / s) ** 2)
+        x = x0 + math.sqrt(max(s_next**2 - c**2, 0.0)) * eps
+        if c > 0:
+            x = x + c * _noise(x, generator)
+        if callback is not None:
+            callback(i, x, s_next)
+    return x
+
+
+SAMPLERS = {
+    "ddpm": sample_ddpm,
+    "ddim": sample_ddim,
+    "euler_maruyama": sample_euler_maruyama,
+    "heun": sample_heun,
+}
+
+
+def get_sampler(name: str):
+    """The sampler registered under ``name`` (see ``SAMPLERS``)."""
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}; known: {', '.join(SAMPLERS)}")
+    return SAMPLERS[name]

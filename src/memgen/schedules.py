@@ -23,10 +23,12 @@ uses cumprod(β_t) in its relative-energy code; ᾱ_t is cumprod(1 − β_t), as
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
 F64 = torch.float64
+_RTOL = 1e-6  # σ this far outside a schedule's range (float32 rounding) is clamped into it
 
 
 def _as_f64(value) -> tuple[torch.Tensor, bool]:
@@ -85,20 +87,23 @@ class VPSchedule:
         """ᾱ_t = Π_{s≤t} (1 − β_s): (T,) float64, decreasing."""
         return torch.cumprod(1.0 - self.betas, 0)
 
-    @property
+    @cached_property
     def _sigma_table(self) -> torch.Tensor:
         ab = self.alphas_cumprod
-        return ((1.0 - ab) / ab).sqrt()  # (T,) increasing
+        return ((1.0 - ab) / ab).sqrt()  # (T,) increasing; private, never handed out
+
+    @cached_property
+    def _log_sigma_table(self) -> torch.Tensor:
+        return self._sigma_table.log()
 
     def sigma(self, t):
         """VE noise level σ_t = √((1 − ᾱ_t)/ᾱ_t)."""
         tt, scalar = _as_f64(t)
         if ((tt < 0) | (tt > self.T - 1)).any() or tt.isnan().any():
             raise ValueError(f"t must lie in [0, {self.T - 1}]")
-        table = self._sigma_table
+        table, log_table = self._sigma_table, self._log_sigma_table
         lo = tt.floor().clamp(max=self.T - 2).long()
         w = tt - lo
-        log_table = table.log()
         interp = (log_table[lo] * (1 - w) + log_table[lo + 1] * w).exp()
         exact = torch.where(w == 0, table[lo], table[lo + 1])
         return _out(torch.where((w == 0) | (w == 1), exact, interp), scalar)
@@ -115,13 +120,16 @@ class VPSchedule:
 
     def t_from_sigma(self, sigma, round: bool = False):
         """Inverse of ``sigma``: continuous t by linear interpolation of log σ over
-        t = 0..T−1, or with round=True the nearest integer index (int / int64 tensor)."""
+        t = 0..T−1, or with round=True the nearest integer index (int / int64 tensor).
+
+        σ up to a relative 1e-6 outside [σ_0, σ_{T−1}] (float32 rounding of the ladder's
+        ends) is clamped to the range; farther out raises ValueError."""
         s, scalar = _as_f64(sigma)
         table = self._sigma_table
-        if ((s < table[0] * (1 - 1e-12)) | (s > table[-1] * (1 + 1e-12))).any() or s.isnan().any():
+        if ((s < table[0] * (1 - _RTOL)) | (s > table[-1] * (1 + _RTOL))).any() or s.isnan().any():
             raise ValueError(f"sigma must lie in [{table[0].item():.6g}, {table[-1].item():.6g}]"
                              " (the schedule's sigma(0) .. sigma(T-1))")
-        log_table, log_s = table.log(), s.clamp(table[0], table[-1]).log()
+        log_table, log_s = self._log_sigma_table, s.clamp(table[0], table[-1]).log()
         lo = (torch.searchsorted(log_table, log_s, right=True) - 1).clamp(0, self.T - 2)
         w = (log_s - log_table[lo]) / (log_table[lo + 1] - log_table[lo])
         t = lo + w
@@ -171,11 +179,11 @@ class VESchedule:
         return _out(self.sigma_max * tt.sqrt(), scalar)
 
     def t_from_sigma(self, sigma):
-        """t = (σ/sigma_max)²."""
+        """t = (σ/sigma_max)², clamped to 1 for σ up to a relative 1e-6 above sigma_max."""
         s, scalar = _as_f64(sigma)
-        if ((s < 0) | (s > self.sigma_max * (1 + 1e-12))).any() or s.isnan().any():
+        if ((s < 0) | (s > self.sigma_max * (1 + _RTOL))).any() or s.isnan().any():
             raise ValueError(f"sigma must lie in [0, sigma_max={self.sigma_max}]")
-        return _out((s / self.sigma_max).square(), scalar)
+        return _out((s / self.sigma_max).square().clamp(max=1.0), scalar)
 
     def sigmas(self, steps: int = 1000) -> torch.Tensor:
         """Toy Euler–Maruyama ladder: σ(t) at ``steps`` points t = linspace(1, t_min).

@@ -3,8 +3,10 @@
 Objectives (x₀ a training sample, n ~ N(0, I)):
     vp_eps    DDPM (Ho et al. 2020): t ~ U{0..T−1}, x_t = √ᾱ_t x₀ + √(1 − ᾱ_t) n,
               loss ‖ε_θ(x_t, t) − n‖².
-    ve_score  VE SDE of the 2D toy: t ~ U(t_min, 1), σ = σ_max √t, x = x₀ + σ n,
-              loss ‖σ s_θ(x, t) + n‖² (λ(t) = σ² weighting of ‖s_θ − ∇ log p(x | x₀)‖²).
+    ve_score  VE SDE of the 2D toy: t ~ U(t_min, 1), σ = σ_max √t, x = x₀ + σ n, score
+              s_θ(x, t) = F_θ(x, t)/σ (the network output divided by the noise std, as in
+              Song et al.'s tutorial code), loss ‖σ s_θ + n‖² = ‖F_θ + n‖² (the λ(t) = σ²
+              weighting of ‖s_θ − ∇ log p(x | x₀)‖²).
 Adam, EMA of the weights (with the usual warm-up min(decay, (1 + k)/(10 + k))), gradient
 clipping, batch min(B, K), a fixed iteration budget, one seed for everything: the model's
 initial weights, the batches, t and the noise, and dropout (run inside a forked global
@@ -89,7 +91,7 @@ def training_loss(model: nn.Module, x0: torch.Tensor, t: torch.Tensor, noise: to
         x_t = a_bar.sqrt().view(shape) * x0 + (1 - a_bar).sqrt().view(shape) * noise
         return (model(x_t, t) - noise).square().mean()
     sigma = (config.sigma_max * t.sqrt()).view(shape)
-    return (sigma * model(x0 + sigma * noise, t) + noise).square().mean()
+    return (model(x0 + sigma * noise, t) + noise).square().mean()
 
 
 def draw_batch(data: torch.Tensor, batch: int, config: TrainConfig, generator: torch.Generator):
@@ -239,7 +241,7 @@ def _loop(config, data, out, state, model, rank, world, progress, stop_after):
         state.step += 1
         loss_sum, n_loss = loss_sum + loss.detach(), n_loss + 1
         bar.update(1)
-        if state.step % config.log_every == 0 or state.step == end:
+        if state.step % config.log_every == 0 or state.step == config.iterations:
             mean = float(loss_sum) / n_loss
             if rank == 0:
                 _log(out, state.step, mean, time.perf_counter() - t0)

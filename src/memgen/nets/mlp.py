@@ -21,7 +21,7 @@ import torch.nn as nn
 
 
 def _seeded_linear(fan_in: int, fan_out: int, generator: torch.Generator) -> nn.Linear:
-    """nn.Linear with PyTorch's default init U(−1/√fan_in, 1/√fan_in), drawn from `generator`."""
+    """nn.Linear with PyTorch's default init, U(±1/√fan_in), drawn from `generator`."""
     layer = nn.utils.skip_init(nn.Linear, fan_in, fan_out)  # no draw from the global RNG
     bound = 1.0 / math.sqrt(fan_in)
     with torch.no_grad():
@@ -81,6 +81,6 @@ class ScoreMLP(nn.Module):
         if t.ndim == 0:
             t = t.expand(x.shape[0])
         if t.shape != (x.shape[0],):
-            raise ValueError(f"t must be a scalar or have shape ({x.shape[0]},), got {tuple(t.shape)}")
+            raise ValueError(f"t must be a scalar or of shape ({x.shape[0]},), got {tuple(t.shape)}")
         h = torch.cat([x, self.embed(t)], dim=-1)  # (B, dim + 2F)
         return self.net(h)  # (B, dim)

@@ -1,12 +1,12 @@
 """The DDPM U-Net of Ho, Jain & Abbeel 2020 ("Denoising Diffusion Probabilistic Models",
 App. B), in the layout of the original TensorFlow code (diffusion_tf/models/unet.py).
 
-    x (B, C, H, W) ──conv_in──> h0 ─┬─ down: per level `num_res_blocks` × [ResBlock (+ attn)],
-                                    │        then a stride-2 conv (all levels but the last);
-                                    │        every output is pushed on the skip stack
-                                    ├─ middle: ResBlock, attn, ResBlock
-                                    └─ up:   per level (`num_res_blocks` + 1) × [concat skip,
-                                             ResBlock (+ attn)], then nearest upsample + conv
+    x (B, C, H, W) ─conv_in─> h0 ─┬─ down: per level `num_res_blocks` × [ResBlock (+ attn)],
+                                  │        then a stride-2 conv (all levels but the last);
+                                  │        every output is pushed on the skip stack
+                                  ├─ middle: ResBlock, attn, ResBlock
+                                  └─ up:   per level (`num_res_blocks` + 1) × [concat skip,
+                                           ResBlock (+ attn)], then nearest upsample + conv
     ──GroupNorm─SiLU─conv_out (zero-initialised)──> (B, C, H, W)
 
 The timestep t (B,) enters through a sinusoidal embedding of size `dim` followed by
@@ -17,7 +17,9 @@ Attention placement. DDPM puts single-head self-attention at the 16×16 feature 
 gets attention when r/2 < s ≤ r for some r in `attn_resolutions`, so 16 means the
 16×16 level for 32 or 64 px inputs and the 14×14 level for 28 px inputs
 (28 → 14 → 7), the nearest the MNIST-sized network has. The middle block always
-has attention, as in DDPM.
+has attention, as in DDPM. (The paper's reference code matches sides exactly, so its
+28 px networks have attention only in the middle block, 24.5M parameters at dim 128
+as in the paper's Table 2; `attn_resolutions=()` builds that network.)
 
 Odd sizes. Downsampling is a 3×3 stride-2 conv with padding 1 (side s → ⌈s/2⌉, so
 28 → 14 → 7); upsampling interpolates (nearest) to the exact side of the skip it is
@@ -46,7 +48,7 @@ def group_norm(channels: int, groups: int) -> nn.GroupNorm:
 
 
 def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
-    """Sinusoidal embedding (Vaswani et al. 2017; DDPM `get_timestep_embedding`): (B,) -> (B, dim)."""
+    """Sinusoidal embedding (Vaswani et al. 2017; DDPM's get_timestep_embedding): (B,) -> (B, dim)."""
     half = dim // 2
     freqs = torch.exp(-math.log(10000) * torch.arange(half, device=t.device) / (half - 1))
     angle = t.float()[:, None] * freqs[None, :]  # (B, dim/2)
@@ -54,7 +56,7 @@ def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 class ResBlock(nn.Module):
-    """GN → SiLU → conv3 → + proj(emb) → GN → SiLU → dropout → conv3, plus a (1×1) shortcut."""
+    """GN → SiLU → conv3 → +proj(emb) → GN → SiLU → dropout → conv3, plus a (1×1) shortcut."""
 
     def __init__(self, in_ch: int, out_ch: int, emb_dim: int, dropout: float, groups: int):
         super().__init__()
@@ -74,7 +76,7 @@ class ResBlock(nn.Module):
 
 
 class AttnBlock(nn.Module):
-    """Single-head self-attention over the H·W positions, residual: x + proj(softmax(qkᵀ/√C) v)."""
+    """Single-head self-attention over the H·W positions: x + proj(softmax(qkᵀ/√C) v)."""
 
     def __init__(self, ch: int, groups: int):
         super().__init__()
@@ -94,7 +96,7 @@ class AttnBlock(nn.Module):
 class ResAttn(nn.Module):
     """A ResBlock followed by an AttnBlock when `attn`; one entry of the down/up paths."""
 
-    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, dropout: float, groups: int, attn: bool):
+    def __init__(self, in_ch, out_ch, emb_dim, dropout, groups, attn: bool):
         super().__init__()
         self.res = ResBlock(in_ch, out_ch, emb_dim, dropout, groups)
         self.attn = AttnBlock(out_ch, groups) if attn else nn.Identity()
@@ -174,7 +176,8 @@ class UNet(nn.Module):
             self.sides.append((self.sides[-1] + 1) // 2)
         self.attn_sides = [s for s in self.sides if _has_attention(s, tuple(attn_resolutions))]
         emb_dim = 4 * dim
-        self.time_mlp = nn.Sequential(nn.Linear(dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.time_mlp = nn.Sequential(  # (B, dim) -> (B, 4·dim)
+            nn.Linear(dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.conv_in = nn.Conv2d(channels, dim, 3, padding=1)
         block = dict(emb_dim=emb_dim, dropout=dropout, groups=groups)
         skips = self._build_down(dim_mults, num_res_blocks, block)
@@ -211,8 +214,9 @@ class UNet(nn.Module):
         for i in reversed(range(len(dim_mults))):
             attn = self.sides[i] in self.attn_sides
             for _ in range(num_res_blocks + 1):
-                self.up.append(ResAttn(ch + skips.pop(), self.dim * dim_mults[i], attn=attn, **block))
-                ch = self.dim * dim_mults[i]
+                out = self.dim * dim_mults[i]
+                self.up.append(ResAttn(ch + skips.pop(), out, attn=attn, **block))
+                ch = out
             if i > 0:
                 self.up.append(Upsample(ch))
         assert not skips, "every skip must be consumed"
@@ -222,12 +226,13 @@ class UNet(nn.Module):
         """Validate x; return t as a (B,) tensor on x's device."""
         shape = (self.channels, self.image_size, self.image_size)
         if x.ndim != 4 or tuple(x.shape[1:]) != shape:
-            raise ValueError(f"x must have shape (B, {', '.join(map(str, shape))}), got {tuple(x.shape)}")
+            want = ", ".join(map(str, shape))
+            raise ValueError(f"x must have shape (B, {want}), got {tuple(x.shape)}")
         t = torch.as_tensor(t, device=x.device)
         if t.ndim == 0:
             t = t.expand(x.shape[0])
         if t.shape != (x.shape[0],):
-            raise ValueError(f"t must be a scalar or have shape ({x.shape[0]},), got {tuple(t.shape)}")
+            raise ValueError(f"t must be a scalar or of shape ({x.shape[0]},), got {tuple(t.shape)}")
         return t
 
     def forward(self, x: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:

@@ -1,0 +1,16 @@
+"""Networks: the DDPM U-Net for images and a Fourier-feature MLP for low-dimensional data."""
+
+from memgen.nets.mlp import GaussianFourierEmbedding, ScoreMLP
+from memgen.nets.presets import PRESETS, NetConfig, count_parameters, get_preset
+from memgen.nets.unet import UNet, timestep_embedding
+
+__all__ = [
+    "GaussianFourierEmbedding",
+    "NetConfig",
+    "PRESETS",
+    "ScoreMLP",
+    "UNet",
+    "count_parameters",
+    "get_preset",
+    "timestep_embedding",
+]

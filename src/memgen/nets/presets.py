@@ -1,0 +1,120 @@
+"""Network configurations: the paper's reference U-Nets (DESIGN §2), small CPU U-Nets,
+and the 2D-toy MLP.
+
+Parameter counts (``count_parameters(get_preset(name).build())``) against the paper's
+Table 2 (Pham et al. 2025, arXiv 2505.21777):
+
+    preset         params        paper   note
+    mnist/fmnist   25,833,985    24.5M   +5.4%: attention at the 14×14 level (see below)
+    cifar10        35,746,307    35.7M   exactly the DDPM CIFAR-10 model (Ho et al. 2020)
+    church        109,733,379    61.7M   DESIGN's dim 128; the paper's dim 96 gives 61,745,283
+    fmnist-cpu-16     701,345       -     dim 32, (1, 2), attn 8×8: fwd+bwd of 32 ≈ 0.25 s*
+    fmnist-cpu-28   1,112,801       -     dim 32, (1, 2, 2), attn 14×14: ≈ 0.8 s*
+    toy-mlp            54,274       -
+    (* one thread of the 2-core development machine)
+
+MNIST: the reference code places attention where the feature-map side equals an entry
+of attn_resolutions exactly, so (16,) at 28 px (sides 28, 14, 7) means no attention
+outside the middle block: that network has 24,515,585 parameters, the paper's 24.5M.
+Here (16,) selects the nearest level, 14×14 (see ``memgen.nets.unet``); pass
+``attn_resolutions=()`` to reproduce the paper's network.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Callable
+
+import torch.nn as nn
+
+from memgen.nets.mlp import ScoreMLP
+from memgen.nets.unet import UNet
+
+
+@dataclass(frozen=True)
+class NetConfig:
+    """One network. kind "unet" reads channels..dropout; kind "mlp" reads dim, width, depth, seed.
+
+    For the MLP, `dim` is the data dimension and `seed` seeds its local generator
+    (Fourier frequencies and weights). The U-Net draws its init from the global RNG.
+    """
+
+    kind: str
+    channels: int = 1
+    image_size: int = 28
+    dim: int = 128
+    dim_mults: tuple[int, ...] = (1, 2, 2)
+    num_res_blocks: int = 2
+    attn_resolutions: tuple[int, ...] = (16,)
+    dropout: float = 0.1
+    width: int = 128
+    depth: int = 4
+    seed: int = 0
+
+    def build(self) -> nn.Module:
+        """The module this config describes."""
+        if self.kind not in _BUILDERS:
+            known = ", ".join(sorted(_BUILDERS))
+            raise ValueError(f"unknown net kind {self.kind!r}; known: {known}")
+        return _BUILDERS[self.kind](self)
+
+    def to_dict(self) -> dict:
+        """Plain dict (tuples as lists) for JSON next to artifacts and in checkpoints."""
+        d = dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "NetConfig":
+        """Inverse of ``to_dict``."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown NetConfig fields: {', '.join(sorted(unknown))}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+def _build_unet(c: NetConfig) -> nn.Module:
+    return UNet(channels=c.channels, dim=c.dim, dim_mults=c.dim_mults,
+                num_res_blocks=c.num_res_blocks, attn_resolutions=c.attn_resolutions,
+                dropout=c.dropout, image_size=c.image_size)
+
+
+def _build_mlp(c: NetConfig) -> nn.Module:
+    return ScoreMLP(dim=c.dim, width=c.width, depth=c.depth, seed=c.seed)
+
+
+_BUILDERS: dict[str, Callable[[NetConfig], nn.Module]] = {"unet": _build_unet, "mlp": _build_mlp}
+
+_MNIST = NetConfig("unet", channels=1, image_size=28, dim=128, dim_mults=(1, 2, 2),
+                   num_res_blocks=2, attn_resolutions=(16,), dropout=0.1)
+
+PRESETS: dict[str, NetConfig] = {
+    # paper / DESIGN §2 reference networks (DDPM U-Net, width 128, attention at 16×16)
+    "mnist": _MNIST,
+    "fmnist": _MNIST,
+    "cifar10": NetConfig("unet", channels=3, image_size=32, dim=128, dim_mults=(1, 2, 2, 2),
+                         num_res_blocks=2, attn_resolutions=(16,), dropout=0.1),
+    # DESIGN says dim 128 (109.7M params); the paper's Table 2 lists 96 (61.7M).
+    "church": NetConfig("unet", channels=3, image_size=64, dim=128, dim_mults=(1, 1, 2, 2, 4, 4),
+                        num_res_blocks=2, attn_resolutions=(16,), dropout=0.0),
+    # small U-Nets that train on 2 CPU cores (sides 16 -> 8; 28 -> 14 -> 7)
+    "fmnist-cpu-16": NetConfig("unet", channels=1, image_size=16, dim=32, dim_mults=(1, 2),
+                               num_res_blocks=1, attn_resolutions=(8,), dropout=0.0),
+    "fmnist-cpu-28": NetConfig("unet", channels=1, image_size=28, dim=32, dim_mults=(1, 2, 2),
+                               num_res_blocks=1, attn_resolutions=(14,), dropout=0.0),
+    # the 2D toy's score network (DESIGN §2: Fourier time embedding, 4 SiLU layers of 128)
+    "toy-mlp": NetConfig("mlp", dim=2, width=128, depth=4),
+}
+
+
+def get_preset(name: str) -> NetConfig:
+    """The NetConfig called `name` (a key of PRESETS)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown net preset {name!r}; known: {', '.join(PRESETS)}")
+    return PRESETS[name]
+
+
+def count_parameters(module: nn.Module, trainable_only: bool = True) -> int:
+    """Number of (trainable) parameter entries; buffers are not counted."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)

@@ -1,0 +1,294 @@
+"""Samplers against known answers: a Gaussian data law (exact denoiser, exact moments), the
+empirical denoiser (must return training points), the textbook VP updates, batch independence."""
+
+import math
+
+import pytest
+import torch
+
+from memgen.denoisers import EmpiricalDenoiser
+from memgen.samplers import (SAMPLERS, StackedGenerator, get_sampler, initial_noise,
+                             sample_ddim, sample_ddpm, sample_euler_maruyama, sample_heun,
+                             ve_sigmas)
+from memgen.schedules import VESchedule, VPSchedule
+
+F64 = torch.float64
+VP = VPSchedule()
+MU = torch.tensor([0.5, -1.0], dtype=F64)
+COV = torch.tensor([[1.0, 0.6], [0.6, 0.8]], dtype=F64)
+
+
+class GaussianDenoiser:
+    """Exact denoiser of y ~ N(μ, Σ): D(x, s) = μ + Σ(Σ + s²I)⁻¹(x − μ); s scalar or (B,)."""
+
+    def __init__(self, mu, cov):
+        self.mu, self.cov = mu, cov
+
+    def __call__(self, x, sigma):
+        s2 = torch.as_tensor(sigma, dtype=x.dtype).square().reshape(-1, 1, 1)  # (1|B, 1, 1)
+        eye = torch.eye(len(self.mu), dtype=x.dtype)
+        gain = self.cov @ torch.linalg.inv(self.cov + s2 * eye)  # (1|B, D, D)
+        if len(gain) == 1:
+            return self.mu + (x - self.mu) @ gain[0].T
+        return self.mu + torch.einsum("bij,bj->bi", gain, x - self.mu)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny (N, 2) ops: a second intra-op thread only adds contention on a shared 2-core box."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _gain(s):
+    return COV @ torch.linalg.inv(COV + s * s * torch.eye(2, dtype=F64))
+
+
+def _propagated_cov(name, sigmas, eta=0.0):
+    """Exact output covariance of each sampler for the Gaussian law, by propagating
+    C ← M C Mᵀ + c² I through its affine steps x' − μ = M(x − μ) + c z (textbook forms)."""
+    levels = [float(v) for v in sigmas]
+    eye = torch.eye(2, dtype=F64)
+    cov = COV + levels[0] ** 2 * eye
+    for s, t in zip(levels, levels[1:]):
+        k = _gain(s)
+        if name in ("ddpm", "ddim"):
+            c = t * math.sqrt(1 - (t / s) ** 2) * (1.0 if name == "ddpm" else eta)
+            m, var = k + math.sqrt(t * t - c * c) / s * (eye - k), c * c
+        elif name == "euler_maruyama":
+            m, var = eye + (s * s - t * t) / (s * s) * (k - eye), (s * s - t * t) * (t > 0)
+        else:  # heun
+            d = (eye - k) / s
+            m = eye + (t - s) * d
+            if t > 0:
+                m = eye + (t - s) * (d + (eye - _gain(t)) @ m / t) / 2
+            var = 0.0
+        cov = m @ cov @ m.T + var * eye
+    return cov
+
+
+# name, sampler, kwargs, ladder, target covariance, allowance for the discretisation bias.
+# Allowances are ~1.5× the exact bias max|C_out − C_target| from _propagated_cov (checked
+# in test_discretisation_bias_is_within_allowance): DDPM (1000 steps) 0.0087 — the plug-in
+# posterior mean ignores Cov(y | x) at each step, O(1/steps); DDIM η=0 (100 steps) 0.036 and
+# η=1 (100 steps, = DDPM on that ladder) 0.077, first order in the step; Euler–Maruyama on the
+# toy VE ladder (1000 steps, Δt = 1e-3) 4e-4, O(Δt), stopping at σ(t_min) so the target is
+# Σ + t_min I; Heun (100 VP steps) 8e-4, second order.
+CASES = [
+    ("ddpm", sample_ddpm, {}, VP.sigmas(), COV, 0.013),
+    ("ddim_eta0", sample_ddim, {"eta": 0.0}, VP.sigmas(100), COV, 0.055),
+    ("ddim_eta1", sample_ddim, {"eta": 1.0}, VP.sigmas(100), COV, 0.115),
+    ("euler_maruyama", sample_euler_maruyama, {}, VESchedule().sigmas(1000),
+     COV + 1e-3 * torch.eye(2, dtype=F64), 0.0006),
+    ("heun", sample_heun, {}, VP.sigmas(100), COV, 0.0015),
+]
+N_GAUSS = 20_000
+
+
+def _moments_tolerance(cov, n, allowance=0.0):
+    """4 standard errors of the sample mean and covariance of N(·, cov) plus an allowance:
+    Var(mean_i) = C_ii/n, Var(Ĉ_ij) ≈ (C_ii C_jj + C_ij²)/n."""
+    var = torch.diagonal(cov)
+    se_mean = (var / n).sqrt()
+    se_cov = ((var[:, None] * var[None, :] + cov.square()) / n).sqrt()
+    return 4 * se_mean, 4 * se_cov + allowance
+
+
+@pytest.mark.parametrize("label, sampler, kwargs, sigmas, target, allowance", CASES,
+                         ids=[c[0] for c in CASES])
+def test_gaussian_moments_are_reproduced(label, sampler, kwargs, sigmas, target, allowance):
+    g = torch.Generator().manual_seed(1234)
+    start_cov = COV + float(sigmas[0]) ** 2 * torch.eye(2, dtype=F64)  # exact marginal at σ_max
+    x = MU + torch.randn(N_GAUSS, 2, generator=g, dtype=F64) @ torch.linalg.cholesky(start_cov).T
+    out = sampler(GaussianDenoiser(MU, COV), x, sigmas, generator=g, **kwargs)
+    mean, cov = out.mean(0), torch.cov(out.T)
+    tol_mean, tol_cov = _moments_tolerance(target, N_GAUSS, allowance)
+    assert ((mean - MU).abs() <= tol_mean).all(), (mean, tol_mean)
+    assert ((cov - target).abs() <= tol_cov).all(), (cov, target, tol_cov)
+    # tighter: against the exact covariance this discretisation produces (no allowance)
+    name = label.split("_eta")[0]
+    exact = _propagated_cov(name, sigmas, kwargs.get("eta", 0.0))
+    assert ((cov - exact).abs() <= _moments_tolerance(exact, N_GAUSS)[1]).all(), (cov, exact)
+
+
+@pytest.mark.parametrize("label, sampler, kwargs, sigmas, target, allowance", CASES,
+                         ids=[c[0] for c in CASES])
+def test_discretisation_bias_is_within_allowance(label, sampler, kwargs, sigmas, target,
+                                                 allowance):
+    exact = _propagated_cov(label.split("_eta")[0], sigmas, kwargs.get("eta", 0.0))
+    bias = (exact - target).abs().max().item()
+    assert allowance / 2 < bias < allowance / 1.2  # allowance ≈ 1.5 × bias, not slack
+
+
+# ------------------------------------------------------------------- positive control
+
+def _points(kind):
+    if kind == "circle8":
+        angle = torch.arange(8, dtype=F64) * 2 * math.pi / 8
+        return torch.stack([angle.cos(), angle.sin()], 1)
+    return torch.randn(5, 10, generator=torch.Generator().manual_seed(3), dtype=F64)
+
+
+@pytest.mark.parametrize("kind", ["circle8", "normal5x10"])
+@pytest.mark.parametrize("name, kwargs, steps", [
+    ("ddpm", {}, None), ("ddim", {"eta": 0.0}, 100), ("heun", {}, 100)])
+def test_empirical_denoiser_reproduces_training_points(kind, name, kwargs, steps):
+    patterns = _points(kind)
+    g = torch.Generator().manual_seed(5)
+    sigmas = VP.sigmas(steps)
+    x = initial_noise((400, patterns.shape[1]), 1 / VP.scale(999), g, dtype=F64)
+    out = get_sampler(name)(EmpiricalDenoiser(patterns), x, sigmas, generator=g, **kwargs)
+    nearest = torch.cdist(out, patterns).min(1).values
+    assert (nearest < 1e-3).double().mean() >= 0.99
+    hits = torch.cdist(out, patterns).argmin(1).bincount(minlength=len(patterns))
+    assert (hits > 0).sum() >= len(patterns) - 1  # not collapsed onto one point
+
+
+# ----------------------------------------------------------------- batch independence
+
+@pytest.mark.parametrize("name, sigmas", [
+    ("ddpm", VP.sigmas(100)), ("euler_maruyama", VESchedule(sigma_max=5.0).sigmas(100))])
+def test_stacked_generator_makes_samples_independent_of_the_batch(name, sigmas):
+    denoiser = EmpiricalDenoiser(_points("normal5x10"))
+    sampler = get_sampler(name)
+
+    def run(seeds):
+        gen = StackedGenerator(seeds)
+        x = initial_noise((len(seeds), 10), float(sigmas[0]), gen, dtype=F64)
+        return sampler(denoiser, x, sigmas, generator=gen)
+
+    together = run(range(8))
+    halves = torch.cat([run(range(4)), run(range(4, 8))])
+    singles = torch.cat([run([k]) for k in range(8)])
+    torch.testing.assert_close(halves, together, rtol=0, atol=1e-12)
+    torch.testing.assert_close(singles, together, rtol=0, atol=1e-12)
+    assert torch.unique(together, dim=0).shape[0] > 1  # seeds really differ
+
+
+def test_stacked_generator_draws_are_per_seed():
+    a = StackedGenerator([3, 4]).randn((2, 5), dtype=F64)
+    b = torch.randn(5, generator=torch.Generator().manual_seed(4), dtype=F64)
+    assert torch.equal(a[1], b)
+    assert StackedGenerator([1]).randn_like(torch.zeros(1, 2, 3)).shape == (1, 2, 3)
+    with pytest.raises(ValueError):
+        StackedGenerator([1, 2]).randn((3, 5))
+    with pytest.raises(ValueError):
+        StackedGenerator([])
+
+
+# ---------------------------------------------------------------- textbook equivalences
+
+def _vp_trajectory(denoiser, x_vp, ts, update):
+    """Run a VP-coordinate update over timesteps ts (decreasing), t_next = −1 for the end."""
+    ab = VP.alphas_cumprod.tolist()
+    out = []
+    for t, t_next in zip(ts, ts[1:] + [-1]):
+        a, a_next = ab[t], (ab[t_next] if t_next >= 0 else 1.0)
+        x0 = denoiser(x_vp / math.sqrt(a), math.sqrt((1 - a) / a))
+        eps = (x_vp - math.sqrt(a) * x0) / math.sqrt(1 - a)  # ε̂ of the same denoiser
+        x_vp = update(x_vp, x0, eps, a, a_next, t_next)
+        out.append(x_vp / math.sqrt(a_next))  # in VE coordinates, for comparison
+    return out
+
+
+def test_ddpm_equals_the_textbook_vp_ancestral_step():
+    """x_{t−1} = (x_t − β_t/√(1−ᾱ_t) ε̂)/√α_t + √β̃_t z (Ho et al. 2020, Alg. 2)."""
+    denoiser = EmpiricalDenoiser(_points("normal5x10"))
+    betas = VP.betas.tolist()
+    x_vp = torch.randn(64, 10, generator=torch.Generator().manual_seed(0), dtype=F64)
+    g = torch.Generator().manual_seed(11)
+
+    def ho_step(x, x0, eps, a, a_next, t_next):
+        t = t_next + 1
+        beta = betas[t]
+        mean = (x - beta / math.sqrt(1 - a) * eps) / math.sqrt(1 - beta)
+        if t_next < 0:
+            return mean
+        beta_tilde = (1 - a_next) / (1 - a) * beta
+        return mean + math.sqrt(beta_tilde) * torch.randn(x.shape, generator=g, dtype=F64)
+
+    want = _vp_trajectory(denoiser, x_vp, list(range(999, -1, -1)), ho_step)
+    got = []
+    sample_ddpm(denoiser, x_vp / VP.scale(999), VP.sigmas(),
+                generator=torch.Generator().manual_seed(11),
+                callback=lambda i, x, s: got.append(x))
+    assert len(got) == len(want) == 1000
+    for w, x in zip(want, got):
+        torch.testing.assert_close(x, w, rtol=1e-9, atol=1e-9)
+
+
+def test_ddim_eta0_equals_the_textbook_update_on_a_strided_ladder():
+    """x_{t'} = √ᾱ_{t'} x̂0 + √(1 − ᾱ_{t'}) ε̂ (Song et al. 2021, eq. 12 with σ_t = 0)."""
+    denoiser = EmpiricalDenoiser(_points("normal5x10"))
+    x_vp = torch.randn(64, 10, generator=torch.Generator().manual_seed(1), dtype=F64)
+    ts = VP.timesteps(50).tolist()
+
+    def ddim_step(x, x0, eps, a, a_next, t_next):
+        return math.sqrt(a_next) * x0 + math.sqrt(1 - a_next) * eps
+
+    want = _vp_trajectory(denoiser, x_vp, ts, ddim_step)
+    got = []
+    sample_ddim(denoiser, x_vp / VP.scale(999), VP.sigmas(50),
+                callback=lambda i, x, s: got.append(x))
+    for w, x in zip(want, got):
+        torch.testing.assert_close(x, w, rtol=1e-9, atol=1e-9)
+
+
+def test_ddim_eta1_equals_ddpm():
+    denoiser = GaussianDenoiser(MU, COV)
+    x = initial_noise((256, 2), 30.0, torch.Generator().manual_seed(2), dtype=F64)
+    sig = VP.sigmas(50)
+    a = sample_ddim(denoiser, x, sig, eta=1.0, generator=torch.Generator().manual_seed(9))
+    b = sample_ddpm(denoiser, x, sig, generator=torch.Generator().manual_seed(9))
+    torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_euler_maruyama_keeps_its_noise_stream():
+    """Regression: one torch.randn(x.shape, generator) per step, as before the registry."""
+    denoiser = GaussianDenoiser(MU, COV)
+    sig = ve_sigmas(3.0, 0.05, 20)
+    x = initial_noise((32, 2), 3.0, torch.Generator().manual_seed(4), dtype=F64)
+    g = torch.Generator().manual_seed(8)
+    want = x
+    for s, t in zip(sig.tolist(), sig.tolist()[1:]):  # the loop as it read before
+        score = (denoiser(want, s) - want) / s**2
+        var = s**2 - t**2
+        z = torch.randn(want.shape, generator=g, dtype=F64)
+        want = want + var * score + math.sqrt(var) * z * (t > 0)
+    got = sample_euler_maruyama(denoiser, x, sig, generator=torch.Generator().manual_seed(8))
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+# ------------------------------------------------------------------ interface checks
+
+def test_registry_and_errors():
+    assert set(SAMPLERS) == {"ddpm", "ddim", "euler_maruyama", "heun"}
+    assert get_sampler("heun") is sample_heun
+    with pytest.raises(ValueError, match="ddpm, ddim"):
+        get_sampler("dpm++")
+    x = torch.zeros(3, 2, dtype=F64)
+    d = GaussianDenoiser(MU, COV)
+    for sampler in SAMPLERS.values():
+        for bad in ([1.0, 2.0], [1.0, 0.0, 0.0], [1.0, -0.5], []):
+            with pytest.raises(ValueError):
+                sampler(d, x, bad)
+    with pytest.raises(ValueError):
+        sample_ddim(d, x, [1.0, 0.5], eta=1.5)
+    with pytest.raises(ValueError):
+        sample_ddpm(d, x, [1.0, 0.5], generator=0)
+    with pytest.raises(ValueError):
+        initial_noise((2, 2), 0.0)
+
+
+@pytest.mark.parametrize("name", list(SAMPLERS))
+def test_callback_dtype_and_last_step_to_zero(name):
+    d = GaussianDenoiser(MU, COV)
+    x = initial_noise((16, 2), 5.0, torch.Generator().manual_seed(0), dtype=F64)
+    seen = []
+    out = SAMPLERS[name](d, x, [5.0, 1.0, 0.3, 0.0], generator=torch.Generator().manual_seed(1),
+                         callback=lambda i, xi, s: seen.append((i, s)))
+    assert seen == [(0, 1.0), (1, 0.3), (2, 0.0)] and out.dtype == F64 and out.shape == x.shape
+    if name != "heun":  # a stochastic or one-step-to-0 sampler ends on the denoiser's output
+        assert torch.unique(out, dim=0).shape[0] == 16
