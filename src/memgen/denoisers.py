@@ -88,11 +88,13 @@ def _per_sample(sigma, x: torch.Tensor) -> torch.Tensor:
 
 def load_checkpoint_denoiser(path, *, ema: bool = True, device="cpu", clip: bool = True):
     """The denoiser of a ``memgen train`` checkpoint (EMA weights by default)."""
+    from dataclasses import replace
+
     from memgen.training import TrainConfig, load_checkpoint
 
     payload = load_checkpoint(path, map_location=device)
     config = TrainConfig.from_json(payload["config"])
-    net = config.net.build().to(device)
+    net = replace(config.net, seed=config.seed).build().to(device)
     net.load_state_dict(payload["ema" if ema else "model"])
     net.eval()
     if config.objective == "vp_eps":

@@ -23,7 +23,7 @@ import copy
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import torch
@@ -123,7 +123,7 @@ def new_state(config: TrainConfig, device: torch.device, rank: int = 0) -> Train
     """Model, EMA copy and optimiser with seeded initial weights (identical on every rank)."""
     with torch.random.fork_rng(devices=[]):
         torch.random.set_rng_state(torch.Generator().manual_seed(config.seed).get_state())
-        model = config.net.build().to(device)
+        model = replace(config.net, seed=config.seed).build().to(device)
     ema = copy.deepcopy(model).requires_grad_(False)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     generator = torch.Generator().manual_seed(config.seed + 1 + rank)
