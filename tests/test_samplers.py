@@ -4,6 +4,7 @@ empirical denoiser (must return training points), the textbook VP updates, batch
 import math
 
 import pytest
+import numpy as np
 import torch
 
 from memgen.denoisers import EmpiricalDenoiser
@@ -169,8 +170,11 @@ def test_stacked_generator_makes_samples_independent_of_the_batch(name, sigmas):
 
 def test_stacked_generator_draws_are_per_seed():
     a = StackedGenerator([3, 4]).randn((2, 5), dtype=F64)
-    b = torch.randn(5, generator=torch.Generator().manual_seed(4), dtype=F64)
-    assert torch.equal(a[1], b)
+    b = np.random.Generator(np.random.PCG64(np.random.SeedSequence(4))).standard_normal(5)
+    assert torch.equal(a[1], torch.from_numpy(b))
+    # Seeds are kept whole: no 32-bit truncation (torch's CPU generator would alias these).
+    wide = StackedGenerator([5, 5 + 2**32, (0, 5), (1, 5)]).randn((4, 3), dtype=F64)
+    assert len({tuple(row.tolist()) for row in wide}) == 4
     assert StackedGenerator([1]).randn_like(torch.zeros(1, 2, 3)).shape == (1, 2, 3)
     with pytest.raises(ValueError):
         StackedGenerator([1, 2]).randn((3, 5))

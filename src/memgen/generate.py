@@ -42,10 +42,10 @@ class GenerateConfig:
             raise ValueError(f"bad set name {self.name!r}")
 
 
-def sample_seed(seed: int, index: int) -> int:
-    """The seed of sample ``index`` of a set generated with ``seed`` (disjoint across sets
-    for seeds < 2**31 and up to 2**32 samples)."""
-    return (seed << 32) + index
+def sample_seed(seed: int, index: int) -> tuple[int, int]:
+    """The seed of sample ``index`` of a set generated with ``seed``: the pair itself, a
+    distinct 128-bit key of its own stream for every (set, sample)."""
+    return (seed, index)
 
 
 def ladder(schedule, steps: int | None) -> torch.Tensor:
