@@ -102,3 +102,22 @@ def test_torchscript_eps_model_as_denoiser(tmp_path):
 def test_cli_generate_needs_one_source(tmp_path):
     result = CliRunner().invoke(cli, ["generate", "--n", "2", "--out", str(tmp_path / "x")])
     assert result.exit_code != 0 and "exactly one of" in result.output
+
+
+def test_diffusers_loader_says_what_to_install(tmp_path, monkeypatch):
+    import builtins
+
+    from memgen.denoisers import load_diffusers_denoiser
+
+    real_import = builtins.__import__
+
+    def no_diffusers(name, *args, **kwargs):
+        if name.startswith("diffusers"):
+            raise ImportError("no diffusers")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_diffusers)
+    import pytest
+
+    with pytest.raises(ValueError, match="memgen\\[diffusers\\]"):
+        load_diffusers_denoiser(tmp_path)
