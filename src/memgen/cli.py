@@ -411,6 +411,34 @@ def _training_set(data, train_path, K, split_seed, data_root, net) -> np.ndarray
     return np.ascontiguousarray(samples, dtype=np.float32)
 
 
+@cli.command()
+@click.argument("config_path", metavar="CONFIG", type=click.Path(dir_okay=False))
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Run folder: fractions.csv, capacities.json, figures, cache/ (resumable).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a config value, e.g. --set train.iterations=200 (repeatable).")
+@click.option("--dry-run", is_flag=True, help="Check the config and show what would run.")
+def sweep(config_path, out, overrides, dry_run):
+    """Fractions of memorized/spurious/generalized samples against K (paper Fig. 2).
+
+    Stages are cached by a hash of the settings they read: rerunning resumes a killed
+    sweep, and changing a setting recomputes only what depends on it."""
+    from memgen.config import load_config
+    from memgen.sweep import plan, run_sweep
+
+    config = load_config(config_path, overrides)
+    if dry_run:
+        for line in plan(config, Path(out)):
+            click.echo(line)
+        return
+    caps = run_sweep(config, Path(out))
+    click.echo(Path(out, "fractions.csv").read_text().rstrip())
+    for name in ("MC", "SC", "GC"):
+        value = caps[name]["value"]
+        click.echo(f"{name}: {'not reached' if value is None else f'K = {value}'}")
+    click.echo(f"wrote {Path(out) / 'fractions.csv'}, capacities.json, fractions.png")
+
+
 def _save(fig, out: str, dpi: int) -> None:
     with atomic_file(out) as tmp:
         fig.savefig(tmp, dpi=dpi)

@@ -1,0 +1,216 @@
+"""Sweep configuration: YAML files mapped onto frozen dataclasses, strictly.
+
+Unknown keys, wrong types and impossible values fail before any work starts, with a
+message naming the field (``train.iterations: expected int, got 'many'``). ``--set
+a.b=value`` overrides are parsed as YAML scalars and applied to the same tree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import yaml
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    name: str = "circle"  # a memgen.data.load_dataset name
+    root: str | None = None
+    split_seed: int | None = None  # None: 42 for the circle pool, 3407 otherwise
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    kind: str = "network"  # network | exact (the empirical denoiser: no training)
+    preset: str = "toy-mlp"
+    objective: str | None = None  # None: ve_score for MLPs, vp_eps for U-Nets
+    schedule: str = "ve"  # for kind = exact: vp | ve
+
+
+@dataclass(frozen=True)
+class TrainSection:
+    iterations: int = 8000
+    batch_size: int = 128
+    lr: float = 2e-3
+    ema_decay: float = 0.999
+    grad_clip: float = 1.0
+    seed: int = 3407
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    sampler: str | None = None  # None: ddpm (VP) or euler_maruyama (VE)
+    steps: int | None = None
+    eta: float = 0.0
+    n_eval: int = 1000
+    synth_multiplier: int = 4  # |S'| = multiplier · K
+    min_synth: int = 0  # |S'| = max(multiplier · K, min_synth)
+    eval_seed: int = 1
+    synth_seed: int = 2
+    batch_size: int = 256
+
+
+@dataclass(frozen=True)
+class MeasureConfig:
+    metric: str = "l2"
+    rule: str = "paper"
+    delta_m: float | None = None
+    delta_s: float | None = None
+    k: int | None = None
+    alpha: float = 0.05
+    bootstrap: int = 1000
+    seed: int = 0
+    epsilon: float = 0.1  # capacities' error margin (eqs. 1, 3)
+
+
+@dataclass(frozen=True)
+class ExecutorConfig:
+    kind: str = "local"  # local | ray
+    workers: int = 1
+    address: str | None = None
+    cpus_per_task: float = 1.0
+    gpus_per_task: float = 0.0
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    name: str = "sweep"
+    Ks: tuple[int, ...] = (2, 4, 9)
+    device: str = "cpu"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainSection = field(default_factory=TrainSection)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    measure: MeasureConfig = field(default_factory=MeasureConfig)
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
+
+
+CHOICES = {
+    "model.kind": ("network", "exact"),
+    "model.schedule": ("vp", "ve"),
+    "model.objective": (None, "vp_eps", "ve_score"),
+    "sample.sampler": (None, "ddpm", "ddim", "euler_maruyama", "heun"),
+    "measure.rule": ("paper", "absolute"),
+    "measure.metric": ("l2",),
+    "executor.kind": ("local", "ray"),
+}
+
+
+def load_config(path: str | Path, overrides: typing.Sequence[str] = ()) -> SweepConfig:
+    """Read a YAML sweep config, apply ``key=value`` overrides, build and check it."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"no such config file: {path}")
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    if not isinstance(tree, dict):
+        raise ValueError(f"{path}: the top level must be a mapping")
+    for item in overrides:
+        _apply_override(tree, item)
+    config = build(SweepConfig, tree, "")
+    check(config)
+    return config
+
+
+def _apply_override(tree: dict, item: str) -> None:
+    key, sep, text = item.partition("=")
+    if not sep or not key:
+        raise ValueError(f"--set expects key=value, got {item!r}")
+    *parents, leaf = key.split(".")
+    node = tree
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"--set {key}: {part} is not a section")
+    node[leaf] = yaml.safe_load(text)
+
+
+def build(cls, tree, where: str):
+    """Instantiate dataclass ``cls`` from a mapping, checking every key and type."""
+    if not isinstance(tree, dict):
+        raise ValueError(f"{where or 'config'}: expected a mapping, got {tree!r}")
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(tree) - set(known))
+    if unknown:
+        raise ValueError(f"{_join(where, unknown[0])}: unknown key (known: {', '.join(known)})")
+    hints = typing.get_type_hints(cls)
+    values = {name: _coerce(hints[name], tree[name], _join(where, name))
+              for name in tree}
+    return cls(**values)
+
+
+def _coerce(hint, value, where: str):
+    if dataclasses.is_dataclass(hint):
+        return build(hint, value, where)
+    options = typing.get_args(hint) if _is_union(hint) else (hint,)
+    if value is None and type(None) in options:
+        return None
+    for option in options:
+        if option is type(None):
+            continue
+        ok, out = _as_type(option, value)
+        if ok:
+            return out
+    names = " or ".join("null" if o is type(None) else getattr(o, "__name__", str(o))
+                        for o in options)
+    raise ValueError(f"{where}: expected {names}, got {value!r}")
+
+
+def _as_type(option, value):
+    """(True, converted) if value fits the annotation ``option``."""
+    if typing.get_origin(option) is tuple:
+        item = typing.get_args(option)[0]
+        if isinstance(value, (list, tuple)) and all(_as_type(item, v)[0] for v in value):
+            return True, tuple(_as_type(item, v)[1] for v in value)
+        return False, None
+    if option is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return True, float(value)
+    if option is int and isinstance(value, int) and not isinstance(value, bool):
+        return True, value
+    if option in (str, bool) and isinstance(value, option):
+        return True, value
+    return False, None
+
+
+def _is_union(hint) -> bool:
+    return typing.get_origin(hint) in (typing.Union, types.UnionType)
+
+
+def _join(where: str, name: str) -> str:
+    return f"{where}.{name}" if where else name
+
+
+def check(config: SweepConfig) -> None:
+    """Values that are well typed but impossible."""
+    for key, allowed in CHOICES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(config, section), name)
+        if value not in allowed:
+            shown = ", ".join("null" if a is None else a for a in allowed)
+            raise ValueError(f"{key}: {value!r} is not one of {shown}")
+    if not config.Ks or any(K < 2 for K in config.Ks):
+        raise ValueError("Ks: give training-set sizes of at least 2")
+    if len(set(config.Ks)) != len(config.Ks):
+        raise ValueError("Ks: each K may appear only once")
+    positive = {"train.iterations": config.train.iterations,
+                "train.batch_size": config.train.batch_size,
+                "sample.n_eval": config.sample.n_eval,
+                "sample.synth_multiplier": config.sample.synth_multiplier,
+                "sample.batch_size": config.sample.batch_size,
+                "measure.bootstrap": config.measure.bootstrap,
+                "executor.workers": config.executor.workers}
+    for key, value in positive.items():
+        if value < 1:
+            raise ValueError(f"{key}: must be at least 1, got {value}")
+
+
+def as_dict(config) -> dict:
+    """Plain nested dict (tuples as lists) for YAML/JSON."""
+    return json.loads(json.dumps(dataclasses.asdict(config)))

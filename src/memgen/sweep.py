@@ -1,0 +1,276 @@
+"""Sweeps over the training-set size K: config → cached stages → fractions and capacities.
+
+Per K: split → train (skipped for the exact denoiser) → generate S_eval and S′
+(separately seeded) → classify (with null rates from held-out real data). Every stage
+writes into ``RUN/cache/<stage>-<key>/``, where the key hashes the config slice the stage
+reads and the keys of its inputs, and marks completion with an atomically written
+``DONE.json``; a stage whose folder is done is skipped. So a killed sweep resumes where it
+stopped (training resumes from its checkpoint, generation from its shards), and changing a
+setting recomputes only the stages that read it. Across K: ``fractions.csv``,
+``capacities.json`` and the figures. The orchestration holds no math.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from memgen.config import SweepConfig, as_dict
+from memgen.metrics.classify import LABEL_NAMES
+
+STAGE_VERSION = 1  # bump when a stage's output format changes
+
+
+@dataclass(frozen=True)
+class StageResult:
+    """One K's classification, as read back from its summary.json."""
+
+    K: int
+    summary: dict
+    folder: Path
+
+
+def stage_key(name: str, *parts) -> str:
+    """Hash of a stage's name, its config slice and its inputs' keys."""
+    text = json.dumps([name, STAGE_VERSION, *parts], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _done(folder: Path) -> bool:
+    return (folder / "DONE.json").exists()
+
+
+def _mark_done(folder: Path, payload: dict) -> None:
+    tmp = folder / "DONE.json.tmp"
+    tmp.write_text(json.dumps(payload, indent=2))
+    os.replace(tmp, folder / "DONE.json")
+
+
+def _atomic_npz(path: Path, samples: np.ndarray) -> None:
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, samples=samples)
+    os.replace(tmp, path)
+
+
+# ------------------------------------------------------------------------ data
+
+
+def split_seed(config: SweepConfig) -> int:
+    if config.data.split_seed is not None:
+        return config.data.split_seed
+    return 42 if config.data.name == "circle" else 3407
+
+
+def load_pool(config: SweepConfig) -> np.ndarray:
+    """The training pool, resized to the model's image size."""
+    from memgen.data import load_dataset, resize_images
+    from memgen.nets import get_preset
+
+    pool = load_dataset(config.data.name, "train", config.data.root)
+    if config.model.kind == "network" and pool.ndim == 4:
+        pool = resize_images(pool, get_preset(config.model.preset).image_size)
+    return pool
+
+
+def validate_against_data(config: SweepConfig, pool: np.ndarray) -> None:
+    """K must leave room in the pool; fail before any work."""
+    too_big = [K for K in config.Ks if K >= len(pool)]
+    if too_big:
+        raise ValueError(f"Ks: {too_big} not below the {len(pool)} samples of "
+                         f"data.name = {config.data.name}")
+
+
+def split(pool: np.ndarray, K: int, config: SweepConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(S_K, held-out rest) from one seeded permutation: S_K ⊂ S_2K."""
+    from memgen.data import train_heldout
+
+    parts = train_heldout(pool, K, split_seed(config))
+    return parts.train, parts.heldout
+
+
+# ---------------------------------------------------------------------- stages
+
+
+def train_stage(run: Path, train: np.ndarray, K: int, config: SweepConfig,
+                progress: bool) -> tuple[str, Path | None]:
+    """Train (network models) or nothing (exact denoiser); returns (key, folder)."""
+    key = train_key(K, config)
+    if config.model.kind == "exact":
+        return key, None
+    from memgen.training import train as run_training
+
+    folder = run / "cache" / f"train-{key}"
+    if not _done(folder):
+        folder.mkdir(parents=True, exist_ok=True)
+        run_training(train_config(config), torch.from_numpy(train).to(config.device), folder,
+                     progress=progress)
+        _mark_done(folder, {"K": K, "stage": "train"})
+    return key, folder
+
+
+def train_key(K: int, config: SweepConfig) -> str:
+    """The train stage's key: the data, K, the model and (for networks) the training."""
+    return stage_key("train", as_dict(config.data), K, as_dict(config.model),
+                     as_dict(config.train) if config.model.kind == "network" else None)
+
+
+def train_config(config: SweepConfig):
+    from memgen.nets import get_preset
+    from memgen.training import TrainConfig
+
+    kind = get_preset(config.model.preset).kind
+    objective = config.model.objective or ("ve_score" if kind == "mlp" else "vp_eps")
+    t = config.train
+    return TrainConfig(preset=config.model.preset, objective=objective,
+                       iterations=t.iterations, batch_size=t.batch_size, lr=t.lr,
+                       ema_decay=t.ema_decay, grad_clip=t.grad_clip, seed=t.seed,
+                       checkpoint_every=max(1, t.iterations // 4))
+
+
+def generate_stage(run: Path, which: str, n: int, seed: int, train_key: str,
+                   train_folder: Path | None, train: np.ndarray, config: SweepConfig,
+                   progress: bool) -> tuple[str, Path]:
+    """Sample S_eval or S′; returns (key, path of the merged npz)."""
+    from memgen.generate import GenerateConfig, generate
+
+    key = stage_key("generate", train_key, which, n, seed, as_dict(config.sample))
+    folder = run / "cache" / f"{which}-{key}"
+    path = folder / f"{which}.npz"
+    if not _done(folder):
+        denoiser, schedule = _denoiser(train_folder, train, config)
+        s = config.sample
+        default = "ddpm" if type(schedule).__name__ == "VPSchedule" else "euler_maruyama"
+        gen = GenerateConfig(n=n, sampler=s.sampler or default, steps=s.steps, eta=s.eta,
+                             seed=seed, batch_size=s.batch_size, shard_size=max(n // 4, 256),
+                             name=which, clip=train.ndim == 4)
+        generate(denoiser, train.shape[1:], schedule, gen, folder, device=config.device,
+                 progress=progress)
+        _mark_done(folder, {"stage": which, "n": n, "seed": seed})
+    return key, path
+
+
+def _denoiser(train_folder: Path | None, train: np.ndarray, config: SweepConfig):
+    from memgen.denoisers import EmpiricalDenoiser, load_checkpoint_denoiser
+    from memgen.schedules import VESchedule, VPSchedule
+
+    if train_folder is None:
+        schedule = VPSchedule() if config.model.schedule == "vp" else VESchedule()
+        return EmpiricalDenoiser(torch.from_numpy(train).to(config.device)), schedule
+    den = load_checkpoint_denoiser(train_folder / "checkpoint.pt", device=config.device)
+    return den, den.schedule
+
+
+def classify_stage(run: Path, K: int, train: np.ndarray, heldout: np.ndarray,
+                   eval_key: str, eval_path: Path, synth_key: str, synth_path: Path,
+                   config: SweepConfig) -> StageResult:
+    """Classify S_eval against S_K and S′ (null rates from held-out real data)."""
+    from memgen.audit import ClassifyConfig, classify_sets, write_audit
+    from memgen.io import load_samples
+
+    m = config.measure
+    key = stage_key("classify", eval_key, synth_key, as_dict(m), split_seed(config))
+    folder = run / "cache" / f"classify-{key}"
+    if not _done(folder):
+        folder.mkdir(parents=True, exist_ok=True)
+        audit = classify_sets(
+            load_samples(eval_path, "eval"), train, load_samples(synth_path, "synth"), heldout,
+            ClassifyConfig(rule=m.rule, delta_m=m.delta_m, delta_s=m.delta_s, metric=m.metric,
+                           k=m.k, alpha=m.alpha, n_resamples=m.bootstrap, seed=m.seed))
+        write_audit(folder, audit)
+        _mark_done(folder, {"K": K, "stage": "classify"})
+    summary = json.loads((folder / "summary.json").read_text())
+    return StageResult(K, summary, folder)
+
+
+def run_K(run: Path, pool: np.ndarray, K: int, config: SweepConfig,
+          progress: bool = False) -> StageResult:
+    """All stages for one training-set size."""
+    train, heldout = split(pool, K, config)
+    t_key, train_folder = train_stage(run, train, K, config, progress)
+    s = config.sample
+    n_synth = max(s.synth_multiplier * K, s.min_synth)
+    eval_key, eval_path = generate_stage(run, "eval", s.n_eval, s.eval_seed, t_key,
+                                         train_folder, train, config, progress)
+    synth_key, synth_path = generate_stage(run, "synth", n_synth, s.synth_seed, t_key,
+                                           train_folder, train, config, progress)
+    return classify_stage(run, K, train, heldout, eval_key, eval_path, synth_key, synth_path,
+                          config)
+
+
+# ------------------------------------------------------------------ across K
+
+
+def write_fractions(path: Path, results: list[StageResult]) -> None:
+    """fractions.csv: K, the three fractions with _lo/_hi, n_eval, and the null rates."""
+    columns = ["K"] + [f"{n}{suffix}" for n in LABEL_NAMES for suffix in ("", "_lo", "_hi")]
+    columns += ["n_eval"] + [f"null_{n}" for n in LABEL_NAMES]
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(columns)
+        for r in sorted(results, key=lambda r: r.K):
+            s = r.summary
+            row = [r.K]
+            for name in LABEL_NAMES:
+                row += [s["fractions"][name], *s["ci95"][name]]
+            null = s.get("null", {}).get("fractions", {})
+            row += [s["n_eval"]] + [null.get(name, "") for name in LABEL_NAMES]
+            writer.writerow(row)
+
+
+def aggregate(run: Path, results: list[StageResult], config: SweepConfig) -> dict:
+    """fractions.csv, capacities.json and fractions.png; returns the capacities."""
+    from memgen.io import atomic_file, write_json
+    from memgen.metrics.capacity import capacities, read_fraction_table
+    from memgen.report.figures import plot_fractions
+
+    with atomic_file(run / "fractions.csv") as tmp:
+        write_fractions(tmp, results)
+    table = read_fraction_table(run / "fractions.csv")
+    caps = capacities(table, config.measure.epsilon, config.measure.bootstrap,
+                      config.measure.seed)
+    payload = {name: c.as_dict() for name, c in caps.items()}
+    payload["epsilon"] = config.measure.epsilon
+    with atomic_file(run / "capacities.json") as tmp:
+        write_json(tmp, payload)
+    null = np.array([[r.summary.get("null", {}).get("fractions", {}).get(n, np.nan)
+                      for n in LABEL_NAMES] for r in sorted(results, key=lambda r: r.K)])
+    fig = plot_fractions(table.K, table.fractions, table.lo, table.hi,
+                         {n: c.value for n, c in caps.items()}, null=null, title=config.name)
+    with atomic_file(run / "fractions.png") as tmp:
+        fig.savefig(tmp, dpi=150)
+    return payload
+
+
+def run_sweep(config: SweepConfig, run: Path, progress: bool = True) -> dict:
+    """Every K (sequentially, or in worker processes), then the aggregate."""
+    from tqdm.auto import tqdm
+
+    pool = load_pool(config)
+    validate_against_data(config, pool)
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "config.json").write_text(json.dumps(as_dict(config), indent=2))
+    results = []
+    for K in tqdm(sorted(config.Ks), desc="sweep", unit="K", disable=not progress):
+        results.append(run_K(run, pool, K, config, progress=False))
+    return aggregate(run, results, config)
+
+
+def plan(config: SweepConfig, run: Path) -> list[str]:
+    """What a run would do: one line per stage, 'cached' or 'to run' (for --dry-run)."""
+    pool = load_pool(config)
+    validate_against_data(config, pool)
+    lines = []
+    for K in sorted(config.Ks):
+        folder = run / "cache" / f"train-{train_key(K, config)}"
+        state = "exact denoiser" if config.model.kind == "exact" else (
+            "cached" if _done(folder) else "to run")
+        lines.append(f"K={K}: train {state}")
+    return lines
+
