@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import zipfile
+import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -105,7 +107,7 @@ def _complete(path: Path, n: int) -> bool:
     try:
         with np.load(path, allow_pickle=False) as archive:
             return len(archive["samples"]) == n
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error):
         return False
 
 

@@ -1,0 +1,110 @@
+"""memgen sweep: end to end, resume after a crash, minimal recomputation, strict configs."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+import memgen.sweep as sweep_module
+from memgen.cli import cli
+from memgen.config import load_config
+
+TINY = Path(__file__).parents[1] / "configs" / "tiny.yaml"
+
+
+def _run(out, *extra):
+    result = CliRunner().invoke(cli, ["sweep", str(TINY), "--out", str(out), *extra])
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def test_tiny_sweep_end_to_end(tmp_path):
+    result = _run(tmp_path / "run")
+    run = tmp_path / "run"
+    for name in ("fractions.csv", "capacities.json", "fractions.png", "config.json"):
+        assert (run / name).exists(), name
+    lines = (run / "fractions.csv").read_text().splitlines()
+    assert lines[0].startswith("K,memorized,memorized_lo,memorized_hi,spurious")
+    assert [line.split(",")[0] for line in lines[1:]] == ["2", "9", "64"]
+    caps = json.loads((run / "capacities.json").read_text())
+    assert set(caps) >= {"MC", "SC", "GC"}
+    assert "SC:" in result.output
+    # The exact denoiser memorizes at K = 2 far more than held-out real data would.
+    first = lines[1].split(",")
+    assert float(first[1]) > 0.5
+
+
+def test_resume_after_a_crash_gives_identical_fractions(tmp_path, monkeypatch):
+    _run(tmp_path / "whole")
+    calls = {"n": 0}
+    real = sweep_module.classify_stage
+
+    def crash_on_second(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt("simulated crash between stages")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sweep_module, "classify_stage", crash_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        sweep_module.run_sweep(load_config(TINY), tmp_path / "parts", progress=False)
+    monkeypatch.setattr(sweep_module, "classify_stage", real)
+    # A stage killed inside: a generation folder without its DONE marker and a torn shard.
+    torn = next((tmp_path / "parts" / "cache").glob("synth-*"))
+    (torn / "DONE.json").unlink(missing_ok=True)
+    shard = next(torn.glob("synth-0000*.npz"))
+    shard.write_bytes(shard.read_bytes()[:100])
+    _run(tmp_path / "parts")
+    assert ((tmp_path / "whole" / "fractions.csv").read_text()
+            == (tmp_path / "parts" / "fractions.csv").read_text())
+
+
+def test_changed_threshold_reruns_only_classification(tmp_path, monkeypatch):
+    _run(tmp_path / "run")
+    before = {p.name for p in (tmp_path / "run" / "cache").iterdir()}
+    calls = []
+    real = sweep_module.generate_stage
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sweep_module, "generate_stage", spy)
+    _run(tmp_path / "run", "--set", "measure.delta_s=0.2")
+    after = {p.name for p in (tmp_path / "run" / "cache").iterdir()}
+    new = after - before
+    assert new and all(name.startswith("classify-") for name in new)
+    assert len(new) == 3
+    generated = [p for p in (tmp_path / "run" / "cache").glob("eval-*")]
+    assert len(generated) == 3  # no new generation folders
+
+
+@pytest.mark.parametrize("text, message", [
+    ("Ks: [2, 9]\nbogus: 1\n", "bogus: unknown key"),
+    ("Ks: [2, 9]\ntrain: {iterations: many}\n", "train.iterations: expected int"),
+    ("Ks: [2, 9]\nsample: {n_eval: 0}\n", "sample.n_eval: must be at least 1"),
+    ("Ks: [2, 70000]\n", "Ks: [70000] not below the 60000 samples"),
+    ("Ks: [2]\nmodel: {kind: magic}\n", "model.kind: 'magic' is not one of"),
+    ("Ks: two\n", "Ks: expected tuple"),
+    ("Ks: [2]\ndata: {name: mnist, root: /nonexistent}\n", "mnist"),
+    ("Ks: [2\n", "not valid YAML"),
+])
+def test_malformed_configs_fail_before_any_work(tmp_path, text, message):
+    config = tmp_path / "bad.yaml"
+    config.write_text(text)
+    result = CliRunner().invoke(cli, ["sweep", str(config), "--out", str(tmp_path / "run")])
+    assert result.exit_code != 0
+    assert message in result.output, result.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_set_overrides_and_dry_run(tmp_path):
+    config = load_config(TINY, ["train.iterations=7", "Ks=[2, 4]"])
+    assert config.train.iterations == 7 and config.Ks == (2, 4)
+    with pytest.raises(ValueError, match="expects key=value"):
+        load_config(TINY, ["train.iterations"])
+    result = CliRunner().invoke(cli, ["sweep", str(TINY), "--out", str(tmp_path / "r"),
+                                      "--dry-run"])
+    assert result.exit_code == 0 and "K=2: train exact denoiser" in result.output
