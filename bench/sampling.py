@@ -1,0 +1,188 @@
+"""Sampling throughput: each sampler against the bare network forwards it is made of.
+
+One run measures, per preset, on one fixed batch (defaults: batch 64, 100 steps for the
+U-Nets on the DDPM ladder ``VPSchedule().sigmas(100)``, the 1000-level VE ladder of the toy):
+
+1. the floor: ``--steps`` forwards of the network in eval mode under no_grad;
+2. every sampler through its denoiser (``EpsDenoiser`` for the U-Nets, ``ScoreDenoiser`` for
+   the MLP), stochastic ones once with a ``StackedGenerator`` (per-sample numpy streams)
+   and once with a ``torch.Generator``; for the toy MLP also a prototype of a
+   StackedGenerator that draws each stream's normals 128 steps ahead (identical values).
+
+Overhead = (sampler time − forwards × floor per forward)/(forwards × floor per forward).
+The network, the denoiser's ``t_from_sigma`` and the StackedGenerator draws are also
+timed inside each sampler run, which splits the overhead without run-to-run noise.
+
+    .venv/bin/python bench/sampling.py [--presets fmnist-cpu-16 fmnist-cpu-28 toy-mlp
+                                        --batch 64 --steps 100 --mlp-steps 1000 --repeats 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import time
+from collections import defaultdict
+
+import numpy as np
+import torch
+from common import interleaved_best
+
+from memgen.denoisers import EpsDenoiser, ScoreDenoiser
+from memgen.generate import initial_std
+from memgen.nets import count_parameters, get_preset
+from memgen.samplers import StackedGenerator, get_sampler
+from memgen.schedules import VESchedule, VPSchedule
+
+
+class Clock:
+    """Seconds and calls per label, accumulated by wrapped callables."""
+
+    def __init__(self):
+        self.seconds, self.calls = defaultdict(float), defaultdict(int)
+
+    def wrap(self, label, fn):
+        def timed(*args, **kwargs):
+            t0 = time.perf_counter()
+            out = fn(*args, **kwargs)
+            self.seconds[label] += time.perf_counter() - t0
+            self.calls[label] += 1
+            return out
+        return timed
+
+
+class TimedSchedule:
+    """The schedule with ``t_from_sigma`` timed (the denoiser's only call into it)."""
+
+    def __init__(self, schedule, clock: Clock):
+        self.schedule, self.t_from_sigma = schedule, clock.wrap("t", schedule.t_from_sigma)
+
+
+class TimedStacked(StackedGenerator):
+    """StackedGenerator whose draws are timed (``randn`` is what the samplers reach)."""
+
+    def __init__(self, seeds, clock: Clock):
+        super().__init__(seeds)
+        self.randn = clock.wrap("noise", self.randn)
+
+
+class PrefetchedStacked(TimedStacked):
+    """Prototype: each stream draws ``block`` steps of normals in one call and hands out
+    slices. numpy's float64 normals come one by one off the stream, so the values equal
+    StackedGenerator's; a step costs one slice instead of one numpy call per sample."""
+
+    def __init__(self, seeds, clock: Clock, block: int = 128):
+        self.block, self.buffer = block, None
+        super().__init__(seeds, clock)
+
+    def randn(self, shape, *, dtype=None, device=None):
+        n = math.prod(shape[1:])
+        if self.buffer is None or self.buffer.shape[1] < n:
+            fresh = np.stack([g.standard_normal(self.block * n) for g in self.generators])
+            self.buffer = fresh if self.buffer is None else np.hstack([self.buffer, fresh])
+        draws, self.buffer = self.buffer[:, :n], self.buffer[:, n:]
+        return torch.from_numpy(draws.reshape(shape)).to(dtype or torch.get_default_dtype())
+
+
+def setup(preset: str, batch: int, steps: int):
+    """(net, denoiser class, schedule, ladder, fixed batch, fixed t) of one preset."""
+    torch.manual_seed(0)  # the U-Net draws its init from the global RNG; weights don't matter
+    config = get_preset(preset)
+    net = config.build().eval()
+    if config.kind == "mlp":
+        schedule, cls, t = VESchedule(), ScoreDenoiser, 0.5
+        shape, sigmas = (batch, config.dim), VESchedule().sigmas(steps)
+    else:
+        schedule, cls, t = VPSchedule(), EpsDenoiser, 500.0
+        shape, sigmas = (batch, config.channels, config.image_size, config.image_size), \
+            VPSchedule().sigmas(steps)
+    gen = torch.Generator().manual_seed(0)
+    x = initial_std(schedule, float(sigmas[0])) * torch.randn(shape, generator=gen)
+    return net, cls, schedule, sigmas, x, torch.full((batch,), t)
+
+
+def runs(preset: str, batch: int, steps: int) -> dict:
+    """Plan of callables, each returning (Clock, samples)."""
+    net, cls, schedule, sigmas, x, t = setup(preset, batch, steps)
+    seeds = [(0, i) for i in range(batch)]
+
+    @torch.no_grad()
+    def forwards():
+        clock = Clock()
+        fwd = clock.wrap("net", net)
+        for _ in range(steps):
+            fwd(x, t)
+        return clock, None
+
+    def sampler(name, make_gen):
+        def go():
+            clock = Clock()
+            denoiser = cls(clock.wrap("net", net), TimedSchedule(schedule, clock))
+            out = get_sampler(name)(denoiser, x.clone(), sigmas, generator=make_gen(clock))
+            return clock, out
+        return go
+
+    stacked = lambda clock: TimedStacked(seeds, clock)  # noqa: E731
+    torch_gen = lambda clock: torch.Generator().manual_seed(0)  # noqa: E731
+    plan = {f"{preset} forwards": forwards}
+    if cls is ScoreDenoiser:
+        plan[f"{preset} euler_maruyama stacked"] = sampler("euler_maruyama", stacked)
+        plan[f"{preset} euler_maruyama prefetched"] = sampler(
+            "euler_maruyama", lambda clock: PrefetchedStacked(seeds, clock))
+        plan[f"{preset} euler_maruyama torch"] = sampler("euler_maruyama", torch_gen)
+    else:
+        plan[f"{preset} ddpm stacked"] = sampler("ddpm", stacked)
+        plan[f"{preset} ddpm torch"] = sampler("ddpm", torch_gen)
+        plan[f"{preset} ddim"] = sampler("ddim", lambda clock: None)
+        plan[f"{preset} heun"] = sampler("heun", lambda clock: None)
+    get_sampler("heun")(cls(net, schedule), x.clone(), sigmas[-3:])  # warm-up
+    return plan
+
+
+def report(best: dict, batch: int) -> None:
+    """Markdown table; overheads in % of the network time, rest = sampler arithmetic."""
+    print("\n| run | forwards | seconds | ms / forward | images/s | overhead vs floor "
+          "| in-run overhead | of which noise | t_from_sigma | rest |\n|---|" + "---:|" * 9)
+    floor = None
+    for name, timing in best.items():
+        clock, _ = timing.output
+        n, net_s, total = clock.calls["net"], clock.seconds["net"], timing.seconds
+        if floor is None:  # the forwards run comes first
+            floor = total / n
+            print(f"| {name} | {n} | {total:.3f} | {1e3 * floor:.2f} |" + " – |" * 6)
+            continue
+        noise, t_conv = clock.seconds["noise"], clock.seconds["t"]
+        pct = lambda s, base=net_s: f"{100 * s / base:.1f} %"  # noqa: E731
+        print(f"| {name} | {n} | {total:.3f} | {1e3 * net_s / n:.2f} | {batch / total:.1f} "
+              f"| {pct(total - n * floor, n * floor)} | {pct(total - net_s)} | {pct(noise)} "
+              f"| {pct(t_conv)} | {pct(total - net_s - noise - t_conv)} |")
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--presets", nargs="+", default=["fmnist-cpu-16", "fmnist-cpu-28", "toy-mlp"])
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=100, help="U-Net ladder steps")
+    parser.add_argument("--mlp-steps", type=int, default=1000, help="VE ladder levels (MLP)")
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average "
+          f"{os.getloadavg()[0]:.2f}; batch {args.batch}, float32")
+    for preset in args.presets:
+        mlp = get_preset(preset).kind == "mlp"
+        steps = args.mlp_steps if mlp else args.steps
+        print(f"\n{preset}: {count_parameters(get_preset(preset).build()):,} parameters, "
+              f"{steps} {'levels' if mlp else 'steps'}")
+        plan = runs(preset, args.batch, steps)
+        best = interleaved_best(plan, args.repeats)
+        if mlp:
+            a, b = (best[f"{preset} euler_maruyama {g}"].output[1] for g in ("stacked", "prefetched"))
+            print(f"  prefetched samples identical to stacked: {torch.equal(a, b)}")
+        report(best, args.batch)
+
+
+if __name__ == "__main__":
+    main()
