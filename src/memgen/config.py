@@ -47,6 +47,7 @@ class SampleConfig:
     sampler: str | None = None  # None: ddpm (VP) or euler_maruyama (VE)
     steps: int | None = None
     eta: float = 0.0
+    final_denoise: bool = False  # end with a σ = 0 step (VE ladders stop at σ(t_min))
     n_eval: int = 1000
     synth_multiplier: int = 4  # |S'| = multiplier · K
     min_synth: int = 0  # |S'| = max(multiplier · K, min_synth)

@@ -35,6 +35,7 @@ class GenerateConfig:
     shard_size: int = 1000
     name: str = "samples"
     clip: bool = True  # clip the final samples to [−1, 1] (images)
+    final_denoise: bool = False  # end the ladder with σ = 0 (one last denoising step)
 
     def __post_init__(self):
         if self.n < 1 or self.batch_size < 1 or self.shard_size < 1:
@@ -67,6 +68,8 @@ def generate(denoiser, shape: tuple[int, ...], schedule, config: GenerateConfig,
     """Write shards NAME-00000.npz … and the merged NAME.npz into ``out``; return the latter."""
     out.mkdir(parents=True, exist_ok=True)
     sigmas = ladder(schedule, config.steps)
+    if config.final_denoise and float(sigmas[-1]) > 0:
+        sigmas = torch.cat([sigmas, sigmas.new_zeros(1)])
     n_shards = math.ceil(config.n / config.shard_size)
     bar = tqdm(total=config.n, desc=f"generate {config.name}", unit="sample",
                disable=not progress)

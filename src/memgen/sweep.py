@@ -16,7 +16,8 @@ import csv
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -30,11 +31,24 @@ STAGE_VERSION = 1  # bump when a stage's output format changes
 
 @dataclass(frozen=True)
 class StageResult:
-    """One K's classification, as read back from its summary.json."""
+    """One K's classification, as read back from its summary.json, and where its sets are."""
 
     K: int
     summary: dict
-    folder: Path
+    folder: Path  # the classify stage: summary.json, labels.npz
+    eval_path: Path
+    synth_path: Path
+    train_folder: Path | None = None
+
+    def seconds(self) -> dict[str, float]:
+        """Wall time of each stage that ran (cached stages keep their first timing)."""
+        folders = {"train": self.train_folder, "eval": self.eval_path.parent,
+                   "synth": self.synth_path.parent, "classify": self.folder}
+        out = {}
+        for name, folder in folders.items():
+            if folder is not None and (folder / "DONE.json").exists():
+                out[name] = json.loads((folder / "DONE.json").read_text()).get("seconds", 0.0)
+        return out
 
 
 def stage_key(name: str, *parts) -> str:
@@ -109,9 +123,10 @@ def train_stage(run: Path, train: np.ndarray, K: int, config: SweepConfig,
     folder = run / "cache" / f"train-{key}"
     if not _done(folder):
         folder.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
         run_training(train_config(config), torch.from_numpy(train).to(config.device), folder,
                      progress=progress)
-        _mark_done(folder, {"K": K, "stage": "train"})
+        _mark_done(folder, {"K": K, "stage": "train", "seconds": time.perf_counter() - t0})
     return key, folder
 
 
@@ -144,15 +159,17 @@ def generate_stage(run: Path, which: str, n: int, seed: int, train_key: str,
     folder = run / "cache" / f"{which}-{key}"
     path = folder / f"{which}.npz"
     if not _done(folder):
+        t0 = time.perf_counter()
         denoiser, schedule = _denoiser(train_folder, train, config)
         s = config.sample
         default = "ddpm" if type(schedule).__name__ == "VPSchedule" else "euler_maruyama"
         gen = GenerateConfig(n=n, sampler=s.sampler or default, steps=s.steps, eta=s.eta,
                              seed=seed, batch_size=s.batch_size, shard_size=max(n // 4, 256),
-                             name=which, clip=train.ndim == 4)
+                             name=which, clip=train.ndim == 4, final_denoise=s.final_denoise)
         generate(denoiser, train.shape[1:], schedule, gen, folder, device=config.device,
                  progress=progress)
-        _mark_done(folder, {"stage": which, "n": n, "seed": seed})
+        _mark_done(folder, {"stage": which, "n": n, "seed": seed,
+                            "seconds": time.perf_counter() - t0})
     return key, path
 
 
@@ -179,14 +196,15 @@ def classify_stage(run: Path, K: int, train: np.ndarray, heldout: np.ndarray,
     folder = run / "cache" / f"classify-{key}"
     if not _done(folder):
         folder.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
         audit = classify_sets(
             load_samples(eval_path, "eval"), train, load_samples(synth_path, "synth"), heldout,
             ClassifyConfig(rule=m.rule, delta_m=m.delta_m, delta_s=m.delta_s, metric=m.metric,
                            k=m.k, alpha=m.alpha, n_resamples=m.bootstrap, seed=m.seed))
         write_audit(folder, audit)
-        _mark_done(folder, {"K": K, "stage": "classify"})
+        _mark_done(folder, {"K": K, "stage": "classify", "seconds": time.perf_counter() - t0})
     summary = json.loads((folder / "summary.json").read_text())
-    return StageResult(K, summary, folder)
+    return StageResult(K, summary, folder, eval_path, synth_path)
 
 
 def run_K(run: Path, pool: np.ndarray, K: int, config: SweepConfig,
@@ -200,8 +218,9 @@ def run_K(run: Path, pool: np.ndarray, K: int, config: SweepConfig,
                                          train_folder, train, config, progress)
     synth_key, synth_path = generate_stage(run, "synth", n_synth, s.synth_seed, t_key,
                                            train_folder, train, config, progress)
-    return classify_stage(run, K, train, heldout, eval_key, eval_path, synth_key, synth_path,
-                          config)
+    result = classify_stage(run, K, train, heldout, eval_key, eval_path, synth_key, synth_path,
+                            config)
+    return replace(result, train_folder=train_folder)
 
 
 # ------------------------------------------------------------------ across K
@@ -224,8 +243,51 @@ def write_fractions(path: Path, results: list[StageResult]) -> None:
             writer.writerow(row)
 
 
-def aggregate(run: Path, results: list[StageResult], config: SweepConfig) -> dict:
-    """fractions.csv, capacities.json and fractions.png; returns the capacities."""
+def evidence_figures(run: Path, pool: np.ndarray, results: list[StageResult],
+                     config: SweepConfig) -> list[Path]:
+    """Samples per label: a 2D scatter for every K, or for images the neighbour grids and
+    sample grids of the smallest, a middle and the largest K."""
+    from memgen.io import atomic_file, load_samples
+    from memgen.report.figures import plot_neighbours, plot_sample_grid, plot_samples_2d
+
+    results = sorted(results, key=lambda r: r.K)
+    figures = []
+
+    def save(fig, name):
+        with atomic_file(run / name) as tmp:
+            fig.savefig(tmp, dpi=110)
+        figures.append(run / name)
+
+    if pool.ndim == 2 and pool.shape[1] == 2:
+        panels = [{"K": r.K, "train": split(pool, r.K, config)[0],
+                   "samples": load_samples(r.eval_path), "labels": _labels(r)["labels"]}
+                  for r in results]
+        save(plot_samples_2d(panels), "samples.png")
+        return figures
+    if pool.ndim != 4:
+        return figures
+    for r in {results[0].K: results[0], results[len(results) // 2].K: results[len(results) // 2],
+              results[-1].K: results[-1]}.values():
+        found, samples = _labels(r), load_samples(r.eval_path)
+        chosen = {name: list(map(int, np.flatnonzero(found["labels"] == code)[:2]))
+                  for code, name in enumerate(LABEL_NAMES)}
+        if any(chosen.values()):
+            save(plot_neighbours(samples, split(pool, r.K, config)[0], load_samples(r.synth_path),
+                                 found["train_idx"], found["synth_idx"], found["labels"], chosen,
+                                 found["train_dist"], found["synth_dist"]), f"neighbours-K{r.K}.png")
+        save(plot_sample_grid(samples[:64], found["labels"][:64], title=f"K = {r.K}"),
+             f"samples-K{r.K}.png")
+    return figures
+
+
+def _labels(result: StageResult) -> dict:
+    with np.load(result.folder / "labels.npz", allow_pickle=False) as archive:
+        return {key: archive[key] for key in archive.files}
+
+
+def aggregate(run: Path, results: list[StageResult], config: SweepConfig,
+              pool: np.ndarray | None = None) -> dict:
+    """fractions.csv, capacities.json, the figures and report.html; returns the capacities."""
     from memgen.io import atomic_file, write_json
     from memgen.metrics.capacity import capacities, read_fraction_table
     from memgen.report.figures import plot_fractions
@@ -245,6 +307,13 @@ def aggregate(run: Path, results: list[StageResult], config: SweepConfig) -> dic
                          {n: c.value for n, c in caps.items()}, null=null, title=config.name)
     with atomic_file(run / "fractions.png") as tmp:
         fig.savefig(tmp, dpi=150)
+    figures = [run / "fractions.png"]
+    if pool is not None:
+        figures += evidence_figures(run, pool, results, config)
+    from memgen.report.html import write_report
+
+    with atomic_file(run / "report.html") as tmp:
+        write_report(tmp, config.name, as_dict(config), payload, results, figures)
     return payload
 
 
@@ -259,7 +328,7 @@ def run_sweep(config: SweepConfig, run: Path, progress: bool = True) -> dict:
     results = []
     for K in tqdm(sorted(config.Ks), desc="sweep", unit="K", disable=not progress):
         results.append(run_K(run, pool, K, config, progress=False))
-    return aggregate(run, results, config)
+    return aggregate(run, results, config, pool)
 
 
 def plan(config: SweepConfig, run: Path) -> list[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Mapping, Sequence
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -38,6 +39,9 @@ def plot_fractions(K: np.ndarray, fractions: np.ndarray, lo: np.ndarray | None =
                     color=COLORS[CAPACITY_LABEL[name]], transform=ax.get_xaxis_transform())
     if len(K) > 1 and K.min() > 0:
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        if len(K) <= 12:
+            ax.set_xticks(K, [str(int(k)) for k in K], fontsize=8)
     ax.set(xlabel="training-set size K", ylabel="fraction of evaluated samples",
            ylim=(-0.02, 1.02))
     if null is not None:
@@ -209,3 +213,41 @@ def _draw_attractors(ax, panel) -> None:
         for (x, y), e in zip(panel.attractors[stable], shifted[stable]):
             ax.annotate(f"{e:.3g}", (x, y), xytext=(4, 4), textcoords="offset points",
                         color="yellow", fontsize=7)
+
+
+def plot_samples_2d(panels: Sequence[Mapping]):
+    """2D sweeps: per K, the training points (red stars) and the evaluated samples coloured
+    by label. panels: dicts with K, train (K, 2), samples (n, 2), labels (n,)."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4),
+                             layout="constrained", squeeze=False)
+    theta = np.linspace(0, 2 * np.pi, 300)
+    for ax, panel in zip(axes[0], panels):
+        ax.plot(np.cos(theta), np.sin(theta), "--", color="gray", lw=0.7)
+        for code, name in enumerate(LABEL_NAMES):
+            pts = panel["samples"][panel["labels"] == code]
+            ax.scatter(*pts.T, s=3, color=COLORS[name], alpha=0.6, label=name)
+        ax.plot(*panel["train"].T, "*", color="red", mec="darkred",
+                ms=8 if len(panel["train"]) < 50 else 2)
+        ax.set(xlim=(-1.6, 1.6), ylim=(-1.6, 1.6), aspect="equal", xticks=[], yticks=[])
+        ax.set_title(f"K = {panel['K']}", fontsize=9)
+    axes[0][0].legend(fontsize=7, loc="lower left", markerscale=3)
+    return fig
+
+
+def plot_sample_grid(images: np.ndarray, labels: np.ndarray | None = None, columns: int = 16,
+                     title: str = ""):
+    """A grid of (N, C, H, W) images in [-1, 1], framed by label colour when given."""
+    rows = int(np.ceil(len(images) / columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * 0.6, rows * 0.6 + 0.3),
+                             squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        if i < len(images):
+            color = "black" if labels is None else COLORS[LABEL_NAMES[int(labels[i])]]
+            _show(ax, images[i], "", color)
+            for spine in ax.spines.values():
+                spine.set_linewidth(1.5)
+        else:
+            ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return fig
