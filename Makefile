@@ -1,4 +1,4 @@
-# make run   — install everything, then run the main job on real Fashion-MNIST
+# make run   — install everything, then run the main job: the 2D toy sweep and landscapes
 # make test  — install everything, then run the test suite
 # make bench — install everything, then run the benchmarks in bench/
 
@@ -7,9 +7,9 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 FMNIST  := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-OUT     ?= runs/demo
+OUT     ?= runs
 
-.PHONY: install data run test bench clean
+.PHONY: install data run demo test bench clean
 
 install: $(STAMP) data
 
@@ -27,7 +27,11 @@ $(FMNIST):
 	$(SUDO) apt-get install -y -qq dataset-fashion-mnist
 
 run: install
-	$(BIN)/memgen demo --out $(OUT)
+	$(BIN)/memgen landscape --K 2 9 1000 --beta 20 --out $(OUT)/landscape
+	$(BIN)/memgen sweep configs/toy2d.yaml --out $(OUT)/toy2d
+
+demo: install
+	$(BIN)/memgen demo --out $(OUT)/demo
 
 test: install
 	$(BIN)/pytest

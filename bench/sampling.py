@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import resource
 import time
 from collections import defaultdict
 
@@ -50,6 +51,26 @@ class Clock:
             self.calls[label] += 1
             return out
         return timed
+
+
+def with_others_cpu(fn):
+    """fn wrapped to return (output, share of the machine's CPU time that other processes
+    used meanwhile): /proc/stat busy ticks less this process's own CPU time."""
+    def busy() -> float:
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:8]]
+        return (sum(v) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")  # less idle and iowait
+
+    def own() -> float:
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        return r.ru_utime + r.ru_stime
+
+    def go():
+        b0, o0, t0 = busy(), own(), time.perf_counter()
+        out = fn()
+        wall = time.perf_counter() - t0
+        return out, max(0.0, (busy() - b0) - (own() - o0)) / (os.cpu_count() * wall)
+    return go
 
 
 class TimedSchedule:
@@ -137,26 +158,27 @@ def runs(preset: str, batch: int, steps: int) -> dict:
         plan[f"{preset} ddim"] = sampler("ddim", lambda clock: None)
         plan[f"{preset} heun"] = sampler("heun", lambda clock: None)
     get_sampler("heun")(cls(net, schedule), x.clone(), sigmas[-3:])  # warm-up
-    return plan
+    return {name: with_others_cpu(fn) for name, fn in plan.items()}
 
 
 def report(best: dict, batch: int) -> None:
     """Markdown table; overheads in % of the network time, rest = sampler arithmetic."""
     print("\n| run | forwards | seconds | ms / forward | images/s | overhead vs floor "
-          "| in-run overhead | of which noise | t_from_sigma | rest |\n|---|" + "---:|" * 9)
+          "| in-run overhead | of which noise | t_from_sigma | rest | others' CPU |\n|---|" + "---:|" * 10)
     floor = None
     for name, timing in best.items():
-        clock, _ = timing.output
+        (clock, _), others = timing.output
         n, net_s, total = clock.calls["net"], clock.seconds["net"], timing.seconds
         if floor is None:  # the forwards run comes first
             floor = total / n
-            print(f"| {name} | {n} | {total:.3f} | {1e3 * floor:.2f} |" + " – |" * 6)
+            print(f"| {name} | {n} | {total:.3f} | {1e3 * floor:.2f} |" + " – |" * 6
+                  + f" {100 * others:.0f} % |")
             continue
         noise, t_conv = clock.seconds["noise"], clock.seconds["t"]
         pct = lambda s, base=net_s: f"{100 * s / base:.1f} %"  # noqa: E731
         print(f"| {name} | {n} | {total:.3f} | {1e3 * net_s / n:.2f} | {batch / total:.1f} "
               f"| {pct(total - n * floor, n * floor)} | {pct(total - net_s)} | {pct(noise)} "
-              f"| {pct(t_conv)} | {pct(total - net_s - noise - t_conv)} |")
+              f"| {pct(t_conv)} | {pct(total - net_s - noise - t_conv)} | {100 * others:.0f} % |")
 
 
 def main(argv=None) -> None:
@@ -179,7 +201,7 @@ def main(argv=None) -> None:
         plan = runs(preset, args.batch, steps)
         best = interleaved_best(plan, args.repeats)
         if mlp:
-            a, b = (best[f"{preset} euler_maruyama {g}"].output[1] for g in ("stacked", "prefetched"))
+            a, b = (best[f"{preset} euler_maruyama {g}"].output[0][1] for g in ("stacked", "prefetched"))
             print(f"  prefetched samples identical to stacked: {torch.equal(a, b)}")
         report(best, args.batch)
 

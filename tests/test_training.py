@@ -125,3 +125,23 @@ def test_torchrun_end_to_end(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     payload = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
     assert payload["step"] == 6 and len(payload["generators"]) == 2
+
+
+def test_fixed_batch_draws_the_full_batch_for_small_K(tmp_path):
+    seen = []
+    import memgen.training as T
+
+    real = T.draw_batch
+
+    def spy(data, batch, config, generator):
+        seen.append(batch)
+        return real(data, batch, config, generator)
+
+    T.draw_batch = spy
+    try:
+        train(_toy_config(iterations=2, batch_size=16), TWO_POINTS, tmp_path / "a", progress=False)
+        train(_toy_config(iterations=2, batch_size=16, fixed_batch=True), TWO_POINTS,
+              tmp_path / "b", progress=False)
+    finally:
+        T.draw_batch = real
+    assert seen == [2, 2, 16, 16]

@@ -432,11 +432,35 @@ def sweep(config_path, out, overrides, dry_run):
             click.echo(line)
         return
     caps = run_sweep(config, Path(out))
-    click.echo(Path(out, "fractions.csv").read_text().rstrip())
+    _print_sweep(Path(out), caps)
+
+
+def _print_sweep(run: Path, caps: dict) -> None:
+    """One screen: fractions with 95% intervals and null rates per K, the capacities."""
+    from memgen.metrics.capacity import read_fraction_table
+
+    table = read_fraction_table(run / "fractions.csv")
+    null = _null_columns(run / "fractions.csv")
+    click.echo(f"{'K':>6}  {'memorized':^22}{'spurious':^22}{'generalized':^22}  null m/s/g")
+    for i, K in enumerate(table.K):
+        cells = "".join(f"{table.fractions[i, j]:6.3f} [{table.lo[i, j]:.3f},{table.hi[i, j]:.3f}] "
+                        for j in range(3))
+        click.echo(f"{K:>6}  {cells} {null[i]}")
     for name in ("MC", "SC", "GC"):
-        value = caps[name]["value"]
-        click.echo(f"{name}: {'not reached' if value is None else f'K = {value}'}")
-    click.echo(f"wrote {Path(out) / 'fractions.csv'}, capacities.json, fractions.png")
+        c = caps[name]
+        value = "not reached" if c["value"] is None else f"K = {c['value']}"
+        interval = "" if c["ci95"][0] is None else f"  (95% CI {c['ci95'][0]}-{c['ci95'][1]})"
+        click.echo(f"{name}: {value}{interval}")
+    click.echo(f"report: {run / 'report.html'}")
+
+
+def _null_columns(path: Path) -> list[str]:
+    import csv
+
+    with path.open(newline="") as f:
+        return ["/".join(f"{float(r[f'null_{n}']):.2f}" if r.get(f"null_{n}") else "-"
+                         for n in ("memorized", "spurious", "generalized"))
+                for r in sorted(csv.DictReader(f), key=lambda r: int(r["K"]))]
 
 
 def _save(fig, out: str, dpi: int) -> None:

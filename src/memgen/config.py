@@ -36,6 +36,7 @@ class ModelConfig:
 class TrainSection:
     iterations: int = 8000
     batch_size: int = 128
+    fixed_batch: bool = False  # B draws with replacement for any K (else min(B, K))
     lr: float = 2e-3
     ema_decay: float = 0.999
     grad_clip: float = 1.0

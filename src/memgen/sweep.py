@@ -144,7 +144,8 @@ def train_config(config: SweepConfig):
     objective = config.model.objective or ("ve_score" if kind == "mlp" else "vp_eps")
     t = config.train
     return TrainConfig(preset=config.model.preset, objective=objective,
-                       iterations=t.iterations, batch_size=t.batch_size, lr=t.lr,
+                       iterations=t.iterations, batch_size=t.batch_size,
+                       fixed_batch=t.fixed_batch, lr=t.lr,
                        ema_decay=t.ema_decay, grad_clip=t.grad_clip, seed=t.seed,
                        checkpoint_every=max(1, t.iterations // 4))
 

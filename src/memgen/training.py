@@ -8,7 +8,8 @@ Objectives (x₀ a training sample, n ~ N(0, I)):
               Song et al.'s tutorial code), loss ‖σ s_θ + n‖² = ‖F_θ + n‖² (the λ(t) = σ²
               weighting of ‖s_θ − ∇ log p(x | x₀)‖²).
 Adam, EMA of the weights (with the usual warm-up min(decay, (1 + k)/(10 + k))), gradient
-clipping, batch min(B, K), a fixed iteration budget, one seed for everything: the model's
+clipping, batch min(B, K) (the reference U-Nets; or B draws with replacement for any K,
+``fixed_batch``), a fixed iteration budget, one seed for everything: the model's
 initial weights, the batches, t and the noise, and dropout (run inside a forked global
 RNG, so the caller's RNG is untouched). Checkpoints carry the config, the weights, the
 EMA weights, the optimiser and every RNG state, and load with weights_only=True; a run
@@ -44,7 +45,8 @@ class TrainConfig:
     preset: str = "fmnist-cpu-16"
     objective: str = "vp_eps"
     iterations: int = 2000
-    batch_size: int = 128  # the batch is min(batch_size, K)
+    batch_size: int = 128  # the batch is min(batch_size, K) ...
+    fixed_batch: bool = False  # ... or batch_size draws with replacement whatever K is
     lr: float = 2e-4
     ema_decay: float = 0.9999
     grad_clip: float = 1.0
@@ -221,7 +223,8 @@ def _checkpoint(out: Path, state: TrainState, config: TrainConfig, rank: int, wo
 
 def _loop(config, data, out, state, model, rank, world, progress, stop_after):
     schedule = config.schedule()
-    batch = max(1, min(config.batch_size, len(data)) // world)
+    full = config.batch_size if config.fixed_batch else min(config.batch_size, len(data))
+    batch = max(1, full // world)
     end = config.iterations if stop_after is None else min(config.iterations,
                                                            state.step + stop_after)
     amp = config.amp and data.device.type == "cuda"

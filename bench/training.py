@@ -1,0 +1,144 @@
+"""Training throughput: ``memgen.training.train`` against the network's bare forward+backward.
+
+One run measures, per preset (defaults: fmnist-cpu-16 and fmnist-cpu-28 with vp_eps,
+toy-mlp with ve_score, batch 128, 1,024 synthetic training points — the values do not
+change the cost), after a 2-iteration warm-up call of ``train``:
+
+1. ``train(config, data, tmpdir)``: the wall time of the whole call (building the model,
+   the loop, the final checkpoint) and the loop's steady rate from its own log (records
+   every iterations/4 steps; the rate is taken between the first and the last record);
+2. a replica of the loop body with each phase timed: batch draw, forward (with the
+   loss), backward, gradient clipping, Adam step, EMA update. Forward + backward is the
+   bare cost of the network; the rest is the overhead of our loop.
+
+    .venv/bin/python bench/training.py [--presets fmnist-cpu-16 fmnist-cpu-28 toy-mlp
+                                        --batch 128 --iters N --repeats 1]
+
+``--iters`` replaces the per-preset defaults (40, 20 and 400 timed iterations, chosen to
+keep the whole run near two minutes on 2 cores); the replica runs half as many.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from common import interleaved_best
+from sampling import with_others_cpu
+from torch import nn
+
+from memgen.nets import count_parameters, get_preset
+from memgen.training import LOG, TrainConfig, draw_batch, new_state, train, training_loss, update_ema
+
+DEFAULT_ITERS = {"fmnist-cpu-16": 40, "fmnist-cpu-28": 20, "toy-mlp": 400}
+PHASES = ("data", "forward", "backward", "clip", "adam", "ema")
+
+
+def make_config(preset: str, batch: int, iterations: int) -> TrainConfig:
+    net = get_preset(preset)
+    objective = "ve_score" if net.kind == "mlp" else "vp_eps"
+    return TrainConfig(preset=preset, objective=objective, iterations=iterations,
+                       batch_size=batch, log_every=max(1, iterations // 4),
+                       checkpoint_every=iterations)  # only the final checkpoint
+
+
+def make_data(preset: str, k: int = 1024) -> torch.Tensor:
+    net = get_preset(preset)
+    shape = (k, net.dim) if net.kind == "mlp" else (k, net.channels, net.image_size,
+                                                     net.image_size)
+    return torch.rand(shape, generator=torch.Generator().manual_seed(0)) * 2 - 1
+
+
+def train_run(config: TrainConfig, data: torch.Tensor):
+    """Run ``train`` in a fresh temp dir; return its steady loop rate from the log."""
+    def go():
+        with tempfile.TemporaryDirectory() as out:
+            train(config, data, out, progress=False)
+            log = [json.loads(ln) for ln in (Path(out) / LOG).read_text().splitlines()]
+        steps, seconds = log[-1]["step"] - log[0]["step"], log[-1]["seconds"] - log[0]["seconds"]
+        return {"loop it/s": steps / seconds}
+    return go
+
+
+def replica_run(config: TrainConfig, data: torch.Tensor, steps: int, warm: int = 2):
+    """The body of ``memgen.training._loop``, each phase timed; seconds per step by phase."""
+    def go():
+        state = new_state(config, data.device)
+        schedule, model, batch = config.schedule(), state.model.train(), config.batch_size
+        spent = defaultdict(float)
+        for i in range(warm + steps):
+            marks = [time.perf_counter()]
+            x0, t, noise = draw_batch(data, batch, config, state.generator)
+            marks.append(time.perf_counter())
+            loss = training_loss(model, x0, t, noise, config, schedule)
+            marks.append(time.perf_counter())
+            state.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            marks.append(time.perf_counter())
+            nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            marks.append(time.perf_counter())
+            state.optimizer.step()
+            marks.append(time.perf_counter())
+            update_ema(state.ema, model, config.ema_decay, i)
+            marks.append(time.perf_counter())
+            if i >= warm:
+                for phase, a, b in zip(PHASES, marks, marks[1:]):
+                    spent[phase] += (b - a) / steps
+        return dict(spent)
+    return go
+
+
+def report(rows: list[dict]) -> None:
+    print("\n| preset | params | train() call it/s | loop it/s (log) | replica it/s "
+          "| fwd+bwd it/s | overhead: loop vs fwd+bwd | replica vs its fwd+bwd | others' CPU |"
+          "\n|---|" + "---:|" * 8)
+    for r in rows:
+        p = r["phases"]
+        step, bare = sum(p.values()), p["forward"] + p["backward"]
+        print(f"| {r['preset']} | {r['params']:,} | {r['call it/s']:.2f} | {r['loop it/s']:.2f} "
+              f"| {1 / step:.2f} | {1 / bare:.2f} | {100 * (1 / r['loop it/s'] - bare) / bare:.1f} % "
+              f"| {100 * (step - bare) / bare:.1f} % "
+              f"| {r['others']} |")
+    print("\nms per step, by phase (replica)\n\n| preset | " + " | ".join(PHASES)
+          + " | total |\n|---|" + "---:|" * (len(PHASES) + 1))
+    for r in rows:
+        p = r["phases"]
+        print(f"| {r['preset']} | " + " | ".join(f"{1e3 * p[k]:.2f}" for k in PHASES)
+              + f" | {1e3 * sum(p.values()):.2f} |")
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--presets", nargs="+", default=list(DEFAULT_ITERS))
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--iters", type=int, default=None)
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average "
+          f"{os.getloadavg()[0]:.2f}; batch {args.batch}, float32")
+    rows = []
+    for preset in args.presets:
+        iters = args.iters or DEFAULT_ITERS.get(preset, 40)
+        data = make_data(preset)
+        config = make_config(preset, args.batch, iters)
+        train_run(make_config(preset, args.batch, 2), data)()  # warm-up
+        plan = {f"{preset} train()": with_others_cpu(train_run(config, data)),
+                f"{preset} replica": with_others_cpu(replica_run(config, data, max(1, iters // 2)))}
+        best = interleaved_best(plan, args.repeats)
+        (log, others_t), (phases, others_r) = (best[k].output for k in plan)
+        rows.append({"preset": preset, "params": count_parameters(get_preset(preset).build()),
+                     "call it/s": iters / best[f"{preset} train()"].seconds, **log,
+                     "phases": phases, "others": f"{100 * others_t:.0f} / {100 * others_r:.0f} %"})
+    report(rows)
+
+
+if __name__ == "__main__":
+    main()
