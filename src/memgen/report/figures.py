@@ -218,10 +218,14 @@ def _draw_attractors(ax, panel) -> None:
 def plot_samples_2d(panels: Sequence[Mapping]):
     """2D sweeps: per K, the training points (red stars) and the evaluated samples coloured
     by label. panels: dicts with K, train (K, 2), samples (n, 2), labels (n,)."""
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4),
+    columns = min(len(panels), 5)
+    rows = int(np.ceil(len(panels) / columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(3.0 * columns, 3.1 * rows),
                              layout="constrained", squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
     theta = np.linspace(0, 2 * np.pi, 300)
-    for ax, panel in zip(axes[0], panels):
+    for ax, panel in zip(axes.flat, panels):
         ax.plot(np.cos(theta), np.sin(theta), "--", color="gray", lw=0.7)
         for code, name in enumerate(LABEL_NAMES):
             pts = panel["samples"][panel["labels"] == code]
