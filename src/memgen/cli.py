@@ -449,7 +449,10 @@ def _print_sweep(run: Path, caps: dict) -> None:
     for name in ("MC", "SC", "GC"):
         c = caps[name]
         value = "not reached" if c["value"] is None else f"K = {c['value']}"
-        interval = "" if c["ci95"][0] is None else f"  (95% CI {c['ci95'][0]}-{c['ci95'][1]})"
+        interval = ""
+        if c["ci95"][0] is not None:
+            interval = (f"  (reached in {c['reached_share']:.0%} of bootstrap resamples; "
+                        f"there 95% CI {c['ci95'][0]}-{c['ci95'][1]})")
         click.echo(f"{name}: {value}{interval}")
     click.echo(f"report: {run / 'report.html'}")
 
