@@ -304,14 +304,15 @@ def train(data, train_path, K, split_seed, data_root, preset, objective, iterati
     import torch
 
     from memgen.nets import get_preset
-    from memgen.training import TrainConfig, train as run
+    from memgen.training import TrainConfig, train as run, training_samples
 
     net = get_preset(preset)
     config = TrainConfig(preset=preset, iterations=iterations, batch_size=batch_size, lr=lr,
                          ema_decay=ema_decay, seed=seed, checkpoint_every=checkpoint_every,
                          amp=amp, objective=objective or ("ve_score" if net.kind == "mlp"
                                                           else "vp_eps"))
-    samples = _training_set(data, train_path, K, split_seed, data_root, net)
+    samples = training_samples(net, load_samples(train_path, "--train") if train_path else None,
+                               data, K, split_seed, data_root)
     out = Path(out)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, one process writes
         with atomic_file(out / "train.npz") as tmp:
@@ -387,83 +388,6 @@ def _checkpoint_shape(path) -> tuple[int, ...]:
 
     net = TrainConfig.from_json(load_checkpoint(path)["config"]).net
     return (net.dim,) if net.kind == "mlp" else (net.channels, net.image_size, net.image_size)
-
-
-def _training_set(data, train_path, K, split_seed, data_root, net) -> np.ndarray:
-    """The training samples, resized to the network's image size."""
-    from memgen.data import load_dataset, nested_indices, resize_images
-
-    if train_path:
-        samples = load_samples(train_path, "--train")
-    else:
-        if K is None:
-            raise ValueError("give --K (training-set size) or --train FILE")
-        pool = load_dataset(data, "train", data_root)
-        seed = split_seed if split_seed is not None else (42 if data == "circle" else 3407)
-        samples = pool[nested_indices(len(pool), K, seed)]
-    if net.kind == "unet":
-        if samples.ndim != 4 or samples.shape[1] != net.channels:
-            raise ValueError(f"preset needs images with {net.channels} channel(s), got "
-                             f"samples of shape {samples.shape[1:]}")
-        samples = resize_images(samples, net.image_size)
-    elif samples.shape[1:] != (net.dim,):
-        raise ValueError(f"preset needs {net.dim}-dimensional samples, got {samples.shape[1:]}")
-    return np.ascontiguousarray(samples, dtype=np.float32)
-
-
-@cli.command()
-@click.argument("config_path", metavar="CONFIG", type=click.Path(dir_okay=False))
-@click.option("--out", required=True, type=click.Path(file_okay=False),
-              help="Run folder: fractions.csv, capacities.json, figures, cache/ (resumable).")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="Override a config value, e.g. --set train.iterations=200 (repeatable).")
-@click.option("--dry-run", is_flag=True, help="Check the config and show what would run.")
-def sweep(config_path, out, overrides, dry_run):
-    """Fractions of memorized/spurious/generalized samples against K (paper Fig. 2).
-
-    Stages are cached by a hash of the settings they read: rerunning resumes a killed
-    sweep, and changing a setting recomputes only what depends on it."""
-    from memgen.config import load_config
-    from memgen.sweep import plan, run_sweep
-
-    config = load_config(config_path, overrides)
-    if dry_run:
-        for line in plan(config, Path(out)):
-            click.echo(line)
-        return
-    caps = run_sweep(config, Path(out))
-    _print_sweep(Path(out), caps)
-
-
-def _print_sweep(run: Path, caps: dict) -> None:
-    """One screen: fractions with 95% intervals and null rates per K, the capacities."""
-    from memgen.metrics.capacity import read_fraction_table
-
-    table = read_fraction_table(run / "fractions.csv")
-    null = _null_columns(run / "fractions.csv")
-    click.echo(f"{'K':>6}  {'memorized':^22}{'spurious':^22}{'generalized':^22}  null m/s/g")
-    for i, K in enumerate(table.K):
-        cells = "".join(f"{table.fractions[i, j]:6.3f} [{table.lo[i, j]:.3f},{table.hi[i, j]:.3f}] "
-                        for j in range(3))
-        click.echo(f"{K:>6}  {cells} {null[i]}")
-    for name in ("MC", "SC", "GC"):
-        c = caps[name]
-        value = "not reached" if c["value"] is None else f"K = {c['value']}"
-        interval = ""
-        if c["ci95"][0] is not None:
-            interval = (f"  (reached in {c['reached_share']:.0%} of bootstrap resamples; "
-                        f"there 95% CI {c['ci95'][0]}-{c['ci95'][1]})")
-        click.echo(f"{name}: {value}{interval}")
-    click.echo(f"report: {run / 'report.html'}")
-
-
-def _null_columns(path: Path) -> list[str]:
-    import csv
-
-    with path.open(newline="") as f:
-        return ["/".join(f"{float(r[f'null_{n}']):.2f}" if r.get(f"null_{n}") else "-"
-                         for n in ("memorized", "spurious", "generalized"))
-                for r in sorted(csv.DictReader(f), key=lambda r: int(r["K"]))]
 
 
 def _save(fig, out: str, dpi: int) -> None:

@@ -27,6 +27,7 @@ import time
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -276,3 +277,26 @@ def _distributed() -> tuple[int, int]:
     if not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     return dist.get_rank(), world
+
+
+def training_samples(net: NetConfig, samples: np.ndarray | None = None, data: str = "fmnist",
+                     K: int | None = None, split_seed: int | None = None,
+                     root: str | None = None) -> np.ndarray:
+    """The training set for a network: given samples, or the first K of the seeded split
+    of a named data set; images resized to the network's size. float32, contiguous."""
+    from memgen.data import load_dataset, nested_indices, resize_images
+
+    if samples is None:
+        if K is None:
+            raise ValueError("give --K (training-set size) or --train FILE")
+        pool = load_dataset(data, "train", root)
+        seed = split_seed if split_seed is not None else (42 if data == "circle" else 3407)
+        samples = pool[nested_indices(len(pool), K, seed)]
+    if net.kind == "unet":
+        if samples.ndim != 4 or samples.shape[1] != net.channels:
+            raise ValueError(f"preset needs images with {net.channels} channel(s), got "
+                             f"samples of shape {samples.shape[1:]}")
+        samples = resize_images(samples, net.image_size)
+    elif samples.shape[1:] != (net.dim,):
+        raise ValueError(f"preset needs {net.dim}-dimensional samples, got {samples.shape[1:]}")
+    return np.ascontiguousarray(samples, dtype=np.float32)
