@@ -108,3 +108,10 @@ def test_set_overrides_and_dry_run(tmp_path):
     result = CliRunner().invoke(cli, ["sweep", str(TINY), "--out", str(tmp_path / "r"),
                                       "--dry-run"])
     assert result.exit_code == 0 and "K=2: train exact denoiser" in result.output
+
+
+def test_executors_not_built_yet_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="only the sequential local executor"):
+        load_config(TINY, ["executor.kind=ray"])
+    with pytest.raises(ValueError, match="only the sequential local executor"):
+        load_config(TINY, ["executor.workers=2"])

@@ -197,6 +197,9 @@ def check(config: SweepConfig) -> None:
         if value not in allowed:
             shown = ", ".join("null" if a is None else a for a in allowed)
             raise ValueError(f"{key}: {value!r} is not one of {shown}")
+    if config.executor.kind == "ray" or config.executor.workers > 1:
+        raise ValueError("executor: only the sequential local executor exists so far "
+                         "(kind: local, workers: 1)")
     if not config.Ks or any(K < 2 for K in config.Ks):
         raise ValueError("Ks: give training-set sizes of at least 2")
     if len(set(config.Ks)) != len(config.Ks):
