@@ -390,6 +390,61 @@ def _checkpoint_shape(path) -> tuple[int, ...]:
     return (net.dim,) if net.kind == "mlp" else (net.channels, net.image_size, net.image_size)
 
 
+@cli.command()
+@click.argument("config_path", metavar="CONFIG", type=click.Path(dir_okay=False))
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Run folder: fractions.csv, capacities.json, figures, cache/ (resumable).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a config value, e.g. --set train.iterations=200 (repeatable).")
+@click.option("--dry-run", is_flag=True, help="Check the config and show what would run.")
+def sweep(config_path, out, overrides, dry_run):
+    """Fractions of memorized/spurious/generalized samples against K (paper Fig. 2).
+
+    Stages are cached by a hash of the settings they read: rerunning resumes a killed
+    sweep, and changing a setting recomputes only what depends on it."""
+    from memgen.config import load_config
+    from memgen.sweep import plan, run_sweep
+
+    config = load_config(config_path, overrides)
+    if dry_run:
+        for line in plan(config, Path(out)):
+            click.echo(line)
+        return
+    caps = run_sweep(config, Path(out))
+    _print_sweep(Path(out), caps)
+
+
+def _print_sweep(run: Path, caps: dict) -> None:
+    """One screen: fractions with 95% intervals and null rates per K, the capacities."""
+    from memgen.metrics.capacity import read_fraction_table
+
+    table = read_fraction_table(run / "fractions.csv")
+    null = _null_columns(run / "fractions.csv")
+    click.echo(f"{'K':>6}  {'memorized':^22}{'spurious':^22}{'generalized':^22}  null m/s/g")
+    for i, K in enumerate(table.K):
+        cells = "".join(f"{table.fractions[i, j]:6.3f} [{table.lo[i, j]:.3f},{table.hi[i, j]:.3f}] "
+                        for j in range(3))
+        click.echo(f"{K:>6}  {cells} {null[i]}")
+    for name in ("MC", "SC", "GC"):
+        c = caps[name]
+        value = "not reached" if c["value"] is None else f"K = {c['value']}"
+        interval = ""
+        if c["ci95"][0] is not None:
+            interval = (f"  (reached in {c['reached_share']:.0%} of bootstrap resamples; "
+                        f"there 95% CI {c['ci95'][0]}-{c['ci95'][1]})")
+        click.echo(f"{name}: {value}{interval}")
+    click.echo(f"report: {run / 'report.html'}")
+
+
+def _null_columns(path: Path) -> list[str]:
+    import csv
+
+    with path.open(newline="") as f:
+        return ["/".join(f"{float(r[f'null_{n}']):.2f}" if r.get(f"null_{n}") else "-"
+                         for n in ("memorized", "spurious", "generalized"))
+                for r in sorted(csv.DictReader(f), key=lambda r: int(r["K"]))]
+
+
 def _save(fig, out: str, dpi: int) -> None:
     with atomic_file(out) as tmp:
         fig.savefig(tmp, dpi=dpi)
