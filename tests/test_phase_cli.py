@@ -44,18 +44,18 @@ def _read(path):
 
 def test_phase_cli_circle(tmp_path):
     out = tmp_path / "phase"
-    result = CliRunner().invoke(cli, ["phase", "--data", "circle", "--sigma", "0.158", "0.1",
-                                      "--K", "2", "9", "--n-starts", "128", "--out", str(out)])
+    result = CliRunner().invoke(cli, ["phase", "--data", "circle", "--sigma", "0.1", "0.05",
+                                      "--K", "2", "5", "--n-starts", "64", "--out", str(out)])
     assert result.exit_code == 0, result.output
     rows = _read(out / "phase.csv")
     assert [(float(r["sigma"]), int(r["K"])) for r in rows] == [
-        (0.158, 2), (0.158, 9), (0.1, 2), (0.1, 9)]
+        (0.1, 2), (0.1, 5), (0.05, 2), (0.05, 5)]
     for r in rows:
         shares = float(r["share_memorized"]) + float(r["share_spurious"]) + float(r["share_saddle"])
         assert shares == pytest.approx(1.0)
         assert float(r["rule_memorized"]) + float(r["rule_spurious"]) + float(
             r["rule_generalized"]) == pytest.approx(1.0)
-    two = rows[2]  # K = 2 at σ = 0.1: two isolated memories
+    two = rows[0]  # K = 2 at σ = 0.1: two isolated memories
     assert int(two["n_memorized"]) == 2 and int(two["n_spurious"]) == 0
     assert float(two["rule_memorized"]) == 1.0
     assert (out / "phase.png").stat().st_size > 1000
