@@ -3,15 +3,16 @@
 One run measures, per preset, on one fixed batch (defaults: batch 64, 100 steps for the
 U-Nets on the DDPM ladder ``VPSchedule().sigmas(100)``, the 1000-level VE ladder of the toy):
 
-1. the floor: ``--steps`` forwards of the network in eval mode under no_grad;
+1. the floor: N forwards of the network (N = the ladder's steps) in eval mode, no_grad;
 2. every sampler through its denoiser (``EpsDenoiser`` for the U-Nets, ``ScoreDenoiser`` for
    the MLP), stochastic ones once with a ``StackedGenerator`` (per-sample numpy streams)
    and once with a ``torch.Generator``; for the toy MLP also a prototype of a
    StackedGenerator that draws each stream's normals 128 steps ahead (identical values).
 
-Overhead = (sampler time − forwards × floor per forward)/(forwards × floor per forward).
-The network, the denoiser's ``t_from_sigma`` and the StackedGenerator draws are also
-timed inside each sampler run, which splits the overhead without run-to-run noise.
+Overhead = (sampler time − forwards × floor per forward)/(forwards × floor per forward)
+(Heun makes 2N − 1 forwards). The network, the denoiser's ``t_from_sigma`` and the
+StackedGenerator draws are also timed inside each sampler run ("in-run": overhead =
+sampler time / time in the network − 1), which splits it without run-to-run noise.
 
     .venv/bin/python bench/sampling.py [--presets fmnist-cpu-16 fmnist-cpu-28 toy-mlp
                                         --batch 64 --steps 100 --mlp-steps 1000 --repeats 1]
@@ -124,7 +125,7 @@ def setup(preset: str, batch: int, steps: int):
 
 
 def runs(preset: str, batch: int, steps: int) -> dict:
-    """Plan of callables, each returning (Clock, samples)."""
+    """Plan of callables, each returning ((Clock, samples), others' CPU share)."""
     net, cls, schedule, sigmas, x, t = setup(preset, batch, steps)
     seeds = [(0, i) for i in range(batch)]
 
@@ -167,7 +168,8 @@ def runs(preset: str, batch: int, steps: int) -> dict:
 def report(best: dict, batch: int) -> None:
     """Markdown table; overheads in % of the network time, rest = sampler arithmetic."""
     print("\n| run | forwards | seconds | ms / forward | images/s | overhead vs floor "
-          "| in-run overhead | of which noise | t_from_sigma | rest | others' CPU |\n|---|" + "---:|" * 10)
+          "| in-run overhead | of which noise | t_from_sigma | rest | others' CPU |")
+    print("|---|" + "---:|" * 10)
     floor = None
     for name, timing in best.items():
         (clock, _), others = timing.output
@@ -186,7 +188,8 @@ def report(best: dict, batch: int) -> None:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--presets", nargs="+", default=["fmnist-cpu-16", "fmnist-cpu-28", "toy-mlp"])
+    parser.add_argument("--presets", nargs="+",
+                        default=["fmnist-cpu-16", "fmnist-cpu-28", "toy-mlp"])
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--steps", type=int, default=100, help="U-Net ladder steps")
     parser.add_argument("--mlp-steps", type=int, default=1000, help="VE ladder levels (MLP)")
@@ -204,7 +207,8 @@ def main(argv=None) -> None:
         plan = runs(preset, args.batch, steps)
         best = interleaved_best(plan, args.repeats)
         if mlp:
-            a, b = (best[f"{preset} euler_maruyama {g}"].output[0][1] for g in ("stacked", "prefetched"))
+            a, b = (best[f"{preset} euler_maruyama {g}"].output[0][1]
+                    for g in ("stacked", "prefetched"))
             print(f"  prefetched samples identical to stacked: {torch.equal(a, b)}")
         report(best, args.batch)
 

@@ -34,7 +34,8 @@ from sampling import with_others_cpu
 from torch import nn
 
 from memgen.nets import count_parameters, get_preset
-from memgen.training import LOG, TrainConfig, draw_batch, new_state, train, training_loss, update_ema
+from memgen.training import (LOG, TrainConfig, draw_batch, new_state, train, training_loss,
+                             update_ema)
 
 DEFAULT_ITERS = {"fmnist-cpu-16": 40, "fmnist-cpu-28": 20, "toy-mlp": 400}
 PHASES = ("data", "forward", "backward", "clip", "adam", "ema")
@@ -101,10 +102,10 @@ def report(rows: list[dict]) -> None:
     for r in rows:
         p = r["phases"]
         step, bare = sum(p.values()), p["forward"] + p["backward"]
+        loop = 1 / r["loop it/s"]
         print(f"| {r['preset']} | {r['params']:,} | {r['call it/s']:.2f} | {r['loop it/s']:.2f} "
-              f"| {1 / step:.2f} | {1 / bare:.2f} | {100 * (1 / r['loop it/s'] - bare) / bare:.1f} % "
-              f"| {100 * (step - bare) / bare:.1f} % "
-              f"| {r['others']} |")
+              f"| {1 / step:.2f} | {1 / bare:.2f} | {100 * (loop - bare) / bare:.1f} % "
+              f"| {100 * (step - bare) / bare:.1f} % | {r['others']} |")
     print("\nms per step, by phase (replica)\n\n| preset | " + " | ".join(PHASES)
           + " | total |\n|---|" + "---:|" * (len(PHASES) + 1))
     for r in rows:
