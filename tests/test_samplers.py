@@ -296,3 +296,12 @@ def test_callback_dtype_and_last_step_to_zero(name):
     assert seen == [(0, 1.0), (1, 0.3), (2, 0.0)] and out.dtype == F64 and out.shape == x.shape
     if name != "heun":  # a stochastic or one-step-to-0 sampler ends on the denoiser's output
         assert torch.unique(out, dim=0).shape[0] == 16
+
+
+def test_stacked_generator_values_do_not_depend_on_how_draws_are_grouped():
+    """Drawing ahead in blocks gives the stream's values in order, whatever the shapes."""
+    g = StackedGenerator([7])
+    pieces = [g.randn((1, 3), dtype=F64), g.randn((1, 5000), dtype=F64), g.randn((1, 2), dtype=F64)]
+    stream = np.random.Generator(np.random.PCG64(np.random.SeedSequence(7))).standard_normal(5005)
+    torch.testing.assert_close(torch.cat([p[0] for p in pieces]), torch.from_numpy(stream),
+                               rtol=0, atol=0)

@@ -50,6 +50,7 @@ class StackedGenerator:
         self.device = torch.device(device)
         self.generators = [np.random.Generator(np.random.PCG64(_seed_sequence(s)))
                            for s in seeds]
+        self._buffers = [np.empty(0)] * len(seeds)  # normals drawn ahead, per stream
 
     def __len__(self) -> int:
         return len(self.generators)
@@ -60,12 +61,29 @@ class StackedGenerator:
         if not shape or shape[0] != len(self):
             raise ValueError(f"leading dimension {shape[:1]} must equal the number of "
                              f"seeds ({len(self)})")
-        draws = np.stack([g.standard_normal(shape[1:]) for g in self.generators])
-        out = torch.from_numpy(draws).to(dtype=dtype or torch.get_default_dtype())
+        size = int(np.prod(shape[1:], dtype=np.int64))
+        draws = np.empty((len(self), size))
+        for k in range(len(self)):
+            draws[k] = self._take(k, size)
+        out = torch.from_numpy(draws.reshape(shape)).to(dtype=dtype or torch.get_default_dtype())
         return out.to(device if device is not None else self.device)
+
+    def _take(self, k: int, size: int) -> np.ndarray:
+        """The next ``size`` normals of stream k. Streams are drawn ahead in blocks: numpy's
+        normals come one after another, so one draw of n values equals n draws of one, and
+        the values never depend on how they are grouped."""
+        buffer = self._buffers[k]
+        if len(buffer) < size:
+            fresh = self.generators[k].standard_normal(max(size, _DRAW_AHEAD))
+            buffer = np.concatenate([buffer, fresh])
+        self._buffers[k] = buffer[size:]
+        return buffer[:size]
 
     def randn_like(self, x: torch.Tensor) -> torch.Tensor:
         return self.randn(x.shape, dtype=x.dtype, device=x.device)
+
+
+_DRAW_AHEAD = 4096  # normals drawn per stream at a time (the toy's noise for 2,048 steps)
 
 
 def _seed_sequence(seed) -> np.random.SeedSequence:
