@@ -50,7 +50,7 @@ class StackedGenerator:
         self.device = torch.device(device)
         self.generators = [np.random.Generator(np.random.PCG64(_seed_sequence(s)))
                            for s in seeds]
-        self._buffers = [np.empty(0)] * len(seeds)  # normals drawn ahead, per stream
+        self._ahead = np.empty((len(seeds), 0))  # normals drawn ahead: one row per stream
 
     def __len__(self) -> int:
         return len(self.generators)
@@ -62,22 +62,16 @@ class StackedGenerator:
             raise ValueError(f"leading dimension {shape[:1]} must equal the number of "
                              f"seeds ({len(self)})")
         size = int(np.prod(shape[1:], dtype=np.int64))
-        draws = np.empty((len(self), size))
-        for k in range(len(self)):
-            draws[k] = self._take(k, size)
-        out = torch.from_numpy(draws.reshape(shape)).to(dtype=dtype or torch.get_default_dtype())
+        if self._ahead.shape[1] < size:
+            block = max(size, _DRAW_AHEAD)
+            fresh = np.stack([g.standard_normal(block) for g in self.generators])
+            self._ahead = np.concatenate([self._ahead, fresh], axis=1)
+        draws, self._ahead = self._ahead[:, :size], self._ahead[:, size:]
+        # numpy's normals come one after another, so a block drawn ahead holds the same
+        # values, in the same order, as the draws it replaces: grouping never matters.
+        out = torch.from_numpy(np.ascontiguousarray(draws).reshape(shape))
+        out = out.to(dtype=dtype or torch.get_default_dtype())
         return out.to(device if device is not None else self.device)
-
-    def _take(self, k: int, size: int) -> np.ndarray:
-        """The next ``size`` normals of stream k. Streams are drawn ahead in blocks: numpy's
-        normals come one after another, so one draw of n values equals n draws of one, and
-        the values never depend on how they are grouped."""
-        buffer = self._buffers[k]
-        if len(buffer) < size:
-            fresh = self.generators[k].standard_normal(max(size, _DRAW_AHEAD))
-            buffer = np.concatenate([buffer, fresh])
-        self._buffers[k] = buffer[size:]
-        return buffer[:size]
 
     def randn_like(self, x: torch.Tensor) -> torch.Tensor:
         return self.randn(x.shape, dtype=x.dtype, device=x.device)
