@@ -3,6 +3,8 @@ and the machine's float32 GEMM rate measured in the same run."""
 
 from __future__ import annotations
 
+import argparse
+import os
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -71,3 +73,16 @@ def gemm_name(shape: tuple[int, int, int]) -> str:
     """Plan and table label of the GEMM (a×b) @ (b×c)."""
     a, b, c = shape
     return f"torch.mm {a}x{b} @ {b}x{c}"
+
+
+def model_bench_args(parser: argparse.ArgumentParser, argv, *, presets, batch: int):
+    """Arguments shared by the model benchmarks; sets the torch thread count and prints it."""
+    parser.add_argument("--presets", nargs="+", default=list(presets))
+    parser.add_argument("--batch", type=int, default=batch)
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average "
+          f"{os.getloadavg()[0]:.2f}; batch {args.batch}, float32")
+    return args

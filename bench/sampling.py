@@ -29,7 +29,7 @@ from collections import defaultdict
 
 import numpy as np
 import torch
-from common import interleaved_best
+from common import interleaved_best, model_bench_args
 
 from memgen.denoisers import EpsDenoiser, ScoreDenoiser
 from memgen.generate import initial_std
@@ -188,17 +188,10 @@ def report(best: dict, batch: int) -> None:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--presets", nargs="+",
-                        default=["fmnist-cpu-16", "fmnist-cpu-28", "toy-mlp"])
-    parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--steps", type=int, default=100, help="U-Net ladder steps")
     parser.add_argument("--mlp-steps", type=int, default=1000, help="VE ladder levels (MLP)")
-    parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average "
-          f"{os.getloadavg()[0]:.2f}; batch {args.batch}, float32")
+    args = model_bench_args(parser, argv, batch=64,
+                            presets=["fmnist-cpu-16", "fmnist-cpu-28", "toy-mlp"])
     for preset in args.presets:
         mlp = get_preset(preset).kind == "mlp"
         steps = args.mlp_steps if mlp else args.steps

@@ -22,14 +22,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
 
 import torch
-from common import interleaved_best
+from common import interleaved_best, model_bench_args
 from sampling import with_others_cpu
 from torch import nn
 
@@ -116,15 +115,8 @@ def report(rows: list[dict]) -> None:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--presets", nargs="+", default=list(DEFAULT_ITERS))
-    parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--iters", type=int, default=None)
-    parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average "
-          f"{os.getloadavg()[0]:.2f}; batch {args.batch}, float32")
+    args = model_bench_args(parser, argv, presets=DEFAULT_ITERS, batch=128)
     rows = []
     for preset in args.presets:
         iters = args.iters or DEFAULT_ITERS.get(preset, 40)
