@@ -1,7 +1,6 @@
 """memgen sweep: end to end, resume after a crash, minimal recomputation, strict configs."""
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
