@@ -41,6 +41,7 @@ class TrainSection:
     ema_decay: float = 0.999
     grad_clip: float = 1.0
     seed: int = 3407
+    amp: bool = False  # bfloat16 autocast (CUDA only; ignored on the CPU)
 
 
 @dataclass(frozen=True)

@@ -146,7 +146,7 @@ def train_config(config: SweepConfig):
     return TrainConfig(preset=config.model.preset, objective=objective,
                        iterations=t.iterations, batch_size=t.batch_size,
                        fixed_batch=t.fixed_batch, lr=t.lr,
-                       ema_decay=t.ema_decay, grad_clip=t.grad_clip, seed=t.seed,
+                       ema_decay=t.ema_decay, grad_clip=t.grad_clip, seed=t.seed, amp=t.amp,
                        checkpoint_every=max(1, t.iterations // 4))
 
 
@@ -324,6 +324,8 @@ def run_sweep(config: SweepConfig, run: Path, progress: bool = True) -> dict:
 
     pool = load_pool(config)
     validate_against_data(config, pool)
+    if config.device.startswith("cuda"):
+        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels
     run.mkdir(parents=True, exist_ok=True)
     (run / "config.json").write_text(json.dumps(as_dict(config), indent=2))
     results = []

@@ -87,10 +87,14 @@ class TrainConfig:
 
 def training_loss(model: nn.Module, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
                   config: TrainConfig, schedule) -> torch.Tensor:
-    """The objective's mean loss for given t (B,) and noise (like x0)."""
+    """The objective's mean loss for given t (B,) and noise (like x0).
+
+    schedule: the VP schedule, or its ᾱ table already on x0's device (saves a copy a step).
+    """
     shape = (-1,) + (1,) * (x0.ndim - 1)
     if config.objective == "vp_eps":
-        a_bar = torch.as_tensor(schedule.alphas_cumprod, device=x0.device)[t].to(x0.dtype)
+        table = schedule if isinstance(schedule, torch.Tensor) else schedule.alphas_cumprod
+        a_bar = table.to(x0.device)[t].to(x0.dtype)
         x_t = a_bar.sqrt().view(shape) * x0 + (1 - a_bar).sqrt().view(shape) * noise
         return (model(x_t, t) - noise).square().mean()
     sigma = (config.sigma_max * t.sqrt()).view(shape)
@@ -100,7 +104,7 @@ def training_loss(model: nn.Module, x0: torch.Tensor, t: torch.Tensor, noise: to
 def draw_batch(data: torch.Tensor, batch: int, config: TrainConfig, generator: torch.Generator):
     """(x0, t, noise) for one step, all from ``generator`` (on CPU, then moved)."""
     idx = torch.randint(len(data), (batch,), generator=generator)
-    x0 = data[idx.to(data.device)]
+    x0 = data[_to(idx, data.device)]
     if config.objective == "vp_eps":
         t = torch.randint(config.T, (batch,), generator=generator)
     else:
@@ -108,7 +112,15 @@ def draw_batch(data: torch.Tensor, batch: int, config: TrainConfig, generator: t
                                                            dtype=torch.float64)
         t = t.to(data.dtype)
     noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype)
-    return x0, t.to(data.device), noise.to(data.device)
+    return x0, _to(t, data.device), _to(noise, data.device)
+
+
+def _to(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Move a CPU tensor; to CUDA through pinned memory without waiting (a pageable copy
+    would stall the host until the GPU has drained its queue, every step)."""
+    if device.type != "cuda":
+        return x.to(device)
+    return x.pin_memory().to(device, non_blocking=True)
 
 
 @dataclass
@@ -128,7 +140,8 @@ def new_state(config: TrainConfig, device: torch.device, rank: int = 0) -> Train
         torch.random.set_rng_state(torch.Generator().manual_seed(config.seed).get_state())
         model = replace(config.net, seed=config.seed).build().to(device)
     ema = copy.deepcopy(model).requires_grad_(False)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    # fused (one kernel for all parameters) on CUDA, where launches dominate small models
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, fused=device.type == "cuda")
     generator = torch.Generator().manual_seed(config.seed + 1 + rank)
     return TrainState(model, ema, optimizer, generator)
 
@@ -175,8 +188,7 @@ def restore(state: TrainState, payload: dict, rank: int = 0) -> torch.Tensor:
 def update_ema(ema: nn.Module, model: nn.Module, decay: float, step: int) -> None:
     """ema ← d·ema + (1 − d)·θ with d = min(decay, (1 + step)/(10 + step))."""
     d = min(decay, (1 + step) / (10 + step))
-    for e, p in zip(ema.parameters(), _unwrap(model).parameters()):
-        e.lerp_(p, 1 - d)
+    torch._foreach_lerp_(list(ema.parameters()), list(_unwrap(model).parameters()), 1 - d)
     for e, b in zip(ema.buffers(), _unwrap(model).buffers()):
         e.copy_(b)
 
@@ -224,6 +236,8 @@ def _checkpoint(out: Path, state: TrainState, config: TrainConfig, rank: int, wo
 
 def _loop(config, data, out, state, model, rank, world, progress, stop_after):
     schedule = config.schedule()
+    if config.objective == "vp_eps":
+        schedule = schedule.alphas_cumprod.to(data.device)
     full = config.batch_size if config.fixed_batch else min(config.batch_size, len(data))
     batch = max(1, full // world)
     end = config.iterations if stop_after is None else min(config.iterations,

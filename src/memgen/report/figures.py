@@ -48,7 +48,7 @@ def plot_fractions(K: np.ndarray, fractions: np.ndarray, lo: np.ndarray | None =
         ax.plot([], [], "k--", lw=1, label="null rate (held-out data)")
     ax.legend(loc="center right", fontsize=8)
     if title:
-        ax.set_title(title, fontsize=10)
+        ax.set_title(title, fontsize=10, pad=16)  # above the capacity labels
     return fig
 
 
