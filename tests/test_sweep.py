@@ -109,8 +109,33 @@ def test_set_overrides_and_dry_run(tmp_path):
     assert result.exit_code == 0 and "K=2: train exact denoiser" in result.output
 
 
-def test_executors_not_built_yet_are_refused(tmp_path):
-    with pytest.raises(ValueError, match="only the sequential local executor"):
-        load_config(TINY, ["executor.kind=ray"])
-    with pytest.raises(ValueError, match="only the sequential local executor"):
-        load_config(TINY, ["executor.workers=2"])
+# The tiny sweep with a trained network (toy MLP, a few dozen steps) instead of the exact model.
+NETWORK = ["--set", "model.kind=network", "--set", "model.preset=toy-mlp",
+           "--set", "train.iterations=40", "--set", "train.batch_size=32",
+           "--set", "sample.n_eval=100", "--set", "sample.min_synth=100",
+           "--set", "sample.steps=50", "--set", "measure.bootstrap=100"]
+
+
+def test_process_pool_and_ray_executors_match_the_sequential_run(tmp_path):
+    pytest.importorskip("ray")
+    _run(tmp_path / "here", *NETWORK)
+    assert len(list((tmp_path / "here" / "cache").glob("train-*"))) == 3
+    _run(tmp_path / "pool", *NETWORK, "--workers", "2")
+    _run(tmp_path / "ray", *NETWORK, "--executor", "ray", "--workers", "2")
+    expected = (tmp_path / "here" / "fractions.csv").read_text()
+    assert (tmp_path / "pool" / "fractions.csv").read_text() == expected
+    assert (tmp_path / "ray" / "fractions.csv").read_text() == expected
+    assert (tmp_path / "ray" / "report.html").exists()
+
+
+def test_ray_executor_without_ray_is_refused_before_any_work(tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "ray" else real(name, *a))
+    result = CliRunner().invoke(cli, ["sweep", str(TINY), "--out", str(tmp_path / "run"),
+                                      "--executor", "ray"])
+    assert result.exit_code != 0
+    assert "executor.kind: ray needs the ray package" in result.output
+    assert not (tmp_path / "run").exists()

@@ -397,14 +397,25 @@ def _checkpoint_shape(path) -> tuple[int, ...]:
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a config value, e.g. --set train.iterations=200 (repeatable).")
 @click.option("--dry-run", is_flag=True, help="Check the config and show what would run.")
-def sweep(config_path, out, overrides, dry_run):
+@click.option("--executor", type=click.Choice(["local", "ray"]), default=None,
+              help="Where each K runs (overrides executor.kind): here or as Ray tasks.")
+@click.option("--workers", type=int, default=None,
+              help="Parallel K: local worker processes, or CPUs of a private Ray instance.")
+@click.option("--address", default=None,
+              help="Ray cluster to join (e.g. auto or ray://head:10001); the run folder "
+                   "must be on a file system every node sees.")
+def sweep(config_path, out, overrides, dry_run, executor, workers, address):
     """Fractions of memorized/spurious/generalized samples against K (paper Fig. 2).
 
     Stages are cached by a hash of the settings they read: rerunning resumes a killed
-    sweep, and changing a setting recomputes only what depends on it."""
+    sweep, and changing a setting recomputes only what depends on it. Each K runs here
+    (default), in --workers local processes, or as a Ray task (--executor ray)."""
     from memgen.config import load_config
     from memgen.sweep import plan, run_sweep
 
+    flags = {"kind": executor, "workers": workers, "address": address}
+    overrides = list(overrides) + [f"executor.{key}={value}" for key, value in flags.items()
+                                   if value is not None]
     config = load_config(config_path, overrides)
     if dry_run:
         for line in plan(config, Path(out)):

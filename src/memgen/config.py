@@ -8,6 +8,7 @@ a.b=value`` overrides are parsed as YAML scalars and applied to the same tree.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import types
 import typing
@@ -198,9 +199,11 @@ def check(config: SweepConfig) -> None:
         if value not in allowed:
             shown = ", ".join("null" if a is None else a for a in allowed)
             raise ValueError(f"{key}: {value!r} is not one of {shown}")
-    if config.executor.kind == "ray" or config.executor.workers > 1:
-        raise ValueError("executor: only the sequential local executor exists so far "
-                         "(kind: local, workers: 1)")
+    if config.executor.kind == "ray" and importlib.util.find_spec("ray") is None:
+        raise ValueError("executor.kind: ray needs the ray package "
+                         "(pip install 'memgen[ray]')")
+    if config.executor.cpus_per_task <= 0 or config.executor.gpus_per_task < 0:
+        raise ValueError("executor: cpus_per_task must be positive, gpus_per_task >= 0")
     if not config.Ks or any(K < 2 for K in config.Ks):
         raise ValueError("Ks: give training-set sizes of at least 2")
     if len(set(config.Ks)) != len(config.Ks):

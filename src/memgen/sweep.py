@@ -319,8 +319,8 @@ def aggregate(run: Path, results: list[StageResult], config: SweepConfig,
 
 
 def run_sweep(config: SweepConfig, run: Path, progress: bool = True) -> dict:
-    """Every K (sequentially, or in worker processes), then the aggregate."""
-    from tqdm.auto import tqdm
+    """Every K (here, in worker processes or as Ray tasks), then the aggregate."""
+    from memgen.executors import execute
 
     pool = load_pool(config)
     validate_against_data(config, pool)
@@ -328,10 +328,7 @@ def run_sweep(config: SweepConfig, run: Path, progress: bool = True) -> dict:
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels
     run.mkdir(parents=True, exist_ok=True)
     (run / "config.json").write_text(json.dumps(as_dict(config), indent=2))
-    results = []
-    for K in tqdm(sorted(config.Ks), desc="sweep", unit="K", disable=not progress):
-        results.append(run_K(run, pool, K, config, progress=False))
-    return aggregate(run, results, config, pool)
+    return aggregate(run, execute(config, run, pool, progress), config, pool)
 
 
 def plan(config: SweepConfig, run: Path) -> list[str]:
