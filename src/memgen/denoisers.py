@@ -3,6 +3,10 @@
 Convention (Karras et al. 2022, k-diffusion): variance-exploding coordinates, x = y + σ n
 with n ~ N(0, I). A variance-preserving model x_t = a y + σ_t n (a = √ᾱ, σ_t² = 1 − ᾱ)
 is seen through x = x_t / a at σ = σ_t / a; its wrapper does that conversion.
+
+Denoisers are differentiable in x (for Jacobians, divergences and Hessian-vector
+products) and build no graph otherwise: network weights are frozen, and the samplers
+run under ``torch.no_grad()``.
 """
 
 from __future__ import annotations
@@ -58,7 +62,6 @@ class EpsDenoiser:
     def __init__(self, net, schedule, clip: bool = True):
         self.net, self.schedule, self.clip = net, schedule, clip
 
-    @torch.no_grad()
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
         sigma = _per_sample(sigma, x)
         t = self.schedule.t_from_sigma(sigma.double().cpu()).to(x.device, x.dtype)
@@ -75,7 +78,6 @@ class ScoreDenoiser:
     def __init__(self, net, schedule):
         self.net, self.schedule = net, schedule
 
-    @torch.no_grad()
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
         sigma = _per_sample(sigma, x)
         t = self.schedule.t_from_sigma(sigma.double().cpu()).to(x.device, x.dtype)
@@ -96,7 +98,7 @@ def load_checkpoint_denoiser(path, *, ema: bool = True, device="cpu", clip: bool
     config = TrainConfig.from_json(payload["config"])
     net = replace(config.net, seed=config.seed).build().to(device)
     net.load_state_dict(payload["ema" if ema else "model"])
-    net.eval()
+    net.eval().requires_grad_(False)  # gradients flow to x only (Hessians, divergences)
     if config.objective == "vp_eps":
         return EpsDenoiser(net, config.schedule(), clip=clip)
     return ScoreDenoiser(net, config.schedule())
