@@ -13,6 +13,7 @@ from memgen import __version__
 from memgen.io import atomic_file, atomic_output_dir, check_output_dir, load_samples, write_json
 
 RULES = ("paper", "absolute")
+METRICS = ("l2", "lpips-alex", "lpips-vgg", "lpips-alex-ref", "lpips-vgg-ref")
 LIST_OPTIONS = ("--K", "--sigma")  # take several numbers: --K 2 9 1000
 
 
@@ -76,8 +77,10 @@ def cli():
                    "(the public reference code).")
 @click.option("--delta-m", type=float, help="Memorization threshold [paper: 1/3; absolute: 0.03].")
 @click.option("--delta-s", type=float, help="Spurious threshold [paper: 1/3; absolute: 0.02].")
-@click.option("--metric", type=click.Choice(["l2"]), default="l2", show_default=True,
-              help="Distance d: Euclidean on pixels.")
+@click.option("--metric", type=click.Choice(METRICS), default="l2", show_default=True,
+              help="Distance d: Euclidean on pixels, or LPIPS (AlexNet/VGG16 backbone; -ref: "
+                   "the public reference code's [0,1] inputs) — weights from "
+                   "$MEMGEN_LPIPS_WEIGHTS or torch hub's checkpoints folder.")
 @click.option("--k", type=int, help="Neighbours kept per set [5, or fewer for a small set].")
 @click.option("--alpha", type=float, default=0.05, show_default=True,
               help="Null detection rate the calibrated thresholds allow.")

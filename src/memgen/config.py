@@ -17,6 +17,8 @@ from pathlib import Path
 
 import yaml
 
+from memgen.metrics.features import FEATURE_MAPS
+
 
 @dataclass(frozen=True)
 class DataConfig:
@@ -100,7 +102,7 @@ CHOICES = {
     "model.objective": (None, "vp_eps", "ve_score"),
     "sample.sampler": (None, "ddpm", "ddim", "euler_maruyama", "heun"),
     "measure.rule": ("paper", "absolute"),
-    "measure.metric": ("l2",),
+    "measure.metric": tuple(FEATURE_MAPS),
     "executor.kind": ("local", "ray"),
 }
 

@@ -30,8 +30,23 @@ def _flatten(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(x.shape[0], -1)
 
 
+def _lpips(net: str, convention: str) -> Callable[[], FeatureMap]:
+    def make() -> FeatureMap:
+        from memgen.metrics.lpips import embed_batched, load_lpips
+
+        model = load_lpips(net, convention=convention)
+        name = f"lpips-{net}" + ("-ref" if convention == "reference" else "")
+        return FeatureMap(name=name, embed=lambda x: embed_batched(model, x), power=2)
+    return make
+
+
 FEATURE_MAPS: dict[str, Callable[[], FeatureMap]] = {
     "l2": lambda: FeatureMap(name="l2", embed=_flatten, power=1),
+    # LPIPS v0.1 (memgen.metrics.lpips); -ref: the paper's public code's [0, 1] inputs
+    "lpips-alex": _lpips("alex", "lpips"),
+    "lpips-vgg": _lpips("vgg", "lpips"),
+    "lpips-alex-ref": _lpips("alex", "reference"),
+    "lpips-vgg-ref": _lpips("vgg", "reference"),
 }
 
 
