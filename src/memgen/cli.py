@@ -283,6 +283,9 @@ def landscape(Ks, beta, out):
               help="Train on this sample file instead of --data/--K.")
 @click.option("--K", "K", type=int, help="Training-set size: the first K of the seeded split.")
 @click.option("--split-seed", type=int, help="[3407; 42 for the circle]")
+@click.option("--half", type=click.IntRange(1, 2), default=1, show_default=True,
+              help="1: the first K of the split; 2: the next K, disjoint from them "
+                   "(for memgen hygiene halves).")
 @click.option("--data-root", type=click.Path(file_okay=False))
 @click.option("--preset", default="fmnist-cpu-16", show_default=True,
               help="Network preset (memgen.nets.PRESETS).")
@@ -299,7 +302,7 @@ def landscape(Ks, beta, out):
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="Run folder: checkpoint.pt, log.jsonl, train.npz; resumes if present.")
-def train(data, train_path, K, split_seed, data_root, preset, objective, iterations,
+def train(data, train_path, K, split_seed, half, data_root, preset, objective, iterations,
           batch_size, lr, ema_decay, seed, checkpoint_every, amp, device, out):
     """Train a diffusion model on a training set (resumes from --out/checkpoint.pt).
 
@@ -315,7 +318,7 @@ def train(data, train_path, K, split_seed, data_root, preset, objective, iterati
                          amp=amp, objective=objective or ("ve_score" if net.kind == "mlp"
                                                           else "vp_eps"))
     samples = training_samples(net, load_samples(train_path, "--train") if train_path else None,
-                               data, K, split_seed, data_root)
+                               data, K, split_seed, data_root, half)
     out = Path(out)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, one process writes
         with atomic_file(out / "train.npz") as tmp:
@@ -508,6 +511,15 @@ def _choose(labels: np.ndarray, per_label: int, seed: int) -> dict:
         members = np.flatnonzero(labels == code)
         chosen[name] = sorted(rng.choice(members, min(per_label, len(members)), replace=False))
     return chosen
+
+
+def _register_analysis_commands() -> None:
+    from memgen.cli_analysis import hygiene
+
+    cli.add_command(hygiene)
+
+
+_register_analysis_commands()
 
 
 def main(argv=None):

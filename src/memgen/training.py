@@ -295,17 +295,25 @@ def _distributed() -> tuple[int, int]:
 
 def training_samples(net: NetConfig, samples: np.ndarray | None = None, data: str = "fmnist",
                      K: int | None = None, split_seed: int | None = None,
-                     root: str | None = None) -> np.ndarray:
-    """The training set for a network: given samples, or the first K of the seeded split
-    of a named data set; images resized to the network's size. float32, contiguous."""
-    from memgen.data import load_dataset, nested_indices, resize_images
+                     root: str | None = None, half: int = 1) -> np.ndarray:
+    """The training set for a network: given samples, or K samples of the seeded split of
+    a named data set — the first K (half 1), or the next K, disjoint from them (half 2);
+    images resized to the network's size. float32, contiguous."""
+    from memgen.data import heldout_indices, load_dataset, nested_indices, resize_images
 
     if samples is None:
         if K is None:
             raise ValueError("give --K (training-set size) or --train FILE")
+        if half not in (1, 2):
+            raise ValueError(f"half must be 1 or 2, got {half}")
         pool = load_dataset(data, "train", root)
+        if half * K > len(pool):
+            raise ValueError(f"--K {K}: half {half} needs {half * K} of the {len(pool)} "
+                             f"samples of {data}")
         seed = split_seed if split_seed is not None else (42 if data == "circle" else 3407)
-        samples = pool[nested_indices(len(pool), K, seed)]
+        picks = nested_indices(len(pool), K, seed) if half == 1 else \
+            heldout_indices(len(pool), K, seed)[:K]
+        samples = pool[picks]
     if net.kind == "unet":
         if samples.ndim != 4 or samples.shape[1] != net.channels:
             raise ValueError(f"preset needs images with {net.channels} channel(s), got "

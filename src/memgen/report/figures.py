@@ -99,6 +99,20 @@ def _show(ax, image: np.ndarray, caption: str, color: str = "black") -> None:
         spine.set_color(color)
 
 
+def plot_image_pairs(top: np.ndarray, bottom: np.ndarray, captions: Sequence[str],
+                     title: str = ""):
+    """Pairs of (N, C, H, W) images in [-1, 1]: column i shows top[i] above bottom[i]."""
+    n = len(top)
+    fig, axes = plt.subplots(2, n, figsize=(max(n, 2) * 0.9, 2.2), squeeze=False)
+    for i in range(n):
+        _show(axes[0, i], top[i], captions[i])
+        _show(axes[1, i], bottom[i], "")
+        axes[0, i].title.set_fontsize(5)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return fig
+
+
 def plot_label_bars(groups: Mapping[str, tuple], title: str = ""):
     """Grouped bars of label fractions: groups maps a name (e.g. "observed", "null rate")
     to (fractions, lo, hi), each (3,) in LABEL_NAMES order; lo/hi may be None."""

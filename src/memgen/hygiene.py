@@ -1,0 +1,114 @@
+"""Training-set hygiene: near-duplicates, and the disjoint-halves test.
+
+Near-duplicates. A training image that occurs twice (or a burst of near-identical
+images) makes any generated copy of it look like a blend — its two nearest training images
+are at the same distance, so the ratio test d1/d2 ≤ δ_m never fires — while each duplicate
+looks memorized relative to the other. The ratio test itself cannot find them (in a group
+of three, every member has two close neighbours), so ``near_duplicates`` uses a distance
+threshold: pairs closer than δ times the set's median nearest-neighbour distance
+(``relative``, scale-free, default δ = 0.1), or closer than δ (``absolute``). Pairs are
+searched among each sample's ``k`` nearest others and joined into groups (connected
+components), which is what a user removes or merges before a sweep.
+
+Disjoint halves (Kadkhodaie, Guth, Simoncelli & Mallat 2024). Two models trained on
+disjoint training sets of the same size K, sampled from the *same* initial noise: when
+both memorize, each returns an image of its own set and the two samples differ; when both
+generalize, they return nearly the same image. ``compare_halves`` measures, per noise
+seed, the distance between the two samples and, for reference, each sample's distance to
+its nearest training image of its own half.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from memgen.metrics.features import get_feature_map
+from memgen.metrics.knn import knn_search
+
+
+THRESHOLDS = ("relative", "absolute")
+
+
+@dataclass(frozen=True)
+class Duplicates:
+    """Near-duplicate pairs of a training set (indices into it)."""
+
+    pairs: np.ndarray  # (P, 2) int64, i < j, sorted
+    dist: np.ndarray  # (P,) distance of each pair, in the metric's units
+    groups: list  # arrays of indices, one per connected group of ≥ 2 samples
+    threshold: float  # the distance below which a pair counts
+    nn_dist: np.ndarray  # (N,) every sample's nearest-other distance
+
+
+def near_duplicates(train: np.ndarray, *, threshold: str = "relative", delta: float = 0.1,
+                    k: int = 10, metric: str = "l2",
+                    memory_budget: int | None = None) -> Duplicates:
+    """Pairs of training samples closer than the threshold (see module docstring)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    if threshold not in THRESHOLDS:
+        raise ValueError(f"threshold must be one of {', '.join(THRESHOLDS)}")
+    if len(train) < 2:
+        raise ValueError(f"near-duplicate search needs at least 2 samples, got {len(train)}")
+    if not delta > 0:
+        raise ValueError(f"delta must be positive, got {delta}")
+    fmap = get_feature_map(metric)
+    emb = fmap.embed(torch.from_numpy(np.ascontiguousarray(train)))
+    near = knn_search(emb, emb, min(k, len(train) - 1), exclude_self=True,
+                      memory_budget=memory_budget)
+    d, idx = near.dist.cpu().numpy() ** fmap.power, near.idx.cpu().numpy()  # (N, k)
+    cut = delta * float(np.median(d[:, 0])) if threshold == "relative" else delta
+    rows, cols = np.nonzero(d <= cut)
+    ends = np.sort(np.stack([rows, idx[rows, cols]], axis=1), axis=1)
+    pairs, first = np.unique(ends, axis=0, return_index=True)
+    n = len(train)
+    graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
+    _, component = connected_components(graph, directed=False)
+    members = np.unique(pairs)
+    groups = [members[component[members] == c] for c in np.unique(component[members])]
+    return Duplicates(pairs=pairs.astype(np.int64).reshape(-1, 2),
+                      dist=d[rows, cols][first], groups=groups, threshold=cut,
+                      nn_dist=d[:, 0])
+
+
+@dataclass(frozen=True)
+class Halves:
+    """Per noise seed: the two models' samples compared with each other and with training."""
+
+    between: np.ndarray  # (n,) d(x_a, x_b) for the same initial noise
+    nearest_a: np.ndarray  # (n,) d(x_a, nearest training sample of half a)
+    nearest_b: np.ndarray  # (n,) d(x_b, nearest training sample of half b)
+
+    def summary(self) -> dict:
+        """Medians, and the share of seeds whose two samples are closer to each other than
+        either is to its own training set (the generalization signature)."""
+        closer = self.between < np.minimum(self.nearest_a, self.nearest_b)
+        return {"n": int(len(self.between)),
+                "median_between": float(np.median(self.between)),
+                "median_nearest_a": float(np.median(self.nearest_a)),
+                "median_nearest_b": float(np.median(self.nearest_b)),
+                "share_closer_to_each_other": float(closer.mean())}
+
+
+def compare_halves(samples_a: np.ndarray, samples_b: np.ndarray, train_a: np.ndarray,
+                   train_b: np.ndarray, *, metric: str = "l2") -> Halves:
+    """Distances between paired samples (row i of each set from the same noise)."""
+    if samples_a.shape != samples_b.shape:
+        raise ValueError(f"the two sample sets differ in shape: {samples_a.shape} vs "
+                         f"{samples_b.shape}")
+    if train_a.shape[1:] != samples_a.shape[1:] or train_b.shape[1:] != samples_a.shape[1:]:
+        raise ValueError("training sets and samples must have the same sample shape")
+    fmap = get_feature_map(metric)
+
+    def embed(x):
+        return fmap.embed(torch.from_numpy(np.ascontiguousarray(x)))
+
+    ea, eb = embed(samples_a).double(), embed(samples_b).double()
+    between = (ea - eb).norm(dim=1).cpu().numpy() ** fmap.power
+    nearest = [knn_search(e, embed(t), 1).dist[:, 0].cpu().numpy() ** fmap.power
+               for e, t in ((ea, train_a), (eb, train_b))]
+    return Halves(between=between, nearest_a=nearest[0], nearest_b=nearest[1])
