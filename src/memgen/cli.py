@@ -514,9 +514,10 @@ def _choose(labels: np.ndarray, per_label: int, seed: int) -> dict:
 
 
 def _register_analysis_commands() -> None:
-    from memgen.cli_analysis import hygiene
+    from memgen.cli_analysis import basins, hygiene
 
     cli.add_command(hygiene)
+    cli.add_command(basins)
 
 
 _register_analysis_commands()

@@ -7,6 +7,7 @@ input is one line on stderr and exit status 1, with nothing half-written left be
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from pathlib import Path
 
@@ -166,3 +167,260 @@ def _save_halves_pairs(path: Path, samples: dict, result) -> None:
     with atomic_file(path) as tmp:
         plot_image_pairs(samples["a"][:16], samples["b"][:16], captions,
                          title="same noise: model a (top) vs model b (bottom)").savefig(tmp, dpi=110)
+
+
+# ------------------------------------------------------------------------------ basins
+
+LABELS = ("memorized", "spurious", "generalized")
+
+
+def model_options(fn):
+    """--checkpoint | --exact (+ --schedule), --samples, --labels, --limit, --device, --out."""
+    options = [
+        click.option("--checkpoint", type=click.Path(dir_okay=False),
+                     help="A memgen train checkpoint."),
+        click.option("--exact", "exact_path", type=click.Path(dir_okay=False),
+                     help="Training set: use its exact empirical denoiser instead."),
+        click.option("--samples", "samples_path", required=True,
+                     type=click.Path(dir_okay=False), help="Points to analyse (.npz / .npy)."),
+        click.option("--labels", "labels_path", type=click.Path(dir_okay=False),
+                     help="labels.npz of memgen classify (or a sweep's classify stage) for "
+                          "these samples: results are summarised per label."),
+        click.option("--limit", type=int, help="Analyse only the first N samples."),
+        click.option("--device", default="cpu", show_default=True),
+        click.option("--out", required=True, type=click.Path(file_okay=False)),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _load_model(checkpoint, exact_path, device, clip: bool = True):
+    """(denoiser, schedule or None) in float64 for the exact model, float32 for networks."""
+    import torch
+
+    from memgen.denoisers import EmpiricalDenoiser, load_checkpoint_denoiser
+
+    if bool(checkpoint) == bool(exact_path):
+        raise ValueError("give exactly one of --checkpoint, --exact")
+    if checkpoint:
+        den = load_checkpoint_denoiser(checkpoint, device=device, clip=clip)
+        return den, den.schedule, torch.float32
+    train = torch.from_numpy(load_samples(exact_path, "--exact")).double().to(device)
+    return EmpiricalDenoiser(train), None, torch.float64
+
+
+def _points(samples_path, labels_path, limit, device, dtype):
+    """(x (B, ...), labels (B,) int or None) — the first ``limit`` samples."""
+    import torch
+
+    x = load_samples(samples_path, "--samples")
+    labels = None
+    if labels_path:
+        with np.load(labels_path, allow_pickle=False) as archive:
+            if "labels" not in archive.files:
+                raise ValueError(f"{labels_path} holds no 'labels' array")
+            labels = archive["labels"]
+        if len(labels) != len(x):
+            raise ValueError(f"--labels has {len(labels)} entries for {len(x)} samples")
+    if limit is not None:
+        if limit < 1:
+            raise ValueError(f"--limit must be at least 1, got {limit}")
+        x, labels = x[:limit], None if labels is None else labels[:limit]
+    return torch.from_numpy(x).to(device, dtype), labels
+
+
+def _by_label(values: np.ndarray, labels) -> dict:
+    """Quartiles per label (or for 'all'), over finite values."""
+    groups = {"all": values} if labels is None else {
+        name: values[labels == code] for code, name in enumerate(LABELS)}
+    out = {}
+    for name, v in groups.items():
+        finite = v[np.isfinite(v)]
+        q = np.quantile(finite, [0.25, 0.5, 0.75]).tolist() if len(finite) else [None] * 3
+        out[name] = {"n": int(len(v)), "finite": int(len(finite)), "q25": q[0],
+                     "median": q[1], "q75": q[2]}
+    return out
+
+
+def _write_table(path: Path, columns: dict) -> None:
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(list(columns))
+        writer.writerows(zip(*[np.asarray(v).tolist() for v in columns.values()]))
+
+
+def _save_label_figure(path: Path, values: np.ndarray, labels, ylabel: str, title: str,
+                       log: bool) -> None:
+    from memgen.report.figures import plot_by_label
+
+    groups = {"all": values} if labels is None else {
+        name: values[labels == code] for code, name in enumerate(LABELS)}
+    with atomic_file(path) as tmp:
+        plot_by_label({"": groups}, ylabel=ylabel, title=title, log=log).savefig(tmp, dpi=130)
+
+
+@click.group()
+def basins():
+    """Attractors of a model: basin size (critical noise level), relative energy and
+    curvature at given points, summarised per memorized/spurious/generalized label."""
+
+
+@basins.command("critical-time")
+@model_options
+@click.option("--sigma-lo", type=float, default=0.2, show_default=True,
+              help="Bracket of the bisection in VE noise level σ.")
+@click.option("--sigma-hi", type=float, help="[min(10, the schedule's largest σ)]")
+@click.option("--n-trials", type=int, default=10, show_default=True)
+@click.option("--p", type=float, default=0.9, show_default=True,
+              help="Recovery probability that defines the basin.")
+@click.option("--delta", type=float, default=0.1, show_default=True,
+              help="A trial is recovered when dist(x̂, x0) ≤ δ.")
+@click.option("--distance", type=click.Choice(["rms", "l2"]), default="rms", show_default=True,
+              help="rms: ‖x̂ − x0‖/√D; l2: ‖x̂ − x0‖.")
+@click.option("--sampler", type=click.Choice(["ddim", "ddpm", "euler_maruyama", "heun"]),
+              default="ddim", show_default=True)
+@click.option("--steps", type=int, default=20, show_default=True)
+@click.option("--rel-min", type=float, default=0.1, show_default=True,
+              help="Denoising ladder σ → σ·rel_min geometrically, then 0.")
+@click.option("--rtol", type=float, default=0.02, show_default=True,
+              help="Bisection stops when σ_hi/σ_lo ≤ 1 + rtol.")
+@click.option("--seed", type=int, default=0, show_default=True)
+def critical_time_cmd(checkpoint, exact_path, samples_path, labels_path, limit, device, out,
+                      sigma_lo, sigma_hi, n_trials, p, delta, distance, sampler, steps,
+                      rel_min, rtol, seed):
+    """Largest noise level σ* from which a sample is still recovered with probability ≥ p:
+    noise x0 to σ, denoise back, count dist ≤ δ; bisection in log σ (paper's reference
+    code: δ 0.1, 10 trials, p 0.9)."""
+    from memgen.basins import RecoveryConfig, critical_time
+
+    config = RecoveryConfig(n_trials=n_trials, p=p, delta=delta, metric=distance,
+                            sampler=sampler, steps=steps, rel_min=rel_min, seed=seed)
+    check_output_dir(out)
+    den, schedule, dtype = _load_model(checkpoint, exact_path, device)
+    x, labels = _points(samples_path, labels_path, limit, device, dtype)
+    if sigma_hi is None:
+        sigma_hi = 10.0 if schedule is None else min(10.0, float(schedule.sigmas()[0]))
+    result = critical_time(den, x, sigma_lo, sigma_hi, config, rtol=rtol, schedule=schedule,
+                           chunk=4096)
+    sigma = result.sigma.numpy()
+    columns = {"index": np.arange(len(x)), "label": _label_names(labels, len(x)),
+               "sigma": sigma, "sigma_upper": result.sigma_upper.numpy(),
+               "t": np.full(len(x), np.nan) if result.t is None else result.t.numpy(),
+               "radius": result.radius.numpy(), "log_volume": result.log_volume.numpy(),
+               "censored": result.censored.numpy()}
+    summary = {"config": {**dataclasses.asdict(config), "sigma_lo": sigma_lo, "sigma_hi": sigma_hi,
+                          "rtol": rtol}, "rounds": result.rounds,
+               "censored_above": int((result.censored > 0).sum()),
+               "censored_below": int((result.censored < 0).sum()),
+               "sigma_by_label": _by_label(sigma, labels)}
+    with atomic_output_dir(out) as tmp:
+        _write_table(tmp / "critical.csv", columns)
+        write_json(tmp / "summary.json", summary)
+        _save_label_figure(tmp / "critical.png", sigma, labels, "critical σ*",
+                           f"basin size (p = {p}, δ = {delta})", log=True)
+    _echo_by_label("σ*", summary["sigma_by_label"], out)
+
+
+def _label_names(labels, n: int) -> list[str]:
+    return [""] * n if labels is None else [LABELS[int(c)] for c in labels]
+
+
+def _echo_by_label(name: str, table: dict, out) -> None:
+    for label, row in table.items():
+        if row["median"] is None:
+            click.echo(f"{label:>12}: n = {row['n']}, no finite value")
+        else:
+            click.echo(f"{label:>12}: n = {row['n']}, median {name} {row['median']:.4g} "
+                       f"(quartiles {row['q25']:.4g}-{row['q75']:.4g})")
+    click.echo(f"wrote {out}")
+
+
+@basins.command("relative-energy")
+@model_options
+@click.option("--reference", "reference_path", type=click.Path(dir_okay=False),
+              help="Reference points, row by row (.npz). Default: each sample's nearest "
+                   "training image (from --train, or the exact model's training set).")
+@click.option("--train", "train_path", type=click.Path(dir_okay=False),
+              help="Training set for the default reference [train.npz beside the "
+                   "checkpoint].")
+@click.option("--sigma", type=float, default=0.1, show_default=True,
+              help="Noise level of the energy E_σ = −log p_σ.")
+@click.option("--rtol", type=float, default=1e-6, show_default=True)
+def relative_energy_cmd(checkpoint, exact_path, samples_path, labels_path, limit, device, out,
+                        reference_path, train_path, sigma, rtol):
+    """ΔE = E_σ(x_ref) − E_σ(x), integrating the model's score along the quarter circle
+    from x to x_ref (Raya & Ambrogioni 2023); negative: the sample lies higher than its
+    reference. Default reference: the nearest training image."""
+    from memgen.basins import relative_energy
+    from memgen.metrics.knn import knn_search
+
+    check_output_dir(out)
+    den, _, dtype = _load_model(checkpoint, exact_path, device, clip=False)
+    x, labels = _points(samples_path, labels_path, limit, device, dtype)
+    if reference_path:
+        ref = _points(reference_path, None, limit, device, dtype)[0]
+        if ref.shape != x.shape:
+            raise ValueError(f"--reference has shape {tuple(ref.shape)}, samples "
+                             f"{tuple(x.shape)}")
+    else:
+        train_path = train_path or exact_path or Path(checkpoint).with_name("train.npz")
+        train = _points(train_path, None, None, device, dtype)[0]
+        near = knn_search(x.reshape(len(x), -1), train.reshape(len(train), -1), 1)
+        ref = train[near.idx[:, 0]]
+    result = relative_energy(den, x, ref, sigma, rtol=rtol, atol=1e-8, chunk=4096)
+    delta = result.delta.cpu().numpy()
+    with atomic_output_dir(out) as tmp:
+        _write_table(tmp / "relative_energy.csv", {
+            "index": np.arange(len(x)), "label": _label_names(labels, len(x)),
+            "delta_energy": delta, "error": result.error.cpu().numpy(),
+            "converged": result.converged.cpu().numpy().astype(int)})
+        summary = {"sigma": sigma, "reference": reference_path or "nearest training image",
+                   "not_converged": int((~result.converged).sum()),
+                   "delta_by_label": _by_label(delta, labels)}
+        write_json(tmp / "summary.json", summary)
+        _save_label_figure(tmp / "relative_energy.png", delta, labels,
+                           "E(reference) − E(sample)", f"relative energy at σ = {sigma}",
+                           log=False)
+    _echo_by_label("ΔE", summary["delta_by_label"], out)
+
+
+@basins.command()
+@model_options
+@click.option("--sigma", type=float, default=0.1, show_default=True,
+              help="Noise level of the energy whose Hessian is taken.")
+@click.option("--k", type=int, default=6, show_default=True,
+              help="Eigenvalues per point (Lanczos); the dense spectrum gives all.")
+@click.option("--which", type=click.Choice(["SA", "LA"]), default="SA", show_default=True,
+              help="SA: smallest (flat and unstable directions); LA: largest.")
+@click.option("--dense-max", type=int, default=256, show_default=True,
+              help="Dense Jacobian spectrum up to this many coordinates, Lanczos above.")
+def curvature(checkpoint, exact_path, samples_path, labels_path, limit, device, out, sigma,
+              k, which, dense_max):
+    """Hessian spectrum of E_σ = −log p_σ at the given points: exact (dense Jacobian of the
+    denoiser) in low dimension, extreme eigenvalues by Hessian-vector products and Lanczos
+    for images. Summarised by the smallest eigenvalue λ_min."""
+    from memgen.basins import hessian_eigsh, hessian_spectrum
+
+    check_output_dir(out)
+    den, _, dtype = _load_model(checkpoint, exact_path, device, clip=False)
+    x, labels = _points(samples_path, labels_path, limit, device, dtype)
+    dim = x[0].numel()
+    if dim <= dense_max:
+        spectrum = hessian_spectrum(den, x, sigma)
+        eig = spectrum.eigenvalues.numpy()
+        eig = eig[:, :k] if which == "SA" else eig[:, -k:]
+    else:
+        eig = hessian_eigsh(den, x, sigma, k=k, which=which).eigenvalues.numpy()
+    lam = eig[:, 0] if which == "SA" else eig[:, -1]
+    with atomic_output_dir(out) as tmp:
+        _write_table(tmp / "curvature.csv", {
+            "index": np.arange(len(x)), "label": _label_names(labels, len(x)),
+            **{f"eig{i}": eig[:, i] for i in range(eig.shape[1])}})
+        summary = {"sigma": sigma, "which": which, "method": "dense" if dim <= dense_max
+                   else "lanczos", "dim": dim, "by_label": _by_label(lam, labels)}
+        write_json(tmp / "summary.json", summary)
+        name = "λ_min" if which == "SA" else "λ_max"
+        _save_label_figure(tmp / "curvature.png", lam * sigma**2, labels, f"{name} · σ²",
+                           f"curvature of E_σ at σ = {sigma}", log=False)
+    _echo_by_label(name, summary["by_label"], out)

@@ -113,6 +113,39 @@ def plot_image_pairs(top: np.ndarray, bottom: np.ndarray, captions: Sequence[str
     return fig
 
 
+def plot_by_label(panels: Mapping[str, Mapping[str, np.ndarray]], ylabel: str,
+                  title: str = "", log: bool = False):
+    """Distributions per label, one group of boxes per key of ``panels`` (e.g. per K):
+    panels = {group name: {label: values}}; non-finite values are left out, counts shown."""
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.6 * len(panels) + 1.5), 3.4))
+    width = 0.8 / 3
+    for g, (group, labels) in enumerate(panels.items()):
+        for j, (label, values) in enumerate(labels.items()):
+            v = np.asarray(values, dtype=float)
+            v = v[np.isfinite(v) & ((v > 0) if log else True)]
+            x = g + (j - (len(labels) - 1) / 2) * width
+            color = COLORS.get(label, "gray")
+            if len(v):
+                ax.boxplot(v, positions=[x], widths=width * 0.8, showfliers=False,
+                           medianprops={"color": color}, boxprops={"color": color},
+                           whiskerprops={"color": color}, capprops={"color": color})
+                jitter = np.random.default_rng(g * 3 + j).uniform(-0.25, 0.25, len(v))
+                ax.plot(x + jitter * width, v, ".", ms=2.5, color=color, alpha=0.5)
+            ax.text(x, 1.0, str(len(v)), transform=ax.get_xaxis_transform(), ha="center",
+                    va="bottom", fontsize=6, color=color)
+    ax.set_xticks(range(len(panels)), list(panels), fontsize=8)
+    if log:
+        ax.set_yscale("log")
+    ax.set_ylabel(ylabel)
+    handles = [plt.Line2D([], [], color=COLORS.get(n, "gray"), marker="s", ls="", label=n)
+               for n in dict.fromkeys(n for labels in panels.values() for n in labels)]
+    ax.legend(handles=handles, fontsize=7, loc="best")
+    if title:
+        ax.set_title(title, fontsize=10, pad=12)
+    fig.tight_layout()
+    return fig
+
+
 def plot_label_bars(groups: Mapping[str, tuple], title: str = ""):
     """Grouped bars of label fractions: groups maps a name (e.g. "observed", "null rate")
     to (fractions, lo, hi), each (3,) in LABEL_NAMES order; lo/hi may be None."""
@@ -269,3 +302,55 @@ def plot_sample_grid(images: np.ndarray, labels: np.ndarray | None = None, colum
     if title:
         fig.suptitle(title, fontsize=9)
     return fig
+
+
+def plot_learned_landscape(rows: Sequence[Mapping], extent: float, sigma: float):
+    """Trained 2D models beside the exact energy of their training sets: per K a row of
+    two heat maps (dark = low) with contours, each shifted to minimum 0 and clipped at
+    the exact panel's 90th percentile (one colour scale per row), the unit circle,
+    training points (red stars) and attractors.
+
+    rows: dicts with K, exact and learned (G, G) energies on [−extent, extent]² (rows
+    along y), train (K, 2), the learned attractors' centres (A, 2), counts (A,) and
+    memorized (A,) bool (discs sized by count: yellow memorized, cyan not), and
+    optionally exact_attractors (B, 2) with exact_kinds (B,) (yellow crosses, spurious
+    circled, saddles left out).
+    """
+    fig, axes = plt.subplots(len(rows), 2, figsize=(7.4, 3.6 * len(rows)),
+                             layout="constrained", squeeze=False)
+    box = (-extent, extent, -extent, extent)
+    theta = np.linspace(0, 2 * np.pi, 400)
+    for (left, right), row in zip(axes, rows):
+        top = np.percentile(row["exact"] - row["exact"].min(), 90)
+        for ax, key, name in [(left, "exact", "exact"), (right, "learned", "trained (PF-ODE)")]:
+            shown = np.clip(row[key] - row[key].min(), 0, top)
+            ax.imshow(shown, origin="lower", cmap="magma", extent=box, vmin=0, vmax=top)
+            ax.contour(shown, levels=8, colors="white", linewidths=0.5, alpha=0.5, extent=box)
+            ax.plot(np.cos(theta), np.sin(theta), "--", color="white", lw=0.8, alpha=0.7)
+            ax.plot(*np.asarray(row["train"]).T, "*", color="red", mec="darkred", mew=0.4,
+                    ms=9 if len(row["train"]) < 50 else 2)
+            ax.set(xlim=(-extent, extent), ylim=(-extent, extent), xticks=[], yticks=[])
+            ax.set_title(f"K = {row['K']}: {name}", fontsize=10)
+        _draw_exact_attractors(left, row)
+        _draw_learned_attractors(right, row)
+        right.legend(fontsize=7, loc="lower right")
+    fig.suptitle(f"energy −log p_σ at σ = {sigma:.3g} (shifted to minimum 0)", fontsize=10)
+    return fig
+
+
+def _draw_exact_attractors(ax, row: Mapping) -> None:
+    if row.get("exact_attractors") is None:
+        return
+    points, kinds = np.asarray(row["exact_attractors"]), np.asarray(row["exact_kinds"])
+    ax.plot(*points[kinds != "saddle"].T, "x", color="yellow", ms=8, mew=2)
+    ax.plot(*points[kinds == "spurious"].T, "o", mfc="none", mec="yellow", ms=12, mew=1)
+
+
+def _draw_learned_attractors(ax, row: Mapping) -> None:
+    centres, counts = np.asarray(row["centres"]), np.asarray(row["counts"])
+    memorized = np.asarray(row["memorized"], dtype=bool)
+    size = 15 + 185 * np.sqrt(counts / max(counts.max(initial=0), 1))
+    for mask, color, name in [(memorized, "yellow", "memorized"), (~memorized, "cyan", "new")]:
+        label = f"{name}: {int(mask.sum())} modes, {int(counts[mask].sum())} samples"
+        ax.scatter(*centres[mask].T, s=size[mask], color=color, edgecolors="black",
+                   linewidths=0.6, alpha=0.85, label=label)
