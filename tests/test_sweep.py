@@ -139,3 +139,21 @@ def test_ray_executor_without_ray_is_refused_before_any_work(tmp_path, monkeypat
     assert result.exit_code != 0
     assert "executor.kind: ray needs the ray package" in result.output
     assert not (tmp_path / "run").exists()
+
+
+def test_analysis_adds_basins_and_curvature_per_label(tmp_path):
+    result = _run(tmp_path / "run", "--set", "analysis.basins=true", "--set",
+                  "analysis.curvature=true", "--set", "analysis.per_label=3",
+                  "--set", "analysis.n_trials=4", "--set", "analysis.sigma_hi=1.0")
+    run = tmp_path / "run"
+    assert (run / "critical.png").exists() and (run / "curvature.png").exists()
+    folders = sorted((run / "cache").glob("analysis-*"))
+    assert len(folders) == 3, result.output
+    import numpy as np
+
+    with np.load(folders[0] / "analysis.npz") as d:
+        labels, sigma, eig = d["label"], d["sigma"], d["eigenvalues"]
+    assert len(labels) <= 9 and sigma.shape == labels.shape and eig.shape == (len(labels), 2)
+    # the exact model at K = 2 retrieves: its memorized samples sit in basins ≥ σ_lo
+    assert (sigma[labels == 0] >= 0.2).all()
+    assert "analysis s" in (run / "report.html").read_text()

@@ -84,6 +84,24 @@ class ExecutorConfig:
 
 
 @dataclass(frozen=True)
+class AnalysisConfig:
+    """Attractor analyses of the evaluated samples, per label and K (memgen.basins)."""
+
+    basins: bool = False  # critical noise level σ* (basin size) of each analysed sample
+    curvature: bool = False  # extreme Hessian eigenvalues of E_σ at each analysed sample
+    per_label: int = 20  # samples analysed per label and K (the first ones of each label)
+    sigma_lo: float = 0.2  # bisection bracket for σ* (VE units)
+    sigma_hi: float | None = None  # None: min(10, the model's largest σ)
+    n_trials: int = 10
+    p: float = 0.9
+    delta: float = 0.1  # recovered: RMS distance ≤ δ
+    steps: int = 20
+    rel_min: float = 0.1
+    curvature_sigma: float = 0.1
+    k: int = 4  # eigenvalues per point (Lanczos above 256 coordinates)
+
+
+@dataclass(frozen=True)
 class SweepConfig:
     name: str = "sweep"
     Ks: tuple[int, ...] = (2, 4, 9)
@@ -94,6 +112,7 @@ class SweepConfig:
     sample: SampleConfig = field(default_factory=SampleConfig)
     measure: MeasureConfig = field(default_factory=MeasureConfig)
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
 
 
 CHOICES = {
@@ -216,7 +235,10 @@ def check(config: SweepConfig) -> None:
                 "sample.synth_multiplier": config.sample.synth_multiplier,
                 "sample.batch_size": config.sample.batch_size,
                 "measure.bootstrap": config.measure.bootstrap,
-                "executor.workers": config.executor.workers}
+                "executor.workers": config.executor.workers,
+                "analysis.per_label": config.analysis.per_label,
+                "analysis.n_trials": config.analysis.n_trials,
+                "analysis.steps": config.analysis.steps, "analysis.k": config.analysis.k}
     for key, value in positive.items():
         if value < 1:
             raise ValueError(f"{key}: must be at least 1, got {value}")

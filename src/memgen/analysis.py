@@ -1,0 +1,131 @@
+"""Attractor analyses inside a sweep: basin size and curvature per label and K.
+
+After a K's classification, ``analysis_stage`` takes up to ``analysis.per_label`` evaluated
+samples of each label (the first ones, in sample order) and measures, with the model of
+that K (``memgen.basins``):
+
+- the critical noise level σ* — the largest σ from which the sample is recovered with
+  probability ≥ p (basin size);
+- the smallest Hessian eigenvalues of E_σ = −log p_σ at the sample (dense in low
+  dimension, Lanczos on Hessian-vector products for images).
+
+Cached like every stage (``RUN/cache/analysis-<key>/analysis.npz``); ``analysis_figures``
+draws the distributions per label across K for the report.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from memgen.config import SweepConfig, as_dict
+from memgen.metrics.classify import LABEL_NAMES
+
+DENSE_MAX = 256  # coordinates up to which the Hessian spectrum is computed densely
+
+
+def pick_per_label(labels: np.ndarray, per_label: int) -> np.ndarray:
+    """Indices of the first ``per_label`` samples of each label, sorted: (≤ 3·per_label,)."""
+    picks = [np.flatnonzero(labels == code)[:per_label] for code in range(len(LABEL_NAMES))]
+    return np.sort(np.concatenate(picks))
+
+
+def analysis_stage(run: Path, result, train: np.ndarray, config: SweepConfig) -> Path | None:
+    """Run the enabled analyses for one K (a classify StageResult); returns the folder."""
+    from memgen.sweep import _done, _mark_done, stage_key
+
+    a = config.analysis
+    if not (a.basins or a.curvature):
+        return None
+    folder = run / "cache" / f"analysis-{stage_key('analysis', result.folder.name, as_dict(a))}"
+    if _done(folder):
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    with np.load(result.folder / "labels.npz", allow_pickle=False) as archive:
+        labels = archive["labels"]
+    idx = pick_per_label(labels, a.per_label)
+    with np.load(result.eval_path, allow_pickle=False) as archive:
+        x = torch.from_numpy(archive["samples"][idx]).to(config.device)
+    den, schedule = _model(result.train_folder, train, config)
+    out = {"index": idx, "label": labels[idx]}
+    if a.basins:
+        out.update(_basins(den, schedule, x, config))
+    if a.curvature:
+        out["eigenvalues"] = _curvature(den, x, config)
+    from memgen.io import atomic_file
+
+    with atomic_file(folder / "analysis.npz") as tmp:
+        np.savez(tmp, **out)
+    _mark_done(folder, {"K": result.K, "stage": "analysis", "n": len(idx),
+                        "seconds": time.perf_counter() - t0})
+    return folder
+
+
+def _model(train_folder: Path | None, train: np.ndarray, config: SweepConfig):
+    from memgen.denoisers import EmpiricalDenoiser, load_checkpoint_denoiser
+
+    if train_folder is None:
+        return EmpiricalDenoiser(torch.from_numpy(train).to(config.device)), None
+    den = load_checkpoint_denoiser(train_folder / "checkpoint.pt", device=config.device,
+                                   clip=False)  # curvature needs the model's own score
+    return den, den.schedule
+
+
+def _basins(den, schedule, x: torch.Tensor, config: SweepConfig) -> dict:
+    from memgen.basins import RecoveryConfig, critical_time
+
+    a = config.analysis
+    hi = a.sigma_hi or (10.0 if schedule is None else min(10.0, float(schedule.sigmas()[0])))
+    recovery = RecoveryConfig(n_trials=a.n_trials, p=a.p, delta=a.delta, steps=a.steps,
+                              rel_min=a.rel_min)
+    ct = critical_time(den, x, a.sigma_lo, hi, recovery, schedule=schedule, chunk=2048)
+    return {"sigma": ct.sigma.numpy(), "sigma_upper": ct.sigma_upper.numpy(),
+            "radius": ct.radius.numpy(), "censored": ct.censored.numpy()}
+
+
+def _curvature(den, x: torch.Tensor, config: SweepConfig) -> np.ndarray:
+    """(n, k) smallest eigenvalues of ∇²E_σ, ascending."""
+    from memgen.basins import hessian_eigsh, hessian_spectrum
+
+    a = config.analysis
+    if x[0].numel() <= DENSE_MAX:
+        return hessian_spectrum(den, x, a.curvature_sigma).eigenvalues.numpy()[:, :a.k]
+    return hessian_eigsh(den, x, a.curvature_sigma, k=a.k, which="SA").eigenvalues.numpy()
+
+
+def analysis_figures(run: Path, results, config: SweepConfig) -> list[Path]:
+    """critical.png and curvature.png: distributions per label, one group per K."""
+    from memgen.io import atomic_file
+    from memgen.report.figures import plot_by_label
+
+    loaded = {}
+    for r in sorted(results, key=lambda r: r.K):
+        if r.analysis_folder is not None:
+            with np.load(r.analysis_folder / "analysis.npz", allow_pickle=False) as archive:
+                loaded[r.K] = {key: archive[key] for key in archive.files}
+    a, figures = config.analysis, []
+    plots = [("sigma", "critical.png", "critical σ* (basin size)", True,
+              f"basins: largest σ recovered with p ≥ {a.p} (δ = {a.delta})"),
+             ("eigenvalues", "curvature.png", "λ_min(∇²E_σ) · σ²", False,
+              f"curvature at the samples, σ = {a.curvature_sigma}")]
+    for key, name, ylabel, log, title in plots:
+        panels = {f"K = {K}": {label: _column(d, key, a)[d["label"] == code]
+                               for code, label in enumerate(LABEL_NAMES)}
+                  for K, d in loaded.items() if key in d}
+        if panels:
+            fig = plot_by_label(panels, ylabel=ylabel, title=title, log=log)
+            with atomic_file(run / name) as tmp:
+                fig.savefig(tmp, dpi=130)
+            figures.append(run / name)
+    return figures
+
+
+def _column(data: dict, key: str, a) -> np.ndarray:
+    """σ* as is; the smallest eigenvalue in units of 1/σ² (1: an isolated memory)."""
+    if key == "eigenvalues":
+        return data[key][:, 0] * a.curvature_sigma**2
+    return data[key]
