@@ -1,0 +1,143 @@
+"""Exact kNN through faiss's flat (brute-force) L2 index, certified like the built-in engine.
+
+faiss is an optional dependency (``pip install 'memgen[faiss]'``): this module imports
+without it, and :func:`faiss_knn_search` raises ``ValueError`` when it is missing.
+
+The search mirrors :mod:`memgen.metrics.knn`:
+
+1. *Screen* with ``faiss.IndexFlatL2`` on centred float32 data (on the GPU when the
+   inputs are CUDA tensors and faiss has GPU support), keeping c = k + margin
+   candidates per query (one more with ``exclude_self``). faiss computes
+   ‖q‖² + ‖r‖² − 2qᵀr in float32.
+2. *Refine* the candidates in float64, ‖q − r‖² exactly as the built-in engine does,
+   and sort by (distance, index): both engines return bit-identical results.
+3. *Certify* every row: with T the largest value faiss kept for the row and
+   γ = 2 (d + 4) u (‖q‖² + max‖r‖²) the float32 screening error bound (u = 2⁻²⁴),
+   every reference faiss discarded has exact squared distance ≥ T − γ, so a row whose
+   k-th refined squared distance is below T − γ is exact. Rows that fail — and all rows
+   when some candidate's screened value is off by more than γ, the sign of a
+   reduced-precision screen — are recomputed by the built-in float64 fallback.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from memgen.metrics.knn import (_REFINE_ROWS, KnnResult, _budget, _fallback, _take_sorted,
+                                _validate)
+
+try:
+    import faiss
+except ImportError:  # optional dependency
+    faiss = None
+
+MISSING_FAISS = "the faiss backend needs faiss: pip install 'memgen[faiss]'"
+_UNIT_ROUNDOFF_F32 = 2.0**-24
+
+
+def faiss_available() -> bool:
+    """Whether faiss can be imported."""
+    return faiss is not None
+
+
+def faiss_knn_search(query: torch.Tensor, ref: torch.Tensor, k: int, *,
+                     exclude_self: bool = False, memory_budget: int | None = None,
+                     margin: int = 8) -> KnnResult:
+    """Exact top-k Euclidean neighbours of each query row among the rows of ``ref``, via faiss.
+
+    query: (n, ...), ref: (m, ...) with the same trailing shape (flattened to d).
+    ``exclude_self=True``: query is ref (n == m) and row i never matches reference i.
+    Returns a :class:`KnnResult` — dist (n, k) float64 Euclidean (not squared), idx (n, k)
+    int64, ties by smaller index — identical to :func:`memgen.metrics.knn.knn_search`.
+    memory_budget (bytes) bounds the score block of the float64 fallback only; faiss
+    blocks its own search. Memory: two float32 copies of ref (centred array and index),
+    one of query, and a few (n, c) candidate arrays. On CPU the built-in engine is the
+    faster one; faiss pays off with faiss-gpu and CUDA inputs.
+    """
+    if faiss is None:
+        raise ValueError(MISSING_FAISS)
+    query, ref = _validate(query, ref, k, exclude_self)
+    n, m = query.shape[0], ref.shape[0]
+    n_cand = min(k + margin, m - int(exclude_self)) + int(exclude_self)
+    center = ref.mean(dim=0, dtype=torch.float64)
+    q32, r32 = _centred_f32(query, center), _centred_f32(ref, center)
+    screened, cand = _faiss_search(q32, r32, n_cand, query.device)  # (n, c) each
+    exact = _exact_d2(query, ref, cand)  # (n, c) float64
+    gamma = _screen_bound(q32, r32).to(query.device)  # (n,)
+    own = torch.arange(n, device=query.device) if exclude_self else None
+    if own is not None:
+        exact = exact.masked_fill(cand == own.unsqueeze(1), float("inf"))
+    d2, idx = _take_sorted(exact, cand, k)
+    ok = _certified(screened, exact, gamma, d2[:, -1], complete=n_cand >= m)
+    n_fallback = int((~ok).sum())
+    if n_fallback:
+        bad = torch.nonzero(~ok).squeeze(1)
+        d2[bad], idx[bad] = _fallback(query[bad], ref, center, None if own is None else own[bad],
+                                      k, margin, _budget(memory_budget))
+    return KnnResult(dist=d2.sqrt(), idx=idx, n_fallback=n_fallback)
+
+
+def _centred_f32(x: torch.Tensor, center: torch.Tensor) -> np.ndarray:
+    """(rows, d) float32 C-contiguous numpy array of x − center, centred as the built-in does."""
+    if x.dtype == torch.float32:
+        centred = x - center.float()
+    else:
+        centred = (x.double() - center).float()
+    return np.ascontiguousarray(centred.cpu().numpy())
+
+
+def _faiss_search(q32: np.ndarray, r32: np.ndarray, c: int, device: torch.device):
+    """faiss's c smallest squared distances (n, c) float64 and their indices (n, c) int64."""
+    index = faiss.IndexFlatL2(r32.shape[1])
+    if device.type == "cuda" and _faiss_gpus() > 0:
+        resources = faiss.StandardGpuResources()
+        index = faiss.index_cpu_to_gpu(resources, device.index or 0, index)
+    index.add(r32)
+    dist, idx = index.search(q32, c)
+    assert (idx >= 0).all(), "a flat index returns c ≤ m neighbours for every query"
+    return (torch.from_numpy(dist).to(device=device, dtype=torch.float64),
+            torch.from_numpy(idx).to(device))
+
+
+def _faiss_gpus() -> int:
+    """GPUs faiss can use (0 for faiss-cpu builds)."""
+    if not hasattr(faiss, "StandardGpuResources") or not hasattr(faiss, "get_num_gpus"):
+        return 0
+    return faiss.get_num_gpus()
+
+
+def _exact_d2(query: torch.Tensor, ref: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
+    """Float64 ‖q − r‖² of every candidate (n, c), computed as the built-in refinement does."""
+    return torch.cat([
+        (ref[cand[i:i + _REFINE_ROWS]].double()
+         - query[i:i + _REFINE_ROWS].double().unsqueeze(1)).square().sum(-1)
+        for i in range(0, len(query), _REFINE_ROWS)])
+
+
+def _screen_bound(q32: np.ndarray, r32: np.ndarray) -> torch.Tensor:
+    """γ (n,) float64: bound on |faiss value − exact squared distance| for float32 screening."""
+    q_sq, r_sq_max = _sq_norms(q32), _sq_norms(r32).max()
+    return 2.0 * (q32.shape[1] + 4) * _UNIT_ROUNDOFF_F32 * (q_sq + r_sq_max)
+
+
+def _sq_norms(x32: np.ndarray, block: int = 4096) -> torch.Tensor:
+    """(rows,) float64 squared norms, converted a block of rows at a time."""
+    return torch.cat([torch.from_numpy(x32[i:i + block]).double().square().sum(1)
+                      for i in range(0, len(x32), block)])
+
+
+def _certified(screened, exact, gamma, kth_d2, complete: bool) -> torch.Tensor:
+    """True where no reference faiss discarded can beat the k-th refined squared distance.
+
+    screened, exact: (n, c) faiss and float64 values of the candidates (exact may hold
+    inf for an excluded self-match); gamma, kth_d2: (n,).
+    """
+    rows = len(kth_d2)
+    if complete:  # every reference was a candidate
+        return torch.ones(rows, dtype=torch.bool, device=kth_d2.device)
+    finite = torch.isfinite(exact)
+    error = torch.where(finite, (screened - exact).abs(), torch.zeros_like(exact))
+    if (error.amax(dim=1) > gamma).any():  # the screen was not float32-accurate: trust nothing
+        return torch.zeros(rows, dtype=torch.bool, device=kth_d2.device)
+    return kth_d2 < screened.amax(dim=1) - gamma
