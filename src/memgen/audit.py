@@ -31,6 +31,7 @@ class ClassifyConfig:
     n_resamples: int = DEFAULT_RESAMPLES
     seed: int = 0
     memory_budget: int | None = None
+    backend: str = "builtin"  # builtin | faiss: exact kNN engines with identical results
 
     def make_rule(self) -> Rule:
         return make_rule(self.rule, self.delta_m, self.delta_s)
@@ -50,11 +51,23 @@ class Audit:
     n_synth: int
 
 
-def classify_sets(eval_set: np.ndarray, train: np.ndarray, synth: np.ndarray | None = None,
+def classify_sets(eval_set: np.ndarray, train: np.ndarray, synth=None,
                   heldout: np.ndarray | None = None, config: ClassifyConfig = ClassifyConfig(),
-                  progress: bool = False) -> Audit:
-    """Label every evaluated sample; with held-out data, also the null rates."""
-    check_same_shape(train=train, eval=eval_set, synth=synth, heldout=heldout)
+                  progress: bool = False, state=None) -> Audit:
+    """Label every evaluated sample; with held-out data, also the null rates.
+
+    synth: an array, None (S_eval is its own synthetic set), or a ShardSet streamed from
+    disk (``state``: its restart file, see ``memgen.metrics.stream``).
+    """
+    from memgen.metrics.shards import ShardSet
+
+    streamed = isinstance(synth, ShardSet)
+    check_same_shape(train=train, eval=eval_set, synth=None if streamed else synth,
+                     heldout=heldout)
+    if streamed and synth.sample_shape != eval_set.shape[1:]:
+        raise ValueError(f"synth samples have shape {synth.sample_shape} but eval samples "
+                         f"have shape {eval_set.shape[1:]}")
+    n_synth = None if synth is None else synth.rows if streamed else len(synth)
     rule = config.make_rule()
     if config.calibrate and heldout is None:
         raise ValueError("calibrated thresholds need held-out real data (--heldout)")
@@ -62,19 +75,19 @@ def classify_sets(eval_set: np.ndarray, train: np.ndarray, synth: np.ndarray | N
         raise ValueError("the paper rule needs a second nearest training sample, but the "
                          "training set has only one (use --rule absolute)")
     common = dict(k=config.k, metric=config.metric, memory_budget=config.memory_budget,
-                  progress=progress)
+                  progress=progress, backend=config.backend)
     null = None
     if heldout is not None:
         null = null_rates(train, heldout, rule, n_eval=len(eval_set),
-                          n_synth=None if synth is None else len(synth), alpha=config.alpha,
+                          n_synth=n_synth, alpha=config.alpha,
                           seed=config.seed, n_resamples=config.n_resamples, **common)
         if config.calibrate:
             rule = null.calibrated
-    near = find_neighbours(eval_set, train, synth, **common)
+    near = find_neighbours(eval_set, train, synth, state=state, **common)
     labels = apply_rule(near.train_dist, near.synth_dist, rule)
     return Audit(config=config, rule=rule, labels=labels, neighbours=near, null=null,
                  estimate=estimate_fractions(labels, config.n_resamples, config.seed),
-                 n_train=len(train), n_synth=len(eval_set) if synth is None else len(synth))
+                 n_train=len(train), n_synth=len(eval_set) if synth is None else n_synth)
 
 
 def summary(audit: Audit) -> dict:

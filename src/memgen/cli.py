@@ -67,8 +67,9 @@ def cli():
               help="Training set S (.npz with key 'samples', or .npy).")
 @click.option("--eval", "eval_path", required=True, type=click.Path(dir_okay=False),
               help="Evaluated samples S_eval, generated independently of S'.")
-@click.option("--synth", "synth_path", type=click.Path(dir_okay=False),
-              help="Synthetic set S' (|S'| >> |S|). Omitted: S_eval is its own synthetic "
+@click.option("--synth", "synth_path",
+              help="Synthetic set S' (|S'| >> |S|): a file, or a folder of npz/npy shards or "
+                   "a quoted glob, streamed from disk. Omitted: S_eval is its own synthetic "
                    "set, self-matches excluded.")
 @click.option("--heldout", "heldout_path", type=click.Path(dir_okay=False),
               help="Held-out real data (not in S): null rates and calibrated thresholds.")
@@ -90,28 +91,47 @@ def cli():
               help="Bootstrap resamples for the 95% intervals.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--memory-budget", type=float, default=512, show_default=True,
-              help="MiB for one block of pairwise distances.")
+              help="MiB for one block of pairwise distances (and one streamed chunk).")
+@click.option("--backend", type=click.Choice(["builtin", "faiss"]), default="builtin",
+              show_default=True, help="Exact kNN engine (faiss: pip install 'memgen[faiss]').")
+@click.option("--state", "state_path", type=click.Path(dir_okay=False),
+              help="Restart file for a streamed --synth: an interrupted search resumes.")
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="Output folder: summary.json, labels.npz.")
 def classify(train_path, eval_path, synth_path, heldout_path, rule, delta_m, delta_s, metric, k,
-             alpha, calibrate, n_resamples, seed, memory_budget, out):
+             alpha, calibrate, n_resamples, seed, memory_budget, backend, state_path, out):
     """Label every evaluated sample memorized, spurious or generalized (eqs. 4-6)."""
     from memgen.audit import ClassifyConfig, classify_sets, summary, write_audit
 
     config = ClassifyConfig(rule=rule, delta_m=delta_m, delta_s=delta_s, metric=metric, k=k,
                             alpha=alpha, calibrate=calibrate, n_resamples=n_resamples,
-                            seed=seed, memory_budget=_mib(memory_budget))
+                            seed=seed, memory_budget=_mib(memory_budget), backend=backend)
     config.make_rule()  # reject bad thresholds and --out before reading any data
     check_output_dir(out)
     train = load_samples(train_path, "--train")
     eval_set = load_samples(eval_path, "--eval")
-    synth = load_samples(synth_path, "--synth") if synth_path else None
+    synth = _synth_set(synth_path)
     heldout = load_samples(heldout_path, "--heldout") if heldout_path else None
-    audit = classify_sets(eval_set, train, synth, heldout, config, progress=True)
+    audit = classify_sets(eval_set, train, synth, heldout, config, progress=True,
+                          state=state_path)
     with atomic_output_dir(out) as tmp:
         write_audit(tmp, audit)
     _print_summary(summary(audit))
     click.echo(f"wrote {Path(out) / 'summary.json'} and {Path(out) / 'labels.npz'}")
+
+
+def _synth_set(path):
+    """None, an in-memory array (one file), or a ShardSet (a folder or glob: streamed)."""
+    if not path:
+        return None
+    if Path(path).is_file():
+        return load_samples(path, "--synth")
+    from memgen.metrics.shards import open_shards
+
+    try:
+        return open_shards(path)
+    except ValueError as err:
+        raise ValueError(f"--synth: {err}") from None
 
 
 @cli.command()

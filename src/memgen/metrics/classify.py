@@ -22,7 +22,6 @@ import numpy as np
 import torch
 
 from memgen.metrics.features import get_feature_map
-from memgen.metrics.knn import knn_search
 
 MEMORIZED, SPURIOUS, GENERALIZED = 0, 1, 2
 LABEL_NAMES = ("memorized", "spurious", "generalized")
@@ -113,23 +112,35 @@ class Neighbours:
 
 
 def find_neighbours(eval_set, train, synth=None, *, k: int | None = None, metric: str = "l2",
-                    memory_budget: int | None = None, progress: bool = False) -> Neighbours:
+                    memory_budget: int | None = None, progress: bool = False,
+                    backend: str = "builtin", state=None) -> Neighbours:
     """Nearest training and synthetic neighbours of every evaluated sample.
 
     synth=None: the evaluated set is its own synthetic set; each sample's own match is
-    excluded by index. k=None takes 5, or fewer when a set is smaller; an explicit k
-    must fit both sets.
+    excluded by index. synth may be a :class:`~memgen.metrics.shards.ShardSet`: it is then
+    streamed from disk chunk by chunk (restartable through the ``state`` file). k=None
+    takes 5, or fewer when a set is smaller; an explicit k must fit both sets. backend:
+    "builtin" or "faiss" (exact either way, identical neighbours).
     """
+    from memgen.metrics.shards import ShardSet
+    from memgen.metrics.stream import get_knn_backend, stream_knn
+
+    search = get_knn_backend(backend)
     feature_map = get_feature_map(metric)
     e, t = feature_map.embed(_tensor(eval_set)), feature_map.embed(_tensor(train))
-    s = e if synth is None else feature_map.embed(_tensor(synth))
-    n_synth = len(s) - int(synth is None)
+    streamed = isinstance(synth, ShardSet)
+    s = e if synth is None else None if streamed else feature_map.embed(_tensor(synth))
+    n_synth = synth.rows if streamed else len(s) - int(synth is None)
     if n_synth < 1:
         raise ValueError("the synthetic set needs at least one sample other than the "
                          "evaluated one (the evaluated set has 1 sample and no --synth)")
     k_train, k_synth = _neighbour_counts(k, len(t), n_synth)
-    near_t = knn_search(e, t, k_train, memory_budget=memory_budget, progress=progress)
-    near_s = knn_search(e, s, k_synth, exclude_self=synth is None, memory_budget=memory_budget,
+    near_t = search(e, t, k_train, memory_budget=memory_budget, progress=progress)
+    if streamed:
+        near_s = stream_knn(e, synth, k_synth, feature_map=feature_map, backend=backend,
+                            memory_budget=memory_budget, state=state, progress=progress)
+    else:
+        near_s = search(e, s, k_synth, exclude_self=synth is None, memory_budget=memory_budget,
                         progress=progress)
     power = feature_map.power
     return Neighbours(train_dist=near_t.dist.cpu().numpy() ** power,

@@ -43,7 +43,7 @@ def faiss_available() -> bool:
 
 def faiss_knn_search(query: torch.Tensor, ref: torch.Tensor, k: int, *,
                      exclude_self: bool = False, memory_budget: int | None = None,
-                     margin: int = 8) -> KnnResult:
+                     margin: int = 8, progress: bool = False) -> KnnResult:
     """Exact top-k Euclidean neighbours of each query row among the rows of ``ref``, via faiss.
 
     query: (n, ...), ref: (m, ...) with the same trailing shape (flattened to d).
@@ -53,7 +53,8 @@ def faiss_knn_search(query: torch.Tensor, ref: torch.Tensor, k: int, *,
     memory_budget (bytes) bounds the score block of the float64 fallback only; faiss
     blocks its own search. Memory: two float32 copies of ref (centred array and index),
     one of query, and a few (n, c) candidate arrays. On CPU the built-in engine is the
-    faster one; faiss pays off with faiss-gpu and CUDA inputs.
+    faster one; faiss pays off with faiss-gpu and CUDA inputs. ``progress`` is accepted for
+    signature parity with the built-in engine; faiss reports none.
     """
     if faiss is None:
         raise ValueError(MISSING_FAISS)

@@ -84,7 +84,7 @@ def _loosest_threshold(scores: np.ndarray, n_allowed: int, unconstrained: float)
 def null_rates(train, heldout, rule: Rule, *, n_eval: int, n_synth: int | None,
                alpha: float = DEFAULT_ALPHA, k: int | None = None, metric: str = "l2",
                seed: int = 0, n_resamples: int = 1000, memory_budget: int | None = None,
-               progress: bool = False) -> NullResult:
+               progress: bool = False, backend: str = "builtin") -> NullResult:
     """Apply ``rule`` with held-out real data as both evaluated and synthetic sets."""
     if len(heldout) < 2:
         raise ValueError(f"the null run needs at least 2 held-out samples, got {len(heldout)}")
@@ -93,7 +93,7 @@ def null_rates(train, heldout, rule: Rule, *, n_eval: int, n_synth: int | None,
     null_eval = heldout[order[:e]]
     null_synth = None if s is None else heldout[order[e:e + s]]
     near = find_neighbours(null_eval, train, null_synth, k=k, metric=metric,
-                           memory_budget=memory_budget, progress=progress)
+                           memory_budget=memory_budget, progress=progress, backend=backend)
     calibrated = calibrate(near, rule, alpha)
     return NullResult(
         n_eval=e, n_synth=e if s is None else s, alpha=alpha, calibrated=calibrated,
