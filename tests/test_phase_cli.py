@@ -83,3 +83,23 @@ def test_landscape_cli(tmp_path):
     radii = np.hypot([float(r["x"]) for r in k2], [float(r["y"]) for r in k2])
     np.testing.assert_allclose(radii, 1.0, atol=1e-2)
     assert (out / "landscape.png").stat().st_size > 1000
+
+
+def test_landscape_cli_draws_a_trained_model_beside_the_exact_one(tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(cli, ["train", "--data", "circle", "--K", "2", "--preset", "toy-mlp",
+                                 "--iterations", "300", "--lr", "2e-3",
+                                 "--out", str(tmp_path / "m")])
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "land"
+    result = runner.invoke(cli, ["landscape", "--K", "2", "--checkpoint",
+                                 str(tmp_path / "m" / "checkpoint.pt"), "--resolution", "16",
+                                 "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = _read(out / "learned_attractors.csv")
+    assert {r["K"] for r in rows} == {"2"}
+    assert sum(int(r["count"]) for r in rows) == 2000  # every sample in one attractor
+    assert (out / "learned_landscape.png").stat().st_size > 1000
+    bad = runner.invoke(cli, ["landscape", "--checkpoint", str(tmp_path / "nope.pt"),
+                              "--out", str(tmp_path / "x")])
+    assert bad.exit_code != 0 and not (tmp_path / "x").exists()

@@ -157,3 +157,19 @@ def test_analysis_adds_basins_and_curvature_per_label(tmp_path):
     # the exact model at K = 2 retrieves: its memorized samples sit in basins ≥ σ_lo
     assert (sigma[labels == 0] >= 0.2).all()
     assert "analysis s" in (run / "report.html").read_text()
+
+
+def test_trained_2d_landscape_in_the_report(tmp_path):
+    import numpy as np
+
+    _run(tmp_path / "run", *NETWORK, "--set", "analysis.landscape=true",
+         "--set", "analysis.landscape_Ks=[2, 64]", "--set", "analysis.landscape_resolution=12")
+    run = tmp_path / "run"
+    assert (run / "learned_landscape.png").exists()
+    rows = np.loadtxt(run / "learned_attractors.csv", delimiter=",", skiprows=1, ndmin=2)
+    assert set(rows[:, 0].astype(int)) == {2, 64}
+    # every evaluated sample of K = 2 (100 of them) lies in some learned attractor
+    assert rows[rows[:, 0] == 2, 3].sum() == 100
+    with np.load(next((run / "cache").glob("landscape-*")) / "landscape.npz") as d:
+        assert d["learned"].shape == d["exact"].shape == (12, 12)
+        assert np.isfinite(d["learned"]).all()

@@ -10,7 +10,9 @@ that K (``memgen.basins``):
   dimension, Lanczos on Hessian-vector products for images).
 
 Cached like every stage (``RUN/cache/analysis-<key>/analysis.npz``); ``analysis_figures``
-draws the distributions per label across K for the report.
+draws the distributions per label across K for the report. For 2D data and trained
+models, ``landscape_stage`` also computes the learned energy landscape of a few K (the
+PF-ODE likelihood, ``memgen.landscape.learned_row``) beside the exact one.
 """
 
 from __future__ import annotations
@@ -129,3 +131,49 @@ def _column(data: dict, key: str, a) -> np.ndarray:
     if key == "eigenvalues":
         return data[key][:, 0] * a.curvature_sigma**2
     return data[key]
+
+
+def landscape_stage(run: Path, result, train: np.ndarray, config: SweepConfig) -> Path | None:
+    """The learned vs exact landscape of this K (2D trained models, K in landscape_Ks)."""
+    from memgen.denoisers import load_checkpoint_denoiser
+    from memgen.landscape import learned_row
+    from memgen.sweep import _done, _mark_done, stage_key
+
+    a = config.analysis
+    if (not a.landscape or result.train_folder is None or train.ndim != 2
+            or train.shape[1] != 2 or result.K not in a.landscape_Ks):
+        return None
+    key = stage_key("landscape", result.train_folder.name, result.eval_path.parent.name,
+                    a.landscape_sigma, a.landscape_resolution)
+    folder = run / "cache" / f"landscape-{key}"
+    if _done(folder):
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    den = load_checkpoint_denoiser(result.train_folder / "checkpoint.pt", device=config.device)
+    with np.load(result.eval_path, allow_pickle=False) as archive:
+        samples = archive["samples"]
+    row = learned_row(den, train, samples, K=result.K, sigma=a.landscape_sigma,
+                      resolution=a.landscape_resolution)
+    from memgen.io import atomic_file
+
+    with atomic_file(folder / "landscape.npz") as tmp:
+        np.savez(tmp, **row)
+    _mark_done(folder, {"K": result.K, "stage": "landscape",
+                        "seconds": time.perf_counter() - t0})
+    return folder
+
+
+def landscape_figure(run: Path, results, config: SweepConfig) -> list[Path]:
+    """learned_landscape.png and learned_attractors.csv from the cached landscape stages."""
+    from memgen.landscape import write_learned
+
+    rows = []
+    for r in sorted(results, key=lambda r: r.K):
+        if r.landscape_folder is not None:
+            with np.load(r.landscape_folder / "landscape.npz", allow_pickle=False) as archive:
+                rows.append({key: archive[key] for key in archive.files})
+    if not rows:
+        return []
+    write_learned(run, rows, config.analysis.landscape_sigma)
+    return [run / "learned_landscape.png"]

@@ -280,16 +280,33 @@ def phase(data, sigmas, Ks, n_starts, starts, method, max_iter, tol, dtype, data
               help="Numbers of circle points, one panel each.")
 @click.option("--beta", type=float, default=20.0, show_default=True,
               help="Inverse temperature of the kernel energy (β = 1/(2σ²)).")
+@click.option("--checkpoint", "checkpoints", multiple=True, type=click.Path(dir_okay=False),
+              help="Trained 2D toy models (repeatable): also draw each one's learned "
+                   "energy (PF-ODE likelihood) beside the exact one of its training set, "
+                   "with the attractors its samples fall into.")
+@click.option("--sigma", type=float, default=0.387, show_default=True,
+              help="Noise level of the learned and exact energies (t = 0.15).")
+@click.option("--resolution", type=int, default=100, show_default=True,
+              help="Grid points per axis of the learned energy.")
 @click.option("--out", required=True, type=click.Path(file_okay=False))
-def landscape(Ks, beta, out):
-    """2D energy landscapes of unit-circle data with their attractors (project page Fig. 2)."""
-    from memgen.landscape import LandscapeConfig, run_landscape, write_landscape
+def landscape(Ks, beta, checkpoints, sigma, resolution, out):
+    """2D energy landscapes of unit-circle data with their attractors (project page Fig. 2);
+    with --checkpoint, those learned by trained models too."""
+    from memgen.landscape import (LandscapeConfig, checkpoint_rows, run_landscape,
+                                  write_landscape, write_learned)
 
     config = LandscapeConfig(Ks=tuple(Ks), beta=beta)
     check_output_dir(out)
     panels = run_landscape(config)
+    rows = (checkpoint_rows(checkpoints, sigma=sigma, resolution=resolution)
+            if checkpoints else [])
     with atomic_output_dir(out) as tmp:
         write_landscape(tmp, panels, config)
+        if rows:
+            write_learned(tmp, rows, sigma)
+    for row in rows:
+        click.echo(f"K = {row['K']} (trained): {len(row['counts'])} learned attractors, "
+                   f"{int(row['memorized'].sum())} memorized")
     for panel in panels:
         kinds = ", ".join(f"{(panel.kinds == k).sum()} {k}" for k in np.unique(panel.kinds))
         click.echo(f"{panel.title}: {kinds}")

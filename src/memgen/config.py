@@ -99,6 +99,10 @@ class AnalysisConfig:
     rel_min: float = 0.1
     curvature_sigma: float = 0.1
     k: int = 4  # eigenvalues per point (Lanczos above 256 coordinates)
+    landscape: bool = False  # 2D data, trained models: learned vs exact energy (PF-ODE)
+    landscape_Ks: tuple[int, ...] = (2, 9, 1000)  # those of them that the sweep has
+    landscape_sigma: float = 0.387  # σ(t = 0.15) of the toy VE SDE, as in the paper
+    landscape_resolution: int = 100  # grid points per axis
 
 
 @dataclass(frozen=True)
@@ -238,7 +242,8 @@ def check(config: SweepConfig) -> None:
                 "executor.workers": config.executor.workers,
                 "analysis.per_label": config.analysis.per_label,
                 "analysis.n_trials": config.analysis.n_trials,
-                "analysis.steps": config.analysis.steps, "analysis.k": config.analysis.k}
+                "analysis.steps": config.analysis.steps, "analysis.k": config.analysis.k,
+                "analysis.landscape_resolution": config.analysis.landscape_resolution}
     for key, value in positive.items():
         if value < 1:
             raise ValueError(f"{key}: must be at least 1, got {value}")

@@ -124,3 +124,81 @@ def write_landscape(out: Path, panels: list[Panel], config: LandscapeConfig) -> 
             for (x, y), e, kind in zip(panel.attractors, panel.attractor_energy, panel.kinds):
                 writer.writerow([K, f"{x:.6g}", f"{y:.6g}", f"{e:.6g}", kind])
     plot_landscape(panels, EXTENT, beta=config.beta).savefig(out / "landscape.png", dpi=130)
+
+
+# ------------------------------------------------------------------ trained models
+
+LEARNED_SIGMA = 0.387  # σ(t = 0.15) of the toy's VE SDE: where the paper shows the energy
+
+
+def learned_row(denoiser, train: np.ndarray, samples: np.ndarray, *, K: int,
+                sigma: float = LEARNED_SIGMA, sample_sigma: float = 0.032,
+                resolution: int = 100, rtol: float = 1e-3) -> dict:
+    """One row of ``plot_learned_landscape``: a trained 2D model beside the exact energy.
+
+    learned: −log p_σ of the model by the PF-ODE with exact divergence from σ up to 1,
+    where the prior is the exact p_1 of the training set (a trained model is close to
+    the exact denoiser at large σ); exact: −log p_σ of the training set; both absolute, so
+    they share one colour scale. Learned attractors: mean-shift clusters of the model's
+    samples (drawn down to ``sample_sigma``); exact attractors: retrieval at σ.
+    """
+    from memgen.likelihood import (EmpiricalPrior, learned_attractors, learned_energy_grid,
+                                   square_grid)
+
+    patterns = torch.from_numpy(np.asarray(train, dtype=np.float64))
+    grid = learned_energy_grid(denoiser, EXTENT, resolution, sigma, 1.0,
+                               EmpiricalPrior(patterns, 1.0), rtol=rtol, atol=rtol)
+    exact = E.empirical_energy(square_grid(EXTENT, resolution), patterns, sigma)
+    found = learned_attractors(torch.from_numpy(np.asarray(samples, dtype=np.float64)),
+                               sample_sigma, patterns)
+    memory = Memory(patterns, E.kernel_beta(sigma), "kernel")
+    stable = find_attractors(memory, grid_points(40), tol=1e-9, max_iter=5000)
+    return {"K": K, "exact": exact.reshape(resolution, resolution).numpy(),
+            "learned": grid.energy.numpy(), "train": np.asarray(train),
+            "centres": found.centres.numpy(), "counts": found.counts,
+            "memorized": found.memorized,
+            "exact_attractors": stable.points.numpy(), "exact_kinds": np.asarray(stable.kinds, dtype=str),
+            "ode_ok": bool(grid.likelihood.success)}
+
+
+def write_learned(out: Path, rows: list[dict], sigma: float) -> None:
+    """learned_attractors.csv (K, x, y, count, memorized) and learned_landscape.png."""
+    from memgen.io import atomic_file
+    from memgen.report.figures import plot_learned_landscape
+
+    with atomic_file(out / "learned_attractors.csv") as tmp:
+        with tmp.open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["K", "x", "y", "count", "memorized"])
+            for row in rows:
+                for (x, y), n, mem in zip(row["centres"], row["counts"], row["memorized"]):
+                    writer.writerow([row["K"], f"{x:.6g}", f"{y:.6g}", int(n), int(mem)])
+    with atomic_file(out / "learned_landscape.png") as tmp:
+        plot_learned_landscape(rows, EXTENT, sigma).savefig(tmp, dpi=110)
+
+
+def checkpoint_rows(checkpoints, *, sigma: float = LEARNED_SIGMA, n_samples: int = 2000,
+                    seed: int = 0, resolution: int = 100) -> list[dict]:
+    """``learned_row`` for trained toy checkpoints (VE score models of ``memgen train``),
+    each with the train.npz beside it and ``n_samples`` Euler–Maruyama samples (1,000
+    steps from σ = 1 down to σ(t_min) ≈ 0.032, no final denoising)."""
+    from memgen.denoisers import ScoreDenoiser, load_checkpoint_denoiser
+    from memgen.io import load_samples
+    from memgen.samplers import StackedGenerator, initial_noise, sample_euler_maruyama
+
+    rows = []
+    for path in checkpoints:
+        den = load_checkpoint_denoiser(path)
+        if not isinstance(den, ScoreDenoiser):
+            raise ValueError(f"{path}: learned landscapes need a 2D VE score model "
+                             "(memgen train --preset toy-mlp)")
+        train = load_samples(Path(path).with_name("train.npz"), "train.npz")
+        if train.ndim != 2 or train.shape[1] != 2:
+            raise ValueError(f"{path}: the training set is not 2D ({train.shape[1:]})")
+        sigmas = den.schedule.sigmas(1000)
+        gen = StackedGenerator([(seed, i) for i in range(n_samples)])
+        x = initial_noise((n_samples, 2), float(sigmas[0]), gen)
+        samples = sample_euler_maruyama(den, x, sigmas, generator=gen).numpy()
+        rows.append(learned_row(den, train, samples, K=len(train), sigma=sigma,
+                                sample_sigma=float(sigmas[-1]), resolution=resolution))
+    return rows

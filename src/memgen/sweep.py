@@ -40,12 +40,13 @@ class StageResult:
     synth_path: Path
     train_folder: Path | None = None
     analysis_folder: Path | None = None
+    landscape_folder: Path | None = None
 
     def seconds(self) -> dict[str, float]:
         """Wall time of each stage that ran (cached stages keep their first timing)."""
         folders = {"train": self.train_folder, "eval": self.eval_path.parent,
                    "synth": self.synth_path.parent, "classify": self.folder,
-                   "analysis": self.analysis_folder}
+                   "analysis": self.analysis_folder, "landscape": self.landscape_folder}
         out = {}
         for name, folder in folders.items():
             if folder is not None and (folder / "DONE.json").exists():
@@ -223,10 +224,11 @@ def run_K(run: Path, pool: np.ndarray, K: int, config: SweepConfig,
                                            train_folder, train, config, progress)
     result = classify_stage(run, K, train, heldout, eval_key, eval_path, synth_key, synth_path,
                             config)
-    from memgen.analysis import analysis_stage
+    from memgen.analysis import analysis_stage, landscape_stage
 
     result = replace(result, train_folder=train_folder)
-    return replace(result, analysis_folder=analysis_stage(run, result, train, config))
+    return replace(result, analysis_folder=analysis_stage(run, result, train, config),
+                   landscape_folder=landscape_stage(run, result, train, config))
 
 
 # ------------------------------------------------------------------ across K
@@ -316,9 +318,9 @@ def aggregate(run: Path, results: list[StageResult], config: SweepConfig,
     figures = [run / "fractions.png"]
     if pool is not None:
         figures += evidence_figures(run, pool, results, config)
-    from memgen.analysis import analysis_figures
+    from memgen.analysis import analysis_figures, landscape_figure
 
-    figures += analysis_figures(run, results, config)
+    figures += landscape_figure(run, results, config) + analysis_figures(run, results, config)
     from memgen.report.html import write_report
 
     with atomic_file(run / "report.html") as tmp:

@@ -33,10 +33,12 @@ def _timings_table(results) -> str:
     for r in sorted(results, key=lambda r: r.K):
         sec = r.seconds()
         cells = "".join(f"<td>{sec.get(k, 0.0):.1f}</td>"
-                        for k in ("train", "eval", "synth", "classify", "analysis"))
+                        for k in ("train", "eval", "synth", "classify", "analysis",
+                                  "landscape"))
         rows.append(f"<tr><td>{r.K}</td>{cells}</tr>")
     return ("<table><tr><th>K</th><th>train s</th><th>S_eval s</th><th>S′ s</th>"
-            f"<th>classify s</th><th>analysis s</th></tr>{''.join(rows)}</table>")
+            f"<th>classify s</th><th>analysis s</th><th>landscape s</th></tr>"
+            f"{''.join(rows)}</table>")
 
 
 def write_report(path: Path, title: str, config: dict, capacities: dict, results,
