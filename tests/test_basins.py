@@ -21,13 +21,7 @@ A = 1.0  # the two patterns sit at ±A
 TWO = torch.tensor([[A], [-A]], dtype=F64)  # (2, 1)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small ops: a second intra-op thread only adds contention on a shared 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 def _random_patterns(n, d, seed):

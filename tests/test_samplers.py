@@ -34,13 +34,7 @@ class GaussianDenoiser:
         return self.mu + torch.einsum("bij,bj->bi", gain, x - self.mu)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny (N, 2) ops: a second intra-op thread only adds contention on a shared 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 def _gain(s):
