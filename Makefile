@@ -38,6 +38,8 @@ test: install
 
 bench: install
 	$(BIN)/python bench/knn.py
+	$(BIN)/python bench/lpips.py
+	$(BIN)/python bench/stream.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .hypothesis
