@@ -89,6 +89,8 @@ def test_changed_threshold_reruns_only_classification(tmp_path, monkeypatch):
     ("Ks: two\n", "Ks: expected tuple"),
     ("Ks: [2]\ndata: {name: mnist, root: /nonexistent}\n", "mnist"),
     ("Ks: [2\n", "not valid YAML"),
+    ("Ks: [2]\ndevice: cuda\nexecutor: {kind: ray}\n", "executor.gpus_per_task"),
+    ("Ks: [2]\nanalysis: {per_label: 0}\n", "analysis.per_label: must be at least 1"),
 ])
 def test_malformed_configs_fail_before_any_work(tmp_path, text, message):
     config = tmp_path / "bad.yaml"

@@ -229,6 +229,10 @@ def check(config: SweepConfig) -> None:
                          "(pip install 'memgen[ray]')")
     if config.executor.cpus_per_task <= 0 or config.executor.gpus_per_task < 0:
         raise ValueError("executor: cpus_per_task must be positive, gpus_per_task >= 0")
+    if (config.executor.kind == "ray" and config.device.startswith("cuda")
+            and config.executor.gpus_per_task == 0):
+        raise ValueError("executor.gpus_per_task: a cuda sweep on Ray must declare the GPUs "
+                         "each task uses (e.g. 1)")
     if not config.Ks or any(K < 2 for K in config.Ks):
         raise ValueError("Ks: give training-set sizes of at least 2")
     if len(set(config.Ks)) != len(config.Ks):
