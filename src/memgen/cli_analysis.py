@@ -88,7 +88,7 @@ def _save_pairs(path: Path, train: np.ndarray, found) -> None:
 
     order = np.argsort(found.dist)[:16]
     a, b = train[found.pairs[order, 0]], train[found.pairs[order, 1]]
-    captions = [f"#{i} / #{j}  d = {d:.3g}" for (i, j), d in
+    captions = [f"#{i}\n#{j}\nd = {d:.3g}" for (i, j), d in
                 zip(found.pairs[order], found.dist[order])]
     with atomic_file(path) as tmp:
         plot_image_pairs(a, b, captions, title="closest training pairs").savefig(tmp, dpi=110)
@@ -163,7 +163,7 @@ def _sample(checkpoint, n, sampler, steps, seed, device, folder: Path) -> np.nda
 def _save_halves_pairs(path: Path, samples: dict, result) -> None:
     from memgen.report.figures import plot_image_pairs
 
-    captions = [f"seed {i}: d = {d:.3g}" for i, d in enumerate(result.between[:16])]
+    captions = [f"seed {i}\nd = {d:.3g}" for i, d in enumerate(result.between[:16])]
     with atomic_file(path) as tmp:
         plot_image_pairs(samples["a"][:16], samples["b"][:16], captions,
                          title="same noise: model a (top) vs model b (bottom)").savefig(tmp, dpi=110)

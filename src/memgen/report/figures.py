@@ -103,7 +103,7 @@ def plot_image_pairs(top: np.ndarray, bottom: np.ndarray, captions: Sequence[str
                      title: str = ""):
     """Pairs of (N, C, H, W) images in [-1, 1]: column i shows top[i] above bottom[i]."""
     n = len(top)
-    fig, axes = plt.subplots(2, n, figsize=(max(n, 2) * 0.9, 2.2), squeeze=False)
+    fig, axes = plt.subplots(2, n, figsize=(max(n, 2) * 1.0, 2.6), squeeze=False)
     for i in range(n):
         _show(axes[0, i], top[i], captions[i])
         _show(axes[1, i], bottom[i], "")
