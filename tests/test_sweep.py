@@ -175,3 +175,15 @@ def test_trained_2d_landscape_in_the_report(tmp_path):
     with np.load(next((run / "cache").glob("landscape-*")) / "landscape.npz") as d:
         assert d["learned"].shape == d["exact"].shape == (12, 12)
         assert np.isfinite(d["learned"]).all()
+
+
+def test_lpips_sweep_without_weights_fails_before_any_work(tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setenv("MEMGEN_LPIPS_WEIGHTS", str(tmp_path))
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    result = CliRunner().invoke(cli, ["sweep", str(TINY), "--out", str(tmp_path / "run"),
+                                      "--set", "measure.metric=lpips-alex"])
+    assert result.exit_code != 0
+    assert "measure.metric: LPIPS-alex needs alexnet-owt-7be5be79.pth" in result.output
+    assert not (tmp_path / "run").exists()

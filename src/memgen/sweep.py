@@ -97,11 +97,18 @@ def load_pool(config: SweepConfig) -> np.ndarray:
 
 
 def validate_against_data(config: SweepConfig, pool: np.ndarray) -> None:
-    """K must leave room in the pool; fail before any work."""
+    """K must leave room in the pool and the metric's weights must exist; fail before any
+    work rather than after hours of training."""
+    from memgen.metrics.features import get_feature_map
+
     too_big = [K for K in config.Ks if K >= len(pool)]
     if too_big:
         raise ValueError(f"Ks: {too_big} not below the {len(pool)} samples of "
                          f"data.name = {config.data.name}")
+    try:
+        get_feature_map(config.measure.metric)  # LPIPS: loads its weights or says which
+    except ValueError as err:
+        raise ValueError(f"measure.metric: {err}") from None
 
 
 def split(pool: np.ndarray, K: int, config: SweepConfig) -> tuple[np.ndarray, np.ndarray]:
