@@ -187,3 +187,10 @@ def test_lpips_sweep_without_weights_fails_before_any_work(tmp_path, monkeypatch
     assert result.exit_code != 0
     assert "measure.metric: LPIPS-alex needs alexnet-owt-7be5be79.pth" in result.output
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "configs").glob("*.yaml")),
+                         ids=lambda p: p.stem)
+def test_every_shipped_config_is_valid(path):
+    config = load_config(path)
+    assert config.Ks == tuple(sorted(config.Ks)) and config.name
