@@ -101,8 +101,7 @@ def _curvature(den, x: torch.Tensor, config: SweepConfig) -> np.ndarray:
 
 def analysis_figures(run: Path, results, config: SweepConfig) -> list[Path]:
     """critical.png and curvature.png: distributions per label, one group per K."""
-    from memgen.io import atomic_file
-    from memgen.report.figures import plot_by_label
+    from memgen.report.figures import plot_by_label, save_figure
 
     loaded = {}
     for r in sorted(results, key=lambda r: r.K):
@@ -119,9 +118,7 @@ def analysis_figures(run: Path, results, config: SweepConfig) -> list[Path]:
                                for code, label in enumerate(LABEL_NAMES)}
                   for K, d in loaded.items() if key in d}
         if panels:
-            fig = plot_by_label(panels, ylabel=ylabel, title=title, log=log)
-            with atomic_file(run / name) as tmp:
-                fig.savefig(tmp, dpi=130)
+            save_figure(plot_by_label(panels, ylabel=ylabel, title=title, log=log), run / name)
             figures.append(run / name)
     return figures
 

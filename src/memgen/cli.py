@@ -500,8 +500,9 @@ def _null_columns(path: Path) -> list[str]:
 
 
 def _save(fig, out: str, dpi: int) -> None:
-    with atomic_file(out) as tmp:
-        fig.savefig(tmp, dpi=dpi)
+    from memgen.report.figures import save_figure
+
+    save_figure(fig, out, dpi)
     click.echo(f"wrote {out}")
 
 

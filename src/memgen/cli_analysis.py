@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from memgen.io import atomic_file, atomic_output_dir, check_output_dir, load_samples, write_json
+from memgen.io import atomic_output_dir, check_output_dir, load_samples, write_json
 
 METRIC_HELP = "Distance: l2 on pixels or an LPIPS embedding (see memgen classify --help)."
 
@@ -84,14 +84,13 @@ def _training_set(train_path, data, K, data_root) -> np.ndarray:
 
 
 def _save_pairs(path: Path, train: np.ndarray, found) -> None:
-    from memgen.report.figures import plot_image_pairs
+    from memgen.report.figures import plot_image_pairs, save_figure
 
     order = np.argsort(found.dist)[:16]
     a, b = train[found.pairs[order, 0]], train[found.pairs[order, 1]]
     captions = [f"#{i}\n#{j}\nd = {d:.3g}" for (i, j), d in
                 zip(found.pairs[order], found.dist[order])]
-    with atomic_file(path) as tmp:
-        plot_image_pairs(a, b, captions, title="closest training pairs").savefig(tmp, dpi=110)
+    save_figure(plot_image_pairs(a, b, captions, title="closest training pairs"), path, 110)
 
 
 @hygiene.command()
@@ -161,12 +160,11 @@ def _sample(checkpoint, n, sampler, steps, seed, device, folder: Path) -> np.nda
 
 
 def _save_halves_pairs(path: Path, samples: dict, result) -> None:
-    from memgen.report.figures import plot_image_pairs
+    from memgen.report.figures import plot_image_pairs, save_figure
 
     captions = [f"seed {i}\nd = {d:.3g}" for i, d in enumerate(result.between[:16])]
-    with atomic_file(path) as tmp:
-        plot_image_pairs(samples["a"][:16], samples["b"][:16], captions,
-                         title="same noise: model a (top) vs model b (bottom)").savefig(tmp, dpi=110)
+    save_figure(plot_image_pairs(samples["a"][:16], samples["b"][:16], captions,
+                                 title="same noise: model a (top) vs model b (bottom)"), path, 110)
 
 
 # ------------------------------------------------------------------------------ basins
@@ -252,12 +250,11 @@ def _write_table(path: Path, columns: dict) -> None:
 
 def _save_label_figure(path: Path, values: np.ndarray, labels, ylabel: str, title: str,
                        log: bool) -> None:
-    from memgen.report.figures import plot_by_label
+    from memgen.report.figures import plot_by_label, save_figure
 
     groups = {"all": values} if labels is None else {
         name: values[labels == code] for code, name in enumerate(LABELS)}
-    with atomic_file(path) as tmp:
-        plot_by_label({"": groups}, ylabel=ylabel, title=title, log=log).savefig(tmp, dpi=130)
+    save_figure(plot_by_label({"": groups}, ylabel=ylabel, title=title, log=log), path)
 
 
 @click.group()

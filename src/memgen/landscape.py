@@ -164,7 +164,7 @@ def learned_row(denoiser, train: np.ndarray, samples: np.ndarray, *, K: int,
 def write_learned(out: Path, rows: list[dict], sigma: float) -> None:
     """learned_attractors.csv (K, x, y, count, memorized) and learned_landscape.png."""
     from memgen.io import atomic_file
-    from memgen.report.figures import plot_learned_landscape
+    from memgen.report.figures import plot_learned_landscape, save_figure
 
     with atomic_file(out / "learned_attractors.csv") as tmp:
         with tmp.open("w", newline="") as f:
@@ -173,8 +173,7 @@ def write_learned(out: Path, rows: list[dict], sigma: float) -> None:
             for row in rows:
                 for (x, y), n, mem in zip(row["centres"], row["counts"], row["memorized"]):
                     writer.writerow([row["K"], f"{x:.6g}", f"{y:.6g}", int(n), int(mem)])
-    with atomic_file(out / "learned_landscape.png") as tmp:
-        plot_learned_landscape(rows, EXTENT, sigma).savefig(tmp, dpi=110)
+    save_figure(plot_learned_landscape(rows, EXTENT, sigma), out / "learned_landscape.png", 110)
 
 
 def checkpoint_rows(checkpoints, *, sigma: float = LEARNED_SIGMA, n_samples: int = 2000,

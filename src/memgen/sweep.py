@@ -262,15 +262,15 @@ def evidence_figures(run: Path, pool: np.ndarray, results: list[StageResult],
                      config: SweepConfig) -> list[Path]:
     """Samples per label: a 2D scatter for every K, or for images the neighbour grids and
     sample grids of the smallest, a middle and the largest K."""
-    from memgen.io import atomic_file, load_samples
-    from memgen.report.figures import plot_neighbours, plot_sample_grid, plot_samples_2d
+    from memgen.io import load_samples
+    from memgen.report.figures import (plot_neighbours, plot_sample_grid, plot_samples_2d,
+                                       save_figure)
 
     results = sorted(results, key=lambda r: r.K)
     figures = []
 
     def save(fig, name):
-        with atomic_file(run / name) as tmp:
-            fig.savefig(tmp, dpi=110)
+        save_figure(fig, run / name, dpi=110)
         figures.append(run / name)
 
     if pool.ndim == 2 and pool.shape[1] == 2:
@@ -305,7 +305,7 @@ def aggregate(run: Path, results: list[StageResult], config: SweepConfig,
     """fractions.csv, capacities.json, the figures and report.html; returns the capacities."""
     from memgen.io import atomic_file, write_json
     from memgen.metrics.capacity import capacities, read_fraction_table
-    from memgen.report.figures import plot_fractions
+    from memgen.report.figures import plot_fractions, save_figure
 
     with atomic_file(run / "fractions.csv") as tmp:
         write_fractions(tmp, results)
@@ -320,8 +320,7 @@ def aggregate(run: Path, results: list[StageResult], config: SweepConfig,
                       for n in LABEL_NAMES] for r in sorted(results, key=lambda r: r.K)])
     fig = plot_fractions(table.K, table.fractions, table.lo, table.hi,
                          {n: c.value for n, c in caps.items()}, null=null, title=config.name)
-    with atomic_file(run / "fractions.png") as tmp:
-        fig.savefig(tmp, dpi=150)
+    save_figure(fig, run / "fractions.png", dpi=150)
     figures = [run / "fractions.png"]
     if pool is not None:
         figures += evidence_figures(run, pool, results, config)

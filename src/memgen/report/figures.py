@@ -13,6 +13,17 @@ import numpy as np  # noqa: E402
 
 from memgen.metrics.classify import LABEL_NAMES  # noqa: E402
 
+
+def save_figure(fig, path, dpi: int = 130) -> None:
+    """Write ``fig`` to ``path`` atomically (temp file + rename) and release it."""
+    from memgen.io import atomic_file
+
+    try:
+        with atomic_file(path) as tmp:
+            fig.savefig(tmp, dpi=dpi)
+    finally:
+        plt.close(fig)
+
 COLORS = {"memorized": "tab:red", "spurious": "tab:orange", "generalized": "tab:blue"}
 CAPACITY_LABEL = {"MC": "memorized", "SC": "spurious", "GC": "generalized"}
 
