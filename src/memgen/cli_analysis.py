@@ -147,10 +147,10 @@ def halves(checkpoint_a, checkpoint_b, train_a, train_b, n, sampler, steps, seed
 def _sample(checkpoint, n, sampler, steps, seed, device, folder: Path) -> np.ndarray:
     import shutil
 
-    from memgen.cli import _denoiser
+    from memgen.cli_models import denoiser_from_source
     from memgen.generate import GenerateConfig, generate
 
-    den, schedule, shape = _denoiser(checkpoint, None, None, None, None, None, device)
+    den, schedule, shape = denoiser_from_source(checkpoint, None, None, None, None, None, device)
     config = GenerateConfig(n=n, sampler=sampler, steps=steps, seed=seed, name="samples",
                             clip=len(shape) == 3)
     merged = generate(den, shape, schedule, config, folder, device=device, progress=True)

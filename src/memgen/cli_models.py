@@ -1,0 +1,135 @@
+"""Commands that make models and samples: ``memgen train`` and ``memgen generate``.
+
+Registered on the main ``memgen`` group by ``memgen.cli`` (same error handling).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+import numpy as np
+
+from memgen.io import atomic_file, load_samples
+
+
+@click.command()
+@click.option("--data", default="fmnist", show_default=True,
+              help="Data set: fmnist, mnist, cifar10, digits, circle, folder (with --data-root).")
+@click.option("--train", "train_path", type=click.Path(dir_okay=False),
+              help="Train on this sample file instead of --data/--K.")
+@click.option("--K", "K", type=int, help="Training-set size: the first K of the seeded split.")
+@click.option("--split-seed", type=int, help="[3407; 42 for the circle]")
+@click.option("--half", type=click.IntRange(1, 2), default=1, show_default=True,
+              help="1: the first K of the split; 2: the next K, disjoint from them "
+                   "(for memgen hygiene halves).")
+@click.option("--data-root", type=click.Path(file_okay=False))
+@click.option("--preset", default="fmnist-cpu-16", show_default=True,
+              help="Network preset (memgen.nets.PRESETS).")
+@click.option("--objective", type=click.Choice(["vp_eps", "ve_score"]),
+              help="[ve_score for MLP presets, vp_eps for U-Nets]")
+@click.option("--iterations", type=int, default=2000, show_default=True)
+@click.option("--batch-size", type=int, default=128, show_default=True,
+              help="The batch is min(batch-size, K).")
+@click.option("--lr", type=float, default=2e-4, show_default=True)
+@click.option("--ema", "ema_decay", type=float, default=0.9999, show_default=True)
+@click.option("--seed", type=int, default=3407, show_default=True)
+@click.option("--checkpoint-every", type=int, default=1000, show_default=True)
+@click.option("--amp", is_flag=True, help="bfloat16 autocast (CUDA only).")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Run folder: checkpoint.pt, log.jsonl, train.npz; resumes if present.")
+def train(data, train_path, K, split_seed, half, data_root, preset, objective, iterations,
+          batch_size, lr, ema_decay, seed, checkpoint_every, amp, device, out):
+    """Train a diffusion model on a training set (resumes from --out/checkpoint.pt).
+
+    Several processes: torchrun --nproc-per-node N -m memgen train ... (DDP)."""
+    import torch
+
+    from memgen.nets import get_preset
+    from memgen.training import TrainConfig, train as run, training_samples
+
+    net = get_preset(preset)
+    config = TrainConfig(preset=preset, iterations=iterations, batch_size=batch_size, lr=lr,
+                         ema_decay=ema_decay, seed=seed, checkpoint_every=checkpoint_every,
+                         amp=amp, objective=objective or ("ve_score" if net.kind == "mlp"
+                                                          else "vp_eps"))
+    samples = training_samples(net, load_samples(train_path, "--train") if train_path else None,
+                               data, K, split_seed, data_root, half)
+    out = Path(out)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, one process writes
+        with atomic_file(out / "train.npz") as tmp:
+            np.savez(tmp, samples=samples)
+    state = run(config, torch.from_numpy(samples).to(device), out)
+    click.echo(f"trained {state.step} iterations on {len(samples)} samples; "
+               f"wrote {out / 'checkpoint.pt'}")
+
+
+@click.command()
+@click.option("--checkpoint", type=click.Path(dir_okay=False), help="A memgen train checkpoint.")
+@click.option("--exact", "exact_path", type=click.Path(dir_okay=False),
+              help="Use the exact empirical denoiser of this training set (positive control).")
+@click.option("--torchscript", type=click.Path(dir_okay=False),
+              help="A TorchScript ε-model eps = model(x_t, t) (VP, DDPM linear schedule).")
+@click.option("--diffusers", type=click.Path(file_okay=False),
+              help="A diffusers UNet2DModel folder (needs the diffusers extra).")
+@click.option("--shape", type=int, nargs=3, help="C H W of the samples (--torchscript/--diffusers).")
+@click.option("--schedule", type=click.Choice(["vp", "ve"]), default="vp", show_default=True,
+              help="Noise schedule for --exact.")
+@click.option("--n", type=int, required=True, help="Number of samples.")
+@click.option("--sampler", type=click.Choice(["ddpm", "ddim", "euler_maruyama", "heun"]),
+              default=None, help="[ddpm for VP models, euler_maruyama for VE]")
+@click.option("--steps", type=int, help="Sampling steps [the schedule's full ladder].")
+@click.option("--eta", type=float, default=0.0, show_default=True, help="DDIM η.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--batch-size", type=int, default=256, show_default=True)
+@click.option("--shard-size", type=int, default=1000, show_default=True)
+@click.option("--name", default="samples", show_default=True, help="File name of the set.")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--out", required=True, type=click.Path(file_okay=False))
+def generate(checkpoint, exact_path, torchscript, diffusers, shape, schedule, n, sampler, steps,
+             eta, seed, batch_size, shard_size, name, device, out):
+    """Sample a set as npz shards plus a merged NAME.npz (resumable: finished shards are kept)."""
+    from memgen.generate import GenerateConfig, generate as run
+
+    sources = [s for s in (checkpoint, exact_path, torchscript, diffusers) if s]
+    if len(sources) != 1:
+        raise ValueError("give exactly one of --checkpoint, --exact, --torchscript, --diffusers")
+    denoiser, sched, sample_shape = denoiser_from_source(
+        checkpoint, exact_path, torchscript, diffusers, shape, schedule, device)
+    default = "ddpm" if sched.__class__.__name__ == "VPSchedule" else "euler_maruyama"
+    config = GenerateConfig(n=n, sampler=sampler or default, steps=steps, eta=eta, seed=seed,
+                            batch_size=batch_size, shard_size=shard_size, name=name,
+                            clip=len(sample_shape) == 3)
+    merged = run(denoiser, sample_shape, sched, config, Path(out), device=device)
+    click.echo(f"wrote {merged}")
+
+
+def denoiser_from_source(checkpoint, exact_path, torchscript, diffusers, shape, schedule,
+                         device):
+    """(denoiser, schedule, per-sample shape) for the chosen source."""
+    import torch
+
+    from memgen import denoisers as D
+    from memgen.schedules import VESchedule, VPSchedule
+
+    if checkpoint:
+        den = D.load_checkpoint_denoiser(checkpoint, device=device)
+        return den, den.schedule, _checkpoint_shape(checkpoint)
+    if exact_path:
+        train = torch.from_numpy(load_samples(exact_path, "--exact")).to(device)
+        sched = VPSchedule() if schedule == "vp" else VESchedule()
+        return D.EmpiricalDenoiser(train), sched, tuple(train.shape[1:])
+    if shape is None:
+        raise ValueError("--torchscript and --diffusers need --shape C H W")
+    load = D.load_torchscript_denoiser if torchscript else D.load_diffusers_denoiser
+    den = load(torchscript or diffusers, device=device)
+    return den, den.schedule, tuple(shape)
+
+
+def _checkpoint_shape(path) -> tuple[int, ...]:
+    from memgen.training import TrainConfig, load_checkpoint
+
+    net = TrainConfig.from_json(load_checkpoint(path)["config"]).net
+    return (net.dim,) if net.kind == "mlp" else (net.channels, net.image_size, net.image_size)
