@@ -42,7 +42,8 @@ def analysis_stage(run: Path, result, train: np.ndarray, config: SweepConfig) ->
     a = config.analysis
     if not (a.basins or a.curvature):
         return None
-    folder = run / "cache" / f"analysis-{stage_key('analysis', result.folder.name, as_dict(a))}"
+    reads = {k: v for k, v in as_dict(a).items() if not k.startswith("landscape")}
+    folder = run / "cache" / f"analysis-{stage_key('analysis', result.folder.name, reads)}"
     if _done(folder):
         return folder
     folder.mkdir(parents=True, exist_ok=True)
