@@ -37,34 +37,45 @@ def pick_per_label(labels: np.ndarray, per_label: int) -> np.ndarray:
 
 def analysis_stage(run: Path, result, train: np.ndarray, config: SweepConfig) -> Path | None:
     """Run the enabled analyses for one K (a classify StageResult); returns the folder."""
-    from memgen.sweep import _done, _mark_done, stage_key
+    from memgen.sweep import stage_key
 
     a = config.analysis
     if not (a.basins or a.curvature):
         return None
     reads = {k: v for k, v in as_dict(a).items() if not k.startswith("landscape")}
     folder = run / "cache" / f"analysis-{stage_key('analysis', result.folder.name, reads)}"
-    if _done(folder):
-        return folder
-    folder.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    with np.load(result.folder / "labels.npz", allow_pickle=False) as archive:
-        labels = archive["labels"]
-    idx = pick_per_label(labels, a.per_label)
-    with np.load(result.eval_path, allow_pickle=False) as archive:
-        x = torch.from_numpy(archive["samples"][idx]).to(config.device)
-    den, schedule = _model(result.train_folder, train, config)
-    out = {"index": idx, "label": labels[idx]}
-    if a.basins:
-        out.update(_basins(den, schedule, x, config))
-    if a.curvature:
-        out["eigenvalues"] = _curvature(den, x, config)
-    from memgen.io import atomic_file
 
-    with atomic_file(folder / "analysis.npz") as tmp:
-        np.savez(tmp, **out)
-    _mark_done(folder, {"K": result.K, "stage": "analysis", "n": len(idx),
-                        "seconds": time.perf_counter() - t0})
+    def compute() -> dict:
+        with np.load(result.folder / "labels.npz", allow_pickle=False) as archive:
+            labels = archive["labels"]
+        idx = pick_per_label(labels, a.per_label)
+        with np.load(result.eval_path, allow_pickle=False) as archive:
+            x = torch.from_numpy(archive["samples"][idx]).to(config.device)
+        den, schedule = _model(result.train_folder, train, config)
+        out = {"index": idx, "label": labels[idx]}
+        if a.basins:
+            out.update(_basins(den, schedule, x, config))
+        if a.curvature:
+            out["eigenvalues"] = _curvature(den, x, config)
+        return out
+
+    return _cached(folder / "analysis.npz", result.K, "analysis", compute)
+
+
+def _cached(path: Path, K: int, stage: str, compute) -> Path:
+    """A stage that writes one npz: skipped when done, else timed, written atomically and
+    marked done (the same contract as the stages of ``memgen.sweep``)."""
+    from memgen.io import atomic_file
+    from memgen.sweep import _done, _mark_done
+
+    folder = path.parent
+    if not _done(folder):
+        folder.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        arrays = compute()
+        with atomic_file(path) as tmp:
+            np.savez(tmp, **arrays)
+        _mark_done(folder, {"K": K, "stage": stage, "seconds": time.perf_counter() - t0})
     return folder
 
 
@@ -135,7 +146,7 @@ def landscape_stage(run: Path, result, train: np.ndarray, config: SweepConfig) -
     """The learned vs exact landscape of this K (2D trained models, K in landscape_Ks)."""
     from memgen.denoisers import load_checkpoint_denoiser
     from memgen.landscape import learned_row
-    from memgen.sweep import _done, _mark_done, stage_key
+    from memgen.sweep import stage_key
 
     a = config.analysis
     if (not a.landscape or result.train_folder is None or train.ndim != 2
@@ -143,23 +154,17 @@ def landscape_stage(run: Path, result, train: np.ndarray, config: SweepConfig) -
         return None
     key = stage_key("landscape", result.train_folder.name, result.eval_path.parent.name,
                     a.landscape_sigma, a.landscape_resolution)
-    folder = run / "cache" / f"landscape-{key}"
-    if _done(folder):
-        return folder
-    folder.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    den = load_checkpoint_denoiser(result.train_folder / "checkpoint.pt", device=config.device)
-    with np.load(result.eval_path, allow_pickle=False) as archive:
-        samples = archive["samples"]
-    row = learned_row(den, train, samples, K=result.K, sigma=a.landscape_sigma,
-                      resolution=a.landscape_resolution)
-    from memgen.io import atomic_file
 
-    with atomic_file(folder / "landscape.npz") as tmp:
-        np.savez(tmp, **row)
-    _mark_done(folder, {"K": result.K, "stage": "landscape",
-                        "seconds": time.perf_counter() - t0})
-    return folder
+    def compute() -> dict:
+        den = load_checkpoint_denoiser(result.train_folder / "checkpoint.pt",
+                                       device=config.device)
+        with np.load(result.eval_path, allow_pickle=False) as archive:
+            samples = archive["samples"]
+        return learned_row(den, train, samples, K=result.K, sigma=a.landscape_sigma,
+                           resolution=a.landscape_resolution)
+
+    return _cached(run / "cache" / f"landscape-{key}" / "landscape.npz", result.K, "landscape",
+                   compute)
 
 
 def landscape_figure(run: Path, results, config: SweepConfig) -> list[Path]:

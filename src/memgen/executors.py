@@ -45,7 +45,7 @@ def execute(config: SweepConfig, run: Path, pool: np.ndarray,
     else:
         results = []
         for K in Ks:
-            results.append(run_K(run, pool, K, config, progress=bar.disable is False))
+            results.append(run_K(run, pool, K, config, progress=not bar.disable))
             bar.update(1)
     bar.close()
     return sorted(results, key=lambda r: r.K)
