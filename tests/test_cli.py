@@ -265,6 +265,39 @@ def test_classify_heldout_reports_null_rates(tmp_path):
     np.testing.assert_array_equal(arrays["labels"], data["truth"])
 
 
+def test_classify_heldout_reports_quality(tmp_path):
+    """prdc of S_eval vs the held-out reference part, a disjoint baseline, per-label precision."""
+    import contextlib
+    import io
+
+    from memgen.metrics.quality import heldout_split
+
+    prdc_package = pytest.importorskip("prdc")
+    data = planted(tmp_path)
+    p, out = data["paths"], tmp_path / "out"
+    result = ok(run("classify", "--train", p["train"], "--eval", p["eval"], "--synth", p["synth"],
+                    "--heldout", p["heldout"], "--out", out))
+    summary, arrays = read_out(out)
+    q = summary["quality"]
+    ref, base = heldout_split(40, 15, seed=0)
+    assert (q["k"], q["n_real"], q["n_fake"], q["baseline"]["n"]) == (5, 25, 15, 15)
+    heldout = flat(data["heldout"])
+    with contextlib.redirect_stdout(io.StringIO()):
+        expected = prdc_package.compute_prdc(heldout[ref], flat(data["eval"]), 5)
+        expected_base = prdc_package.compute_prdc(heldout[ref], heldout[base], 5)
+    for name in ("precision", "recall", "density", "coverage"):
+        assert q[name] == pytest.approx(float(expected[name]), abs=1e-6)
+        assert q["baseline"][name] == pytest.approx(float(expected_base[name]), abs=1e-6)
+    radii = np.sort(pairwise(heldout[ref], heldout[ref]), axis=1)[:, 5]  # k = 5, self at 0
+    inside = (pairwise(data["eval"], heldout[ref]) < radii).any(axis=1)
+    for code, name in enumerate(LABELS):
+        want = inside[arrays["labels"] == code].mean()
+        assert q["precision_by_label"][name] == pytest.approx(want, abs=1e-12)
+    assert "quality vs held-out" in result.output and "precision by label" in result.output
+    assert f"precision {q['precision']:.3f} (held-out {q['baseline']['precision']:.3f})" \
+        in result.output
+
+
 def test_classify_calibrate_uses_calibrated_thresholds(tmp_path):
     data = planted(tmp_path)
     p, out = data["paths"], tmp_path / "out"

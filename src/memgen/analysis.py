@@ -51,7 +51,7 @@ def analysis_stage(run: Path, result, train: np.ndarray, config: SweepConfig) ->
         idx = pick_per_label(labels, a.per_label)
         with np.load(result.eval_path, allow_pickle=False) as archive:
             x = torch.from_numpy(archive["samples"][idx]).to(config.device)
-        den, schedule = _model(result.train_folder, train, config)
+        den, schedule = _model(result.checkpoint, train, config)
         out = {"index": idx, "label": labels[idx]}
         if a.basins:
             out.update(_basins(den, schedule, x, config))
@@ -79,12 +79,12 @@ def _cached(path: Path, K: int, stage: str, compute) -> Path:
     return folder
 
 
-def _model(train_folder: Path | None, train: np.ndarray, config: SweepConfig):
+def _model(checkpoint: Path | None, train: np.ndarray, config: SweepConfig):
     from memgen.denoisers import EmpiricalDenoiser, load_checkpoint_denoiser
 
-    if train_folder is None:
+    if checkpoint is None:
         return EmpiricalDenoiser(torch.from_numpy(train).to(config.device)), None
-    den = load_checkpoint_denoiser(train_folder / "checkpoint.pt", device=config.device,
+    den = load_checkpoint_denoiser(checkpoint, device=config.device,
                                    clip=False)  # curvature needs the model's own score
     return den, den.schedule
 
@@ -149,15 +149,14 @@ def landscape_stage(run: Path, result, train: np.ndarray, config: SweepConfig) -
     from memgen.sweep import stage_key
 
     a = config.analysis
-    if (not a.landscape or result.train_folder is None or train.ndim != 2
+    if (not a.landscape or result.checkpoint is None or train.ndim != 2
             or train.shape[1] != 2 or result.K not in a.landscape_Ks):
         return None
     key = stage_key("landscape", result.train_folder.name, result.eval_path.parent.name,
                     a.landscape_sigma, a.landscape_resolution)
 
     def compute() -> dict:
-        den = load_checkpoint_denoiser(result.train_folder / "checkpoint.pt",
-                                       device=config.device)
+        den = load_checkpoint_denoiser(result.checkpoint, device=config.device)
         with np.load(result.eval_path, allow_pickle=False) as archive:
             samples = archive["samples"]
         return learned_row(den, train, samples, K=result.K, sigma=a.landscape_sigma,

@@ -14,6 +14,7 @@ from memgen import __version__
 from memgen.io import check_same_shape, write_json
 from memgen.metrics.classify import Neighbours, Rule, apply_rule, find_neighbours, make_rule
 from memgen.metrics.null import DEFAULT_ALPHA, NullResult, null_rates
+from memgen.metrics.quality import HeldoutQuality, quality_summary, quality_vs_heldout
 from memgen.metrics.stats import DEFAULT_RESAMPLES, FractionEstimate, estimate_fractions
 
 
@@ -49,12 +50,17 @@ class Audit:
     null: NullResult | None
     n_train: int
     n_synth: int
+    quality: HeldoutQuality | None = None  # prdc vs held-out data (metrics.quality)
 
 
 def classify_sets(eval_set: np.ndarray, train: np.ndarray, synth=None,
                   heldout: np.ndarray | None = None, config: ClassifyConfig = ClassifyConfig(),
                   progress: bool = False, state=None) -> Audit:
-    """Label every evaluated sample; with held-out data, also the null rates.
+    """Label every evaluated sample; with held-out data, also the null rates and quality.
+
+    Quality (precision, recall, density, coverage in the metric's feature space): the
+    evaluated set against the reference part of ``heldout``, and a baseline held-out
+    part of the evaluated set's size (``metrics.quality.heldout_split``, config seed).
 
     synth: an array, None (S_eval is its own synthetic set), or a ShardSet streamed from
     disk (``state``: its restart file, see ``memgen.metrics.stream``).
@@ -85,9 +91,13 @@ def classify_sets(eval_set: np.ndarray, train: np.ndarray, synth=None,
             rule = null.calibrated
     near = find_neighbours(eval_set, train, synth, state=state, **common)
     labels = apply_rule(near.train_dist, near.synth_dist, rule)
+    quality = None if heldout is None else quality_vs_heldout(
+        eval_set, heldout, metric=config.metric, k=config.k, seed=config.seed,
+        memory_budget=config.memory_budget, backend=config.backend)
     return Audit(config=config, rule=rule, labels=labels, neighbours=near, null=null,
                  estimate=estimate_fractions(labels, config.n_resamples, config.seed),
-                 n_train=len(train), n_synth=len(eval_set) if synth is None else n_synth)
+                 n_train=len(train), n_synth=len(eval_set) if synth is None else n_synth,
+                 quality=quality)
 
 
 def summary(audit: Audit) -> dict:
@@ -99,6 +109,8 @@ def summary(audit: Audit) -> dict:
                    n_synth=audit.n_synth, calibrated=audit.config.calibrate)
     if audit.null is not None:
         payload["null"] = audit.null.as_dict()
+        payload["quality"] = (None if audit.quality is None
+                              else quality_summary(audit.quality, audit.labels))
     payload.update(config=asdict(audit.config), version=__version__)
     return payload
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -142,15 +143,13 @@ def _synth_set(path):
 @click.option("--out", type=click.Path(dir_okay=False), help="Also write the JSON here.")
 def capacities(fractions_csv, epsilon, n_resamples, seed, out):
     """Memorization, spurious and generalization capacities (eqs. 1-3) of a fractions.csv."""
-    from memgen.metrics.capacity import capacities as compute, read_fraction_table
+    from memgen.metrics.capacity import capacities as compute, describe, read_fraction_table
 
     result = compute(read_fraction_table(fractions_csv), epsilon, n_resamples, seed)
     payload = {name: c.as_dict() for name, c in result.items()}
     payload["epsilon"] = epsilon
-    for name, c in result.items():
-        value = "not reached" if c.value is None else f"K = {c.value}"
-        interval = "" if c.lo is None else f"   95% CI [{c.lo}, {c.hi}]"
-        click.echo(f"{name}: {value}{interval}")
+    for c in result.values():
+        click.echo(describe(c))
     if out:
         with atomic_file(out) as tmp:
             write_json(tmp, payload)
@@ -173,7 +172,7 @@ def plot_fractions_cmd(fractions_csv, epsilon, out):
     table = read_fraction_table(fractions_csv)
     caps = compute(table, epsilon, n_resamples=1)
     fig = plot_fractions(table.K, table.fractions, table.lo, table.hi,
-                         capacities={n: c.value for n, c in caps.items()})
+                         capacities={n: c.value for n, c in caps.items()}, null=table.null)
     _save(fig, out, dpi=150)
 
 
@@ -326,7 +325,9 @@ def landscape(Ks, beta, checkpoints, sigma, resolution, out):
 @click.option("--address", default=None,
               help="Ray cluster to join (e.g. auto or ray://head:10001); the run folder "
                    "must be on a file system every node sees.")
-def sweep(config_path, out, overrides, dry_run, executor, workers, address):
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="torch threads per K (overrides executor.cpus_per_task) [1].")
+def sweep(config_path, out, overrides, dry_run, executor, workers, address, threads):
     """Fractions of memorized/spurious/generalized samples against K (paper Fig. 2).
 
     Stages are cached by a hash of the settings they read: rerunning resumes a killed
@@ -335,7 +336,8 @@ def sweep(config_path, out, overrides, dry_run, executor, workers, address):
     from memgen.config import load_config
     from memgen.sweep import plan, run_sweep
 
-    flags = {"kind": executor, "workers": workers, "address": address}
+    flags = {"kind": executor, "workers": workers, "address": address,
+             "cpus_per_task": threads}
     overrides = list(overrides) + [f"executor.{key}={value}" for key, value in flags.items()
                                    if value is not None]
     config = load_config(config_path, overrides)
@@ -348,34 +350,53 @@ def sweep(config_path, out, overrides, dry_run, executor, workers, address):
 
 
 def _print_sweep(run: Path, caps: dict) -> None:
-    """One screen: fractions with 95% intervals and null rates per K, the capacities."""
-    from memgen.metrics.capacity import read_fraction_table
+    """One screen: fractions with 95% intervals, null rates and the precision of the
+    evaluated samples (and of held-out data) per K; the capacities; τ_mem if measured."""
+    from memgen.metrics.capacity import Capacity, describe, read_fraction_table
 
     table = read_fraction_table(run / "fractions.csv")
-    null = _null_columns(run / "fractions.csv")
-    click.echo(f"{'K':>6}  {'memorized':^22}{'spurious':^22}{'generalized':^22}  null m/s/g")
+    extra = _extra_columns(run / "fractions.csv")
+    click.echo(f"{'K':>6}  {'memorized':^22}{'spurious':^22}{'generalized':^22}  null m/s/g"
+               "      precision (held-out)")
     for i, K in enumerate(table.K):
         cells = "".join(f"{table.fractions[i, j]:6.3f} [{table.lo[i, j]:.3f},{table.hi[i, j]:.3f}] "
                         for j in range(3))
-        click.echo(f"{K:>6}  {cells} {null[i]}")
+        click.echo(f"{K:>6}  {cells} {extra[i]}")
     for name in ("MC", "SC", "GC"):
-        c = caps[name]
-        value = "not reached" if c["value"] is None else f"K = {c['value']}"
-        interval = ""
-        if c["ci95"][0] is not None:
-            interval = (f"  (reached in {c['reached_share']:.0%} of bootstrap resamples; "
-                        f"there 95% CI {c['ci95'][0]}-{c['ci95'][1]})")
-        click.echo(f"{name}: {value}{interval}")
+        click.echo(describe(Capacity.from_dict(name, caps[name])))
+    if (run / "timescale.json").exists():
+        _print_timescale(json.loads((run / "timescale.json").read_text()))
     click.echo(f"report: {run / 'report.html'}")
 
 
-def _null_columns(path: Path) -> list[str]:
+def _print_timescale(timescale: dict) -> None:
+    censored = set(timescale["tau_mem_censored"])
+
+    def shown(K: str, tau) -> str:
+        return "-" if tau is None else ("≤" if int(K) in censored else "") + str(tau)
+
+    taus = "  ".join(f"K={K}: {shown(K, t)}" for K, t in timescale["tau_mem"].items())
+    click.echo(f"τ_mem (steps to memorized ≥ {timescale['threshold']}): {taus}")
+    fit = timescale.get("fit")
+    if fit:
+        click.echo(f"τ_mem ∝ K^b: b = {fit['exponent']:.2f} (95% CI {fit['ci95'][0]:.2f}–"
+                   f"{fit['ci95'][1]:.2f}, {fit['n_points']} K)")
+    else:
+        click.echo(f"τ_mem ∝ K^b: no fit ({timescale.get('fit_note', '')})")
+
+
+def _extra_columns(path: Path) -> list[str]:
+    """Per K: the null rates m/s/g and the precision (held-out baseline), '-' if absent."""
     import csv
 
+    def number(r, key, digits):
+        return f"{float(r[key]):.{digits}f}" if r.get(key) else "-"
+
     with path.open(newline="") as f:
-        return ["/".join(f"{float(r[f'null_{n}']):.2f}" if r.get(f"null_{n}") else "-"
-                         for n in ("memorized", "spurious", "generalized"))
-                for r in sorted(csv.DictReader(f), key=lambda r: int(r["K"]))]
+        rows = sorted(csv.DictReader(f), key=lambda r: int(r["K"]))
+    return ["/".join(number(r, f"null_{n}", 2) for n in ("memorized", "spurious", "generalized"))
+            + f"  {number(r, 'precision', 3):>9} ({number(r, 'baseline_precision', 3)})"
+            for r in rows]
 
 
 def _save(fig, out: str, dpi: int) -> None:
@@ -402,6 +423,21 @@ def _print_summary(payload: dict) -> None:
         lo, hi = payload["ci95"][name]
         line = f"{name:<12}{value:>10.4f}{f'[{lo:.4f}, {hi:.4f}]':>20}"
         click.echo(line + (f"{null[name]:>12.4f}" if null else ""))
+    if payload.get("quality"):
+        _print_quality(payload["quality"])
+
+
+def _print_quality(quality: dict) -> None:
+    """The quality line (prdc vs held-out data, the held-out baseline in parentheses)."""
+    base = quality.get("baseline") or {}
+    cells = "  ".join(f"{name} {quality[name]:.3f}"
+                      + (f" (held-out {base[name]:.3f})" if name in base else "")
+                      for name in ("precision", "recall", "density", "coverage"))
+    click.echo(f"quality vs held-out (k = {quality['k']}, {quality['n_real']} reference "
+               f"samples): {cells}")
+    by_label = "  ".join(f"{name} {'-' if value is None else f'{value:.3f}'}"
+                         for name, value in quality["precision_by_label"].items())
+    click.echo(f"precision by label: {by_label}")
 
 
 def _load_labels(path: str, n_eval: int) -> dict:
@@ -432,9 +468,10 @@ def _choose(labels: np.ndarray, per_label: int, seed: int) -> dict:
 
 def _register_analysis_commands() -> None:
     from memgen.cli_analysis import basins, hygiene
+    from memgen.cli_diagnose import diagnose
     from memgen.cli_models import generate, train
 
-    for command in (train, generate, hygiene, basins):
+    for command in (train, generate, hygiene, basins, diagnose):
         cli.add_command(command)
 
 

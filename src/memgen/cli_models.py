@@ -30,6 +30,9 @@ from memgen.io import atomic_file, load_samples
 @click.option("--objective", type=click.Choice(["vp_eps", "ve_score"]),
               help="[ve_score for MLP presets, vp_eps for U-Nets]")
 @click.option("--iterations", type=int, default=2000, show_default=True)
+@click.option("--snapshot", "snapshots", type=int, multiple=True,
+              help="Also keep the state after this many steps in --out/snapshots/ "
+                   "(repeatable; the last step is always kept).")
 @click.option("--batch-size", type=int, default=128, show_default=True,
               help="The batch is min(batch-size, K).")
 @click.option("--lr", type=float, default=2e-4, show_default=True)
@@ -41,7 +44,7 @@ from memgen.io import atomic_file, load_samples
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="Run folder: checkpoint.pt, log.jsonl, train.npz; resumes if present.")
 def train(data, train_path, K, split_seed, half, data_root, preset, objective, iterations,
-          batch_size, lr, ema_decay, seed, checkpoint_every, amp, device, out):
+          snapshots, batch_size, lr, ema_decay, seed, checkpoint_every, amp, device, out):
     """Train a diffusion model on a training set (resumes from --out/checkpoint.pt).
 
     Several processes: torchrun --nproc-per-node N -m memgen train ... (DDP)."""
@@ -51,7 +54,8 @@ def train(data, train_path, K, split_seed, half, data_root, preset, objective, i
     from memgen.training import TrainConfig, train as run, training_samples
 
     net = get_preset(preset)
-    config = TrainConfig(preset=preset, iterations=iterations, batch_size=batch_size, lr=lr,
+    config = TrainConfig(preset=preset, network=net.to_dict(), iterations=iterations,
+                         snapshots=tuple(sorted(set(snapshots))), batch_size=batch_size, lr=lr,
                          ema_decay=ema_decay, seed=seed, checkpoint_every=checkpoint_every,
                          amp=amp, objective=objective or ("ve_score" if net.kind == "mlp"
                                                           else "vp_eps"))
@@ -128,8 +132,13 @@ def denoiser_from_source(checkpoint, exact_path, torchscript, diffusers, shape, 
     return den, den.schedule, tuple(shape)
 
 
-def _checkpoint_shape(path) -> tuple[int, ...]:
+def checkpoint_net(path):
+    """The NetConfig a ``memgen train`` checkpoint was trained with."""
     from memgen.training import TrainConfig, load_checkpoint
 
-    net = TrainConfig.from_json(load_checkpoint(path)["config"]).net
+    return TrainConfig.from_json(load_checkpoint(path)["config"]).net
+
+
+def _checkpoint_shape(path) -> tuple[int, ...]:
+    net = checkpoint_net(path)
     return (net.dim,) if net.kind == "mlp" else (net.channels, net.image_size, net.image_size)

@@ -17,7 +17,10 @@ from pathlib import Path
 
 import yaml
 
+import torch
+
 from memgen.metrics.features import FEATURE_MAPS
+from memgen.nets import NetConfig, get_preset
 
 
 @dataclass(frozen=True)
@@ -29,8 +32,12 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
+    """The model of every K. A network is a preset (memgen.nets.PRESETS) or described in
+    full under ``net`` (the fields of memgen.nets.NetConfig; unset ones keep its defaults)."""
+
     kind: str = "network"  # network | exact (the empirical denoiser: no training)
-    preset: str = "toy-mlp"
+    preset: str | None = None  # None: toy-mlp, unless net is given
+    net: NetConfig | None = None
     objective: str | None = None  # None: ve_score for MLPs, vp_eps for U-Nets
     schedule: str = "ve"  # for kind = exact: vp | ve
 
@@ -38,6 +45,8 @@ class ModelConfig:
 @dataclass(frozen=True)
 class TrainSection:
     iterations: int = 8000
+    # step counts (< iterations) at which the run is also measured: the training-time axis
+    snapshots: tuple[int, ...] = ()
     batch_size: int = 128
     fixed_batch: bool = False  # B draws with replacement for any K (else min(B, K))
     lr: float = 2e-3
@@ -53,6 +62,9 @@ class SampleConfig:
     steps: int | None = None
     eta: float = 0.0
     final_denoise: bool = False  # end with a σ = 0 step (VE ladders stop at σ(t_min))
+    # stop at this VE noise level and retrieve x ← D(x, σ) to its fixed point (with the
+    # exact denoiser: the attractors of E_σ, the positive control for spurious states)
+    stop_sigma: float | None = None
     n_eval: int = 1000
     synth_multiplier: int = 4  # |S'| = multiplier · K
     min_synth: int = 0  # |S'| = max(multiplier · K, min_synth)
@@ -130,6 +142,11 @@ CHOICES = {
 }
 
 
+def network(model: ModelConfig) -> NetConfig:
+    """The network a model section describes."""
+    return model.net if model.net is not None else get_preset(model.preset or "toy-mlp")
+
+
 def load_config(path: str | Path, overrides: typing.Sequence[str] = ()) -> SweepConfig:
     """Read a YAML sweep config, apply ``key=value`` overrides, build and check it."""
     path = Path(path)
@@ -169,6 +186,10 @@ def build(cls, tree, where: str):
     unknown = sorted(set(tree) - set(known))
     if unknown:
         raise ValueError(f"{_join(where, unknown[0])}: unknown key (known: {', '.join(known)})")
+    missing = [f.name for f in fields(cls) if f.name not in tree
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ValueError(f"{_join(where, missing[0])}: required")
     hints = typing.get_type_hints(cls)
     values = {name: _coerce(hints[name], tree[name], _join(where, name))
               for name in tree}
@@ -184,6 +205,8 @@ def _coerce(hint, value, where: str):
     for option in options:
         if option is type(None):
             continue
+        if dataclasses.is_dataclass(option):
+            return build(option, value, where)
         ok, out = _as_type(option, value)
         if ok:
             return out
@@ -233,6 +256,13 @@ def check(config: SweepConfig) -> None:
             and config.executor.gpus_per_task == 0):
         raise ValueError("executor.gpus_per_task: a cuda sweep on Ray must declare the GPUs "
                          "each task uses (e.g. 1)")
+    _check_model(config.model)
+    if config.sample.stop_sigma is not None and (not config.sample.stop_sigma > 0
+                                                 or config.sample.final_denoise):
+        raise ValueError("sample.stop_sigma: must be positive, and excludes final_denoise")
+    if any(not 0 < n < config.train.iterations for n in config.train.snapshots):
+        raise ValueError("train.snapshots: step counts must lie between 0 and train.iterations "
+                         f"({config.train.iterations}), got {list(config.train.snapshots)}")
     if not config.Ks or any(K < 2 for K in config.Ks):
         raise ValueError("Ks: give training-set sizes of at least 2")
     if len(set(config.Ks)) != len(config.Ks):
@@ -251,6 +281,20 @@ def check(config: SweepConfig) -> None:
     for key, value in positive.items():
         if value < 1:
             raise ValueError(f"{key}: must be at least 1, got {value}")
+
+
+def _check_model(model: ModelConfig) -> None:
+    """The network must exist and build (checked on the meta device: no memory, no time)."""
+    if model.kind == "exact":
+        return
+    if model.net is not None and model.preset is not None:
+        raise ValueError("model: give model.preset or model.net, not both")
+    try:
+        net = network(model)
+        with torch.device("meta"):
+            net.build()
+    except ValueError as err:
+        raise ValueError(f"model.{'net' if model.net is not None else 'preset'}: {err}") from None
 
 
 def as_dict(config) -> dict:

@@ -43,12 +43,25 @@ def execute(config: SweepConfig, run: Path, pool: np.ndarray,
     elif ex.workers > 1:
         results = _process_pool(config, run, Ks, bar)
     else:
+        results = _here(config, run, pool, Ks, bar)
+    bar.close()
+    return sorted(results, key=lambda r: r.K)
+
+
+def _here(config: SweepConfig, run: Path, pool: np.ndarray, Ks: Iterable[int],
+          bar) -> list[StageResult]:
+    """In this process, with torch's threads set to the task's CPU share meanwhile (two
+    threads on a core that another process holds wait on each other: 20–40× slower)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, int(config.executor.cpus_per_task)))
+    try:
         results = []
         for K in Ks:
             results.append(run_K(run, pool, K, config, progress=not bar.disable))
             bar.update(1)
-    bar.close()
-    return sorted(results, key=lambda r: r.K)
+        return results
+    finally:
+        torch.set_num_threads(before)
 
 
 def _process_pool(config: SweepConfig, run: Path, Ks: Iterable[int], bar) -> list[StageResult]:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from memgen.samplers import StackedGenerator, get_sampler
+from memgen.samplers import StackedGenerator, get_sampler, retrieve_fixed_point, truncate_ladder
 from memgen.schedules import VESchedule, VPSchedule
 
 
@@ -36,10 +36,15 @@ class GenerateConfig:
     name: str = "samples"
     clip: bool = True  # clip the final samples to [−1, 1] (images)
     final_denoise: bool = False  # end the ladder with σ = 0 (one last denoising step)
+    # stop the ladder at this VE noise level and retrieve x ← D(x, σ) to a fixed point: with
+    # the exact denoiser, the attractors of E_σ (mixture minima: a known spurious generator)
+    stop_sigma: float | None = None
 
     def __post_init__(self):
         if self.n < 1 or self.batch_size < 1 or self.shard_size < 1:
             raise ValueError("n, batch_size and shard_size must be at least 1")
+        if self.stop_sigma is not None and (self.final_denoise or not self.stop_sigma > 0):
+            raise ValueError("stop_sigma must be positive and excludes final_denoise")
         get_sampler(self.sampler)  # ValueError for unknown samplers
         if not self.name or "/" in self.name:
             raise ValueError(f"bad set name {self.name!r}")
@@ -70,6 +75,8 @@ def generate(denoiser, shape: tuple[int, ...], schedule, config: GenerateConfig,
     sigmas = ladder(schedule, config.steps)
     if config.final_denoise and float(sigmas[-1]) > 0:
         sigmas = torch.cat([sigmas, sigmas.new_zeros(1)])
+    if config.stop_sigma is not None:
+        sigmas = truncate_ladder(sigmas, config.stop_sigma)
     n_shards = math.ceil(config.n / config.shard_size)
     bar = tqdm(total=config.n, desc=f"generate {config.name}", unit="sample",
                disable=not progress)
@@ -99,6 +106,8 @@ def _draw(denoiser, shape, sigmas, schedule, config, lo, hi, device, dtype) -> n
         generator = StackedGenerator([sample_seed(config.seed, i) for i in range(b0, b1)])
         x = std * generator.randn((b1 - b0, *shape)).to(device=device, dtype=dtype)
         x = sampler(denoiser, x, sigmas.to(device), generator=generator, **options)
+        if config.stop_sigma is not None:
+            x = retrieve_fixed_point(denoiser, x, config.stop_sigma)
         chunks.append((x.clamp(-1, 1) if config.clip else x).float().cpu().numpy())
     return np.concatenate(chunks)
 

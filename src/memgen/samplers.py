@@ -207,6 +207,31 @@ def sample_ddim(denoiser, x, sigmas, *, eta=0.0, generator=None, callback=None):
     return x
 
 
+@torch.no_grad()
+def retrieve_fixed_point(denoiser, x, sigma: float, *, tol: float = 1e-6, max_iter: int = 500):
+    """x ← D(x, σ) until no coordinate moves more than ``tol`` (or ``max_iter`` rounds).
+
+    For the exact denoiser this is the fixed-point (CCCP) retrieval on the empirical energy
+    E_σ, which never raises it: every sample ends in the attractor whose basin it is in —
+    a stored pattern, or a mixture minimum where E_σ has them (spurious states).
+    """
+    for _ in range(max_iter):
+        x_next = denoiser(x, sigma)
+        done = (x_next - x).abs().max() <= tol
+        x = x_next
+        if done:
+            break
+    return x
+
+
+def truncate_ladder(sigmas: torch.Tensor, stop_sigma: float) -> torch.Tensor:
+    """The levels of a decreasing ladder above ``stop_sigma``, then stop_sigma itself."""
+    if not stop_sigma > 0:
+        raise ValueError(f"stop_sigma must be positive, got {stop_sigma}")
+    kept = sigmas[sigmas > stop_sigma]
+    return torch.cat([kept, kept.new_full((1,), stop_sigma)])
+
+
 SAMPLERS = {
     "ddpm": sample_ddpm,
     "ddim": sample_ddim,

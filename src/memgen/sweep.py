@@ -1,7 +1,9 @@
 """Sweeps over the training-set size K: config → cached stages → fractions and capacities.
 
 Per K: split → train (skipped for the exact denoiser) → generate S_eval and S′
-(separately seeded) → classify (with null rates from held-out real data). Every stage
+(separately seeded) → classify (with null rates from held-out real data); with
+``train.snapshots``, generate and classify also run on the states the one training run kept
+after those step counts (the training-time axis, never retraining). Every stage
 writes into ``RUN/cache/<stage>-<key>/``, where the key hashes the config slice the stage
 reads and the keys of its inputs, and marks completion with an atomically written
 ``DONE.json``; a stage whose folder is done is skipped. So a killed sweep resumes where it
@@ -23,10 +25,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from memgen.config import SweepConfig, as_dict
+from memgen.config import SweepConfig, as_dict, network
 from memgen.metrics.classify import LABEL_NAMES
+from memgen.training import snapshot_path
 
-STAGE_VERSION = 1  # bump when a stage's output format changes
+STAGE_VERSION = 2  # bump when a stage's output format changes
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,9 @@ class StageResult:
     eval_path: Path
     synth_path: Path
     train_folder: Path | None = None
+    checkpoint: Path | None = None  # the state that made the sets (None: exact denoiser)
+    steps: int | None = None  # its training steps
+    snapshots: tuple["StageResult", ...] = ()  # the same K after fewer steps (ascending)
     analysis_folder: Path | None = None
     landscape_folder: Path | None = None
 
@@ -70,12 +76,6 @@ def _mark_done(folder: Path, payload: dict) -> None:
     os.replace(tmp, folder / "DONE.json")
 
 
-def _atomic_npz(path: Path, samples: np.ndarray) -> None:
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, samples=samples)
-    os.replace(tmp, path)
-
-
 # ------------------------------------------------------------------------ data
 
 
@@ -88,11 +88,10 @@ def split_seed(config: SweepConfig) -> int:
 def load_pool(config: SweepConfig) -> np.ndarray:
     """The training pool, resized to the model's image size."""
     from memgen.data import load_dataset, resize_images
-    from memgen.nets import get_preset
 
     pool = load_dataset(config.data.name, "train", config.data.root)
     if config.model.kind == "network" and pool.ndim == 4:
-        pool = resize_images(pool, get_preset(config.model.preset).image_size)
+        pool = resize_images(pool, network(config.model).image_size)
     return pool
 
 
@@ -124,59 +123,78 @@ def split(pool: np.ndarray, K: int, config: SweepConfig) -> tuple[np.ndarray, np
 
 def train_stage(run: Path, train: np.ndarray, K: int, config: SweepConfig,
                 progress: bool) -> tuple[str, Path | None]:
-    """Train (network models) or nothing (exact denoiser); returns (key, folder)."""
+    """Train (network models) or nothing (exact denoiser); returns (key, folder).
+
+    One folder per trajectory: a longer budget or a new snapshot resumes the run there.
+    """
     key = train_key(K, config)
     if config.model.kind == "exact":
         return key, None
     from memgen.training import train as run_training
 
     folder = run / "cache" / f"train-{key}"
-    if not _done(folder):
+    wanted = train_config(config)
+    if not all(snapshot_path(folder, n).exists() for n in wanted.saved_steps):
         folder.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
-        run_training(train_config(config), torch.from_numpy(train).to(config.device), folder,
+        run_training(wanted, torch.from_numpy(train).to(config.device), folder,
                      progress=progress)
-        _mark_done(folder, {"K": K, "stage": "train", "seconds": time.perf_counter() - t0})
+        _mark_done(folder, {"K": K, "stage": "train", "steps": wanted.iterations,
+                            "seconds": time.perf_counter() - t0})
     return key, folder
 
 
 def train_key(K: int, config: SweepConfig) -> str:
-    """The train stage's key: the data, K, the model and (for networks) the training."""
-    return stage_key("train", as_dict(config.data), K, as_dict(config.model),
-                     as_dict(config.train) if config.model.kind == "network" else None)
+    """The train stage's key: the data, K, the model with its full network and (for
+    networks) what decides the trajectory — not the budget (iterations, snapshots)."""
+    trajectory = None
+    if config.model.kind == "network":
+        trajectory = {k: v for k, v in as_dict(config.train).items()
+                      if k not in ("iterations", "snapshots")}
+        trajectory["network"] = network(config.model).to_dict()
+    return stage_key("train", as_dict(config.data), K, as_dict(config.model), trajectory)
 
 
 def train_config(config: SweepConfig):
-    from memgen.nets import get_preset
     from memgen.training import TrainConfig
 
-    kind = get_preset(config.model.preset).kind
-    objective = config.model.objective or ("ve_score" if kind == "mlp" else "vp_eps")
+    net = network(config.model)
+    objective = config.model.objective or ("ve_score" if net.kind == "mlp" else "vp_eps")
     t = config.train
-    return TrainConfig(preset=config.model.preset, objective=objective,
-                       iterations=t.iterations, batch_size=t.batch_size,
-                       fixed_batch=t.fixed_batch, lr=t.lr,
+    return TrainConfig(preset=config.model.preset or "custom", network=net.to_dict(),
+                       objective=objective, iterations=t.iterations, snapshots=t.snapshots,
+                       batch_size=t.batch_size, fixed_batch=t.fixed_batch, lr=t.lr,
                        ema_decay=t.ema_decay, grad_clip=t.grad_clip, seed=t.seed, amp=t.amp,
                        checkpoint_every=max(1, t.iterations // 4))
 
 
+# the sample settings that change a sample (not batch_size, n_eval or the S′ size)
+SAMPLING_FIELDS = ("sampler", "steps", "eta", "final_denoise", "stop_sigma")
+
+
 def generate_stage(run: Path, which: str, n: int, seed: int, train_key: str,
-                   train_folder: Path | None, train: np.ndarray, config: SweepConfig,
+                   checkpoint: Path | None, train: np.ndarray, config: SweepConfig,
                    progress: bool) -> tuple[str, Path]:
-    """Sample S_eval or S′; returns (key, path of the merged npz)."""
+    """Sample S_eval or S′ from a saved state (or the exact denoiser); returns (key, path
+    of the merged npz)."""
     from memgen.generate import GenerateConfig, generate
 
-    key = stage_key("generate", train_key, which, n, seed, as_dict(config.sample))
+    # options left unset are left out, so a new option keeps the keys of existing caches
+    sampling = {name: getattr(config.sample, name) for name in SAMPLING_FIELDS
+                if getattr(config.sample, name) is not None}
+    state = None if checkpoint is None else checkpoint.name
+    key = stage_key("generate", train_key, state, which, n, seed, sampling)
     folder = run / "cache" / f"{which}-{key}"
     path = folder / f"{which}.npz"
     if not _done(folder):
         t0 = time.perf_counter()
-        denoiser, schedule = _denoiser(train_folder, train, config)
+        denoiser, schedule = _denoiser(checkpoint, train, config)
         s = config.sample
         default = "ddpm" if type(schedule).__name__ == "VPSchedule" else "euler_maruyama"
         gen = GenerateConfig(n=n, sampler=s.sampler or default, steps=s.steps, eta=s.eta,
                              seed=seed, batch_size=s.batch_size, shard_size=max(n // 4, 256),
-                             name=which, clip=train.ndim == 4, final_denoise=s.final_denoise)
+                             name=which, clip=train.ndim == 4, final_denoise=s.final_denoise,
+                             stop_sigma=s.stop_sigma)
         generate(denoiser, train.shape[1:], schedule, gen, folder, device=config.device,
                  progress=progress)
         _mark_done(folder, {"stage": which, "n": n, "seed": seed,
@@ -184,14 +202,14 @@ def generate_stage(run: Path, which: str, n: int, seed: int, train_key: str,
     return key, path
 
 
-def _denoiser(train_folder: Path | None, train: np.ndarray, config: SweepConfig):
+def _denoiser(checkpoint: Path | None, train: np.ndarray, config: SweepConfig):
     from memgen.denoisers import EmpiricalDenoiser, load_checkpoint_denoiser
     from memgen.schedules import VESchedule, VPSchedule
 
-    if train_folder is None:
+    if checkpoint is None:
         schedule = VPSchedule() if config.model.schedule == "vp" else VESchedule()
         return EmpiricalDenoiser(torch.from_numpy(train).to(config.device)), schedule
-    den = load_checkpoint_denoiser(train_folder / "checkpoint.pt", device=config.device)
+    den = load_checkpoint_denoiser(checkpoint, device=config.device)
     return den, den.schedule
 
 
@@ -220,41 +238,67 @@ def classify_stage(run: Path, K: int, train: np.ndarray, heldout: np.ndarray,
 
 def run_K(run: Path, pool: np.ndarray, K: int, config: SweepConfig,
           progress: bool = False) -> StageResult:
-    """All stages for one training-set size."""
+    """All stages for one training-set size: the final state, with its snapshots."""
     train, heldout = split(pool, K, config)
     t_key, train_folder = train_stage(run, train, K, config, progress)
+    steps = [None] if train_folder is None else train_config(config).saved_steps
+    measured = [measure_state(run, K, train, heldout, t_key, train_folder, n, config, progress)
+                for n in steps]
+    result = replace(measured[-1], snapshots=tuple(measured[:-1]))
+    from memgen.analysis import analysis_stage, landscape_stage
+
+    return replace(result, analysis_folder=analysis_stage(run, result, train, config),
+                   landscape_folder=landscape_stage(run, result, train, config))
+
+
+def measure_state(run: Path, K: int, train: np.ndarray, heldout: np.ndarray, t_key: str,
+                  train_folder: Path | None, steps: int | None, config: SweepConfig,
+                  progress: bool = False) -> StageResult:
+    """S_eval and S′ from one saved state (after ``steps`` steps), classified."""
+    checkpoint = None if train_folder is None else snapshot_path(train_folder, steps)
     s = config.sample
     n_synth = max(s.synth_multiplier * K, s.min_synth)
     eval_key, eval_path = generate_stage(run, "eval", s.n_eval, s.eval_seed, t_key,
-                                         train_folder, train, config, progress)
+                                         checkpoint, train, config, progress)
     synth_key, synth_path = generate_stage(run, "synth", n_synth, s.synth_seed, t_key,
-                                           train_folder, train, config, progress)
+                                           checkpoint, train, config, progress)
     result = classify_stage(run, K, train, heldout, eval_key, eval_path, synth_key, synth_path,
                             config)
-    from memgen.analysis import analysis_stage, landscape_stage
-
-    result = replace(result, train_folder=train_folder)
-    return replace(result, analysis_folder=analysis_stage(run, result, train, config),
-                   landscape_folder=landscape_stage(run, result, train, config))
+    return replace(result, train_folder=train_folder, checkpoint=checkpoint, steps=steps)
 
 
 # ------------------------------------------------------------------ across K
 
 
-def write_fractions(path: Path, results: list[StageResult]) -> None:
-    """fractions.csv: K, the three fractions with _lo/_hi, n_eval, and the null rates."""
-    columns = ["K"] + [f"{n}{suffix}" for n in LABEL_NAMES for suffix in ("", "_lo", "_hi")]
+def write_fractions(path: Path, results: list[StageResult], steps: bool = False) -> None:
+    """fractions.csv: K, the three fractions with _lo/_hi, n_eval, the null rates, and the
+    sample quality vs held-out data (precision, recall, density, coverage, precision per
+    label, the held-out baseline's precision and recall; empty where absent).
+
+    steps: a ``steps`` column after K (the training steps of each row's state), one row
+    per (K, steps) — fractions_steps.csv, the training-time axis."""
+    quality = ("precision", "recall", "density", "coverage")
+    columns = ["K"] + ["steps"] * steps
+    columns += [f"{n}{suffix}" for n in LABEL_NAMES for suffix in ("", "_lo", "_hi")]
     columns += ["n_eval"] + [f"null_{n}" for n in LABEL_NAMES]
+    columns += [*quality, *(f"precision_{n}" for n in LABEL_NAMES), "baseline_precision",
+                "baseline_recall"]
+    cell = lambda value: "" if value is None else value  # noqa: E731
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(columns)
-        for r in sorted(results, key=lambda r: r.K):
+        for r in sorted(results, key=lambda r: (r.K, r.steps or 0)):
             s = r.summary
-            row = [r.K]
+            row = [r.K] + [cell(r.steps)] * steps
             for name in LABEL_NAMES:
                 row += [s["fractions"][name], *s["ci95"][name]]
             null = s.get("null", {}).get("fractions", {})
             row += [s["n_eval"]] + [null.get(name, "") for name in LABEL_NAMES]
+            q = s.get("quality") or {}
+            by_label, base = q.get("precision_by_label") or {}, q.get("baseline") or {}
+            row += [cell(q.get(name)) for name in quality]
+            row += [cell(by_label.get(name)) for name in LABEL_NAMES]
+            row += [cell(base.get("precision")), cell(base.get("recall"))]
             writer.writerow(row)
 
 
@@ -327,10 +371,49 @@ def aggregate(run: Path, results: list[StageResult], config: SweepConfig,
     from memgen.analysis import analysis_figures, landscape_figure
 
     figures += landscape_figure(run, results, config) + analysis_figures(run, results, config)
+    timescale = None
+    if config.train.snapshots and config.model.kind == "network":
+        states = [state for r in results for state in (*r.snapshots, r)]
+        with atomic_file(run / "fractions_steps.csv") as tmp:
+            write_fractions(tmp, states, steps=True)
+        timescale = write_time_axis(run, states, config.name)
+        figures.append(run / "phase_map.png")
     from memgen.report.html import write_report
 
     with atomic_file(run / "report.html") as tmp:
-        write_report(tmp, config.name, as_dict(config), payload, results, figures)
+        write_report(tmp, config.name, as_dict(config), payload, results, figures,
+                     timescale=timescale)
+    return payload
+
+
+def write_time_axis(run: Path, states: list[StageResult], title: str) -> dict:
+    """timescale.json and phase_map.png from every (K, steps) state: the K × steps map of
+    the three fractions, τ_mem(K) (first step count with memorized ≥ ½) and the fit
+    log τ_mem = log A + b log K where at least three K reach it."""
+    from memgen.io import atomic_file, write_json
+    from memgen.metrics.timescale import MEMORIZED_HALF, fit_power_law, tau_mem_per_K
+    from memgen.report.figures import plot_phase_map, save_figure
+
+    Ks = sorted({r.K for r in states})
+    steps = sorted({r.steps for r in states})
+    grid = np.full((len(Ks), len(steps), 3), np.nan)
+    for r in states:
+        grid[Ks.index(r.K), steps.index(r.steps)] = [r.summary["fractions"][n]
+                                                     for n in LABEL_NAMES]
+    tau = tau_mem_per_K(steps, grid[:, :, 0], MEMORIZED_HALF)
+    censored = [K for K, t in zip(Ks, tau) if t == steps[0]]  # τ ≤ the first snapshot
+    payload = {"Ks": Ks, "steps": steps, "threshold": MEMORIZED_HALF,
+               "tau_mem": dict(zip(map(str, Ks), tau)), "tau_mem_censored": censored}
+    try:  # censored τ are bounds, not values: the fit leaves them out
+        payload["fit"] = fit_power_law(Ks, [None if K in censored else t
+                                            for K, t in zip(Ks, tau)]).as_dict()
+    except ValueError as err:
+        payload["fit"] = None
+        payload["fit_note"] = str(err)
+    with atomic_file(run / "timescale.json") as tmp:
+        write_json(tmp, payload)
+    save_figure(plot_phase_map(Ks, steps, grid, tau=tau, title=title), run / "phase_map.png",
+                dpi=130)
     return payload
 
 
@@ -348,14 +431,18 @@ def run_sweep(config: SweepConfig, run: Path, progress: bool = True) -> dict:
 
 
 def plan(config: SweepConfig, run: Path) -> list[str]:
-    """What a run would do: one line per stage, 'cached' or 'to run' (for --dry-run)."""
+    """What a run would do: one line per K, its training 'cached' or 'to run' (for
+    --dry-run), with the saved states it needs."""
     pool = load_pool(config)
     validate_against_data(config, pool)
     lines = []
     for K in sorted(config.Ks):
+        if config.model.kind == "exact":
+            lines.append(f"K={K}: train exact denoiser (nothing to train)")
+            continue
         folder = run / "cache" / f"train-{train_key(K, config)}"
-        state = "exact denoiser" if config.model.kind == "exact" else (
-            "cached" if _done(folder) else "to run")
-        lines.append(f"K={K}: train {state}")
+        steps = train_config(config).saved_steps
+        missing = [n for n in steps if not snapshot_path(folder, n).exists()]
+        state = "cached" if not missing else f"to run (states after {missing} steps missing)"
+        lines.append(f"K={K}: train {state}; measured after {list(steps)} steps")
     return lines
-

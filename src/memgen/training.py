@@ -38,14 +38,19 @@ from memgen.schedules import VESchedule, VPSchedule
 
 OBJECTIVES = ("vp_eps", "ve_score")
 CHECKPOINT = "checkpoint.pt"
+SNAPSHOTS = "snapshots"
 LOG = "log.jsonl"
+# Fields that set how long a run goes and what it writes, not where it goes: runs that
+# differ only in these follow one trajectory, so one resumes from the other's states.
+BUDGET_FIELDS = ("iterations", "snapshots", "log_every", "checkpoint_every")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    preset: str = "fmnist-cpu-16"
+    preset: str = "fmnist-cpu-16"  # the network, unless `network` describes it
     objective: str = "vp_eps"
     iterations: int = 2000
+    snapshots: tuple[int, ...] = ()  # also keep the state after these many steps
     batch_size: int = 128  # the batch is min(batch_size, K) ...
     fixed_batch: bool = False  # ... or batch_size draws with replacement whatever K is
     lr: float = 2e-4
@@ -60,6 +65,7 @@ class TrainConfig:
     T: int = 1000
     sigma_max: float = 1.0  # ve_score schedule
     t_min: float = 1e-3
+    network: dict | None = None  # a NetConfig.to_dict(): the full network, stored with it
 
     def __post_init__(self):
         if self.objective not in OBJECTIVES:
@@ -69,10 +75,24 @@ class TrainConfig:
                 raise ValueError(f"{name} must be at least 1")
         if not (self.lr > 0 and 0 <= self.ema_decay < 1 and self.grad_clip > 0):
             raise ValueError("need lr > 0, 0 <= ema_decay < 1 and grad_clip > 0")
+        if any(not 0 < n <= self.iterations for n in self.snapshots):
+            raise ValueError(f"snapshots must lie in 1..iterations, got {list(self.snapshots)}")
 
     @property
     def net(self) -> NetConfig:
+        if self.network is not None:
+            return NetConfig.from_dict(self.network)
         return get_preset(self.preset)
+
+    @property
+    def saved_steps(self) -> tuple[int, ...]:
+        """Step counts whose state is kept under snapshots/: the snapshots and the end."""
+        return tuple(sorted(set(self.snapshots) | {self.iterations}))
+
+    def trajectory(self) -> dict:
+        """The fields that decide the weights after n steps, for any n (not the budget)."""
+        return {k: v for k, v in json.loads(json.dumps(asdict(self))).items()
+                if k not in BUDGET_FIELDS}
 
     def schedule(self):
         if self.objective == "vp_eps":
@@ -82,7 +102,15 @@ class TrainConfig:
     @classmethod
     def from_json(cls, text: str) -> "TrainConfig":
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in json.loads(text).items() if k in known})
+        values = {k: v for k, v in json.loads(text).items() if k in known}
+        if "snapshots" in values:
+            values["snapshots"] = tuple(values["snapshots"])
+        return cls(**values)
+
+
+def snapshot_path(out: str | Path, step: int) -> Path:
+    """Where a run keeps its state after ``step`` steps (a checkpoint like checkpoint.pt)."""
+    return Path(out) / SNAPSHOTS / f"step-{step:08d}.pt"
 
 
 def training_loss(model: nn.Module, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
@@ -199,47 +227,98 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 def train(config: TrainConfig, data: torch.Tensor, out: str | Path, *, progress: bool = True,
           stop_after: int | None = None) -> TrainState:
-    """Train on ``data`` (K, ...) until config.iterations, resuming from out/checkpoint.pt.
+    """Train on ``data`` (K, ...) until config.iterations; returns the state after it.
 
+    Keeps the state after every step count of ``config.saved_steps`` in out/snapshots/ and
+    the latest one in out/checkpoint.pt. Resumes from the latest saved state that comes
+    before the first missing snapshot, so a longer budget continues where a shorter one
+    stopped and a new snapshot inside a finished run retrains only from the one before it.
     stop_after: return after this many steps of this call (to test resumption).
     """
     out = Path(out)
     rank, world = _distributed()
     state = new_state(config, data.device, rank)
     cpu_rng = torch.Generator().manual_seed(config.seed + 10_000 + rank).get_state()
-    if (out / CHECKPOINT).exists():
-        payload = load_checkpoint(out / CHECKPOINT, data.device)
-        if json.loads(payload["config"]) != asdict(config):
-            raise ValueError(f"{out / CHECKPOINT} was made with another config; use a new --out")
+    latest = _saved_step(out / CHECKPOINT)
+    start = _resume_point(out, config, latest)
+    if start is not None:
+        payload = load_checkpoint(start, data.device)
+        if TrainConfig.from_json(payload["config"]).trajectory() != config.trajectory():
+            raise ValueError(f"{start} was made with another config; use a new --out")
         cpu_rng = restore(state, payload, rank)
         if rank == 0:
             _truncate_log(out / LOG, state.step)
     out.mkdir(parents=True, exist_ok=True)
     model = nn.parallel.DistributedDataParallel(state.model) if world > 1 else state.model
+    saver = _Saver(out, config, rank, world, latest)
     with torch.random.fork_rng(devices=[]):
         torch.random.set_rng_state(cpu_rng)
-        _loop(config, data, out, state, model, rank, world, progress, stop_after)
-        _checkpoint(out, state, config, rank, world)
+        saver.after_step(state)
+        _loop(config, data, out, state, model, rank, progress, stop_after, saver)
+        saver.save(state, out / CHECKPOINT)
     return state
 
 
-def _checkpoint(out: Path, state: TrainState, config: TrainConfig, rank: int, world: int):
-    """Gather every rank's RNG states; rank 0 writes the checkpoint."""
-    mine = (state.generator.get_state(), torch.random.get_rng_state())
-    states = [mine]
-    if world > 1:
-        states = [None] * world
-        dist.all_gather_object(states, mine)
-    if rank == 0:
-        save_checkpoint(out / CHECKPOINT, state, config, states)
+def _saved_step(path: Path) -> int:
+    """The step a checkpoint file holds (−1 when there is none)."""
+    return int(load_checkpoint(path)["step"]) if path.exists() else -1
 
 
-def _loop(config, data, out, state, model, rank, world, progress, stop_after):
+def _resume_point(out: Path, config: TrainConfig, latest: int) -> Path | None:
+    """The saved state to start from: the latest one at or before the first snapshot still
+    to be made (the end state itself when nothing is missing); None to start afresh."""
+    missing = [n for n in config.saved_steps if not snapshot_path(out, n).exists()]
+    if not missing:
+        return snapshot_path(out, config.iterations)
+    saved = {n: snapshot_path(out, n) for n in config.saved_steps if n not in missing}
+    if out.joinpath(SNAPSHOTS).is_dir():
+        for path in out.joinpath(SNAPSHOTS).glob("step-*.pt"):
+            saved.setdefault(int(path.stem.removeprefix("step-")), path)
+    if latest >= 0:
+        saved.setdefault(latest, out / CHECKPOINT)
+    before = [n for n in saved if n <= missing[0]]
+    return saved[max(before)] if before else None
+
+
+class _Saver:
+    """Writes snapshots and checkpoint.pt; checkpoint.pt only ever moves forward."""
+
+    def __init__(self, out: Path, config: TrainConfig, rank: int, world: int, latest: int):
+        self.out, self.config, self.rank, self.world = out, config, rank, world
+        self.latest = latest
+
+    def after_step(self, state: TrainState) -> None:
+        """Keep the state if this step is a snapshot that is not on disk yet."""
+        path = snapshot_path(self.out, state.step)
+        if state.step in self.config.saved_steps and not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.save(state, path)
+
+    def periodic(self, state: TrainState) -> None:
+        if state.step % self.config.checkpoint_every == 0:
+            self.save(state, self.out / CHECKPOINT)
+
+    def save(self, state: TrainState, path: Path) -> None:
+        """Gather every rank's RNG states; rank 0 writes the file."""
+        if path.name == CHECKPOINT and state.step < self.latest:
+            return
+        mine = (state.generator.get_state(), torch.random.get_rng_state())
+        states = [mine]
+        if self.world > 1:
+            states = [None] * self.world
+            dist.all_gather_object(states, mine)
+        if self.rank == 0:
+            save_checkpoint(path, state, self.config, states)
+        if path.name == CHECKPOINT:
+            self.latest = state.step
+
+
+def _loop(config, data, out, state, model, rank, progress, stop_after, saver):
     schedule = config.schedule()
     if config.objective == "vp_eps":
         schedule = schedule.alphas_cumprod.to(data.device)
     full = config.batch_size if config.fixed_batch else min(config.batch_size, len(data))
-    batch = max(1, full // world)
+    batch = max(1, full // saver.world)
     end = config.iterations if stop_after is None else min(config.iterations,
                                                            state.step + stop_after)
     amp = config.amp and data.device.type == "cuda"
@@ -265,8 +344,9 @@ def _loop(config, data, out, state, model, rank, world, progress, stop_after):
                 _log(out, state.step, mean, time.perf_counter() - t0)
             bar.set_postfix(loss=f"{mean:.4f}")
             loss_sum, n_loss = 0.0, 0
-        if state.step % config.checkpoint_every == 0 and state.step < end:
-            _checkpoint(out, state, config, rank, world)
+        saver.after_step(state)
+        if state.step < end:
+            saver.periodic(state)
     bar.close()
 
 

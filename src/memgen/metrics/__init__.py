@@ -5,11 +5,12 @@ from memgen.metrics.classify import (GENERALIZED, LABEL_NAMES, MEMORIZED, SPURIO
                                      Rule, apply_rule, find_neighbours, make_rule)
 from memgen.metrics.knn import KnnResult, knn, knn_search
 from memgen.metrics.null import NullResult, calibrate, null_rates
+from memgen.metrics.quality import Quality, prdc
 from memgen.metrics.stats import FractionEstimate, estimate_fractions
 
 __all__ = [
     "Capacity", "FractionEstimate", "FractionTable", "GENERALIZED", "KnnResult", "LABEL_NAMES",
-    "MEMORIZED", "Neighbours", "NullResult", "Rule", "SPURIOUS", "apply_rule", "calibrate",
-    "capacities", "estimate_fractions", "find_neighbours", "knn", "knn_search", "make_rule",
-    "null_rates", "read_fraction_table",
+    "MEMORIZED", "Neighbours", "NullResult", "Quality", "Rule", "SPURIOUS", "apply_rule",
+    "calibrate", "capacities", "estimate_fractions", "find_neighbours", "knn", "knn_search",
+    "make_rule", "null_rates", "prdc", "read_fraction_table",
 ]

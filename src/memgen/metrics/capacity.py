@@ -2,11 +2,18 @@
 
 From a table of label fractions against the training-set size K:
     MC = max{K : P(memorized) ≥ 1 − ε}      (eq. 1)
-    SC = argmax_K P(spurious)                 (eq. 2; ties: the smallest K;
-                                               not reached if P(spurious) = 0 at every K)
+    SC = argmax_{K above null} P(spurious)    (eq. 2; ties: the smallest K)
     GC = min{K : P(generalized) ≥ 1 − ε}    (eq. 3)
-A capacity whose condition holds at no K is "not reached" (None), never invented.
-Intervals come from bootstrapping every K's labels jointly and recomputing.
+K is "above null" when the 95% lower bound of P(spurious) exceeds the null spurious rate
+(the rate at which the same rule flags held-out real data at that K): spurious samples
+are only claimed where they exceed what real data would show. Without null rates every K
+with P(spurious) > 0 counts, and SC says "no null rate given".
+A capacity whose condition holds at no K is None with a reason ("not reached", or for SC
+"not above null"), never invented. Intervals come from bootstrapping every K's labels
+jointly and recomputing, SC's null rule included; each capacity also records the share of
+resamples that reach it, whether it sits at an end of the K grid, and notes (MC: the
+memorized curve rising with K beyond its intervals). :func:`describe` says all of it in
+one line, the same in the CLI and the report.
 """
 
 from __future__ import annotations
@@ -17,18 +24,26 @@ from pathlib import Path
 
 import numpy as np
 
-from memgen.metrics.classify import LABEL_NAMES
-from memgen.metrics.stats import DEFAULT_RESAMPLES, bootstrap_counts
+from memgen.metrics.classify import LABEL_NAMES, MEMORIZED, SPURIOUS
+from memgen.metrics.stats import DEFAULT_RESAMPLES, bootstrap_counts, clopper_pearson
 
 DEFAULT_EPSILON = 0.1
+NOT_REACHED = "not reached"
+NOT_ABOVE_NULL = "not above null"
+NO_NULL = "no null rate given"
+AT_EDGE = "at the edge of the K grid — extend the grid"
+NOT_MONOTONE = "memorized fraction not monotone in K"
 
 
 @dataclass(frozen=True)
 class Capacity:
     """One capacity: its value (None when not reached) and a 95% bootstrap interval.
 
-    reached_share: share of bootstrap resamples in which the condition holds at some K;
-    lo/hi are percentiles over those resamples (None when none reaches it).
+    reached_share: share of bootstrap resamples in which the condition holds at some K
+    (None without a bootstrap); lo/hi are percentiles over those resamples (None when none
+    reaches it). at_edge: the value is the first or last K of the grid. reason: why the
+    value is None (NOT_REACHED or NOT_ABOVE_NULL). notes: further caveats (NO_NULL,
+    NOT_MONOTONE).
     """
 
     name: str
@@ -36,34 +51,86 @@ class Capacity:
     lo: int | None = None
     hi: int | None = None
     reached_share: float | None = None
+    at_edge: bool = False
+    reason: str | None = None
+    notes: tuple[str, ...] = ()
 
     def as_dict(self) -> dict:
         return {"value": self.value, "ci95": [self.lo, self.hi],
-                "reached_share": self.reached_share}
+                "reached_share": self.reached_share, "at_edge": self.at_edge,
+                "reason": self.reason, "notes": list(self.notes)}
+
+    @classmethod
+    def from_dict(cls, name: str, d: dict) -> Capacity:
+        """Inverse of :meth:`as_dict`; keys missing from older capacities.json default."""
+        lo, hi = d.get("ci95") or (None, None)
+        return cls(name, d.get("value"), lo, hi, d.get("reached_share"),
+                   bool(d.get("at_edge", False)), d.get("reason"), tuple(d.get("notes", ())))
 
 
 @dataclass(frozen=True)
 class FractionTable:
-    """Fractions against K, sorted by K. fractions, lo, hi: (M, 3); n_eval: (M,)."""
+    """Fractions against K, sorted by K. fractions, lo, hi, null: (M, 3); n_eval: (M,).
+
+    null: the null rate of each label (held-out real data classified by the same rule at
+    the same K), or None when not measured.
+    """
 
     K: np.ndarray
     fractions: np.ndarray
     n_eval: np.ndarray | None = None
     lo: np.ndarray | None = None
     hi: np.ndarray | None = None
+    null: np.ndarray | None = None
 
 
-def capacity_values(K: np.ndarray, fractions: np.ndarray, eps: float = DEFAULT_EPSILON):
-    """(MC, SC, GC) from sorted K (M,) and fractions (M, 3); None where not reached."""
+def capacity_values(K: np.ndarray, fractions: np.ndarray, eps: float = DEFAULT_EPSILON,
+                    above_null: np.ndarray | None = None):
+    """(MC, SC, GC) from sorted K (M,) and fractions (M, 3); None where not reached.
+
+    above_null: (M,) bool, the K where P(spurious) exceeds its null rate; SC is the argmax
+    of P(spurious) over those K only (None if there are none). None: every K counts.
+    """
     K = np.asarray(K)
     mem, spur, gen = np.asarray(fractions, dtype=np.float64).T
     # A tiny tolerance keeps exact hits such as 0.9 ≥ 1 − 0.1 from failing in floating point.
     tol = 1e-12
     mc = K[mem >= 1 - eps - tol]
     gc = K[gen >= 1 - eps - tol]
+    ok = spur > 0 if above_null is None else np.asarray(above_null, dtype=bool) & (spur > 0)
     return (int(mc.max()) if len(mc) else None,
-            int(K[int(np.argmax(spur))]) if spur.max() > 0 else None,
+            int(K[int(np.argmax(np.where(ok, spur, -np.inf)))]) if ok.any() else None,
             int(gc.min()) if len(gc) else None)
+
+
+def label_bounds(table: FractionTable, label: int) -> tuple[np.ndarray, np.ndarray]:
+    """(lo, hi), each (M,): 95% bounds of one label's fraction at every K.
+
+    The table's own intervals where given, else Clopper–Pearson from n_eval, else the point
+    estimate itself (no uncertainty known).
+    """
+    p = table.fractions[:, label]
+    if table.lo is not None and table.hi is not None:
+        return table.lo[:, label], table.hi[:, label]
+    if table.n_eval is not None:
+        counts = np.rint(p * table.n_eval).astype(np.int64)
+        cp = np.array([clopper_pearson(int(c), int(n)) for c, n in zip(counts, table.n_eval)])
+        return cp[:, 0], cp[:, 1]
+    return p, p
+
+
+def above_null(table: FractionTable) -> np.ndarray | None:
+    """(M,) bool: lo95(P(spurious)) > null spurious rate at each K; None without null rates."""
+    if table.null is None:
+        return None
+    return label_bounds(table, SPURIOUS)[0] > table.null[:, SPURIOUS]
+
+
+def memorized_not_monotone(table: FractionTable) -> bool:
+    """True when P(memorized) rises with K beyond its intervals: lo95 at some K exceeds
+    hi95 at a smaller K (eq. 1 presumes a curve that falls with K)."""
+    lo, hi = label_bounds(table, MEMORIZED)
+    return bool((lo[1:] > np.minimum.accumulate(hi)[:-1]).any())
 
 
 def capacities(table: FractionTable, eps: float = DEFAULT_EPSILON,
@@ -71,29 +138,82 @@ def capacities(table: FractionTable, eps: float = DEFAULT_EPSILON,
     """MC, SC and GC of a fraction table, with bootstrap intervals when n_eval is known."""
     if not 0 < eps < 1:
         raise ValueError(f"epsilon must lie in (0, 1), got {eps}")
-    values = capacity_values(table.K, table.fractions, eps)
-    names = ("MC", "SC", "GC")
+    above = above_null(table)
+    values = capacity_values(table.K, table.fractions, eps, above)
+    draws = _bootstrap(table, eps, n_resamples, seed)  # n_resamples × (MC, SC, GC) or None
+    sc_reason = (NOT_ABOVE_NULL if above is not None and table.fractions[:, SPURIOUS].max() > 0
+                 else NOT_REACHED)
+    reasons = {"MC": NOT_REACHED, "SC": sc_reason, "GC": NOT_REACHED}
+    notes = {"MC": (NOT_MONOTONE,) if memorized_not_monotone(table) else (),
+             "SC": (NO_NULL,) if above is None else (), "GC": ()}
+    return {name: _capacity(name, value, None if draws is None else [d[j] for d in draws],
+                            table.K, reasons[name], notes[name])
+            for j, (name, value) in enumerate(zip(("MC", "SC", "GC"), values))}
+
+
+def _bootstrap(table: FractionTable, eps: float, n_resamples: int, seed: int):
+    """(MC, SC, GC) of every resample (each K's labels drawn from Multinomial(n_eval, p̂)).
+
+    SC's null rule is applied within each resample: its spurious lower bound is its own
+    fraction less the observed margin p̂ − lo95, compared with the same null rate.
+    """
     if table.n_eval is None:
-        return {name: Capacity(name, v) for name, v in zip(names, values)}
+        return None
     rng = np.random.default_rng(seed)
     counts = np.rint(table.fractions * table.n_eval[:, None]).astype(np.int64)
     boot = np.stack([bootstrap_counts(c, n_resamples, rng) / c.sum() for c in counts], axis=1)
-    draws = [capacity_values(table.K, b, eps) for b in boot]  # n_resamples × (MC, SC, GC)
-    return {name: _with_interval(name, value, [d[j] for d in draws])
-            for j, (name, value) in enumerate(zip(names, values))}
+    if table.null is None:
+        return [capacity_values(table.K, b, eps) for b in boot]
+    margin = table.fractions[:, SPURIOUS] - label_bounds(table, SPURIOUS)[0]
+    null = table.null[:, SPURIOUS]
+    return [capacity_values(table.K, b, eps, b[:, SPURIOUS] - margin > null) for b in boot]
 
 
-def _with_interval(name: str, value: int | None, draws: list) -> Capacity:
+def _capacity(name: str, value: int | None, draws: list | None, K: np.ndarray, reason: str,
+              notes: tuple[str, ...]) -> Capacity:
+    at_edge = value is not None and value in (int(K[0]), int(K[-1]))
+    reason = None if value is not None else reason
+    if draws is None:
+        return Capacity(name, value, at_edge=at_edge, reason=reason, notes=notes)
     reached = np.array([d for d in draws if d is not None])
     share = len(reached) / len(draws)
-    if len(reached) == 0:
-        return Capacity(name, value, None, None, share)
-    lo, hi = np.quantile(reached, [0.025, 0.975], method="inverted_cdf")
-    return Capacity(name, value, int(lo), int(hi), share)
+    lo = hi = None
+    if len(reached):
+        lo, hi = (int(q) for q in np.quantile(reached, [0.025, 0.975], method="inverted_cdf"))
+    return Capacity(name, value, lo, hi, share, at_edge, reason, notes)
+
+
+def describe(c: Capacity) -> str:
+    """The one line that says a capacity, in the CLI and in the report, e.g.
+    "MC: K = 32 (reached in 97% of resamples; 95% CI 8–32)",
+    "SC: not above null (reached in 3% of resamples); no null rate given".
+    An interval is only ever printed beside the share of resamples that reach it; the
+    edge-of-grid flag and the notes follow after "; ".
+    """
+    head = f"{c.name}: " + (f"K = {c.value}" if c.value is not None
+                            else (c.reason or NOT_REACHED))
+    if c.reached_share is None:
+        inner = "no bootstrap: n_eval unknown"
+    else:
+        inner = f"reached in {_percent(c.reached_share)} of resamples"
+        if c.value is not None and c.lo is not None:
+            inner += f"; 95% CI {c.lo}–{c.hi}"
+    flags = ((AT_EDGE,) if c.at_edge else ()) + tuple(c.notes)
+    return f"{head} ({inner})" + "".join(f"; {f}" for f in flags)
+
+
+def _percent(share: float) -> str:
+    """A share as a whole percentage that never rounds to 0% or 100% unless exact."""
+    if 0 < share < 0.005:
+        return "<1%"
+    if 0.995 <= share < 1:
+        return ">99%"
+    return f"{share:.0%}"
 
 
 def read_fraction_table(path: str | Path) -> FractionTable:
-    """Read a fractions.csv (columns K, memorized, spurious, generalized[, n_eval])."""
+    """Read a fractions.csv: columns K, memorized, spurious, generalized, optionally
+    n_eval, <label>_lo/_hi and null_<label> (each set used only when complete)."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"no such file: {path}")
@@ -110,15 +230,20 @@ def read_fraction_table(path: str | Path) -> FractionTable:
         n_eval = _column(rows, ("n_eval",), int)
         lo = _column(rows, [f"{c}_lo" for c in LABEL_NAMES], float)
         hi = _column(rows, [f"{c}_hi" for c in LABEL_NAMES], float)
+        null = _column(rows, [f"null_{c}" for c in LABEL_NAMES], float)
     except ValueError as err:
         raise ValueError(f"{path}: non-numeric entry ({err})") from None
     if not np.isfinite(fractions).all() or (fractions < 0).any() or (fractions > 1).any():
         raise ValueError(f"{path}: fractions must be finite numbers in [0, 1]")
+    if null is not None and not (np.isfinite(null).all() and (0 <= null).all()
+                                 and (null <= 1).all()):
+        raise ValueError(f"{path}: null rates must be finite numbers in [0, 1]")
     if len(np.unique(K)) != len(K):
         raise ValueError(f"{path}: each K may appear only once")
     order = np.argsort(K)
     pick = lambda a: None if a is None else a[order]  # noqa: E731
-    return FractionTable(K[order], fractions[order], pick(n_eval), pick(lo), pick(hi))
+    return FractionTable(K[order], fractions[order], pick(n_eval), pick(lo), pick(hi),
+                         pick(null))
 
 
 def _column(rows: list[dict], names, kind):

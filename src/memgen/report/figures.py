@@ -33,8 +33,10 @@ def plot_fractions(K: np.ndarray, fractions: np.ndarray, lo: np.ndarray | None =
                    null: np.ndarray | None = None, title: str = ""):
     """Paper Fig. 2: the three fractions against K (log axis) with shaded 95% intervals.
 
-    fractions, lo, hi, null: (M, 3) in LABEL_NAMES order; null rates are dashed.
-    capacities: {"MC": K or None, ...}, drawn as dotted vertical lines when reached.
+    fractions, lo, hi, null: (M, 3) in LABEL_NAMES order; null rates (NaN where unknown)
+    are dashed in their label's colour.
+    capacities: {"MC": K or None, ...} (or Capacity objects), drawn as dotted vertical lines
+    only where a value: an SC that does not rise above its null rate is None and not drawn.
     """
     fig, ax = plt.subplots(figsize=(6.4, 4.2), layout="constrained")
     for j, name in enumerate(LABEL_NAMES):
@@ -44,6 +46,7 @@ def plot_fractions(K: np.ndarray, fractions: np.ndarray, lo: np.ndarray | None =
         if null is not None:
             ax.plot(K, null[:, j], "--", lw=1, color=COLORS[name], alpha=0.7)
     for name, value in dict(capacities).items():
+        value = getattr(value, "value", value)  # a Capacity or a plain K
         if value is not None:
             ax.axvline(value, ls=":", color=COLORS[CAPACITY_LABEL[name]], lw=1.2)
             ax.text(value, 1.02, name, ha="center", va="bottom",
@@ -61,6 +64,54 @@ def plot_fractions(K: np.ndarray, fractions: np.ndarray, lo: np.ndarray | None =
     if title:
         ax.set_title(title, fontsize=10, pad=16)  # above the capacity labels
     return fig
+
+
+def plot_phase_map(Ks: Sequence[int], steps: Sequence[int], fractions: np.ndarray,
+                   tau: Sequence[float | None] | None = None, title: str = ""):
+    """K × training-steps phase map: three panels (memorized, spurious, generalized), each
+    the label's fraction as colour (0–1, grey where NaN: pair not measured) on log-spaced
+    axes, with a colour bar per panel.
+
+    fractions: (len(Ks), len(steps), 3) in LABEL_NAMES order. tau: optional τ_mem per K
+    (None/NaN where not reached), overlaid as white points (step, K).
+    """
+    Ks, steps = np.asarray(Ks, dtype=float), np.asarray(steps, dtype=float)
+    fractions = np.asarray(fractions, dtype=float)
+    if fractions.shape != (len(Ks), len(steps), 3):
+        raise ValueError(f"fractions must have shape ({len(Ks)}, {len(steps)}, 3), "
+                         f"got {fractions.shape}")
+    if not (len(Ks) and len(steps) and (Ks > 0).all() and (steps > 0).all()):
+        raise ValueError("Ks and steps must be non-empty and positive (log axes)")
+    k_order, s_order = np.argsort(Ks), np.argsort(steps)
+    Ks, steps = Ks[k_order], steps[s_order]
+    fractions = fractions[k_order][:, s_order]
+    cmap = plt.get_cmap("viridis").with_extremes(bad="lightgrey")
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.9), layout="constrained")
+    for j, (ax, name) in enumerate(zip(axes, LABEL_NAMES)):
+        mesh = ax.pcolormesh(_log_edges(steps), _log_edges(Ks),
+                             np.ma.masked_invalid(fractions[:, :, j]), cmap=cmap, vmin=0, vmax=1)
+        fig.colorbar(mesh, ax=ax, label=f"fraction {name}")
+        ax.set(xscale="log", yscale="log", xlabel="training steps",
+               ylabel="K (training-set size)", title=name)
+        ax.set_xticks(steps, [f"{v:g}" for v in steps], minor=False)
+        ax.set_yticks(Ks, [f"{v:g}" for v in Ks], minor=False)
+        ax.minorticks_off()
+        if tau is not None:
+            t = np.array([np.nan if v is None else v for v in tau], dtype=float)[k_order]
+            ax.plot(t, Ks, "o", color="white", mec="black", ms=5, label="τ_mem(K)")
+    if tau is not None:
+        axes[0].legend(fontsize=7, loc="lower right")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def _log_edges(centres: np.ndarray) -> np.ndarray:
+    """Cell edges for sorted positive centres: geometric midpoints, ends mirrored in log."""
+    if len(centres) == 1:
+        return centres[0] * np.array([0.5, 2.0])
+    mid = np.sqrt(centres[1:] * centres[:-1])
+    return np.concatenate([[centres[0] ** 2 / mid[0]], mid, [centres[-1] ** 2 / mid[-1]]])
 
 
 def plot_neighbours(samples: np.ndarray, train: np.ndarray, synth: np.ndarray,
@@ -365,3 +416,27 @@ def _draw_learned_attractors(ax, row: Mapping) -> None:
         label = f"{name}: {int(mask.sum())} modes, {int(counts[mask].sum())} samples"
         ax.scatter(*centres[mask].T, s=size[mask], color=color, edgecolors="black",
                    linewidths=0.6, alpha=0.85, label=label)
+
+
+def plot_denoiser_error(sigma: np.ndarray, curves: Mapping[str, tuple], title: str = ""):
+    """Log-log RMS error per coordinate against the VE noise level σ (``memgen diagnose``).
+
+    curves: legend label -> (rms, lo, hi), each (L,) like sigma; lo/hi (95% interval,
+    may be NaN) are shaded. Non-positive values are left off the log axis.
+    """
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), layout="constrained")
+    styles, positive = ("o-", "s--", "^:"), False
+    for k, (label, (rms, lo, hi)) in enumerate(curves.items()):
+        rms, lo = (np.where(np.asarray(v, dtype=float) > 0, v, np.nan) for v in (rms, lo))
+        positive |= bool(np.isfinite(rms).any())
+        (line,) = ax.plot(sigma, rms, styles[k % 3], ms=4, label=label)
+        ax.fill_between(sigma, lo, hi, color=line.get_color(), alpha=0.2, lw=0)
+    ax.set_xscale("log")
+    if positive:  # all zero (a model compared with itself): a linear axis
+        ax.set_yscale("log")
+    ax.set(xlabel="noise level σ (VE)", ylabel="RMS error per coordinate")
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=10)
+    return fig

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from memgen import __version__
+from memgen.metrics.capacity import Capacity, describe
 from memgen.metrics.classify import LABEL_NAMES
 
 
@@ -28,6 +29,40 @@ def _fractions_table(results) -> str:
     return (f"<table><tr><th>K</th>{head}<th>n</th></tr>{''.join(rows)}</table>")
 
 
+QUALITY_GAP = 0.1  # generalized precision this far below the held-out baseline is flagged
+
+
+def _quality_section(results) -> str:
+    """Precision/recall/density/coverage per K vs held-out data (baseline in parentheses),
+    precision per label, and one sentence per K whose generalized samples' precision
+    falls more than QUALITY_GAP below the held-out baseline's. "" without quality."""
+    rows, notes = [], []
+    for r in sorted(results, key=lambda r: r.K):
+        q = r.summary.get("quality")
+        if not q:
+            continue
+        base = q.get("baseline") or {}
+        cells = "".join(f"<td>{q[n]:.3f}" + (f" ({base[n]:.3f})" if n in base else "") + "</td>"
+                        for n in ("precision", "recall", "density", "coverage"))
+        by_label = q["precision_by_label"]
+        cells += "".join("<td>–</td>" if by_label[n] is None else f"<td>{by_label[n]:.3f}</td>"
+                         for n in LABEL_NAMES)
+        rows.append(f"<tr><td>{r.K}</td>{cells}<td>{q['k']}</td><td>{q['n_real']}</td></tr>")
+        gen = by_label.get("generalized")
+        if gen is not None and "precision" in base and gen < base["precision"] - QUALITY_GAP:
+            notes.append(f"<p>Generalized samples at K={r.K} are of lower quality than held-out "
+                         f"data: precision {gen:.3f} vs {base['precision']:.3f}.</p>")
+    if not rows:
+        return ""
+    head = "".join(f"<th>{n}</th>" for n in ("precision", "recall", "density", "coverage"))
+    head += "".join(f"<th>precision {n}</th>" for n in LABEL_NAMES)
+    return ("<h2>Sample quality</h2><p>Precision, recall, density and coverage (Kynkäänniemi "
+            "et al. 2019; Naeem et al. 2020) of the evaluated samples against held-out real "
+            "data, in the metric's feature space; in parentheses the same for held-out real "
+            f"samples (the baseline).</p><table><tr><th>K</th>{head}<th>k</th><th>n real</th>"
+            f"</tr>{''.join(rows)}</table>{''.join(notes)}")
+
+
 def _timings_table(results) -> str:
     rows = []
     for r in sorted(results, key=lambda r: r.K):
@@ -41,13 +76,53 @@ def _timings_table(results) -> str:
             f"{''.join(rows)}</table>")
 
 
+def _headline(name: str, payload: dict) -> str:
+    """The capacity's line from describe(), without its leading "MC: "."""
+    return describe(Capacity.from_dict(name, payload)).split(": ", 1)[1]
+
+
+def _null_paragraph(results) -> str:
+    """Which fractions do not exceed their null rate (95% lower bound ≤ null), and why it
+    matters: there, the rule flags held-out real data as often as the samples."""
+    within = {n: [r.K for r in sorted(results, key=lambda r: r.K)
+                  if n in r.summary.get("null", {}).get("fractions", {})
+                  and r.summary["ci95"][n][0] <= r.summary["null"]["fractions"][n]]
+              for n in ("memorized", "spurious")}
+    if not any(within.values()):
+        return ""
+    parts = [f"the {n} fraction at K = {', '.join(map(str, Ks))}"
+             for n, Ks in within.items() if Ks]
+    return (f"<p><b>Within the null rate:</b> {' and '.join(parts)} do not exceed the rate at "
+            "which the same rule flags held-out real data at the same set sizes (95% lower "
+            "bound ≤ null). There the label says nothing about the model: real data that "
+            "the model never saw is flagged as often.</p>")
+
+
+def _time_axis_section(timescale: dict | None) -> str:
+    """τ_mem per K and the power-law fit (the phase map is among the figures)."""
+    if not timescale:
+        return ""
+    cells = "".join(f"<tr><td>{K}</td><td>{'not reached' if t is None else t}"
+                    f"{' (at the first snapshot: ≤)' if int(K) in timescale['tau_mem_censored'] else ''}"
+                    f"</td></tr>" for K, t in timescale["tau_mem"].items())
+    fit = timescale.get("fit")
+    line = (f"log τ_mem = log A + b log K: b = {fit['exponent']:.2f} (95% CI "
+            f"{fit['ci95'][0]:.2f}–{fit['ci95'][1]:.2f}, R² = {fit['r2']:.2f}, "
+            f"{fit['n_points']} K; Bonnaire et al. 2025 report b = 1)" if fit else
+            f"no fit: {timescale.get('fit_note', '')}")
+    return (f"<h2>Training time</h2><p>Fractions were measured after {timescale['steps']} "
+            f"steps of each K's one training run (phase map above). τ_mem = the first of "
+            f"these step counts with memorized ≥ {timescale['threshold']}. "
+            f"{html.escape(line)}.</p><table><tr><th>K</th><th>τ_mem</th></tr>{cells}</table>")
+
+
 def write_report(path: Path, title: str, config: dict, capacities: dict, results,
-                 figures: list[Path]) -> None:
-    """report.html with everything inline (no external files)."""
-    caps = "".join(
-        f"<li><b>{name}</b>: {'not reached' if c['value'] is None else 'K = ' + str(c['value'])}"
-        + ("" if c["ci95"][0] is None else f" (95% CI {c['ci95'][0]}–{c['ci95'][1]})")
-        + "</li>" for name, c in capacities.items() if name in ("MC", "SC", "GC"))
+                 figures: list[Path], timescale: dict | None = None) -> None:
+    """report.html with everything inline (no external files). capacities: the
+    capacities.json payload; each headline is :func:`memgen.metrics.capacity.describe`;
+    timescale: the timescale.json payload of a sweep with snapshots."""
+    caps = "".join(f"<li><b>{name}</b>: {html.escape(_headline(name, c))}</li>"
+                   for name, c in capacities.items() if name in ("MC", "SC", "GC"))
     body = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}}
 table{{border-collapse:collapse;font-size:13px}}td,th{{border:1px solid #ccc;padding:3px 6px}}
@@ -59,6 +134,9 @@ null rate of each label (the same rule applied to held-out real data at the same
 sizes). Capacities (eqs. 1–3, ε = {capacities.get('epsilon')}):</p><ul>{caps}</ul>
 {''.join(_img(f) for f in figures)}
 <h2>Fractions</h2>{_fractions_table(results)}
+{_null_paragraph(results)}
+{_quality_section(results)}
+{_time_axis_section(timescale)}
 <h2>Timings</h2>{_timings_table(results)}
 <h2>Config</h2><pre>{html.escape(json.dumps(config, indent=2))}</pre>
 </body></html>"""

@@ -1,0 +1,192 @@
+"""``memgen diagnose``: a model's denoiser against the exact denoiser of its training set.
+
+Registered on the main ``memgen`` group by ``memgen.cli`` (same error handling: a bad
+input is one line on stderr and exit status 1, found before any work, with nothing
+half-written left behind). The math lives in ``memgen.diagnose``.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+import os
+from pathlib import Path
+
+import click
+import numpy as np
+
+from memgen.io import atomic_output_dir, check_output_dir, load_samples, write_json
+
+FILES = ("diagnose.csv", "diagnose.json", "diagnose.png")
+
+
+@click.command()
+@click.option("--checkpoint", type=click.Path(dir_okay=False), help="A memgen train checkpoint.")
+@click.option("--exact", "exact_path", type=click.Path(dir_okay=False),
+              help="The exact denoiser of this training set (compared with itself: a "
+                   "sanity check, RMS 0).")
+@click.option("--torchscript", type=click.Path(dir_okay=False),
+              help="A TorchScript ε-model eps = model(x_t, t) (VP, DDPM linear schedule).")
+@click.option("--diffusers", type=click.Path(file_okay=False),
+              help="A diffusers UNet2DModel folder (needs the diffusers extra).")
+@click.option("--shape", type=int, nargs=3,
+              help="C H W of --torchscript/--diffusers samples [the training set's].")
+@click.option("--schedule", type=click.Choice(["vp", "ve"]), default="vp", show_default=True,
+              help="Noise schedule of --exact (sets the default σ range).")
+@click.option("--train", "train_path", type=click.Path(dir_okay=False),
+              help="The training set whose exact denoiser is the reference [--exact's file; "
+                   "train.npz beside --checkpoint].")
+@click.option("--data", help="With --checkpoint: a named data set, as memgen train "
+                             "(fmnist, mnist, cifar10, digits, circle, folder).")
+@click.option("--K", "K", type=int, help="With --data: the first K of the seeded split.")
+@click.option("--split-seed", type=int, help="[3407; 42 for the circle]")
+@click.option("--half", type=click.IntRange(1, 2), default=1, show_default=True,
+              help="With --data: 1 the first K of the split, 2 the next K.")
+@click.option("--data-root", type=click.Path(file_okay=False))
+@click.option("--sigma", "sigmas", type=float, multiple=True,
+              help="VE noise levels, e.g. --sigma 0.1 1 5 20 150 [--levels log-spaced over "
+                   "the model's schedule].")
+@click.option("--levels", type=int, default=12, show_default=True,
+              help="Number of default noise levels.")
+@click.option("--n", type=int, default=256, show_default=True, help="Queries per level.")
+@click.option("--batch-size", type=int, default=256, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--progress/--no-progress", default=True, show_default=True,
+              help="A progress bar over the noise levels (on stderr).")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Output folder: diagnose.csv, diagnose.json, diagnose.png.")
+def diagnose(checkpoint, exact_path, torchscript, diffusers, shape, schedule, train_path, data,
+             K, split_seed, half, data_root, sigmas, levels, n, batch_size, seed, device,
+             progress, out):
+    """RMS error per coordinate of a model's denoiser against the exact denoiser of its
+    training set, by noise level σ: where the network stops being the optimal model."""
+    import torch
+
+    from memgen.cli_models import denoiser_from_source
+    from memgen.denoisers import EmpiricalDenoiser
+    from memgen.diagnose import DiagnoseConfig, default_sigmas, denoiser_error
+
+    config = DiagnoseConfig(sigmas=tuple(sigmas) or None, levels=levels, n_per_level=n,
+                            batch_size=batch_size, seed=seed)
+    sources = {"checkpoint": checkpoint, "exact": exact_path, "torchscript": torchscript,
+               "diffusers": diffusers}
+    _check_sources(sources)
+    _check_writable(out)
+    train, train_name = _reference_set(train_path, data, K, split_seed, half, data_root,
+                                       checkpoint, exact_path)
+    model, sched, model_shape = denoiser_from_source(
+        checkpoint, exact_path, torchscript, diffusers, shape or train.shape[1:], schedule,
+        device)
+    if tuple(model_shape) != train.shape[1:]:
+        raise ValueError(f"the model takes samples of shape {tuple(model_shape)} but the "
+                         f"training set {train_name} has shape {train.shape[1:]}")
+    levels_used = np.asarray(config.sigmas or default_sigmas(sched, config.levels))
+    if not exact_path:
+        _check_in_schedule(sched, levels_used)
+    data_t = torch.from_numpy(train).to(device)
+    result = denoiser_error(model, EmpiricalDenoiser(data_t.double()), data_t, levels_used,
+                            n_per_level=n, generator=torch.Generator().manual_seed(seed),
+                            batch_size=batch_size, progress=progress)
+    payload = {"config": {**dataclasses.asdict(config), "sigmas": levels_used.tolist()},
+               "source": {k: v for k, v in sources.items() if v}, "train": train_name,
+               "K": len(train), "shape": list(train.shape[1:]), "schedule": _describe(sched)}
+    with atomic_output_dir(out) as tmp:
+        write_diagnose(tmp, result, payload)
+    _print_table(result)
+    click.echo(f"wrote {', '.join(str(Path(out) / f) for f in FILES)}")
+
+
+def _describe(schedule) -> dict:
+    return {"kind": type(schedule).__name__, **dataclasses.asdict(schedule)}
+
+
+def _check_sources(sources: dict) -> None:
+    """Exactly one model source, and it exists."""
+    given = {k: v for k, v in sources.items() if v}
+    if len(given) != 1:
+        raise ValueError("give exactly one of --checkpoint, --exact, --torchscript, --diffusers")
+    (name, path), = given.items()
+    exists = Path(path).is_dir() if name == "diffusers" else Path(path).is_file()
+    if not exists:
+        raise ValueError(f"--{name}: no such {'folder' if name == 'diffusers' else 'file'} {path}")
+
+
+def _check_writable(out) -> None:
+    """check_output_dir, and the nearest existing folder above ``out`` is writable."""
+    check_output_dir(out)
+    parent = Path(out).absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"cannot write --out {out}: {parent} is not a writable folder")
+
+
+def _reference_set(train_path, data, K, split_seed, half, data_root, checkpoint, exact_path):
+    """(training set (N, ...) float32, a name for messages and diagnose.json)."""
+    if train_path and (data or K is not None):
+        raise ValueError("give either --train FILE or --data/--K, not both")
+    if train_path:
+        return load_samples(train_path, "--train"), str(train_path)
+    if data or K is not None:
+        if not checkpoint:
+            raise ValueError("--data/--K need --checkpoint (its network sets the sample "
+                             "size); otherwise give --train FILE")
+        from memgen.cli_models import checkpoint_net
+        from memgen.training import training_samples
+
+        name = data or "fmnist"
+        samples = training_samples(checkpoint_net(checkpoint), None, name, K, split_seed,
+                                   data_root, half)
+        return samples, f"{name} K={K} split_seed={split_seed} half={half}"
+    if exact_path:
+        return load_samples(exact_path, "--exact"), str(exact_path)
+    beside = Path(checkpoint).with_name("train.npz") if checkpoint else None
+    if beside is None or not beside.is_file():
+        raise ValueError("give the training set: --train FILE" +
+                         (" (no train.npz beside the checkpoint)" if checkpoint else ""))
+    return load_samples(beside, "train.npz beside --checkpoint"), str(beside)
+
+
+def _check_in_schedule(schedule, sigmas: np.ndarray) -> None:
+    """ValueError unless the network's schedule reaches every σ (it maps σ to its t)."""
+    import torch
+
+    try:
+        schedule.t_from_sigma(torch.as_tensor(sigmas, dtype=torch.float64))
+    except ValueError as err:
+        raise ValueError(f"--sigma: {err}") from None
+
+
+def write_diagnose(folder: Path, result, payload: dict) -> None:
+    """diagnose.csv (``memgen.diagnose.COLUMNS``), diagnose.json and diagnose.png."""
+    from memgen.diagnose import COLUMNS
+    from memgen.report.figures import plot_denoiser_error, save_figure
+
+    rows = result.as_rows()
+    with (folder / "diagnose.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in r.items()}
+                         for r in rows)
+    json_rows = [{k: None if isinstance(v, float) and math.isnan(v) else v
+                  for k, v in r.items()} for r in rows]
+    write_json(folder / "diagnose.json", {**payload, "levels": json_rows})
+    curves = {"model vs exact denoiser": (result.rms, result.rms_lo, result.rms_hi),
+              "model vs clean y": (result.rms_model_vs_clean, result.rms_model_vs_clean_lo,
+                                   result.rms_model_vs_clean_hi),
+              "exact denoiser vs clean y": (result.rms_exact_vs_clean,
+                                            result.rms_exact_vs_clean_lo,
+                                            result.rms_exact_vs_clean_hi)}
+    title = f"denoiser error, K = {payload['K']} ({result.n_per_level} queries per level)"
+    save_figure(plot_denoiser_error(result.sigma, curves, title), folder / "diagnose.png")
+
+
+def _print_table(result) -> None:
+    click.echo(f"{'sigma':>10}{'vs exact':>12}{'95% interval':>24}{'model vs y':>13}"
+               f"{'exact vs y':>13}")
+    for r in result.as_rows():
+        interval = f"[{r['rms_vs_exact_lo']:.4g}, {r['rms_vs_exact_hi']:.4g}]"
+        click.echo(f"{r['sigma']:>10.4g}{r['rms_vs_exact']:>12.4g}{interval:>24}"
+                   f"{r['rms_model_vs_clean']:>13.4g}{r['rms_exact_vs_clean']:>13.4g}")
