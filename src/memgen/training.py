@@ -286,13 +286,17 @@ class _Saver:
     def __init__(self, out: Path, config: TrainConfig, rank: int, world: int, latest: int):
         self.out, self.config, self.rank, self.world = out, config, rank, world
         self.latest = latest
+        # decided once, before any rank writes: saving is collective under DDP, so every
+        # rank must agree on it rather than look at files that rank 0 may just have made
+        self.pending = {n for n in config.saved_steps if not snapshot_path(out, n).exists()}
 
     def after_step(self, state: TrainState) -> None:
-        """Keep the state if this step is a snapshot that is not on disk yet."""
-        path = snapshot_path(self.out, state.step)
-        if state.step in self.config.saved_steps and not path.exists():
+        """Keep the state if this step is a snapshot that was not on disk at the start."""
+        if state.step in self.pending:
+            path = snapshot_path(self.out, state.step)
             path.parent.mkdir(parents=True, exist_ok=True)
             self.save(state, path)
+            self.pending.discard(state.step)
 
     def periodic(self, state: TrainState) -> None:
         if state.step % self.config.checkpoint_every == 0:
