@@ -280,7 +280,7 @@ def test_classify_heldout_reports_quality(tmp_path):
     summary, arrays = read_out(out)
     q = summary["quality"]
     ref, base = heldout_split(40, 15, seed=0)
-    assert (q["k"], q["n_real"], q["n_fake"], q["baseline"]["n"]) == (5, 25, 15, 15)
+    assert (q["k"], q["n_real"], q["n_fake"], q["baseline"]["n"]) == (5, 15, 15, 15)
     heldout = flat(data["heldout"])
     with contextlib.redirect_stdout(io.StringIO()):
         expected = prdc_package.compute_prdc(heldout[ref], flat(data["eval"]), 5)

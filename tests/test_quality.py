@@ -104,10 +104,11 @@ def quality_summary_of(q, labels):
 
 def test_heldout_split_is_disjoint_deterministic_and_sized():
     ref, base = heldout_split(100, 30, seed=7)
-    assert len(base) == 30 and len(ref) == 70 and not set(ref) & set(base)
-    assert set(ref) | set(base) == set(range(100))
+    assert len(base) == 30 and len(ref) == 30 and not set(ref) & set(base)  # equal sizes
+    assert set(ref) | set(base) <= set(range(100))
     again = heldout_split(100, 30, seed=7)
     np.testing.assert_array_equal(ref, again[0])
+    assert len(heldout_split(50, 30, seed=7)[0]) == 25  # what the baseline of 25 leaves
     ref, base = heldout_split(10, 30, seed=7)  # small pool: half each
     assert (len(ref), len(base)) == (5, 5)
 
@@ -124,7 +125,7 @@ def test_quality_vs_heldout_uses_the_split_and_the_feature_space():
     assert result.quality.coverage == pytest.approx(float(expected["coverage"]), abs=1e-6)
     base_expected = reference(flat[ref], flat[base], 5)
     assert result.baseline.recall == pytest.approx(float(base_expected["recall"]), abs=1e-6)
-    assert (result.quality.n_real, result.baseline.n_fake, result.n_heldout) == (60, 30, 90)
+    assert (result.quality.n_real, result.baseline.n_fake, result.n_heldout) == (30, 30, 90)
 
 
 def test_quality_vs_heldout_shrinks_k_and_gives_up_below_two():
