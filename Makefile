@@ -1,4 +1,5 @@
-# make run   — install everything, then run the main job: the 2D toy sweep and landscapes
+# make run   — install everything, then run the main job: landscapes, then the real-image sweep
+# make toy   — install everything, then run the unit-circle toy sweep (paper Fig. 3)
 # make test  — install everything, then run the test suite
 # make bench — install everything, then run the benchmarks in bench/
 
@@ -9,7 +10,7 @@ FMNIST  := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 OUT     ?= runs
 
-.PHONY: install data run demo test bench clean
+.PHONY: install data run toy demo test bench clean
 
 install: $(STAMP) data
 
@@ -28,6 +29,9 @@ $(FMNIST):
 
 run: install
 	$(BIN)/memgen landscape --K 2 9 1000 --beta 20 --out $(OUT)/landscape
+	$(BIN)/memgen sweep configs/images-cpu.yaml --out $(OUT)/images-cpu
+
+toy: install
 	$(BIN)/memgen sweep configs/toy2d.yaml --out $(OUT)/toy2d
 
 demo: install

@@ -120,6 +120,7 @@ class AnalysisConfig:
 @dataclass(frozen=True)
 class SweepConfig:
     name: str = "sweep"
+    notes: str = ""  # what the sweep can and cannot show: a paragraph atop its report
     Ks: tuple[int, ...] = (2, 4, 9)
     device: str = "cpu"
     data: DataConfig = field(default_factory=DataConfig)

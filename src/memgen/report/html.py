@@ -128,6 +128,7 @@ def write_report(path: Path, title: str, config: dict, capacities: dict, results
 table{{border-collapse:collapse;font-size:13px}}td,th{{border:1px solid #ccc;padding:3px 6px}}
 img{{max-width:100%}}pre{{background:#f6f6f6;padding:1em;font-size:12px}}</style></head><body>
 <h1>{html.escape(title)}</h1>
+{f"<p><i>{html.escape(config['notes'])}</i></p>" if config.get("notes") else ""}
 <p>memgen {__version__}. Fractions of memorized, spurious and generalized evaluated samples
 against the training-set size K (paper eqs. 4–6), with 95% bootstrap intervals and the
 null rate of each label (the same rule applied to held-out real data at the same set
