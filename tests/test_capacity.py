@@ -76,6 +76,8 @@ def test_edge_of_grid_flag():
     assert caps["MC"].value == 10 and caps["MC"].at_edge
     assert caps["GC"].value == 10000 and caps["GC"].at_edge
     assert describe(caps["GC"]).endswith("; " + AT_EDGE)
+    mc = describe(caps["MC"])
+    assert mc.startswith("MC: K = 10 (reached in ") and mc.endswith("; " + AT_EDGE)
     inner = capacities(_table([[1, 0, 0], [0.95, 0.05, 0], [0.5, 0.05, 0.45], [0, 0.05, 0.95]]))
     assert inner["MC"].value == 100 and not inner["MC"].at_edge
     assert AT_EDGE not in describe(inner["MC"])
@@ -91,7 +93,8 @@ def test_not_reached_is_none_with_its_reason():
     assert caps["GC"].reached_share == 0 and caps["GC"].lo is None  # 0.7 on 50 never ≥ 0.9
     # MC: 0.8 on 50 samples exceeds 0.9 in a few resamples; the share is printed, no CI.
     assert 0 < caps["MC"].reached_share < 0.2
-    assert describe(caps["MC"]).startswith("MC: not reached (reached in ")
+    share = caps["MC"].reached_share
+    assert describe(caps["MC"]) == f"MC: not reached (reached in {share:.0%} of resamples)"
     assert "CI" not in describe(caps["MC"])
 
 
@@ -189,8 +192,8 @@ def test_cli_sc_above_null_and_edge(tmp_path):
     result = CliRunner().invoke(cli, ["capacities", str(csv), "--bootstrap", "100"])
     assert result.exit_code == 0, result.output
     assert "SC: K = 1000 (reached in 100% of resamples; 95% CI 1000–1000)" in result.output
-    edge = CSV.replace("100000,0.0,0.0,0.01,0.02,0.01,0.03,0.98", "100000,0.0,0.0,0.01,0.4,"
-                       "0.37,0.43,0.6")
+    edge = CSV.replace("100000,0.0,0.0,0.01,0.02,0.01,0.03,0.98,0.97,0.99",
+                       "100000,0.0,0.0,0.01,0.4,0.37,0.43,0.6,0.57,0.63")
     csv.write_text(edge)
     result = CliRunner().invoke(cli, ["capacities", str(csv), "--bootstrap", "100"])
     sc = [line for line in result.output.splitlines() if line.startswith("SC")][0]

@@ -244,7 +244,7 @@ def bad_inputs(toy_run, tmp_path):
     (["--checkpoint", "{ckpt}", "--train", "{tmp}/missing.npz"], "no such file"),
     (["--checkpoint", "{ckpt}", "--train", "{tmp}/three_d.npz", "--K", 4], "not both"),
     (["--exact", "{tmp}/three_d.npz", "--data", "circle", "--K", 4], "need --checkpoint"),
-    (["--checkpoint", "{ckpt}", "--out-parent-is-a-file"], "writable"),
+    (["--checkpoint", "{ckpt}", "--out-parent-is-a-file"], "is a file, not a folder"),
 ])
 def test_bad_inputs_fail_early_with_one_line_and_no_output(bad_inputs, args, message):
     ckpt, tmp = bad_inputs
@@ -265,6 +265,6 @@ def test_out_that_memgen_did_not_write_is_refused(bad_inputs, target):
     ckpt, tmp = bad_inputs
     result = _invoke("--checkpoint", ckpt, "--sigma", 0.5, "--n", 2, "--out", tmp / target)
     assert result.exit_code != 0
-    assert ("not written by memgen" if target == "foreign" else "is a file") in result.output
+    assert ("memgen did not write" if target == "foreign" else "is a file") in result.output
     assert (tmp / "a_file").read_text() == "x"
     assert [p.name for p in (tmp / "foreign").iterdir()] == ["keep.txt"]

@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 import torch
 from click.testing import CliRunner
 
@@ -117,7 +118,70 @@ def test_diffusers_loader_says_what_to_install(tmp_path, monkeypatch):
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_diffusers)
-    import pytest
-
     with pytest.raises(ValueError, match="memgen\\[diffusers\\]"):
         load_diffusers_denoiser(tmp_path)
+
+
+# ---------------------------------------------------------- defaults kept (regression)
+
+# Samples made before clipping moved out of EpsDenoiser (it clipped x̂₀ itself): the default
+# options must reproduce them exactly. ε̂ = 0.9 x_t + 0.2, VP schedule, 10 steps, seed 5.
+STORED = {
+    "ddim": [[-0.8862864971160889, -1.0, -0.5971070528030396, -0.230585977435112],
+             [-0.22736555337905884, -1.0, -1.0, -0.022851580753922462],
+             [0.7594670057296753, -0.699375331401825, 0.4604308605194092, -0.29322972893714905]],
+    "ddpm": [[-0.711402952671051, -0.21102428436279297, -0.9912403225898743, -0.7730953693389893],
+             [-0.7794874906539917, -0.9293391704559326, -0.8290064334869385, 0.0026771167758852243],
+             [0.7175551652908325, -0.8644086122512817, -0.35452747344970703, -0.38784927129745483]],
+    "heun": [[-0.9180563688278198, -1.0, -0.5721167325973511, -0.1387348175048828],
+             [-0.13497048616409302, -1.0, -1.0, 0.10408063232898712],
+             [0.9640527367591858, -0.6944353580474854, 0.6555883884429932, -0.21195749938488007]],
+}
+
+
+def _affine_eps(x, t):
+    return 0.9 * x + 0.2 + 0.0 * t.view(-1, *([1] * (x.ndim - 1)))
+
+
+def test_default_options_reproduce_the_stored_eps_samples(tmp_path):
+    from memgen.denoisers import EpsDenoiser
+
+    for sampler, want in STORED.items():
+        runs = {}
+        for label, den, flag in (("default", EpsDenoiser(_affine_eps, VPSchedule()), None),
+                                 ("old", EpsDenoiser(_affine_eps, VPSchedule(), clip=True), False),
+                                 ("raw", EpsDenoiser(_affine_eps, VPSchedule()), False)):
+            config = GenerateConfig(n=3, sampler=sampler, steps=10, seed=5, clip=False,
+                                    clip_denoised=flag, name=f"{sampler}-{label}")
+            runs[label] = np.load(generate(den, (1, 2, 2), VPSchedule(), config, tmp_path,
+                                           progress=False))["samples"].reshape(3, -1)
+        np.testing.assert_array_equal(runs["default"], np.array(want, dtype=np.float32))
+        np.testing.assert_array_equal(runs["old"], runs["default"])
+        assert not np.array_equal(runs["raw"], runs["default"])  # the clip did something
+    record = json.loads((tmp_path / "heun-default.json").read_text())
+    assert record["denoised_clip"] == [-1.0, 1.0] and record["config"]["prior"] == "standard"
+
+
+def test_cli_generate_forward_prior_and_clip_options(tmp_path):
+    train = tmp_path / "train.npz"
+    np.savez(train, samples=_train(5))
+    runner = CliRunner()
+    help_text = runner.invoke(cli, ["generate", "--help"]).output
+    for flag in ("--prior", "--prior-data", "--clip-denoised", "--clip-range"):
+        assert flag in help_text
+    result = runner.invoke(cli, ["generate", "--exact", str(train), "--n", "6", "--steps", "20",
+                                 "--prior", "forward", "--clip-denoised", "--clip-range", "-0.5",
+                                 "0.5", "--out", str(tmp_path / "gen")])
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "gen" / "samples.json").read_text())
+    assert record["config"]["prior"] == "forward" and record["denoised_clip"] == [-0.5, 0.5]
+    samples = np.load(tmp_path / "gen" / "samples.npz")["samples"]
+    assert np.abs(samples).max() <= 0.5
+    from memgen.cli_models import _prior_data
+
+    with pytest.raises(ValueError, match="--prior-data"):  # a TorchScript model: no train.npz
+        _prior_data(None, None, None)
+    (tmp_path / "run").mkdir()
+    np.savez(tmp_path / "run" / "train.npz", samples=_train(2))  # where memgen train puts it
+    assert _prior_data(None, None, str(tmp_path / "run" / "checkpoint.pt")) == \
+        str(tmp_path / "run" / "train.npz")

@@ -7,6 +7,7 @@ from memgen.data import circle_pool
 from memgen.metrics.classify import (Neighbours, apply_rule, find_neighbours, make_rule,
                                      memorization_score, spurious_score)
 from memgen.metrics.null import calibrate, null_rates, null_sizes
+from memgen.metrics.stats import clopper_pearson
 
 
 def _neighbours(train_dist, synth_dist):
@@ -64,6 +65,11 @@ def test_null_rate_is_low_in_high_dimension():
     pool = rng.normal(size=(3000, 200)).astype(np.float32)
     null = null_rates(pool[:500], pool[500:], make_rule("paper"), n_eval=500, n_synth=2000)
     assert null.estimate.fractions[2] > 0.99
+    # Each null rate carries the exact interval of its count out of n_eval.
+    for est in (null.estimate, null.calibrated_estimate):
+        for c, lo, hi in zip(est.counts, est.lo, est.hi):
+            assert (lo, hi) == pytest.approx(clopper_pearson(int(c), null.n_eval))
+    assert null.as_dict()["interval"] == "clopper-pearson"
 
 
 def test_alpha_out_of_range():

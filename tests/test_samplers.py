@@ -7,31 +7,16 @@ import pytest
 import numpy as np
 import torch
 
-from memgen.denoisers import EmpiricalDenoiser
-from memgen.samplers import (SAMPLERS, StackedGenerator, get_sampler, initial_noise,
-                             sample_ddim, sample_ddpm, sample_euler_maruyama, sample_heun,
-                             ve_sigmas)
+from memgen.denoisers import EmpiricalDenoiser, GaussianDenoiser
+from memgen.samplers import (SAMPLERS, GaussianPrior, StackedGenerator, clipped, get_sampler,
+                             initial_noise, sample_ddim, sample_ddpm, sample_euler_maruyama,
+                             sample_heun, ve_sigmas)
 from memgen.schedules import VESchedule, VPSchedule
 
 F64 = torch.float64
 VP = VPSchedule()
 MU = torch.tensor([0.5, -1.0], dtype=F64)
 COV = torch.tensor([[1.0, 0.6], [0.6, 0.8]], dtype=F64)
-
-
-class GaussianDenoiser:
-    """Exact denoiser of y ~ N(μ, Σ): D(x, s) = μ + Σ(Σ + s²I)⁻¹(x − μ); s scalar or (B,)."""
-
-    def __init__(self, mu, cov):
-        self.mu, self.cov = mu, cov
-
-    def __call__(self, x, sigma):
-        s2 = torch.as_tensor(sigma, dtype=x.dtype).square().reshape(-1, 1, 1)  # (1|B, 1, 1)
-        eye = torch.eye(len(self.mu), dtype=x.dtype)
-        gain = self.cov @ torch.linalg.inv(self.cov + s2 * eye)  # (1|B, D, D)
-        if len(gain) == 1:
-            return self.mu + (x - self.mu) @ gain[0].T
-        return self.mu + torch.einsum("bij,bj->bi", gain, x - self.mu)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
@@ -299,3 +284,52 @@ def test_stacked_generator_values_do_not_depend_on_how_draws_are_grouped():
     stream = np.random.Generator(np.random.PCG64(np.random.SeedSequence(7))).standard_normal(5005)
     torch.testing.assert_close(torch.cat([p[0] for p in pieces]), torch.from_numpy(stream),
                                rtol=0, atol=0)
+
+
+# ------------------------------------------------------------ clipping and the start
+
+
+def test_gaussian_denoiser_per_sample_sigma_matches_scalar():
+    d = GaussianDenoiser(MU, COV)
+    x = torch.randn(3, 2, generator=torch.Generator().manual_seed(0), dtype=F64)
+    sig = torch.tensor([0.5, 1.0, 2.0], dtype=F64)
+    rows = torch.cat([d(x[i:i + 1], float(sig[i])) for i in range(3)])
+    torch.testing.assert_close(d(x, sig), rows, rtol=0, atol=1e-14)
+    torch.testing.assert_close(d(x, 1e-9), x, rtol=0, atol=1e-8)  # no noise: x itself
+
+
+@pytest.mark.parametrize("name", list(SAMPLERS))
+def test_clip_clamps_every_denoised_estimate(name):
+    """clip=(lo, hi) is the sampler run on D clamped to [lo, hi]; clip=None changes nothing."""
+    d = GaussianDenoiser(MU * 3, COV)  # x̂₀ near (1.5, −3): outside [−1, 1]
+    x = initial_noise((64, 2), 5.0, torch.Generator().manual_seed(0), dtype=F64)
+    run = lambda den, **kw: SAMPLERS[name](den, x, [5.0, 1.0, 0.3, 0.0],  # noqa: E731
+                                           generator=torch.Generator().manual_seed(1), **kw)
+    by_hand = run(lambda y, s: d(y, s).clamp(-1, 1))
+    torch.testing.assert_close(run(d, clip=(-1, 1)), by_hand, rtol=0, atol=0)
+    torch.testing.assert_close(run(clipped(d, (-1, 1))), by_hand, rtol=0, atol=0)
+    torch.testing.assert_close(run(d, clip=None), run(d), rtol=0, atol=0)
+    assert not torch.equal(by_hand, run(d))
+    assert clipped(d, None) is d
+    for bad in ((1.0, -1.0), (0.0,), (0.0, 0.0)):
+        with pytest.raises(ValueError, match="clip"):
+            run(d, clip=bad)
+
+
+def test_standard_prior_draws_what_generation_always_drew():
+    """GaussianPrior(std) without mean and factor: std · (default-dtype normals), cast."""
+    seeds = [(0, i) for i in range(3)]
+    want = 2.5 * StackedGenerator(seeds).randn((3, 4)).to(dtype=F64)
+    got = GaussianPrior(2.5).sample((3, 4), StackedGenerator(seeds), dtype=F64)
+    assert torch.equal(got, want)
+    with pytest.raises(ValueError):
+        GaussianPrior(0.0)
+
+
+def test_gaussian_prior_draws_z_then_w_from_each_stream():
+    mean, factor = torch.tensor([1.0, -1.0, 0.5], dtype=F64), torch.eye(3, dtype=F64)[:2]
+    got = GaussianPrior(2.0, mean, factor).sample((2, 3), StackedGenerator([4, 5]), dtype=F64)
+    for row, seed in zip(got, (4, 5)):
+        z = np.random.Generator(np.random.PCG64(np.random.SeedSequence(seed))).standard_normal(5)
+        want = mean + 2.0 * torch.from_numpy(z[:3]) + torch.from_numpy(z[3:]) @ factor
+        torch.testing.assert_close(row, want, rtol=0, atol=1e-15)

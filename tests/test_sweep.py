@@ -108,7 +108,7 @@ def test_set_overrides_and_dry_run(tmp_path):
         load_config(TINY, ["train.iterations"])
     result = CliRunner().invoke(cli, ["sweep", str(TINY), "--out", str(tmp_path / "r"),
                                       "--dry-run"])
-    assert result.exit_code == 0 and "K=2: train exact denoiser" in result.output
+    assert result.exit_code == 0 and "K=2: train — (the exact denoiser" in result.output
 
 
 # The tiny sweep with a trained network (toy MLP, a few dozen steps) instead of the exact model.

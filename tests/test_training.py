@@ -1,5 +1,6 @@
 """Training: the loss falls and samples land on the data; checkpoints, resume, DDP."""
 
+import copy
 import json
 import os
 import socket
@@ -145,3 +146,89 @@ def test_fixed_batch_draws_the_full_batch_for_small_K(tmp_path):
     finally:
         T.draw_batch = real
     assert seen == [2, 2, 16, 16]
+
+
+# --------------------------------------------------------------------------------- EMA
+
+
+def _weight_sequence(k=30, seed=0):
+    """A linear layer and the weights θ_1..θ_k it is given, one per step."""
+    layer = torch.nn.Linear(3, 2)
+    gen = torch.Generator().manual_seed(seed)
+    return layer, [[torch.randn(p.shape, generator=gen) for p in layer.parameters()]
+                   for _ in range(k)]
+
+
+def _run_ema(decay, warmup, k=30):
+    from memgen.training import update_ema
+
+    layer, thetas = _weight_sequence(k)
+    ema = copy.deepcopy(layer).requires_grad_(False)
+    start = [p.detach().clone() for p in layer.parameters()]
+    for step, theta in enumerate(thetas):
+        with torch.no_grad():
+            for p, v in zip(layer.parameters(), theta):
+                p.copy_(v)
+        update_ema(ema, layer, decay, step, warmup)
+    return ema, layer, start, thetas
+
+
+def test_ema_without_warmup_is_the_geometric_average():
+    """ema_k = d^k θ_0 + (1 − d) Σ_{j=1..k} d^{k−j} θ_j."""
+    d, k = 0.8, 30
+    ema, _, start, thetas = _run_ema(d, warmup=False, k=k)
+    for i, p in enumerate(ema.parameters()):
+        want = d**k * start[i].double() + (1 - d) * sum(
+            d ** (k - j) * thetas[j - 1][i].double() for j in range(1, k + 1))
+        torch.testing.assert_close(p.double(), want, rtol=0, atol=1e-6)
+
+
+def test_warmup_makes_0999_and_09999_identical_early():
+    """min(d, (1 + k)/(10 + k)) < 0.999 for k < 8,990: both decays give one EMA."""
+    a = [p.clone() for p in _run_ema(0.999, True)[0].parameters()]
+    b = [p.clone() for p in _run_ema(0.9999, True)[0].parameters()]
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    c = [p.clone() for p in _run_ema(0.999, False)[0].parameters()]
+    assert not all(torch.equal(x, y) for x, y in zip(a, c))
+
+
+def test_ema_decay_zero_is_no_ema(tmp_path):
+    ema, layer, _, _ = _run_ema(0.0, warmup=False)
+    assert all(torch.equal(e, p) for e, p in zip(ema.parameters(), layer.parameters()))
+    state = train(_toy_config(iterations=4, ema_decay=0.0, ema_warmup=False), TWO_POINTS,
+                  tmp_path, progress=False)
+    payload = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    for key, value in payload["model"].items():
+        assert torch.equal(payload["ema"][key], value), key
+    assert all(torch.equal(e, p) for e, p in zip(state.ema.parameters(),
+                                                  state.model.parameters()))
+
+
+def test_ema_warmup_is_part_of_the_trajectory_and_old_checkpoints_resume(tmp_path):
+    from dataclasses import asdict
+
+    config = _toy_config(iterations=2)
+    old = {k: v for k, v in asdict(config).items() if k != "ema_warmup"}  # before the field
+    assert TrainConfig.from_json(json.dumps(old)).trajectory() == config.trajectory()
+    assert _toy_config(ema_warmup=False).trajectory() != config.trajectory()
+    train(config, TWO_POINTS, tmp_path, progress=False)
+    with pytest.raises(ValueError, match="another config"):
+        train(_toy_config(iterations=3, ema_warmup=False), TWO_POINTS, tmp_path, progress=False)
+
+
+def test_cli_train_ema_options(tmp_path):
+    from click.testing import CliRunner
+
+    from memgen.cli import cli
+
+    data = tmp_path / "train.npz"
+    np.savez(data, samples=TWO_POINTS.numpy())
+    runner = CliRunner()
+    assert "--no-ema-warmup" in runner.invoke(cli, ["train", "--help"]).output
+    result = runner.invoke(cli, ["train", "--train", str(data), "--preset", "toy-mlp",
+                                 "--iterations", "2", "--ema", "0", "--no-ema-warmup",
+                                 "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    config = TrainConfig.from_json(torch.load(tmp_path / "run" / "checkpoint.pt",
+                                              weights_only=True)["config"])
+    assert config.ema_warmup is False and config.ema_decay == 0.0

@@ -35,15 +35,24 @@ def pick_per_label(labels: np.ndarray, per_label: int) -> np.ndarray:
     return np.sort(np.concatenate(picks))
 
 
-def analysis_stage(run: Path, result, train: np.ndarray, config: SweepConfig) -> Path | None:
-    """Run the enabled analyses for one K (a classify StageResult); returns the folder."""
+def analysis_key(classify_folder: str, config: SweepConfig) -> str | None:
+    """The analysis stage's key (None when no analysis is enabled)."""
     from memgen.sweep import stage_key
 
     a = config.analysis
     if not (a.basins or a.curvature):
         return None
     reads = {k: v for k, v in as_dict(a).items() if not k.startswith("landscape")}
-    folder = run / "cache" / f"analysis-{stage_key('analysis', result.folder.name, reads)}"
+    return stage_key("analysis", classify_folder, reads)
+
+
+def analysis_stage(run: Path, result, train: np.ndarray, config: SweepConfig) -> Path | None:
+    """Run the enabled analyses for one K (a classify StageResult); returns the folder."""
+    a = config.analysis
+    key = analysis_key(result.folder.name, config)
+    if key is None:
+        return None
+    folder = run / "cache" / f"analysis-{key}"
 
     def compute() -> dict:
         with np.load(result.folder / "labels.npz", allow_pickle=False) as archive:

@@ -22,7 +22,6 @@ distance tolerance can be added on top.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
 
 import numpy as np
 import torch
@@ -67,30 +66,16 @@ class Memory:
     def weights(self, x: torch.Tensor) -> torch.Tensor:
         return _ENERGIES[self.kind][2](x, self.patterns, self.beta)
 
-    @cached_property
-    def _logit_bias(self) -> torch.Tensor:
-        """Per-pattern logit offset: −β‖y_i‖² (kernel; ‖x‖² cancels in the softmax) or 0."""
-        if self.kind == "kernel":
-            return -self.beta * torch.einsum("nd,nd->n", self.patterns, self.patterns)
-        return self.patterns.new_zeros(len(self.patterns))
-
     def retrieval_step(self, x: torch.Tensor, buffer: torch.Tensor | None = None
                        ) -> torch.Tensor:
-        """One fixed-point step x ← Σ_i w_i(x) y_i, written to minimise temporaries.
+        """One fixed-point step x ← Σ_i w_i(x) y_i.
 
-        The logits are one addmm (2β xᵀy − β‖y‖² for the kernel, β xᵀy for DenseAM) into
-        ``buffer`` (a flat tensor of at least B·N elements, reused across steps), and the
-        softmax runs in place.
+        The weights are the energy's own (float64 logits, float32 only where that cannot
+        matter: see :mod:`memgen.energy`); an expanded-form float32 addmm would put
+        errors of β·u·(‖x‖² + ‖y‖²) into every logit. ``buffer`` is accepted for callers
+        of the former in-place step and not used.
         """
-        alpha = 2 * self.beta if self.kind == "kernel" else self.beta
-        shape = (len(x), len(self.patterns))
-        logits = (torch.empty(shape, dtype=x.dtype, device=x.device) if buffer is None
-                  else buffer[:shape[0] * shape[1]].view(shape))
-        torch.addmm(self._logit_bias.unsqueeze(0), x, self.patterns.T, alpha=alpha, out=logits)
-        logits -= logits.amax(dim=1, keepdim=True)
-        logits.exp_()
-        logits /= logits.sum(dim=1, keepdim=True)
-        return logits @ self.patterns
+        return self.weights(x) @ self.patterns
 
     @property
     def curvature(self) -> tuple[float, float]:
@@ -129,7 +114,7 @@ def retrieve(memory: Memory, starts: torch.Tensor, *, method: str = "fixed_point
     if method not in ("fixed_point", "gradient"):
         raise ValueError(f"unknown retrieval method {method!r}; use fixed_point or gradient")
     eta = 1.0 / (2 * memory.curvature[0]) if step is None else step
-    batch = max(1, _BATCH_BUDGET // (starts.element_size() * len(memory.patterns)))
+    batch = max(1, _BATCH_BUDGET // (8 * len(memory.patterns)))  # logits are float64
     out, iters, done = [], [], []
     for b0 in tqdm(range(0, len(starts), batch), desc="retrieval", unit="batch",
                    disable=not progress or len(starts) <= batch):
@@ -144,11 +129,10 @@ def retrieve(memory: Memory, starts: torch.Tensor, *, method: str = "fixed_point
 def _descend(memory, x, method, eta, tol, max_iter, callback):
     iterations = np.zeros(len(x), dtype=np.int64)
     active = torch.ones(len(x), dtype=torch.bool, device=x.device)
-    buffer = x.new_empty(len(x) * len(memory.patterns))
     for i in range(max_iter):
         xa = x[active]
         if method == "fixed_point":
-            new = memory.retrieval_step(xa, buffer)
+            new = memory.retrieval_step(xa)
         else:
             new = xa - eta * memory.grad(xa)
         moved = (new - xa).norm(dim=1)

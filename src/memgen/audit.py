@@ -11,11 +11,12 @@ from pathlib import Path
 import numpy as np
 
 from memgen import __version__
+from memgen.errors import UserError
 from memgen.io import check_same_shape, write_json
 from memgen.metrics.classify import Neighbours, Rule, apply_rule, find_neighbours, make_rule
 from memgen.metrics.null import DEFAULT_ALPHA, NullResult, null_rates
 from memgen.metrics.quality import HeldoutQuality, quality_summary, quality_vs_heldout
-from memgen.metrics.stats import DEFAULT_RESAMPLES, FractionEstimate, estimate_fractions
+from memgen.metrics.stats import FractionEstimate, estimate_fractions
 
 
 @dataclass(frozen=True)
@@ -29,13 +30,13 @@ class ClassifyConfig:
     k: int | None = None  # None: 5, or fewer when a set is smaller
     alpha: float = DEFAULT_ALPHA
     calibrate: bool = False  # label with the thresholds calibrated on held-out data
-    n_resamples: int = DEFAULT_RESAMPLES
     seed: int = 0
     memory_budget: int | None = None
     backend: str = "builtin"  # builtin | faiss: exact kNN engines with identical results
+    dedup: bool = False  # d2 against the nearest training image distinct from the first
 
     def make_rule(self) -> Rule:
-        return make_rule(self.rule, self.delta_m, self.delta_s)
+        return make_rule(self.rule, self.delta_m, self.delta_s, metric=self.metric)
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,7 @@ class Audit:
     n_train: int
     n_synth: int
     quality: HeldoutQuality | None = None  # prdc vs held-out data (metrics.quality)
+    warnings: tuple[str, ...] = ()  # what may make the labels misleading (duplicates)
 
 
 def classify_sets(eval_set: np.ndarray, train: np.ndarray, synth=None,
@@ -71,22 +73,24 @@ def classify_sets(eval_set: np.ndarray, train: np.ndarray, synth=None,
     check_same_shape(train=train, eval=eval_set, synth=None if streamed else synth,
                      heldout=heldout)
     if streamed and synth.sample_shape != eval_set.shape[1:]:
-        raise ValueError(f"synth samples have shape {synth.sample_shape} but eval samples "
+        raise UserError(f"synth samples have shape {synth.sample_shape} but eval samples "
                          f"have shape {eval_set.shape[1:]}")
     n_synth = None if synth is None else synth.rows if streamed else len(synth)
     rule = config.make_rule()
     if config.calibrate and heldout is None:
-        raise ValueError("calibrated thresholds need held-out real data (--heldout)")
+        raise UserError("calibrated thresholds need held-out real data (--heldout)")
     if rule.needs_second_neighbour and len(train) < 2:
-        raise ValueError("the paper rule needs a second nearest training sample, but the "
+        raise UserError("the paper rule needs a second nearest training sample, but the "
                          "training set has only one (use --rule absolute)")
+    if heldout is not None:
+        check_disjoint(train, heldout)
     common = dict(k=config.k, metric=config.metric, memory_budget=config.memory_budget,
-                  progress=progress, backend=config.backend)
+                  progress=progress, backend=config.backend, distinct=config.dedup)
     null = None
     if heldout is not None:
         null = null_rates(train, heldout, rule, n_eval=len(eval_set),
                           n_synth=n_synth, alpha=config.alpha,
-                          seed=config.seed, n_resamples=config.n_resamples, **common)
+                          seed=config.seed, **common)
         if config.calibrate:
             rule = null.calibrated
     near = find_neighbours(eval_set, train, synth, state=state, **common)
@@ -95,9 +99,37 @@ def classify_sets(eval_set: np.ndarray, train: np.ndarray, synth=None,
         eval_set, heldout, metric=config.metric, k=config.k, seed=config.seed,
         memory_budget=config.memory_budget, backend=config.backend)
     return Audit(config=config, rule=rule, labels=labels, neighbours=near, null=null,
-                 estimate=estimate_fractions(labels, config.n_resamples, config.seed),
+                 estimate=estimate_fractions(labels),
                  n_train=len(train), n_synth=len(eval_set) if synth is None else n_synth,
-                 quality=quality)
+                 quality=quality, warnings=duplicate_warnings(train, near, rule))
+
+
+def check_disjoint(train: np.ndarray, heldout: np.ndarray) -> None:
+    """Refuse held-out data that shares samples with the training set: the null run
+    must see data the model never saw (with a copy, δ_m calibrates to below 0)."""
+    seen = {row.tobytes() for row in train.reshape(len(train), -1)}
+    shared = sum(row.tobytes() in seen for row in heldout.reshape(len(heldout), -1))
+    if shared:
+        raise UserError(f"{shared} of the {len(heldout)} held-out samples are also in the "
+                         "training set: held-out data must be disjoint from it")
+
+
+def duplicate_warnings(train: np.ndarray, near: Neighbours, rule: Rule) -> tuple[str, ...]:
+    """Warnings when duplicated training images can hide copies from eq. 4 (d1 ≈ d2)."""
+    repeats = len(train) - len(np.unique(train.reshape(len(train), -1), axis=0))
+    hidden = 0 if near.duplicate_pair is None else int(near.duplicate_pair.sum())
+    if not rule.needs_second_neighbour or not (repeats or hidden):
+        return ()
+    where = ("the training set has near-duplicates" if not repeats else
+             "1 training sample repeats another exactly" if repeats == 1 else
+             f"{repeats} training samples repeat others exactly")
+    if near.distinct:
+        return (f"{where}; d2 is measured against the nearest distinct training image "
+                f"(--dedup) for the {hidden} evaluated samples whose two nearest training "
+                "images are near-duplicates",)
+    return (f"{where}: for {hidden} evaluated samples the two nearest training images are "
+            f"near-duplicates (closer than {near.duplicate_cut:.3g}), so d1/d2 ≈ 1 cannot "
+            "call a copy memorized; use --dedup, or see memgen hygiene duplicates",)
 
 
 def summary(audit: Audit) -> dict:
@@ -107,11 +139,26 @@ def summary(audit: Audit) -> dict:
                    delta_s=audit.rule.delta_s, metric=audit.config.metric,
                    k=int(audit.neighbours.train_dist.shape[1]), n_train=audit.n_train,
                    n_synth=audit.n_synth, calibrated=audit.config.calibrate)
+    if audit.warnings:
+        payload["warnings"] = list(audit.warnings)
     if audit.null is not None:
-        payload["null"] = audit.null.as_dict()
+        payload["null"] = null_payload(audit.null, audit.config.calibrate)
         payload["quality"] = (None if audit.quality is None
                               else quality_summary(audit.quality, audit.labels))
     payload.update(config=asdict(audit.config), version=__version__)
+    return payload
+
+
+def null_payload(null: NullResult, calibrated: bool) -> dict:
+    """The null rates at the thresholds the labels used (calibrated or given), and with
+    calibration also those at the given thresholds."""
+    payload = null.as_dict()
+    payload["thresholds"] = "calibrated" if calibrated else "given"
+    if calibrated:
+        applied = null.calibrated_estimate.as_dict()
+        payload["given_thresholds"] = {"fractions": payload["fractions"],
+                                       "ci95": payload["ci95"]}
+        payload.update(fractions=applied["fractions"], ci95=applied["ci95"])
     return payload
 
 

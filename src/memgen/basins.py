@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
 
+from memgen.errors import UserError
 from memgen.samplers import SAMPLERS, StackedGenerator, get_sampler, ve_sigmas
 
 F64 = torch.float64
@@ -44,23 +45,23 @@ _NOISE_TAG, _SAMPLER_TAG = 1, 2  # last entry of a trial's stream key (seed, id,
 
 def _check_points(x, name: str = "x") -> torch.Tensor:
     if not isinstance(x, torch.Tensor) or x.ndim < 2 or len(x) == 0 or x[0].numel() == 0:
-        raise ValueError(f"{name} must be a non-empty (B, ...) tensor with at least one "
+        raise UserError(f"{name} must be a non-empty (B, ...) tensor with at least one "
                          "coordinate per sample")
     if not torch.isfinite(x).all():
-        raise ValueError(f"{name} must be finite (no NaN or inf)")
+        raise UserError(f"{name} must be finite (no NaN or inf)")
     return x
 
 
 def _check_sigma(sigma) -> float:
     sigma = float(sigma)
     if not (math.isfinite(sigma) and sigma > 0):
-        raise ValueError(f"sigma must be a finite positive number, got {sigma}")
+        raise UserError(f"sigma must be a finite positive number, got {sigma}")
     return sigma
 
 
 def _check_chunk(chunk) -> None:
     if chunk is not None and (int(chunk) != chunk or chunk < 1):
-        raise ValueError(f"chunk must be None or a positive integer, got {chunk}")
+        raise UserError(f"chunk must be None or a positive integer, got {chunk}")
 
 
 def _sample_ids(sample_ids, batch: int) -> list[int]:
@@ -69,7 +70,7 @@ def _sample_ids(sample_ids, batch: int) -> list[int]:
         return list(range(batch))
     ids = [int(i) for i in torch.as_tensor(sample_ids).reshape(-1).tolist()]
     if len(ids) != batch or min(ids) < 0:
-        raise ValueError(f"sample_ids must hold {batch} non-negative integers")
+        raise UserError(f"sample_ids must hold {batch} non-negative integers")
     return ids
 
 
@@ -99,21 +100,21 @@ class RecoveryConfig:
 
     def __post_init__(self):
         if int(self.n_trials) != self.n_trials or self.n_trials < 1:
-            raise ValueError(f"n_trials must be an integer >= 1, got {self.n_trials}")
+            raise UserError(f"n_trials must be an integer >= 1, got {self.n_trials}")
         if not 0 < self.p <= 1:
-            raise ValueError(f"p must lie in (0, 1], got {self.p}")
+            raise UserError(f"p must lie in (0, 1], got {self.p}")
         if not (math.isfinite(self.delta) and self.delta > 0):
-            raise ValueError(f"delta must be a finite positive distance, got {self.delta}")
+            raise UserError(f"delta must be a finite positive distance, got {self.delta}")
         if self.metric not in METRICS:
-            raise ValueError(f"unknown metric {self.metric!r}; known: {', '.join(METRICS)}")
+            raise UserError(f"unknown metric {self.metric!r}; known: {', '.join(METRICS)}")
         if self.sampler not in SAMPLERS:
-            raise ValueError(f"unknown sampler {self.sampler!r}; known: {', '.join(SAMPLERS)}")
+            raise UserError(f"unknown sampler {self.sampler!r}; known: {', '.join(SAMPLERS)}")
         if int(self.steps) != self.steps or self.steps < 1:
-            raise ValueError(f"steps must be an integer >= 1, got {self.steps}")
+            raise UserError(f"steps must be an integer >= 1, got {self.steps}")
         if not 0 < self.rel_min <= 1:
-            raise ValueError(f"rel_min must lie in (0, 1], got {self.rel_min}")
+            raise UserError(f"rel_min must lie in (0, 1], got {self.rel_min}")
         if int(self.seed) != self.seed or self.seed < 0:
-            raise ValueError(f"seed must be a non-negative integer, got {self.seed}")
+            raise UserError(f"seed must be a non-negative integer, got {self.seed}")
 
     def ladder(self) -> torch.Tensor:
         """Relative ladder u: (steps + 1,) float64, geometric from 1 to rel_min, then 0."""
@@ -144,7 +145,7 @@ def trial_noise(x0: torch.Tensor, n_trials: int, seed: int = 0, sample_ids=None)
     """
     x0 = _check_points(x0, "x0")
     if int(n_trials) != n_trials or n_trials < 1:
-        raise ValueError(f"n_trials must be an integer >= 1, got {n_trials}")
+        raise UserError(f"n_trials must be an integer >= 1, got {n_trials}")
     ids = _sample_ids(sample_ids, len(x0))
     keys = [(seed, i, j, _NOISE_TAG) for i in ids for j in range(int(n_trials))]
     size = x0[0].numel()
@@ -169,9 +170,9 @@ def recovery_probability(denoiser, x0: torch.Tensor, sigmas,
     levels = torch.as_tensor(sigmas, dtype=F64).cpu()
     levels = levels.expand(len(x0), -1) if levels.ndim == 1 else levels
     if levels.ndim != 2 or len(levels) != len(x0) or levels.shape[1] == 0:
-        raise ValueError(f"sigmas must be (G,) or ({len(x0)}, G), got {tuple(levels.shape)}")
+        raise UserError(f"sigmas must be (G,) or ({len(x0)}, G), got {tuple(levels.shape)}")
     if not (torch.isfinite(levels).all() and (levels > 0).all()):
-        raise ValueError("sigmas must be finite and positive")
+        raise UserError("sigmas must be finite and positive")
     noise = trial_noise(x0, config.n_trials, config.seed, ids)
     return _recover(denoiser, x0, noise, levels, ids, config, chunk)
 
@@ -258,7 +259,7 @@ class CriticalTime:
 def ball_log_volume(radius: torch.Tensor, dim: int) -> torch.Tensor:
     """log V_D(r) = (D/2) log π − lgamma(D/2 + 1) + D log r (−inf at r = 0)."""
     if int(dim) != dim or dim < 1:
-        raise ValueError(f"dim must be a positive integer, got {dim}")
+        raise UserError(f"dim must be a positive integer, got {dim}")
     radius = torch.as_tensor(radius, dtype=F64)
     const = 0.5 * dim * math.log(math.pi) - math.lgamma(0.5 * dim + 1)
     return const + dim * radius.log()
@@ -283,7 +284,7 @@ def critical_time(denoiser, x0: torch.Tensor, sigma_lo: float, sigma_hi: float,
     """
     sigma_lo, sigma_hi = _check_sigma(sigma_lo), _check_sigma(sigma_hi)
     if not sigma_lo < sigma_hi or not (math.isfinite(rtol) and rtol > 0):
-        raise ValueError(f"need 0 < sigma_lo < sigma_hi and rtol > 0, got "
+        raise UserError(f"need 0 < sigma_lo < sigma_hi and rtol > 0, got "
                          f"{sigma_lo}, {sigma_hi}, {rtol}")
     if schedule is not None:
         _check_schedule(schedule, sigma_lo * config.rel_min, sigma_hi)
@@ -328,7 +329,7 @@ def _check_schedule(schedule, smallest: float, largest: float) -> None:
     try:
         schedule.t_from_sigma(torch.tensor([smallest, largest], dtype=F64))
     except ValueError as err:
-        raise ValueError(f"the levels probed, {smallest:.4g} (sigma_lo * rel_min) to "
+        raise UserError(f"the levels probed, {smallest:.4g} (sigma_lo * rel_min) to "
                          f"{largest:.4g} (sigma_hi), fall outside the schedule: {err}") from None
 
 
@@ -370,12 +371,12 @@ def relative_energy(denoiser, x: torch.Tensor, x_ref: torch.Tensor, sigma: float
     """
     x, x_ref, sigma = _check_points(x, "x"), _check_points(x_ref, "x_ref"), _check_sigma(sigma)
     if x.shape != x_ref.shape:
-        raise ValueError(f"x and x_ref must have one shape, got {tuple(x.shape)} and "
+        raise UserError(f"x and x_ref must have one shape, got {tuple(x.shape)} and "
                          f"{tuple(x_ref.shape)}")
     if int(order) != order or order < 1 or int(max_panels) != max_panels or max_panels < 2:
-        raise ValueError("order must be an integer >= 1 and max_panels an integer >= 2")
+        raise UserError("order must be an integer >= 1 and max_panels an integer >= 2")
     if not (rtol >= 0 and atol >= 0):
-        raise ValueError(f"rtol and atol must be >= 0, got {rtol}, {atol}")
+        raise UserError(f"rtol and atol must be >= 0, got {rtol}, {atol}")
     _check_chunk(chunk)
     integrate = partial(_path_integral, denoiser, sigma, np.polynomial.legendre.leggauss(order),
                         chunk)
@@ -489,9 +490,9 @@ def hessian_eigsh(denoiser, x: torch.Tensor, sigma: float, k: int = 6, *, which:
     x, sigma = _check_points(x, "x"), _check_sigma(sigma)
     dim = x[0].numel()
     if which not in ("LA", "SA"):
-        raise ValueError(f"which must be 'LA' or 'SA', got {which!r}")
+        raise UserError(f"which must be 'LA' or 'SA', got {which!r}")
     if int(k) != k or not 1 <= k < dim:
-        raise ValueError(f"k must be an integer in [1, D - 1] = [1, {dim - 1}], got {k}")
+        raise UserError(f"k must be an integer in [1, D - 1] = [1, {dim - 1}], got {k}")
     tol = (1e-10 if x.dtype == F64 else 1e-5) if tol is None else tol
     options = dict(k=k, which=which, tol=tol, ncv=ncv, maxiter=maxiter,
                    v0=np.random.default_rng(seed).standard_normal(dim))

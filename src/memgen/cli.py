@@ -10,7 +10,10 @@ import click
 import numpy as np
 
 from memgen import __version__
-from memgen.io import atomic_file, atomic_output_dir, check_output_dir, load_samples, write_json
+from memgen.cli_options import overwrite_option, run_guarded
+from memgen.errors import UserError
+from memgen.io import (atomic_file, atomic_output_dir, check_output_dir, check_output_file,
+                       load_samples, write_json)
 
 RULES = ("paper", "absolute")
 METRICS = ("l2", "lpips-alex", "lpips-vgg", "lpips-alex-ref", "lpips-vgg-ref")
@@ -42,24 +45,26 @@ def _is_number(token: str) -> bool:
 
 
 class _Group(click.Group):
-    """Accepts list options; turns ValueError into a one-line error and exit status 1."""
+    """Accepts list options; errors as in :func:`memgen.cli_options.run_guarded`."""
 
     def parse_args(self, ctx, args):
         return super().parse_args(ctx, expand_lists(list(args)))
 
     def invoke(self, ctx):
-        try:
-            return super().invoke(ctx)
-        except ValueError as err:
-            raise click.ClickException(str(err).splitlines()[0]) from None
+        return run_guarded(ctx, super().invoke)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="memgen")
-def cli():
+@click.option("--debug", is_flag=True,
+              help="Show the traceback of any error (also MEMGEN_DEBUG=1).")
+def cli(debug):
     """memgen: which generated samples are copies of training data (memorized), which are
     new but recurring attractors (spurious), and which are genuinely new (generalized)
-    — Pham et al., "Memorization to Generalization", arXiv 2505.21777."""
+    — Pham et al., "Memorization to Generalization", arXiv 2505.21777.
+
+    A problem with the input is one line on stderr and exit status 1; an internal error
+    exits 70; Ctrl-C exits 130. No command leaves a half-written output behind."""
 
 
 @cli.command()
@@ -87,9 +92,12 @@ def cli():
               help="Null detection rate the calibrated thresholds allow.")
 @click.option("--calibrate", is_flag=True,
               help="Label with the thresholds calibrated on --heldout.")
-@click.option("--bootstrap", "n_resamples", type=int, default=1000, show_default=True,
-              help="Bootstrap resamples for the 95% intervals.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--dedup", is_flag=True,
+              help="Measure d2 against the nearest training image that is not a "
+                   "near-duplicate of the first (memgen's extension of eq. 4 for training "
+                   "sets with repeated images).")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Draws the null and quality subsets from --heldout.")
 @click.option("--memory-budget", type=float, default=512, show_default=True,
               help="MiB for one block of pairwise distances (and one streamed chunk).")
 @click.option("--backend", type=click.Choice(["builtin", "faiss"]), default="builtin",
@@ -98,24 +106,31 @@ def cli():
               help="Restart file for a streamed --synth: an interrupted search resumes.")
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="Output folder: summary.json, labels.npz.")
+@overwrite_option
 def classify(train_path, eval_path, synth_path, heldout_path, rule, delta_m, delta_s, metric, k,
-             alpha, calibrate, n_resamples, seed, memory_budget, backend, state_path, out):
+             alpha, calibrate, dedup, seed, memory_budget, backend, state_path, out, overwrite):
     """Label every evaluated sample memorized, spurious or generalized (eqs. 4-6)."""
     from memgen.audit import ClassifyConfig, classify_sets, summary, write_audit
 
     config = ClassifyConfig(rule=rule, delta_m=delta_m, delta_s=delta_s, metric=metric, k=k,
-                            alpha=alpha, calibrate=calibrate, n_resamples=n_resamples,
-                            seed=seed, memory_budget=_mib(memory_budget), backend=backend)
+                            alpha=alpha, calibrate=calibrate, seed=seed,
+                            memory_budget=_mib(memory_budget), backend=backend, dedup=dedup)
     config.make_rule()  # reject bad thresholds and --out before reading any data
-    check_output_dir(out)
+    if not 0 <= alpha < 1:
+        raise UserError(f"--alpha {alpha}: a null detection rate lies in [0, 1)")
+    if calibrate and not heldout_path:
+        raise UserError("--calibrate needs held-out real data (--heldout)")
+    check_output_dir(out, "classify", overwrite)
     train = load_samples(train_path, "--train")
     eval_set = load_samples(eval_path, "--eval")
     synth = _synth_set(synth_path)
     heldout = load_samples(heldout_path, "--heldout") if heldout_path else None
     audit = classify_sets(eval_set, train, synth, heldout, config, progress=True,
                           state=state_path)
-    with atomic_output_dir(out) as tmp:
+    with atomic_output_dir(out, "classify", overwrite) as tmp:
         write_audit(tmp, audit)
+    for warning in audit.warnings:
+        click.echo(f"warning: {warning}", err=True)
     _print_summary(summary(audit))
     click.echo(f"wrote {Path(out) / 'summary.json'} and {Path(out) / 'labels.npz'}")
 
@@ -131,7 +146,7 @@ def _synth_set(path):
     try:
         return open_shards(path)
     except ValueError as err:
-        raise ValueError(f"--synth: {err}") from None
+        raise UserError(f"--synth: {err}") from None
 
 
 @cli.command()
@@ -141,10 +156,16 @@ def _synth_set(path):
 @click.option("--bootstrap", "n_resamples", type=int, default=1000, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False), help="Also write the JSON here.")
-def capacities(fractions_csv, epsilon, n_resamples, seed, out):
+@overwrite_option
+def capacities(fractions_csv, epsilon, n_resamples, seed, out, overwrite):
     """Memorization, spurious and generalization capacities (eqs. 1-3) of a fractions.csv."""
     from memgen.metrics.capacity import capacities as compute, describe, read_fraction_table
 
+    _check_epsilon(epsilon)
+    if n_resamples < 1:
+        raise UserError(f"--bootstrap {n_resamples}: give at least 1 resample")
+    if out:
+        check_output_file(out, overwrite)
     result = compute(read_fraction_table(fractions_csv), epsilon, n_resamples, seed)
     payload = {name: c.as_dict() for name, c in result.items()}
     payload["epsilon"] = epsilon
@@ -164,11 +185,14 @@ def plot():
 @click.argument("fractions_csv", type=click.Path(dir_okay=False))
 @click.option("--epsilon", type=float, default=0.1, show_default=True)
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Image file.")
-def plot_fractions_cmd(fractions_csv, epsilon, out):
+@overwrite_option
+def plot_fractions_cmd(fractions_csv, epsilon, out, overwrite):
     """Fractions of the three labels against K, with intervals and MC/SC/GC marked."""
     from memgen.metrics.capacity import capacities as compute, read_fraction_table
     from memgen.report.figures import plot_fractions
 
+    _check_epsilon(epsilon)
+    _check_image_file(out, overwrite)
     table = read_fraction_table(fractions_csv)
     caps = compute(table, epsilon, n_resamples=1)
     fig = plot_fractions(table.K, table.fractions, table.lo, table.hi,
@@ -180,11 +204,13 @@ def plot_fractions_cmd(fractions_csv, epsilon, out):
 @click.argument("phase_csv", type=click.Path(dir_okay=False))
 @click.option("--title", default="", help="Figure title.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Image file.")
-def plot_phase_cmd(phase_csv, title, out):
+@overwrite_option
+def plot_phase_cmd(phase_csv, title, out, overwrite):
     """Curves (one σ) or (K × β) heat maps (several σ) of a phase.csv."""
     from memgen.phase import read_phase
     from memgen.report.figures import plot_phase
 
+    _check_image_file(out, overwrite)
     _save(plot_phase(read_phase(phase_csv), title=title), out, dpi=150)
 
 
@@ -197,14 +223,19 @@ def plot_phase_cmd(phase_csv, title, out):
 @click.option("--per-label", type=int, default=2, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Image file.")
-def plot_neighbours_cmd(train_path, eval_path, synth_path, labels_path, per_label, seed, out):
+@overwrite_option
+def plot_neighbours_cmd(train_path, eval_path, synth_path, labels_path, per_label, seed, out,
+                        overwrite):
     """A few samples per label with their top-k training and synthetic neighbours."""
     from memgen.report.figures import plot_neighbours
 
+    if per_label < 1:
+        raise UserError(f"--per-label {per_label}: show at least 1 sample per label")
+    _check_image_file(out, overwrite)
     train = load_samples(train_path, "--train")
     eval_set = load_samples(eval_path, "--eval")
     synth = load_samples(synth_path, "--synth") if synth_path else eval_set
-    found = _load_labels(labels_path, len(eval_set))
+    found = _load_labels(labels_path, len(eval_set), len(train), len(synth))
     fig = plot_neighbours(eval_set, train, synth, found["train_idx"], found["synth_idx"],
                           found["labels"], _choose(found["labels"], per_label, seed),
                           found["train_dist"], found["synth_dist"])
@@ -218,12 +249,15 @@ def plot_neighbours_cmd(train_path, eval_path, synth_path, labels_path, per_labe
 @click.option("--n-eval", type=int, default=1000, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", type=click.Path(file_okay=False), default="runs/demo", show_default=True)
-def demo(data_root, K, n_eval, seed, out):
+@overwrite_option
+def demo(data_root, K, n_eval, seed, out, overwrite):
     """Classify planted copies, blends and novel images built from real Fashion-MNIST,
     and compare the detected labels with the planted truth."""
     from memgen.demo import DemoConfig, run_demo
 
-    result = run_demo(DemoConfig(K=K, n_eval=n_eval, seed=seed), data_root, out, progress=True)
+    check_output_dir(out, "demo", overwrite)
+    result = run_demo(DemoConfig(K=K, n_eval=n_eval, seed=seed), data_root, out, progress=True,
+                      overwrite=overwrite)
     _print_summary(result.summary)
     click.echo(result.confusion_text)
     click.echo(f"wrote {out}/: summary.json, labels.npz, demo.json, fractions.png, "
@@ -252,7 +286,9 @@ def demo(data_root, K, n_eval, seed, out):
 @click.option("--data-root", type=click.Path(file_okay=False))
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", required=True, type=click.Path(file_okay=False))
-def phase(data, sigmas, Ks, n_starts, starts, method, max_iter, tol, dtype, data_root, seed, out):
+@overwrite_option
+def phase(data, sigmas, Ks, n_starts, starts, method, max_iter, tol, dtype, data_root, seed, out,
+          overwrite):
     """Attractors of the exact energy −log p_σ against the load K (and σ): phase.csv."""
     from memgen.phase import PhaseConfig, run_phase, write_phase
 
@@ -260,9 +296,9 @@ def phase(data, sigmas, Ks, n_starts, starts, method, max_iter, tol, dtype, data
                          starts=starts, method=method, tol=tol, max_iter=max_iter, seed=seed,
                          data_root=data_root,
                          dtype=dtype or ("float64" if data == "circle" else "float32"))
-    check_output_dir(out)
+    check_output_dir(out, "phase", overwrite)
     rows = run_phase(config, progress=True)
-    with atomic_output_dir(out) as tmp:
+    with atomic_output_dir(out, "phase", overwrite) as tmp:
         write_phase(tmp, rows, config)
     columns = ("sigma", "K", "n_attractors", "n_memorized", "n_spurious", "n_saddle",
                "share_memorized", "share_spurious", "rule_generalized")
@@ -287,18 +323,19 @@ def phase(data, sigmas, Ks, n_starts, starts, method, max_iter, tol, dtype, data
 @click.option("--resolution", type=int, default=100, show_default=True,
               help="Grid points per axis of the learned energy.")
 @click.option("--out", required=True, type=click.Path(file_okay=False))
-def landscape(Ks, beta, checkpoints, sigma, resolution, out):
+@overwrite_option
+def landscape(Ks, beta, checkpoints, sigma, resolution, out, overwrite):
     """2D energy landscapes of unit-circle data with their attractors (project page Fig. 2);
     with --checkpoint, those learned by trained models too."""
     from memgen.landscape import (LandscapeConfig, checkpoint_rows, run_landscape,
                                   write_landscape, write_learned)
 
     config = LandscapeConfig(Ks=tuple(Ks), beta=beta)
-    check_output_dir(out)
+    check_output_dir(out, "landscape", overwrite)
     panels = run_landscape(config)
     rows = (checkpoint_rows(checkpoints, sigma=sigma, resolution=resolution)
             if checkpoints else [])
-    with atomic_output_dir(out) as tmp:
+    with atomic_output_dir(out, "landscape", overwrite) as tmp:
         write_landscape(tmp, panels, config)
         if rows:
             write_learned(tmp, rows, sigma)
@@ -327,13 +364,16 @@ def landscape(Ks, beta, checkpoints, sigma, resolution, out):
                    "must be on a file system every node sees.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="torch threads per K (overrides executor.cpus_per_task) [1].")
-def sweep(config_path, out, overrides, dry_run, executor, workers, address, threads):
+@click.option("--overwrite", is_flag=True,
+              help="Start afresh in an --out that another command (or not memgen) wrote: "
+                   "its contents are deleted. A sweep's own folder is resumed without it.")
+def sweep(config_path, out, overrides, dry_run, executor, workers, address, threads, overwrite):
     """Fractions of memorized/spurious/generalized samples against K (paper Fig. 2).
 
     Stages are cached by a hash of the settings they read: rerunning resumes a killed
     sweep, and changing a setting recomputes only what depends on it. Each K runs here
     (default), in --workers local processes, or as a Ray task (--executor ray)."""
-    from memgen.config import load_config
+    from memgen.config import check_device, load_config
     from memgen.sweep import plan, run_sweep
 
     flags = {"kind": executor, "workers": workers, "address": address,
@@ -341,11 +381,13 @@ def sweep(config_path, out, overrides, dry_run, executor, workers, address, thre
     overrides = list(overrides) + [f"executor.{key}={value}" for key, value in flags.items()
                                    if value is not None]
     config = load_config(config_path, overrides)
+    check_device(config.device)
+    check_output_dir(out, "sweep", overwrite)
     if dry_run:
         for line in plan(config, Path(out)):
             click.echo(line)
         return
-    caps = run_sweep(config, Path(out))
+    caps = run_sweep(config, Path(out), overwrite=overwrite)
     _print_sweep(Path(out), caps)
 
 
@@ -362,6 +404,9 @@ def _print_sweep(run: Path, caps: dict) -> None:
         cells = "".join(f"{table.fractions[i, j]:6.3f} [{table.lo[i, j]:.3f},{table.hi[i, j]:.3f}] "
                         for j in range(3))
         click.echo(f"{K:>6}  {cells} {extra[i]}")
+    footnote = _null_footnote(run / "fractions.csv")
+    if footnote:
+        click.echo(footnote)
     for name in ("MC", "SC", "GC"):
         click.echo(describe(Capacity.from_dict(name, caps[name])))
     if (run / "timescale.json").exists():
@@ -386,7 +431,8 @@ def _print_timescale(timescale: dict) -> None:
 
 
 def _extra_columns(path: Path) -> list[str]:
-    """Per K: the null rates m/s/g and the precision (held-out baseline), '-' if absent."""
+    """Per K: the null rates m/s/g (marked * when held-out data ran short for the null
+    run) and the precision (held-out baseline), '-' if absent."""
     import csv
 
     def number(r, key, digits):
@@ -395,8 +441,28 @@ def _extra_columns(path: Path) -> list[str]:
     with path.open(newline="") as f:
         rows = sorted(csv.DictReader(f), key=lambda r: int(r["K"]))
     return ["/".join(number(r, f"null_{n}", 2) for n in ("memorized", "spurious", "generalized"))
-            + f"  {number(r, 'precision', 3):>9} ({number(r, 'baseline_precision', 3)})"
+            + ("*" if _null_short(r) else " ")
+            + f" {number(r, 'precision', 3):>9} ({number(r, 'baseline_precision', 3)})"
             for r in rows]
+
+
+def _null_short(row: dict) -> bool:
+    """The null run of this fractions.csv row had fewer samples than the measured sets."""
+    sizes = [(row.get(f"null_{n}"), row.get(n)) for n in ("n_eval", "n_synth")]
+    return any(a and b and int(float(a)) < int(float(b)) for a, b in sizes)
+
+
+def _null_footnote(path: Path) -> str | None:
+    import csv
+
+    with path.open(newline="") as f:
+        short = [r for r in csv.DictReader(f) if _null_short(r)]
+    if not short:
+        return None
+    sizes = ", ".join(f"K={r['K']}: {r['null_n_eval']}/{r['null_n_synth']} instead of "
+                      f"{r['n_eval']}/{r['n_synth']}" for r in short)
+    return ("* held-out data too small for the null run at the measured sizes "
+            f"(evaluated/synthetic: {sizes}); a smaller S′ gives a lower spurious null rate")
 
 
 def _save(fig, out: str, dpi: int) -> None:
@@ -407,24 +473,55 @@ def _save(fig, out: str, dpi: int) -> None:
 
 
 def _mib(value: float) -> int:
-    if not value > 0:
-        raise ValueError("--memory-budget must be a positive number of MiB")
+    if not value > 0 or value == float("inf"):
+        raise UserError("--memory-budget must be a positive number of MiB")
     return int(value * 2**20)
 
 
+def _check_epsilon(epsilon: float) -> None:
+    if not 0 < epsilon < 1:
+        raise UserError(f"--epsilon {epsilon}: the capacities' error margin lies in (0, 1)")
+
+
+IMAGE_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
+
+
+def _check_image_file(out: str, overwrite: bool) -> None:
+    if Path(out).suffix.lower() not in IMAGE_SUFFIXES:
+        raise UserError(f"--out {out}: give an image file name ending in "
+                        f"{', '.join(IMAGE_SUFFIXES)}")
+    check_output_file(out, overwrite)
+
+
 def _print_summary(payload: dict) -> None:
-    null = payload.get("null", {}).get("fractions")
+    null = payload.get("null") or {}
     click.echo(f"{payload['n_eval']} evaluated samples, rule {payload['rule']} "
-               f"(δ_m = {payload['delta_m']:.4g}, δ_s = {payload['delta_s']:.4g}), "
+               f"(δ_m = {payload['delta_m']:.4g}, δ_s = {payload['delta_s']:.4g}"
+               f"{', calibrated' if payload.get('calibrated') else ''}), "
                f"metric {payload['metric']}")
     header = f"{'label':<12}{'fraction':>10}{'95% CI':>20}"
     click.echo(header + (f"{'null rate':>12}" if null else ""))
     for name, value in payload["fractions"].items():
         lo, hi = payload["ci95"][name]
         line = f"{name:<12}{value:>10.4f}{f'[{lo:.4f}, {hi:.4f}]':>20}"
-        click.echo(line + (f"{null[name]:>12.4f}" if null else ""))
+        click.echo(line + (f"{null['fractions'][name]:>12.4f}" if null else ""))
+    if null:
+        click.echo(null_note(null, payload["n_eval"], payload["n_synth"]))
     if payload.get("quality"):
         _print_quality(payload["quality"])
+
+
+def null_note(null: dict, n_eval: int, n_synth: int) -> str:
+    """Which thresholds the null rates are at, and whether held-out data ran short."""
+    given = null.get("given_thresholds")
+    text = ("null rates at the calibrated thresholds (at the given ones: "
+            + "/".join(f"{v:.4f}" for v in given["fractions"].values()) + ")"
+            if given else "null rates: held-out real data labelled by the same rule")
+    if null["n_eval"] < n_eval or null["n_synth"] < n_synth:
+        text += (f"; held-out data too small for the null run: {null['n_eval']} evaluated / "
+                 f"{null['n_synth']} synthetic held-out samples against {n_eval} / "
+                 f"{n_synth} (a smaller S′ gives a lower spurious null rate)")
+    return text
 
 
 def _print_quality(quality: dict) -> None:
@@ -440,18 +537,35 @@ def _print_quality(quality: dict) -> None:
     click.echo(f"precision by label: {by_label}")
 
 
-def _load_labels(path: str, n_eval: int) -> dict:
+def _load_labels(path: str, n_eval: int, n_train: int, n_synth: int) -> dict:
+    """labels.npz of memgen classify, checked against the sets it is drawn with."""
     keys = ("labels", "train_dist", "train_idx", "synth_dist", "synth_idx")
+    if not Path(path).is_file():
+        raise UserError(f"--labels: no such file {path}")
     try:
         with np.load(path, allow_pickle=False) as archive:
+            missing = [key for key in keys if key not in archive.files]
+            if missing:
+                raise UserError(f"--labels: {path} lacks {', '.join(missing)} (not a "
+                                "labels.npz written by memgen classify)")
             found = {key: archive[key] for key in keys}
-    except KeyError as err:
-        raise ValueError(f"--labels: {path} lacks {err}") from None
-    except (OSError, ValueError) as err:
-        raise ValueError(f"--labels: cannot read {path} ({err})") from None
-    if len(found["labels"]) != n_eval:
-        raise ValueError(f"--labels holds {len(found['labels'])} labels but --eval has "
-                         f"{n_eval} samples")
+    except (OSError, ValueError, EOFError) as err:
+        if isinstance(err, UserError):
+            raise
+        raise UserError(f"--labels: cannot read {path} ({err})") from None
+    labels = found["labels"]
+    if len(labels) != n_eval:
+        raise UserError(f"--labels holds {len(labels)} labels but --eval has {n_eval} samples")
+    if not np.issubdtype(labels.dtype, np.integer) or ((labels < 0) | (labels > 2)).any():
+        raise UserError("--labels: labels must be 0 (memorized), 1 (spurious) or 2 "
+                        "(generalized)")
+    for name, n in (("train", n_train), ("synth", n_synth)):
+        idx = found[f"{name}_idx"]
+        if idx.ndim != 2 or len(idx) != n_eval or found[f"{name}_dist"].shape != idx.shape:
+            raise UserError(f"--labels: {name}_idx and {name}_dist must be ({n_eval}, k)")
+        if idx.size and (idx.min() < 0 or idx.max() >= n):
+            raise UserError(f"--labels: {name}_idx points past the {n} samples of "
+                            f"--{name} (were the labels made with other sets?)")
     return found
 
 

@@ -14,6 +14,8 @@ from pathlib import Path
 import click
 import numpy as np
 
+from memgen.cli_options import overwrite_option
+from memgen.errors import UserError
 from memgen.io import atomic_output_dir, check_output_dir, load_samples, write_json
 
 METRIC_HELP = "Distance: l2 on pixels or an LPIPS embedding (see memgen classify --help)."
@@ -40,11 +42,12 @@ def hygiene():
 @click.option("--metric", default="l2", show_default=True, help=METRIC_HELP)
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="Output folder: duplicates.csv, groups.json, summary.json, pairs.png.")
-def duplicates(train_path, data, K, data_root, threshold, delta, k, metric, out):
+@overwrite_option
+def duplicates(train_path, data, K, data_root, threshold, delta, k, metric, out, overwrite):
     """Near-duplicate training samples (they would pass for memorized copies)."""
     from memgen.hygiene import near_duplicates
 
-    check_output_dir(out)
+    check_output_dir(out, "hygiene duplicates", overwrite)
     train = _training_set(train_path, data, K, data_root)
     found = near_duplicates(train, threshold=threshold, delta=delta, k=k, metric=metric)
     summary = {"n": len(train), "metric": metric, "threshold": threshold, "delta": delta,
@@ -52,7 +55,7 @@ def duplicates(train_path, data, K, data_root, threshold, delta, k, metric, out)
                "samples_in_groups": int(sum(len(g) for g in found.groups)),
                "groups": len(found.groups),
                "median_nn_distance": float(np.median(found.nn_dist))}
-    with atomic_output_dir(out) as tmp:
+    with atomic_output_dir(out, "hygiene duplicates", overwrite) as tmp:
         with (tmp / "duplicates.csv").open("w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["i", "j", "distance"])
@@ -70,7 +73,7 @@ def duplicates(train_path, data, K, data_root, threshold, delta, k, metric, out)
 
 def _training_set(train_path, data, K, data_root) -> np.ndarray:
     if bool(train_path) == bool(data):
-        raise ValueError("give either --train FILE or --data NAME")
+        raise UserError("give either --train FILE or --data NAME")
     if train_path:
         return load_samples(train_path, "--train")
     from memgen.data import load_dataset, nested_indices
@@ -79,7 +82,7 @@ def _training_set(train_path, data, K, data_root) -> np.ndarray:
     if K is None:
         return pool
     if not 1 <= K <= len(pool):
-        raise ValueError(f"--K {K} is not between 1 and the {len(pool)} samples of {data}")
+        raise UserError(f"--K {K} is not between 1 and the {len(pool)} samples of {data}")
     return pool[nested_indices(len(pool), K, 42 if data == "circle" else 3407)]
 
 
@@ -112,18 +115,19 @@ def _save_pairs(path: Path, train: np.ndarray, found) -> None:
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="Output folder: halves.csv, summary.json, samples-a/b.npz, pairs.png.")
+@overwrite_option
 def halves(checkpoint_a, checkpoint_b, train_a, train_b, n, sampler, steps, seed, metric,
-           device, out):
+           device, out, overwrite):
     """Disjoint-halves test (Kadkhodaie et al. 2024): sample two models trained on
     disjoint halves from the same noise; near-identical samples mean generalization."""
     from memgen.hygiene import compare_halves
 
-    check_output_dir(out)
+    check_output_dir(out, "hygiene halves", overwrite)
     sets = {}
     for name, ckpt, train in (("a", checkpoint_a, train_a), ("b", checkpoint_b, train_b)):
         train = train or Path(ckpt).with_name("train.npz")
         sets[name] = (load_samples(train, f"--train-{name}"), ckpt)
-    with atomic_output_dir(out) as tmp:
+    with atomic_output_dir(out, "hygiene halves", overwrite) as tmp:
         samples = {name: _sample(ckpt, n, sampler, steps, seed, device, tmp / f"gen-{name}")
                    for name, (_, ckpt) in sets.items()}
         result = compare_halves(samples["a"], samples["b"], sets["a"][0], sets["b"][0],
@@ -173,7 +177,8 @@ LABELS = ("memorized", "spurious", "generalized")
 
 
 def model_options(fn):
-    """--checkpoint | --exact (+ --schedule), --samples, --labels, --limit, --device, --out."""
+    """--checkpoint | --exact (+ --schedule), --samples, --labels, --limit, --device, --out,
+    --overwrite."""
     options = [
         click.option("--checkpoint", type=click.Path(dir_okay=False),
                      help="A memgen train checkpoint."),
@@ -187,6 +192,7 @@ def model_options(fn):
         click.option("--limit", type=int, help="Analyse only the first N samples."),
         click.option("--device", default="cpu", show_default=True),
         click.option("--out", required=True, type=click.Path(file_okay=False)),
+        overwrite_option,
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -200,7 +206,7 @@ def _load_model(checkpoint, exact_path, device, clip: bool = True):
     from memgen.denoisers import EmpiricalDenoiser, load_checkpoint_denoiser
 
     if bool(checkpoint) == bool(exact_path):
-        raise ValueError("give exactly one of --checkpoint, --exact")
+        raise UserError("give exactly one of --checkpoint, --exact")
     if checkpoint:
         den = load_checkpoint_denoiser(checkpoint, device=device, clip=clip)
         return den, den.schedule, torch.float32
@@ -217,13 +223,13 @@ def _points(samples_path, labels_path, limit, device, dtype):
     if labels_path:
         with np.load(labels_path, allow_pickle=False) as archive:
             if "labels" not in archive.files:
-                raise ValueError(f"{labels_path} holds no 'labels' array")
+                raise UserError(f"{labels_path} holds no 'labels' array")
             labels = archive["labels"]
         if len(labels) != len(x):
-            raise ValueError(f"--labels has {len(labels)} entries for {len(x)} samples")
+            raise UserError(f"--labels has {len(labels)} entries for {len(x)} samples")
     if limit is not None:
         if limit < 1:
-            raise ValueError(f"--limit must be at least 1, got {limit}")
+            raise UserError(f"--limit must be at least 1, got {limit}")
         x, labels = x[:limit], None if labels is None else labels[:limit]
     return torch.from_numpy(x).to(device, dtype), labels
 
@@ -284,7 +290,7 @@ def basins():
               help="Bisection stops when σ_hi/σ_lo ≤ 1 + rtol.")
 @click.option("--seed", type=int, default=0, show_default=True)
 def critical_time_cmd(checkpoint, exact_path, samples_path, labels_path, limit, device, out,
-                      sigma_lo, sigma_hi, n_trials, p, delta, distance, sampler, steps,
+                      overwrite, sigma_lo, sigma_hi, n_trials, p, delta, distance, sampler, steps,
                       rel_min, rtol, seed):
     """Largest noise level σ* from which a sample is still recovered with probability ≥ p:
     noise x0 to σ, denoise back, count dist ≤ δ; bisection in log σ (paper's reference
@@ -293,7 +299,7 @@ def critical_time_cmd(checkpoint, exact_path, samples_path, labels_path, limit, 
 
     config = RecoveryConfig(n_trials=n_trials, p=p, delta=delta, metric=distance,
                             sampler=sampler, steps=steps, rel_min=rel_min, seed=seed)
-    check_output_dir(out)
+    check_output_dir(out, "basins critical-time", overwrite)
     den, schedule, dtype = _load_model(checkpoint, exact_path, device)
     x, labels = _points(samples_path, labels_path, limit, device, dtype)
     if sigma_hi is None:
@@ -311,7 +317,7 @@ def critical_time_cmd(checkpoint, exact_path, samples_path, labels_path, limit, 
                "censored_above": int((result.censored > 0).sum()),
                "censored_below": int((result.censored < 0).sum()),
                "sigma_by_label": _by_label(sigma, labels)}
-    with atomic_output_dir(out) as tmp:
+    with atomic_output_dir(out, "basins critical-time", overwrite) as tmp:
         _write_table(tmp / "critical.csv", columns)
         write_json(tmp / "summary.json", summary)
         _save_label_figure(tmp / "critical.png", sigma, labels, "critical σ*",
@@ -345,20 +351,20 @@ def _echo_by_label(name: str, table: dict, out) -> None:
               help="Noise level of the energy E_σ = −log p_σ.")
 @click.option("--rtol", type=float, default=1e-6, show_default=True)
 def relative_energy_cmd(checkpoint, exact_path, samples_path, labels_path, limit, device, out,
-                        reference_path, train_path, sigma, rtol):
+                        overwrite, reference_path, train_path, sigma, rtol):
     """ΔE = E_σ(x_ref) − E_σ(x), integrating the model's score along the quarter circle
     from x to x_ref (Raya & Ambrogioni 2023); negative: the sample lies higher than its
     reference. Default reference: the nearest training image."""
     from memgen.basins import relative_energy
     from memgen.metrics.knn import knn_search
 
-    check_output_dir(out)
+    check_output_dir(out, "basins relative-energy", overwrite)
     den, _, dtype = _load_model(checkpoint, exact_path, device, clip=False)
     x, labels = _points(samples_path, labels_path, limit, device, dtype)
     if reference_path:
         ref = _points(reference_path, None, limit, device, dtype)[0]
         if ref.shape != x.shape:
-            raise ValueError(f"--reference has shape {tuple(ref.shape)}, samples "
+            raise UserError(f"--reference has shape {tuple(ref.shape)}, samples "
                              f"{tuple(x.shape)}")
     else:
         train_path = train_path or exact_path or Path(checkpoint).with_name("train.npz")
@@ -367,7 +373,7 @@ def relative_energy_cmd(checkpoint, exact_path, samples_path, labels_path, limit
         ref = train[near.idx[:, 0]]
     result = relative_energy(den, x, ref, sigma, rtol=rtol, atol=1e-8, chunk=4096)
     delta = result.delta.cpu().numpy()
-    with atomic_output_dir(out) as tmp:
+    with atomic_output_dir(out, "basins relative-energy", overwrite) as tmp:
         _write_table(tmp / "relative_energy.csv", {
             "index": np.arange(len(x)), "label": _label_names(labels, len(x)),
             "delta_energy": delta, "error": result.error.cpu().numpy(),
@@ -392,14 +398,15 @@ def relative_energy_cmd(checkpoint, exact_path, samples_path, labels_path, limit
               help="SA: smallest (flat and unstable directions); LA: largest.")
 @click.option("--dense-max", type=int, default=256, show_default=True,
               help="Dense Jacobian spectrum up to this many coordinates, Lanczos above.")
-def curvature(checkpoint, exact_path, samples_path, labels_path, limit, device, out, sigma,
+def curvature(checkpoint, exact_path, samples_path, labels_path, limit, device, out, overwrite,
+              sigma,
               k, which, dense_max):
     """Hessian spectrum of E_σ = −log p_σ at the given points: exact (dense Jacobian of the
     denoiser) in low dimension, extreme eigenvalues by Hessian-vector products and Lanczos
     for images. Summarised by the smallest eigenvalue λ_min."""
     from memgen.basins import hessian_eigsh, hessian_spectrum
 
-    check_output_dir(out)
+    check_output_dir(out, "basins curvature", overwrite)
     den, _, dtype = _load_model(checkpoint, exact_path, device, clip=False)
     x, labels = _points(samples_path, labels_path, limit, device, dtype)
     dim = x[0].numel()
@@ -410,7 +417,7 @@ def curvature(checkpoint, exact_path, samples_path, labels_path, limit, device, 
     else:
         eig = hessian_eigsh(den, x, sigma, k=k, which=which).eigenvalues.numpy()
     lam = eig[:, 0] if which == "SA" else eig[:, -1]
-    with atomic_output_dir(out) as tmp:
+    with atomic_output_dir(out, "basins curvature", overwrite) as tmp:
         _write_table(tmp / "curvature.csv", {
             "index": np.arange(len(x)), "label": _label_names(labels, len(x)),
             **{f"eig{i}": eig[:, i] for i in range(eig.shape[1])}})

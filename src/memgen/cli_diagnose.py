@@ -10,12 +10,13 @@ from __future__ import annotations
 import csv
 import dataclasses
 import math
-import os
 from pathlib import Path
 
 import click
 import numpy as np
 
+from memgen.cli_options import overwrite_option
+from memgen.errors import UserError
 from memgen.io import atomic_output_dir, check_output_dir, load_samples, write_json
 
 FILES = ("diagnose.csv", "diagnose.json", "diagnose.png")
@@ -57,9 +58,10 @@ FILES = ("diagnose.csv", "diagnose.json", "diagnose.png")
               help="A progress bar over the noise levels (on stderr).")
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="Output folder: diagnose.csv, diagnose.json, diagnose.png.")
+@overwrite_option
 def diagnose(checkpoint, exact_path, torchscript, diffusers, shape, schedule, train_path, data,
              K, split_seed, half, data_root, sigmas, levels, n, batch_size, seed, device,
-             progress, out):
+             progress, out, overwrite):
     """RMS error per coordinate of a model's denoiser against the exact denoiser of its
     training set, by noise level σ: where the network stops being the optimal model."""
     import torch
@@ -73,14 +75,14 @@ def diagnose(checkpoint, exact_path, torchscript, diffusers, shape, schedule, tr
     sources = {"checkpoint": checkpoint, "exact": exact_path, "torchscript": torchscript,
                "diffusers": diffusers}
     _check_sources(sources)
-    _check_writable(out)
+    check_output_dir(out, "diagnose", overwrite)
     train, train_name = _reference_set(train_path, data, K, split_seed, half, data_root,
                                        checkpoint, exact_path)
     model, sched, model_shape = denoiser_from_source(
         checkpoint, exact_path, torchscript, diffusers, shape or train.shape[1:], schedule,
         device)
     if tuple(model_shape) != train.shape[1:]:
-        raise ValueError(f"the model takes samples of shape {tuple(model_shape)} but the "
+        raise UserError(f"the model takes samples of shape {tuple(model_shape)} but the "
                          f"training set {train_name} has shape {train.shape[1:]}")
     levels_used = np.asarray(config.sigmas or default_sigmas(sched, config.levels))
     if not exact_path:
@@ -92,7 +94,7 @@ def diagnose(checkpoint, exact_path, torchscript, diffusers, shape, schedule, tr
     payload = {"config": {**dataclasses.asdict(config), "sigmas": levels_used.tolist()},
                "source": {k: v for k, v in sources.items() if v}, "train": train_name,
                "K": len(train), "shape": list(train.shape[1:]), "schedule": _describe(sched)}
-    with atomic_output_dir(out) as tmp:
+    with atomic_output_dir(out, "diagnose", overwrite) as tmp:
         write_diagnose(tmp, result, payload)
     _print_table(result)
     click.echo(f"wrote {', '.join(str(Path(out) / f) for f in FILES)}")
@@ -106,32 +108,22 @@ def _check_sources(sources: dict) -> None:
     """Exactly one model source, and it exists."""
     given = {k: v for k, v in sources.items() if v}
     if len(given) != 1:
-        raise ValueError("give exactly one of --checkpoint, --exact, --torchscript, --diffusers")
+        raise UserError("give exactly one of --checkpoint, --exact, --torchscript, --diffusers")
     (name, path), = given.items()
     exists = Path(path).is_dir() if name == "diffusers" else Path(path).is_file()
     if not exists:
-        raise ValueError(f"--{name}: no such {'folder' if name == 'diffusers' else 'file'} {path}")
-
-
-def _check_writable(out) -> None:
-    """check_output_dir, and the nearest existing folder above ``out`` is writable."""
-    check_output_dir(out)
-    parent = Path(out).absolute().parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise ValueError(f"cannot write --out {out}: {parent} is not a writable folder")
+        raise UserError(f"--{name}: no such {'folder' if name == 'diffusers' else 'file'} {path}")
 
 
 def _reference_set(train_path, data, K, split_seed, half, data_root, checkpoint, exact_path):
     """(training set (N, ...) float32, a name for messages and diagnose.json)."""
     if train_path and (data or K is not None):
-        raise ValueError("give either --train FILE or --data/--K, not both")
+        raise UserError("give either --train FILE or --data/--K, not both")
     if train_path:
         return load_samples(train_path, "--train"), str(train_path)
     if data or K is not None:
         if not checkpoint:
-            raise ValueError("--data/--K need --checkpoint (its network sets the sample "
+            raise UserError("--data/--K need --checkpoint (its network sets the sample "
                              "size); otherwise give --train FILE")
         from memgen.cli_models import checkpoint_net
         from memgen.training import training_samples
@@ -144,7 +136,7 @@ def _reference_set(train_path, data, K, split_seed, half, data_root, checkpoint,
         return load_samples(exact_path, "--exact"), str(exact_path)
     beside = Path(checkpoint).with_name("train.npz") if checkpoint else None
     if beside is None or not beside.is_file():
-        raise ValueError("give the training set: --train FILE" +
+        raise UserError("give the training set: --train FILE" +
                          (" (no train.npz beside the checkpoint)" if checkpoint else ""))
     return load_samples(beside, "train.npz beside --checkpoint"), str(beside)
 
@@ -156,7 +148,7 @@ def _check_in_schedule(schedule, sigmas: np.ndarray) -> None:
     try:
         schedule.t_from_sigma(torch.as_tensor(sigmas, dtype=torch.float64))
     except ValueError as err:
-        raise ValueError(f"--sigma: {err}") from None
+        raise UserError(f"--sigma: {err}") from None
 
 
 def write_diagnose(folder: Path, result, payload: dict) -> None:

@@ -11,7 +11,9 @@ from pathlib import Path
 import click
 import numpy as np
 
-from memgen.io import atomic_file, load_samples
+from memgen.errors import UserError
+from memgen.cli_options import overwrite_option
+from memgen.io import atomic_file, check_output_dir, claim_output_dir, load_samples
 
 
 @click.command()
@@ -36,15 +38,22 @@ from memgen.io import atomic_file, load_samples
 @click.option("--batch-size", type=int, default=128, show_default=True,
               help="The batch is min(batch-size, K).")
 @click.option("--lr", type=float, default=2e-4, show_default=True)
-@click.option("--ema", "ema_decay", type=float, default=0.9999, show_default=True)
+@click.option("--ema", "ema_decay", type=float, default=0.9999, show_default=True,
+              help="EMA decay of the weights; 0: no EMA (the EMA weights are the raw ones).")
+@click.option("--ema-warmup/--no-ema-warmup", default=True, show_default=True,
+              help="Decay min(ema, (1+k)/(10+k)) at step k: below 0.999 until k ≈ 9,000, so "
+                   "--ema 0.999 and 0.9999 agree for the first ~9k steps. --no-ema-warmup: "
+                   "the decay from the first step.")
 @click.option("--seed", type=int, default=3407, show_default=True)
 @click.option("--checkpoint-every", type=int, default=1000, show_default=True)
 @click.option("--amp", is_flag=True, help="bfloat16 autocast (CUDA only).")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="Run folder: checkpoint.pt, log.jsonl, train.npz; resumes if present.")
+@overwrite_option
 def train(data, train_path, K, split_seed, half, data_root, preset, objective, iterations,
-          snapshots, batch_size, lr, ema_decay, seed, checkpoint_every, amp, device, out):
+          snapshots, batch_size, lr, ema_decay, ema_warmup, seed, checkpoint_every, amp, device,
+          out, overwrite):
     """Train a diffusion model on a training set (resumes from --out/checkpoint.pt).
 
     Several processes: torchrun --nproc-per-node N -m memgen train ... (DDP)."""
@@ -56,13 +65,16 @@ def train(data, train_path, K, split_seed, half, data_root, preset, objective, i
     net = get_preset(preset)
     config = TrainConfig(preset=preset, network=net.to_dict(), iterations=iterations,
                          snapshots=tuple(sorted(set(snapshots))), batch_size=batch_size, lr=lr,
-                         ema_decay=ema_decay, seed=seed, checkpoint_every=checkpoint_every,
+                         ema_decay=ema_decay, ema_warmup=ema_warmup, seed=seed,
+                         checkpoint_every=checkpoint_every,
                          amp=amp, objective=objective or ("ve_score" if net.kind == "mlp"
                                                           else "vp_eps"))
+    check_output_dir(out, "train", overwrite)
     samples = training_samples(net, load_samples(train_path, "--train") if train_path else None,
                                data, K, split_seed, data_root, half)
     out = Path(out)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, one process writes
+        claim_output_dir(out, "train", overwrite)
         with atomic_file(out / "train.npz") as tmp:
             np.savez(tmp, samples=samples)
     state = run(config, torch.from_numpy(samples).to(device), out)
@@ -86,27 +98,50 @@ def train(data, train_path, K, split_seed, half, data_root, preset, objective, i
               default=None, help="[ddpm for VP models, euler_maruyama for VE]")
 @click.option("--steps", type=int, help="Sampling steps [the schedule's full ladder].")
 @click.option("--eta", type=float, default=0.0, show_default=True, help="DDIM η.")
+@click.option("--prior", type=click.Choice(["standard", "forward"]), default="standard",
+              show_default=True,
+              help="Start: standard N(0, σ₀² I) (VP: DDPM's N(0, I)); forward: the forward "
+                   "process's law N(μ, σ₀² I + Σ) with the training set's mean and covariance "
+                   "(see --prior-data).")
+@click.option("--prior-data", type=click.Path(dir_okay=False),
+              help="Training set for --prior forward [the --exact file; train.npz beside "
+                   "--checkpoint].")
+@click.option("--clip-denoised/--no-clip-denoised", default=None,
+              help="Clamp x̂₀ = D(x, σ) to --clip-range at every step (Ho et al.'s "
+                   "clip_denoised; DDIM/Heun then follow the clipped field, not the model's "
+                   "ODE) [on for ε-prediction models, off otherwise].")
+@click.option("--clip-range", type=float, nargs=2, default=(-1.0, 1.0), show_default=True,
+              help="LO HI for --clip-denoised.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--batch-size", type=int, default=256, show_default=True)
 @click.option("--shard-size", type=int, default=1000, show_default=True)
 @click.option("--name", default="samples", show_default=True, help="File name of the set.")
 @click.option("--device", default="cpu", show_default=True)
-@click.option("--out", required=True, type=click.Path(file_okay=False))
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Folder of the shards and NAME.npz (an interrupted run resumes there).")
+@overwrite_option
 def generate(checkpoint, exact_path, torchscript, diffusers, shape, schedule, n, sampler, steps,
-             eta, seed, batch_size, shard_size, name, device, out):
+             eta, prior, prior_data, clip_denoised, clip_range, seed, batch_size, shard_size,
+             name, device, out, overwrite):
     """Sample a set as npz shards plus a merged NAME.npz (resumable: finished shards are kept)."""
     from memgen.generate import GenerateConfig, generate as run
 
     sources = [s for s in (checkpoint, exact_path, torchscript, diffusers) if s]
     if len(sources) != 1:
-        raise ValueError("give exactly one of --checkpoint, --exact, --torchscript, --diffusers")
+        raise UserError("give exactly one of --checkpoint, --exact, --torchscript, --diffusers")
+    check_output_dir(out, "generate", overwrite)
     denoiser, sched, sample_shape = denoiser_from_source(
         checkpoint, exact_path, torchscript, diffusers, shape, schedule, device)
     default = "ddpm" if sched.__class__.__name__ == "VPSchedule" else "euler_maruyama"
     config = GenerateConfig(n=n, sampler=sampler or default, steps=steps, eta=eta, seed=seed,
                             batch_size=batch_size, shard_size=shard_size, name=name,
-                            clip=len(sample_shape) == 3)
-    merged = run(denoiser, sample_shape, sched, config, Path(out), device=device)
+                            clip=len(sample_shape) == 3, prior=prior,
+                            clip_denoised=clip_denoised, clip_range=tuple(clip_range))
+    data = None
+    if prior == "forward":
+        data = load_samples(_prior_data(prior_data, exact_path, checkpoint), "--prior-data")
+    merged = run(denoiser, sample_shape, sched, config,
+                 claim_output_dir(out, "generate", overwrite), data=data, device=device)
     click.echo(f"wrote {merged}")
 
 
@@ -126,10 +161,21 @@ def denoiser_from_source(checkpoint, exact_path, torchscript, diffusers, shape, 
         sched = VPSchedule() if schedule == "vp" else VESchedule()
         return D.EmpiricalDenoiser(train), sched, tuple(train.shape[1:])
     if shape is None:
-        raise ValueError("--torchscript and --diffusers need --shape C H W")
+        raise UserError("--torchscript and --diffusers need --shape C H W")
     load = D.load_torchscript_denoiser if torchscript else D.load_diffusers_denoiser
     den = load(torchscript or diffusers, device=device)
     return den, den.schedule, tuple(shape)
+
+
+def _prior_data(prior_data, exact_path, checkpoint) -> str:
+    """The training set of --prior forward: --prior-data, else --exact, else train.npz
+    beside the checkpoint (where memgen train writes it)."""
+    if prior_data or exact_path:
+        return prior_data or exact_path
+    beside = Path(checkpoint).with_name("train.npz") if checkpoint else None
+    if beside is None or not beside.is_file():
+        raise UserError("--prior forward needs the training set: give --prior-data FILE")
+    return str(beside)
 
 
 def checkpoint_net(path):

@@ -19,6 +19,8 @@ import yaml
 
 import torch
 
+from memgen.errors import UserError
+from memgen.metrics.classify import make_rule
 from memgen.metrics.features import FEATURE_MAPS
 from memgen.nets import NetConfig, get_preset
 
@@ -54,6 +56,11 @@ class TrainSection:
     grad_clip: float = 1.0
     seed: int = 3407
     amp: bool = False  # bfloat16 autocast (CUDA only; ignored on the CPU)
+    # EMA warm-up: the decay at step k is min(ema_decay, (1 + k)/(10 + k)), which stays below
+    # 0.999 until k ≈ 9,000 (0.9999: k ≈ 90,000), so decays 0.999 and 0.9999 are identical
+    # for the first ~9k steps; false: ema_decay from the first step. ema_decay 0: no EMA
+    # (the EMA weights are the raw weights).
+    ema_warmup: bool = True
 
 
 @dataclass(frozen=True)
@@ -65,6 +72,13 @@ class SampleConfig:
     # stop at this VE noise level and retrieve x ← D(x, σ) to its fixed point (with the
     # exact denoiser: the attractors of E_σ, the positive control for spurious states)
     stop_sigma: float | None = None
+    # start of the ladder (memgen.generate): null/"standard" N(0, σ₀² I) (VP: DDPM's
+    # N(0, I)); "forward" the forward process's law N(μ, σ₀² I + Σ) of the training set
+    prior: str | None = None
+    # clamp x̂₀ to clip_range at every step; null: on for ε-prediction networks (vp_eps
+    # checkpoints, as DDPM samples), off for score networks and the exact denoiser
+    clip_denoised: bool | None = None
+    clip_range: tuple[float, float] | None = None  # null: [-1, 1]
     n_eval: int = 1000
     synth_multiplier: int = 4  # |S'| = multiplier · K
     min_synth: int = 0  # |S'| = max(multiplier · K, min_synth)
@@ -81,9 +95,10 @@ class MeasureConfig:
     delta_s: float | None = None
     k: int | None = None
     alpha: float = 0.05
-    bootstrap: int = 1000
+    bootstrap: int = 1000  # resamples of the capacities' intervals (fractions: exact)
     seed: int = 0
     epsilon: float = 0.1  # capacities' error margin (eqs. 1, 3)
+    dedup: bool = False  # d2 against the nearest distinct training image (classify --dedup)
 
 
 @dataclass(frozen=True)
@@ -137,6 +152,7 @@ CHOICES = {
     "model.schedule": ("vp", "ve"),
     "model.objective": (None, "vp_eps", "ve_score"),
     "sample.sampler": (None, "ddpm", "ddim", "euler_maruyama", "heun"),
+    "sample.prior": (None, "standard", "forward"),
     "measure.rule": ("paper", "absolute"),
     "measure.metric": tuple(FEATURE_MAPS),
     "executor.kind": ("local", "ray"),
@@ -152,13 +168,15 @@ def load_config(path: str | Path, overrides: typing.Sequence[str] = ()) -> Sweep
     """Read a YAML sweep config, apply ``key=value`` overrides, build and check it."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"no such config file: {path}")
+        raise UserError(f"no such config file: {path}")
     try:
         tree = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
-        raise ValueError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+        raise UserError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
     if not isinstance(tree, dict):
-        raise ValueError(f"{path}: the top level must be a mapping")
+        raise UserError(f"{path}: the top level must be a mapping")
+    if not tree:
+        raise UserError(f"{path}: the config is empty (see configs/ for examples)")
     for item in overrides:
         _apply_override(tree, item)
     config = build(SweepConfig, tree, "")
@@ -169,28 +187,28 @@ def load_config(path: str | Path, overrides: typing.Sequence[str] = ()) -> Sweep
 def _apply_override(tree: dict, item: str) -> None:
     key, sep, text = item.partition("=")
     if not sep or not key:
-        raise ValueError(f"--set expects key=value, got {item!r}")
+        raise UserError(f"--set expects key=value, got {item!r}")
     *parents, leaf = key.split(".")
     node = tree
     for part in parents:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
-            raise ValueError(f"--set {key}: {part} is not a section")
+            raise UserError(f"--set {key}: {part} is not a section")
     node[leaf] = yaml.safe_load(text)
 
 
 def build(cls, tree, where: str):
     """Instantiate dataclass ``cls`` from a mapping, checking every key and type."""
     if not isinstance(tree, dict):
-        raise ValueError(f"{where or 'config'}: expected a mapping, got {tree!r}")
+        raise UserError(f"{where or 'config'}: expected a mapping, got {tree!r}")
     known = {f.name: f for f in fields(cls)}
     unknown = sorted(set(tree) - set(known))
     if unknown:
-        raise ValueError(f"{_join(where, unknown[0])}: unknown key (known: {', '.join(known)})")
+        raise UserError(f"{_join(where, unknown[0])}: unknown key (known: {', '.join(known)})")
     missing = [f.name for f in fields(cls) if f.name not in tree
                and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
     if missing:
-        raise ValueError(f"{_join(where, missing[0])}: required")
+        raise UserError(f"{_join(where, missing[0])}: required")
     hints = typing.get_type_hints(cls)
     values = {name: _coerce(hints[name], tree[name], _join(where, name))
               for name in tree}
@@ -213,7 +231,7 @@ def _coerce(hint, value, where: str):
             return out
     names = " or ".join("null" if o is type(None) else getattr(o, "__name__", str(o))
                         for o in options)
-    raise ValueError(f"{where}: expected {names}, got {value!r}")
+    raise UserError(f"{where}: expected {names}, got {value!r}")
 
 
 def _as_type(option, value):
@@ -247,27 +265,31 @@ def check(config: SweepConfig) -> None:
         value = getattr(getattr(config, section), name)
         if value not in allowed:
             shown = ", ".join("null" if a is None else a for a in allowed)
-            raise ValueError(f"{key}: {value!r} is not one of {shown}")
+            raise UserError(f"{key}: {value!r} is not one of {shown}")
+    kind, _, index = config.device.partition(":")
+    if kind not in ("cpu", "cuda") or (index and not index.isdigit()) or (
+            kind == "cpu" and index):
+        raise UserError(f"device: {config.device!r} is not cpu, cuda or cuda:N")
     if config.executor.kind == "ray" and importlib.util.find_spec("ray") is None:
-        raise ValueError("executor.kind: ray needs the ray package "
+        raise UserError("executor.kind: ray needs the ray package "
                          "(pip install 'memgen[ray]')")
     if config.executor.cpus_per_task <= 0 or config.executor.gpus_per_task < 0:
-        raise ValueError("executor: cpus_per_task must be positive, gpus_per_task >= 0")
+        raise UserError("executor: cpus_per_task must be positive, gpus_per_task >= 0")
     if (config.executor.kind == "ray" and config.device.startswith("cuda")
             and config.executor.gpus_per_task == 0):
-        raise ValueError("executor.gpus_per_task: a cuda sweep on Ray must declare the GPUs "
+        raise UserError("executor.gpus_per_task: a cuda sweep on Ray must declare the GPUs "
                          "each task uses (e.g. 1)")
     _check_model(config.model)
     if config.sample.stop_sigma is not None and (not config.sample.stop_sigma > 0
                                                  or config.sample.final_denoise):
-        raise ValueError("sample.stop_sigma: must be positive, and excludes final_denoise")
+        raise UserError("sample.stop_sigma: must be positive, and excludes final_denoise")
     if any(not 0 < n < config.train.iterations for n in config.train.snapshots):
-        raise ValueError("train.snapshots: step counts must lie between 0 and train.iterations "
+        raise UserError("train.snapshots: step counts must lie between 0 and train.iterations "
                          f"({config.train.iterations}), got {list(config.train.snapshots)}")
     if not config.Ks or any(K < 2 for K in config.Ks):
-        raise ValueError("Ks: give training-set sizes of at least 2")
+        raise UserError("Ks: give training-set sizes of at least 2")
     if len(set(config.Ks)) != len(config.Ks):
-        raise ValueError("Ks: each K may appear only once")
+        raise UserError("Ks: each K may appear only once")
     positive = {"train.iterations": config.train.iterations,
                 "train.batch_size": config.train.batch_size,
                 "sample.n_eval": config.sample.n_eval,
@@ -281,7 +303,57 @@ def check(config: SweepConfig) -> None:
                 "analysis.landscape_resolution": config.analysis.landscape_resolution}
     for key, value in positive.items():
         if value < 1:
-            raise ValueError(f"{key}: must be at least 1, got {value}")
+            raise UserError(f"{key}: must be at least 1, got {value}")
+    _check_ranges(config)
+    try:
+        make_rule(config.measure.rule, config.measure.delta_m, config.measure.delta_s,
+                  metric=config.measure.metric)
+    except ValueError as err:
+        raise UserError(f"measure: {err}") from None
+
+
+def _check_ranges(config: SweepConfig) -> None:
+    """Numbers that must lie in an interval: (lo, hi, lo_open, hi_open) per field."""
+    t, s, m, a = config.train, config.sample, config.measure, config.analysis
+    ranges = {
+        "train.lr": (t.lr, 0, None, True), "train.ema_decay": (t.ema_decay, 0, 1, False),
+        "train.grad_clip": (t.grad_clip, 0, None, True), "sample.eta": (s.eta, 0, 1, False),
+        "sample.min_synth": (s.min_synth, 0, None, False),
+        "sample.steps": (s.steps, 1, None, False), "measure.k": (m.k, 1, None, False),
+        "measure.alpha": (m.alpha, 0, 1, False), "measure.epsilon": (m.epsilon, 0, 1, True),
+        "analysis.sigma_lo": (a.sigma_lo, 0, None, True),
+        "analysis.sigma_hi": (a.sigma_hi, a.sigma_lo, None, True),
+        "analysis.p": (a.p, 0, 1, True), "analysis.delta": (a.delta, 0, None, True),
+        "analysis.rel_min": (a.rel_min, 0, 1, True),
+        "analysis.curvature_sigma": (a.curvature_sigma, 0, None, True),
+        "analysis.landscape_sigma": (a.landscape_sigma, 0, None, True),
+    }
+    for key, (value, lo, hi, lo_open) in ranges.items():
+        if value is None:
+            continue
+        below = value <= lo if lo_open else value < lo
+        if below or (hi is not None and value >= hi) or value != value:
+            bounds = (f"{'(' if lo_open else '['}{lo:g}, {'∞' if hi is None else f'{hi:g}'})")
+            raise UserError(f"{key}: {value!r} is out of range; it must lie in {bounds}")
+    if t.ema_decay == 1:
+        raise UserError("train.ema_decay: 1 would never move the EMA weights")
+    if s.clip_range is not None and len(s.clip_range) != 2:
+        raise UserError(f"sample.clip_range: give [low, high], got {list(s.clip_range)}")
+    if s.clip_range is not None and not s.clip_range[0] < s.clip_range[1]:
+        raise UserError(f"sample.clip_range: {list(s.clip_range)} must be [low, high] with "
+                         "low < high")
+
+
+def check_device(device: str) -> None:
+    """cpu, or cuda[:N] with such a GPU present on this machine (checked where the sweep
+    runs, not when a config is read: shipped GPU configs stay valid on a laptop)."""
+    kind, _, index = device.partition(":")
+    if kind == "cuda":
+        count = torch.cuda.device_count()
+        if count == 0:
+            raise UserError(f"device: {device} but torch sees no CUDA GPU on this machine")
+        if index and int(index) >= count:
+            raise UserError(f"device: {device} but torch sees only {count} GPU(s)")
 
 
 def _check_model(model: ModelConfig) -> None:
@@ -289,13 +361,13 @@ def _check_model(model: ModelConfig) -> None:
     if model.kind == "exact":
         return
     if model.net is not None and model.preset is not None:
-        raise ValueError("model: give model.preset or model.net, not both")
+        raise UserError("model: give model.preset or model.net, not both")
     try:
         net = network(model)
         with torch.device("meta"):
             net.build()
     except ValueError as err:
-        raise ValueError(f"model.{'net' if model.net is not None else 'preset'}: {err}") from None
+        raise UserError(f"model.{'net' if model.net is not None else 'preset'}: {err}") from None
 
 
 def as_dict(config) -> dict:

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from memgen.errors import UserError
 from memgen.metrics.classify import GENERALIZED, MEMORIZED, SPURIOUS
 
 
@@ -49,7 +50,7 @@ def plant_sets(train: np.ndarray, test: np.ndarray, config: DemoConfig) -> Plant
     s_mem, s_spur = (int(round(s * n_synth)) for s in config.shares[:2])
     s_new = n_synth - s_mem - s_spur
     if n_new + s_new > len(test):
-        raise ValueError(f"the demo needs {n_new + s_new} test images, found {len(test)}")
+        raise UserError(f"the demo needs {n_new + s_new} test images, found {len(test)}")
     blends = _blends(train, config.n_blends, rng)
     order = rng.permutation(len(test))
     noisy = lambda x: np.clip(x + config.noise * rng.standard_normal(x.shape), -1, 1)  # noqa: E731
@@ -92,8 +93,8 @@ class DemoResult:
     confusion_text: str
 
 
-def run_demo(config: DemoConfig, data_root: str | None, out, progress: bool = False
-             ) -> DemoResult:
+def run_demo(config: DemoConfig, data_root: str | None, out, progress: bool = False,
+             overwrite: bool = False) -> DemoResult:
     """Plant, classify (with null rates from held-out images), write results and figures."""
     from memgen.audit import ClassifyConfig, classify_sets, summary, write_audit
     from memgen.data import load_idx_images, nested_indices
@@ -109,7 +110,7 @@ def run_demo(config: DemoConfig, data_root: str | None, out, progress: bool = Fa
     matrix = confusion(sets.truth, audit.labels)
     payload = summary(audit)
     near = audit.neighbours
-    with atomic_output_dir(out) as tmp:
+    with atomic_output_dir(out, "demo", overwrite) as tmp:
         write_audit(tmp, audit)
         write_json(tmp / "demo.json", {"config": asdict(config),
                                        "confusion_planted_by_detected": matrix.tolist()})

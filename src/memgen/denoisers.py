@@ -16,6 +16,7 @@ from typing import Protocol
 import torch
 
 from memgen.energy import kernel_weights
+from memgen.errors import UserError
 
 DEFAULT_MEMORY_BUDGET = 256 * 2**20  # bytes for one (batch × patterns) block of weights
 
@@ -36,7 +37,7 @@ class EmpiricalDenoiser:
 
     def __init__(self, patterns: torch.Tensor, memory_budget: int = DEFAULT_MEMORY_BUDGET):
         if patterns.ndim < 2 or patterns.shape[0] == 0:
-            raise ValueError("patterns must be a non-empty (N, ...) tensor")
+            raise UserError("patterns must be a non-empty (N, ...) tensor")
         self.shape = patterns.shape[1:]
         self.patterns = patterns.reshape(patterns.shape[0], -1)
         self.memory_budget = memory_budget
@@ -51,15 +52,40 @@ class EmpiricalDenoiser:
         return out.reshape(x.shape).to(x.dtype)
 
 
+class GaussianDenoiser:
+    """The exact denoiser of y ~ N(μ, Σ): D(x, σ) = μ + Σ(Σ + σ² I)⁻¹(x − μ) (linear in x).
+
+    The analytic control for samplers and priors: the PF-ODE from N(μ, Σ + σ₀² I) ends in
+    N(μ, Σ), each eigendirection (variance λ) scaled by √((λ + σ²)/(λ + σ₀²)) on the way.
+    mean: (D,), cov: (D, D); x: (B, D); σ a scalar or (B,).
+    """
+
+    def __init__(self, mean: torch.Tensor, cov: torch.Tensor):
+        if mean.ndim != 1 or cov.shape != (len(mean), len(mean)):
+            raise UserError("need mean (D,) and cov (D, D)")
+        self.mean, self.cov = mean, cov
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
+        mean, cov = self.mean.to(x), self.cov.to(x)
+        s2 = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).square().reshape(-1, 1, 1)
+        eye = torch.eye(len(mean), dtype=x.dtype, device=x.device)
+        gain = cov @ torch.linalg.inv(cov + s2 * eye)  # (1|B, D, D)
+        if len(gain) == 1:
+            return mean + (x - mean) @ gain[0].T
+        return mean + torch.einsum("bij,bj->bi", gain, x - mean)
+
+
 class EpsDenoiser:
     """A VP ε-prediction network seen as a VE denoiser (k-diffusion's DiscreteEpsDDPMDenoiser).
 
     At VE level σ: ᾱ = 1/(1 + σ²), x_vp = √ᾱ x, t = schedule.t_from_sigma(σ) (a float;
-    exact integers on the schedule's own ladder), ε̂ = net(x_vp, t), and
-    D(x, σ) = x − σ ε̂, clipped to [−1, 1] when ``clip`` (Ho et al.'s clip_denoised).
+    exact integers on the schedule's own ladder), ε̂ = net(x_vp, t), and D(x, σ) = x − σ ε̂:
+    the model's own field. ``clip`` clamps it to [−1, 1] (Ho et al.'s clip_denoised) for
+    analyses that want that field; samplers clip on request instead (``clip=(lo, hi)``,
+    ``GenerateConfig.clip_denoised``, on by default for ε-networks there).
     """
 
-    def __init__(self, net, schedule, clip: bool = True):
+    def __init__(self, net, schedule, clip: bool = False):
         self.net, self.schedule, self.clip = net, schedule, clip
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
@@ -88,8 +114,9 @@ def _per_sample(sigma, x: torch.Tensor) -> torch.Tensor:
     return torch.as_tensor(sigma, dtype=x.dtype, device=x.device).expand(len(x)).clone()
 
 
-def load_checkpoint_denoiser(path, *, ema: bool = True, device="cpu", clip: bool = True):
-    """The denoiser of a ``memgen train`` checkpoint (EMA weights by default)."""
+def load_checkpoint_denoiser(path, *, ema: bool = True, device="cpu", clip: bool = False):
+    """The denoiser of a ``memgen train`` checkpoint (EMA weights by default; unclipped
+    unless ``clip``, see ``EpsDenoiser``)."""
     from dataclasses import replace
 
     from memgen.training import TrainConfig, load_checkpoint
@@ -104,7 +131,7 @@ def load_checkpoint_denoiser(path, *, ema: bool = True, device="cpu", clip: bool
     return ScoreDenoiser(net, config.schedule())
 
 
-def load_torchscript_denoiser(path, schedule=None, device="cpu", clip: bool = True):
+def load_torchscript_denoiser(path, schedule=None, device="cpu", clip: bool = False):
     """A TorchScript ε-model ``eps = model(x_t, t)`` (VP, integer-valued t) as a Denoiser.
 
     TorchScript archives hold code and tensors, no pickled Python objects.
@@ -114,17 +141,17 @@ def load_torchscript_denoiser(path, schedule=None, device="cpu", clip: bool = Tr
     from memgen.schedules import VPSchedule
 
     if not Path(path).is_file():
-        raise ValueError(f"no such TorchScript file: {path}")
+        raise UserError(f"no such TorchScript file: {path}")
     net = torch.jit.load(str(path), map_location=device).eval()
     return EpsDenoiser(net, schedule or VPSchedule(), clip=clip)
 
 
-def load_diffusers_denoiser(path, schedule=None, device="cpu", clip: bool = True):
+def load_diffusers_denoiser(path, schedule=None, device="cpu", clip: bool = False):
     """A diffusers ``UNet2DModel`` directory (ε-prediction) as a Denoiser (needs diffusers)."""
     try:
         from diffusers import UNet2DModel
     except ImportError:
-        raise ValueError("loading a diffusers model needs `pip install 'memgen[diffusers]'`") from None
+        raise UserError("loading a diffusers model needs `pip install 'memgen[diffusers]'`") from None
     from memgen.schedules import VPSchedule
 
     unet = UNet2DModel.from_pretrained(str(path), local_files_only=True).to(device).eval()

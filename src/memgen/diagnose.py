@@ -28,6 +28,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from memgen.errors import UserError
+
 Z95 = 1.959963984540054  # two-sided 95% normal quantile
 PAIRS = ("vs_exact", "model_vs_clean", "exact_vs_clean")  # rows of the per-query errors
 
@@ -87,7 +89,7 @@ class DiagnoseConfig:
         for name, least in (("levels", 2), ("n_per_level", 1), ("batch_size", 1)):
             value = getattr(self, name)
             if int(value) != value or value < least:
-                raise ValueError(f"{name} must be an integer >= {least}, got {value}")
+                raise UserError(f"{name} must be an integer >= {least}, got {value}")
 
 
 def default_sigmas(schedule, levels: int = 12) -> np.ndarray:
@@ -97,7 +99,7 @@ def default_sigmas(schedule, levels: int = 12) -> np.ndarray:
     schedule); VESchedule: σ(t_min) … sigma_max. (levels,) float64, increasing.
     """
     if int(levels) != levels or levels < 2:
-        raise ValueError(f"levels must be an integer >= 2, got {levels}")
+        raise UserError(f"levels must be an integer >= 2, got {levels}")
     ladder = schedule.sigmas().double()
     ladder = ladder[ladder > 0]
     lo, hi = float(ladder.min()), float(ladder.max())
@@ -108,9 +110,9 @@ def check_sigmas(sigmas) -> np.ndarray:
     """σ as a (L,) float64 array; ValueError unless non-empty, finite and > 0."""
     s = np.asarray(sigmas, dtype=np.float64).reshape(-1)
     if s.size == 0:
-        raise ValueError("give at least one noise level sigma")
+        raise UserError("give at least one noise level sigma")
     if not (np.isfinite(s).all() and (s > 0).all()):
-        raise ValueError(f"noise levels sigma must be finite and > 0, got {s.tolist()}")
+        raise UserError(f"noise levels sigma must be finite and > 0, got {s.tolist()}")
     return s
 
 
@@ -126,11 +128,11 @@ def denoiser_error(model, exact, data: torch.Tensor, sigmas, *, n_per_level: int
     """
     sigmas = check_sigmas(sigmas)
     if int(n_per_level) != n_per_level or n_per_level < 1:
-        raise ValueError(f"n_per_level must be an integer >= 1, got {n_per_level}")
+        raise UserError(f"n_per_level must be an integer >= 1, got {n_per_level}")
     if int(batch_size) != batch_size or batch_size < 1:
-        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size}")
+        raise UserError(f"batch_size must be an integer >= 1, got {batch_size}")
     if data.ndim < 2 or len(data) == 0:
-        raise ValueError("data must be a non-empty (N, ...) tensor")
+        raise UserError("data must be a non-empty (N, ...) tensor")
     errors = [_level_errors(model, exact, data, float(s), int(n_per_level), generator,
                             int(batch_size))
               for s in tqdm(sigmas, desc="noise levels", unit="level", disable=not progress)]

@@ -11,7 +11,12 @@ Symbols (paper §C.2 and project page; x: (B, D) queries, y_i: (N, D) stored pat
                  unit circle, up to the constant −(1/β) log N.
 
 Every function is batched over x, stable at large β (log-sum-exp), and keeps the
-dtype and device of its inputs: pass float64 tensors for float64 results.
+dtype and device of its inputs: pass float64 tensors for float64 results. Logits are
+formed and normalised in float64 whatever the input dtype, so that float32 weights are
+float64 weights rounded once: the kernel's squared distances come from
+:func:`memgen.metrics.knn.pairwise_sq_dist` (data centred on the patterns' float64 mean,
+a float32 GEMM screen, float64 wherever a weight can see the difference), DenseAM's
+xᵀy from a float64 GEMM.
 Gradients are analytic; Hessians are returned as (B, D, D) and only meant for
 moderate D (see ``hessian_min_eigenvalue`` for a matrix-free smallest eigenvalue).
 """
@@ -22,18 +27,27 @@ import math
 
 import torch
 
+from memgen.metrics.knn import pairwise_sq_dist
+
+NEGLIGIBLE_LOG_WEIGHT = 40.0  # weights below e^−40/N of a row's largest are left screened
+
 # ---------------------------------------------------------------------------- DenseAM
 
 
 def dense_am_energy(x: torch.Tensor, patterns: torch.Tensor, beta: float) -> torch.Tensor:
     """½‖x‖² − (1/β) log Σ exp(β xᵀy_i) (paper eq. 10). x: (B, D) -> (B,)."""
-    logits = beta * (x @ patterns.T)  # (B, N)
-    return 0.5 * x.square().sum(-1) - torch.logsumexp(logits, dim=-1) / beta
+    lse = torch.logsumexp(_dense_am_logits64(x, patterns, beta), dim=-1)
+    return (0.5 * x.double().square().sum(-1) - lse / beta).to(x.dtype)
 
 
 def dense_am_weights(x: torch.Tensor, patterns: torch.Tensor, beta: float) -> torch.Tensor:
     """softmax_i(β xᵀy_i): (B, N)."""
-    return torch.softmax(beta * (x @ patterns.T), dim=-1)
+    return _softmax(_dense_am_logits64(x, patterns, beta), x.dtype)
+
+
+def _dense_am_logits64(x: torch.Tensor, patterns: torch.Tensor, beta: float) -> torch.Tensor:
+    """β xᵀy_i: (B, N) float64, from one float64 GEMM."""
+    return beta * (x.double() @ patterns.double().T)
 
 
 def dense_am_grad(x: torch.Tensor, patterns: torch.Tensor, beta: float) -> torch.Tensor:
@@ -51,24 +65,37 @@ def dense_am_hessian(x: torch.Tensor, patterns: torch.Tensor, beta: float) -> to
 
 
 def kernel_logits(x: torch.Tensor, patterns: torch.Tensor, beta) -> torch.Tensor:
-    """−β‖x − y_i‖²: (B, N), from the expanded form (one GEMM).
+    """−β‖x − y_i‖²: (B, N) in x's dtype (rounded from :func:`_kernel_logits64`).
 
     beta: a float, or a (B,) tensor of per-row inverse temperatures.
     """
-    sq = x.square().sum(-1, keepdim=True) - 2 * x @ patterns.T + patterns.square().sum(-1)
+    return _kernel_logits64(x, patterns, beta).to(x.dtype)
+
+
+def _kernel_logits64(x: torch.Tensor, patterns: torch.Tensor, beta) -> torch.Tensor:
+    """−β‖x − y_i‖²: (B, N) float64, exact wherever exp of it is not negligible.
+
+    Squared distances within (40 + log N)/β of a row's nearest pattern are float64-exact
+    (:func:`~memgen.metrics.knn.pairwise_sq_dist`); all others carry float32 screening
+    error but weigh less than e^−40/N of the largest, e^−40 ≈ 4e-18 together.
+    """
+    cutoff = NEGLIGIBLE_LOG_WEIGHT + math.log(len(patterns))
     if isinstance(beta, torch.Tensor):
-        beta = beta.to(sq.dtype).reshape(-1, 1)
-    return -beta * sq.clamp_min(0)
+        beta = beta.to(device=x.device, dtype=torch.float64).reshape(-1)
+        sq, scale = pairwise_sq_dist(x, patterns, within=cutoff / beta), -beta.unsqueeze(1)
+    else:
+        sq, scale = pairwise_sq_dist(x, patterns, within=cutoff / beta), -beta
+    return sq * scale if sq.requires_grad else sq.mul_(scale)
 
 
 def kernel_energy(x: torch.Tensor, patterns: torch.Tensor, beta: float) -> torch.Tensor:
     """−(1/β) log Σ exp(−β‖x − y_i‖²). x: (B, D) -> (B,)."""
-    return -torch.logsumexp(kernel_logits(x, patterns, beta), dim=-1) / beta
+    return (-torch.logsumexp(_kernel_logits64(x, patterns, beta), dim=-1) / beta).to(x.dtype)
 
 
 def kernel_weights(x: torch.Tensor, patterns: torch.Tensor, beta: float) -> torch.Tensor:
     """Posterior weights softmax_i(−β‖x − y_i‖²): (B, N)."""
-    return torch.softmax(kernel_logits(x, patterns, beta), dim=-1)
+    return _softmax(_kernel_logits64(x, patterns, beta), x.dtype)
 
 
 def kernel_grad(x: torch.Tensor, patterns: torch.Tensor, beta: float) -> torch.Tensor:
@@ -103,9 +130,9 @@ def empirical_energy(x: torch.Tensor, patterns: torch.Tensor, sigma: float,
                      scale: float = 1.0) -> torch.Tensor:
     """−log p_σ(x) with p_σ = (1/N) Σ N(x; a y_i, σ² I), all constants included. (B,)."""
     n, d = patterns.shape
-    logits = kernel_logits(x, scale * patterns, kernel_beta(sigma))
+    logits = _kernel_logits64(x, scale * patterns, kernel_beta(sigma))
     const = math.log(n) + 0.5 * d * math.log(2 * math.pi * sigma**2)
-    return const - torch.logsumexp(logits, dim=-1)
+    return (const - torch.logsumexp(logits, dim=-1)).to(x.dtype)
 
 
 def empirical_grad(x: torch.Tensor, patterns: torch.Tensor, sigma: float,
@@ -155,10 +182,29 @@ def circle_radial_score(R: torch.Tensor, beta: float) -> torch.Tensor:
 
 
 def weighted_covariance(w: torch.Tensor, patterns: torch.Tensor) -> torch.Tensor:
-    """Cov_w(y) = Σ w_i y_i y_iᵀ − m mᵀ with m = Σ w_i y_i, per row of w: (B, D, D)."""
+    """Cov_w(y) = Σ w_i y_i y_iᵀ − m mᵀ with m = Σ w_i y_i, per row of w: (B, D, D).
+
+    Computed on the patterns centred on their mean (Cov_w is shift-invariant), which
+    keeps Σ w_i y_i y_iᵀ and m mᵀ from cancelling for data far from the origin.
+    """
+    patterns = patterns - patterns.mean(0)
     mean = w @ patterns  # (B, D)
     second = torch.einsum("bn,nd,ne->bde", w, patterns, patterns)
     return second - mean.unsqueeze(2) * mean.unsqueeze(1)
+
+
+def _softmax(logits64: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Row softmax of float64 logits, returned in dtype.
+
+    Below float64 the logits are shifted by their row maximum in float64 and normalised in
+    float32: t = L − max L ≤ 0 rounds with relative error u, so a weight e^t is off by at
+    most u·|t|·e^t ≤ u/e absolutely, at float32 speed.
+    """
+    if dtype == torch.float64:
+        return torch.softmax(logits64, dim=-1)
+    top = logits64.detach().amax(dim=-1, keepdim=True)
+    shifted = logits64 - top if logits64.requires_grad else logits64.sub_(top)
+    return torch.softmax(shifted.float(), dim=-1).to(dtype)
 
 
 def _identity_minus(cov: torch.Tensor, gamma: float, c: float) -> torch.Tensor:

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from memgen.config import SweepConfig
+from memgen.errors import UserError
 from memgen.sweep import StageResult, load_pool, run_K
 
 
@@ -91,7 +92,7 @@ def _ray(config: SweepConfig, run: Path, Ks: Iterable[int], bar) -> list[StageRe
     try:
         gpus = ray.cluster_resources().get("GPU", 0)
         if ex.gpus_per_task > gpus:  # the task could never be scheduled: fail, do not wait
-            raise ValueError(f"executor.gpus_per_task = {ex.gpus_per_task} but the Ray "
+            raise UserError(f"executor.gpus_per_task = {ex.gpus_per_task} but the Ray "
                              f"cluster has {gpus:g} GPUs")
         task = ray.remote(num_cpus=ex.cpus_per_task, num_gpus=ex.gpus_per_task,
                           max_retries=0)(run_K_task)

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from memgen.errors import UserError
 from memgen.metrics.features import get_feature_map
 from memgen.metrics.knn import knn_search
 
@@ -51,11 +52,11 @@ def near_duplicates(train: np.ndarray, *, threshold: str = "relative", delta: fl
     from scipy.sparse.csgraph import connected_components
 
     if threshold not in THRESHOLDS:
-        raise ValueError(f"threshold must be one of {', '.join(THRESHOLDS)}")
+        raise UserError(f"threshold must be one of {', '.join(THRESHOLDS)}")
     if len(train) < 2:
-        raise ValueError(f"near-duplicate search needs at least 2 samples, got {len(train)}")
+        raise UserError(f"near-duplicate search needs at least 2 samples, got {len(train)}")
     if not delta > 0:
-        raise ValueError(f"delta must be positive, got {delta}")
+        raise UserError(f"delta must be positive, got {delta}")
     fmap = get_feature_map(metric)
     emb = fmap.embed(torch.from_numpy(np.ascontiguousarray(train)))
     near = knn_search(emb, emb, min(k, len(train) - 1), exclude_self=True,
@@ -98,10 +99,10 @@ def compare_halves(samples_a: np.ndarray, samples_b: np.ndarray, train_a: np.nda
                    train_b: np.ndarray, *, metric: str = "l2") -> Halves:
     """Distances between paired samples (row i of each set from the same noise)."""
     if samples_a.shape != samples_b.shape:
-        raise ValueError(f"the two sample sets differ in shape: {samples_a.shape} vs "
+        raise UserError(f"the two sample sets differ in shape: {samples_a.shape} vs "
                          f"{samples_b.shape}")
     if train_a.shape[1:] != samples_a.shape[1:] or train_b.shape[1:] != samples_a.shape[1:]:
-        raise ValueError("training sets and samples must have the same sample shape")
+        raise UserError("training sets and samples must have the same sample shape")
     fmap = get_feature_map(metric)
 
     def embed(x):

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from memgen.errors import UserError
+
 SAMPLES_KEY = "samples"
 
 
@@ -25,13 +27,13 @@ def load_samples(path: str | Path, name: str = "samples") -> np.ndarray:
     """Load a sample set as float32 (N, ...) and validate it; ``name`` labels errors."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"{name}: no such file {path}")
+        raise UserError(f"{name}: no such file {path}")
     try:
         array = _read_array(path)
     except ValueError as err:
-        raise ValueError(f"{name}: {path}: {err}") from None
+        raise UserError(f"{name}: {path}: {err}") from None
     except (OSError, zipfile.BadZipFile, EOFError, zlib.error) as err:
-        raise ValueError(f"{name}: cannot read {path} ({err})") from None
+        raise UserError(f"{name}: cannot read {path} ({err})") from None
     return validate_samples(array, name)
 
 
@@ -40,10 +42,10 @@ _MAGIC = {".npy": b"\x93NUMPY", ".npz": b"PK"}
 
 def _read_array(path: Path) -> np.ndarray:
     if path.suffix not in _MAGIC:
-        raise ValueError("expected a .npz or .npy file")
+        raise UserError("expected a .npz or .npy file")
     with path.open("rb") as f:
         if not f.read(6).startswith(_MAGIC[path.suffix]):
-            raise ValueError(f"not a valid {path.suffix} file")
+            raise UserError(f"not a valid {path.suffix} file")
     if path.suffix == ".npy":
         return np.load(path, allow_pickle=False)
     with np.load(path, allow_pickle=False) as archive:
@@ -52,24 +54,29 @@ def _read_array(path: Path) -> np.ndarray:
             return archive[SAMPLES_KEY]
         if len(keys) == 1:
             return archive[keys[0]]
-        raise ValueError(f"no key {SAMPLES_KEY!r} among {keys}, and more than one array")
+        raise UserError(f"no key {SAMPLES_KEY!r} among {keys}, and more than one array")
 
 
 def validate_samples(array: np.ndarray, name: str = "samples") -> np.ndarray:
-    """float32 copy of a numeric (N, ...) array with N ≥ 1, finite; uint8 → [-1, 1]."""
+    """float32 copy of a real (N, ...) array with N ≥ 1 samples of ≥ 1 feature, finite;
+    uint8 → [-1, 1]."""
     array = np.asarray(array)
     if array.dtype == object or not (np.issubdtype(array.dtype, np.number)
                                      or array.dtype == bool):
-        raise ValueError(f"{name}: expected a numeric array, got dtype {array.dtype}")
+        raise UserError(f"{name}: expected a numeric array, got dtype {array.dtype}")
+    if np.issubdtype(array.dtype, np.complexfloating):
+        raise UserError(f"{name}: expected real numbers, got dtype {array.dtype}")
     if array.ndim < 2:
-        raise ValueError(f"{name}: expected shape (N, D) or (N, C, H, W), got {array.shape}")
+        raise UserError(f"{name}: expected shape (N, D) or (N, C, H, W), got {array.shape}")
     if array.shape[0] == 0:
-        raise ValueError(f"{name}: the set is empty")
+        raise UserError(f"{name}: the set is empty")
+    if array[0].size == 0:
+        raise UserError(f"{name}: the samples have no features (shape {array.shape})")
     if array.dtype == np.uint8:
         return array.astype(np.float32) / 127.5 - 1.0
     array = array.astype(np.float32)
     if not np.isfinite(array).all():
-        raise ValueError(f"{name}: contains NaN or Inf")
+        raise UserError(f"{name}: contains NaN or Inf")
     return array
 
 
@@ -79,33 +86,96 @@ def check_same_shape(**sets: np.ndarray | None) -> None:
     first_name, first = named[0]
     for other_name, other in named[1:]:
         if other.shape[1:] != first.shape[1:]:
-            raise ValueError(f"{other_name} samples have shape {other.shape[1:]} but "
+            raise UserError(f"{other_name} samples have shape {other.shape[1:]} but "
                              f"{first_name} samples have shape {first.shape[1:]}")
 
 
-def check_output_dir(out: str | Path) -> None:
-    """ValueError unless ``out`` is absent, empty, or an earlier memgen output folder."""
+MARKER = ".memgen"  # in every output folder: {"command": ..., "version": ...}
+
+
+def written_by(folder: str | Path) -> str | None:
+    """The memgen command that wrote ``folder`` (from its marker), "" for a marker of an
+    earlier version that did not record it, None for a folder memgen did not write."""
+    marker = Path(folder) / MARKER
+    if not marker.is_file():
+        return None
+    try:
+        return str(json.loads(marker.read_text() or "{}").get("command", ""))
+    except (ValueError, AttributeError, OSError):
+        return ""
+
+
+def write_marker(folder: str | Path, command: str) -> None:
+    from memgen import __version__
+
+    (Path(folder) / MARKER).write_text(json.dumps({"command": command,
+                                                   "version": __version__}) + "\n")
+
+
+def check_output_dir(out: str | Path, command: str, overwrite: bool = False) -> None:
+    """ValueError unless ``out`` may receive ``command``'s results: absent, empty, or a
+    folder that the same command wrote (or any folder, with ``overwrite``); and its
+    nearest existing parent is a folder where files can be created."""
     out = Path(out)
-    if out.exists() and not (out.is_dir() and (not any(out.iterdir())
-                                               or (out / ".memgen").exists())):
-        raise ValueError(f"{out} exists and was not written by memgen; choose another --out")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out} is a file, not a folder; choose another --out")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        writer = written_by(out)
+        if writer is None:
+            raise UserError(f"{out} holds files that memgen did not write; choose another "
+                             "--out (or pass --overwrite to replace it)")
+        if writer != command:
+            owner = f"memgen {writer}" if writer else "an earlier memgen version"
+            raise UserError(f"{out} holds the results of {owner}; choose another --out "
+                             "(or pass --overwrite to replace them)")
+    check_writable(out)
+
+
+def check_output_file(path: str | Path, overwrite: bool = False) -> None:
+    """ValueError unless ``path`` can be written: absent (or a file, with ``overwrite``),
+    in a place where files can be created."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path} is a folder; give a file name")
+    if path.exists() and not overwrite:
+        raise UserError(f"{path} exists; choose another name (or pass --overwrite)")
+    check_writable(path)
+
+
+def check_writable(path: str | Path) -> None:
+    """ValueError unless files can be created in ``path``'s nearest existing folder
+    (tried: a temporary file is made and removed, which catches read-only mounts, /proc
+    and permissions alike)."""
+    path = Path(path).absolute()
+    parent = path if path.is_dir() else path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"cannot write {path}: {parent} is a file, not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".memgen-probe.", dir=parent)
+    except OSError as err:
+        raise UserError(f"cannot write {path}: {parent} is not writable "
+                         f"({err.strerror or err})") from None
+    os.close(fd)
+    os.unlink(probe)
 
 
 @contextmanager
-def atomic_output_dir(out: str | Path):
+def atomic_output_dir(out: str | Path, command: str, overwrite: bool = False):
     """Yield a temporary folder that replaces ``out`` only if the block succeeds.
 
-    An existing ``out`` is replaced only if it is empty or was written by memgen
-    (holds a ``.memgen`` marker); on failure nothing is left behind.
+    ``out`` must pass :func:`check_output_dir`; the folder is marked as ``command``'s.
+    On failure or interruption nothing is left behind.
     """
     out = Path(out)
-    check_output_dir(out)
+    check_output_dir(out, command, overwrite)
     created = next((p for p in reversed(out.absolute().parents) if not p.exists()), None)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         tmp.chmod(0o777 & ~_umask())
-        (tmp / ".memgen").touch()
+        write_marker(tmp, command)
         yield tmp
     except BaseException:
         shutil.rmtree(created or tmp, ignore_errors=True)
@@ -115,6 +185,20 @@ def atomic_output_dir(out: str | Path):
         out.rename(old)
     tmp.rename(out)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def claim_output_dir(out: str | Path, command: str, overwrite: bool = False) -> Path:
+    """Create (or reuse) a resumable output folder such as a sweep's or a training run's:
+    checked by :func:`check_output_dir`, then marked as ``command``'s. With
+    ``overwrite``, another command's folder is emptied first."""
+    out = Path(out)
+    check_output_dir(out, command, overwrite)
+    if overwrite and out.is_dir() and written_by(out) != command:
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if written_by(out) != command:
+        write_marker(out, command)
+    return out
 
 
 @contextmanager

@@ -18,6 +18,7 @@ import torch
 
 from memgen import energy as E
 from memgen.attractors import Attractors, Memory, find_attractors
+from memgen.errors import UserError
 
 EXTENT = 1.6  # the grid covers [−EXTENT, EXTENT]²
 
@@ -103,9 +104,9 @@ def run_landscape(config: LandscapeConfig) -> list[Panel]:
     pool = circle_pool(60_000, seed=9)
     bad = [K for K in config.Ks if not 1 <= K <= len(pool)]
     if bad or not config.Ks:
-        raise ValueError(f"K must lie in [1, {len(pool)}]; got {bad or 'none'}")
+        raise UserError(f"K must lie in [1, {len(pool)}]; got {bad or 'none'}")
     if not config.beta > 0:
-        raise ValueError(f"beta must be positive, got {config.beta}")
+        raise UserError(f"beta must be positive, got {config.beta}")
     panels = []
     for K in config.Ks:
         patterns = torch.from_numpy(pool[nested_indices(len(pool), K, config.split_seed)])
@@ -189,11 +190,11 @@ def checkpoint_rows(checkpoints, *, sigma: float = LEARNED_SIGMA, n_samples: int
     for path in checkpoints:
         den = load_checkpoint_denoiser(path)
         if not isinstance(den, ScoreDenoiser):
-            raise ValueError(f"{path}: learned landscapes need a 2D VE score model "
+            raise UserError(f"{path}: learned landscapes need a 2D VE score model "
                              "(memgen train --preset toy-mlp)")
         train = load_samples(Path(path).with_name("train.npz"), "train.npz")
         if train.ndim != 2 or train.shape[1] != 2:
-            raise ValueError(f"{path}: the training set is not 2D ({train.shape[1:]})")
+            raise UserError(f"{path}: the training set is not 2D ({train.shape[1:]})")
         sigmas = den.schedule.sigmas(1000)
         gen = StackedGenerator([(seed, i) for i in range(n_samples)])
         x = initial_noise((n_samples, 2), float(sigmas[0]), gen)

@@ -47,6 +47,7 @@ from scipy.integrate import solve_ivp
 
 from memgen import energy as E
 from memgen.attractors import Memory, merge_endpoints, retrieve
+from memgen.errors import UserError
 
 LogPrior = Callable[[torch.Tensor], torch.Tensor]  # x (B, d) -> log p_{σ_max}(x) (B,)
 
@@ -62,9 +63,9 @@ class GaussianPrior:
 
     def __post_init__(self):
         if self.mean.ndim != 1 or self.var.shape != self.mean.shape:
-            raise ValueError("mean and var must be (d,) tensors of one shape")
+            raise UserError("mean and var must be (d,) tensors of one shape")
         if not bool((self.var > 0).all()):
-            raise ValueError("var must be positive")
+            raise UserError("var must be positive")
 
     @classmethod
     def moment_matched(cls, data: torch.Tensor, sigma: float) -> "GaussianPrior":
@@ -75,7 +76,7 @@ class GaussianPrior:
         data: (N, ...) samples.
         """
         if not sigma > 0 or len(data) == 0:
-            raise ValueError("need sigma > 0 and non-empty data")
+            raise UserError("need sigma > 0 and non-empty data")
         flat = data.reshape(len(data), -1).double()
         return cls(flat.mean(0), flat.var(0, unbiased=False) + sigma**2)
 
@@ -95,7 +96,7 @@ class EmpiricalPrior:
 
     def __post_init__(self):
         if not self.sigma > 0 or len(self.patterns) == 0:
-            raise ValueError("need sigma > 0 and non-empty patterns")
+            raise UserError("need sigma > 0 and non-empty patterns")
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         flat = self.patterns.reshape(len(self.patterns), -1).double()
@@ -175,11 +176,11 @@ def pf_ode_log_likelihood(denoiser, x: torch.Tensor, sigma_min: float, sigma_max
     float32 resolution (≈ 1e-7), or the error estimate is rounding noise.
     """
     if not 0 < sigma_min < sigma_max:
-        raise ValueError(f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
+        raise UserError(f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
     if x.ndim < 2 or len(x) == 0:
-        raise ValueError("x must be a non-empty (B, ...) tensor")
+        raise UserError("x must be a non-empty (B, ...) tensor")
     if not (rtol > 0 and atol > 0):
-        raise ValueError("rtol and atol must be positive")
+        raise UserError("rtol and atol must be positive")
     n = x.numel() + len(x)
     state0 = np.concatenate([x.detach().double().cpu().numpy().ravel(), np.zeros(len(x))])
     sol = solve_ivp(_rhs(denoiser, x), (math.log(sigma_min), math.log(sigma_max)), state0,
@@ -189,7 +190,7 @@ def pf_ode_log_likelihood(denoiser, x: torch.Tensor, sigma_min: float, sigma_max
     delta = final[x.numel():]
     log_prior = prior(endpoint).double().reshape(-1)
     if log_prior.shape != (len(x),):
-        raise ValueError(f"prior must return shape ({len(x)},), got {tuple(log_prior.shape)}")
+        raise UserError(f"prior must return shape ({len(x)},), got {tuple(log_prior.shape)}")
     return PFODELikelihood(log_prior + delta, endpoint, log_prior, delta, float(sigma_min),
                            float(sigma_max), int(sol.nfev), int(sol.status), str(sol.message))
 
@@ -224,7 +225,7 @@ def square_grid(extent: float, resolution: int, dtype=torch.float64, device=None
                 ) -> torch.Tensor:
     """(G², 2) points of a G × G grid on [−extent, extent]², x varying fastest."""
     if not extent > 0 or resolution < 2:
-        raise ValueError("need extent > 0 and resolution >= 2")
+        raise UserError("need extent > 0 and resolution >= 2")
     axis = torch.linspace(-extent, extent, resolution, dtype=dtype, device=device)
     yy, xx = torch.meshgrid(axis, axis, indexing="ij")
     return torch.stack([xx.reshape(-1), yy.reshape(-1)], 1)
@@ -242,7 +243,7 @@ def learned_energy_grid(denoiser, extent: float, resolution: int, sigma: float,
     points = square_grid(extent, resolution, dtype, device)
     step = len(points) if batch is None else batch
     if step < 1:
-        raise ValueError("batch must be >= 1")
+        raise UserError("batch must be >= 1")
     parts = [pf_ode_log_likelihood(denoiser, points[i:i + step], sigma, sigma_max, prior,
                                    **solver) for i in range(0, len(points), step)]
     result = _concatenate(parts)
@@ -312,10 +313,10 @@ def learned_attractors(samples: torch.Tensor, sigma: float,
     so. Cost: O(S²) per mean-shift step (5,000 samples ≈ 30 s on one CPU thread).
     """
     if len(samples) == 0 or not sigma > 0:
-        raise ValueError("need non-empty samples and sigma > 0")
+        raise UserError("need non-empty samples and sigma > 0")
     h = float(sigma if bandwidth is None else bandwidth)
     if not h > 0:
-        raise ValueError(f"bandwidth must be positive, got {h}")
+        raise UserError(f"bandwidth must be positive, got {h}")
     flat = samples.reshape(len(samples), -1)
     run = retrieve(Memory(flat, E.kernel_beta(h), "kernel"), flat.clone(), tol=1e-3 * h,
                    max_iter=max_iter)

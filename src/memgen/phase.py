@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from memgen.attractors import (Memory, find_attractors, make_starts, ring_barriers,
                                ring_energy_spread)
+from memgen.errors import UserError
 from memgen.metrics.classify import apply_rule, find_neighbours, make_rule
 
 PHASE_DATA = ("circle", "fmnist")
@@ -54,19 +55,19 @@ def load_patterns(config: PhaseConfig) -> np.ndarray:
     if config.data == "fmnist":
         images = load_idx_images("fashion-mnist", "train", config.data_root).images
         return images.reshape(len(images), -1)
-    raise ValueError(f"unknown phase data {config.data!r}; known: {', '.join(PHASE_DATA)}")
+    raise UserError(f"unknown phase data {config.data!r}; known: {', '.join(PHASE_DATA)}")
 
 
 def validate(config: PhaseConfig, pool_size: int) -> None:
     if not config.Ks or not config.sigmas:
-        raise ValueError("give at least one K and one sigma")
+        raise UserError("give at least one K and one sigma")
     bad = [K for K in config.Ks if not 2 <= K <= pool_size]
     if bad:
-        raise ValueError(f"K must lie in [2, {pool_size}] for {config.data}; got {bad}")
+        raise UserError(f"K must lie in [2, {pool_size}] for {config.data}; got {bad}")
     if any(not s > 0 for s in config.sigmas):
-        raise ValueError("every sigma must be positive")
+        raise UserError("every sigma must be positive")
     if config.n_starts < 1:
-        raise ValueError("n_starts must be at least 1")
+        raise UserError("n_starts must be at least 1")
 
 
 def run_phase(config: PhaseConfig, progress: bool = False) -> list[dict]:
@@ -136,16 +137,16 @@ def read_phase(path: str | Path) -> list[dict]:
     """Rows of a phase.csv with numbers parsed (counts as int, the rest as float)."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"no such file: {path}")
+        raise UserError(f"no such file: {path}")
     with path.open(newline="") as f:
         rows = list(csv.DictReader(f))
     if not rows or set(COLUMNS) - set(rows[0]):
-        raise ValueError(f"{path} is not a phase.csv (columns {', '.join(COLUMNS)})")
+        raise UserError(f"{path} is not a phase.csv (columns {', '.join(COLUMNS)})")
     counts = {"K", "n_starts", "n_attractors", "n_memorized", "n_spurious", "n_saddle"}
     try:
         return [{k: int(r[k]) if k in counts else float(r[k]) for k in COLUMNS} for r in rows]
     except ValueError as err:
-        raise ValueError(f"{path}: non-numeric entry ({err})") from None
+        raise UserError(f"{path}: non-numeric entry ({err})") from None
 
 
 def _fmt(value):

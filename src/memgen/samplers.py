@@ -8,22 +8,31 @@ A VP model is sampled through ``memgen.schedules.VPSchedule.sigmas()`` (x_ve = x
 
 Randomness comes only from ``generator``: None (torch's global RNG), a torch.Generator,
 or a ``StackedGenerator`` (one stream per sample, so a sample never depends on its batch).
-``callback(i, x, sigma_next)`` is called after step i. Nothing is clipped here.
+``callback(i, x, sigma_next)`` is called after step i. Nothing is clipped unless asked:
+``clip=(lo, hi)`` clamps every x̂₀ = D(x, σ) to [lo, hi] (Ho et al.'s clip_denoised), so the
+sampler then follows that clipped field, not the model's own ODE/SDE.
+
+Starting points (``GaussianPrior``): the standard start N(0, σ₀² I) (VE; N(0, (1 + σ₀²) I) for
+VP, DDPM's x_T ~ N(0, I)), or the forward process's own law at σ₀, N(μ, σ₀² I + Σ) with the
+training set's mean μ and covariance Σ (``forward_prior``).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from memgen.errors import UserError
 
 
 def ve_sigmas(sigma_max: float, sigma_min: float, steps: int) -> torch.Tensor:
     """Geometric ladder of ``steps`` noise levels from sigma_max down to sigma_min (float64)."""
     if not sigma_max >= sigma_min > 0 or steps < 1:
-        raise ValueError("need sigma_max >= sigma_min > 0 and steps >= 1")
+        raise UserError("need sigma_max >= sigma_min > 0 and steps >= 1")
     return torch.logspace(math.log10(sigma_max), math.log10(sigma_min), steps,
                           dtype=torch.float64)
 
@@ -46,7 +55,7 @@ class StackedGenerator:
     def __init__(self, seeds: Sequence, device: str | torch.device = "cpu"):
         seeds = list(seeds)
         if not seeds:
-            raise ValueError("seeds must be non-empty")
+            raise UserError("seeds must be non-empty")
         self.device = torch.device(device)
         self.generators = [np.random.Generator(np.random.PCG64(_seed_sequence(s)))
                            for s in seeds]
@@ -59,7 +68,7 @@ class StackedGenerator:
         """(len(seeds), ...) standard normal draws, row k from stream k."""
         shape = tuple(shape)
         if not shape or shape[0] != len(self):
-            raise ValueError(f"leading dimension {shape[:1]} must equal the number of "
+            raise UserError(f"leading dimension {shape[:1]} must equal the number of "
                              f"seeds ({len(self)})")
         size = int(np.prod(shape[1:], dtype=np.int64))
         if self._ahead.shape[1] < size:
@@ -83,7 +92,7 @@ _DRAW_AHEAD = 4096  # normals drawn per stream at a time (the toy's noise for 2,
 def _seed_sequence(seed) -> np.random.SeedSequence:
     entropy = [int(v) for v in seed] if isinstance(seed, (tuple, list)) else int(seed)
     if min(entropy if isinstance(entropy, list) else [entropy]) < 0:
-        raise ValueError(f"seeds must be non-negative, got {seed}")
+        raise UserError(f"seeds must be non-negative, got {seed}")
     return np.random.SeedSequence(entropy)
 
 
@@ -93,7 +102,7 @@ def _noise(x: torch.Tensor, generator) -> torch.Tensor:
         return generator.randn_like(x)
     if generator is None or isinstance(generator, torch.Generator):
         return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-    raise ValueError("generator must be None, a torch.Generator or a StackedGenerator, "
+    raise UserError("generator must be None, a torch.Generator or a StackedGenerator, "
                      f"got {type(generator).__name__}")
 
 
@@ -105,22 +114,98 @@ def initial_noise(shape, sigma_max: float, generator=None, *, dtype=None,
     i.e. ``sigma_max = 1/schedule.scale(T − 1)``; σ_{T−1} alone ignores the data's variance.
     """
     if not sigma_max > 0:
-        raise ValueError(f"sigma_max must be > 0, got {sigma_max}")
+        raise UserError(f"sigma_max must be > 0, got {sigma_max}")
     if device is None and isinstance(generator, StackedGenerator):
         device = generator.device
     like = torch.empty(shape, dtype=dtype, device=device)
     return sigma_max * _noise(like, generator)
 
 
+@dataclass(frozen=True, eq=False)
+class GaussianPrior:
+    """x ~ N(mean, std² I + factorᵀ factor), drawn as x = mean + std·z + w·factor with
+    z ~ N(0, I_D) and then w ~ N(0, I_r) from the same stream (VE coordinates).
+
+    std > 0: the isotropic part; mean (D,) and factor (r, D), float64, D the numel of one
+    sample, None for none. With neither, ``sample`` is std·z with z drawn in the default
+    dtype and cast, exactly as ``memgen.generate`` has always drawn its start.
+    """
+
+    std: float
+    mean: torch.Tensor | None = None
+    factor: torch.Tensor | None = None
+
+    def __post_init__(self):
+        if not self.std > 0:
+            raise UserError(f"std must be > 0, got {self.std}")
+        if self.factor is not None and self.factor.ndim != 2:
+            raise UserError("factor must be an (r, D) matrix")
+
+    def sample(self, shape, generator=None, *, dtype=None, device=None) -> torch.Tensor:
+        """(n, ...) draws in ``dtype`` on ``device`` (the forward part computed in float64)."""
+        shape = tuple(shape)
+        if self.mean is None and self.factor is None:
+            return self.std * _normal(shape, generator).to(device=device, dtype=dtype)
+        n, size = shape[0], math.prod(shape[1:])
+        x = self.std * _normal((n, size), generator, torch.float64)  # (n, D)
+        if self.mean is not None:
+            x = x + self.mean.to(x.device)
+        if self.factor is not None:
+            w = _normal((n, len(self.factor)), generator, torch.float64)  # (n, r)
+            x = x + w.to(x.device) @ self.factor.to(x.device)
+        return x.reshape(shape).to(device=device, dtype=dtype)
+
+
+def forward_prior(data: torch.Tensor, sigma: float) -> GaussianPrior:
+    """The forward process's law at VE level σ, by its moments: x = y + σ n with y drawn from
+    the training set ``data`` (K, ...) has mean μ and covariance σ² I + Σ (Σ the set's own
+    covariance, normalised by K: the empirical law the model was trained on). The law itself
+    is the mixture (1/K) Σ_i N(y_i, σ² I), Gaussian up to O(Σ/σ²).
+
+    VP models reach the same law: x_T = √ᾱ y + √(1 − ᾱ) n ~ N(√ᾱ μ, ᾱ Σ + (1 − ᾱ) I) is it
+    in VE coordinates x = x_T/√ᾱ. factor: the centred data/√K (K ≤ D) or Λ^½ Vᵀ from the
+    eigendecomposition Σ = V Λ Vᵀ (K > D; a D × D float64 matrix), so factorᵀfactor = Σ.
+    """
+    if data.ndim < 2 or len(data) == 0:
+        raise UserError("data must be a non-empty (K, ...) tensor")
+    flat = torch.as_tensor(data).reshape(len(data), -1).to("cpu", torch.float64)  # (K, D)
+    mean = flat.mean(0)
+    centred = flat - mean
+    if len(flat) <= flat.shape[1]:
+        factor = centred / math.sqrt(len(flat))  # (K, D)
+    else:
+        lam, vec = torch.linalg.eigh(centred.T @ centred / len(flat))
+        factor = (vec * lam.clamp(min=0).sqrt()).T  # (D, D), row i = √λ_i v_iᵀ
+    return GaussianPrior(float(sigma), mean, factor)
+
+
+def _normal(shape, generator, dtype=None) -> torch.Tensor:
+    """Standard normals of ``shape`` from None, a torch.Generator or a StackedGenerator."""
+    if isinstance(generator, StackedGenerator):
+        return generator.randn(shape, dtype=dtype)
+    return _noise(torch.empty(shape, dtype=dtype), generator)
+
+
+def clipped(denoiser, clip):
+    """D(x, σ) clamped to [lo, hi] for clip = (lo, hi) (Ho et al. 2020's clip_denoised:
+    x̂₀ kept in the data range); the denoiser itself for clip = None."""
+    if clip is None:
+        return denoiser
+    if len(clip) != 2 or not float(clip[0]) < float(clip[1]):
+        raise UserError(f"clip must be a pair lo < hi, got {clip}")
+    lo, hi = float(clip[0]), float(clip[1])
+    return lambda x, sigma: denoiser(x, sigma).clamp(lo, hi)
+
+
 def _levels(sigmas) -> list[float]:
     """sigmas as floats, checked: non-increasing, every level but the last > 0."""
     levels = [float(s) for s in sigmas]
     if len(levels) < 1:
-        raise ValueError("sigmas must be non-empty")
+        raise UserError("sigmas must be non-empty")
     if any(not a >= b for a, b in zip(levels, levels[1:])) or levels[-1] < 0:
-        raise ValueError("sigmas must be non-increasing and >= 0")
+        raise UserError("sigmas must be non-increasing and >= 0")
     if any(not s > 0 for s in levels[:-1]):
-        raise ValueError("only the last entry of sigmas may be 0")
+        raise UserError("only the last entry of sigmas may be 0")
     return levels
 
 
@@ -128,10 +213,10 @@ def _levels(sigmas) -> list[float]:
 
 
 @torch.no_grad()
-def sample_euler_maruyama(denoiser, x, sigmas, *, generator=None, callback=None):
+def sample_euler_maruyama(denoiser, x, sigmas, *, clip=None, generator=None, callback=None):
     """Reverse VE SDE, Euler–Maruyama (Song et al. 2021, "reverse diffusion" predictor):
     x ← x + (σ_i² − σ_{i+1}²)·score + √(σ_i² − σ_{i+1}²)·z  (no noise on a step to 0)."""
-    levels = _levels(sigmas)
+    levels, denoiser = _levels(sigmas), clipped(denoiser, clip)
     for i, (s, s_next) in enumerate(zip(levels, levels[1:])):
         score = (denoiser(x, s) - x) / s**2
         var = s**2 - s_next**2
@@ -143,10 +228,10 @@ def sample_euler_maruyama(denoiser, x, sigmas, *, generator=None, callback=None)
 
 
 @torch.no_grad()
-def sample_heun(denoiser, x, sigmas, *, generator=None, callback=None):
+def sample_heun(denoiser, x, sigmas, *, clip=None, generator=None, callback=None):
     """Probability-flow ODE dx/dσ = (x − D(x, σ))/σ, Heun's 2nd order (Karras et al. 2022,
     Alg. 1); Euler on a step to 0; deterministic, so ``generator`` is unused."""
-    levels = _levels(sigmas)
+    levels, denoiser = _levels(sigmas), clipped(denoiser, clip)
     for i, (s, s_next) in enumerate(zip(levels, levels[1:])):
         d = (x - denoiser(x, s)) / s
         x_next = x + (s_next - s) * d
@@ -160,7 +245,7 @@ def sample_heun(denoiser, x, sigmas, *, generator=None, callback=None):
 
 
 @torch.no_grad()
-def sample_ddpm(denoiser, x, sigmas, *, generator=None, callback=None):
+def sample_ddpm(denoiser, x, sigmas, *, clip=None, generator=None, callback=None):
     """DDPM ancestral sampling (Ho et al. 2020, Alg. 2) in VE coordinates: with x̂0 = D(x, s),
     x' ~ N(x̂0 + (s'²/s²)(x − x̂0), s'²(s² − s'²)/s² I); a step to 0 returns x̂0.
 
@@ -171,7 +256,7 @@ def sample_ddpm(denoiser, x, sigmas, *, generator=None, callback=None):
     x_t, x0) of Ho's eq. 7 (mean coefficients β_t √ᾱ_{t−1}/(1−ᾱ_t), √α_t(1−ᾱ_{t−1})/(1−ᾱ_t),
     variance β̃_t); with x̂0 = (x_t − √(1−ᾱ_t) ε̂)/√ᾱ_t that is Alg. 2, z = 0 at the last step.
     """
-    levels = _levels(sigmas)
+    levels, denoiser = _levels(sigmas), clipped(denoiser, clip)
     for i, (s, s_next) in enumerate(zip(levels, levels[1:])):
         x0 = denoiser(x, s)
         if s_next > 0:
@@ -185,7 +270,8 @@ def sample_ddpm(denoiser, x, sigmas, *, generator=None, callback=None):
 
 
 @torch.no_grad()
-def sample_ddim(denoiser, x, sigmas, *, eta=0.0, generator=None, callback=None):
+def sample_ddim(denoiser, x, sigmas, *, eta=0.0, clip=None, generator=None,
+                callback=None):
     """DDIM (Song, Meng & Ermon 2021, eq. 12) in VE coordinates: ε̂ = (x − x̂0)/s,
     x' = x̂0 + √(s'² − c²) ε̂ + c z with c = η s' √((s² − s'²)/s²).
 
@@ -193,8 +279,8 @@ def sample_ddim(denoiser, x, sigmas, *, eta=0.0, generator=None, callback=None):
     PF-ODE in σ (Karras et al. 2022, §4); η = 1: the ancestral variance, i.e. ``sample_ddpm``.
     """
     if not 0 <= eta <= 1:
-        raise ValueError(f"eta must lie in [0, 1], got {eta}")
-    levels = _levels(sigmas)
+        raise UserError(f"eta must lie in [0, 1], got {eta}")
+    levels, denoiser = _levels(sigmas), clipped(denoiser, clip)
     for i, (s, s_next) in enumerate(zip(levels, levels[1:])):
         x0 = denoiser(x, s)
         eps = (x - x0) / s
@@ -227,7 +313,7 @@ def retrieve_fixed_point(denoiser, x, sigma: float, *, tol: float = 1e-6, max_it
 def truncate_ladder(sigmas: torch.Tensor, stop_sigma: float) -> torch.Tensor:
     """The levels of a decreasing ladder above ``stop_sigma``, then stop_sigma itself."""
     if not stop_sigma > 0:
-        raise ValueError(f"stop_sigma must be positive, got {stop_sigma}")
+        raise UserError(f"stop_sigma must be positive, got {stop_sigma}")
     kept = sigmas[sigmas > stop_sigma]
     return torch.cat([kept, kept.new_full((1,), stop_sigma)])
 
@@ -243,5 +329,5 @@ SAMPLERS = {
 def get_sampler(name: str):
     """The sampler registered under ``name`` (see ``SAMPLERS``)."""
     if name not in SAMPLERS:
-        raise ValueError(f"unknown sampler {name!r}; known: {', '.join(SAMPLERS)}")
+        raise UserError(f"unknown sampler {name!r}; known: {', '.join(SAMPLERS)}")
     return SAMPLERS[name]

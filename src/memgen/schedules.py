@@ -27,6 +27,8 @@ from functools import cached_property
 
 import torch
 
+from memgen.errors import UserError
+
 F64 = torch.float64
 _RTOL = 1e-6  # σ this far outside a schedule's range (float32 rounding) is clamped into it
 
@@ -45,7 +47,7 @@ def alpha_bar_from_sigma(sigma):
     """ᾱ = 1/(1 + σ²) for a VE noise level σ (float in → float out, tensor → tensor)."""
     s, scalar = _as_f64(sigma)
     if (s < 0).any():
-        raise ValueError("sigma must be >= 0")
+        raise UserError("sigma must be >= 0")
     return _out(1.0 / (1.0 + s.square()), scalar)
 
 
@@ -53,7 +55,7 @@ def sigma_from_alpha_bar(alpha_bar):
     """σ = √((1 − ᾱ)/ᾱ), the VE noise level of a VP level ᾱ ∈ (0, 1]."""
     ab, scalar = _as_f64(alpha_bar)
     if ((ab <= 0) | (ab > 1)).any():
-        raise ValueError("alpha_bar must lie in (0, 1]")
+        raise UserError("alpha_bar must lie in (0, 1]")
     return _out(((1.0 - ab) / ab).sqrt(), scalar)
 
 
@@ -72,10 +74,10 @@ class VPSchedule:
 
     def __post_init__(self):
         if not 0 < self.beta_min <= self.beta_max < 1:
-            raise ValueError("need 0 < beta_min <= beta_max < 1, "
+            raise UserError("need 0 < beta_min <= beta_max < 1, "
                              f"got beta_min={self.beta_min}, beta_max={self.beta_max}")
         if int(self.T) != self.T or self.T < 2:
-            raise ValueError(f"T must be an integer >= 2, got {self.T}")
+            raise UserError(f"T must be an integer >= 2, got {self.T}")
 
     @property
     def betas(self) -> torch.Tensor:
@@ -100,7 +102,7 @@ class VPSchedule:
         """VE noise level σ_t = √((1 − ᾱ_t)/ᾱ_t)."""
         tt, scalar = _as_f64(t)
         if ((tt < 0) | (tt > self.T - 1)).any() or tt.isnan().any():
-            raise ValueError(f"t must lie in [0, {self.T - 1}]")
+            raise UserError(f"t must lie in [0, {self.T - 1}]")
         table, log_table = self._sigma_table, self._log_sigma_table
         lo = tt.floor().clamp(max=self.T - 2).long()
         w = tt - lo
@@ -127,7 +129,7 @@ class VPSchedule:
         s, scalar = _as_f64(sigma)
         table = self._sigma_table
         if ((s < table[0] * (1 - _RTOL)) | (s > table[-1] * (1 + _RTOL))).any() or s.isnan().any():
-            raise ValueError(f"sigma must lie in [{table[0].item():.6g}, {table[-1].item():.6g}]"
+            raise UserError(f"sigma must lie in [{table[0].item():.6g}, {table[-1].item():.6g}]"
                              " (the schedule's sigma(0) .. sigma(T-1))")
         log_table, log_s = self._log_sigma_table, s.clamp(table[0], table[-1]).log()
         lo = (torch.searchsorted(log_table, log_s, right=True) - 1).clamp(0, self.T - 2)
@@ -143,7 +145,7 @@ class VPSchedule:
         if steps is None:
             steps = self.T
         if int(steps) != steps or not 1 <= steps <= self.T:
-            raise ValueError(f"steps must be an integer in [1, {self.T}], got {steps}")
+            raise UserError(f"steps must be an integer in [1, {self.T}], got {steps}")
         return torch.linspace(self.T - 1, 0, int(steps), dtype=F64).round().long()
 
     def sigmas(self, steps: int | None = None) -> torch.Tensor:
@@ -167,22 +169,22 @@ class VESchedule:
 
     def __post_init__(self):
         if not self.sigma_max > 0:
-            raise ValueError(f"sigma_max must be > 0, got {self.sigma_max}")
+            raise UserError(f"sigma_max must be > 0, got {self.sigma_max}")
         if not 0 < self.t_min < 1:
-            raise ValueError(f"t_min must lie in (0, 1), got {self.t_min}")
+            raise UserError(f"t_min must lie in (0, 1), got {self.t_min}")
 
     def sigma(self, t):
         """σ(t) = sigma_max √t for t ∈ [0, 1]."""
         tt, scalar = _as_f64(t)
         if ((tt < 0) | (tt > 1)).any() or tt.isnan().any():
-            raise ValueError("t must lie in [0, 1]")
+            raise UserError("t must lie in [0, 1]")
         return _out(self.sigma_max * tt.sqrt(), scalar)
 
     def t_from_sigma(self, sigma):
         """t = (σ/sigma_max)², clamped to 1 for σ up to a relative 1e-6 above sigma_max."""
         s, scalar = _as_f64(sigma)
         if ((s < 0) | (s > self.sigma_max * (1 + _RTOL))).any() or s.isnan().any():
-            raise ValueError(f"sigma must lie in [0, sigma_max={self.sigma_max}]")
+            raise UserError(f"sigma must lie in [0, sigma_max={self.sigma_max}]")
         return _out((s / self.sigma_max).square().clamp(max=1.0), scalar)
 
     def sigmas(self, steps: int = 1000) -> torch.Tensor:
@@ -193,7 +195,7 @@ class VESchedule:
         noise of std σ(t_min); append a 0 for a final denoising step.
         """
         if int(steps) != steps or steps < 2:
-            raise ValueError(f"steps must be an integer >= 2, got {steps}")
+            raise UserError(f"steps must be an integer >= 2, got {steps}")
         t = torch.linspace(1.0, self.t_min, int(steps), dtype=F64)
         return self.sigma_max * t.sqrt()
 

@@ -25,11 +25,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from memgen.config import SweepConfig, as_dict, network
+from memgen.config import SweepConfig, as_dict, check_device, network
+from memgen.errors import UserError
 from memgen.metrics.classify import LABEL_NAMES
 from memgen.training import snapshot_path
 
-STAGE_VERSION = 2  # bump when a stage's output format changes
+STAGE_VERSION = 3  # bump when a stage's output format or key changes
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,14 @@ def stage_key(name: str, *parts) -> str:
     """Hash of a stage's name, its config slice and its inputs' keys."""
     text = json.dumps([name, STAGE_VERSION, *parts], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def fingerprint(array: np.ndarray) -> str:
+    """Hash of an array's content (shape, dtype, bytes): a data set's identity in the
+    keys, wherever it was read from."""
+    digest = hashlib.sha256(f"{array.shape}{array.dtype}".encode())
+    digest.update(np.ascontiguousarray(array).data)
+    return digest.hexdigest()[:16]
 
 
 def _done(folder: Path) -> bool:
@@ -102,12 +111,12 @@ def validate_against_data(config: SweepConfig, pool: np.ndarray) -> None:
 
     too_big = [K for K in config.Ks if K >= len(pool)]
     if too_big:
-        raise ValueError(f"Ks: {too_big} not below the {len(pool)} samples of "
+        raise UserError(f"Ks: {too_big} not below the {len(pool)} samples of "
                          f"data.name = {config.data.name}")
     try:
         get_feature_map(config.measure.metric)  # LPIPS: loads its weights or says which
     except ValueError as err:
-        raise ValueError(f"measure.metric: {err}") from None
+        raise UserError(f"measure.metric: {err}") from None
 
 
 def split(pool: np.ndarray, K: int, config: SweepConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -127,7 +136,7 @@ def train_stage(run: Path, train: np.ndarray, K: int, config: SweepConfig,
 
     One folder per trajectory: a longer budget or a new snapshot resumes the run there.
     """
-    key = train_key(K, config)
+    key = train_key(train, config)
     if config.model.kind == "exact":
         return key, None
     from memgen.training import train as run_training
@@ -144,15 +153,22 @@ def train_stage(run: Path, train: np.ndarray, K: int, config: SweepConfig,
     return key, folder
 
 
-def train_key(K: int, config: SweepConfig) -> str:
-    """The train stage's key: the data, K, the model with its full network and (for
-    networks) what decides the trajectory — not the budget (iterations, snapshots)."""
+def train_key(train: np.ndarray, config: SweepConfig) -> str:
+    """The train stage's key: the training set's content (not where it was read from),
+    the model with its full network and (for networks) what decides the trajectory — not
+    the budget (iterations, snapshots)."""
     trajectory = None
     if config.model.kind == "network":
+        # not the budget (iterations, snapshots), nor ema_warmup at its default
         trajectory = {k: v for k, v in as_dict(config.train).items()
-                      if k not in ("iterations", "snapshots")}
+                      if k not in ("iterations", "snapshots")
+                      and not (k == "ema_warmup" and v)}
         trajectory["network"] = network(config.model).to_dict()
-    return stage_key("train", as_dict(config.data), K, as_dict(config.model), trajectory)
+    return stage_key("train", fingerprint(train), as_dict(config.model), trajectory)
+
+
+# the measure settings that only the aggregate reads (capacities), not the labels
+AGGREGATE_FIELDS = ("epsilon", "bootstrap")
 
 
 def train_config(config: SweepConfig):
@@ -164,12 +180,15 @@ def train_config(config: SweepConfig):
     return TrainConfig(preset=config.model.preset or "custom", network=net.to_dict(),
                        objective=objective, iterations=t.iterations, snapshots=t.snapshots,
                        batch_size=t.batch_size, fixed_batch=t.fixed_batch, lr=t.lr,
-                       ema_decay=t.ema_decay, grad_clip=t.grad_clip, seed=t.seed, amp=t.amp,
+                       ema_decay=t.ema_decay, ema_warmup=t.ema_warmup, grad_clip=t.grad_clip,
+                       seed=t.seed, amp=t.amp,
                        checkpoint_every=max(1, t.iterations // 4))
 
 
-# the sample settings that change a sample (not batch_size, n_eval or the S′ size)
-SAMPLING_FIELDS = ("sampler", "steps", "eta", "final_denoise", "stop_sigma")
+# the sample settings that change a sample (not batch_size, n_eval or the S′ size); the
+# later ones default to None (today's behaviour) and are then left out of the key
+SAMPLING_FIELDS = ("sampler", "steps", "eta", "final_denoise", "stop_sigma", "prior",
+                   "clip_denoised", "clip_range")
 
 
 def generate_stage(run: Path, which: str, n: int, seed: int, train_key: str,
@@ -179,11 +198,7 @@ def generate_stage(run: Path, which: str, n: int, seed: int, train_key: str,
     of the merged npz)."""
     from memgen.generate import GenerateConfig, generate
 
-    # options left unset are left out, so a new option keeps the keys of existing caches
-    sampling = {name: getattr(config.sample, name) for name in SAMPLING_FIELDS
-                if getattr(config.sample, name) is not None}
-    state = None if checkpoint is None else checkpoint.name
-    key = stage_key("generate", train_key, state, which, n, seed, sampling)
+    key = generate_key(which, n, seed, train_key, checkpoint, config)
     folder = run / "cache" / f"{which}-{key}"
     path = folder / f"{which}.npz"
     if not _done(folder):
@@ -194,12 +209,24 @@ def generate_stage(run: Path, which: str, n: int, seed: int, train_key: str,
         gen = GenerateConfig(n=n, sampler=s.sampler or default, steps=s.steps, eta=s.eta,
                              seed=seed, batch_size=s.batch_size, shard_size=max(n // 4, 256),
                              name=which, clip=train.ndim == 4, final_denoise=s.final_denoise,
-                             stop_sigma=s.stop_sigma)
-        generate(denoiser, train.shape[1:], schedule, gen, folder, device=config.device,
-                 progress=progress)
+                             stop_sigma=s.stop_sigma, prior=s.prior or "standard",
+                             clip_denoised=s.clip_denoised,
+                             clip_range=s.clip_range or (-1.0, 1.0))
+        generate(denoiser, train.shape[1:], schedule, gen, folder, data=train,
+                 device=config.device, progress=progress)
         _mark_done(folder, {"stage": which, "n": n, "seed": seed,
                             "seconds": time.perf_counter() - t0})
     return key, path
+
+
+def generate_key(which: str, n: int, seed: int, train_key: str, checkpoint: Path | None,
+                 config: SweepConfig) -> str:
+    """The generate stage's key: the model state and the settings that change a sample."""
+    # options left unset are left out, so a new option keeps the keys of existing caches
+    sampling = {name: getattr(config.sample, name) for name in SAMPLING_FIELDS
+                if getattr(config.sample, name) is not None}
+    state = None if checkpoint is None else checkpoint.name
+    return stage_key("generate", train_key, state, which, n, seed, sampling)
 
 
 def _denoiser(checkpoint: Path | None, train: np.ndarray, config: SweepConfig):
@@ -221,19 +248,26 @@ def classify_stage(run: Path, K: int, train: np.ndarray, heldout: np.ndarray,
     from memgen.io import load_samples
 
     m = config.measure
-    key = stage_key("classify", eval_key, synth_key, as_dict(m), split_seed(config))
-    folder = run / "cache" / f"classify-{key}"
+    folder = run / "cache" / f"classify-{classify_key(eval_key, synth_key, heldout, config)}"
     if not _done(folder):
         folder.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
         audit = classify_sets(
             load_samples(eval_path, "eval"), train, load_samples(synth_path, "synth"), heldout,
             ClassifyConfig(rule=m.rule, delta_m=m.delta_m, delta_s=m.delta_s, metric=m.metric,
-                           k=m.k, alpha=m.alpha, n_resamples=m.bootstrap, seed=m.seed))
+                           k=m.k, alpha=m.alpha, seed=m.seed, dedup=m.dedup))
         write_audit(folder, audit)
         _mark_done(folder, {"K": K, "stage": "classify", "seconds": time.perf_counter() - t0})
     summary = json.loads((folder / "summary.json").read_text())
     return StageResult(K, summary, folder, eval_path, synth_path)
+
+
+def classify_key(eval_key: str, synth_key: str, heldout: np.ndarray,
+                 config: SweepConfig) -> str:
+    """The classify stage's key: its two sets, the held-out data's content and the measure
+    settings that change a label (not those only the capacities read)."""
+    reads = {k: v for k, v in as_dict(config.measure).items() if k not in AGGREGATE_FIELDS}
+    return stage_key("classify", eval_key, synth_key, reads, fingerprint(heldout))
 
 
 def run_K(run: Path, pool: np.ndarray, K: int, config: SweepConfig,
@@ -271,8 +305,9 @@ def measure_state(run: Path, K: int, train: np.ndarray, heldout: np.ndarray, t_k
 
 
 def write_fractions(path: Path, results: list[StageResult], steps: bool = False) -> None:
-    """fractions.csv: K, the three fractions with _lo/_hi, n_eval, the null rates, and the
-    sample quality vs held-out data (precision, recall, density, coverage, precision per
+    """fractions.csv: K, the three fractions with _lo/_hi, n_eval and n_synth, the null
+    rates with the null run's set sizes (smaller than n_eval/n_synth when held-out data ran
+    short), and the sample quality vs held-out data (precision, recall, density, coverage, precision per
     label, the held-out baseline's precision and recall; empty where absent).
 
     steps: a ``steps`` column after K (the training steps of each row's state), one row
@@ -280,7 +315,8 @@ def write_fractions(path: Path, results: list[StageResult], steps: bool = False)
     quality = ("precision", "recall", "density", "coverage")
     columns = ["K"] + ["steps"] * steps
     columns += [f"{n}{suffix}" for n in LABEL_NAMES for suffix in ("", "_lo", "_hi")]
-    columns += ["n_eval"] + [f"null_{n}" for n in LABEL_NAMES]
+    columns += ["n_eval", "n_synth"] + [f"null_{n}" for n in LABEL_NAMES]
+    columns += ["null_n_eval", "null_n_synth"]
     columns += [*quality, *(f"precision_{n}" for n in LABEL_NAMES), "baseline_precision",
                 "baseline_recall"]
     cell = lambda value: "" if value is None else value  # noqa: E731
@@ -292,8 +328,10 @@ def write_fractions(path: Path, results: list[StageResult], steps: bool = False)
             row = [r.K] + [cell(r.steps)] * steps
             for name in LABEL_NAMES:
                 row += [s["fractions"][name], *s["ci95"][name]]
-            null = s.get("null", {}).get("fractions", {})
-            row += [s["n_eval"]] + [null.get(name, "") for name in LABEL_NAMES]
+            null = s.get("null") or {}
+            row += [s["n_eval"], s.get("n_synth", "")]
+            row += [null.get("fractions", {}).get(name, "") for name in LABEL_NAMES]
+            row += [null.get("n_eval", ""), null.get("n_synth", "")]
             q = s.get("quality") or {}
             by_label, base = q.get("precision_by_label") or {}, q.get("baseline") or {}
             row += [cell(q.get(name)) for name in quality]
@@ -417,32 +455,77 @@ def write_time_axis(run: Path, states: list[StageResult], title: str) -> dict:
     return payload
 
 
-def run_sweep(config: SweepConfig, run: Path, progress: bool = True) -> dict:
-    """Every K (here, in worker processes or as Ray tasks), then the aggregate."""
-    from memgen.executors import execute
+def run_sweep(config: SweepConfig, run: Path, progress: bool = True,
+              overwrite: bool = False) -> dict:
+    """Every K (here, in worker processes or as Ray tasks), then the aggregate.
 
+    ``run`` must be new, empty or a sweep's folder (resumed); ``overwrite`` empties
+    another command's folder first (``memgen.io.claim_output_dir``)."""
+    from memgen.executors import execute
+    from memgen.io import check_output_dir, claim_output_dir
+
+    if not _is_legacy_sweep(run):
+        check_output_dir(run, "sweep", overwrite)
+    check_device(config.device)
     pool = load_pool(config)
     validate_against_data(config, pool)
     if config.device.startswith("cuda"):
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels
-    run.mkdir(parents=True, exist_ok=True)
+    claim_output_dir(run, "sweep", overwrite and not _is_legacy_sweep(run))
     (run / "config.json").write_text(json.dumps(as_dict(config), indent=2))
     return aggregate(run, execute(config, run, pool, progress), config, pool)
 
 
+def _is_legacy_sweep(run: Path) -> bool:
+    """A sweep folder of a memgen version that did not mark its folders."""
+    from memgen.io import MARKER
+
+    return ((run / "cache").is_dir() and (run / "config.json").is_file()
+            and not (run / MARKER).exists())
+
+
 def plan(config: SweepConfig, run: Path) -> list[str]:
-    """What a run would do: one line per K, its training 'cached' or 'to run' (for
-    --dry-run), with the saved states it needs."""
+    """What a run would do (--dry-run): per K and saved state, each stage (train,
+    eval, synth, classify, analysis) cached or to run, and why."""
+    from memgen.analysis import analysis_key
+
     pool = load_pool(config)
     validate_against_data(config, pool)
+    s = config.sample
     lines = []
     for K in sorted(config.Ks):
+        train, heldout = split(pool, K, config)
+        t_key = train_key(train, config)
         if config.model.kind == "exact":
-            lines.append(f"K={K}: train exact denoiser (nothing to train)")
-            continue
-        folder = run / "cache" / f"train-{train_key(K, config)}"
-        steps = train_config(config).saved_steps
-        missing = [n for n in steps if not snapshot_path(folder, n).exists()]
-        state = "cached" if not missing else f"to run (states after {missing} steps missing)"
-        lines.append(f"K={K}: train {state}; measured after {list(steps)} steps")
+            lines.append(f"K={K}: train — (the exact denoiser needs no training)")
+            states = [(None, None)]
+        else:
+            folder = run / "cache" / f"train-{t_key}"
+            steps = train_config(config).saved_steps
+            missing = [n for n in steps if not snapshot_path(folder, n).exists()]
+            why = ("cached" if not missing else "to run (no run with these settings)"
+                   if not folder.exists() else f"to run (resumes; states after {missing} "
+                   "steps missing)")
+            lines.append(f"K={K}: train {why}; measured after {list(steps)} steps")
+            states = [(n, snapshot_path(folder, n)) for n in steps]
+        for steps_done, checkpoint in states:
+            where = "" if steps_done is None else f" after {steps_done} steps"
+            keys = {}
+            for which, n, seed in (("eval", s.n_eval, s.eval_seed),
+                                   ("synth", max(s.synth_multiplier * K, s.min_synth),
+                                    s.synth_seed)):
+                keys[which] = generate_key(which, n, seed, t_key, checkpoint, config)
+                lines.append(f"  {which}{where}: {_state(run / 'cache' / f'{which}-{keys[which]}')}"
+                             f" ({n} samples)")
+            c_key = classify_key(keys["eval"], keys["synth"], heldout, config)
+            lines.append(f"  classify{where}: {_state(run / 'cache' / f'classify-{c_key}')}")
+            a_key = analysis_key(f"classify-{c_key}", config)
+            if a_key is not None and steps_done == states[-1][0]:
+                lines.append(f"  analysis{where}: {_state(run / 'cache' / f'analysis-{a_key}')}")
     return lines
+
+
+def _state(folder: Path) -> str:
+    if _done(folder):
+        return "cached"
+    return "to run (resumes an interrupted run)" if folder.exists() else "to run (new settings)"

@@ -7,7 +7,8 @@ Objectives (x₀ a training sample, n ~ N(0, I)):
               s_θ(x, t) = F_θ(x, t)/σ (the network output divided by the noise std, as in
               Song et al.'s tutorial code), loss ‖σ s_θ + n‖² = ‖F_θ + n‖² (the λ(t) = σ²
               weighting of ‖s_θ − ∇ log p(x | x₀)‖²).
-Adam, EMA of the weights (with the usual warm-up min(decay, (1 + k)/(10 + k))), gradient
+Adam, EMA of the weights (by default with the warm-up min(decay, (1 + k)/(10 + k)), see
+``update_ema``; ``ema_decay = 0``: no EMA, the EMA weights are the raw weights), gradient
 clipping, batch min(B, K) (the reference U-Nets; or B draws with replacement for any K,
 ``fixed_batch``), a fixed iteration budget, one seed for everything: the model's
 initial weights, the batches, t and the noise, and dropout (run inside a forked global
@@ -33,6 +34,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
+from memgen.errors import UserError
 from memgen.nets import NetConfig, get_preset
 from memgen.schedules import VESchedule, VPSchedule
 
@@ -54,7 +56,8 @@ class TrainConfig:
     batch_size: int = 128  # the batch is min(batch_size, K) ...
     fixed_batch: bool = False  # ... or batch_size draws with replacement whatever K is
     lr: float = 2e-4
-    ema_decay: float = 0.9999
+    ema_decay: float = 0.9999  # 0: no EMA (the EMA weights equal the raw weights)
+    ema_warmup: bool = True  # decay min(ema_decay, (1 + k)/(10 + k)) at step k (update_ema)
     grad_clip: float = 1.0
     seed: int = 3407
     log_every: int = 100
@@ -69,14 +72,14 @@ class TrainConfig:
 
     def __post_init__(self):
         if self.objective not in OBJECTIVES:
-            raise ValueError(f"unknown objective {self.objective!r}; known: {', '.join(OBJECTIVES)}")
+            raise UserError(f"unknown objective {self.objective!r}; known: {', '.join(OBJECTIVES)}")
         for name in ("iterations", "batch_size", "log_every", "checkpoint_every"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1")
+                raise UserError(f"{name} must be at least 1")
         if not (self.lr > 0 and 0 <= self.ema_decay < 1 and self.grad_clip > 0):
-            raise ValueError("need lr > 0, 0 <= ema_decay < 1 and grad_clip > 0")
+            raise UserError("need lr > 0, 0 <= ema_decay < 1 and grad_clip > 0")
         if any(not 0 < n <= self.iterations for n in self.snapshots):
-            raise ValueError(f"snapshots must lie in 1..iterations, got {list(self.snapshots)}")
+            raise UserError(f"snapshots must lie in 1..iterations, got {list(self.snapshots)}")
 
     @property
     def net(self) -> NetConfig:
@@ -193,17 +196,17 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     """A checkpoint as a dict (weights_only: no pickled code is ever run)."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"no such checkpoint: {path}")
+        raise UserError(f"no such checkpoint: {path}")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises assorted types for corrupt files
-        raise ValueError(f"cannot read checkpoint {path} ({type(err).__name__})") from None
+        raise UserError(f"cannot read checkpoint {path} ({type(err).__name__})") from None
 
 
 def restore(state: TrainState, payload: dict, rank: int = 0) -> torch.Tensor:
     """Load a checkpoint into a state; returns this rank's saved CPU RNG state."""
     if rank >= len(payload["generators"]):
-        raise ValueError("the checkpoint was written by fewer processes; resume with as many")
+        raise UserError("the checkpoint was written by fewer processes; resume with as many")
     state.model.load_state_dict(payload["model"])
     state.ema.load_state_dict(payload["ema"])
     state.optimizer.load_state_dict(payload["optimizer"])
@@ -213,9 +216,18 @@ def restore(state: TrainState, payload: dict, rank: int = 0) -> torch.Tensor:
 
 
 @torch.no_grad()
-def update_ema(ema: nn.Module, model: nn.Module, decay: float, step: int) -> None:
-    """ema ← d·ema + (1 − d)·θ with d = min(decay, (1 + step)/(10 + step))."""
-    d = min(decay, (1 + step) / (10 + step))
+def update_ema(ema: nn.Module, model: nn.Module, decay: float, step: int,
+               warmup: bool = True) -> None:
+    """ema ← d·ema + (1 − d)·θ with d = min(decay, (1 + step)/(10 + step)), or d = decay
+    without ``warmup``; buffers are copied. decay = 0: ema ← θ exactly (no EMA).
+
+    The warm-up caps d below 0.999 until step ≈ 8,990 (0.9999: ≈ 89,990), so decays 0.999
+    and 0.9999 give identical EMAs for the first ~9k steps; while it binds, the EMA after k
+    steps weights θ_m by ≈ 9 m⁸/k⁹ (the product of (1 + j)/(10 + j)), an average over
+    about the last 20% of the run whatever the decay. Without it, after k steps from
+    ema = θ_0: ema = d^k θ_0 + (1 − d) Σ_{j=1..k} d^{k−j} θ_j, θ_j the weights after step j.
+    """
+    d = min(decay, (1 + step) / (10 + step)) if warmup else decay
     torch._foreach_lerp_(list(ema.parameters()), list(_unwrap(model).parameters()), 1 - d)
     for e, b in zip(ema.buffers(), _unwrap(model).buffers()):
         e.copy_(b)
@@ -244,7 +256,7 @@ def train(config: TrainConfig, data: torch.Tensor, out: str | Path, *, progress:
     if start is not None:
         payload = load_checkpoint(start, data.device)
         if TrainConfig.from_json(payload["config"]).trajectory() != config.trajectory():
-            raise ValueError(f"{start} was made with another config; use a new --out")
+            raise UserError(f"{start} was made with another config; use a new --out")
         cpu_rng = restore(state, payload, rank)
         if rank == 0:
             _truncate_log(out / LOG, state.step)
@@ -338,7 +350,7 @@ def _loop(config, data, out, state, model, rank, progress, stop_after, saver):
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         state.optimizer.step()
-        update_ema(state.ema, model, config.ema_decay, state.step)
+        update_ema(state.ema, model, config.ema_decay, state.step, config.ema_warmup)
         state.step += 1
         loss_sum, n_loss = loss_sum + loss.detach(), n_loss + 1
         bar.update(1)
@@ -387,12 +399,12 @@ def training_samples(net: NetConfig, samples: np.ndarray | None = None, data: st
 
     if samples is None:
         if K is None:
-            raise ValueError("give --K (training-set size) or --train FILE")
+            raise UserError("give --K (training-set size) or --train FILE")
         if half not in (1, 2):
-            raise ValueError(f"half must be 1 or 2, got {half}")
+            raise UserError(f"half must be 1 or 2, got {half}")
         pool = load_dataset(data, "train", root)
         if half * K > len(pool):
-            raise ValueError(f"--K {K}: half {half} needs {half * K} of the {len(pool)} "
+            raise UserError(f"--K {K}: half {half} needs {half * K} of the {len(pool)} "
                              f"samples of {data}")
         seed = split_seed if split_seed is not None else (42 if data == "circle" else 3407)
         picks = nested_indices(len(pool), K, seed) if half == 1 else \
@@ -400,9 +412,9 @@ def training_samples(net: NetConfig, samples: np.ndarray | None = None, data: st
         samples = pool[picks]
     if net.kind == "unet":
         if samples.ndim != 4 or samples.shape[1] != net.channels:
-            raise ValueError(f"preset needs images with {net.channels} channel(s), got "
+            raise UserError(f"preset needs images with {net.channels} channel(s), got "
                              f"samples of shape {samples.shape[1:]}")
         samples = resize_images(samples, net.image_size)
     elif samples.shape[1:] != (net.dim,):
-        raise ValueError(f"preset needs {net.dim}-dimensional samples, got {samples.shape[1:]}")
+        raise UserError(f"preset needs {net.dim}-dimensional samples, got {samples.shape[1:]}")
     return np.ascontiguousarray(samples, dtype=np.float32)

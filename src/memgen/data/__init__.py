@@ -20,6 +20,7 @@ from memgen.data.splits import heldout_indices, nested_indices, train_heldout
 from memgen.data.transforms import resize_images
 from memgen.data.toy import TOY_SETS, circle_pool, gaussian_mixture, load_toy, spiral, two_moons
 from memgen.data.types import LabelledImages, TrainHeldout
+from memgen.errors import UserError
 
 def _mnist(split: str, root: str | os.PathLike | None) -> np.ndarray:
     return load_idx_images("mnist", split, root).images
@@ -43,7 +44,7 @@ def _circle(split: str, root: str | os.PathLike | None) -> np.ndarray:
 
 def _folder(split: str, root: str | os.PathLike | None) -> np.ndarray:
     if root is None:
-        raise ValueError("the 'folder' data set needs root=<path to an image folder>")
+        raise UserError("the 'folder' data set needs root=<path to an image folder>")
     return load_image_folder(root)
 
 
@@ -67,7 +68,7 @@ def load_dataset(
     "folder" needs ``root`` (64 x 64 images, see :func:`load_image_folder`).
     """
     if name not in DATASETS:
-        raise ValueError(f"unknown data set {name!r}; known: {', '.join(sorted(DATASETS))}")
+        raise UserError(f"unknown data set {name!r}; known: {', '.join(sorted(DATASETS))}")
     return DATASETS[name](split, root)
 
 

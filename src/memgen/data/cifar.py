@@ -27,6 +27,7 @@ import numpy as np
 
 from memgen.data.paths import DataNotFoundError, find_file, resolve_root, uint8_to_unit
 from memgen.data.types import LabelledImages
+from memgen.errors import UserError
 
 try:  # numpy >= 2
     from numpy._core.multiarray import _reconstruct
@@ -43,7 +44,7 @@ CIFAR_SPLITS: dict[str, tuple[str, ...]] = {
 def _latin1_encode(text: str, encoding: str = "utf-8") -> bytes:
     """``_codecs.encode`` restricted to latin1, the only use a protocol-2 bytes needs."""
     if not isinstance(text, str) or encoding != "latin1":
-        raise ValueError(f"refused _codecs.encode with encoding {encoding!r}")
+        raise UserError(f"refused _codecs.encode with encoding {encoding!r}")
     return codecs.encode(text, "latin1")
 
 
@@ -63,10 +64,10 @@ class RestrictedUnpickler(pickle.Unpickler):
         try:
             return _ALLOWED_GLOBALS[(module, name)]
         except KeyError:
-            raise ValueError(f"refused to load global {module}.{name} from a pickle") from None
+            raise UserError(f"refused to load global {module}.{name} from a pickle") from None
 
     def persistent_load(self, pid):
-        raise ValueError("refused a pickle persistent id")
+        raise UserError("refused a pickle persistent id")
 
 
 def safe_unpickle(raw: bytes, source: str = "<bytes>"):
@@ -74,9 +75,9 @@ def safe_unpickle(raw: bytes, source: str = "<bytes>"):
     try:
         return RestrictedUnpickler(io.BytesIO(raw), encoding="bytes").load()
     except ValueError as exc:
-        raise ValueError(f"{source}: {exc}") from None
+        raise UserError(f"{source}: {exc}") from None
     except Exception as exc:  # truncated or malformed pickle stream
-        raise ValueError(f"{source}: unreadable pickle ({type(exc).__name__}: {exc})") from None
+        raise UserError(f"{source}: unreadable pickle ({type(exc).__name__}: {exc})") from None
 
 
 def read_cifar_batch(path: str | os.PathLike) -> LabelledImages:
@@ -86,14 +87,14 @@ def read_cifar_batch(path: str | os.PathLike) -> LabelledImages:
         raise DataNotFoundError(f"CIFAR batch not found: {path}")
     batch = safe_unpickle(path.read_bytes(), source=str(path))
     if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
-        raise ValueError(f"{path}: not a CIFAR batch (need a dict with b'data' and b'labels')")
+        raise UserError(f"{path}: not a CIFAR batch (need a dict with b'data' and b'labels')")
     data, labels = batch[b"data"], batch[b"labels"]
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 \
             or data.shape[1] != 3 * 32 * 32:
-        raise ValueError(f"{path}: b'data' must be a uint8 array (N, 3072)")
+        raise UserError(f"{path}: b'data' must be a uint8 array (N, 3072)")
     if not isinstance(labels, list) or len(labels) != data.shape[0] \
             or not all(isinstance(v, int) for v in labels):
-        raise ValueError(f"{path}: b'labels' must be a list of {data.shape[0]} ints")
+        raise UserError(f"{path}: b'labels' must be a list of {data.shape[0]} ints")
     images = uint8_to_unit(data.reshape(-1, 3, 32, 32))
     return LabelledImages(images, np.asarray(labels, dtype=np.int64))
 
@@ -107,7 +108,7 @@ def load_cifar10(split: str = "train", root: str | os.PathLike | None = None) ->
     ``split`` is "train" (data_batch_1..5, N = 50000) or "test" (test_batch, N = 10000).
     """
     if split not in CIFAR_SPLITS:
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        raise UserError(f"split must be 'train' or 'test', got {split!r}")
     names = CIFAR_SPLITS[split]
     folder = resolve_root(
         "cifar10", root, required=names[0], subfolder=CIFAR_FOLDER, allow_gz=False

@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image
 
 from memgen.data.paths import DataNotFoundError, uint8_to_unit
+from memgen.errors import UserError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
@@ -45,12 +46,12 @@ def load_image_folder(
     ``limit`` keeps only the first ``limit`` files of that order.
     """
     if size < 1:
-        raise ValueError(f"size must be >= 1, got {size}")
+        raise UserError(f"size must be >= 1, got {size}")
     if limit is not None and limit < 1:
-        raise ValueError(f"limit must be >= 1 or None, got {limit}")
+        raise UserError(f"limit must be >= 1 or None, got {limit}")
     files = list_images(path)
     if not files:
-        raise ValueError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) under {path}")
+        raise UserError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) under {path}")
     files = files[:limit]
     out = np.empty((len(files), 3, size, size), dtype=np.uint8)
     for i, file in enumerate(files):

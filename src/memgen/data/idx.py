@@ -19,6 +19,7 @@ import numpy as np
 
 from memgen.data.paths import DataNotFoundError, find_file, resolve_root, uint8_to_unit
 from memgen.data.types import LabelledImages
+from memgen.errors import UserError
 
 IDX_TYPES: dict[int, np.dtype] = {
     0x08: np.dtype(">u1"),
@@ -46,25 +47,25 @@ def _read_bytes(path: Path) -> bytes:
             with gzip.open(path, "rb") as f:
                 return f.read()
         except (OSError, EOFError) as exc:
-            raise ValueError(f"{path}: corrupt gzip stream ({exc})") from None
+            raise UserError(f"{path}: corrupt gzip stream ({exc})") from None
     return path.read_bytes()
 
 
 def parse_idx(raw: bytes, source: str = "<bytes>") -> np.ndarray:
     """Decode IDX bytes into an array with the stored shape and native byte order."""
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
-        raise ValueError(f"{source}: not an IDX file (bad magic number)")
+        raise UserError(f"{source}: not an IDX file (bad magic number)")
     code, ndim = raw[2], raw[3]
     if code not in IDX_TYPES:
-        raise ValueError(f"{source}: unknown IDX type code 0x{code:02X}")
+        raise UserError(f"{source}: unknown IDX type code 0x{code:02X}")
     header = 4 + 4 * ndim
     if len(raw) < header:
-        raise ValueError(f"{source}: IDX header truncated ({len(raw)} bytes)")
+        raise UserError(f"{source}: IDX header truncated ({len(raw)} bytes)")
     shape = tuple(int(d) for d in np.frombuffer(raw, dtype=">i4", count=ndim, offset=4))
     dtype = IDX_TYPES[code]
     expected = dtype.itemsize * int(np.prod(shape, dtype=np.int64))
     if len(raw) - header != expected:
-        raise ValueError(
+        raise UserError(
             f"{source}: IDX data has {len(raw) - header} bytes, shape {shape} needs {expected}"
         )
     data = np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape)
@@ -86,17 +87,17 @@ def load_idx_images(
     The folder is found by :func:`memgen.data.paths.resolve_root`.
     """
     if name not in IDX_DATASETS:
-        raise ValueError(f"unknown IDX data set {name!r}; known: {', '.join(IDX_DATASETS)}")
+        raise UserError(f"unknown IDX data set {name!r}; known: {', '.join(IDX_DATASETS)}")
     if split not in IDX_FILES:
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        raise UserError(f"split must be 'train' or 'test', got {split!r}")
     image_file, label_file = IDX_FILES[split]
     folder = resolve_root(name, root, required=image_file)
     images = read_idx(find_file(name, folder, image_file))
     labels = read_idx(find_file(name, folder, label_file))
     if images.dtype != np.uint8 or images.ndim != 3:
-        raise ValueError(
+        raise UserError(
             f"{name}: expected uint8 images (N, H, W), got {images.dtype} {images.shape}"
         )
     if labels.shape != (images.shape[0],):
-        raise ValueError(f"{name}: {labels.shape[0]} labels for {images.shape[0]} images")
+        raise UserError(f"{name}: {labels.shape[0]} labels for {images.shape[0]} images")
     return LabelledImages(uint8_to_unit(images[:, None]), labels.astype(np.int64))

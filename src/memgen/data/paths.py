@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from memgen.errors import UserError
+
 ENV_VAR = "MEMGEN_DATA"
 DEBIAN_ROOT = Path("/usr/share/datasets")
 
@@ -109,5 +111,5 @@ def find_file(name: str, directory: Path, filename: str, allow_gz: bool = True) 
 def uint8_to_unit(x: np.ndarray) -> np.ndarray:
     """Map uint8 pixels to float32 in [-1, 1] by v / 127.5 - 1 (0 -> -1, 255 -> 1 exactly)."""
     if x.dtype != np.uint8:
-        raise ValueError(f"expected uint8 pixels, got dtype {x.dtype}")
+        raise UserError(f"expected uint8 pixels, got dtype {x.dtype}")
     return x.astype(np.float32) / np.float32(127.5) - np.float32(1.0)

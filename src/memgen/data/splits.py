@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from memgen.data.types import TrainHeldout
+from memgen.errors import UserError
 
 DEFAULT_SPLIT_SEED = 3407
 
@@ -16,7 +17,7 @@ DEFAULT_SPLIT_SEED = 3407
 def _permutation(n_total: int, K: int, seed: int) -> np.ndarray:
     """``default_rng(seed).permutation(n_total)`` as int64, after checking 1 <= K <= n_total."""
     if not 1 <= K <= n_total:
-        raise ValueError(f"K must be in [1, n_total], got K={K} with n_total={n_total}")
+        raise UserError(f"K must be in [1, n_total], got K={K} with n_total={n_total}")
     return np.random.default_rng(seed).permutation(n_total).astype(np.int64)
 
 

@@ -9,10 +9,12 @@ from typing import Callable
 
 import numpy as np
 
+from memgen.errors import UserError
+
 
 def _check_n(n: int) -> None:
     if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
+        raise UserError(f"n must be >= 1, got {n}")
 
 
 def circle_pool(n: int = 60000, seed: int = 9) -> np.ndarray:
@@ -31,7 +33,7 @@ def two_moons(n: int, seed: int, noise: float = 0.0) -> np.ndarray:
     """
     _check_n(n)
     if noise < 0:
-        raise ValueError(f"noise must be >= 0, got {noise}")
+        raise UserError(f"noise must be >= 0, got {noise}")
     rng = np.random.default_rng(seed)
     t = rng.uniform(0.0, np.pi, size=n)
     lower = rng.integers(0, 2, size=n).astype(bool)
@@ -51,9 +53,9 @@ def gaussian_mixture(
     """
     _check_n(n)
     if centers < 1:
-        raise ValueError(f"centers must be >= 1, got {centers}")
+        raise UserError(f"centers must be >= 1, got {centers}")
     if std < 0:
-        raise ValueError(f"std must be >= 0, got {std}")
+        raise UserError(f"std must be >= 0, got {std}")
     rng = np.random.default_rng(seed)
     angles = 2.0 * np.pi * np.arange(centers) / centers
     means = radius * np.stack([np.cos(angles), np.sin(angles)], axis=1)  # (centers, 2)
@@ -70,7 +72,7 @@ def spiral(n: int, seed: int, noise: float = 0.0) -> np.ndarray:
     """
     _check_n(n)
     if noise < 0:
-        raise ValueError(f"noise must be >= 0, got {noise}")
+        raise UserError(f"noise must be >= 0, got {noise}")
     rng = np.random.default_rng(seed)
     t = rng.uniform(0.0, 1.0, size=n)
     points = t[:, None] * np.stack([np.cos(3 * np.pi * t), np.sin(3 * np.pi * t)], axis=1)
@@ -89,5 +91,5 @@ TOY_SETS: dict[str, Callable[[int, int], np.ndarray]] = {
 def load_toy(name: str, n: int, seed: int) -> np.ndarray:
     """Toy set ``name`` from :data:`TOY_SETS` with ``n`` points drawn from ``seed``; (n, 2)."""
     if name not in TOY_SETS:
-        raise ValueError(f"unknown toy set {name!r}; known: {', '.join(sorted(TOY_SETS))}")
+        raise UserError(f"unknown toy set {name!r}; known: {', '.join(sorted(TOY_SETS))}")
     return TOY_SETS[name](n, seed)

@@ -6,11 +6,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from memgen.errors import UserError
+
 
 def resize_images(images: np.ndarray, size: int) -> np.ndarray:
     """Resize (N, C, H, W) images to size × size (bilinear with antialiasing), same range."""
     if images.ndim != 4:
-        raise ValueError(f"expected images of shape (N, C, H, W), got {images.shape}")
+        raise UserError(f"expected images of shape (N, C, H, W), got {images.shape}")
     if images.shape[-2:] == (size, size):
         return images
     x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))

@@ -1,4 +1,5 @@
-"""Measurements: exact kNN, feature maps, the detection rules, statistics, capacities."""
+"""Measurements: exact kNN, feature maps, the detection rules, exact fraction intervals,
+capacities (bootstrapped)."""
 
 from memgen.metrics.capacity import Capacity, FractionTable, capacities, read_fraction_table
 from memgen.metrics.classify import (GENERALIZED, LABEL_NAMES, MEMORIZED, SPURIOUS, Neighbours,
@@ -6,11 +7,11 @@ from memgen.metrics.classify import (GENERALIZED, LABEL_NAMES, MEMORIZED, SPURIO
 from memgen.metrics.knn import KnnResult, knn, knn_search
 from memgen.metrics.null import NullResult, calibrate, null_rates
 from memgen.metrics.quality import Quality, prdc
-from memgen.metrics.stats import FractionEstimate, estimate_fractions
+from memgen.metrics.stats import FractionEstimate, clopper_pearson, estimate_fractions
 
 __all__ = [
     "Capacity", "FractionEstimate", "FractionTable", "GENERALIZED", "KnnResult", "LABEL_NAMES",
     "MEMORIZED", "Neighbours", "NullResult", "Quality", "Rule", "SPURIOUS", "apply_rule",
-    "calibrate", "capacities", "estimate_fractions", "find_neighbours", "knn", "knn_search",
-    "make_rule", "null_rates", "prdc", "read_fraction_table",
+    "calibrate", "capacities", "clopper_pearson", "estimate_fractions", "find_neighbours",
+    "knn", "knn_search", "make_rule", "null_rates", "prdc", "read_fraction_table",
 ]

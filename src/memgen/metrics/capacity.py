@@ -9,11 +9,14 @@ K is "above null" when the 95% lower bound of P(spurious) exceeds the null spuri
 are only claimed where they exceed what real data would show. Without null rates every K
 with P(spurious) > 0 counts, and SC says "no null rate given".
 A capacity whose condition holds at no K is None with a reason ("not reached", or for SC
-"not above null"), never invented. Intervals come from bootstrapping every K's labels
-jointly and recomputing, SC's null rule included; each capacity also records the share of
-resamples that reach it, whether it sits at an end of the K grid, and notes (MC: the
-memorized curve rising with K beyond its intervals). :func:`describe` says all of it in
-one line, the same in the CLI and the report.
+"not above null"), never invented. A capacity is a max/argmax/min over the grid, with no
+closed-form interval (unlike the fractions, which get exact Clopper–Pearson intervals in
+``metrics.stats``): its interval comes from a bootstrap — each K's label counts redrawn
+from Multinomial(n_eval, p̂), the K independently, and every capacity recomputed, SC's
+null rule included — as percentiles (QUANTILE_METHOD) of the resampled capacities. Each
+capacity also records the share of resamples that reach it, whether it sits at an end of
+the K grid, and notes (MC: the memorized curve rising with K beyond its intervals).
+:func:`describe` says all of it in one line, the same in the CLI and the report.
 """
 
 from __future__ import annotations
@@ -24,9 +27,11 @@ from pathlib import Path
 
 import numpy as np
 
+from memgen.errors import UserError
 from memgen.metrics.classify import LABEL_NAMES, MEMORIZED, SPURIOUS
-from memgen.metrics.stats import DEFAULT_RESAMPLES, bootstrap_counts, clopper_pearson
+from memgen.metrics.stats import QUANTILE_METHOD, clopper_pearson_bounds
 
+DEFAULT_RESAMPLES = 1000
 DEFAULT_EPSILON = 0.1
 NOT_REACHED = "not reached"
 NOT_ABOVE_NULL = "not above null"
@@ -40,10 +45,10 @@ class Capacity:
     """One capacity: its value (None when not reached) and a 95% bootstrap interval.
 
     reached_share: share of bootstrap resamples in which the condition holds at some K
-    (None without a bootstrap); lo/hi are percentiles over those resamples (None when none
-    reaches it). at_edge: the value is the first or last K of the grid. reason: why the
-    value is None (NOT_REACHED or NOT_ABOVE_NULL). notes: further caveats (NO_NULL,
-    NOT_MONOTONE).
+    (None without a bootstrap); lo/hi are the 2.5th and 97.5th percentiles
+    (QUANTILE_METHOD) of the capacity over those resamples (None when none reaches it).
+    at_edge: the value is the first or last K of the grid. reason: why the value is None
+    (NOT_REACHED or NOT_ABOVE_NULL). notes: further caveats (NO_NULL, NOT_MONOTONE).
     """
 
     name: str
@@ -114,8 +119,7 @@ def label_bounds(table: FractionTable, label: int) -> tuple[np.ndarray, np.ndarr
         return table.lo[:, label], table.hi[:, label]
     if table.n_eval is not None:
         counts = np.rint(p * table.n_eval).astype(np.int64)
-        cp = np.array([clopper_pearson(int(c), int(n)) for c, n in zip(counts, table.n_eval)])
-        return cp[:, 0], cp[:, 1]
+        return clopper_pearson_bounds(counts, table.n_eval)
     return p, p
 
 
@@ -137,7 +141,10 @@ def capacities(table: FractionTable, eps: float = DEFAULT_EPSILON,
                n_resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> dict[str, Capacity]:
     """MC, SC and GC of a fraction table, with bootstrap intervals when n_eval is known."""
     if not 0 < eps < 1:
-        raise ValueError(f"epsilon must lie in (0, 1), got {eps}")
+        raise UserError(f"epsilon must lie in (0, 1), got {eps}")
+    if n_resamples < 1:
+        raise UserError(f"the number of bootstrap resamples must be at least 1, "
+                         f"got {n_resamples}")
     above = above_null(table)
     values = capacity_values(table.K, table.fractions, eps, above)
     draws = _bootstrap(table, eps, n_resamples, seed)  # n_resamples × (MC, SC, GC) or None
@@ -149,6 +156,19 @@ def capacities(table: FractionTable, eps: float = DEFAULT_EPSILON,
     return {name: _capacity(name, value, None if draws is None else [d[j] for d in draws],
                             table.K, reasons[name], notes[name])
             for j, (name, value) in enumerate(zip(("MC", "SC", "GC"), values))}
+
+
+def bootstrap_counts(counts: np.ndarray, n_resamples: int, rng: np.random.Generator):
+    """(n_resamples, 3) label counts of bootstrap resamples of a set with these counts.
+
+    Resampling n labels with replacement and counting is exactly a draw from
+    Multinomial(n, p̂): the paper's resampling loop at a fraction of the cost.
+    """
+    counts = np.asarray(counts, dtype=np.int64)
+    n = int(counts.sum())
+    if n == 0:
+        raise UserError("cannot bootstrap an empty set of labels")
+    return rng.multinomial(n, counts / n, size=n_resamples)
 
 
 def _bootstrap(table: FractionTable, eps: float, n_resamples: int, seed: int):
@@ -179,7 +199,7 @@ def _capacity(name: str, value: int | None, draws: list | None, K: np.ndarray, r
     share = len(reached) / len(draws)
     lo = hi = None
     if len(reached):
-        lo, hi = (int(q) for q in np.quantile(reached, [0.025, 0.975], method="inverted_cdf"))
+        lo, hi = (int(q) for q in np.quantile(reached, [0.025, 0.975], method=QUANTILE_METHOD))
     return Capacity(name, value, lo, hi, share, at_edge, reason, notes)
 
 
@@ -216,30 +236,29 @@ def read_fraction_table(path: str | Path) -> FractionTable:
     n_eval, <label>_lo/_hi and null_<label> (each set used only when complete)."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"no such file: {path}")
+        raise UserError(f"no such file: {path}")
     with path.open(newline="") as f:
         rows = list(csv.DictReader(f))
     if not rows:
-        raise ValueError(f"{path} holds no rows")
+        raise UserError(f"{path} holds no rows")
     missing = [c for c in ("K", *LABEL_NAMES) if c not in rows[0]]
     if missing:
-        raise ValueError(f"{path} lacks the column(s) {', '.join(missing)}")
+        raise UserError(f"{path} lacks the column(s) {', '.join(missing)}")
+    for line, row in enumerate(rows, start=2):
+        if None in row or None in row.values():  # csv.DictReader's marks of a ragged row
+            raise UserError(f"{path}, line {line}: {len(rows[0])} columns expected, "
+                            f"found {len([v for v in row.values() if v is not None])}"
+                            f"{' or more' if None in row else ''}")
     try:
-        K = np.array([int(float(r["K"])) for r in rows])
+        K = np.array([_integer(r["K"]) for r in rows])
         fractions = np.array([[float(r[c]) for c in LABEL_NAMES] for r in rows])
-        n_eval = _column(rows, ("n_eval",), int)
+        n_eval = _column(rows, ("n_eval",), _integer)
         lo = _column(rows, [f"{c}_lo" for c in LABEL_NAMES], float)
         hi = _column(rows, [f"{c}_hi" for c in LABEL_NAMES], float)
         null = _column(rows, [f"null_{c}" for c in LABEL_NAMES], float)
     except ValueError as err:
-        raise ValueError(f"{path}: non-numeric entry ({err})") from None
-    if not np.isfinite(fractions).all() or (fractions < 0).any() or (fractions > 1).any():
-        raise ValueError(f"{path}: fractions must be finite numbers in [0, 1]")
-    if null is not None and not (np.isfinite(null).all() and (0 <= null).all()
-                                 and (null <= 1).all()):
-        raise ValueError(f"{path}: null rates must be finite numbers in [0, 1]")
-    if len(np.unique(K)) != len(K):
-        raise ValueError(f"{path}: each K may appear only once")
+        raise UserError(f"{path}: non-numeric entry ({err})") from None
+    _check_table(path, K, fractions, n_eval, lo, hi, null)
     order = np.argsort(K)
     pick = lambda a: None if a is None else a[order]  # noqa: E731
     return FractionTable(K[order], fractions[order], pick(n_eval), pick(lo), pick(hi),
@@ -250,5 +269,36 @@ def _column(rows: list[dict], names, kind):
     """The named columns as an array (squeezed for one name), or None if any is absent."""
     if not all(name in rows[0] and all(r[name] for r in rows) for name in names):
         return None
-    values = np.array([[kind(float(r[name])) for name in names] for r in rows])
+    values = np.array([[kind(r[name]) for name in names] for r in rows])
     return values[:, 0] if len(names) == 1 else values
+
+
+def _integer(text: str) -> int:
+    value = float(text)
+    if not value.is_integer():
+        raise ValueError(f"{text!r} is not a whole number")
+    return int(value)
+
+
+def _check_table(path, K, fractions, n_eval, lo, hi, null) -> None:
+    """Values a fraction table cannot hold: UserError naming the first one found."""
+    if (K < 1).any():
+        raise UserError(f"{path}: training-set sizes K must be at least 1, got {K.min()}")
+    if len(np.unique(K)) != len(K):
+        raise UserError(f"{path}: each K may appear only once")
+    if not np.isfinite(fractions).all() or (fractions < 0).any() or (fractions > 1).any():
+        raise UserError(f"{path}: fractions must be finite numbers in [0, 1]")
+    total = fractions.sum(axis=1)
+    if (np.abs(total - 1) > 1e-3).any():
+        bad = int(np.argmax(np.abs(total - 1)))
+        raise UserError(f"{path}: the three fractions of K = {K[bad]} sum to "
+                        f"{total[bad]:.4g}, not 1")
+    if n_eval is not None and (n_eval < 1).any():
+        raise UserError(f"{path}: n_eval must be at least 1")
+    if lo is not None and hi is not None and (
+            (lo > fractions + 1e-9).any() or (hi < fractions - 1e-9).any()):
+        raise UserError(f"{path}: every interval must contain its fraction (_lo ≤ value "
+                        "≤ _hi)")
+    if null is not None and not (np.isfinite(null).all() and (0 <= null).all()
+                                 and (null <= 1).all()):
+        raise UserError(f"{path}: null rates must be finite numbers in [0, 1]")

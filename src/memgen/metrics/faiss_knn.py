@@ -5,18 +5,20 @@ without it, and :func:`faiss_knn_search` raises ``ValueError`` when it is missin
 
 The search mirrors :mod:`memgen.metrics.knn`:
 
-1. *Screen* with ``faiss.IndexFlatL2`` on centred float32 data (on the GPU when the
-   inputs are CUDA tensors and faiss has GPU support), keeping c = k + margin
-   candidates per query (one more with ``exclude_self``). faiss computes
-   ‖q‖² + ‖r‖² − 2qᵀr in float32.
+1. *Screen* with ``faiss.IndexFlatL2`` on float32 data, both sets centred in float64
+   on the reference mean (on the GPU when the inputs are CUDA tensors and faiss has GPU
+   support), keeping c = k + margin candidates per query (one more with
+   ``exclude_self``). faiss computes ‖q‖² + ‖r‖² − 2qᵀr in float32.
 2. *Refine* the candidates in float64, ‖q − r‖² exactly as the built-in engine does,
    and sort by (distance, index): both engines return bit-identical results.
 3. *Certify* every row: with T the largest value faiss kept for the row and
-   γ = 2 (d + 4) u (‖q‖² + max‖r‖²) the float32 screening error bound (u = 2⁻²⁴),
-   every reference faiss discarded has exact squared distance ≥ T − γ, so a row whose
-   k-th refined squared distance is below T − γ is exact. Rows that fail — and all rows
-   when some candidate's screened value is off by more than γ, the sign of a
-   reduced-precision screen — are recomputed by the built-in float64 fallback.
+   γ ≈ (2d + 8) u (‖q‖² + max‖r‖²) the float32 screening error bound (u = 2⁻²⁴) that the
+   built-in engine uses (:func:`memgen.metrics.knn.screen_error_bound`, which covers
+   faiss's float32 norms and the rounding of the centred coordinates), every reference
+   faiss discarded has exact squared distance ≥ T − γ, so a row whose k-th refined
+   squared distance is below T − γ is exact. Rows that fail — and all rows when some
+   candidate's screened value is off by more than γ, the sign of a reduced-precision
+   screen — are recomputed by the built-in float64 fallback.
 """
 
 from __future__ import annotations
@@ -24,8 +26,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from memgen.metrics.knn import (_REFINE_ROWS, KnnResult, _budget, _fallback, _take_sorted,
-                                _validate)
+from memgen.metrics.knn import (_REFINE_ROWS, KnnResult, _budget, _fallback, _sq_norms,
+                                _take_sorted, _validate, centred, screen_error_bound)
 
 try:
     import faiss
@@ -80,12 +82,9 @@ def faiss_knn_search(query: torch.Tensor, ref: torch.Tensor, k: int, *,
 
 
 def _centred_f32(x: torch.Tensor, center: torch.Tensor) -> np.ndarray:
-    """(rows, d) float32 C-contiguous numpy array of x − center, centred as the built-in does."""
-    if x.dtype == torch.float32:
-        centred = x - center.float()
-    else:
-        centred = (x.double() - center).float()
-    return np.ascontiguousarray(centred.cpu().numpy())
+    """(rows, d) float32 C-contiguous numpy array of x − center, centred in float64 as the
+    built-in engine does (the same center for both sets, rounded once to float32)."""
+    return np.ascontiguousarray(centred(x, center).cpu().numpy())
 
 
 def _faiss_search(q32: np.ndarray, r32: np.ndarray, c: int, device: torch.device):
@@ -117,15 +116,10 @@ def _exact_d2(query: torch.Tensor, ref: torch.Tensor, cand: torch.Tensor) -> tor
 
 
 def _screen_bound(q32: np.ndarray, r32: np.ndarray) -> torch.Tensor:
-    """γ (n,) float64: bound on |faiss value − exact squared distance| for float32 screening."""
-    q_sq, r_sq_max = _sq_norms(q32), _sq_norms(r32).max()
-    return 2.0 * (q32.shape[1] + 4) * _UNIT_ROUNDOFF_F32 * (q_sq + r_sq_max)
-
-
-def _sq_norms(x32: np.ndarray, block: int = 4096) -> torch.Tensor:
-    """(rows,) float64 squared norms, converted a block of rows at a time."""
-    return torch.cat([torch.from_numpy(x32[i:i + block]).double().square().sum(1)
-                      for i in range(0, len(x32), block)])
+    """γ (n,) float64: bound on |faiss value − exact squared distance| for float32 screening
+    of the centred data, the built-in engine's :func:`~memgen.metrics.knn.screen_error_bound`."""
+    q_sq, r_sq = _sq_norms(torch.from_numpy(q32)), _sq_norms(torch.from_numpy(r32))
+    return screen_error_bound(q_sq, r_sq.max(), q32.shape[1], _UNIT_ROUNDOFF_F32)
 
 
 def _certified(screened, exact, gamma, kth_d2, complete: bool) -> torch.Tensor:

@@ -13,6 +13,8 @@ from typing import Callable
 
 import torch
 
+from memgen.errors import UserError
+
 
 @dataclass(frozen=True)
 class FeatureMap:
@@ -56,4 +58,4 @@ def get_feature_map(name: str) -> FeatureMap:
         return FEATURE_MAPS[name]()
     except KeyError:
         known = ", ".join(sorted(FEATURE_MAPS))
-        raise ValueError(f"unknown metric {name!r}; known metrics: {known}") from None
+        raise UserError(f"unknown metric {name!r}; known metrics: {known}") from None

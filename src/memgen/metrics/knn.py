@@ -16,8 +16,11 @@ so the result is *certified*: with T the largest screened value kept for a row
 and γ a rigorous bound on the screening error, every discarded reference has
 exact squared distance ≥ T − γ. If the k-th refined distance is below that, the
 row is exact; rows that fail the check (rare) are recomputed by a float64 scan
-over all references. Data are centred on the reference mean first, which makes
-‖q‖² and ‖r‖² (and so γ) small. Ties are broken by the smaller index.
+over all references. Both sets are centred in float64 on the reference mean, then
+rounded to the screen's precision, which makes ‖q‖² and ‖r‖² (and so γ) small; γ
+(:func:`screen_error_bound`) covers the rounding of those centred coordinates. Ties
+are broken by the smaller index. :func:`pairwise_sq_dist` serves the energies with the
+same centring: float64-exact squared distances wherever a softmax weight can see them.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ DEFAULT_MEMORY_BUDGET = 512 * 2**20  # bytes for the (queries × references) sco
 _R_BLOCK_MAX = 8192
 _GROUP = 16  # columns per group in the group-minimum pre-selection of _smallest
 _REFINE_ROWS = 64  # query rows per float64 refinement step
+_CENTRE_ROWS = 8192  # rows per block when centring or taking norms in float64
+_SCREEN_MIN_DIM = 32  # below this a float64 GEMM costs no more than the float32 screen
 
 
 @dataclass(frozen=True)
@@ -74,8 +79,8 @@ def knn_search(query: torch.Tensor, ref: torch.Tensor, k: int, *, exclude_self: 
     n, m = query.shape[0], ref.shape[0]
     budget = _budget(memory_budget)
     center = ref.mean(dim=0, dtype=torch.float64)
-    r32 = (ref.double() - center).float() if ref.dtype != torch.float32 else ref - center.float()
-    r_sq32 = torch.einsum("ij,ij->i", r32, r32)
+    r32 = centred(ref, center)
+    r_sq32 = _sq_norms(r32).float()
     n_cand = min(k + margin, m - int(exclude_self))
     q_block, r_block = _block_sizes(n, m, budget, itemsize=4)
 
@@ -86,7 +91,7 @@ def knn_search(query: torch.Tensor, ref: torch.Tensor, k: int, *, exclude_self: 
     for q0 in tqdm(starts, desc="kNN", unit="block", disable=not progress or len(starts) < 2):
         q = query[q0:q0 + q_block]
         own = torch.arange(q0, q0 + q.shape[0], device=q.device) if exclude_self else None
-        q32 = (q.double() - center).float()
+        q32 = centred(q, center)
         d2, ix, ok = _certified_pass(q, q32, ref, r32, r_sq32, own, k, n_cand, r_block)
         if not ok.all():
             bad = torch.nonzero(~ok).squeeze(1)
@@ -109,10 +114,10 @@ def _certified_pass(q, q_scr, ref, r_scr, r_sq, own, k, n_cand, r_block):
 def _fallback(q, ref, center, own, k, margin, budget):
     """Rows the float32 screen could not certify: a float64 screen, then direct differences."""
     n_cand = min(max(4 * (k + margin), 64), ref.shape[0] - int(own is not None))
-    r64 = ref.double() - center
-    r_sq64 = r64.square().sum(dim=1)
+    r64 = centred(ref, center, torch.float64)
     _, r_block = _block_sizes(len(q), ref.shape[0], budget, itemsize=8)
-    d2, ix, ok = _certified_pass(q, q.double() - center, ref, r64, r_sq64, own, k, n_cand, r_block)
+    d2, ix, ok = _certified_pass(q, centred(q, center, torch.float64), ref, r64, _sq_norms(r64),
+                                 own, k, n_cand, r_block)
     if not ok.all():
         bad = torch.nonzero(~ok).squeeze(1)
         d2[bad], ix[bad] = _direct_scan(q[bad], ref, None if own is None else own[bad], k, budget)
@@ -128,6 +133,70 @@ def brute_force_knn(query, ref, k: int, exclude_self: bool = False):
         d2.fill_diagonal_(float("inf"))
     order = torch.sort(d2, dim=1, stable=True).indices[:, :k]
     return d2.gather(1, order).sqrt().numpy(), order.numpy()
+
+
+def pairwise_sq_dist(x: torch.Tensor, y: torch.Tensor, within=None) -> torch.Tensor:
+    """‖x_b − y_i‖²: (B, N) float64 for x (B, D), y (N, D), exact wherever it matters.
+
+    Both sets are centred on y's mean first (as :func:`knn_search` does), which keeps the
+    expanded form ‖x‖² + ‖y‖² − 2xᵀy accurate for data far from the origin.
+    within=None, float64 inputs or D < 32: one float64 GEMM of the centred data (error at
+    most :func:`screen_error_bound` with u = 2⁻⁵³). within=W (a float, or (B,) tensor)
+    with float32 or narrower inputs: a float32 GEMM screens every entry (error ≤ γ_b), and
+    each entry screened within W + 2γ_b of its row's smallest is recomputed in float64 from
+    direct differences (a whole row by float64 GEMM when over 1/32 of it is). Every entry
+    within W of the row minimum is then float64-exact, and every other one exceeds it by
+    more than W. Differentiable in x and y.
+    """
+    if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1] or len(y) == 0:
+        raise ValueError(f"need x (B, D) and non-empty y (N, D), got shapes {tuple(x.shape)} "
+                         f"and {tuple(y.shape)}")
+    if (within is None or torch.float64 in (x.dtype, y.dtype) or x.shape[1] < _SCREEN_MIN_DIM
+            or len(x) == 0):
+        return _sq_dist64(x, y, y.detach().mean(0, dtype=torch.float64))
+    scores, x_sq, gamma, center = _screen_sq_dist(x, y)
+    with torch.no_grad():
+        limit = (scores.amin(1).double() + within + 2 * gamma).float()
+        near = scores <= torch.nextafter(limit, torch.full_like(limit, float("inf"))).unsqueeze(1)
+        heavy = near.sum(1) > max(len(y) // 32, 1)
+    if 2 * int(heavy.sum()) > len(x):  # mostly busy rows: one float64 GEMM for all
+        return _sq_dist64(x, y, center)
+    d2 = scores.double().add_(x_sq.double().unsqueeze(1))  # (B, N) float64, screened
+    if heavy.any():
+        rows = torch.nonzero(heavy).squeeze(1)
+        near[rows] = False
+        d2.index_copy_(0, rows, _sq_dist64(x[rows], y, center))
+    b, i = torch.nonzero(near, as_tuple=True)
+    step = max(1, 2**22 // x.shape[1])
+    for j in range(0, len(b), step):  # direct float64 differences, as _refine computes them
+        bj, ij = b[j:j + step], i[j:j + step]
+        d2[bj, ij] = (x[bj].double() - y[ij].double()).square().sum(1)
+    return d2
+
+
+def _screen_sq_dist(x: torch.Tensor, y: torch.Tensor):
+    """Float32 screen of centred data: scores ‖ỹ‖² − 2x̃ᵀỹ (B, N), ‖x̃‖² (B,), γ (B,) and
+    the (float64) center.
+
+    The center is y's mean rounded to float32, so float32 data are centred by one correctly
+    rounded float32 subtraction: the guarantee of :func:`centred` at a fraction of its cost.
+    Norms in float32 are covered by the bound's d·u(Q + R) term.
+    """
+    c32 = y.detach().mean(0, dtype=torch.float32)
+    center = c32.double()
+    xs, ys = (t - c32 if t.dtype == torch.float32 else centred(t, center) for t in (x, y))
+    x_sq, y_sq = torch.linalg.vecdot(xs, xs), torch.linalg.vecdot(ys, ys)
+    scores = torch.addmm(y_sq, xs, ys.T, alpha=-2.0)
+    gamma = screen_error_bound(x_sq.detach().double(), float(y_sq.detach().max()), x.shape[1],
+                               _unit_roundoff(torch.float32))
+    return scores, x_sq, gamma, center
+
+
+def _sq_dist64(x: torch.Tensor, y: torch.Tensor, center: torch.Tensor) -> torch.Tensor:
+    """(B, N) float64 ‖x − y‖² by one float64 GEMM of the data centred on center."""
+    xs, ys = centred(x, center, torch.float64), centred(y, center, torch.float64)
+    d2 = torch.addmm(_sq_norms(ys), xs, ys.T, alpha=-2.0).add_(_sq_norms(xs).unsqueeze(1))
+    return d2.clamp_min(0) if d2.requires_grad else d2.clamp_min_(0)
 
 
 def _as_tensor(x) -> torch.Tensor:
@@ -253,18 +322,60 @@ def _unit_roundoff(dtype: torch.dtype) -> float:
 def _certified(q_scr, r_sq, cand_val, kth_d2, u: float) -> torch.Tensor:
     """True where no discarded reference can beat the k-th refined distance.
 
-    A discarded reference j has screened score s_j ≥ T (the largest kept score).
-    The screen's error obeys |s_j + ‖q‖² − ‖q − r_j‖²| ≤ γ with
-    γ = 2 (d + 4) u (‖q‖² + max‖r‖²): the classical bound d·u·‖q‖‖r‖ for a length-d
-    dot product in any summation order, the same for ‖r‖², the rounding of the
-    inputs to the screen's precision, doubled for margin. So the row is exact when
+    A discarded reference j has screened score s_j ≥ T (the largest kept score), and
+    |s_j + ‖q‖² − ‖q − r_j‖²| ≤ γ (:func:`screen_error_bound`), so the row is exact when
     kth_d2 < T + ‖q‖² − γ (strict, so that ties with discarded points cannot hide).
     """
-    d = q_scr.shape[1]
-    q_sq = q_scr.double().square().sum(1)
-    gamma = 2.0 * (d + 4) * u * (q_sq + r_sq.max().double())
+    q_sq = _sq_norms(q_scr)
+    gamma = screen_error_bound(q_sq, r_sq.double().max(), q_scr.shape[1], u)
     threshold = cand_val.double().max(dim=1).values + q_sq - gamma
     return kth_d2 < threshold
+
+
+def screen_error_bound(q_sq: torch.Tensor, r_sq_max, d: int, u: float) -> torch.Tensor:
+    """γ (n,): a rigorous bound on |screened − exact| squared distance of a centred screen.
+
+    q_sq: (n,) float64 ‖q̃‖² of the centred, rounded queries; r_sq_max: max ‖r̃‖² over the
+    references; d: dimension; u: unit roundoff of the screen (:func:`_unit_roundoff`).
+    Valid for both screens in use, s + ‖q̃‖² with s = ‖r̃‖² − 2q̃ᵀr̃ (one addmm) and faiss's
+    ‖q̃‖² + ‖r̃‖² − 2q̃ᵀr̃ (or Σ(q̃ − r̃)²), all in the screen's precision. With Q = ‖q̃‖²,
+    R = ‖r̃‖² and 2‖q̃‖‖r̃‖ ≤ Q + R, the error is at most, to first order in u:
+      4u(Q + R)   rounding of the centred coordinates: q̃ = fl(fl64(q − c)) has relative
+                  error ≤ u + 2⁻⁵³ per coordinate (a float64 difference and one cast, each
+                  correctly rounded), for q and r alike, so ‖q̃ − r̃‖² is within this of ‖q − r‖²;
+      d·u(Q + R)  the two squared norms (a length-d sum in any order: γ_d ≤ d·u/(1 − d·u));
+      d·u(Q + R)  the dot product 2q̃ᵀr̃;
+      4u(Q + R)   the two additions that combine the three terms.
+    That is (2d + 8)u(Q + R); the factor 1/(1 − (d + 4)u) covers the second-order terms
+    and (4d + 16)·2⁻⁵³(Q + R) the float64 parts: the refined distances (relative error
+    ≤ (d + 1)·2⁻⁵³ of a value ≤ 2(Q + R)), ‖q̃‖² and the threshold arithmetic. The bound
+    is infinite when (d + 4)u ≥ ½, where no screen of that precision can certify.
+    """
+    if (d + 4) * u >= 0.5:
+        return torch.full_like(q_sq, float("inf"))
+    rate = (2 * d + 8) * u / (1 - (d + 4) * u) + (4 * d + 16) * 2.0**-53
+    return rate * (q_sq + r_sq_max)
+
+
+def centred(x: torch.Tensor, center: torch.Tensor, dtype: torch.dtype = torch.float32
+            ) -> torch.Tensor:
+    """x − center computed in float64 and rounded once to dtype: (rows, d).
+
+    Every set compared must be shifted by the same float64 center: a center rounded to
+    the data's precision would move one set against the other. Converted in row blocks,
+    so the float64 copy of a large set never exists at once.
+    """
+    if len(x) <= _CENTRE_ROWS:
+        return (x.double() - center).to(dtype)
+    return torch.cat([(x[i:i + _CENTRE_ROWS].double() - center).to(dtype)
+                      for i in range(0, len(x), _CENTRE_ROWS)])
+
+
+def _sq_norms(x: torch.Tensor) -> torch.Tensor:
+    """(rows,) float64 squared norms, in row blocks."""
+    blocks = [x[i:i + _CENTRE_ROWS].double().square().sum(1)
+              for i in range(0, len(x), _CENTRE_ROWS)]
+    return torch.cat(blocks) if blocks else x.new_zeros(0, dtype=torch.float64)
 
 
 def _direct_scan(q, ref, own, k, budget):

@@ -39,6 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from memgen.errors import UserError
+
 WEIGHTS_ENV = "MEMGEN_LPIPS_WEIGHTS"
 MIN_SIZE = 32
 EPS = 1e-10  # lpips.normalize_tensor's
@@ -100,11 +102,11 @@ class Lpips(nn.Module):
                  convention: str = "lpips"):
         super().__init__()
         if net not in BACKBONES:
-            raise ValueError(f"unknown LPIPS backbone {net!r}; known: {', '.join(BACKBONES)}")
+            raise UserError(f"unknown LPIPS backbone {net!r}; known: {', '.join(BACKBONES)}")
         if convention not in CONVENTIONS:
-            raise ValueError(f"convention must be one of {', '.join(CONVENTIONS)}")
+            raise UserError(f"convention must be one of {', '.join(CONVENTIONS)}")
         if any((h < 0).any() for h in heads):
-            raise ValueError("LPIPS linear weights must be non-negative (the embedding "
+            raise UserError("LPIPS linear weights must be non-negative (the embedding "
                              "needs √w)")
         self.net, self.convention = net, convention
         self.taps = BACKBONES[net].taps
@@ -120,7 +122,7 @@ class Lpips(nn.Module):
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 1|3, H, W) images in [−1, 1] -> the backbone's input (B, 3, ≥32, ≥32)."""
         if x.ndim != 4 or x.shape[1] not in (1, 3):
-            raise ValueError(f"LPIPS needs (B, 1 or 3, H, W) images, got {tuple(x.shape)}")
+            raise UserError(f"LPIPS needs (B, 1 or 3, H, W) images, got {tuple(x.shape)}")
         x = x.to(self.shift.dtype)
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
@@ -152,7 +154,7 @@ class Lpips(nn.Module):
 def lpips_pairwise(model: Lpips, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """LPIPS of the pairs (x_i, y_i) computed as the ``lpips`` package does: (B,)."""
     if x.shape != y.shape:
-        raise ValueError(f"pairs need equal shapes, got {tuple(x.shape)} and {tuple(y.shape)}")
+        raise UserError(f"pairs need equal shapes, got {tuple(x.shape)} and {tuple(y.shape)}")
     total = 0.0
     for fx, fy, w in zip(model(x), model(y), model.heads()):
         diff = (fx - fy).square()  # (B, C, H, W)
@@ -206,13 +208,13 @@ def load_lpips(net: str = "alex", weights_dir: str | os.PathLike | None = None,
     they are looked for.
     """
     if net not in BACKBONES:
-        raise ValueError(f"unknown LPIPS backbone {net!r}; known: {', '.join(BACKBONES)}")
+        raise UserError(f"unknown LPIPS backbone {net!r}; known: {', '.join(BACKBONES)}")
     spec, dirs = BACKBONES[net], weight_dirs(weights_dir)
     found = {name: next((d / name for d in dirs if (d / name).is_file()), None)
              for name in (spec.weights_file, spec.heads_file)}
     missing = [name for name, path in found.items() if path is None]
     if missing:
-        raise ValueError(
+        raise UserError(
             f"LPIPS-{net} needs {' and '.join(missing)} ({spec.weights_file}: torchvision's "
             f"ImageNet {net} weights; {spec.heads_file}: the lpips package's "
             f"weights/v0.1/{spec.heads_file}); put them in one of: "

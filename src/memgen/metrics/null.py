@@ -6,7 +6,8 @@ different sizes; in low intrinsic dimension a perfect generalizer is then flagge
 asks what the rule says about data that are, by construction, neither copies nor
 recurring attractors: held-out real samples, in place of both the evaluated and the
 synthetic set, at the same sizes. Its label rates are the false-detection rates
-that every observed fraction must be read against.
+that every observed fraction must be read against; each rate carries its exact
+Clopper–Pearson interval (``metrics.stats``).
 
 Calibration: the loosest thresholds at which the null rate of each detection
 (memorized, spurious) is ≤ α — δ_m first, then δ_s among samples not memorized.
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from memgen.errors import UserError
 from memgen.metrics.classify import (Neighbours, Rule, apply_rule, find_neighbours,
                                      memorization_score, spurious_score)
 from memgen.metrics.stats import FractionEstimate, estimate_fractions
@@ -31,7 +33,7 @@ class NullResult:
 
     n_eval: int
     n_synth: int
-    estimate: FractionEstimate  # label rates under the null, with intervals
+    estimate: FractionEstimate  # label rates under the null, with exact intervals
     alpha: float
     calibrated: Rule  # loosest thresholds with null detection rates ≤ alpha
     calibrated_estimate: FractionEstimate  # null label rates under the calibrated rule
@@ -39,7 +41,8 @@ class NullResult:
     def as_dict(self) -> dict:
         rates = self.estimate.as_dict()
         return {"n_eval": self.n_eval, "n_synth": self.n_synth,
-                "fractions": rates["fractions"], "ci95": rates["ci95"], "alpha": self.alpha,
+                "fractions": rates["fractions"], "ci95": rates["ci95"],
+                "interval": rates["interval"], "alpha": self.alpha,
                 "calibrated": {"delta_m": self.calibrated.delta_m,
                                "delta_s": self.calibrated.delta_s,
                                "fractions": self.calibrated_estimate.as_dict()["fractions"]}}
@@ -61,7 +64,7 @@ def null_sizes(n_heldout: int, n_eval: int, n_synth: int | None) -> tuple[int, i
 def calibrate(null: Neighbours, rule: Rule, alpha: float = DEFAULT_ALPHA) -> Rule:
     """The loosest (δ_m, δ_s) whose detections flag at most ⌊α·n⌋ null samples each."""
     if not 0 <= alpha < 1:
-        raise ValueError(f"alpha must lie in [0, 1), got {alpha}")
+        raise UserError(f"alpha must lie in [0, 1), got {alpha}")
     n_allowed = int(np.floor(alpha * len(null.train_dist)))
     mem = memorization_score(null.train_dist, rule)
     delta_m = _loosest_threshold(mem, n_allowed, rule.delta_m)
@@ -83,21 +86,25 @@ def _loosest_threshold(scores: np.ndarray, n_allowed: int, unconstrained: float)
 
 def null_rates(train, heldout, rule: Rule, *, n_eval: int, n_synth: int | None,
                alpha: float = DEFAULT_ALPHA, k: int | None = None, metric: str = "l2",
-               seed: int = 0, n_resamples: int = 1000, memory_budget: int | None = None,
-               progress: bool = False, backend: str = "builtin") -> NullResult:
-    """Apply ``rule`` with held-out real data as both evaluated and synthetic sets."""
+               seed: int = 0, memory_budget: int | None = None, progress: bool = False,
+               backend: str = "builtin", distinct: bool = False) -> NullResult:
+    """Apply ``rule`` with held-out real data as both evaluated and synthetic sets.
+
+    seed: the permutation that draws the null evaluated and synthetic sets from ``heldout``.
+    distinct: as in :func:`~memgen.metrics.classify.find_neighbours` (``--dedup``).
+    """
     if len(heldout) < 2:
-        raise ValueError(f"the null run needs at least 2 held-out samples, got {len(heldout)}")
+        raise UserError(f"the null run needs at least 2 held-out samples, got {len(heldout)}")
     e, s = null_sizes(len(heldout), n_eval, n_synth)
     order = np.random.default_rng(seed).permutation(len(heldout))
     null_eval = heldout[order[:e]]
     null_synth = None if s is None else heldout[order[e:e + s]]
     near = find_neighbours(null_eval, train, null_synth, k=k, metric=metric,
-                           memory_budget=memory_budget, progress=progress, backend=backend)
+                           memory_budget=memory_budget, progress=progress, backend=backend,
+                           distinct=distinct)
     calibrated = calibrate(near, rule, alpha)
     return NullResult(
         n_eval=e, n_synth=e if s is None else s, alpha=alpha, calibrated=calibrated,
-        estimate=estimate_fractions(apply_rule(near.train_dist, near.synth_dist, rule),
-                                    n_resamples, seed),
+        estimate=estimate_fractions(apply_rule(near.train_dist, near.synth_dist, rule)),
         calibrated_estimate=estimate_fractions(
-            apply_rule(near.train_dist, near.synth_dist, calibrated), n_resamples, seed))
+            apply_rule(near.train_dist, near.synth_dist, calibrated)))

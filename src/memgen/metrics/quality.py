@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from memgen.errors import UserError
 from memgen.metrics.classify import DEFAULT_K, LABEL_NAMES, _tensor
 from memgen.metrics.features import get_feature_map
 from memgen.metrics.knn import _block_sizes, _budget
@@ -67,7 +68,7 @@ class Quality:
         """Precision of the fakes selected by a (n_fake,) bool mask; None if it selects none."""
         mask = np.asarray(mask, dtype=bool)
         if mask.shape != self.in_manifold.shape:
-            raise ValueError(f"mask has shape {mask.shape} but there are {self.n_fake} fakes")
+            raise UserError(f"mask has shape {mask.shape} but there are {self.n_fake} fakes")
         return float(self.in_manifold[mask].mean()) if mask.any() else None
 
 
@@ -87,21 +88,21 @@ def prdc(real, fake, k: int = DEFAULT_K, *, memory_budget: int | None = None,
 def _validate(real, fake, k: int):
     real, fake = _tensor(real), _tensor(fake)
     if real.ndim < 2 or fake.ndim < 2:
-        raise ValueError("real and fake features need a leading sample axis: shapes (n, d...)")
+        raise UserError("real and fake features need a leading sample axis: shapes (n, d...)")
     if len(real) == 0 or len(fake) == 0:
-        raise ValueError("real and fake feature sets must not be empty")
+        raise UserError("real and fake feature sets must not be empty")
     real, fake = real.reshape(len(real), -1), fake.reshape(len(fake), -1)
     if real.shape[1] != fake.shape[1]:
-        raise ValueError(f"real features have {real.shape[1]} dimensions, fake {fake.shape[1]}")
+        raise UserError(f"real features have {real.shape[1]} dimensions, fake {fake.shape[1]}")
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise ValueError(f"k must be a positive integer, got {k!r}")
+        raise UserError(f"k must be a positive integer, got {k!r}")
     if k >= len(real) or k >= len(fake):
-        raise ValueError(f"k={k} needs more than k real and fake samples, got "
+        raise UserError(f"k={k} needs more than k real and fake samples, got "
                          f"{len(real)} real and {len(fake)} fake")
     if not (torch.isfinite(real).all() and torch.isfinite(fake).all()):
-        raise ValueError("real or fake features contain NaN or Inf")
+        raise UserError("real or fake features contain NaN or Inf")
     if real.device != fake.device:
-        raise ValueError(f"real features are on {real.device} but fake on {fake.device}")
+        raise UserError(f"real features are on {real.device} but fake on {fake.device}")
     return real, fake
 
 
@@ -200,7 +201,7 @@ def heldout_split(n_heldout: int, n_eval: int, seed: int = 0) -> tuple[np.ndarra
     Both sorted, drawn from one permutation of ``default_rng([seed, salt])``.
     """
     if n_heldout < 0 or n_eval < 0:
-        raise ValueError("set sizes must not be negative")
+        raise UserError("set sizes must not be negative")
     order = np.random.default_rng([seed, _SPLIT_SALT]).permutation(n_heldout)
     b = min(n_eval, n_heldout // 2)
     return np.sort(order[b:b + min(n_eval, n_heldout - b)]), np.sort(order[:b])

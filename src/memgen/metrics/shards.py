@@ -24,6 +24,7 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 
+from memgen.errors import UserError
 from memgen.io import SAMPLES_KEY
 
 SHARD_SUFFIXES = (".npy", ".npz")
@@ -84,7 +85,7 @@ def find_shards(source: str | Path | Iterable[str | Path]) -> list[Path]:
     if not isinstance(source, (str, Path)):
         paths = [Path(p) for p in source]
         if not paths:
-            raise ValueError("the list of shard files is empty")
+            raise UserError("the list of shard files is empty")
         return paths
     path = Path(source)
     if path.is_dir():
@@ -94,9 +95,9 @@ def find_shards(source: str | Path | Iterable[str | Path]) -> list[Path]:
     if any(ch in str(source) for ch in "*?["):
         matches = [Path(p) for p in glob.glob(str(source)) if not _is_temporary(Path(p).name)]
         if not matches:
-            raise ValueError(f"no shard files match {source}")
+            raise UserError(f"no shard files match {source}")
         return sorted(matches, key=_natural_key)
-    raise ValueError(f"no such file, directory or pattern: {source}")
+    raise UserError(f"no such file, directory or pattern: {source}")
 
 
 def _directory_shards(folder: Path) -> list[Path]:
@@ -108,11 +109,11 @@ def _directory_shards(folder: Path) -> list[Path]:
         others = sorted(p.name for p in files if p not in numbered and p.stem not in prefixes)
         if len(prefixes) > 1 or others:
             names = ", ".join(prefixes + others)
-            raise ValueError(f"{folder} holds several sets ({names}); pass a pattern such as "
+            raise UserError(f"{folder} holds several sets ({names}); pass a pattern such as "
                              f"'{folder / prefixes[0]}-*.npz'")
         files = numbered  # the merged PREFIX.npz beside its shards holds the same rows
     if not files:
-        raise ValueError(f"{folder} holds no .npy or .npz files")
+        raise UserError(f"{folder} holds no .npy or .npz files")
     return sorted(files, key=_natural_key)
 
 
@@ -132,22 +133,22 @@ def open_shards(source: str | Path | Iterable[str | Path] | ShardSet) -> ShardSe
     first = shards[0]
     for shard in shards[1:]:
         if shard.sample_shape != first.sample_shape:
-            raise ValueError(f"{shard.path.name} holds samples of shape {shard.sample_shape} "
+            raise UserError(f"{shard.path.name} holds samples of shape {shard.sample_shape} "
                              f"but {first.path.name} holds {first.sample_shape}")
     if sum(s.rows for s in shards) == 0:
-        raise ValueError("the shards hold no samples")
+        raise UserError("the shards hold no samples")
     return ShardSet(shards)
 
 
 def _read_shard(path: Path) -> Shard:
     if path.suffix not in SHARD_SUFFIXES:
-        raise ValueError(f"{path}: expected a .npy or .npz file")
+        raise UserError(f"{path}: expected a .npy or .npz file")
     if not path.is_file():
-        raise ValueError(f"no such file {path}")
+        raise UserError(f"no such file {path}")
     try:
         shard = _read_npy_header(path) if path.suffix == ".npy" else _read_npz_header(path)
     except (OSError, EOFError, zipfile.BadZipFile, zlib.error, ValueError) as err:
-        raise ValueError(f"{path}: cannot read ({err})") from None
+        raise UserError(f"{path}: cannot read ({err})") from None
     return shard
 
 
@@ -157,7 +158,7 @@ def _read_npy_header(path: Path) -> Shard:
         offset = f.tell()
     shard = _make_shard(path, shape, fortran, dtype, None, offset)
     if path.stat().st_size < offset + _nbytes(shape, dtype):
-        raise ValueError("the file is shorter than its header says (a torn write?)")
+        raise UserError("the file is shorter than its header says (a torn write?)")
     return shard
 
 
@@ -168,7 +169,7 @@ def _read_npz_header(path: Path) -> Shard:
             shape, fortran, dtype = _array_header(f)
             header_len = f.tell()
     if info.file_size < header_len + _nbytes(shape, dtype):
-        raise ValueError("the archive member is shorter than its header says")
+        raise UserError("the archive member is shorter than its header says")
     offset = None
     if info.compress_type == zipfile.ZIP_STORED:
         offset = _member_data_start(path, info) + header_len
@@ -182,7 +183,7 @@ def _pick_member(archive: zipfile.ZipFile) -> zipfile.ZipInfo:
         return archive.getinfo(f"{SAMPLES_KEY}.npy")
     if len(names) == 1:
         return archive.getinfo(names[0])
-    raise ValueError(f"no key {SAMPLES_KEY!r} among {keys}, and not exactly one array")
+    raise UserError(f"no key {SAMPLES_KEY!r} among {keys}, and not exactly one array")
 
 
 def _member_data_start(path: Path, info: zipfile.ZipInfo) -> int:
@@ -191,7 +192,7 @@ def _member_data_start(path: Path, info: zipfile.ZipInfo) -> int:
         f.seek(info.header_offset)
         local = f.read(30)
     if len(local) < 30 or local[:4] != b"PK\x03\x04":
-        raise ValueError("corrupt zip local header")
+        raise UserError("corrupt zip local header")
     name_len = int.from_bytes(local[26:28], "little")
     extra_len = int.from_bytes(local[28:30], "little")
     return info.header_offset + 30 + name_len + extra_len
@@ -203,16 +204,20 @@ def _array_header(f):
         return np.lib.format.read_array_header_1_0(f)
     if version == (2, 0):
         return np.lib.format.read_array_header_2_0(f)
-    raise ValueError(f"unsupported .npy format version {version}")
+    raise UserError(f"unsupported .npy format version {version}")
 
 
 def _make_shard(path, shape, fortran, dtype, member, offset) -> Shard:
     if dtype.hasobject:
-        raise ValueError("the array holds Python objects; memgen never unpickles")
+        raise UserError("the array holds Python objects; memgen never unpickles")
     if not (np.issubdtype(dtype, np.number) or dtype == np.bool_):
-        raise ValueError(f"expected a numeric array, got dtype {dtype}")
+        raise UserError(f"expected a numeric array, got dtype {dtype}")
+    if np.issubdtype(dtype, np.complexfloating):
+        raise UserError(f"expected real numbers, got dtype {dtype}")
     if len(shape) < 2:
-        raise ValueError(f"expected shape (N, D) or (N, C, H, W), got {shape}")
+        raise UserError(f"expected shape (N, D) or (N, C, H, W), got {shape}")
+    if np.prod(shape[1:], dtype=np.int64) == 0:
+        raise UserError(f"the samples have no features (shape {shape})")
     return Shard(path, int(shape[0]), tuple(int(s) for s in shape[1:]), dtype.str,
                  bool(fortran), member, offset)
 
@@ -239,7 +244,7 @@ def iter_chunks(shards: ShardSet, chunk_rows: int, start: int = 0) -> Iterator[C
     array is held open at a time (one whole shard for compressed npz members).
     """
     if chunk_rows < 1:
-        raise ValueError("chunk_rows must be at least 1")
+        raise UserError("chunk_rows must be at least 1")
     array_of = functools.lru_cache(maxsize=1)(open_array)
     for r0 in range(start, shards.rows, chunk_rows):
         r1 = min(r0 + chunk_rows, shards.rows)
@@ -268,4 +273,4 @@ def _fill(out: np.ndarray, piece: np.ndarray, shard: Shard) -> None:
         out /= 127.5
         out -= 1.0
     elif not np.isfinite(out).all():
-        raise ValueError(f"{shard.path}: contains NaN or Inf")
+        raise UserError(f"{shard.path}: contains NaN or Inf")

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from memgen.errors import UserError
 from memgen.io import atomic_file
 from memgen.metrics.faiss_knn import MISSING_FAISS, faiss_available, faiss_knn_search
 from memgen.metrics.features import FeatureMap, get_feature_map
@@ -48,10 +49,10 @@ _STATE_VERSION = 1
 def get_knn_backend(name: str) -> Callable[..., KnnResult]:
     """The exact kNN engine registered under ``name`` ("builtin" or "faiss")."""
     if name not in KNN_BACKENDS:
-        raise ValueError(f"unknown kNN backend {name!r}; known backends: "
+        raise UserError(f"unknown kNN backend {name!r}; known backends: "
                          f"{', '.join(KNN_BACKENDS)}")
     if name == "faiss" and not faiss_available():
-        raise ValueError(MISSING_FAISS)
+        raise UserError(MISSING_FAISS)
     return KNN_BACKENDS[name]
 
 
@@ -135,21 +136,21 @@ def _check_query(query) -> torch.Tensor:
     if not isinstance(query, torch.Tensor):
         query = torch.from_numpy(np.ascontiguousarray(query))
     if query.ndim < 2 or query.shape[0] == 0:
-        raise ValueError("query must be a non-empty (n, D) array of embedded samples")
+        raise UserError("query must be a non-empty (n, D) array of embedded samples")
     return query.reshape(query.shape[0], -1)
 
 
 def _exclusions(exclude, n: int, m: int, k: int, device) -> torch.Tensor | None:
     """(n, e) int64 excluded global indices, after checking k fits every query."""
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise ValueError(f"k must be a positive integer, got {k!r}")
+        raise UserError(f"k must be a positive integer, got {k!r}")
     if exclude is None:
         excl, worst = None, 0
     else:
         excl = np.asarray(exclude.cpu() if isinstance(exclude, torch.Tensor) else exclude)
         if not np.issubdtype(excl.dtype, np.integer) or excl.ndim not in (1, 2) \
                 or excl.shape[0] != n:
-            raise ValueError(f"exclude must be integer indices of shape ({n},) or ({n}, e), "
+            raise UserError(f"exclude must be integer indices of shape ({n},) or ({n}, e), "
                              f"got {excl.dtype} {excl.shape}")
         excl = np.sort(excl.reshape(n, -1).astype(np.int64), axis=1)
         distinct = (excl >= 0) & (excl < m)
@@ -157,7 +158,7 @@ def _exclusions(exclude, n: int, m: int, k: int, device) -> torch.Tensor | None:
         worst = int(distinct.sum(axis=1).max(initial=0))
         excl = torch.from_numpy(excl).to(device)
     if k > m - worst:
-        raise ValueError(f"k={k} neighbours requested but the reference set offers "
+        raise UserError(f"k={k} neighbours requested but the reference set offers "
                          f"{m - worst} (of {m} rows, after exclusions)")
     return excl
 
@@ -175,11 +176,11 @@ def _chunk_rows(shards: ShardSet, feature_map: FeatureMap, query: torch.Tensor,
     Embeds the first row to learn the embedding's size, and checks it matches the queries.
     """
     if budget <= 0:
-        raise ValueError("memory_budget must be a positive number of bytes")
+        raise UserError("memory_budget must be a positive number of bytes")
     first = next(iter_chunks(shards, 1)).samples.to(query.device)
     emb = _embed(feature_map, first)
     if emb.shape[1] != query.shape[1]:
-        raise ValueError(f"the queries have {query.shape[1]} features but the {feature_map.name}"
+        raise UserError(f"the queries have {query.shape[1]} features but the {feature_map.name}"
                          f" embedding of a reference sample has {emb.shape[1]}; embed the "
                          "queries with the same feature map")
     per_row = 4 * first[0].numel() + (emb.element_size() + 4) * emb.shape[1]
@@ -248,11 +249,11 @@ def _resume(state, fingerprint: dict, query: torch.Tensor, k: int, m: int):
             dist, idx = saved["dist"], saved["idx"]
             done, n_fallback = int(saved["rows_done"]), int(saved["n_fallback"])
     except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as err:
-        raise ValueError(f"cannot read the kNN state {state} ({err}); delete it to "
+        raise UserError(f"cannot read the kNN state {state} ({err}); delete it to "
                          "start over") from None
     if stored != fingerprint:
         changed = sorted(key for key in fingerprint if stored.get(key) != fingerprint[key])
-        raise ValueError(f"the kNN state {state} belongs to a different search (it differs "
+        raise UserError(f"the kNN state {state} belongs to a different search (it differs "
                          f"in: {', '.join(changed)}); delete it or choose another state file")
     assert dist.shape == idx.shape and dist.shape[0] == n and dist.shape[1] <= k
     assert 0 <= done <= m

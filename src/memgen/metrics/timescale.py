@@ -20,6 +20,8 @@ from typing import Sequence
 import numpy as np
 from scipy import stats
 
+from memgen.errors import UserError
+
 MEMORIZED_HALF = 0.5  # τ_mem: the first step count with memorized ≥ this fraction
 MIN_POINTS = 3  # a slope with an uncertainty needs n − 2 ≥ 1 degrees of freedom
 
@@ -34,15 +36,15 @@ def tau_mem(steps: Sequence[float], memorized: Sequence[float],
     """
     steps, memorized = np.asarray(steps), np.asarray(memorized, dtype=np.float64)
     if steps.ndim != 1 or steps.shape != memorized.shape or len(steps) == 0:
-        raise ValueError(f"steps and memorized must be two non-empty (T,) arrays, got "
+        raise UserError(f"steps and memorized must be two non-empty (T,) arrays, got "
                          f"shapes {steps.shape} and {memorized.shape}")
     if not 0 < threshold <= 1:
-        raise ValueError(f"threshold must lie in (0, 1], got {threshold}")
+        raise UserError(f"threshold must lie in (0, 1], got {threshold}")
     if (np.diff(steps) <= 0).any():
-        raise ValueError("steps must be sorted strictly ascending")
+        raise UserError("steps must be sorted strictly ascending")
     finite = memorized[np.isfinite(memorized)]
     if ((finite < 0) | (finite > 1)).any():
-        raise ValueError("memorized fractions must lie in [0, 1]")
+        raise UserError("memorized fractions must lie in [0, 1]")
     hit = np.flatnonzero(np.nan_to_num(memorized, nan=-1.0) >= threshold)
     return steps[hit[0]].item() if len(hit) else None
 
@@ -52,7 +54,7 @@ def tau_mem_per_K(steps: Sequence[float], memorized: np.ndarray,
     """τ_mem for every row of memorized (len(Ks), len(steps)): one value (or None) per K."""
     memorized = np.asarray(memorized, dtype=np.float64)
     if memorized.ndim != 2:
-        raise ValueError(f"memorized must be (len(Ks), len(steps)), got {memorized.shape}")
+        raise UserError(f"memorized must be (len(Ks), len(steps)), got {memorized.shape}")
     return [tau_mem(steps, row, threshold) for row in memorized]
 
 
@@ -92,18 +94,18 @@ def fit_power_law(K: Sequence[float], tau: Sequence[float | None]) -> PowerLaw:
     K = np.asarray(K, dtype=np.float64)
     tau = np.array([np.nan if t is None else t for t in tau], dtype=np.float64)
     if K.ndim != 1 or K.shape != tau.shape:
-        raise ValueError(f"K and tau must be two (M,) arrays, got {K.shape} and {tau.shape}")
+        raise UserError(f"K and tau must be two (M,) arrays, got {K.shape} and {tau.shape}")
     keep = np.isfinite(tau)
     K, tau = K[keep], tau[keep]
     if not ((K > 0).all() and (tau > 0).all() and np.isfinite(K).all()):
-        raise ValueError("K and the reached τ must be positive finite numbers (log–log fit)")
+        raise UserError("K and the reached τ must be positive finite numbers (log–log fit)")
     if len(K) < MIN_POINTS:
-        raise ValueError(f"too few points with τ reached: {len(K)} (need ≥ {MIN_POINTS})")
+        raise UserError(f"too few points with τ reached: {len(K)} (need ≥ {MIN_POINTS})")
     x, y = np.log(K), np.log(tau)
     dx, dy = x - x.mean(), y - y.mean()
     sxx = float(dx @ dx)
     if sxx == 0:
-        raise ValueError("the reached τ all belong to one K: no slope to fit")
+        raise UserError("the reached τ all belong to one K: no slope to fit")
     b = float(dx @ dy) / sxx
     a = y.mean() - b * x.mean()
     rss = float(np.sum((y - a - b * x) ** 2))

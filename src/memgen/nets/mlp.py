@@ -19,6 +19,8 @@ import math
 import torch
 import torch.nn as nn
 
+from memgen.errors import UserError
+
 
 def _seeded_linear(fan_in: int, fan_out: int, generator: torch.Generator) -> nn.Linear:
     """nn.Linear with PyTorch's default init, U(±1/√fan_in), drawn from `generator`."""
@@ -61,9 +63,9 @@ class ScoreMLP(nn.Module):
         for name, value in [("dim", dim), ("width", width), ("depth", depth),
                             ("fourier_features", fourier_features)]:
             if value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
+                raise UserError(f"{name} must be >= 1, got {value}")
         if fourier_scale <= 0:
-            raise ValueError(f"fourier_scale must be > 0, got {fourier_scale}")
+            raise UserError(f"fourier_scale must be > 0, got {fourier_scale}")
         self.dim = dim
         g = torch.Generator().manual_seed(seed)
         self.embed = GaussianFourierEmbedding(fourier_features, fourier_scale, g)
@@ -76,11 +78,11 @@ class ScoreMLP(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
         if x.ndim != 2 or x.shape[1] != self.dim:
-            raise ValueError(f"x must have shape (B, {self.dim}), got {tuple(x.shape)}")
+            raise UserError(f"x must have shape (B, {self.dim}), got {tuple(x.shape)}")
         t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
         if t.ndim == 0:
             t = t.expand(x.shape[0])
         if t.shape != (x.shape[0],):
-            raise ValueError(f"t must be a scalar or of shape ({x.shape[0]},), got {tuple(t.shape)}")
+            raise UserError(f"t must be a scalar or of shape ({x.shape[0]},), got {tuple(t.shape)}")
         h = torch.cat([x, self.embed(t)], dim=-1)  # (B, dim + 2F)
         return self.net(h)  # (B, dim)

@@ -30,6 +30,7 @@ from typing import Callable
 
 import torch.nn as nn
 
+from memgen.errors import UserError
 from memgen.nets.mlp import ScoreMLP
 from memgen.nets.unet import UNet
 
@@ -58,7 +59,7 @@ class NetConfig:
         """The module this config describes."""
         if self.kind not in _BUILDERS:
             known = ", ".join(sorted(_BUILDERS))
-            raise ValueError(f"unknown net kind {self.kind!r}; known: {known}")
+            raise UserError(f"unknown net kind {self.kind!r}; known: {known}")
         return _BUILDERS[self.kind](self)
 
     def to_dict(self) -> dict:
@@ -72,7 +73,7 @@ class NetConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
         if unknown:
-            raise ValueError(f"unknown NetConfig fields: {', '.join(sorted(unknown))}")
+            raise UserError(f"unknown NetConfig fields: {', '.join(sorted(unknown))}")
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
@@ -119,7 +120,7 @@ PRESETS: dict[str, NetConfig] = {
 def get_preset(name: str) -> NetConfig:
     """The NetConfig called `name` (a key of PRESETS)."""
     if name not in PRESETS:
-        raise ValueError(f"unknown net preset {name!r}; known: {', '.join(PRESETS)}")
+        raise UserError(f"unknown net preset {name!r}; known: {', '.join(PRESETS)}")
     return PRESETS[name]
 
 

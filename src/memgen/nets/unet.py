@@ -38,12 +38,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from memgen.errors import UserError
+
 
 def group_norm(channels: int, groups: int) -> nn.GroupNorm:
     """GroupNorm with min(groups, channels) groups; they must divide `channels`."""
     g = min(groups, channels)
     if channels % g:
-        raise ValueError(f"GroupNorm: {channels} channels are not divisible by {g} groups")
+        raise UserError(f"GroupNorm: {channels} channels are not divisible by {g} groups")
     return nn.GroupNorm(g, channels)
 
 
@@ -129,15 +131,15 @@ class Upsample(nn.Module):
 
 def _check_config(channels, dim, dim_mults, num_res_blocks, dropout, image_size) -> None:
     if channels < 1 or image_size < 1:
-        raise ValueError(f"channels and image_size must be >= 1, got {channels} and {image_size}")
+        raise UserError(f"channels and image_size must be >= 1, got {channels} and {image_size}")
     if dim < 2 or dim % 2:
-        raise ValueError(f"dim must be even and >= 2, got {dim}")
+        raise UserError(f"dim must be even and >= 2, got {dim}")
     if len(dim_mults) == 0 or min(dim_mults) < 1:
-        raise ValueError(f"dim_mults must be a non-empty tuple of ints >= 1, got {dim_mults}")
+        raise UserError(f"dim_mults must be a non-empty tuple of ints >= 1, got {dim_mults}")
     if num_res_blocks < 1:
-        raise ValueError(f"num_res_blocks must be >= 1, got {num_res_blocks}")
+        raise UserError(f"num_res_blocks must be >= 1, got {num_res_blocks}")
     if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        raise UserError(f"dropout must be in [0, 1), got {dropout}")
 
 
 def _has_attention(side: int, attn_resolutions: tuple[int, ...]) -> bool:
@@ -227,12 +229,12 @@ class UNet(nn.Module):
         shape = (self.channels, self.image_size, self.image_size)
         if x.ndim != 4 or tuple(x.shape[1:]) != shape:
             want = ", ".join(map(str, shape))
-            raise ValueError(f"x must have shape (B, {want}), got {tuple(x.shape)}")
+            raise UserError(f"x must have shape (B, {want}), got {tuple(x.shape)}")
         t = torch.as_tensor(t, device=x.device)
         if t.ndim == 0:
             t = t.expand(x.shape[0])
         if t.shape != (x.shape[0],):
-            raise ValueError(f"t must be a scalar or of shape ({x.shape[0]},), got {tuple(t.shape)}")
+            raise UserError(f"t must be a scalar or of shape ({x.shape[0]},), got {tuple(t.shape)}")
         return t
 
     def forward(self, x: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:

@@ -11,6 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from memgen.errors import UserError
 from memgen.metrics.classify import LABEL_NAMES  # noqa: E402
 
 
@@ -78,10 +79,10 @@ def plot_phase_map(Ks: Sequence[int], steps: Sequence[int], fractions: np.ndarra
     Ks, steps = np.asarray(Ks, dtype=float), np.asarray(steps, dtype=float)
     fractions = np.asarray(fractions, dtype=float)
     if fractions.shape != (len(Ks), len(steps), 3):
-        raise ValueError(f"fractions must have shape ({len(Ks)}, {len(steps)}, 3), "
+        raise UserError(f"fractions must have shape ({len(Ks)}, {len(steps)}, 3), "
                          f"got {fractions.shape}")
     if not (len(Ks) and len(steps) and (Ks > 0).all() and (steps > 0).all()):
-        raise ValueError("Ks and steps must be non-empty and positive (log axes)")
+        raise UserError("Ks and steps must be non-empty and positive (log axes)")
     k_order, s_order = np.argsort(Ks), np.argsort(steps)
     Ks, steps = Ks[k_order], steps[s_order]
     fractions = fractions[k_order][:, s_order]
@@ -124,11 +125,11 @@ def plot_neighbours(samples: np.ndarray, train: np.ndarray, synth: np.ndarray,
     chosen: label name -> indices into ``samples`` to show.
     """
     if samples.ndim != 4:
-        raise ValueError("neighbour grids need image samples of shape (N, C, H, W)")
+        raise UserError("neighbour grids need image samples of shape (N, C, H, W)")
     k = train_idx.shape[1]
     rows = [(name, i) for name in LABEL_NAMES for i in chosen.get(name, ())]
     if not rows:
-        raise ValueError("no samples chosen for the neighbour grid")
+        raise UserError("no samples chosen for the neighbour grid")
     fig, axes = plt.subplots(2 * len(rows), k + 1, figsize=(1.1 * (k + 1), 2.2 * len(rows)),
                              squeeze=False, layout="constrained")
     for r, (name, i) in enumerate(rows):

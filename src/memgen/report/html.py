@@ -98,6 +98,23 @@ def _null_paragraph(results) -> str:
             "the model never saw is flagged as often.</p>")
 
 
+def _null_size_paragraph(results) -> str:
+    """Where held-out data ran short, the null run used smaller sets than the measured ones."""
+    short = []
+    for r in sorted(results, key=lambda r: r.K):
+        null = r.summary.get("null") or {}
+        if null and (null["n_eval"] < r.summary["n_eval"]
+                     or null["n_synth"] < r.summary.get("n_synth", 0)):
+            short.append(f"K = {r.K}: {null['n_eval']} / {null['n_synth']} held-out samples "
+                         f"for {r.summary['n_eval']} / {r.summary['n_synth']}")
+    if not short:
+        return ""
+    return ("<p><b>Null run smaller than the measured sets</b> (evaluated / synthetic; "
+            f"too little held-out data): {'; '.join(short)}. A smaller S′ gives a lower "
+            "spurious null rate, so there the null rate understates the rule's false "
+            "detections.</p>")
+
+
 def _time_axis_section(timescale: dict | None) -> str:
     """τ_mem per K and the power-law fit (the phase map is among the figures)."""
     if not timescale:
@@ -130,12 +147,13 @@ img{{max-width:100%}}pre{{background:#f6f6f6;padding:1em;font-size:12px}}</style
 <h1>{html.escape(title)}</h1>
 {f"<p><i>{html.escape(config['notes'])}</i></p>" if config.get("notes") else ""}
 <p>memgen {__version__}. Fractions of memorized, spurious and generalized evaluated samples
-against the training-set size K (paper eqs. 4–6), with 95% bootstrap intervals and the
+against the training-set size K (paper eqs. 4–6), with exact 95% (Clopper–Pearson) intervals and the
 null rate of each label (the same rule applied to held-out real data at the same set
 sizes). Capacities (eqs. 1–3, ε = {capacities.get('epsilon')}):</p><ul>{caps}</ul>
 {''.join(_img(f) for f in figures)}
 <h2>Fractions</h2>{_fractions_table(results)}
 {_null_paragraph(results)}
+{_null_size_paragraph(results)}
 {_quality_section(results)}
 {_time_axis_section(timescale)}
 <h2>Timings</h2>{_timings_table(results)}

@@ -1,0 +1,59 @@
+"""Options and error handling shared by every ``memgen`` command."""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+
+import click
+
+from memgen.errors import UserError
+
+EXIT_USER_ERROR = 1
+EXIT_INTERNAL_ERROR = 70  # EX_SOFTWARE (sysexits.h)
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
+
+overwrite_option = click.option(
+    "--overwrite", is_flag=True,
+    help="Replace --out even if another command (or not memgen) wrote it.")
+
+
+def debug_enabled(ctx: click.Context | None = None) -> bool:
+    """--debug on the main group, or MEMGEN_DEBUG=1 in the environment."""
+    root = ctx.find_root() if ctx is not None else None
+    flag = bool(root is not None and root.params.get("debug"))
+    return flag or os.environ.get("MEMGEN_DEBUG", "") not in ("", "0")
+
+
+def run_guarded(ctx: click.Context, invoke):
+    """Run a command: user errors as one line (exit 1), Ctrl-C as exit 130, any other
+    exception as a bug report line (exit 70); tracebacks with --debug."""
+    try:
+        return invoke(ctx)
+    except (click.exceptions.Exit, click.ClickException, click.Abort):
+        raise
+    except KeyboardInterrupt:
+        if debug_enabled(ctx):
+            traceback.print_exc()
+        click.echo("memgen: interrupted; no partial output was kept", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    except (UserError, OSError) as err:
+        if debug_enabled(ctx):
+            traceback.print_exc()
+        click.echo(f"Error: {_first_line(err)}", err=True)
+        sys.exit(EXIT_USER_ERROR)
+    except Exception as err:  # noqa: BLE001 - every other exception is a bug, said as such
+        if debug_enabled(ctx):
+            traceback.print_exc()
+        click.echo(f"memgen: internal error ({type(err).__name__}: {_first_line(err)}). "
+                   "This is a bug in memgen, not a problem with your input; rerun with "
+                   "--debug (or MEMGEN_DEBUG=1) for the traceback and report it.", err=True)
+        sys.exit(EXIT_INTERNAL_ERROR)
+
+
+def _first_line(err: BaseException) -> str:
+    if isinstance(err, OSError) and err.strerror:
+        return f"{err.strerror}: {err.filename}" if err.filename else err.strerror
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
