@@ -67,7 +67,7 @@ def test_offset_data_equal_brute_force(problem, margin):
     _check(res.dist.numpy(), res.idx.numpy(), q, r, k, exclude_self)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(problem=offset_problems(), margin=st.sampled_from([0, 2, 8]))
 def test_faiss_offset_data_equal_brute_force(problem, margin):
     pytest.importorskip("faiss")

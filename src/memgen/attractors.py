@@ -29,6 +29,7 @@ from scipy.sparse.linalg import LinearOperator, eigsh
 from tqdm.auto import tqdm
 
 from memgen import energy as E
+from memgen.errors import UserError
 
 KINDS = ("memorized", "spurious", "saddle")
 _EXACT_EIG_MAX = 2000  # largest Gram matrix diagonalised exactly; Lanczos above
@@ -46,11 +47,11 @@ class Memory:
 
     def __post_init__(self):
         if self.kind not in _ENERGIES:
-            raise ValueError(f"unknown energy {self.kind!r}; known: {', '.join(_ENERGIES)}")
+            raise UserError(f"unknown energy {self.kind!r}; known: {', '.join(_ENERGIES)}")
         if self.patterns.ndim != 2 or len(self.patterns) == 0:
-            raise ValueError("patterns must be a non-empty (N, D) tensor")
+            raise UserError("patterns must be a non-empty (N, D) tensor")
         if not self.beta > 0:
-            raise ValueError(f"beta must be positive, got {self.beta}")
+            raise UserError(f"beta must be positive, got {self.beta}")
 
     @classmethod
     def from_sigma(cls, patterns: torch.Tensor, sigma: float, scale: float = 1.0) -> "Memory":
@@ -112,7 +113,7 @@ def retrieve(memory: Memory, starts: torch.Tensor, *, method: str = "fixed_point
     called after every step of every batch (for tests of monotone descent).
     """
     if method not in ("fixed_point", "gradient"):
-        raise ValueError(f"unknown retrieval method {method!r}; use fixed_point or gradient")
+        raise UserError(f"unknown retrieval method {method!r}; use fixed_point or gradient")
     eta = 1.0 / (2 * memory.curvature[0]) if step is None else step
     batch = max(1, _BATCH_BUDGET // (8 * len(memory.patterns)))  # logits are float64
     out, iters, done = [], [], []
@@ -225,13 +226,13 @@ def as_memory(memory: Memory | torch.Tensor, *, beta: float | None = None,
     """A Memory as given, or built from (N, D) patterns with exactly one of beta or sigma."""
     if isinstance(memory, Memory):
         if beta is not None or sigma is not None:
-            raise ValueError("beta and sigma come with patterns, not with a Memory")
+            raise UserError("beta and sigma come with patterns, not with a Memory")
         return memory
     if (beta is None) == (sigma is None):
-        raise ValueError("give exactly one of beta (inverse temperature) or sigma (noise level)")
+        raise UserError("give exactly one of beta (inverse temperature) or sigma (noise level)")
     if sigma is not None:
         if kind != "kernel":
-            raise ValueError("sigma defines the empirical (kernel) energy; use beta for dense_am")
+            raise UserError("sigma defines the empirical (kernel) energy; use beta for dense_am")
         return Memory.from_sigma(memory, sigma, scale)
     return Memory(scale * memory, beta, kind)
 
@@ -320,7 +321,7 @@ def make_starts(kind: str, patterns: torch.Tensor, n: int, sigma: float,
                 generator: torch.Generator | None = None) -> torch.Tensor:
     """Starts of the named kind: box, noisy (samples of p_σ) or annealed."""
     if kind not in STARTS:
-        raise ValueError(f"unknown starts {kind!r}; known: {', '.join(STARTS)}")
+        raise UserError(f"unknown starts {kind!r}; known: {', '.join(STARTS)}")
     if kind == "box":
         return box_starts(patterns, n, generator)
     return STARTS[kind](patterns, n, sigma, generator)
@@ -378,7 +379,7 @@ def ring_barriers(memory: Memory, found: Attractors, **path_options) -> np.ndarr
     barrier of the path from attractor i to its counter-clockwise neighbour.
     """
     if found.points.shape[1] != 2:
-        raise ValueError("ring barriers are defined for 2D data")
+        raise UserError("ring barriers are defined for 2D data")
     stable = found.points[found.kinds != "saddle"]
     if len(stable) < 2:
         return np.array([])

@@ -12,11 +12,12 @@ Symbols (paper §C.2 and project page; x: (B, D) queries, y_i: (N, D) stored pat
 
 Every function is batched over x, stable at large β (log-sum-exp), and keeps the
 dtype and device of its inputs: pass float64 tensors for float64 results. Logits are
-formed and normalised in float64 whatever the input dtype, so that float32 weights are
-float64 weights rounded once: the kernel's squared distances come from
-:func:`memgen.metrics.knn.pairwise_sq_dist` (data centred on the patterns' float64 mean,
-a float32 GEMM screen, float64 wherever a weight can see the difference), DenseAM's
-xᵀy from a float64 GEMM.
+formed in float64 whatever the input dtype, and shifted by their row maximum before a
+float32 softmax, so float32 weights are exact to float32 rounding (~1e-7): the kernel's
+squared distances come from :func:`memgen.metrics.knn.pairwise_sq_dist` (data centred
+on the patterns' mean, a float32 GEMM screen, float64 wherever a weight can see the
+difference), DenseAM's xᵀy from a float64 GEMM. The expanded form ‖x‖² − 2xᵀy + ‖y‖²
+in float32 would put errors of β·u·(‖x‖² + ‖y‖²) into every logit.
 Gradients are analytic; Hessians are returned as (B, D, D) and only meant for
 moderate D (see ``hessian_min_eigenvalue`` for a matrix-free smallest eigenvalue).
 """
@@ -27,9 +28,10 @@ import math
 
 import torch
 
+from memgen.errors import UserError
 from memgen.metrics.knn import pairwise_sq_dist
 
-NEGLIGIBLE_LOG_WEIGHT = 40.0  # weights below e^−40/N of a row's largest are left screened
+_NEGLIGIBLE_LOG_WEIGHT = 40.0  # weights below e^−40/N of a row's largest are left screened
 
 # ---------------------------------------------------------------------------- DenseAM
 
@@ -79,13 +81,14 @@ def _kernel_logits64(x: torch.Tensor, patterns: torch.Tensor, beta) -> torch.Ten
     (:func:`~memgen.metrics.knn.pairwise_sq_dist`); all others carry float32 screening
     error but weigh less than e^−40/N of the largest, e^−40 ≈ 4e-18 together.
     """
-    cutoff = NEGLIGIBLE_LOG_WEIGHT + math.log(len(patterns))
+    cutoff = _NEGLIGIBLE_LOG_WEIGHT + math.log(len(patterns))
     if isinstance(beta, torch.Tensor):
-        beta = beta.to(device=x.device, dtype=torch.float64).reshape(-1)
-        sq, scale = pairwise_sq_dist(x, patterns, within=cutoff / beta), -beta.unsqueeze(1)
+        beta = beta.to(device=x.device, dtype=torch.float64).reshape(-1, 1)
+        within = cutoff / beta.squeeze(1)
     else:
-        sq, scale = pairwise_sq_dist(x, patterns, within=cutoff / beta), -beta
-    return sq * scale if sq.requires_grad else sq.mul_(scale)
+        within = cutoff / beta
+    sq = pairwise_sq_dist(x, patterns, within=within)
+    return sq * -beta if sq.requires_grad else sq.mul_(-beta)
 
 
 def kernel_energy(x: torch.Tensor, patterns: torch.Tensor, beta: float) -> torch.Tensor:
@@ -115,14 +118,14 @@ def kernel_hessian(x: torch.Tensor, patterns: torch.Tensor, beta: float) -> torc
 def beta_sigma(scale: float, sigma: float) -> float:
     """Inverse temperature β_σ = a_σ / σ² of the empirical denoising energy."""
     if not sigma > 0:
-        raise ValueError(f"sigma must be positive, got {sigma}")
+        raise UserError(f"sigma must be positive, got {sigma}")
     return scale / sigma**2
 
 
 def kernel_beta(sigma: float) -> float:
     """The eq. 13 inverse temperature β = 1/(2σ²) of VE noise level σ."""
     if not sigma > 0:
-        raise ValueError(f"sigma must be positive, got {sigma}")
+        raise UserError(f"sigma must be positive, got {sigma}")
     return 1.0 / (2.0 * sigma**2)
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from memgen.errors import UserError
 from memgen.metrics.knn import (_REFINE_ROWS, KnnResult, _budget, _fallback, _sq_norms,
                                 _take_sorted, _validate, centred, screen_error_bound)
 
@@ -59,7 +60,7 @@ def faiss_knn_search(query: torch.Tensor, ref: torch.Tensor, k: int, *,
     signature parity with the built-in engine; faiss reports none.
     """
     if faiss is None:
-        raise ValueError(MISSING_FAISS)
+        raise UserError(MISSING_FAISS)
     query, ref = _validate(query, ref, k, exclude_self)
     n, m = query.shape[0], ref.shape[0]
     n_cand = min(k + margin, m - int(exclude_self)) + int(exclude_self)

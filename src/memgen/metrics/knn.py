@@ -31,6 +31,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from memgen.errors import UserError
+
 DEFAULT_MEMORY_BUDGET = 512 * 2**20  # bytes for the (queries × references) score block
 _R_BLOCK_MAX = 8192
 _GROUP = 16  # columns per group in the group-minimum pre-selection of _smallest
@@ -149,7 +151,7 @@ def pairwise_sq_dist(x: torch.Tensor, y: torch.Tensor, within=None) -> torch.Ten
     more than W. Differentiable in x and y.
     """
     if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1] or len(y) == 0:
-        raise ValueError(f"need x (B, D) and non-empty y (N, D), got shapes {tuple(x.shape)} "
+        raise UserError(f"need x (B, D) and non-empty y (N, D), got shapes {tuple(x.shape)} "
                          f"and {tuple(y.shape)}")
     if (within is None or torch.float64 in (x.dtype, y.dtype) or x.shape[1] < _SCREEN_MIN_DIM
             or len(x) == 0):
@@ -204,35 +206,35 @@ def _as_tensor(x) -> torch.Tensor:
         return x
     arr = np.asarray(x)
     if arr.dtype == object:
-        raise ValueError("object arrays are not supported; pass a numeric array")
+        raise UserError("object arrays are not supported; pass a numeric array")
     return torch.from_numpy(np.ascontiguousarray(arr))
 
 
 def _validate(query: torch.Tensor, ref: torch.Tensor, k: int, exclude_self: bool):
     if query.ndim < 2 or ref.ndim < 2:
-        raise ValueError("query and ref must have a leading sample axis: shapes (n, d...)")
+        raise UserError("query and ref must have a leading sample axis: shapes (n, d...)")
     if query.shape[1:] != ref.shape[1:]:
-        raise ValueError(f"query samples have shape {tuple(query.shape[1:])} but reference "
+        raise UserError(f"query samples have shape {tuple(query.shape[1:])} but reference "
                          f"samples have shape {tuple(ref.shape[1:])}")
     if query.shape[0] == 0 or ref.shape[0] == 0:
-        raise ValueError("query and reference sets must not be empty")
+        raise UserError("query and reference sets must not be empty")
     if query.device != ref.device:
-        raise ValueError(f"query is on {query.device} but ref is on {ref.device}")
+        raise UserError(f"query is on {query.device} but ref is on {ref.device}")
     if exclude_self and query.shape[0] != ref.shape[0]:
-        raise ValueError("exclude_self=True needs query and ref to be the same set")
+        raise UserError("exclude_self=True needs query and ref to be the same set")
     available = ref.shape[0] - int(exclude_self)
     if not 1 <= k <= available:
-        raise ValueError(f"k={k} neighbours requested but the reference set offers {available}")
+        raise UserError(f"k={k} neighbours requested but the reference set offers {available}")
     query, ref = query.reshape(query.shape[0], -1), ref.reshape(ref.shape[0], -1)
     if not (torch.isfinite(query).all() and torch.isfinite(ref).all()):
-        raise ValueError("query or reference contains NaN or Inf")
+        raise UserError("query or reference contains NaN or Inf")
     return query, ref
 
 
 def _budget(memory_budget: int | None) -> int:
     budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else int(memory_budget)
     if budget <= 0:
-        raise ValueError("memory_budget must be a positive number of bytes")
+        raise UserError("memory_budget must be a positive number of bytes")
     return budget
 
 
