@@ -23,7 +23,8 @@ import numpy as np
 import torch
 from common import GEMM_SHAPES, gemm_name, gemm_plan, interleaved_best, time_once
 
-from memgen.attractors import Memory, noisy_starts, retrieve
+from memgen.memory.attractors import Memory, retrieve
+from memgen.probes.starts import noisy_starts
 
 
 def load_patterns(n: int) -> torch.Tensor:

@@ -32,7 +32,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-
 from common import GEMM_SHAPES, Timing, gemm_name, gemm_plan, interleaved_best, time_once
 
 from memgen.metrics.knn import knn_search

@@ -24,7 +24,6 @@ import argparse
 
 import numpy as np
 import torch
-
 from common import time_once
 
 from memgen.metrics.knn import knn_search

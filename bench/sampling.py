@@ -31,11 +31,11 @@ import numpy as np
 import torch
 from common import interleaved_best, model_bench_args
 
-from memgen.denoisers import EpsDenoiser, ScoreDenoiser
-from memgen.generate import initial_std
-from memgen.nets import count_parameters, get_preset
-from memgen.samplers import StackedGenerator, get_sampler
-from memgen.schedules import VESchedule, VPSchedule
+from memgen.diffusion.denoisers import EpsDenoiser, ScoreDenoiser
+from memgen.diffusion.generate import initial_std
+from memgen.diffusion.nets import count_parameters, get_preset
+from memgen.diffusion.samplers import StackedGenerator, get_sampler
+from memgen.diffusion.schedules import VESchedule, VPSchedule
 
 
 class Clock:

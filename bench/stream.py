@@ -29,7 +29,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from common import gemm_name, gemm_plan, interleaved_best
 
 from memgen.metrics.knn import knn_search

@@ -1,4 +1,4 @@
-"""Training throughput: ``memgen.training.train`` against the network's bare forward+backward.
+"""Training throughput: ``memgen.diffusion.training.train`` against the network's bare forward+backward.
 
 One run measures, per preset (defaults: fmnist-cpu-16 and fmnist-cpu-28 with vp_eps,
 toy-mlp with ve_score, batch 128, 1,024 synthetic training points — the values do not
@@ -32,9 +32,9 @@ from common import interleaved_best, model_bench_args
 from sampling import with_others_cpu
 from torch import nn
 
-from memgen.nets import count_parameters, get_preset
-from memgen.training import (LOG, TrainConfig, draw_batch, new_state, train, training_loss,
-                             update_ema)
+from memgen.diffusion.nets import count_parameters, get_preset
+from memgen.diffusion.training import (LOG, TrainConfig, draw_batch, new_state, train,
+                                       training_loss, update_ema)
 
 DEFAULT_ITERS = {"fmnist-cpu-16": 40, "fmnist-cpu-28": 20, "toy-mlp": 400}
 PHASES = ("data", "forward", "backward", "clip", "adam", "ema")
@@ -67,7 +67,7 @@ def train_run(config: TrainConfig, data: torch.Tensor):
 
 
 def replica_run(config: TrainConfig, data: torch.Tensor, steps: int, warm: int = 2):
-    """The body of ``memgen.training._loop``, each phase timed; seconds per step by phase."""
+    """The body of ``memgen.diffusion.training._loop``, each phase timed; seconds per step by phase."""
     def go():
         state = new_state(config, data.device)
         schedule, model, batch = config.schedule(), state.model.train(), config.batch_size

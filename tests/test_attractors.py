@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from memgen import energy as E
-from memgen.attractors import (Memory, box_starts, find_attractors, merge_endpoints,
-                               min_hessian_eigenvalue, noisy_starts, retrieve)
+from memgen.memory import energy as E
+from memgen.memory.attractors import (Memory, find_attractors, merge_endpoints,
+                                      min_hessian_eigenvalue, retrieve)
+from memgen.probes.starts import box_starts, noisy_starts
 
 F64 = torch.float64
 
@@ -92,7 +93,7 @@ def test_retrieval_descends_monotonically(method):
 
 
 def test_hessian_eigenvalue_matches_dense_and_lanczos_paths(monkeypatch):
-    import memgen.attractors as A
+    import memgen.memory.attractors as A
 
     g = torch.Generator().manual_seed(3)
     y = torch.randn(40, 6, generator=g, dtype=F64)
@@ -119,7 +120,7 @@ def test_minimum_energy_path_barrier_equals_exact_saddle_height():
     memory = Memory.from_sigma(y, sigma)
     found = find_attractors(memory, torch.tensor([[1.0, 0.3], [-1.0, -0.2]], dtype=F64))
     a, b = found.points
-    from memgen.attractors import minimum_energy_path
+    from memgen.memory.attractors import minimum_energy_path
 
     path = minimum_energy_path(memory, a, b, n_images=81)
     exact = float(memory.energy(torch.zeros(1, 2, dtype=F64))[0] - memory.energy(a[None])[0])
@@ -127,7 +128,7 @@ def test_minimum_energy_path_barrier_equals_exact_saddle_height():
 
 
 def test_ring_barriers_on_three_well_separated_points():
-    from memgen.attractors import ring_barriers, ring_energy_spread
+    from memgen.memory.attractors import ring_barriers, ring_energy_spread
 
     theta = torch.tensor([0.0, 2.0, 4.0], dtype=F64) * np.pi / 3
     y = torch.stack([theta.cos(), theta.sin()], 1)
@@ -156,7 +157,7 @@ def test_find_attractors_from_patterns_with_beta_or_sigma():
 
 def test_annealed_starts_end_near_training_points_at_small_sigma():
     """Reverse diffusion with the exact denoiser, stopped at small σ: samples of p_σ."""
-    from memgen.attractors import make_starts
+    from memgen.probes.starts import make_starts
 
     g = torch.Generator().manual_seed(5)
     theta = torch.arange(5, dtype=F64) * 2 * np.pi / 5

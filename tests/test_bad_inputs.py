@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from test_cli import assert_fails, run, save
 
 TINY = Path(__file__).parents[1] / "configs" / "tiny.yaml"

@@ -8,13 +8,13 @@ import pytest
 import torch
 from scipy.stats import norm
 
-from memgen import energy as E
-from memgen.basins import (RecoveryConfig, ball_log_volume, bisection_rounds, critical_time,
-                           denoiser_jacobian, hessian, hessian_eigsh, hessian_spectrum,
-                           recovery_probability, relative_energy, trial_noise)
-from memgen.denoisers import EmpiricalDenoiser, EpsDenoiser
-from memgen.samplers import SAMPLERS, StackedGenerator, get_sampler
-from memgen.schedules import VESchedule, VPSchedule
+from memgen.diffusion.denoisers import EmpiricalDenoiser, EpsDenoiser
+from memgen.diffusion.samplers import SAMPLERS, StackedGenerator, get_sampler
+from memgen.diffusion.schedules import VESchedule, VPSchedule
+from memgen.memory import energy as E
+from memgen.probes.basins import (RecoveryConfig, ball_log_volume, bisection_rounds, critical_time,
+                                  denoiser_jacobian, hessian, hessian_eigsh, hessian_spectrum,
+                                  recovery_probability, relative_energy, trial_noise)
 
 F64 = torch.float64
 A = 1.0  # the two patterns sit at ±A

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from scipy.stats import norm
 
 from memgen.cli import cli
-from memgen.energy import empirical_energy, empirical_hessian
+from memgen.memory.energy import empirical_energy, empirical_hessian
 
 
 def _invoke(*args):

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from test_cli import hidden_leftovers, run, save
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MEMGEN_DEBUG": ""}
@@ -85,16 +84,16 @@ CASES = {  # command line before --out, the kind of output
 @pytest.mark.parametrize("command", sorted(CASES))
 @pytest.mark.parametrize("where", ["under-a-file", "proc"])
 def test_every_command_checks_its_output_location_first(sets, command, where, monkeypatch):
-    import memgen.sweep
-    import memgen.audit
-    import memgen.phase
-    import memgen.landscape
+    import memgen.experiments.landscape
+    import memgen.experiments.phase
+    import memgen.experiments.sweep
+    import memgen.metrics.classify
 
     def no_work(*args, **kwargs):
         raise AssertionError("work started before the output location was checked")
 
-    for module, name in ((memgen.sweep, "load_pool"), (memgen.audit, "classify_sets"),
-                         (memgen.phase, "run_phase"), (memgen.landscape, "run_landscape")):
+    for module, name in ((memgen.experiments.sweep, "load_pool"), (memgen.metrics.classify, "classify_sets"),
+                         (memgen.experiments.phase, "run_phase"), (memgen.experiments.landscape, "run_landscape")):
         monkeypatch.setattr(module, name, no_work)
     sets["csv"] = sets["root"] / "fractions.csv"
     sets["csv"].write_text("K,memorized,spurious,generalized\n2,1,0,0\n9,0.5,0,0.5\n")
@@ -164,7 +163,7 @@ def test_existing_files_need_overwrite(sets):
 
 # --------------------------------------------------------------------- 12. errors, Ctrl-C
 
-BUG = ("import sys, memgen.audit as a\n"
+BUG = ("import sys, memgen.metrics.classify as a\n"
        "def broken(*args, **kwargs):\n"
        "    raise ValueError('a bug: operands could not be broadcast')\n"
        "a.classify_sets = broken\n"

@@ -7,8 +7,8 @@ import sys
 import pytest
 import torch
 
-from memgen.denoisers import EmpiricalDenoiser
-from memgen.samplers import retrieve_fixed_point, truncate_ladder
+from memgen.diffusion.denoisers import EmpiricalDenoiser
+from memgen.diffusion.samplers import retrieve_fixed_point, truncate_ladder
 
 
 def test_fixed_point_retrieval_of_the_exact_denoiser_finds_the_symmetric_mixture():

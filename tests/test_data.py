@@ -13,28 +13,10 @@ import pytest
 from PIL import Image
 from scipy import stats
 
-from memgen.data import (
-    DATASETS,
-    TOY_SETS,
-    DataNotFoundError,
-    circle_pool,
-    gaussian_mixture,
-    heldout_indices,
-    load_cifar10,
-    load_dataset,
-    load_digits,
-    load_idx_images,
-    load_image_folder,
-    load_toy,
-    nested_indices,
-    read_cifar_batch,
-    read_idx,
-    resolve_root,
-    safe_unpickle,
-    spiral,
-    train_heldout,
-    two_moons,
-)
+from memgen.data import (DATASETS, TOY_SETS, DataNotFoundError, circle_pool, gaussian_mixture,
+                         heldout_indices, load_cifar10, load_dataset, load_digits, load_idx_images,
+                         load_image_folder, load_toy, nested_indices, read_cifar_batch, read_idx,
+                         resolve_root, safe_unpickle, spiral, train_heldout, two_moons)
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 IDX_CODES = {np.uint8: 0x08, np.int8: 0x09, np.int16: 0x0B, np.int32: 0x0C,

@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 import torch
 
-from memgen.denoisers import EpsDenoiser, GaussianDenoiser
-from memgen.generate import GenerateConfig, denoised_clip, generate, start_prior
-from memgen.samplers import forward_prior, sample_ddim, sample_heun, ve_sigmas
-from memgen.schedules import VESchedule, VPSchedule
+from memgen.diffusion.denoisers import EpsDenoiser, GaussianDenoiser
+from memgen.diffusion.generate import GenerateConfig, denoised_clip, generate, start_prior
+from memgen.diffusion.samplers import forward_prior, sample_ddim, sample_heun, ve_sigmas
+from memgen.diffusion.schedules import VESchedule, VPSchedule
 
 F64 = torch.float64
 MU = torch.tensor([0.3, -0.2], dtype=F64)
@@ -186,7 +186,7 @@ def test_eps_networks_keep_clipping_by_default():
 
 
 def _config(name, *overrides):
-    from memgen.config import load_config
+    from memgen.experiments.config import load_config
 
     return load_config(CONFIGS / f"{name}.yaml", overrides)
 
@@ -197,7 +197,7 @@ LEGACY_SAMPLING = ("sampler", "steps", "eta", "final_denoise", "stop_sigma")
 @pytest.mark.parametrize("name", ["tiny", "images-cpu", "toy2d"])
 def test_unset_options_keep_the_generate_key(name, monkeypatch):
     """The key is the one of the fields that existed before; a set option makes a new one."""
-    import memgen.sweep as sweep
+    import memgen.experiments.stages as sweep
 
     def key(*overrides):
         return sweep.generate_key("eval", 8, 1, "tk", None, _config(name, *overrides))
@@ -215,7 +215,7 @@ def test_unset_options_keep_the_generate_key(name, monkeypatch):
 def test_default_ema_warmup_keeps_the_train_key(name, monkeypatch):
     """ema_warmup at its default (true, today's EMA) is left out of the train key, so train
     caches made before it existed stay valid; false makes a new key."""
-    import memgen.sweep as sweep
+    import memgen.experiments.stages as sweep
 
     train = np.zeros((2, 2), dtype=np.float32)
     new = sweep.train_key(train, _config(name))
@@ -229,8 +229,8 @@ def test_default_ema_warmup_keeps_the_train_key(name, monkeypatch):
 
 
 def test_sweep_passes_the_options_to_generation(tmp_path, monkeypatch):
-    import memgen.generate as G
-    from memgen.sweep import generate_stage
+    import memgen.experiments.stages as G
+    from memgen.experiments.stages import generate_stage
 
     seen = []
     real = G.generate

@@ -9,9 +9,9 @@ import torch
 from click.testing import CliRunner
 
 from memgen.cli import cli
-from memgen.denoisers import EmpiricalDenoiser
-from memgen.diagnose import COLUMNS, DiagnoseConfig, default_sigmas, denoiser_error
-from memgen.schedules import VESchedule, VPSchedule
+from memgen.diffusion.denoisers import EmpiricalDenoiser
+from memgen.diffusion.schedules import VESchedule, VPSchedule
+from memgen.probes.diagnose import COLUMNS, DiagnoseConfig, default_sigmas, denoiser_error
 
 
 def _error(model, exact, data, sigmas, n=64, seed=0, batch_size=256):

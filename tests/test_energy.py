@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from memgen import energy as E
 from memgen.data import circle_pool
-from memgen.denoisers import EmpiricalDenoiser
+from memgen.diffusion.denoisers import EmpiricalDenoiser
+from memgen.memory import energy as E
 
 F64 = torch.float64
 

@@ -10,9 +10,9 @@ import math
 import pytest
 import torch
 
-from memgen import energy as E
-from memgen.attractors import Memory
-from memgen.denoisers import EmpiricalDenoiser
+from memgen.diffusion.denoisers import EmpiricalDenoiser
+from memgen.memory import energy as E
+from memgen.memory.attractors import Memory
 from memgen.metrics.knn import pairwise_sq_dist
 
 D, N = 784, 200

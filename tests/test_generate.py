@@ -8,9 +8,9 @@ import torch
 from click.testing import CliRunner
 
 from memgen.cli import cli
-from memgen.denoisers import EmpiricalDenoiser, load_torchscript_denoiser
-from memgen.generate import GenerateConfig, generate
-from memgen.schedules import VPSchedule
+from memgen.diffusion.denoisers import EmpiricalDenoiser, load_torchscript_denoiser
+from memgen.diffusion.generate import GenerateConfig, generate
+from memgen.diffusion.schedules import VPSchedule
 
 
 def _train(n=6, seed=0):
@@ -108,7 +108,7 @@ def test_cli_generate_needs_one_source(tmp_path):
 def test_diffusers_loader_says_what_to_install(tmp_path, monkeypatch):
     import builtins
 
-    from memgen.denoisers import load_diffusers_denoiser
+    from memgen.diffusion.denoisers import load_diffusers_denoiser
 
     real_import = builtins.__import__
 
@@ -144,7 +144,7 @@ def _affine_eps(x, t):
 
 
 def test_default_options_reproduce_the_stored_eps_samples(tmp_path):
-    from memgen.denoisers import EpsDenoiser
+    from memgen.diffusion.denoisers import EpsDenoiser
 
     for sampler, want in STORED.items():
         runs = {}
@@ -177,7 +177,7 @@ def test_cli_generate_forward_prior_and_clip_options(tmp_path):
     assert record["config"]["prior"] == "forward" and record["denoised_clip"] == [-0.5, 0.5]
     samples = np.load(tmp_path / "gen" / "samples.npz")["samples"]
     assert np.abs(samples).max() <= 0.5
-    from memgen.cli_models import _prior_data
+    from memgen.cli.models import _prior_data
 
     with pytest.raises(ValueError, match="--prior-data"):  # a TorchScript model: no train.npz
         _prior_data(None, None, None)

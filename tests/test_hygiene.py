@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from memgen.hygiene import compare_halves, near_duplicates
+from memgen.metrics.hygiene import compare_halves, near_duplicates
 
 
 def _data(n=200, d=20, seed=0):

@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from memgen import energy as E
-from memgen.denoisers import EmpiricalDenoiser, ScoreDenoiser
-from memgen.likelihood import (EmpiricalPrior, GaussianPrior, jacobian_trace,
-                               learned_attractors, learned_energy_grid,
-                               pf_ode_log_likelihood, square_grid)
-from memgen.nets import get_preset
-from memgen.schedules import VESchedule
+from memgen.diffusion.denoisers import EmpiricalDenoiser, ScoreDenoiser
+from memgen.diffusion.nets import get_preset
+from memgen.diffusion.schedules import VESchedule
+from memgen.memory import energy as E
+from memgen.probes.likelihood import (EmpiricalPrior, GaussianPrior, jacobian_trace,
+                                      learned_attractors, learned_energy_grid,
+                                      pf_ode_log_likelihood, square_grid)
 
 F64 = torch.float64
 FOUR = torch.tensor([[1.0, 0.0], [-0.5, 0.8], [-0.4, -0.9], [0.2, 0.1]], dtype=F64)

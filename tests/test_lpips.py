@@ -5,10 +5,9 @@ import pytest
 import torch
 
 import memgen.metrics.features as features
-from memgen.metrics.classify import find_neighbours
 from memgen.metrics.features import FeatureMap
-from memgen.metrics.lpips import (BACKBONES, embed_batched, load_lpips, lpips_pairwise,
-                                  random_lpips)
+from memgen.metrics.lpips import BACKBONES, embed_batched, load_lpips, lpips_pairwise, random_lpips
+from memgen.metrics.rules import find_neighbours
 
 
 def _images(n, channels, size, seed):
@@ -81,7 +80,7 @@ def test_bad_inputs_are_refused():
 
 
 def test_every_feature_map_is_offered_by_the_cli_and_configs():
-    from memgen.cli import METRICS
-    from memgen.config import CHOICES
+    from memgen.cli.measure import METRICS
+    from memgen.experiments.config import CHOICES
 
     assert METRICS == tuple(features.FEATURE_MAPS) == CHOICES["measure.metric"]

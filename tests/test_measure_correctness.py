@@ -12,10 +12,10 @@ import json
 
 import numpy as np
 import pytest
-
-from memgen.metrics.classify import GENERALIZED, MEMORIZED, make_rule
-from memgen.metrics.null import null_sizes
 from test_cli import assert_fails, run, save
+
+from memgen.metrics.null import null_sizes
+from memgen.metrics.rules import GENERALIZED, MEMORIZED, make_rule
 
 D = 20
 
@@ -150,7 +150,7 @@ def test_absolute_rule_defaults_only_for_the_metric_that_published_them():
         make_rule("absolute", metric="l2")
     # with explicit thresholds in the metric's units, l2 planted copies are memorized
     rule = make_rule("absolute", 0.05, 0.01, metric="l2")
-    from memgen.metrics.classify import apply_rule
+    from memgen.metrics.rules import apply_rule
 
     labels = apply_rule(np.array([[0.01, 3.0], [2.0, 3.0]]), np.array([[1.0], [1.0]]), rule)
     np.testing.assert_array_equal(labels, [MEMORIZED, GENERALIZED])

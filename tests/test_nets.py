@@ -1,4 +1,4 @@
-"""Tests for memgen.nets: the DDPM U-Net, the Fourier-feature MLP and the presets."""
+"""Tests for memgen.diffusion.nets: the DDPM U-Net, the Fourier-feature MLP and the presets."""
 
 from __future__ import annotations
 
@@ -9,16 +9,9 @@ import time
 import pytest
 import torch
 
-from memgen.nets import (
-    PRESETS,
-    NetConfig,
-    ScoreMLP,
-    UNet,
-    count_parameters,
-    get_preset,
-    timestep_embedding,
-)
-from memgen.nets.unet import AttnBlock
+from memgen.diffusion.nets import (PRESETS, NetConfig, ScoreMLP, UNet, count_parameters, get_preset,
+                                   timestep_embedding)
+from memgen.diffusion.nets.unet import AttnBlock
 
 
 def _tiny_unet(**kw) -> UNet:

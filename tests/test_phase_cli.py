@@ -7,10 +7,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from memgen.attractors import Memory
-from memgen.cli import cli, expand_lists
-from memgen.landscape import circle_ring_radius
-from memgen import energy as E
+from memgen.cli.main import cli, expand_lists
+from memgen.experiments.landscape import circle_ring_radius
+from memgen.memory import energy as E
+from memgen.memory.attractors import Memory
 
 
 def test_list_options_expand():

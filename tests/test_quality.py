@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from memgen.metrics.classify import GENERALIZED, MEMORIZED, SPURIOUS
 from memgen.metrics.quality import (ball_hits, heldout_split, prdc, quality_summary,
                                     quality_vs_heldout)
+from memgen.metrics.rules import GENERALIZED, MEMORIZED, SPURIOUS
 
 prdc_package = pytest.importorskip("prdc")
 NAMES = ("precision", "recall", "density", "coverage")
@@ -154,7 +154,7 @@ def test_bad_inputs_are_refused(real, fake, k, phrase):
 
 
 def stage(K, generalized_precision, baseline_precision, with_quality=True):
-    from memgen.sweep import StageResult
+    from memgen.experiments.sweep import StageResult
 
     summary = {"fractions": {"memorized": 0.2, "spurious": 0.3, "generalized": 0.5},
                "ci95": {n: [0.0, 1.0] for n in ("memorized", "spurious", "generalized")},
@@ -174,8 +174,8 @@ def stage(K, generalized_precision, baseline_precision, with_quality=True):
 def test_fractions_csv_carries_quality_and_still_reads(tmp_path):
     import csv
 
+    from memgen.experiments.sweep import write_fractions
     from memgen.metrics.capacity import read_fraction_table
-    from memgen.sweep import write_fractions
 
     path = tmp_path / "fractions.csv"
     write_fractions(path, [stage(9, 0.5, 0.9), stage(2, 0.85, 0.9, with_quality=False)])

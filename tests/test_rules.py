@@ -3,9 +3,8 @@
 import numpy as np
 import pytest
 
-from memgen.metrics.classify import (GENERALIZED, MEMORIZED, SPURIOUS, Rule, apply_rule,
-                                     find_neighbours, make_rule, memorization_score,
-                                     spurious_score)
+from memgen.metrics.rules import (GENERALIZED, MEMORIZED, SPURIOUS, Rule, apply_rule,
+                                  find_neighbours, make_rule, memorization_score, spurious_score)
 
 M, S, G = MEMORIZED, SPURIOUS, GENERALIZED
 

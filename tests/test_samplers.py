@@ -3,15 +3,15 @@ empirical denoiser (must return training points), the textbook VP updates, batch
 
 import math
 
-import pytest
 import numpy as np
+import pytest
 import torch
 
-from memgen.denoisers import EmpiricalDenoiser, GaussianDenoiser
-from memgen.samplers import (SAMPLERS, GaussianPrior, StackedGenerator, clipped, get_sampler,
-                             initial_noise, sample_ddim, sample_ddpm, sample_euler_maruyama,
-                             sample_heun, ve_sigmas)
-from memgen.schedules import VESchedule, VPSchedule
+from memgen.diffusion.denoisers import EmpiricalDenoiser, GaussianDenoiser
+from memgen.diffusion.samplers import (SAMPLERS, GaussianPrior, StackedGenerator, clipped,
+                                       get_sampler, initial_noise, sample_ddim, sample_ddpm,
+                                       sample_euler_maruyama, sample_heun, ve_sigmas)
+from memgen.diffusion.schedules import VESchedule, VPSchedule
 
 F64 = torch.float64
 VP = VPSchedule()

@@ -6,11 +6,10 @@ import math
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
-from memgen.schedules import (VESchedule, VPSchedule, alpha_bar_from_sigma,
-                              sigma_from_alpha_bar)
+from memgen.diffusion.schedules import (VESchedule, VPSchedule, alpha_bar_from_sigma,
+                                        sigma_from_alpha_bar)
 
 F64 = torch.float64
 VP = VPSchedule()

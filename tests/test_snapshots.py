@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from memgen.training import TrainConfig, load_checkpoint, snapshot_path, train
+from memgen.diffusion.training import TrainConfig, load_checkpoint, snapshot_path, train
 
 TWO_POINTS = torch.tensor([[1.0, 0.0], [-0.6, 0.8]])
 
@@ -45,7 +45,7 @@ def test_snapshot_after_n_steps_equals_a_separate_run_of_n_steps(tmp_path, prese
 
 def _record_starts(monkeypatch) -> list[int]:
     """The step of every saved state that training resumes from."""
-    from memgen import training
+    from memgen.diffusion import training
 
     starts, original = [], training.restore
     monkeypatch.setattr(training, "restore",

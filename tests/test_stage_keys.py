@@ -12,11 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from memgen.config import load_config
-from memgen.nets import get_preset
-from memgen.sweep import train_key
 from test_cli import run
+
+from memgen.diffusion.nets import get_preset
+from memgen.experiments.config import load_config
+from memgen.experiments.sweep import train_key
 
 TINY = Path(__file__).parents[1] / "configs" / "tiny.yaml"
 BASE = ["--set", "Ks=[2, 9]"]

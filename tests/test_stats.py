@@ -3,8 +3,7 @@
 import numpy as np
 import pytest
 
-from memgen.metrics.capacity import (FractionTable, capacities, capacity_values,
-                                     read_fraction_table)
+from memgen.metrics.capacity import FractionTable, capacities, capacity_values, read_fraction_table
 from memgen.metrics.stats import clopper_pearson, estimate_fractions, fractions_from_counts
 
 

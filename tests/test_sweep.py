@@ -6,9 +6,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-import memgen.sweep as sweep_module
+import memgen.experiments.stages as stages_module
+import memgen.experiments.sweep as sweep_module
 from memgen.cli import cli
-from memgen.config import load_config
+from memgen.experiments.config import load_config
 
 TINY = Path(__file__).parents[1] / "configs" / "tiny.yaml"
 
@@ -38,7 +39,7 @@ def test_tiny_sweep_end_to_end(tmp_path):
 def test_resume_after_a_crash_gives_identical_fractions(tmp_path, monkeypatch):
     _run(tmp_path / "whole")
     calls = {"n": 0}
-    real = sweep_module.classify_stage
+    real = stages_module.classify_stage
 
     def crash_on_second(*args, **kwargs):
         calls["n"] += 1
@@ -46,10 +47,10 @@ def test_resume_after_a_crash_gives_identical_fractions(tmp_path, monkeypatch):
             raise KeyboardInterrupt("simulated crash between stages")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(sweep_module, "classify_stage", crash_on_second)
+    monkeypatch.setattr(stages_module, "classify_stage", crash_on_second)
     with pytest.raises(KeyboardInterrupt):
         sweep_module.run_sweep(load_config(TINY), tmp_path / "parts", progress=False)
-    monkeypatch.setattr(sweep_module, "classify_stage", real)
+    monkeypatch.setattr(stages_module, "classify_stage", real)
     # A stage killed inside: a generation folder without its DONE marker and a torn shard.
     torn = next((tmp_path / "parts" / "cache").glob("synth-*"))
     (torn / "DONE.json").unlink(missing_ok=True)
@@ -64,13 +65,13 @@ def test_changed_threshold_reruns_only_classification(tmp_path, monkeypatch):
     _run(tmp_path / "run")
     before = {p.name for p in (tmp_path / "run" / "cache").iterdir()}
     calls = []
-    real = sweep_module.generate_stage
+    real = stages_module.generate_stage
 
     def spy(*args, **kwargs):
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(sweep_module, "generate_stage", spy)
+    monkeypatch.setattr(stages_module, "generate_stage", spy)
     _run(tmp_path / "run", "--set", "measure.delta_s=0.2")
     after = {p.name for p in (tmp_path / "run" / "cache").iterdir()}
     new = after - before

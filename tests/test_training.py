@@ -13,9 +13,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from memgen.denoisers import load_checkpoint_denoiser
-from memgen.samplers import StackedGenerator, sample_euler_maruyama
-from memgen.training import TrainConfig, draw_batch, new_state, train, training_loss
+from memgen.diffusion.denoisers import load_checkpoint_denoiser
+from memgen.diffusion.samplers import StackedGenerator, sample_euler_maruyama
+from memgen.diffusion.training import TrainConfig, draw_batch, new_state, train, training_loss
 
 TWO_POINTS = torch.tensor([[1.0, 0.0], [-0.6, 0.8]])
 
@@ -130,7 +130,7 @@ def test_torchrun_end_to_end(tmp_path):
 
 def test_fixed_batch_draws_the_full_batch_for_small_K(tmp_path):
     seen = []
-    import memgen.training as T
+    import memgen.diffusion.training as T
 
     real = T.draw_batch
 
@@ -155,12 +155,15 @@ def _weight_sequence(k=30, seed=0):
     """A linear layer and the weights θ_1..θ_k it is given, one per step."""
     layer = torch.nn.Linear(3, 2)
     gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():  # θ_0 seeded too: every call starts from the same weights
+        for p in layer.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen))
     return layer, [[torch.randn(p.shape, generator=gen) for p in layer.parameters()]
                    for _ in range(k)]
 
 
 def _run_ema(decay, warmup, k=30):
-    from memgen.training import update_ema
+    from memgen.diffusion.training import update_ema
 
     layer, thetas = _weight_sequence(k)
     ema = copy.deepcopy(layer).requires_grad_(False)

@@ -11,9 +11,9 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
-from memgen.config import load_config
+from memgen.experiments.config import load_config
+from memgen.experiments.sweep import load_pool, run_K
 from memgen.report.figures import save_figure
-from memgen.sweep import load_pool, run_K
 
 
 def main(config_path: str, run: str, out: str) -> None:

@@ -1,4 +1,4 @@
-from memgen.cli import main
+from memgen.cli.main import main
 
 if __name__ == "__main__":
     main()

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from memgen._version import __version__
 from memgen.errors import UserError
 
 SAMPLES_KEY = "samples"
@@ -106,7 +107,6 @@ def written_by(folder: str | Path) -> str | None:
 
 
 def write_marker(folder: str | Path, command: str) -> None:
-    from memgen import __version__
 
     (Path(folder) / MARKER).write_text(json.dumps({"command": command,
                                                    "version": __version__}) + "\n")

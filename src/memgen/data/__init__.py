@@ -1,7 +1,9 @@
-"""Data sets for memgen.
+"""Floor 1 — data sets and their seeded nested splits.
 
 Images are float32 (N, C, H, W) in [-1, 1] (uint8 v -> v / 127.5 - 1);
 2D toy sets are float32 (N, 2). :func:`load_dataset` dispatches by name.
+
+May import: floor 0 (``memgen.errors``) and this package.
 """
 
 from __future__ import annotations
@@ -17,10 +19,11 @@ from memgen.data.folder import load_image_folder
 from memgen.data.idx import load_idx_images, parse_idx, read_idx
 from memgen.data.paths import DataNotFoundError, candidate_dirs, resolve_root
 from memgen.data.splits import heldout_indices, nested_indices, train_heldout
-from memgen.data.transforms import resize_images
 from memgen.data.toy import TOY_SETS, circle_pool, gaussian_mixture, load_toy, spiral, two_moons
+from memgen.data.transforms import resize_images
 from memgen.data.types import LabelledImages, TrainHeldout
 from memgen.errors import UserError
+
 
 def _mnist(split: str, root: str | os.PathLike | None) -> np.ndarray:
     return load_idx_images("mnist", split, root).images

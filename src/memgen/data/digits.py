@@ -13,7 +13,7 @@ def load_digits() -> LabelledImages:
     Needs scikit-learn: ``pip install 'memgen[digits]'``.
     """
     try:
-        from sklearn.datasets import load_digits as sklearn_load_digits
+        from sklearn.datasets import load_digits as sklearn_load_digits  # optional: memgen[digits]
     except ImportError:
         raise ImportError(
             "the digits data set needs scikit-learn: pip install 'memgen[digits]'"

@@ -1,12 +1,19 @@
-"""Measurements: exact kNN, feature maps, the detection rules, exact fraction intervals,
-capacities (bootstrapped)."""
+"""Floor 1 — measurements on sets of samples.
+
+Exact kNN (built-in and faiss, streamed from disk shards), feature maps (pixels, LPIPS),
+the detection rules of the paper (eqs. 4–6, ``rules``), the classification of one
+evaluated set with its null rates and sample quality (``classify``), exact fraction
+intervals, capacities (eqs. 1–3, bootstrapped), training-set hygiene and τ_mem.
+
+May import: floors 0–1 (``memgen.errors``, ``memgen.io``, ``memgen.data``) and this package.
+"""
 
 from memgen.metrics.capacity import Capacity, FractionTable, capacities, read_fraction_table
-from memgen.metrics.classify import (GENERALIZED, LABEL_NAMES, MEMORIZED, SPURIOUS, Neighbours,
-                                     Rule, apply_rule, find_neighbours, make_rule)
 from memgen.metrics.knn import KnnResult, knn, knn_search
 from memgen.metrics.null import NullResult, calibrate, null_rates
 from memgen.metrics.quality import Quality, prdc
+from memgen.metrics.rules import (GENERALIZED, LABEL_NAMES, MEMORIZED, SPURIOUS, Neighbours, Rule,
+                                  apply_rule, find_neighbours, make_rule)
 from memgen.metrics.stats import FractionEstimate, clopper_pearson, estimate_fractions
 
 __all__ = [

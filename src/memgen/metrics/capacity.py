@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from memgen.errors import UserError
-from memgen.metrics.classify import LABEL_NAMES, MEMORIZED, SPURIOUS
+from memgen.metrics.rules import LABEL_NAMES, MEMORIZED, SPURIOUS
 from memgen.metrics.stats import QUANTILE_METHOD, clopper_pearson_bounds
 
 DEFAULT_RESAMPLES = 1000

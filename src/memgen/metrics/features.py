@@ -34,6 +34,7 @@ def _flatten(x: torch.Tensor) -> torch.Tensor:
 
 def _lpips(net: str, convention: str) -> Callable[[], FeatureMap]:
     def make() -> FeatureMap:
+        # LPIPS builds its backbone only when the metric is asked for
         from memgen.metrics.lpips import embed_batched, load_lpips
 
         model = load_lpips(net, convention=convention)

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from memgen.errors import UserError
-from memgen.metrics.classify import (Neighbours, Rule, apply_rule, find_neighbours,
-                                     memorization_score, spurious_score)
+from memgen.metrics.rules import (Neighbours, Rule, apply_rule, find_neighbours, memorization_score,
+                                  spurious_score)
 from memgen.metrics.stats import FractionEstimate, estimate_fractions
 
 DEFAULT_ALPHA = 0.05
@@ -91,7 +91,7 @@ def null_rates(train, heldout, rule: Rule, *, n_eval: int, n_synth: int | None,
     """Apply ``rule`` with held-out real data as both evaluated and synthetic sets.
 
     seed: the permutation that draws the null evaluated and synthetic sets from ``heldout``.
-    distinct: as in :func:`~memgen.metrics.classify.find_neighbours` (``--dedup``).
+    distinct: as in :func:`~memgen.metrics.rules.find_neighbours` (``--dedup``).
     """
     if len(heldout) < 2:
         raise UserError(f"the null run needs at least 2 held-out samples, got {len(heldout)}")

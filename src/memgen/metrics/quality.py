@@ -32,9 +32,9 @@ import numpy as np
 import torch
 
 from memgen.errors import UserError
-from memgen.metrics.classify import DEFAULT_K, LABEL_NAMES, _tensor
 from memgen.metrics.features import get_feature_map
 from memgen.metrics.knn import _block_sizes, _budget
+from memgen.metrics.rules import DEFAULT_K, LABEL_NAMES, _tensor
 from memgen.metrics.stream import get_knn_backend
 
 _U64 = 2.0**-53  # unit roundoff of float64

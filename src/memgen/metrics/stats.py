@@ -19,7 +19,7 @@ import numpy as np
 from scipy.stats import beta
 
 from memgen.errors import UserError
-from memgen.metrics.classify import LABEL_NAMES, label_counts
+from memgen.metrics.rules import LABEL_NAMES, label_counts
 
 INTERVAL_METHOD = "clopper-pearson"
 # The one quantile definition for np.quantile over resampled values in memgen.metrics:

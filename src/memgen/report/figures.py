@@ -12,13 +12,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from memgen.errors import UserError
-from memgen.metrics.classify import LABEL_NAMES  # noqa: E402
+from memgen.io import atomic_file
+from memgen.metrics.rules import LABEL_NAMES  # noqa: E402
 
 
 def save_figure(fig, path, dpi: int = 130) -> None:
     """Write ``fig`` to ``path`` atomically (temp file + rename) and release it."""
-    from memgen.io import atomic_file
-
     try:
         with atomic_file(path) as tmp:
             fig.savefig(tmp, dpi=dpi)

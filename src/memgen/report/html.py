@@ -7,9 +7,9 @@ import html
 import json
 from pathlib import Path
 
-from memgen import __version__
+from memgen._version import __version__
 from memgen.metrics.capacity import Capacity, describe
-from memgen.metrics.classify import LABEL_NAMES
+from memgen.metrics.rules import LABEL_NAMES
 
 
 def _img(path: Path) -> str:

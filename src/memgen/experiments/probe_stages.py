@@ -2,7 +2,7 @@
 
 After a K's classification, ``analysis_stage`` takes up to ``analysis.per_label`` evaluated
 samples of each label (the first ones, in sample order) and measures, with the model of
-that K (``memgen.basins``):
+that K (``memgen.probes.basins``):
 
 - the critical noise level σ* — the largest σ from which the sample is recovered with
   probability ≥ p (basin size);
@@ -12,7 +12,7 @@ that K (``memgen.basins``):
 Cached like every stage (``RUN/cache/analysis-<key>/analysis.npz``); ``analysis_figures``
 draws the distributions per label across K for the report. For 2D data and trained
 models, ``landscape_stage`` also computes the learned energy landscape of a few K (the
-PF-ODE likelihood, ``memgen.landscape.learned_row``) beside the exact one.
+PF-ODE likelihood, ``memgen.experiments.landscape.learned_row``) beside the exact one.
 """
 
 from __future__ import annotations
@@ -23,8 +23,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from memgen.config import SweepConfig, as_dict
-from memgen.metrics.classify import LABEL_NAMES
+from memgen.diffusion.denoisers import EmpiricalDenoiser, load_checkpoint_denoiser
+from memgen.experiments.cache import is_done, mark_done, stage_key
+from memgen.experiments.config import SweepConfig, as_dict
+from memgen.experiments.landscape import learned_row, write_learned
+from memgen.io import atomic_file
+from memgen.metrics.rules import LABEL_NAMES
+from memgen.probes.basins import RecoveryConfig, critical_time, hessian_eigsh, hessian_spectrum
+from memgen.report.figures import plot_by_label, save_figure
 
 DENSE_MAX = 256  # coordinates up to which the Hessian spectrum is computed densely
 
@@ -37,8 +43,6 @@ def pick_per_label(labels: np.ndarray, per_label: int) -> np.ndarray:
 
 def analysis_key(classify_folder: str, config: SweepConfig) -> str | None:
     """The analysis stage's key (None when no analysis is enabled)."""
-    from memgen.sweep import stage_key
-
     a = config.analysis
     if not (a.basins or a.curvature):
         return None
@@ -73,23 +77,19 @@ def analysis_stage(run: Path, result, train: np.ndarray, config: SweepConfig) ->
 
 def _cached(path: Path, K: int, stage: str, compute) -> Path:
     """A stage that writes one npz: skipped when done, else timed, written atomically and
-    marked done (the same contract as the stages of ``memgen.sweep``)."""
-    from memgen.io import atomic_file
-    from memgen.sweep import _done, _mark_done
-
+    marked done (the same contract as the stages of ``memgen.experiments.stages``)."""
     folder = path.parent
-    if not _done(folder):
+    if not is_done(folder):
         folder.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
         arrays = compute()
         with atomic_file(path) as tmp:
             np.savez(tmp, **arrays)
-        _mark_done(folder, {"K": K, "stage": stage, "seconds": time.perf_counter() - t0})
+        mark_done(folder, {"K": K, "stage": stage, "seconds": time.perf_counter() - t0})
     return folder
 
 
 def _model(checkpoint: Path | None, train: np.ndarray, config: SweepConfig):
-    from memgen.denoisers import EmpiricalDenoiser, load_checkpoint_denoiser
 
     if checkpoint is None:
         return EmpiricalDenoiser(torch.from_numpy(train).to(config.device)), None
@@ -99,7 +99,6 @@ def _model(checkpoint: Path | None, train: np.ndarray, config: SweepConfig):
 
 
 def _basins(den, schedule, x: torch.Tensor, config: SweepConfig) -> dict:
-    from memgen.basins import RecoveryConfig, critical_time
 
     a = config.analysis
     hi = a.sigma_hi or (10.0 if schedule is None else min(10.0, float(schedule.sigmas()[0])))
@@ -112,8 +111,6 @@ def _basins(den, schedule, x: torch.Tensor, config: SweepConfig) -> dict:
 
 def _curvature(den, x: torch.Tensor, config: SweepConfig) -> np.ndarray:
     """(n, k) smallest eigenvalues of ∇²E_σ, ascending."""
-    from memgen.basins import hessian_eigsh, hessian_spectrum
-
     a = config.analysis
     if x[0].numel() <= DENSE_MAX:
         return hessian_spectrum(den, x, a.curvature_sigma).eigenvalues.numpy()[:, :a.k]
@@ -122,8 +119,6 @@ def _curvature(den, x: torch.Tensor, config: SweepConfig) -> np.ndarray:
 
 def analysis_figures(run: Path, results, config: SweepConfig) -> list[Path]:
     """critical.png and curvature.png: distributions per label, one group per K."""
-    from memgen.report.figures import plot_by_label, save_figure
-
     loaded = {}
     for r in sorted(results, key=lambda r: r.K):
         if r.analysis_folder is not None:
@@ -153,10 +148,6 @@ def _column(data: dict, key: str, a) -> np.ndarray:
 
 def landscape_stage(run: Path, result, train: np.ndarray, config: SweepConfig) -> Path | None:
     """The learned vs exact landscape of this K (2D trained models, K in landscape_Ks)."""
-    from memgen.denoisers import load_checkpoint_denoiser
-    from memgen.landscape import learned_row
-    from memgen.sweep import stage_key
-
     a = config.analysis
     if (not a.landscape or result.checkpoint is None or train.ndim != 2
             or train.shape[1] != 2 or result.K not in a.landscape_Ks):
@@ -177,8 +168,6 @@ def landscape_stage(run: Path, result, train: np.ndarray, config: SweepConfig) -
 
 def landscape_figure(run: Path, results, config: SweepConfig) -> list[Path]:
     """learned_landscape.png and learned_attractors.csv from the cached landscape stages."""
-    from memgen.landscape import write_learned
-
     rows = []
     for r in sorted(results, key=lambda r: r.K):
         if r.landscape_folder is not None:

@@ -19,7 +19,7 @@ MNIST: the reference code places attention where the feature-map side equals an 
 of attn_resolutions exactly, so (16,) at 28 px (sides 28, 14, 7) means no attention
 outside the middle block: that network has 24,515,585 parameters, the paper's 24.5M, and
 the presets use ``attn_resolutions=()``. memgen's U-Net would otherwise attend at the
-nearest level, 14×14 (25,833,985 parameters; see ``memgen.nets.unet``).
+nearest level, 14×14 (25,833,985 parameters; see ``memgen.diffusion.nets.unet``).
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ from typing import Callable
 
 import torch.nn as nn
 
+from memgen.diffusion.nets.mlp import ScoreMLP
+from memgen.diffusion.nets.unet import UNet
 from memgen.errors import UserError
-from memgen.nets.mlp import ScoreMLP
-from memgen.nets.unet import UNet
 
 
 @dataclass(frozen=True)

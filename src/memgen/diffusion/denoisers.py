@@ -11,12 +11,16 @@ run under ``torch.no_grad()``.
 
 from __future__ import annotations
 
+from dataclasses import replace
+from pathlib import Path
 from typing import Protocol
 
 import torch
 
-from memgen.energy import kernel_weights
+from memgen.diffusion.schedules import VPSchedule
+from memgen.diffusion.training import TrainConfig, load_checkpoint
 from memgen.errors import UserError
+from memgen.memory.energy import kernel_weights
 
 DEFAULT_MEMORY_BUDGET = 256 * 2**20  # bytes for one (batch × patterns) block of weights
 
@@ -99,7 +103,7 @@ class EpsDenoiser:
 
 class ScoreDenoiser:
     """A VE score network with σ(t) = σ_max √t seen as a denoiser: the network output F
-    is σ times the score (s = F/σ, see ``memgen.training``), so D(x, σ) = x + σ² s = x + σ F."""
+    is σ times the score (s = F/σ, see ``memgen.diffusion.training``), so D(x, σ) = x + σ² s = x + σ F."""
 
     def __init__(self, net, schedule):
         self.net, self.schedule = net, schedule
@@ -117,10 +121,6 @@ def _per_sample(sigma, x: torch.Tensor) -> torch.Tensor:
 def load_checkpoint_denoiser(path, *, ema: bool = True, device="cpu", clip: bool = False):
     """The denoiser of a ``memgen train`` checkpoint (EMA weights by default; unclipped
     unless ``clip``, see ``EpsDenoiser``)."""
-    from dataclasses import replace
-
-    from memgen.training import TrainConfig, load_checkpoint
-
     payload = load_checkpoint(path, map_location=device)
     config = TrainConfig.from_json(payload["config"])
     net = replace(config.net, seed=config.seed).build().to(device)
@@ -136,10 +136,6 @@ def load_torchscript_denoiser(path, schedule=None, device="cpu", clip: bool = Fa
 
     TorchScript archives hold code and tensors, no pickled Python objects.
     """
-    from pathlib import Path
-
-    from memgen.schedules import VPSchedule
-
     if not Path(path).is_file():
         raise UserError(f"no such TorchScript file: {path}")
     net = torch.jit.load(str(path), map_location=device).eval()
@@ -149,10 +145,9 @@ def load_torchscript_denoiser(path, schedule=None, device="cpu", clip: bool = Fa
 def load_diffusers_denoiser(path, schedule=None, device="cpu", clip: bool = False):
     """A diffusers ``UNet2DModel`` directory (ε-prediction) as a Denoiser (needs diffusers)."""
     try:
-        from diffusers import UNet2DModel
+        from diffusers import UNet2DModel  # optional: memgen[diffusers]
     except ImportError:
         raise UserError("loading a diffusers model needs `pip install 'memgen[diffusers]'`") from None
-    from memgen.schedules import VPSchedule
 
     unet = UNet2DModel.from_pretrained(str(path), local_files_only=True).to(device).eval()
     return EpsDenoiser(lambda x, t: unet(x, t).sample, schedule or VPSchedule(), clip=clip)

@@ -1,8 +1,8 @@
 """``memgen diagnose``: a model's denoiser against the exact denoiser of its training set.
 
-Registered on the main ``memgen`` group by ``memgen.cli`` (same error handling: a bad
+Registered on the main ``memgen`` group by ``memgen.cli.main`` (same error handling: a bad
 input is one line on stderr and exit status 1, found before any work, with nothing
-half-written left behind). The math lives in ``memgen.diagnose``.
+half-written left behind). The math lives in ``memgen.probes.diagnose``.
 """
 
 from __future__ import annotations
@@ -14,10 +14,16 @@ from pathlib import Path
 
 import click
 import numpy as np
+import torch
 
-from memgen.cli_options import overwrite_option
+from memgen.cli.models import checkpoint_net, denoiser_from_source
+from memgen.cli.options import overwrite_option
+from memgen.diffusion.denoisers import EmpiricalDenoiser
+from memgen.diffusion.training import training_samples
 from memgen.errors import UserError
 from memgen.io import atomic_output_dir, check_output_dir, load_samples, write_json
+from memgen.probes.diagnose import COLUMNS, DiagnoseConfig, default_sigmas, denoiser_error
+from memgen.report.figures import plot_denoiser_error, save_figure
 
 FILES = ("diagnose.csv", "diagnose.json", "diagnose.png")
 
@@ -64,12 +70,6 @@ def diagnose(checkpoint, exact_path, torchscript, diffusers, shape, schedule, tr
              progress, out, overwrite):
     """RMS error per coordinate of a model's denoiser against the exact denoiser of its
     training set, by noise level σ: where the network stops being the optimal model."""
-    import torch
-
-    from memgen.cli_models import denoiser_from_source
-    from memgen.denoisers import EmpiricalDenoiser
-    from memgen.diagnose import DiagnoseConfig, default_sigmas, denoiser_error
-
     config = DiagnoseConfig(sigmas=tuple(sigmas) or None, levels=levels, n_per_level=n,
                             batch_size=batch_size, seed=seed)
     sources = {"checkpoint": checkpoint, "exact": exact_path, "torchscript": torchscript,
@@ -125,8 +125,6 @@ def _reference_set(train_path, data, K, split_seed, half, data_root, checkpoint,
         if not checkpoint:
             raise UserError("--data/--K need --checkpoint (its network sets the sample "
                              "size); otherwise give --train FILE")
-        from memgen.cli_models import checkpoint_net
-        from memgen.training import training_samples
 
         name = data or "fmnist"
         samples = training_samples(checkpoint_net(checkpoint), None, name, K, split_seed,
@@ -143,8 +141,6 @@ def _reference_set(train_path, data, K, split_seed, half, data_root, checkpoint,
 
 def _check_in_schedule(schedule, sigmas: np.ndarray) -> None:
     """ValueError unless the network's schedule reaches every σ (it maps σ to its t)."""
-    import torch
-
     try:
         schedule.t_from_sigma(torch.as_tensor(sigmas, dtype=torch.float64))
     except ValueError as err:
@@ -152,10 +148,7 @@ def _check_in_schedule(schedule, sigmas: np.ndarray) -> None:
 
 
 def write_diagnose(folder: Path, result, payload: dict) -> None:
-    """diagnose.csv (``memgen.diagnose.COLUMNS``), diagnose.json and diagnose.png."""
-    from memgen.diagnose import COLUMNS
-    from memgen.report.figures import plot_denoiser_error, save_figure
-
+    """diagnose.csv (``memgen.probes.diagnose.COLUMNS``), diagnose.json and diagnose.png."""
     rows = result.as_rows()
     with (folder / "diagnose.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)

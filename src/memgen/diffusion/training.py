@@ -34,9 +34,10 @@ import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
+from memgen.data import heldout_indices, load_dataset, nested_indices, resize_images
+from memgen.diffusion.nets import NetConfig, get_preset
+from memgen.diffusion.schedules import VESchedule, VPSchedule
 from memgen.errors import UserError
-from memgen.nets import NetConfig, get_preset
-from memgen.schedules import VESchedule, VPSchedule
 
 OBJECTIVES = ("vp_eps", "ve_score")
 CHECKPOINT = "checkpoint.pt"
@@ -395,8 +396,6 @@ def training_samples(net: NetConfig, samples: np.ndarray | None = None, data: st
     """The training set for a network: given samples, or K samples of the seeded split of
     a named data set — the first K (half 1), or the next K, disjoint from them (half 2);
     images resized to the network's size. float32, contiguous."""
-    from memgen.data import heldout_indices, load_dataset, nested_indices, resize_images
-
     if samples is None:
         if K is None:
             raise UserError("give --K (training-set size) or --train FILE")

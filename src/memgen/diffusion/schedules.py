@@ -1,6 +1,6 @@
 """Noise schedules: DDPM's variance-preserving linear β schedule and the toy VE schedule.
 
-Samplers work in variance-exploding (VE) coordinates x = y + σ n (see ``memgen.denoisers``);
+Samplers work in variance-exploding (VE) coordinates x = y + σ n (see ``memgen.diffusion.denoisers``);
 a schedule's job is to say which σ ladder to walk down. Symbols → names:
 
     paper (Ho et al. 2020)              here

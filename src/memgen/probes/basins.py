@@ -2,7 +2,7 @@
 relative energies along a path, and the curvature (Hessian spectrum) of E_σ at attractors.
 
 Every analysis sees the model only through a denoiser D(x, σ) in variance-exploding (VE)
-coordinates (``memgen.denoisers``): x = y + σ n, so at noise level σ
+coordinates (``memgen.diffusion.denoisers``): x = y + σ n, so at noise level σ
 
     score      s_σ(x)   = (D(x, σ) − x)/σ²
     energy     E_σ(x)   = −log p_σ(x),   ∇E_σ(x) = (x − D(x, σ))/σ²
@@ -31,8 +31,8 @@ import numpy as np
 import torch
 from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
 
+from memgen.diffusion.samplers import SAMPLERS, StackedGenerator, get_sampler, ve_sigmas
 from memgen.errors import UserError
-from memgen.samplers import SAMPLERS, StackedGenerator, get_sampler, ve_sigmas
 
 F64 = torch.float64
 METRICS = ("rms", "l2")

@@ -34,12 +34,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from memgen.denoisers import EpsDenoiser
+from memgen.diffusion.denoisers import EpsDenoiser
+from memgen.diffusion.samplers import (GaussianPrior, StackedGenerator, clipped, forward_prior,
+                                       get_sampler, retrieve_fixed_point, truncate_ladder)
+from memgen.diffusion.schedules import VESchedule, VPSchedule
 from memgen.errors import UserError
-from memgen.samplers import (GaussianPrior, StackedGenerator, clipped, forward_prior,
-                             get_sampler, retrieve_fixed_point, truncate_ladder)
-from memgen.schedules import VESchedule, VPSchedule
-
 
 PRIORS = ("standard", "forward")
 

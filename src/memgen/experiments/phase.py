@@ -18,10 +18,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from memgen.attractors import (Memory, find_attractors, make_starts, ring_barriers,
-                               ring_energy_spread)
+from memgen.data import circle_pool, load_idx_images, nested_indices
 from memgen.errors import UserError
-from memgen.metrics.classify import apply_rule, find_neighbours, make_rule
+from memgen.io import write_json
+from memgen.memory.attractors import Memory, find_attractors, ring_barriers, ring_energy_spread
+from memgen.metrics.rules import apply_rule, find_neighbours, make_rule
+from memgen.probes.starts import make_starts
+from memgen.report.figures import plot_phase
 
 PHASE_DATA = ("circle", "fmnist")
 COLUMNS = ("sigma", "beta", "K", "n_starts", "n_attractors", "n_memorized", "n_spurious",
@@ -48,8 +51,6 @@ class PhaseConfig:
 
 def load_patterns(config: PhaseConfig) -> np.ndarray:
     """The pool that K patterns are drawn from: (N, D) float."""
-    from memgen.data import circle_pool, load_idx_images
-
     if config.data == "circle":
         return circle_pool(60_000, seed=9)
     if config.data == "fmnist":
@@ -72,8 +73,6 @@ def validate(config: PhaseConfig, pool_size: int) -> None:
 
 def run_phase(config: PhaseConfig, progress: bool = False) -> list[dict]:
     """One row (dict of COLUMNS) per (σ, K)."""
-    from memgen.data import nested_indices
-
     pool = load_patterns(config)
     validate(config, len(pool))
     split_seed = config.split_seed
@@ -121,9 +120,6 @@ def phase_point(patterns: torch.Tensor, sigma: float, config: PhaseConfig) -> di
 
 def write_phase(out: Path, rows: list[dict], config: PhaseConfig) -> None:
     """phase.csv, phase.json (config) and the figures into an existing folder."""
-    from memgen.io import write_json
-    from memgen.report.figures import plot_phase
-
     with (out / "phase.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
         writer.writeheader()

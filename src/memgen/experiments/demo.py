@@ -16,8 +16,12 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from memgen.data import load_idx_images, nested_indices
 from memgen.errors import UserError
-from memgen.metrics.classify import GENERALIZED, MEMORIZED, SPURIOUS
+from memgen.io import atomic_output_dir, write_json
+from memgen.metrics.classify import ClassifyConfig, classify_sets, summary, write_classification
+from memgen.metrics.rules import GENERALIZED, MEMORIZED, SPURIOUS
+from memgen.report.figures import plot_label_bars, plot_neighbours
 
 
 @dataclass(frozen=True)
@@ -96,33 +100,28 @@ class DemoResult:
 def run_demo(config: DemoConfig, data_root: str | None, out, progress: bool = False,
              overwrite: bool = False) -> DemoResult:
     """Plant, classify (with null rates from held-out images), write results and figures."""
-    from memgen.audit import ClassifyConfig, classify_sets, summary, write_audit
-    from memgen.data import load_idx_images, nested_indices
-    from memgen.io import atomic_output_dir, write_json
-    from memgen.report.figures import plot_label_bars, plot_neighbours
-
     train_all = load_idx_images("fashion-mnist", "train", data_root).images
     test = load_idx_images("fashion-mnist", "test", data_root).images
     train = train_all[nested_indices(len(train_all), config.K, config.split_seed)]
     sets = plant_sets(train, test, config)
-    audit = classify_sets(sets.eval, sets.train, sets.synth, sets.heldout,
+    result = classify_sets(sets.eval, sets.train, sets.synth, sets.heldout,
                           ClassifyConfig(seed=config.seed), progress=progress)
-    matrix = confusion(sets.truth, audit.labels)
-    payload = summary(audit)
-    near = audit.neighbours
+    matrix = confusion(sets.truth, result.labels)
+    payload = summary(result)
+    near = result.neighbours
     with atomic_output_dir(out, "demo", overwrite) as tmp:
-        write_audit(tmp, audit)
+        write_classification(tmp, result)
         write_json(tmp / "demo.json", {"config": asdict(config),
                                        "confusion_planted_by_detected": matrix.tolist()})
-        est = audit.estimate
-        null = audit.null.estimate
+        est = result.estimate
+        null = result.null.estimate
         groups = {"detected": (est.fractions, est.lo, est.hi),
                   "planted": (np.bincount(sets.truth, minlength=3) / len(sets.truth), None, None),
                   "null rate (held-out)": (null.fractions, null.lo, null.hi)}
         plot_label_bars(groups, title=f"Fashion-MNIST planted sets, K = {config.K}"
                         ).savefig(tmp / "fractions.png", dpi=150)
         plot_neighbours(sets.eval, sets.train, sets.synth, near.train_idx, near.synth_idx,
-                        audit.labels, _examples(sets.truth, audit.labels), near.train_dist,
+                        result.labels, _examples(sets.truth, result.labels), near.train_dist,
                         near.synth_dist).savefig(tmp / "neighbours.png", dpi=110)
     return DemoResult(payload, matrix, _confusion_text(matrix))
 

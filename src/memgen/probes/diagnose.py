@@ -1,6 +1,6 @@
 """How far a model's denoiser is from the exact denoiser of its training set, by noise level.
 
-At each VE noise level σ (x = y + σ n, see ``memgen.denoisers``) draw n queries: y
+At each VE noise level σ (x = y + σ n, see ``memgen.diffusion.denoisers``) draw n queries: y
 uniformly from the training set S (a seeded ``torch.Generator``), n ~ N(0, I), and call
 the model D_θ and the exact empirical denoiser D*_S (``EmpiricalDenoiser``) at the same
 (x, σ). Per query i and pair (u, v) of {D_θ(x), D*_S(x), y}, the mean squared error per

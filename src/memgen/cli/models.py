@@ -1,6 +1,6 @@
 """Commands that make models and samples: ``memgen train`` and ``memgen generate``.
 
-Registered on the main ``memgen`` group by ``memgen.cli`` (same error handling).
+Registered on the main ``memgen`` group by ``memgen.cli.main`` (same error handling).
 """
 
 from __future__ import annotations
@@ -10,9 +10,16 @@ from pathlib import Path
 
 import click
 import numpy as np
+import torch
 
+from memgen.cli.options import overwrite_option
+from memgen.diffusion import denoisers as D
+from memgen.diffusion.generate import GenerateConfig, generate as generate_set
+from memgen.diffusion.nets import get_preset
+from memgen.diffusion.schedules import VESchedule, VPSchedule
+from memgen.diffusion.training import (TrainConfig, load_checkpoint, train as run_training,
+                                       training_samples)
 from memgen.errors import UserError
-from memgen.cli_options import overwrite_option
 from memgen.io import atomic_file, check_output_dir, claim_output_dir, load_samples
 
 
@@ -28,7 +35,7 @@ from memgen.io import atomic_file, check_output_dir, claim_output_dir, load_samp
                    "(for memgen hygiene halves).")
 @click.option("--data-root", type=click.Path(file_okay=False))
 @click.option("--preset", default="fmnist-cpu-16", show_default=True,
-              help="Network preset (memgen.nets.PRESETS).")
+              help="Network preset (memgen.diffusion.nets.PRESETS).")
 @click.option("--objective", type=click.Choice(["vp_eps", "ve_score"]),
               help="[ve_score for MLP presets, vp_eps for U-Nets]")
 @click.option("--iterations", type=int, default=2000, show_default=True)
@@ -57,11 +64,6 @@ def train(data, train_path, K, split_seed, half, data_root, preset, objective, i
     """Train a diffusion model on a training set (resumes from --out/checkpoint.pt).
 
     Several processes: torchrun --nproc-per-node N -m memgen train ... (DDP)."""
-    import torch
-
-    from memgen.nets import get_preset
-    from memgen.training import TrainConfig, train as run, training_samples
-
     net = get_preset(preset)
     config = TrainConfig(preset=preset, network=net.to_dict(), iterations=iterations,
                          snapshots=tuple(sorted(set(snapshots))), batch_size=batch_size, lr=lr,
@@ -77,7 +79,7 @@ def train(data, train_path, K, split_seed, half, data_root, preset, objective, i
         claim_output_dir(out, "train", overwrite)
         with atomic_file(out / "train.npz") as tmp:
             np.savez(tmp, samples=samples)
-    state = run(config, torch.from_numpy(samples).to(device), out)
+    state = run_training(config, torch.from_numpy(samples).to(device), out)
     click.echo(f"trained {state.step} iterations on {len(samples)} samples; "
                f"wrote {out / 'checkpoint.pt'}")
 
@@ -124,8 +126,6 @@ def generate(checkpoint, exact_path, torchscript, diffusers, shape, schedule, n,
              eta, prior, prior_data, clip_denoised, clip_range, seed, batch_size, shard_size,
              name, device, out, overwrite):
     """Sample a set as npz shards plus a merged NAME.npz (resumable: finished shards are kept)."""
-    from memgen.generate import GenerateConfig, generate as run
-
     sources = [s for s in (checkpoint, exact_path, torchscript, diffusers) if s]
     if len(sources) != 1:
         raise UserError("give exactly one of --checkpoint, --exact, --torchscript, --diffusers")
@@ -140,7 +140,7 @@ def generate(checkpoint, exact_path, torchscript, diffusers, shape, schedule, n,
     data = None
     if prior == "forward":
         data = load_samples(_prior_data(prior_data, exact_path, checkpoint), "--prior-data")
-    merged = run(denoiser, sample_shape, sched, config,
+    merged = generate_set(denoiser, sample_shape, sched, config,
                  claim_output_dir(out, "generate", overwrite), data=data, device=device)
     click.echo(f"wrote {merged}")
 
@@ -148,11 +148,6 @@ def generate(checkpoint, exact_path, torchscript, diffusers, shape, schedule, n,
 def denoiser_from_source(checkpoint, exact_path, torchscript, diffusers, shape, schedule,
                          device):
     """(denoiser, schedule, per-sample shape) for the chosen source."""
-    import torch
-
-    from memgen import denoisers as D
-    from memgen.schedules import VESchedule, VPSchedule
-
     if checkpoint:
         den = D.load_checkpoint_denoiser(checkpoint, device=device)
         return den, den.schedule, _checkpoint_shape(checkpoint)
@@ -180,8 +175,6 @@ def _prior_data(prior_data, exact_path, checkpoint) -> str:
 
 def checkpoint_net(path):
     """The NetConfig a ``memgen train`` checkpoint was trained with."""
-    from memgen.training import TrainConfig, load_checkpoint
-
     return TrainConfig.from_json(load_checkpoint(path)["config"]).net
 
 

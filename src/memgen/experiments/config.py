@@ -15,14 +15,13 @@ import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+import torch
 import yaml
 
-import torch
-
+from memgen.diffusion.nets import NetConfig, get_preset
 from memgen.errors import UserError
-from memgen.metrics.classify import make_rule
 from memgen.metrics.features import FEATURE_MAPS
-from memgen.nets import NetConfig, get_preset
+from memgen.metrics.rules import make_rule
 
 
 @dataclass(frozen=True)
@@ -34,8 +33,8 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The model of every K. A network is a preset (memgen.nets.PRESETS) or described in
-    full under ``net`` (the fields of memgen.nets.NetConfig; unset ones keep its defaults)."""
+    """The model of every K. A network is a preset (memgen.diffusion.nets.PRESETS) or described in
+    full under ``net`` (the fields of memgen.diffusion.nets.NetConfig; unset ones keep its defaults)."""
 
     kind: str = "network"  # network | exact (the empirical denoiser: no training)
     preset: str | None = None  # None: toy-mlp, unless net is given
@@ -72,7 +71,7 @@ class SampleConfig:
     # stop at this VE noise level and retrieve x ← D(x, σ) to its fixed point (with the
     # exact denoiser: the attractors of E_σ, the positive control for spurious states)
     stop_sigma: float | None = None
-    # start of the ladder (memgen.generate): null/"standard" N(0, σ₀² I) (VP: DDPM's
+    # start of the ladder (memgen.diffusion.generate): null/"standard" N(0, σ₀² I) (VP: DDPM's
     # N(0, I)); "forward" the forward process's law N(μ, σ₀² I + Σ) of the training set
     prior: str | None = None
     # clamp x̂₀ to clip_range at every step; null: on for ε-prediction networks (vp_eps
@@ -112,7 +111,7 @@ class ExecutorConfig:
 
 @dataclass(frozen=True)
 class AnalysisConfig:
-    """Attractor analyses of the evaluated samples, per label and K (memgen.basins)."""
+    """Attractor analyses of the evaluated samples, per label and K (memgen.probes.basins)."""
 
     basins: bool = False  # critical noise level σ* (basin size) of each analysed sample
     curvature: bool = False  # extreme Hessian eigenvalues of E_σ at each analysed sample

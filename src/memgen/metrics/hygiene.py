@@ -24,11 +24,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 from memgen.errors import UserError
 from memgen.metrics.features import get_feature_map
 from memgen.metrics.knn import knn_search
-
 
 THRESHOLDS = ("relative", "absolute")
 
@@ -48,9 +49,6 @@ def near_duplicates(train: np.ndarray, *, threshold: str = "relative", delta: fl
                     k: int = 10, metric: str = "l2",
                     memory_budget: int | None = None) -> Duplicates:
     """Pairs of training samples closer than the threshold (see module docstring)."""
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
     if threshold not in THRESHOLDS:
         raise UserError(f"threshold must be one of {', '.join(THRESHOLDS)}")
     if len(train) < 2:

@@ -2,9 +2,9 @@
 
 Variance-exploding coordinates (Karras et al. 2022): x starts at noise level sigmas[0]
 and is carried down the decreasing ladder ``sigmas``; the score at σ is
-(D(x, σ) − x)/σ² for a denoiser D (see ``memgen.denoisers``). The last entry of
+(D(x, σ) − x)/σ² for a denoiser D (see ``memgen.diffusion.denoisers``). The last entry of
 ``sigmas`` may be 0 (a final denoising step) or the level at which to stop.
-A VP model is sampled through ``memgen.schedules.VPSchedule.sigmas()`` (x_ve = x_vp/√ᾱ).
+A VP model is sampled through ``memgen.diffusion.schedules.VPSchedule.sigmas()`` (x_ve = x_vp/√ᾱ).
 
 Randomness comes only from ``generator``: None (torch's global RNG), a torch.Generator,
 or a ``StackedGenerator`` (one stream per sample, so a sample never depends on its batch).
@@ -128,7 +128,7 @@ class GaussianPrior:
 
     std > 0: the isotropic part; mean (D,) and factor (r, D), float64, D the numel of one
     sample, None for none. With neither, ``sample`` is std·z with z drawn in the default
-    dtype and cast, exactly as ``memgen.generate`` has always drawn its start.
+    dtype and cast, exactly as ``memgen.diffusion.generate`` has always drawn its start.
     """
 
     std: float

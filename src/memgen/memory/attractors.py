@@ -28,8 +28,9 @@ import torch
 from scipy.sparse.linalg import LinearOperator, eigsh
 from tqdm.auto import tqdm
 
-from memgen import energy as E
 from memgen.errors import UserError
+from memgen.memory import energy as E
+from memgen.metrics.knn import knn_search
 
 KINDS = ("memorized", "spurious", "saddle")
 _EXACT_EIG_MAX = 2000  # largest Gram matrix diagonalised exactly; Lanczos above
@@ -72,7 +73,7 @@ class Memory:
         """One fixed-point step x ← Σ_i w_i(x) y_i.
 
         The weights are the energy's own (float64 logits, float32 only where that cannot
-        matter: see :mod:`memgen.energy`); an expanded-form float32 addmm would put
+        matter: see :mod:`memgen.memory.energy`); an expanded-form float32 addmm would put
         errors of β·u·(‖x‖² + ‖y‖²) into every logit. ``buffer`` is accepted for callers
         of the former in-place step and not used.
         """
@@ -253,8 +254,6 @@ def find_attractors(memory: Memory | torch.Tensor, starts: torch.Tensor, *,
     pattern's retrieval weight exceeds store_weight (and, if store_tol is given, that
     pattern lies within store_tol); saddle when λ_min < −eig_tol·c; else spurious.
     """
-    from memgen.metrics.knn import knn_search
-
     memory = as_memory(memory, beta=beta, sigma=sigma, scale=scale, kind=kind)
     size = float(memory.patterns.double().square().sum(1).mean().sqrt()) or 1.0
     merge_tol = max(1e-3 * size, 1e3 * tol) if merge_tol is None else merge_tol
@@ -271,60 +270,6 @@ def find_attractors(memory: Memory | torch.Tensor, starts: torch.Tensor, *,
     basin = np.bincount(assignment, minlength=len(reps)) / len(starts)
     return Attractors(points, run.energies[reps].cpu().numpy(), kinds, lam, basin,
                       near.idx[:, 0].cpu().numpy(), dist, w_max, assignment, run)
-
-
-# ------------------------------------------------------------------------ starts
-
-
-def box_starts(patterns: torch.Tensor, n: int, generator: torch.Generator | None = None,
-               margin: float = 0.25) -> torch.Tensor:
-    """n points uniform in the patterns' bounding box, widened by margin × its extent."""
-    lo, hi = patterns.min(0).values, patterns.max(0).values
-    pad = margin * (hi - lo).clamp_min(1e-3)
-    u = torch.rand(n, patterns.shape[1], generator=generator, dtype=patterns.dtype)
-    return lo - pad + u.to(patterns.device) * (hi - lo + 2 * pad)
-
-
-def noisy_starts(patterns: torch.Tensor, n: int, sigma: float,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
-    """n samples of p_σ = (1/N) Σ N(y_i, σ² I): a random pattern plus Gaussian noise."""
-    pick = torch.randint(len(patterns), (n,), generator=generator)
-    noise = torch.randn(n, patterns.shape[1], generator=generator, dtype=patterns.dtype)
-    return patterns[pick.to(patterns.device)] + sigma * noise.to(patterns.device)
-
-
-def annealed_starts(patterns: torch.Tensor, n: int, sigma: float,
-                    generator: torch.Generator | None = None, sigma_max: float | None = None,
-                    steps: int = 200) -> torch.Tensor:
-    """n endpoints of the reverse diffusion with the exact denoiser, stopped at σ.
-
-    Starts from N(mean, σ_max² I), σ_max defaulting to the patterns' largest distance
-    from their mean (the usual "σ_max ≈ data diameter" rule), and follows a geometric
-    ladder of ``steps`` levels down to σ with Euler–Maruyama.
-    """
-    from memgen.denoisers import EmpiricalDenoiser
-    from memgen.samplers import sample_euler_maruyama, ve_sigmas
-
-    mean = patterns.mean(0)
-    if sigma_max is None:
-        sigma_max = max(float((patterns - mean).norm(dim=1).max()), 2 * sigma)
-    noise = torch.randn(n, patterns.shape[1], generator=generator, dtype=patterns.dtype)
-    x = mean + sigma_max * noise.to(patterns.device)
-    sigmas = ve_sigmas(sigma_max, sigma, steps)
-    return sample_euler_maruyama(EmpiricalDenoiser(patterns), x, sigmas, generator=generator)
-
-
-STARTS = {"box": box_starts, "noisy": noisy_starts, "annealed": annealed_starts}
-
-
-def make_starts(kind: str, patterns: torch.Tensor, n: int, sigma: float,
-                generator: torch.Generator | None = None) -> torch.Tensor:
-    """Starts of the named kind: box, noisy (samples of p_σ) or annealed."""
-    if kind not in STARTS:
-        raise UserError(f"unknown starts {kind!r}; known: {', '.join(STARTS)}")
-    if kind == "box":
-        return box_starts(patterns, n, generator)
-    return STARTS[kind](patterns, n, sigma, generator)
 
 
 # ---------------------------------------------------------------------- barriers

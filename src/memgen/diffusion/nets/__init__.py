@@ -1,8 +1,8 @@
 """Networks: the DDPM U-Net for images and a Fourier-feature MLP for low-dimensional data."""
 
-from memgen.nets.mlp import GaussianFourierEmbedding, ScoreMLP
-from memgen.nets.presets import PRESETS, NetConfig, count_parameters, get_preset
-from memgen.nets.unet import UNet, timestep_embedding
+from memgen.diffusion.nets.mlp import GaussianFourierEmbedding, ScoreMLP
+from memgen.diffusion.nets.presets import PRESETS, NetConfig, count_parameters, get_preset
+from memgen.diffusion.nets.unet import UNet, timestep_embedding
 
 __all__ = [
     "GaussianFourierEmbedding",

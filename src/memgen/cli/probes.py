@@ -1,6 +1,6 @@
 """Commands beyond the labels: training-set hygiene and the basins of attractors.
 
-Registered on the main ``memgen`` group by ``memgen.cli`` (same error handling: a bad
+Registered on the main ``memgen`` group by ``memgen.cli.main`` (same error handling: a bad
 input is one line on stderr and exit status 1, with nothing half-written left behind).
 """
 
@@ -9,14 +9,25 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import click
 import numpy as np
+import torch
 
-from memgen.cli_options import overwrite_option
+from memgen.cli.models import denoiser_from_source
+from memgen.cli.options import overwrite_option
+from memgen.data import load_dataset, nested_indices
+from memgen.diffusion.denoisers import EmpiricalDenoiser, load_checkpoint_denoiser
+from memgen.diffusion.generate import GenerateConfig, generate
 from memgen.errors import UserError
 from memgen.io import atomic_output_dir, check_output_dir, load_samples, write_json
+from memgen.metrics.hygiene import compare_halves, near_duplicates
+from memgen.metrics.knn import knn_search
+from memgen.probes.basins import (RecoveryConfig, critical_time, hessian_eigsh, hessian_spectrum,
+                                  relative_energy)
+from memgen.report.figures import plot_by_label, plot_image_pairs, save_figure
 
 METRIC_HELP = "Distance: l2 on pixels or an LPIPS embedding (see memgen classify --help)."
 
@@ -45,8 +56,6 @@ def hygiene():
 @overwrite_option
 def duplicates(train_path, data, K, data_root, threshold, delta, k, metric, out, overwrite):
     """Near-duplicate training samples (they would pass for memorized copies)."""
-    from memgen.hygiene import near_duplicates
-
     check_output_dir(out, "hygiene duplicates", overwrite)
     train = _training_set(train_path, data, K, data_root)
     found = near_duplicates(train, threshold=threshold, delta=delta, k=k, metric=metric)
@@ -76,7 +85,6 @@ def _training_set(train_path, data, K, data_root) -> np.ndarray:
         raise UserError("give either --train FILE or --data NAME")
     if train_path:
         return load_samples(train_path, "--train")
-    from memgen.data import load_dataset, nested_indices
 
     pool = load_dataset(data, "train", data_root)
     if K is None:
@@ -87,7 +95,6 @@ def _training_set(train_path, data, K, data_root) -> np.ndarray:
 
 
 def _save_pairs(path: Path, train: np.ndarray, found) -> None:
-    from memgen.report.figures import plot_image_pairs, save_figure
 
     order = np.argsort(found.dist)[:16]
     a, b = train[found.pairs[order, 0]], train[found.pairs[order, 1]]
@@ -120,8 +127,6 @@ def halves(checkpoint_a, checkpoint_b, train_a, train_b, n, sampler, steps, seed
            device, out, overwrite):
     """Disjoint-halves test (Kadkhodaie et al. 2024): sample two models trained on
     disjoint halves from the same noise; near-identical samples mean generalization."""
-    from memgen.hygiene import compare_halves
-
     check_output_dir(out, "hygiene halves", overwrite)
     sets = {}
     for name, ckpt, train in (("a", checkpoint_a, train_a), ("b", checkpoint_b, train_b)):
@@ -149,10 +154,7 @@ def halves(checkpoint_a, checkpoint_b, train_a, train_b, n, sampler, steps, seed
 
 
 def _sample(checkpoint, n, sampler, steps, seed, device, folder: Path) -> np.ndarray:
-    import shutil
 
-    from memgen.cli_models import denoiser_from_source
-    from memgen.generate import GenerateConfig, generate
 
     den, schedule, shape = denoiser_from_source(checkpoint, None, None, None, None, None, device)
     config = GenerateConfig(n=n, sampler=sampler, steps=steps, seed=seed, name="samples",
@@ -164,7 +166,6 @@ def _sample(checkpoint, n, sampler, steps, seed, device, folder: Path) -> np.nda
 
 
 def _save_halves_pairs(path: Path, samples: dict, result) -> None:
-    from memgen.report.figures import plot_image_pairs, save_figure
 
     captions = [f"seed {i}\nd = {d:.3g}" for i, d in enumerate(result.between[:16])]
     save_figure(plot_image_pairs(samples["a"][:16], samples["b"][:16], captions,
@@ -201,10 +202,6 @@ def model_options(fn):
 
 def _load_model(checkpoint, exact_path, device, clip: bool = True):
     """(denoiser, schedule or None) in float64 for the exact model, float32 for networks."""
-    import torch
-
-    from memgen.denoisers import EmpiricalDenoiser, load_checkpoint_denoiser
-
     if bool(checkpoint) == bool(exact_path):
         raise UserError("give exactly one of --checkpoint, --exact")
     if checkpoint:
@@ -216,8 +213,6 @@ def _load_model(checkpoint, exact_path, device, clip: bool = True):
 
 def _points(samples_path, labels_path, limit, device, dtype):
     """(x (B, ...), labels (B,) int or None) — the first ``limit`` samples."""
-    import torch
-
     x = load_samples(samples_path, "--samples")
     labels = None
     if labels_path:
@@ -256,7 +251,6 @@ def _write_table(path: Path, columns: dict) -> None:
 
 def _save_label_figure(path: Path, values: np.ndarray, labels, ylabel: str, title: str,
                        log: bool) -> None:
-    from memgen.report.figures import plot_by_label, save_figure
 
     groups = {"all": values} if labels is None else {
         name: values[labels == code] for code, name in enumerate(LABELS)}
@@ -295,8 +289,6 @@ def critical_time_cmd(checkpoint, exact_path, samples_path, labels_path, limit, 
     """Largest noise level σ* from which a sample is still recovered with probability ≥ p:
     noise x0 to σ, denoise back, count dist ≤ δ; bisection in log σ (paper's reference
     code: δ 0.1, 10 trials, p 0.9)."""
-    from memgen.basins import RecoveryConfig, critical_time
-
     config = RecoveryConfig(n_trials=n_trials, p=p, delta=delta, metric=distance,
                             sampler=sampler, steps=steps, rel_min=rel_min, seed=seed)
     check_output_dir(out, "basins critical-time", overwrite)
@@ -355,9 +347,6 @@ def relative_energy_cmd(checkpoint, exact_path, samples_path, labels_path, limit
     """ΔE = E_σ(x_ref) − E_σ(x), integrating the model's score along the quarter circle
     from x to x_ref (Raya & Ambrogioni 2023); negative: the sample lies higher than its
     reference. Default reference: the nearest training image."""
-    from memgen.basins import relative_energy
-    from memgen.metrics.knn import knn_search
-
     check_output_dir(out, "basins relative-energy", overwrite)
     den, _, dtype = _load_model(checkpoint, exact_path, device, clip=False)
     x, labels = _points(samples_path, labels_path, limit, device, dtype)
@@ -404,8 +393,6 @@ def curvature(checkpoint, exact_path, samples_path, labels_path, limit, device, 
     """Hessian spectrum of E_σ = −log p_σ at the given points: exact (dense Jacobian of the
     denoiser) in low dimension, extreme eigenvalues by Hessian-vector products and Lanczos
     for images. Summarised by the smallest eigenvalue λ_min."""
-    from memgen.basins import hessian_eigsh, hessian_spectrum
-
     check_output_dir(out, "basins curvature", overwrite)
     den, _, dtype = _load_model(checkpoint, exact_path, device, clip=False)
     x, labels = _points(samples_path, labels_path, limit, device, dtype)

@@ -16,9 +16,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from memgen import energy as E
-from memgen.attractors import Attractors, Memory, find_attractors
+from memgen.data import circle_pool, nested_indices
+from memgen.diffusion.denoisers import ScoreDenoiser, load_checkpoint_denoiser
+from memgen.diffusion.samplers import StackedGenerator, initial_noise, sample_euler_maruyama
 from memgen.errors import UserError
+from memgen.io import atomic_file, load_samples
+from memgen.memory import energy as E
+from memgen.memory.attractors import Attractors, Memory, find_attractors
+from memgen.probes.likelihood import (EmpiricalPrior, learned_attractors, learned_energy_grid,
+                                      square_grid)
+from memgen.report.figures import plot_landscape, plot_learned_landscape, save_figure
 
 EXTENT = 1.6  # the grid covers [−EXTENT, EXTENT]²
 
@@ -99,7 +106,6 @@ def continuum_panel(config: LandscapeConfig) -> Panel:
 
 
 def run_landscape(config: LandscapeConfig) -> list[Panel]:
-    from memgen.data import circle_pool, nested_indices
 
     pool = circle_pool(60_000, seed=9)
     bad = [K for K in config.Ks if not 1 <= K <= len(pool)]
@@ -116,8 +122,6 @@ def run_landscape(config: LandscapeConfig) -> list[Panel]:
 
 def write_landscape(out: Path, panels: list[Panel], config: LandscapeConfig) -> None:
     """attractors.csv (K, x, y, energy, kind) and landscape.png into an existing folder."""
-    from memgen.report.figures import plot_landscape
-
     with (out / "attractors.csv").open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["K", "x", "y", "energy", "kind"])
@@ -143,9 +147,6 @@ def learned_row(denoiser, train: np.ndarray, samples: np.ndarray, *, K: int,
     they share one colour scale. Learned attractors: mean-shift clusters of the model's
     samples (drawn down to ``sample_sigma``); exact attractors: retrieval at σ.
     """
-    from memgen.likelihood import (EmpiricalPrior, learned_attractors, learned_energy_grid,
-                                   square_grid)
-
     patterns = torch.from_numpy(np.asarray(train, dtype=np.float64))
     grid = learned_energy_grid(denoiser, EXTENT, resolution, sigma, 1.0,
                                EmpiricalPrior(patterns, 1.0), rtol=rtol, atol=rtol)
@@ -164,9 +165,6 @@ def learned_row(denoiser, train: np.ndarray, samples: np.ndarray, *, K: int,
 
 def write_learned(out: Path, rows: list[dict], sigma: float) -> None:
     """learned_attractors.csv (K, x, y, count, memorized) and learned_landscape.png."""
-    from memgen.io import atomic_file
-    from memgen.report.figures import plot_learned_landscape, save_figure
-
     with atomic_file(out / "learned_attractors.csv") as tmp:
         with tmp.open("w", newline="") as f:
             writer = csv.writer(f)
@@ -182,10 +180,6 @@ def checkpoint_rows(checkpoints, *, sigma: float = LEARNED_SIGMA, n_samples: int
     """``learned_row`` for trained toy checkpoints (VE score models of ``memgen train``),
     each with the train.npz beside it and ``n_samples`` Euler–Maruyama samples (1,000
     steps from σ = 1 down to σ(t_min) ≈ 0.032, no final denoising)."""
-    from memgen.denoisers import ScoreDenoiser, load_checkpoint_denoiser
-    from memgen.io import load_samples
-    from memgen.samplers import StackedGenerator, initial_noise, sample_euler_maruyama
-
     rows = []
     for path in checkpoints:
         den = load_checkpoint_denoiser(path)

@@ -1,6 +1,6 @@
 """Energies of trained models: the probability-flow ODE log-likelihood, exact divergence.
 
-VE coordinates x = y + σ n (see ``memgen.denoisers``); d = number of coordinates of x.
+VE coordinates x = y + σ n (see ``memgen.diffusion.denoisers``); d = number of coordinates of x.
 The probability-flow ODE in σ (Song et al. 2021, eq. 13; Karras et al. 2022, eq. 4) is
 
     dx/dσ = v(x, σ) = (x − D(x, σ))/σ = −σ ∇ log p_σ(x),
@@ -45,9 +45,9 @@ import numpy as np
 import torch
 from scipy.integrate import solve_ivp
 
-from memgen import energy as E
-from memgen.attractors import Memory, merge_endpoints, retrieve
 from memgen.errors import UserError
+from memgen.memory import energy as E
+from memgen.memory.attractors import Memory, merge_endpoints, retrieve
 
 LogPrior = Callable[[torch.Tensor], torch.Tensor]  # x (B, d) -> log p_{σ_max}(x) (B,)
 

@@ -1,0 +1,116 @@
+"""The ``memgen`` command group: list options, error handling, lazily loaded commands.
+
+Each command lives in the module of its family (``measure``, ``experiments``, ``models``,
+``probes``, ``diagnose``) and is imported only when it runs or its help is shown, so that
+``memgen --help`` starts without importing torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+from memgen._version import __version__
+from memgen.cli.options import run_guarded
+
+LIST_OPTIONS = ("--K", "--sigma")  # take several numbers: --K 2 9 1000
+
+
+def expand_lists(args: list[str]) -> list[str]:
+    """Rewrite ``--K 2 9 1000`` as ``--K 2 --K 9 --K 1000`` (click repeats options)."""
+    out, current = [], None
+    for token in args:
+        if token in LIST_OPTIONS:
+            current = token
+            out.append(token)
+            continue
+        if current is not None and _is_number(token) and out[-1] != current:
+            out.append(current)
+        elif not _is_number(token):
+            current = None
+        out.append(token)
+    return out
+
+
+def _is_number(token: str) -> bool:
+    try:
+        float(token)
+    except ValueError:
+        return False
+    return True
+
+
+# command name → ("module:attribute" of the click command or group, its line in --help)
+COMMANDS = {
+    "classify": ("memgen.cli.measure:classify",
+                 "Label evaluated samples memorized, spurious or generalized (eqs. 4-6)."),
+    "capacities": ("memgen.cli.measure:capacities",
+                   "MC, SC and GC (eqs. 1-3) of a fractions.csv."),
+    "plot": ("memgen.cli.measure:plot", "Figures: fractions vs K, phase maps, neighbour grids."),
+    "sweep": ("memgen.cli.experiments:sweep",
+              "Fractions against the training-set size K (paper Fig. 2), cached and resumable."),
+    "phase": ("memgen.cli.experiments:phase",
+              "Attractors of the exact energy against the load K and noise level σ."),
+    "landscape": ("memgen.cli.experiments:landscape",
+                  "2D energy landscapes with their attractors (exact and learned)."),
+    "demo": ("memgen.cli.experiments:demo",
+             "Classify planted copies, blends and novel images of real Fashion-MNIST."),
+    "train": ("memgen.cli.models:train", "Train a diffusion model (resumable; DDP)."),
+    "generate": ("memgen.cli.models:generate",
+                 "Sample a set from a model as resumable npz shards."),
+    "hygiene": ("memgen.cli.probes:hygiene",
+                "Training-set checks: near-duplicates, disjoint halves."),
+    "basins": ("memgen.cli.probes:basins",
+               "Basin size (critical σ*), relative energy and curvature at samples."),
+    "diagnose": ("memgen.cli.diagnose:diagnose",
+                 "A model's denoiser against the exact one, by noise level."),
+}
+
+
+class _Group(click.Group):
+    """Accepts list options, loads each command's module when it is needed (click's lazy
+    group pattern), and handles errors as :func:`memgen.cli.options.run_guarded` says."""
+
+    def list_commands(self, ctx):
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx, name):
+        if name not in COMMANDS:
+            return None
+        module, attribute = COMMANDS[name][0].split(":")
+        return getattr(importlib.import_module(module), attribute)
+
+    def format_commands(self, ctx, formatter):
+        """The command list of --help from the registry: no command module is imported."""
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, help) for name, (_, help) in sorted(COMMANDS.items())])
+
+    def parse_args(self, ctx, args):
+        return super().parse_args(ctx, expand_lists(list(args)))
+
+    def invoke(self, ctx):
+        return run_guarded(ctx, super().invoke)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="memgen")
+@click.option("--debug", is_flag=True,
+              help="Show the traceback of any error (also MEMGEN_DEBUG=1).")
+def cli(debug):
+    """memgen: which generated samples are copies of training data (memorized), which are
+    new but recurring attractors (spurious), and which are genuinely new (generalized)
+    — Pham et al., "Memorization to Generalization", arXiv 2505.21777.
+
+    A problem with the input is one line on stderr and exit status 1; an internal error
+    exits 70; Ctrl-C exits 130. No command leaves a half-written output behind."""
+
+
+def main(argv=None):
+    """Entry point of the ``memgen`` console script."""
+    cli.main(args=argv, prog_name="memgen")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

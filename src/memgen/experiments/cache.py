@@ -1,0 +1,45 @@
+"""The stage cache of a sweep: keys, content fingerprints and done markers.
+
+Every stage writes into ``RUN/cache/<stage>-<key>/``, where the key hashes the config
+slice the stage reads and the keys (or content fingerprints) of its inputs, and marks
+completion with an atomically written ``DONE.json``; a stage whose folder is done is
+skipped. So a killed sweep resumes where it stopped, and changing a setting recomputes
+only the stages that read it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+
+from memgen.io import atomic_file, write_json
+
+STAGE_VERSION = 3  # bump when a stage's output format or key changes
+
+
+def stage_key(name: str, *parts) -> str:
+    """Hash of a stage's name, its config slice and its inputs' keys."""
+    text = json.dumps([name, STAGE_VERSION, *parts], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def fingerprint(array: np.ndarray) -> str:
+    """Hash of an array's content (shape, dtype, bytes): a data set's identity in the
+    keys, wherever it was read from."""
+    digest = hashlib.sha256(f"{array.shape}{array.dtype}".encode())
+    digest.update(np.ascontiguousarray(array).data)
+    return digest.hexdigest()[:16]
+
+
+def is_done(folder: Path) -> bool:
+    """The stage that writes into ``folder`` has finished."""
+    return (folder / "DONE.json").exists()
+
+
+def mark_done(folder: Path, payload: dict) -> None:
+    """Write DONE.json atomically: a stage is done exactly when its marker exists."""
+    with atomic_file(folder / "DONE.json") as tmp:
+        write_json(tmp, payload)

@@ -1,0 +1,260 @@
+"""The stages of one K: split → train → generate S_eval and S′ → classify (→ probes).
+
+Per K: the first K of one seeded permutation is S_K, the rest held out; training is
+skipped for the exact denoiser; S_eval and S′ are generated separately seeded; the
+classification has null rates from held-out real data. With ``train.snapshots``,
+generate and classify also run on the states that the one training run kept after those
+step counts (the training-time axis, never retraining). Each stage is cached
+(``memgen.experiments.cache``); :func:`run_K_task` is the picklable task an executor runs.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from memgen.data import load_dataset, resize_images, train_heldout
+from memgen.diffusion.denoisers import EmpiricalDenoiser, load_checkpoint_denoiser
+from memgen.diffusion.generate import GenerateConfig, generate
+from memgen.diffusion.schedules import VESchedule, VPSchedule
+from memgen.diffusion.training import TrainConfig, snapshot_path, train as run_training
+from memgen.errors import UserError
+from memgen.experiments.cache import fingerprint, is_done, mark_done, stage_key
+from memgen.experiments.config import SweepConfig, as_dict, network
+from memgen.experiments.probe_stages import analysis_stage, landscape_stage
+from memgen.io import load_samples
+from memgen.metrics.classify import ClassifyConfig, classify_sets, write_classification
+from memgen.metrics.features import get_feature_map
+
+
+@dataclass(frozen=True)
+class StageResult:
+    """One K's classification, as read back from its summary.json, and where its sets are."""
+
+    K: int
+    summary: dict
+    folder: Path  # the classify stage: summary.json, labels.npz
+    eval_path: Path
+    synth_path: Path
+    train_folder: Path | None = None
+    checkpoint: Path | None = None  # the state that made the sets (None: exact denoiser)
+    steps: int | None = None  # its training steps
+    snapshots: tuple["StageResult", ...] = ()  # the same K after fewer steps (ascending)
+    analysis_folder: Path | None = None
+    landscape_folder: Path | None = None
+
+    def seconds(self) -> dict[str, float]:
+        """Wall time of each stage that ran (cached stages keep their first timing)."""
+        folders = {"train": self.train_folder, "eval": self.eval_path.parent,
+                   "synth": self.synth_path.parent, "classify": self.folder,
+                   "analysis": self.analysis_folder, "landscape": self.landscape_folder}
+        out = {}
+        for name, folder in folders.items():
+            if folder is not None and (folder / "DONE.json").exists():
+                out[name] = json.loads((folder / "DONE.json").read_text()).get("seconds", 0.0)
+        return out
+
+
+def split_seed(config: SweepConfig) -> int:
+    if config.data.split_seed is not None:
+        return config.data.split_seed
+    return 42 if config.data.name == "circle" else 3407
+
+
+def load_pool(config: SweepConfig) -> np.ndarray:
+    """The training pool, resized to the model's image size."""
+    pool = load_dataset(config.data.name, "train", config.data.root)
+    if config.model.kind == "network" and pool.ndim == 4:
+        pool = resize_images(pool, network(config.model).image_size)
+    return pool
+
+
+def validate_against_data(config: SweepConfig, pool: np.ndarray) -> None:
+    """K must leave room in the pool and the metric's weights must exist; fail before any
+    work rather than after hours of training."""
+    too_big = [K for K in config.Ks if K >= len(pool)]
+    if too_big:
+        raise UserError(f"Ks: {too_big} not below the {len(pool)} samples of "
+                         f"data.name = {config.data.name}")
+    try:
+        get_feature_map(config.measure.metric)  # LPIPS: loads its weights or says which
+    except ValueError as err:
+        raise UserError(f"measure.metric: {err}") from None
+
+
+def split(pool: np.ndarray, K: int, config: SweepConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(S_K, held-out rest) from one seeded permutation: S_K ⊂ S_2K."""
+    parts = train_heldout(pool, K, split_seed(config))
+    return parts.train, parts.heldout
+
+
+def train_stage(run: Path, train: np.ndarray, K: int, config: SweepConfig,
+                progress: bool) -> tuple[str, Path | None]:
+    """Train (network models) or nothing (exact denoiser); returns (key, folder).
+
+    One folder per trajectory: a longer budget or a new snapshot resumes the run there.
+    """
+    key = train_key(train, config)
+    if config.model.kind == "exact":
+        return key, None
+
+    folder = run / "cache" / f"train-{key}"
+    wanted = train_config(config)
+    if not all(snapshot_path(folder, n).exists() for n in wanted.saved_steps):
+        folder.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        run_training(wanted, torch.from_numpy(train).to(config.device), folder,
+                     progress=progress)
+        mark_done(folder, {"K": K, "stage": "train", "steps": wanted.iterations,
+                            "seconds": time.perf_counter() - t0})
+    return key, folder
+
+
+def train_key(train: np.ndarray, config: SweepConfig) -> str:
+    """The train stage's key: the training set's content (not where it was read from),
+    the model with its full network and (for networks) what decides the trajectory — not
+    the budget (iterations, snapshots)."""
+    trajectory = None
+    if config.model.kind == "network":
+        # not the budget (iterations, snapshots), nor ema_warmup at its default
+        trajectory = {k: v for k, v in as_dict(config.train).items()
+                      if k not in ("iterations", "snapshots")
+                      and not (k == "ema_warmup" and v)}
+        trajectory["network"] = network(config.model).to_dict()
+    return stage_key("train", fingerprint(train), as_dict(config.model), trajectory)
+
+
+# the measure settings that only the aggregate reads (capacities), not the labels
+AGGREGATE_FIELDS = ("epsilon", "bootstrap")
+
+
+def train_config(config: SweepConfig):
+
+    net = network(config.model)
+    objective = config.model.objective or ("ve_score" if net.kind == "mlp" else "vp_eps")
+    t = config.train
+    return TrainConfig(preset=config.model.preset or "custom", network=net.to_dict(),
+                       objective=objective, iterations=t.iterations, snapshots=t.snapshots,
+                       batch_size=t.batch_size, fixed_batch=t.fixed_batch, lr=t.lr,
+                       ema_decay=t.ema_decay, ema_warmup=t.ema_warmup, grad_clip=t.grad_clip,
+                       seed=t.seed, amp=t.amp,
+                       checkpoint_every=max(1, t.iterations // 4))
+
+
+# the sample settings that change a sample (not batch_size, n_eval or the S′ size); the
+# later ones default to None (today's behaviour) and are then left out of the key
+SAMPLING_FIELDS = ("sampler", "steps", "eta", "final_denoise", "stop_sigma", "prior",
+                   "clip_denoised", "clip_range")
+
+
+def generate_stage(run: Path, which: str, n: int, seed: int, train_key: str,
+                   checkpoint: Path | None, train: np.ndarray, config: SweepConfig,
+                   progress: bool) -> tuple[str, Path]:
+    """Sample S_eval or S′ from a saved state (or the exact denoiser); returns (key, path
+    of the merged npz)."""
+    key = generate_key(which, n, seed, train_key, checkpoint, config)
+    folder = run / "cache" / f"{which}-{key}"
+    path = folder / f"{which}.npz"
+    if not is_done(folder):
+        t0 = time.perf_counter()
+        denoiser, schedule = _denoiser(checkpoint, train, config)
+        s = config.sample
+        default = "ddpm" if type(schedule).__name__ == "VPSchedule" else "euler_maruyama"
+        gen = GenerateConfig(n=n, sampler=s.sampler or default, steps=s.steps, eta=s.eta,
+                             seed=seed, batch_size=s.batch_size, shard_size=max(n // 4, 256),
+                             name=which, clip=train.ndim == 4, final_denoise=s.final_denoise,
+                             stop_sigma=s.stop_sigma, prior=s.prior or "standard",
+                             clip_denoised=s.clip_denoised,
+                             clip_range=s.clip_range or (-1.0, 1.0))
+        generate(denoiser, train.shape[1:], schedule, gen, folder, data=train,
+                 device=config.device, progress=progress)
+        mark_done(folder, {"stage": which, "n": n, "seed": seed,
+                            "seconds": time.perf_counter() - t0})
+    return key, path
+
+
+def generate_key(which: str, n: int, seed: int, train_key: str, checkpoint: Path | None,
+                 config: SweepConfig) -> str:
+    """The generate stage's key: the model state and the settings that change a sample."""
+    # options left unset are left out, so a new option keeps the keys of existing caches
+    sampling = {name: getattr(config.sample, name) for name in SAMPLING_FIELDS
+                if getattr(config.sample, name) is not None}
+    state = None if checkpoint is None else checkpoint.name
+    return stage_key("generate", train_key, state, which, n, seed, sampling)
+
+
+def _denoiser(checkpoint: Path | None, train: np.ndarray, config: SweepConfig):
+
+    if checkpoint is None:
+        schedule = VPSchedule() if config.model.schedule == "vp" else VESchedule()
+        return EmpiricalDenoiser(torch.from_numpy(train).to(config.device)), schedule
+    den = load_checkpoint_denoiser(checkpoint, device=config.device)
+    return den, den.schedule
+
+
+def classify_stage(run: Path, K: int, train: np.ndarray, heldout: np.ndarray,
+                   eval_key: str, eval_path: Path, synth_key: str, synth_path: Path,
+                   config: SweepConfig) -> StageResult:
+    """Classify S_eval against S_K and S′ (null rates from held-out real data)."""
+    m = config.measure
+    folder = run / "cache" / f"classify-{classify_key(eval_key, synth_key, heldout, config)}"
+    if not is_done(folder):
+        folder.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        result = classify_sets(
+            load_samples(eval_path, "eval"), train, load_samples(synth_path, "synth"), heldout,
+            ClassifyConfig(rule=m.rule, delta_m=m.delta_m, delta_s=m.delta_s, metric=m.metric,
+                           k=m.k, alpha=m.alpha, seed=m.seed, dedup=m.dedup))
+        write_classification(folder, result)
+        mark_done(folder, {"K": K, "stage": "classify", "seconds": time.perf_counter() - t0})
+    summary = json.loads((folder / "summary.json").read_text())
+    return StageResult(K, summary, folder, eval_path, synth_path)
+
+
+def classify_key(eval_key: str, synth_key: str, heldout: np.ndarray,
+                 config: SweepConfig) -> str:
+    """The classify stage's key: its two sets, the held-out data's content and the measure
+    settings that change a label (not those only the capacities read)."""
+    reads = {k: v for k, v in as_dict(config.measure).items() if k not in AGGREGATE_FIELDS}
+    return stage_key("classify", eval_key, synth_key, reads, fingerprint(heldout))
+
+
+def run_K(run: Path, pool: np.ndarray, K: int, config: SweepConfig,
+          progress: bool = False) -> StageResult:
+    """All stages for one training-set size: the final state, with its snapshots."""
+    train, heldout = split(pool, K, config)
+    t_key, train_folder = train_stage(run, train, K, config, progress)
+    steps = [None] if train_folder is None else train_config(config).saved_steps
+    measured = [measure_state(run, K, train, heldout, t_key, train_folder, n, config, progress)
+                for n in steps]
+    result = replace(measured[-1], snapshots=tuple(measured[:-1]))
+
+    return replace(result, analysis_folder=analysis_stage(run, result, train, config),
+                   landscape_folder=landscape_stage(run, result, train, config))
+
+
+def measure_state(run: Path, K: int, train: np.ndarray, heldout: np.ndarray, t_key: str,
+                  train_folder: Path | None, steps: int | None, config: SweepConfig,
+                  progress: bool = False) -> StageResult:
+    """S_eval and S′ from one saved state (after ``steps`` steps), classified."""
+    checkpoint = None if train_folder is None else snapshot_path(train_folder, steps)
+    s = config.sample
+    n_synth = max(s.synth_multiplier * K, s.min_synth)
+    eval_key, eval_path = generate_stage(run, "eval", s.n_eval, s.eval_seed, t_key,
+                                         checkpoint, train, config, progress)
+    synth_key, synth_path = generate_stage(run, "synth", n_synth, s.synth_seed, t_key,
+                                           checkpoint, train, config, progress)
+    result = classify_stage(run, K, train, heldout, eval_key, eval_path, synth_key, synth_path,
+                            config)
+    return replace(result, train_folder=train_folder, checkpoint=checkpoint, steps=steps)
+
+
+def run_K_task(config: SweepConfig, run: str, K: int) -> StageResult:
+    """One K's stages in a worker process or a Ray task: it loads the data pool itself and
+    sends back only the small StageResult (module level, so that Ray can ship it)."""
+    return run_K(Path(run), load_pool(config), K, config)

@@ -1,0 +1,244 @@
+"""Sweeps over the training-set size K: every K's stages by an executor, then the aggregate.
+
+``run_sweep`` checks the run folder, runs :func:`memgen.experiments.stages.run_K` for every K
+(here, in worker processes or as Ray tasks: ``memgen.experiments.executors``) and writes,
+across K, ``fractions.csv``, ``capacities.json``, the time-axis files, the figures and
+``report.html``. ``plan`` says, for ``--dry-run``, which stages are cached or would run
+and why. The orchestration holds no math.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from memgen.diffusion.training import snapshot_path
+from memgen.experiments.cache import is_done
+from memgen.experiments.config import SweepConfig, as_dict, check_device
+from memgen.experiments.executors import execute
+from memgen.experiments.probe_stages import analysis_figures, analysis_key, landscape_figure
+from memgen.experiments.stages import (StageResult, classify_key, generate_key, load_pool, run_K,
+                                       run_K_task, split, train_config, train_key,
+                                       validate_against_data)
+from memgen.io import (MARKER, atomic_file, check_output_dir, claim_output_dir, load_samples,
+                       write_json)
+from memgen.metrics.capacity import capacities, read_fraction_table
+from memgen.metrics.rules import LABEL_NAMES
+from memgen.metrics.timescale import MEMORIZED_HALF, fit_power_law, tau_mem_per_K
+from memgen.report.figures import (plot_fractions, plot_neighbours, plot_phase_map,
+                                   plot_sample_grid, plot_samples_2d, save_figure)
+from memgen.report.html import write_report
+
+
+def write_fractions(path: Path, results: list[StageResult], steps: bool = False) -> None:
+    """fractions.csv: K, the three fractions with _lo/_hi, n_eval and n_synth, the null
+    rates with the null run's set sizes (smaller than n_eval/n_synth when held-out data ran
+    short), and the sample quality vs held-out data (precision, recall, density, coverage, precision per
+    label, the held-out baseline's precision and recall; empty where absent).
+
+    steps: a ``steps`` column after K (the training steps of each row's state), one row
+    per (K, steps) — fractions_steps.csv, the training-time axis."""
+    quality = ("precision", "recall", "density", "coverage")
+    columns = ["K"] + ["steps"] * steps
+    columns += [f"{n}{suffix}" for n in LABEL_NAMES for suffix in ("", "_lo", "_hi")]
+    columns += ["n_eval", "n_synth"] + [f"null_{n}" for n in LABEL_NAMES]
+    columns += ["null_n_eval", "null_n_synth"]
+    columns += [*quality, *(f"precision_{n}" for n in LABEL_NAMES), "baseline_precision",
+                "baseline_recall"]
+    cell = lambda value: "" if value is None else value  # noqa: E731
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(columns)
+        for r in sorted(results, key=lambda r: (r.K, r.steps or 0)):
+            s = r.summary
+            row = [r.K] + [cell(r.steps)] * steps
+            for name in LABEL_NAMES:
+                row += [s["fractions"][name], *s["ci95"][name]]
+            null = s.get("null") or {}
+            row += [s["n_eval"], s.get("n_synth", "")]
+            row += [null.get("fractions", {}).get(name, "") for name in LABEL_NAMES]
+            row += [null.get("n_eval", ""), null.get("n_synth", "")]
+            q = s.get("quality") or {}
+            by_label, base = q.get("precision_by_label") or {}, q.get("baseline") or {}
+            row += [cell(q.get(name)) for name in quality]
+            row += [cell(by_label.get(name)) for name in LABEL_NAMES]
+            row += [cell(base.get("precision")), cell(base.get("recall"))]
+            writer.writerow(row)
+
+
+def evidence_figures(run: Path, pool: np.ndarray, results: list[StageResult],
+                     config: SweepConfig) -> list[Path]:
+    """Samples per label: a 2D scatter for every K, or for images the neighbour grids and
+    sample grids of the smallest, a middle and the largest K."""
+    results = sorted(results, key=lambda r: r.K)
+    figures = []
+
+    def save(fig, name):
+        save_figure(fig, run / name, dpi=110)
+        figures.append(run / name)
+
+    if pool.ndim == 2 and pool.shape[1] == 2:
+        panels = [{"K": r.K, "train": split(pool, r.K, config)[0],
+                   "samples": load_samples(r.eval_path), "labels": _labels(r)["labels"]}
+                  for r in results]
+        save(plot_samples_2d(panels), "samples.png")
+        return figures
+    if pool.ndim != 4:
+        return figures
+    for r in {results[0].K: results[0], results[len(results) // 2].K: results[len(results) // 2],
+              results[-1].K: results[-1]}.values():
+        found, samples = _labels(r), load_samples(r.eval_path)
+        chosen = {name: list(map(int, np.flatnonzero(found["labels"] == code)[:2]))
+                  for code, name in enumerate(LABEL_NAMES)}
+        if any(chosen.values()):
+            save(plot_neighbours(samples, split(pool, r.K, config)[0], load_samples(r.synth_path),
+                                 found["train_idx"], found["synth_idx"], found["labels"], chosen,
+                                 found["train_dist"], found["synth_dist"]), f"neighbours-K{r.K}.png")
+        save(plot_sample_grid(samples[:64], found["labels"][:64], title=f"K = {r.K}"),
+             f"samples-K{r.K}.png")
+    return figures
+
+
+def _labels(result: StageResult) -> dict:
+    with np.load(result.folder / "labels.npz", allow_pickle=False) as archive:
+        return {key: archive[key] for key in archive.files}
+
+
+def aggregate(run: Path, results: list[StageResult], config: SweepConfig,
+              pool: np.ndarray | None = None) -> dict:
+    """fractions.csv, capacities.json, the figures and report.html; returns the capacities."""
+    with atomic_file(run / "fractions.csv") as tmp:
+        write_fractions(tmp, results)
+    table = read_fraction_table(run / "fractions.csv")
+    caps = capacities(table, config.measure.epsilon, config.measure.bootstrap,
+                      config.measure.seed)
+    payload = {name: c.as_dict() for name, c in caps.items()}
+    payload["epsilon"] = config.measure.epsilon
+    with atomic_file(run / "capacities.json") as tmp:
+        write_json(tmp, payload)
+    null = np.array([[r.summary.get("null", {}).get("fractions", {}).get(n, np.nan)
+                      for n in LABEL_NAMES] for r in sorted(results, key=lambda r: r.K)])
+    fig = plot_fractions(table.K, table.fractions, table.lo, table.hi,
+                         {n: c.value for n, c in caps.items()}, null=null, title=config.name)
+    save_figure(fig, run / "fractions.png", dpi=150)
+    figures = [run / "fractions.png"]
+    if pool is not None:
+        figures += evidence_figures(run, pool, results, config)
+
+    figures += landscape_figure(run, results, config) + analysis_figures(run, results, config)
+    timescale = None
+    if config.train.snapshots and config.model.kind == "network":
+        states = [state for r in results for state in (*r.snapshots, r)]
+        with atomic_file(run / "fractions_steps.csv") as tmp:
+            write_fractions(tmp, states, steps=True)
+        timescale = write_time_axis(run, states, config.name)
+        figures.append(run / "phase_map.png")
+
+    with atomic_file(run / "report.html") as tmp:
+        write_report(tmp, config.name, as_dict(config), payload, results, figures,
+                     timescale=timescale)
+    return payload
+
+
+def write_time_axis(run: Path, states: list[StageResult], title: str) -> dict:
+    """timescale.json and phase_map.png from every (K, steps) state: the K × steps map of
+    the three fractions, τ_mem(K) (first step count with memorized ≥ ½) and the fit
+    log τ_mem = log A + b log K where at least three K reach it."""
+    Ks = sorted({r.K for r in states})
+    steps = sorted({r.steps for r in states})
+    grid = np.full((len(Ks), len(steps), 3), np.nan)
+    for r in states:
+        grid[Ks.index(r.K), steps.index(r.steps)] = [r.summary["fractions"][n]
+                                                     for n in LABEL_NAMES]
+    tau = tau_mem_per_K(steps, grid[:, :, 0], MEMORIZED_HALF)
+    censored = [K for K, t in zip(Ks, tau) if t == steps[0]]  # τ ≤ the first snapshot
+    payload = {"Ks": Ks, "steps": steps, "threshold": MEMORIZED_HALF,
+               "tau_mem": dict(zip(map(str, Ks), tau)), "tau_mem_censored": censored}
+    try:  # censored τ are bounds, not values: the fit leaves them out
+        payload["fit"] = fit_power_law(Ks, [None if K in censored else t
+                                            for K, t in zip(Ks, tau)]).as_dict()
+    except ValueError as err:
+        payload["fit"] = None
+        payload["fit_note"] = str(err)
+    with atomic_file(run / "timescale.json") as tmp:
+        write_json(tmp, payload)
+    save_figure(plot_phase_map(Ks, steps, grid, tau=tau, title=title), run / "phase_map.png",
+                dpi=130)
+    return payload
+
+
+def run_sweep(config: SweepConfig, run: Path, progress: bool = True,
+              overwrite: bool = False) -> dict:
+    """Every K (here, in worker processes or as Ray tasks), then the aggregate.
+
+    ``run`` must be new, empty or a sweep's folder (resumed); ``overwrite`` empties
+    another command's folder first (``memgen.io.claim_output_dir``)."""
+    if not _is_legacy_sweep(run):
+        check_output_dir(run, "sweep", overwrite)
+    check_device(config.device)
+    pool = load_pool(config)
+    validate_against_data(config, pool)
+    if config.device.startswith("cuda"):
+        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels
+    claim_output_dir(run, "sweep", overwrite and not _is_legacy_sweep(run))
+    (run / "config.json").write_text(json.dumps(as_dict(config), indent=2))
+    results = execute(partial(run_K_task, config, str(run.resolve())), config.Ks,
+                      config.executor, progress=progress,
+                      here=lambda K: run_K(run, pool, K, config, progress=progress))
+    return aggregate(run, results, config, pool)
+
+
+def _is_legacy_sweep(run: Path) -> bool:
+    """A sweep folder of a memgen version that did not mark its folders."""
+    return ((run / "cache").is_dir() and (run / "config.json").is_file()
+            and not (run / MARKER).exists())
+
+
+def plan(config: SweepConfig, run: Path) -> list[str]:
+    """What a run would do (--dry-run): per K and saved state, each stage (train,
+    eval, synth, classify, analysis) cached or to run, and why."""
+    pool = load_pool(config)
+    validate_against_data(config, pool)
+    s = config.sample
+    lines = []
+    for K in sorted(config.Ks):
+        train, heldout = split(pool, K, config)
+        t_key = train_key(train, config)
+        if config.model.kind == "exact":
+            lines.append(f"K={K}: train — (the exact denoiser needs no training)")
+            states = [(None, None)]
+        else:
+            folder = run / "cache" / f"train-{t_key}"
+            steps = train_config(config).saved_steps
+            missing = [n for n in steps if not snapshot_path(folder, n).exists()]
+            why = ("cached" if not missing else "to run (no run with these settings)"
+                   if not folder.exists() else f"to run (resumes; states after {missing} "
+                   "steps missing)")
+            lines.append(f"K={K}: train {why}; measured after {list(steps)} steps")
+            states = [(n, snapshot_path(folder, n)) for n in steps]
+        for steps_done, checkpoint in states:
+            where = "" if steps_done is None else f" after {steps_done} steps"
+            keys = {}
+            for which, n, seed in (("eval", s.n_eval, s.eval_seed),
+                                   ("synth", max(s.synth_multiplier * K, s.min_synth),
+                                    s.synth_seed)):
+                keys[which] = generate_key(which, n, seed, t_key, checkpoint, config)
+                lines.append(f"  {which}{where}: {_state(run / 'cache' / f'{which}-{keys[which]}')}"
+                             f" ({n} samples)")
+            c_key = classify_key(keys["eval"], keys["synth"], heldout, config)
+            lines.append(f"  classify{where}: {_state(run / 'cache' / f'classify-{c_key}')}")
+            a_key = analysis_key(f"classify-{c_key}", config)
+            if a_key is not None and steps_done == states[-1][0]:
+                lines.append(f"  analysis{where}: {_state(run / 'cache' / f'analysis-{a_key}')}")
+    return lines
+
+
+def _state(folder: Path) -> str:
+    if is_done(folder):
+        return "cached"
+    return "to run (resumes an interrupted run)" if folder.exists() else "to run (new settings)"
