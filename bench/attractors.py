@@ -40,7 +40,8 @@ def per_start_loop(memory: Memory, starts: torch.Tensor, iters: int) -> torch.Te
     for i in range(len(out)):
         x = out[i]
         for _ in range(iters):
-            w = torch.softmax(-memory.beta * (x - memory.patterns).square().sum(1), dim=0)
+            sq = (x - memory.patterns).square().sum(1)
+            w = torch.softmax(-memory.inverse_temperature * sq, dim=0)
             x = w @ memory.patterns
         out[i] = x
     return out

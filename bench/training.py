@@ -1,4 +1,5 @@
-"""Training throughput: ``memgen.diffusion.training.train`` against the network's bare forward+backward.
+"""Training throughput: ``memgen.diffusion.training.train`` against the network's bare
+forward + backward.
 
 One run measures, per preset (defaults: fmnist-cpu-16 and fmnist-cpu-28 with vp_eps,
 toy-mlp with ve_score, batch 128, 1,024 synthetic training points — the values do not
@@ -67,7 +68,8 @@ def train_run(config: TrainConfig, data: torch.Tensor):
 
 
 def replica_run(config: TrainConfig, data: torch.Tensor, steps: int, warm: int = 2):
-    """The body of ``memgen.diffusion.training._loop``, each phase timed; seconds per step by phase."""
+    """The body of ``memgen.diffusion.training._loop``, each phase timed; seconds per step
+    by phase."""
     def go():
         state = new_state(config, data.device)
         schedule, model, batch = config.schedule(), state.model.train(), config.batch_size

@@ -1,11 +1,12 @@
-"""Attractors: the two-pattern bifurcation, the large- and small-β limits, monotone retrieval."""
+"""Attractors: the two-pattern bifurcation, the large and small inverse-temperature limits,
+monotone retrieval."""
 
 import numpy as np
 import pytest
 import torch
 
 from memgen.memory import energy as E
-from memgen.memory.attractors import (Memory, find_attractors, merge_endpoints,
+from memgen.memory.attractors import (Memory, MinimumEnergyPath, find_attractors, merge_endpoints,
                                       min_hessian_eigenvalue, retrieve)
 from memgen.probes.starts import box_starts, noisy_starts
 
@@ -53,7 +54,7 @@ def test_two_pattern_switch_located_to_1e_3():
 
 
 @pytest.mark.parametrize("kind", ["kernel", "dense_am"])
-def test_large_beta_stores_every_pattern_and_nothing_else(kind):
+def test_large_inverse_temperature_stores_every_pattern_and_nothing_else(kind):
     g = torch.Generator().manual_seed(0)
     y = torch.randn(12, 5, generator=g, dtype=F64)
     if kind == "dense_am":
@@ -67,14 +68,14 @@ def test_large_beta_stores_every_pattern_and_nothing_else(kind):
     assert (found.min_eigenvalue > 0).all()
 
 
-def test_small_beta_single_minimum_at_the_mean():
+def test_small_gamma_single_minimum_at_the_mean():
     g = torch.Generator().manual_seed(1)
     y = torch.randn(30, 3, generator=g, dtype=F64)
     memory = Memory(y, 1e-3, "kernel")
     found = find_attractors(memory, box_starts(y, 200, g))
     assert len(found.points) == 1 and found.kinds[0] == "spurious"
     assert (found.points[0] - y.mean(0)).norm() < 1e-2
-    assert found.min_eigenvalue[0] > 1.9  # ≈ 2(1 − 2β·Var) ≈ 2
+    assert found.min_eigenvalue[0] > 1.9  # ≈ 2(1 − 2γ·Var) ≈ 2
 
 
 @pytest.mark.parametrize("method", ["fixed_point", "gradient"])
@@ -123,6 +124,10 @@ def test_minimum_energy_path_barrier_equals_exact_saddle_height():
     from memgen.memory.attractors import minimum_energy_path
 
     path = minimum_energy_path(memory, a, b, n_images=81)
+    assert isinstance(path, MinimumEnergyPath) and path.points.shape == (81, 2)
+    import memgen.memory.attractors as A
+
+    assert not hasattr(A, "Path")  # the path class no longer shadows pathlib.Path
     exact = float(memory.energy(torch.zeros(1, 2, dtype=F64))[0] - memory.energy(a[None])[0])
     assert path.barrier == pytest.approx(exact, rel=1e-3)
 
@@ -142,17 +147,45 @@ def test_ring_barriers_on_three_well_separated_points():
     assert ring_energy_spread(memory) > 0.5
 
 
-def test_find_attractors_from_patterns_with_beta_or_sigma():
+def test_find_attractors_from_patterns_with_inverse_temperature_or_sigma():
     y = torch.tensor([[1.0, 0.0], [-1.0, 0.0]], dtype=F64)
     starts = torch.tensor([[0.8, 0.1], [-0.7, 0.2]], dtype=F64)
     by_sigma = find_attractors(y, starts, sigma=0.3)
-    by_beta = find_attractors(y, starts, beta=1 / (2 * 0.3**2))
-    torch.testing.assert_close(by_sigma.points, by_beta.points)
+    by_gamma = find_attractors(y, starts, inverse_temperature=1 / (2 * 0.3**2))
+    torch.testing.assert_close(by_sigma.points, by_gamma.points)
     assert by_sigma.count("memorized") == 2
+    dense = find_attractors(y, starts, inverse_temperature=5.0, kind="dense_am")
+    torch.testing.assert_close(dense.points,
+                               find_attractors(Memory(y, 5.0, "dense_am"), starts).points)
     with pytest.raises(ValueError, match="exactly one"):
-        find_attractors(y, starts, sigma=0.3, beta=2.0)
+        find_attractors(y, starts, sigma=0.3, inverse_temperature=2.0)
     with pytest.raises(ValueError, match="exactly one"):
         find_attractors(y, starts)
+    with pytest.raises(ValueError, match="use inverse_temperature for dense_am"):
+        find_attractors(y, starts, sigma=0.3, kind="dense_am")
+
+
+def test_memory_inverse_temperature_is_the_kernel_gamma_or_the_dense_am_beta():
+    g = torch.Generator().manual_seed(4)
+    y, x = torch.randn(6, 3, generator=g, dtype=F64), torch.randn(4, 3, generator=g, dtype=F64)
+    sigma = 0.6
+    kernel = Memory.from_sigma(y, sigma)
+    assert kernel.inverse_temperature == E.kernel_gamma(sigma) == 1 / (2 * sigma**2)
+    torch.testing.assert_close(kernel.energy(x), E.kernel_energy(x, y, gamma=1 / (2 * sigma**2)))
+    assert kernel.curvature == (2.0, 2 * kernel.inverse_temperature)
+    dense = Memory(y, 1.5, "dense_am")
+    torch.testing.assert_close(dense.grad(x), E.dense_am_grad(x, y, inverse_temperature=1.5))
+    assert dense.curvature == (1.0, 1.5)
+    with pytest.raises(ValueError, match="inverse temperature must be positive"):
+        Memory(y, 0.0)
+
+
+def test_hessian_eigenvalue_at_a_lone_memory_is_c():
+    """Where one pattern carries all the weight Cov_w = 0, so λ_min = c exactly."""
+    y = torch.tensor([[0.0, 0.0], [3.0, 0.0]], dtype=F64)
+    np.testing.assert_array_equal(min_hessian_eigenvalue(Memory(y, 200.0), y), [2.0, 2.0])
+    np.testing.assert_array_equal(min_hessian_eigenvalue(Memory(y, 200.0, "dense_am"),
+                                                         y[1:]), [1.0])
 
 
 def test_annealed_starts_end_near_training_points_at_small_sigma():

@@ -12,9 +12,10 @@ from memgen.diffusion.denoisers import EmpiricalDenoiser, EpsDenoiser
 from memgen.diffusion.samplers import SAMPLERS, StackedGenerator, get_sampler
 from memgen.diffusion.schedules import VESchedule, VPSchedule
 from memgen.memory import energy as E
-from memgen.probes.basins import (RecoveryConfig, ball_log_volume, bisection_rounds, critical_time,
-                                  denoiser_jacobian, hessian, hessian_eigsh, hessian_spectrum,
-                                  recovery_probability, relative_energy, trial_noise)
+from memgen.probes.curvature import denoiser_jacobian, hessian, hessian_eigsh, hessian_spectrum
+from memgen.probes.recovery import (RecoveryConfig, ball_log_volume, bisection_rounds,
+                                    critical_time, recovery_probability, trial_noise)
+from memgen.probes.relative_energy import relative_energy
 
 F64 = torch.float64
 A = 1.0  # the two patterns sit at ±A
@@ -224,7 +225,8 @@ def test_lanczos_equals_dense_exact_model(which):
     dense = torch.linalg.eigvalsh(E.empirical_hessian(x, patterns, sigma))
     want = dense[:, -5:] if which == "LA" else dense[:, :5]
     for symmetrize in (True, False):
-        got = hessian_eigsh(den, x, sigma, k=5, which=which, symmetrize=symmetrize).eigenvalues
+        got = hessian_eigsh(den, x, sigma, n_eigen=5, which=which,
+                            symmetrize=symmetrize).eigenvalues
         torch.testing.assert_close(got, want, rtol=1e-8, atol=1e-10)
 
 
@@ -250,23 +252,23 @@ def test_lanczos_equals_dense_through_a_network():
     spec = hessian_spectrum(den, x, sigma)
     assert spec.asymmetry.min() > 1e-3
     for which, part in (("LA", slice(-3, None)), ("SA", slice(0, 3))):
-        got = hessian_eigsh(den, x, sigma, k=3, which=which).eigenvalues
+        got = hessian_eigsh(den, x, sigma, n_eigen=3, which=which).eigenvalues
         torch.testing.assert_close(got, spec.eigenvalues[:, part], rtol=1e-8, atol=1e-10)
 
 
 def test_curvature_validation():
     den = EmpiricalDenoiser(_random_patterns(3, 4, seed=9))
     x = torch.zeros(1, 4, dtype=F64)
-    with pytest.raises(ValueError, match="k must"):
-        hessian_eigsh(den, x, 0.5, k=4)
+    with pytest.raises(ValueError, match="n_eigen must"):
+        hessian_eigsh(den, x, 0.5, n_eigen=4)
     with pytest.raises(ValueError, match="which"):
-        hessian_eigsh(den, x, 0.5, k=2, which="LM")
+        hessian_eigsh(den, x, 0.5, n_eigen=2, which="LM")
     with pytest.raises(ValueError, match="sigma"):
         hessian_spectrum(den, x, -1.0)
 
 
 def test_lanczos_unconverged_eigenvalues_are_nan():
     patterns = _random_patterns(40, 20, seed=6) * torch.linspace(0.1, 2, 20, dtype=F64)
-    spec = hessian_eigsh(EmpiricalDenoiser(patterns), torch.zeros(1, 20, dtype=F64), 1.5, k=5,
-                         which="SA", maxiter=1, ncv=6)
+    spec = hessian_eigsh(EmpiricalDenoiser(patterns), torch.zeros(1, 20, dtype=F64), 1.5,
+                         n_eigen=5, which="SA", maxiter=1, ncv=6)
     assert spec.eigenvalues.shape == (1, 5) and torch.isnan(spec.eigenvalues).any()

@@ -66,12 +66,23 @@ def test_curvature_in_2d_is_the_exact_hessian_spectrum(tmp_path):
     np.savez(tmp_path / "t.npz", samples=train)
     np.savez(tmp_path / "x.npz", samples=train[:3])
     result = _invoke("curvature", "--exact", tmp_path / "t.npz", "--samples", tmp_path / "x.npz",
-                     "--sigma", 0.5, "--k", 2, "--out", tmp_path / "cv")
+                     "--sigma", 0.5, "--n-eigen", 2, "--out", tmp_path / "cv")
     assert result.exit_code == 0, result.output
     hess = empirical_hessian(torch.from_numpy(train[:3]).double(),
                              torch.from_numpy(train).double(), 0.5)
-    np.testing.assert_allclose(_column(tmp_path / "cv" / "curvature.csv", "eig0"),
-                               torch.linalg.eigvalsh(hess)[:, 0].numpy(), rtol=1e-8)
+    smallest = torch.linalg.eigvalsh(hess)[:, 0].numpy()
+    np.testing.assert_allclose(_column(tmp_path / "cv" / "curvature.csv", "eig0"), smallest,
+                               rtol=1e-8)
+    with open(tmp_path / "cv" / "curvature.csv") as f:
+        assert next(csv.reader(f)) == ["index", "label", "eig0", "eig1"]
+    # Lanczos (--dense-max below D): --n-eigen 1 extreme eigenvalue per point
+    result = _invoke("curvature", "--exact", tmp_path / "t.npz", "--samples", tmp_path / "x.npz",
+                     "--sigma", 0.5, "--n-eigen", 1, "--dense-max", 1, "--out", tmp_path / "lz")
+    assert result.exit_code == 0, result.output
+    with open(tmp_path / "lz" / "curvature.csv") as f:
+        assert next(csv.reader(f)) == ["index", "label", "eig0"]
+    np.testing.assert_allclose(_column(tmp_path / "lz" / "curvature.csv", "eig0"), smallest,
+                               rtol=1e-6)
 
 
 def test_bad_labels_fail_in_one_line_and_write_nothing(two_points):

@@ -1,4 +1,5 @@
-"""Tests for the ``memgen`` command line (DESIGN §4), on small planted data with known answers."""
+"""Tests for the ``memgen`` command line (README, “Command line”), on small planted data with
+known answers."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import click
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -803,3 +805,41 @@ def test_console_script_help(tmp_path):
                           timeout=120, env=_subprocess_env())
     assert proc.returncode == 0, proc.stderr
     assert "classify" in proc.stdout and "capacities" in proc.stdout
+
+
+# ------------------------------------------------------------------ registry choices
+
+
+def _all_commands(group, ctx):
+    for name in group.list_commands(ctx):
+        command = group.get_command(ctx, name)
+        yield from _all_commands(command, ctx) if isinstance(command, click.Group) else [command]
+
+
+def test_choice_lists_are_read_from_their_registries():
+    """Every --sampler, --data, --metric, --rule and --backend choice list is its registry,
+    and so are the sweep config's; a newly registered name is offered everywhere."""
+    from memgen.data import DATASETS
+    from memgen.diffusion.samplers import SAMPLERS
+    from memgen.experiments.config import CHOICES
+    from memgen.experiments.phase import PHASE_DATA
+    from memgen.metrics.features import FEATURE_MAPS
+    from memgen.metrics.rules import RULE_DEFAULTS
+    from memgen.metrics.stream import KNN_BACKENDS
+
+    registries = {"sampler": SAMPLERS, "data": DATASETS, "metric": FEATURE_MAPS,
+                  "rule": RULE_DEFAULTS, "backend": KNN_BACKENDS}
+    seen = set()
+    ctx = click.Context(cli)
+    for command in _all_commands(cli, ctx):
+        for param in command.params:
+            if param.name in registries:
+                allowed = PHASE_DATA if command.name == "phase" else registries[param.name]
+                assert isinstance(param.type, click.Choice), (command.name, param.name)
+                assert tuple(param.type.choices) == tuple(allowed), (command.name, param.name)
+                seen.add(param.name)
+    assert seen == set(registries)
+    assert set(PHASE_DATA) <= set(DATASETS)
+    assert CHOICES["sample.sampler"] == (None, *SAMPLERS)
+    assert CHOICES["measure.metric"] == tuple(FEATURE_MAPS)
+    assert CHOICES["measure.rule"] == tuple(RULE_DEFAULTS)

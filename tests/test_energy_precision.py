@@ -53,11 +53,11 @@ def _sq_dist64(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 def test_float32_kernel_weights_denoiser_and_energy_match_float64(kind, sigma, one_thread):
     y = _patterns(kind)
     x = _queries(y, sigma)
-    beta = E.kernel_beta(sigma)
-    logits = -beta * _sq_dist64(x, y)
+    gamma = E.kernel_gamma(sigma)
+    logits = -gamma * _sq_dist64(x, y)
     w64 = torch.softmax(logits, dim=1)
     assert (w64.max(1).values[:50] < 0.99).any()  # some rows really are split
-    w = E.kernel_weights(x, y, beta)
+    w = E.kernel_weights(x, y, gamma)
     assert w.dtype == torch.float32
     assert (w.double() - w64).abs().max() <= 1e-6
     denoised64 = w64 @ y.double()
@@ -66,8 +66,8 @@ def test_float32_kernel_weights_denoiser_and_energy_match_float64(kind, sigma, o
     # ∇E_σ = (x − D)/σ²: compare σ²∇E_σ = x − D, the part float32 has to get right
     step = sigma**2 * E.empirical_grad(x, y, sigma).double()
     assert (step - (x.double() - denoised64)).abs().max() <= 1e-6
-    energy64 = -torch.logsumexp(logits, dim=1) / beta
-    relative = (E.kernel_energy(x, y, beta).double() - energy64).abs() / energy64.abs()
+    energy64 = -torch.logsumexp(logits, dim=1) / gamma
+    relative = (E.kernel_energy(x, y, gamma).double() - energy64).abs() / energy64.abs()
     assert relative.max() <= 1e-6
 
 
@@ -78,16 +78,18 @@ def test_float32_retrieval_step_matches_float64(kind, one_thread):
     if kind == "dense_am":  # equal norms, so that midpoints split the DenseAM posterior too
         y = (y / y.double().norm(dim=1, keepdim=True).float()) * 20
     x = _queries(y, 0.05)
-    beta = E.kernel_beta(0.05) if kind == "kernel" else 2.0
+    # the kernel's γ = 1/(2σ²), or DenseAM's β
+    inverse_temperature = E.kernel_gamma(0.05) if kind == "kernel" else 2.0
     if kind == "kernel":
-        logits = -beta * _sq_dist64(x, y)
+        logits = -inverse_temperature * _sq_dist64(x, y)
     else:
-        logits = beta * (x.double() @ y.double().T)
+        logits = inverse_temperature * (x.double() @ y.double().T)
     w64 = torch.softmax(logits, dim=1)
     assert (w64.max(1).values[:50] < 0.99).any()
-    step = Memory(y, beta, kind).retrieval_step(x)
+    memory = Memory(y, inverse_temperature, kind)
+    step = memory.retrieval_step(x)
     assert (step.double() - w64 @ y.double()).abs().max() <= 1e-6 * y.abs().max()
-    assert (Memory(y, beta, kind).weights(x).double() - w64).abs().max() <= 1e-6
+    assert (memory.weights(x).double() - w64).abs().max() <= 1e-6
 
 
 @pytest.mark.parametrize("offset", [0.0, 2.0**10, 2.0**16])
@@ -110,13 +112,13 @@ def test_pairwise_sq_dist_is_exact_within_the_window(offset, one_thread):
     torch.testing.assert_close(pairwise_sq_dist(x, y), exact, rtol=1e-9, atol=1e-9 * offset**2)
 
 
-def test_per_row_beta_and_gradients_flow(one_thread):
-    """(B,) inverse temperatures, as the denoiser passes them, and autograd through the screen."""
+def test_per_row_gamma_and_gradients_flow(one_thread):
+    """(B,) kernel γ = 1/(2σ²), as the denoiser passes them, and autograd through the screen."""
     y = _patterns("uniform")[:50]
     x = _queries(y, 0.05)[:8].clone().requires_grad_(True)
-    beta = torch.linspace(10.0, 400.0, 8)
-    w = E.kernel_weights(x, y, beta)
+    gamma = torch.linspace(10.0, 400.0, 8)
+    w = E.kernel_weights(x, y, gamma=gamma)
     for b in range(8):
-        torch.testing.assert_close(w[b], E.kernel_weights(x[b:b + 1], y, float(beta[b]))[0])
+        torch.testing.assert_close(w[b], E.kernel_weights(x[b:b + 1], y, float(gamma[b]))[0])
     E.kernel_energy(x, y, 200.0).sum().backward()
     torch.testing.assert_close(x.grad, E.kernel_grad(x.detach(), y, 200.0), rtol=1e-4, atol=1e-5)

@@ -1,4 +1,5 @@
-"""Generation: the exact denoiser memorizes (positive control), shards resume, batches don't matter."""
+"""Generation: the exact denoiser memorizes (positive control), shards resume, batches
+don't matter."""
 
 import json
 
@@ -8,8 +9,9 @@ import torch
 from click.testing import CliRunner
 
 from memgen.cli import cli
-from memgen.diffusion.denoisers import EmpiricalDenoiser, load_torchscript_denoiser
+from memgen.diffusion.denoisers import EmpiricalDenoiser
 from memgen.diffusion.generate import GenerateConfig, generate
+from memgen.diffusion.loaders import load_denoiser
 from memgen.diffusion.schedules import VPSchedule
 
 
@@ -94,7 +96,7 @@ def test_torchscript_eps_model_as_denoiser(tmp_path):
 
     path = tmp_path / "eps.pt"
     torch.jit.script(Eps(y, schedule.alphas_cumprod.float())).save(str(path))
-    den = load_torchscript_denoiser(path)
+    den = load_denoiser(torchscript=path, shape=(1, 4, 4)).denoiser
     sigma = float(schedule.sigma(500))
     out = den(torch.randn(3, 1, 4, 4), sigma)
     torch.testing.assert_close(out, y.expand(3, 1, 4, 4), rtol=1e-4, atol=1e-4)
@@ -108,8 +110,6 @@ def test_cli_generate_needs_one_source(tmp_path):
 def test_diffusers_loader_says_what_to_install(tmp_path, monkeypatch):
     import builtins
 
-    from memgen.diffusion.denoisers import load_diffusers_denoiser
-
     real_import = builtins.__import__
 
     def no_diffusers(name, *args, **kwargs):
@@ -119,7 +119,7 @@ def test_diffusers_loader_says_what_to_install(tmp_path, monkeypatch):
 
     monkeypatch.setattr(builtins, "__import__", no_diffusers)
     with pytest.raises(ValueError, match="memgen\\[diffusers\\]"):
-        load_diffusers_denoiser(tmp_path)
+        load_denoiser(diffusers=tmp_path, shape=(3, 8, 8))
 
 
 # ---------------------------------------------------------- defaults kept (regression)

@@ -27,8 +27,8 @@ def test_random_data_has_no_duplicates_and_absolute_rule_uses_raw_distance():
     x = _data(seed=2)
     assert len(near_duplicates(x).pairs) == 0
     d1 = near_duplicates(x).nn_dist
-    brute = np.sort(np.linalg.norm(x[:, None] - x[None], axis=-1) + np.diag(np.full(len(x), np.inf)),
-                    axis=1)[:, 0]
+    pairs = np.linalg.norm(x[:, None] - x[None], axis=-1) + np.diag(np.full(len(x), np.inf))
+    brute = np.sort(pairs, axis=1)[:, 0]
     np.testing.assert_allclose(d1, brute, rtol=1e-5)
     cut = np.quantile(d1, 0.1)
     found = near_duplicates(x, threshold="absolute", delta=cut)

@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 import memgen
-from memgen.metrics.knn import brute_force_knn, knn_search
+from memgen.metrics.knn import brute_force_knn, knn_search, take_sorted
 
 
 @settings(max_examples=60, deadline=None)
@@ -129,3 +129,21 @@ def test_large_blocks_use_group_preselection_exactly(grid):
     dist, idx = memgen.knn(r[:2048], r[:2048], 3, exclude_self=True)
     bdist, bidx = brute_force_knn(r[:2048], r[:2048], 3, exclude_self=True)
     np.testing.assert_array_equal(idx, bidx)
+
+
+@pytest.mark.parametrize("k", [1, 4, 9, 12])
+def test_take_sorted_matches_numpy_lexsort(k):
+    """The one top-k merge: the k smallest by (distance, index), ties to the smaller index,
+    as numpy's lexsort gives it; merging two lists equals selecting from their union."""
+    rng = np.random.default_rng(3)
+    d = rng.integers(0, 4, size=(6, 9)).astype(np.float64)  # many exact ties
+    idx = np.stack([rng.permutation(100)[:9] for _ in range(6)])
+    got_d, got_i = take_sorted(torch.from_numpy(d), torch.from_numpy(idx), k)
+    order = [np.lexsort((i_row, d_row))[:k] for d_row, i_row in zip(d, idx)]
+    np.testing.assert_array_equal(got_i.numpy(), np.take_along_axis(idx, np.array(order), 1))
+    np.testing.assert_array_equal(got_d.numpy(), np.take_along_axis(d, np.array(order), 1))
+    a_d, a_i = take_sorted(torch.from_numpy(d[:, :5]), torch.from_numpy(idx[:, :5]), k)
+    b_d, b_i = take_sorted(torch.from_numpy(d[:, 5:]), torch.from_numpy(idx[:, 5:]), k)
+    m_d, m_i = take_sorted(torch.cat([a_d, b_d], 1), torch.cat([a_i, b_i], 1), k)
+    torch.testing.assert_close(m_i, got_i, rtol=0, atol=0)
+    torch.testing.assert_close(m_d, got_d, rtol=0, atol=0)

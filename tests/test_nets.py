@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import time
 
 import pytest
 import torch
 
 from memgen.diffusion.nets import (PRESETS, NetConfig, ScoreMLP, UNet, count_parameters, get_preset,
-                                   timestep_embedding)
+                                   presets, timestep_embedding)
 from memgen.diffusion.nets.unet import AttnBlock
 
 
@@ -59,6 +60,26 @@ def test_church_parameter_count():
     n = _meta_count(get_preset("church"))
     assert n == 61_745_283
     assert abs(n - 61.7e6) / 61.7e6 < 0.001
+
+
+def _documented_counts() -> dict[str, int]:
+    """preset -> parameters, from the table in memgen.diffusion.nets.presets' docstring."""
+    table = {}
+    for line in presets.__doc__.splitlines():
+        m = re.match(r"    ([a-z0-9/-]+)\s+([\d,]+)\s", line)
+        if m:
+            table.update(dict.fromkeys(m[1].split("/"), int(m[2].replace(",", ""))))
+    return table
+
+
+def test_docstring_parameter_table_matches_built_presets():
+    table = _documented_counts()
+    assert set(table) == set(PRESETS)
+    assert {name: _meta_count(get_preset(name)) for name in PRESETS} == table
+    church_128 = dataclasses.replace(get_preset("church"), dim=128)
+    assert f"{_meta_count(church_128):,}" in presets.__doc__  # the width-128 note
+    mnist_14 = dataclasses.replace(get_preset("mnist"), attn_resolutions=(14,))
+    assert f"{_meta_count(mnist_14):,}" in presets.__doc__  # attention at 14×14
 
 
 def test_attention_levels_follow_the_nearest_side():

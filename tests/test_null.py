@@ -45,7 +45,7 @@ def test_null_sizes():
 
 
 def test_spurious_null_rate_is_high_on_the_circle_and_calibration_removes_it():
-    """A perfect generalizer on a 1-D manifold is flagged spurious often (DESIGN §2)."""
+    """A perfect generalizer on a 1-D manifold is flagged spurious often (README, “Null rates”)."""
     pool = circle_pool(60_000, seed=9)
     train, heldout, fresh = pool[:1000], pool[1000:11_000], pool[11_000:16_000]
     rule = make_rule("paper")

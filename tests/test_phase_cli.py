@@ -26,15 +26,14 @@ def test_retrieval_step_equals_weights_times_patterns(kind):
     x = torch.randn(6, 4, generator=g, dtype=torch.float64) * 3
     memory = Memory(y, 2.5, kind)
     torch.testing.assert_close(memory.retrieval_step(x), memory.weights(x) @ y)
-    buffer = torch.empty(500, dtype=torch.float64)
-    torch.testing.assert_close(memory.retrieval_step(x, buffer), memory.weights(x) @ y)
 
 
 def test_ring_radius_solves_the_radial_score():
-    for beta in (2.0, 20.0, 200.0):
-        r = circle_ring_radius(beta)
-        assert abs(float(E.circle_radial_score(torch.tensor(r, dtype=torch.float64), beta))) < 1e-9
-    assert circle_ring_radius(0.5) == 0.0  # β < 1: the minimum is the centre
+    for gamma in (2.0, 20.0, 200.0):
+        r = circle_ring_radius(gamma=gamma)
+        score = E.circle_radial_score(torch.tensor(r, dtype=torch.float64), gamma)
+        assert abs(float(score)) < 1e-9
+    assert circle_ring_radius(0.5) == 0.0  # γ < 1: the minimum is the centre
 
 
 def _read(path):

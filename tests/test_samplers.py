@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from memgen.diffusion.denoisers import EmpiricalDenoiser, GaussianDenoiser
-from memgen.diffusion.samplers import (SAMPLERS, GaussianPrior, StackedGenerator, clipped,
-                                       get_sampler, initial_noise, sample_ddim, sample_ddpm,
-                                       sample_euler_maruyama, sample_heun, ve_sigmas)
+from memgen.diffusion.samplers import (SAMPLER_OPTIONS, SAMPLERS, GaussianPrior, StackedGenerator,
+                                       clipped, get_sampler, initial_noise, sample_ddim,
+                                       sample_ddpm, sample_euler_maruyama, sample_heun,
+                                       sampler_options, ve_sigmas)
 from memgen.diffusion.schedules import VESchedule, VPSchedule
 
 F64 = torch.float64
@@ -58,8 +59,8 @@ def _propagated_cov(name, sigmas, eta=0.0):
 # Σ + t_min I; Heun (100 VP steps) 8e-4, second order.
 CASES = [
     ("ddpm", sample_ddpm, {}, VP.sigmas(), COV, 0.013),
-    ("ddim_eta0", sample_ddim, {"eta": 0.0}, VP.sigmas(100), COV, 0.055),
-    ("ddim_eta1", sample_ddim, {"eta": 1.0}, VP.sigmas(100), COV, 0.115),
+    ("ddim_eta0", sample_ddim, {"options": {"eta": 0.0}}, VP.sigmas(100), COV, 0.055),
+    ("ddim_eta1", sample_ddim, {"options": {"eta": 1.0}}, VP.sigmas(100), COV, 0.115),
     ("euler_maruyama", sample_euler_maruyama, {}, VESchedule().sigmas(1000),
      COV + 1e-3 * torch.eye(2, dtype=F64), 0.0006),
     ("heun", sample_heun, {}, VP.sigmas(100), COV, 0.0015),
@@ -89,7 +90,7 @@ def test_gaussian_moments_are_reproduced(label, sampler, kwargs, sigmas, target,
     assert ((cov - target).abs() <= tol_cov).all(), (cov, target, tol_cov)
     # tighter: against the exact covariance this discretisation produces (no allowance)
     name = label.split("_eta")[0]
-    exact = _propagated_cov(name, sigmas, kwargs.get("eta", 0.0))
+    exact = _propagated_cov(name, sigmas, kwargs.get("options", {}).get("eta", 0.0))
     assert ((cov - exact).abs() <= _moments_tolerance(exact, N_GAUSS)[1]).all(), (cov, exact)
 
 
@@ -97,7 +98,8 @@ def test_gaussian_moments_are_reproduced(label, sampler, kwargs, sigmas, target,
                          ids=[c[0] for c in CASES])
 def test_discretisation_bias_is_within_allowance(label, sampler, kwargs, sigmas, target,
                                                  allowance):
-    exact = _propagated_cov(label.split("_eta")[0], sigmas, kwargs.get("eta", 0.0))
+    exact = _propagated_cov(label.split("_eta")[0], sigmas,
+                            kwargs.get("options", {}).get("eta", 0.0))
     bias = (exact - target).abs().max().item()
     assert allowance / 2 < bias < allowance / 1.2  # allowance ≈ 1.5 × bias, not slack
 
@@ -113,7 +115,7 @@ def _points(kind):
 
 @pytest.mark.parametrize("kind", ["circle8", "normal5x10"])
 @pytest.mark.parametrize("name, kwargs, steps", [
-    ("ddpm", {}, None), ("ddim", {"eta": 0.0}, 100), ("heun", {}, 100)])
+    ("ddpm", {}, None), ("ddim", {"options": {"eta": 0.0}}, 100), ("heun", {}, 100)])
 def test_empirical_denoiser_reproduces_training_points(kind, name, kwargs, steps):
     patterns = _points(kind)
     g = torch.Generator().manual_seed(5)
@@ -196,7 +198,7 @@ def test_ddpm_equals_the_textbook_vp_ancestral_step():
     got = []
     sample_ddpm(denoiser, x_vp / VP.scale(999), VP.sigmas(),
                 generator=torch.Generator().manual_seed(11),
-                callback=lambda i, x, s: got.append(x))
+                callback=lambda info: got.append(info["x"]))
     assert len(got) == len(want) == 1000
     for w, x in zip(want, got):
         torch.testing.assert_close(x, w, rtol=1e-9, atol=1e-9)
@@ -214,7 +216,7 @@ def test_ddim_eta0_equals_the_textbook_update_on_a_strided_ladder():
     want = _vp_trajectory(denoiser, x_vp, ts, ddim_step)
     got = []
     sample_ddim(denoiser, x_vp / VP.scale(999), VP.sigmas(50),
-                callback=lambda i, x, s: got.append(x))
+                callback=lambda info: got.append(info["x"]))
     for w, x in zip(want, got):
         torch.testing.assert_close(x, w, rtol=1e-9, atol=1e-9)
 
@@ -223,7 +225,8 @@ def test_ddim_eta1_equals_ddpm():
     denoiser = GaussianDenoiser(MU, COV)
     x = initial_noise((256, 2), 30.0, torch.Generator().manual_seed(2), dtype=F64)
     sig = VP.sigmas(50)
-    a = sample_ddim(denoiser, x, sig, eta=1.0, generator=torch.Generator().manual_seed(9))
+    a = sample_ddim(denoiser, x, sig, options={"eta": 1.0},
+                    generator=torch.Generator().manual_seed(9))
     b = sample_ddpm(denoiser, x, sig, generator=torch.Generator().manual_seed(9))
     torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
 
@@ -258,7 +261,10 @@ def test_registry_and_errors():
             with pytest.raises(ValueError):
                 sampler(d, x, bad)
     with pytest.raises(ValueError):
-        sample_ddim(d, x, [1.0, 0.5], eta=1.5)
+        sample_ddim(d, x, [1.0, 0.5], options={"eta": 1.5})
+    for name, sampler in SAMPLERS.items():  # an option the sampler does not read
+        with pytest.raises(ValueError, match="no option 'etta'"):
+            sampler(d, x, [1.0, 0.5], options={"etta": 0.5})
     with pytest.raises(ValueError):
         sample_ddpm(d, x, [1.0, 0.5], generator=0)
     with pytest.raises(ValueError):
@@ -271,10 +277,44 @@ def test_callback_dtype_and_last_step_to_zero(name):
     x = initial_noise((16, 2), 5.0, torch.Generator().manual_seed(0), dtype=F64)
     seen = []
     out = SAMPLERS[name](d, x, [5.0, 1.0, 0.3, 0.0], generator=torch.Generator().manual_seed(1),
-                         callback=lambda i, xi, s: seen.append((i, s)))
+                         callback=lambda info: seen.append((info["i"], info["sigma_next"])))
     assert seen == [(0, 1.0), (1, 0.3), (2, 0.0)] and out.dtype == F64 and out.shape == x.shape
     if name != "heun":  # a stochastic or one-step-to-0 sampler ends on the denoiser's output
         assert torch.unique(out, dim=0).shape[0] == 16
+
+
+@pytest.mark.parametrize("name", list(SAMPLERS))
+@pytest.mark.parametrize("clip", [None, (-1.0, 1.0)])
+def test_callback_sees_the_step_and_the_denoised_estimate(name, clip):
+    """info = {x, i, sigma, sigma_next, denoised}: x the new state, denoised = D(x, σ_i) at
+    the state the step started from (clamped when the sampler clips), as k-diffusion."""
+    d = GaussianDenoiser(MU * 3, COV)  # x̂₀ outside [−1, 1], so a clip shows
+    x = initial_noise((8, 2), 5.0, torch.Generator().manual_seed(0), dtype=F64)
+    levels = [5.0, 1.0, 0.3, 0.0]
+    seen = []
+    out = SAMPLERS[name](d, x, levels, clip=clip, generator=torch.Generator().manual_seed(1),
+                         callback=lambda info: seen.append(dict(info)))
+    assert [set(info) for info in seen] == [{"x", "i", "sigma", "sigma_next", "denoised"}] * 3
+    assert [(info["i"], info["sigma"], info["sigma_next"]) for info in seen] == [
+        (0, 5.0, 1.0), (1, 1.0, 0.3), (2, 0.3, 0.0)]
+    before = [x] + [info["x"] for info in seen[:-1]]
+    for start, info in zip(before, seen):
+        want = d(start, info["sigma"])
+        want = want if clip is None else want.clamp(*clip)
+        torch.testing.assert_close(info["denoised"], want, rtol=0, atol=0)
+    torch.testing.assert_close(seen[-1]["x"], out, rtol=0, atol=0)
+
+
+def test_sampler_options_pick_what_each_sampler_reads():
+    assert sampler_options("ddim", {"eta": 0.3}) == {"eta": 0.3}
+    assert sampler_options("ddpm", {"eta": 0.3}) == {} == sampler_options("heun", {"eta": 1})
+    assert set(SAMPLER_OPTIONS) == set(SAMPLERS)
+    with pytest.raises(ValueError, match="unknown sampler"):
+        sampler_options("dpm++", {})
+    d, x = GaussianDenoiser(MU, COV), torch.zeros(4, 2, dtype=F64)
+    default = sample_ddim(d, x, [2.0, 0.5, 0.0])
+    torch.testing.assert_close(sample_ddim(d, x, [2.0, 0.5, 0.0], options={"eta": 0.0}),
+                               default, rtol=0, atol=0)
 
 
 def test_stacked_generator_values_do_not_depend_on_how_draws_are_grouped():

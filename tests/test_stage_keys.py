@@ -15,7 +15,8 @@ import pytest
 from test_cli import run
 
 from memgen.diffusion.nets import get_preset
-from memgen.experiments.config import load_config
+from memgen.experiments.config import AnalysisConfig, SweepConfig, load_config
+from memgen.experiments.probe_stages import analysis_key
 from memgen.experiments.sweep import train_key
 
 TINY = Path(__file__).parents[1] / "configs" / "tiny.yaml"
@@ -97,3 +98,19 @@ def test_train_key_holds_the_data_content_and_the_full_network():
     wider = load_config(Path(__file__).parents[1] / "configs" / "images-cpu.yaml",
                         [f"model.net={json.dumps(net)}", "model.preset=null"])
     assert train_key(train, wider) != key  # a changed architecture never reuses a cache
+
+
+def test_analysis_key_hashes_n_eigen_under_its_former_name_k():
+    """analysis.n_eigen was analysis.k: the key still names it k, so analysis caches made
+    before the rename stay valid (keys stored before the rename)."""
+    folder = "classify-0123456789abcdef"
+    basins = SweepConfig(analysis=AnalysisConfig(basins=True))
+    curvature = SweepConfig(analysis=AnalysisConfig(curvature=True, n_eigen=7))
+    assert analysis_key(folder, basins) == "88e05bf77203565b"
+    assert analysis_key(folder, curvature) == "a73c106852fec764"
+    config = load_config(TINY, ["analysis.curvature=true", "analysis.n_eigen=3"])
+    assert config.analysis.n_eigen == 3
+    with pytest.raises(ValueError, match="analysis.k: unknown key"):
+        load_config(TINY, ["analysis.k=3"])
+    with pytest.raises(ValueError, match="analysis.n_eigen: must be at least 1"):
+        load_config(TINY, ["analysis.n_eigen=0"])

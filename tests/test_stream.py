@@ -1,4 +1,5 @@
-"""Streamed kNN over shard files equals one in-memory search; the faiss engine equals the built-in."""
+"""Streamed kNN over shard files equals one in-memory search; the faiss engine equals the
+built-in."""
 
 import numpy as np
 import pytest
@@ -8,9 +9,9 @@ from memgen.io import validate_samples
 from memgen.metrics import faiss_knn
 from memgen.metrics.faiss_knn import faiss_knn_search
 from memgen.metrics.features import FeatureMap
-from memgen.metrics.knn import brute_force_knn, knn_search
+from memgen.metrics.knn import brute_force_knn, knn_search, take_sorted
 from memgen.metrics.shards import find_shards, iter_chunks, open_shards
-from memgen.metrics.stream import get_knn_backend, merge_topk, stream_knn
+from memgen.metrics.stream import get_knn_backend, stream_knn
 
 SIZES = (10, 0, 23, 24)  # uneven shards, one empty: 57 rows
 
@@ -202,12 +203,13 @@ def test_bad_input_errors(tmp_path):
         stream_knn(q, tmp_path, 1)
 
 
-def test_merge_topk_breaks_ties_by_index():
+def test_merging_topk_breaks_ties_by_index():
+    """Merging a running top-k with a chunk's is take_sorted on their concatenation."""
     dist = torch.tensor([[1.0, 2.0, 2.0]], dtype=torch.float64)
     idx = torch.tensor([[7, 9, 12]])
     new_dist = torch.tensor([[2.0, 0.5]], dtype=torch.float64)
     new_idx = torch.tensor([[3, 20]])
-    d, i = merge_topk(dist, idx, new_dist, new_idx, 4)
+    d, i = take_sorted(torch.cat([dist, new_dist], 1), torch.cat([idx, new_idx], 1), 4)
     assert i.tolist() == [[20, 7, 3, 9]] and d.tolist() == [[0.5, 1.0, 2.0, 2.0]]
 
 

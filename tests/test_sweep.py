@@ -115,6 +115,7 @@ def test_set_overrides_and_dry_run(tmp_path):
 # The tiny sweep with a trained network (toy MLP, a few dozen steps) instead of the exact model.
 NETWORK = ["--set", "model.kind=network", "--set", "model.preset=toy-mlp",
            "--set", "train.iterations=40", "--set", "train.batch_size=32",
+           "--set", "train.lr=0.002", "--set", "train.ema_decay=0.999",  # the toy's, as before
            "--set", "sample.n_eval=100", "--set", "sample.min_synth=100",
            "--set", "sample.steps=50", "--set", "measure.bootstrap=100"]
 

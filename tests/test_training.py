@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from memgen.diffusion.denoisers import load_checkpoint_denoiser
+from memgen.diffusion.loaders import load_denoiser
 from memgen.diffusion.samplers import StackedGenerator, sample_euler_maruyama
 from memgen.diffusion.training import TrainConfig, draw_batch, new_state, train, training_loss
 
@@ -33,7 +33,7 @@ def test_training_on_two_points_lowers_the_loss_and_samples_land_on_them(tmp_pat
     state = train(config, TWO_POINTS.repeat(64, 1), tmp_path, progress=False)
     log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert log[-1]["step"] == 1500 and log[-1]["loss"] < 0.7 * log[0]["loss"]
-    denoiser = load_checkpoint_denoiser(tmp_path / "checkpoint.pt")
+    denoiser = load_denoiser(checkpoint=tmp_path / "checkpoint.pt").denoiser
     schedule = config.schedule()
     sigmas = schedule.sigmas(300)
     gen = StackedGenerator(list(range(200)))
@@ -47,10 +47,10 @@ def test_training_on_two_points_lowers_the_loss_and_samples_land_on_them(tmp_pat
 def test_checkpoint_round_trip_gives_identical_outputs(tmp_path):
     config = _toy_config(iterations=5)
     state = train(config, TWO_POINTS, tmp_path, progress=False)
-    denoiser = load_checkpoint_denoiser(tmp_path / "checkpoint.pt")
+    denoiser = load_denoiser(checkpoint=tmp_path / "checkpoint.pt").denoiser
     x, t = torch.randn(7, 2), torch.rand(7)
     torch.testing.assert_close(denoiser.net(x, t), state.ema(x, t), rtol=0, atol=0)
-    raw = load_checkpoint_denoiser(tmp_path / "checkpoint.pt", ema=False)
+    raw = load_denoiser(checkpoint=tmp_path / "checkpoint.pt", ema=False).denoiser
     torch.testing.assert_close(raw.net(x, t), state.model(x, t), rtol=0, atol=0)
 
 

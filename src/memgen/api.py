@@ -18,8 +18,8 @@ from memgen.errors import UserError
 from memgen.experiments.config import SweepConfig, load_config
 from memgen.experiments.sweep import run_sweep
 from memgen.io import load_samples, validate_samples
-from memgen.metrics.capacity import Capacity, FractionTable, read_fraction_table
-from memgen.metrics.capacity import capacities as table_capacities
+from memgen.metrics.capacity import (Capacity, FractionTable, capacities as table_capacities,
+                                     read_fraction_table)
 from memgen.metrics.classify import Classification, ClassifyConfig, classify_sets
 from memgen.metrics.shards import open_shards
 

@@ -1,12 +1,13 @@
 """Reading sample files and writing output folders atomically.
 
-Sample files (DESIGN §4): ``.npz`` with key ``samples`` — or a single array under any
-key, the reference code's layout — or ``.npy``; N×C×H×W or N×D floats, images in
-[-1, 1]; uint8 images in [0, 255] are converted. Never unpickled (allow_pickle=False).
+Sample files (README, “Command line”): ``.npz`` with key ``samples`` — or a single array
+under any key, the reference code's layout — or ``.npy``; N×C×H×W or N×D floats, images
+in [-1, 1]; uint8 images in [0, 255] are converted. Never unpickled (allow_pickle=False).
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -228,3 +229,12 @@ def _umask() -> int:
 
 def write_json(path: Path, payload: dict) -> None:
     path.write_text(json.dumps(payload, indent=2) + "\n")
+
+
+def read_csv_rows(path: str | Path) -> list[dict]:
+    """The rows of a CSV file with a header line, as ``csv.DictReader`` gives them."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"no such file: {path}")
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))

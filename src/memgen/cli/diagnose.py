@@ -16,9 +16,10 @@ import click
 import numpy as np
 import torch
 
-from memgen.cli.models import checkpoint_net, denoiser_from_source
+from memgen.cli.models import checkpoint_net, model_from_options
 from memgen.cli.options import overwrite_option
-from memgen.diffusion.denoisers import EmpiricalDenoiser
+from memgen.data import DATASETS
+from memgen.diffusion.loaders import load_denoiser
 from memgen.diffusion.training import training_samples
 from memgen.errors import UserError
 from memgen.io import atomic_output_dir, check_output_dir, load_samples, write_json
@@ -44,8 +45,8 @@ FILES = ("diagnose.csv", "diagnose.json", "diagnose.png")
 @click.option("--train", "train_path", type=click.Path(dir_okay=False),
               help="The training set whose exact denoiser is the reference [--exact's file; "
                    "train.npz beside --checkpoint].")
-@click.option("--data", help="With --checkpoint: a named data set, as memgen train "
-                             "(fmnist, mnist, cifar10, digits, circle, folder).")
+@click.option("--data", type=click.Choice(tuple(DATASETS)),
+              help="With --checkpoint: a named data set, as memgen train.")
 @click.option("--K", "K", type=int, help="With --data: the first K of the seeded split.")
 @click.option("--split-seed", type=int, help="[3407; 42 for the circle]")
 @click.option("--half", type=click.IntRange(1, 2), default=1, show_default=True,
@@ -78,17 +79,19 @@ def diagnose(checkpoint, exact_path, torchscript, diffusers, shape, schedule, tr
     check_output_dir(out, "diagnose", overwrite)
     train, train_name = _reference_set(train_path, data, K, split_seed, half, data_root,
                                        checkpoint, exact_path)
-    model, sched, model_shape = denoiser_from_source(
-        checkpoint, exact_path, torchscript, diffusers, shape or train.shape[1:], schedule,
-        device)
-    if tuple(model_shape) != train.shape[1:]:
-        raise UserError(f"the model takes samples of shape {tuple(model_shape)} but the "
+    model = model_from_options(checkpoint, exact_path, torchscript, diffusers,
+                               shape=shape or train.shape[1:], schedule=schedule, device=device)
+    sched = model.schedule
+    if tuple(model.shape) != train.shape[1:]:
+        raise UserError(f"the model takes samples of shape {tuple(model.shape)} but the "
                          f"training set {train_name} has shape {train.shape[1:]}")
     levels_used = np.asarray(config.sigmas or default_sigmas(sched, config.levels))
     if not exact_path:
         _check_in_schedule(sched, levels_used)
     data_t = torch.from_numpy(train).to(device)
-    result = denoiser_error(model, EmpiricalDenoiser(data_t.double()), data_t, levels_used,
+    # the reference in float64: the ground truth the model is measured against
+    exact = load_denoiser(exact=train, device=device, exact_dtype=torch.float64).denoiser
+    result = denoiser_error(model.denoiser, exact, data_t, levels_used,
                             n_per_level=n, generator=torch.Generator().manual_seed(seed),
                             batch_size=batch_size, progress=progress)
     payload = {"config": {**dataclasses.asdict(config), "sigmas": levels_used.tolist()},

@@ -5,7 +5,6 @@ Registered on the ``memgen`` group by :mod:`memgen.cli.main` (same error handlin
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
@@ -18,10 +17,11 @@ from memgen.experiments.config import check_device, load_config
 from memgen.experiments.demo import DemoConfig, run_demo
 from memgen.experiments.landscape import (LandscapeConfig, checkpoint_rows, run_landscape,
                                           write_landscape, write_learned)
-from memgen.experiments.phase import PhaseConfig, run_phase, write_phase
+from memgen.experiments.phase import PHASE_DATA, PhaseConfig, run_phase, write_phase
 from memgen.experiments.sweep import plan, run_sweep
-from memgen.io import atomic_output_dir, check_output_dir
+from memgen.io import atomic_output_dir, check_output_dir, read_csv_rows
 from memgen.metrics.capacity import Capacity, describe, read_fraction_table
+from memgen.metrics.rules import LABEL_NAMES
 
 
 @click.command()
@@ -45,7 +45,7 @@ def demo(data_root, K, n_eval, seed, out, overwrite):
 
 
 @click.command()
-@click.option("--data", type=click.Choice(["circle", "fmnist"]), default="circle",
+@click.option("--data", type=click.Choice(PHASE_DATA), default="circle",
               show_default=True, help="Stored patterns: the unit-circle pool or Fashion-MNIST.")
 @click.option("--sigma", "sigmas", type=float, multiple=True, required=True,
               help="VE noise level(s) σ, e.g. --sigma 0.1 0.2 (β = 1/(2σ²)); several give a "
@@ -90,8 +90,8 @@ def phase(data, sigmas, Ks, n_starts, starts, method, max_iter, tol, dtype, data
 @click.command()
 @click.option("--K", "Ks", type=int, multiple=True, default=(2, 9, 1000), show_default=True,
               help="Numbers of circle points, one panel each.")
-@click.option("--beta", type=float, default=20.0, show_default=True,
-              help="Inverse temperature of the kernel energy (β = 1/(2σ²)).")
+@click.option("--beta", "gamma", type=float, default=20.0, show_default=True,
+              help="The kernel energy's inverse temperature γ = 1/(2σ²) (eq. 13's β).")
 @click.option("--checkpoint", "checkpoints", multiple=True, type=click.Path(dir_okay=False),
               help="Trained 2D toy models (repeatable): also draw each one's learned "
                    "energy (PF-ODE likelihood) beside the exact one of its training set, "
@@ -102,10 +102,10 @@ def phase(data, sigmas, Ks, n_starts, starts, method, max_iter, tol, dtype, data
               help="Grid points per axis of the learned energy.")
 @click.option("--out", required=True, type=click.Path(file_okay=False))
 @overwrite_option
-def landscape(Ks, beta, checkpoints, sigma, resolution, out, overwrite):
+def landscape(Ks, gamma, checkpoints, sigma, resolution, out, overwrite):
     """2D energy landscapes of unit-circle data with their attractors (project page Fig. 2);
     with --checkpoint, those learned by trained models too."""
-    config = LandscapeConfig(Ks=tuple(Ks), beta=beta)
+    config = LandscapeConfig(Ks=tuple(Ks), gamma=gamma)
     check_output_dir(out, "landscape", overwrite)
     panels = run_landscape(config)
     rows = (checkpoint_rows(checkpoints, sigma=sigma, resolution=resolution)
@@ -206,9 +206,8 @@ def _extra_columns(path: Path) -> list[str]:
     def number(r, key, digits):
         return f"{float(r[key]):.{digits}f}" if r.get(key) else "-"
 
-    with path.open(newline="") as f:
-        rows = sorted(csv.DictReader(f), key=lambda r: int(r["K"]))
-    return ["/".join(number(r, f"null_{n}", 2) for n in ("memorized", "spurious", "generalized"))
+    rows = sorted(read_csv_rows(path), key=lambda r: int(r["K"]))
+    return ["/".join(number(r, f"null_{n}", 2) for n in LABEL_NAMES)
             + ("*" if _null_short(r) else " ")
             + f" {number(r, 'precision', 3):>9} ({number(r, 'baseline_precision', 3)})"
             for r in rows]
@@ -222,8 +221,7 @@ def _null_short(row: dict) -> bool:
 
 def _null_footnote(path: Path) -> str | None:
 
-    with path.open(newline="") as f:
-        short = [r for r in csv.DictReader(f) if _null_short(r)]
+    short = [r for r in read_csv_rows(path) if _null_short(r)]
     if not short:
         return None
     sizes = ", ".join(f"K={r['K']}: {r['null_n_eval']}/{r['null_n_synth']} instead of "

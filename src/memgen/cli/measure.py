@@ -17,14 +17,15 @@ from memgen.io import (atomic_file, atomic_output_dir, check_output_dir, check_o
                        load_samples, write_json)
 from memgen.metrics.capacity import capacities as compute, describe, read_fraction_table
 from memgen.metrics.classify import ClassifyConfig, classify_sets, summary, write_classification
-from memgen.metrics.rules import LABEL_NAMES
+from memgen.metrics.features import FEATURE_MAPS
+from memgen.metrics.rules import LABEL_NAMES, RULE_DEFAULTS
 from memgen.metrics.shards import open_shards
+from memgen.metrics.stream import KNN_BACKENDS
 from memgen.report.figures import plot_fractions, plot_neighbours, plot_phase, save_figure
 
-RULES = ("paper", "absolute")
-
-
-METRICS = ("l2", "lpips-alex", "lpips-vgg", "lpips-alex-ref", "lpips-vgg-ref")
+RULES = tuple(RULE_DEFAULTS)
+METRICS = tuple(FEATURE_MAPS)
+BACKENDS = tuple(KNN_BACKENDS)
 
 
 @click.command()
@@ -60,7 +61,7 @@ METRICS = ("l2", "lpips-alex", "lpips-vgg", "lpips-alex-ref", "lpips-vgg-ref")
               help="Draws the null and quality subsets from --heldout.")
 @click.option("--memory-budget", type=float, default=512, show_default=True,
               help="MiB for one block of pairwise distances (and one streamed chunk).")
-@click.option("--backend", type=click.Choice(["builtin", "faiss"]), default="builtin",
+@click.option("--backend", type=click.Choice(BACKENDS), default="builtin",
               show_default=True, help="Exact kNN engine (faiss: pip install 'memgen[faiss]').")
 @click.option("--state", "state_path", type=click.Path(dir_okay=False),
               help="Restart file for a streamed --synth: an interrupted search resumes.")

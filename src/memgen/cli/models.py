@@ -13,10 +13,11 @@ import numpy as np
 import torch
 
 from memgen.cli.options import overwrite_option
-from memgen.diffusion import denoisers as D
+from memgen.data import DATASETS
 from memgen.diffusion.generate import GenerateConfig, generate as generate_set
+from memgen.diffusion.loaders import LoadedModel, load_denoiser
 from memgen.diffusion.nets import get_preset
-from memgen.diffusion.schedules import VESchedule, VPSchedule
+from memgen.diffusion.samplers import SAMPLERS
 from memgen.diffusion.training import (TrainConfig, load_checkpoint, train as run_training,
                                        training_samples)
 from memgen.errors import UserError
@@ -24,8 +25,8 @@ from memgen.io import atomic_file, check_output_dir, claim_output_dir, load_samp
 
 
 @click.command()
-@click.option("--data", default="fmnist", show_default=True,
-              help="Data set: fmnist, mnist, cifar10, digits, circle, folder (with --data-root).")
+@click.option("--data", type=click.Choice(tuple(DATASETS)), default="fmnist", show_default=True,
+              help="Data set (folder: with --data-root).")
 @click.option("--train", "train_path", type=click.Path(dir_okay=False),
               help="Train on this sample file instead of --data/--K.")
 @click.option("--K", "K", type=int, help="Training-set size: the first K of the seeded split.")
@@ -34,25 +35,26 @@ from memgen.io import atomic_file, check_output_dir, claim_output_dir, load_samp
               help="1: the first K of the split; 2: the next K, disjoint from them "
                    "(for memgen hygiene halves).")
 @click.option("--data-root", type=click.Path(file_okay=False))
-@click.option("--preset", default="fmnist-cpu-16", show_default=True,
+@click.option("--preset", default=TrainConfig.preset, show_default=True,
               help="Network preset (memgen.diffusion.nets.PRESETS).")
 @click.option("--objective", type=click.Choice(["vp_eps", "ve_score"]),
               help="[ve_score for MLP presets, vp_eps for U-Nets]")
-@click.option("--iterations", type=int, default=2000, show_default=True)
+@click.option("--iterations", type=int, default=TrainConfig.iterations, show_default=True)
 @click.option("--snapshot", "snapshots", type=int, multiple=True,
               help="Also keep the state after this many steps in --out/snapshots/ "
                    "(repeatable; the last step is always kept).")
-@click.option("--batch-size", type=int, default=128, show_default=True,
+@click.option("--batch-size", type=int, default=TrainConfig.batch_size, show_default=True,
               help="The batch is min(batch-size, K).")
-@click.option("--lr", type=float, default=2e-4, show_default=True)
-@click.option("--ema", "ema_decay", type=float, default=0.9999, show_default=True,
+@click.option("--lr", type=float, default=TrainConfig.lr, show_default=True)
+@click.option("--ema", "ema_decay", type=float, default=TrainConfig.ema_decay, show_default=True,
               help="EMA decay of the weights; 0: no EMA (the EMA weights are the raw ones).")
-@click.option("--ema-warmup/--no-ema-warmup", default=True, show_default=True,
+@click.option("--ema-warmup/--no-ema-warmup", default=TrainConfig.ema_warmup, show_default=True,
               help="Decay min(ema, (1+k)/(10+k)) at step k: below 0.999 until k ≈ 9,000, so "
                    "--ema 0.999 and 0.9999 agree for the first ~9k steps. --no-ema-warmup: "
                    "the decay from the first step.")
-@click.option("--seed", type=int, default=3407, show_default=True)
-@click.option("--checkpoint-every", type=int, default=1000, show_default=True)
+@click.option("--seed", type=int, default=TrainConfig.seed, show_default=True)
+@click.option("--checkpoint-every", type=int, default=TrainConfig.checkpoint_every,
+              show_default=True)
 @click.option("--amp", is_flag=True, help="bfloat16 autocast (CUDA only).")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--out", required=True, type=click.Path(file_okay=False),
@@ -92,12 +94,13 @@ def train(data, train_path, K, split_seed, half, data_root, preset, objective, i
               help="A TorchScript ε-model eps = model(x_t, t) (VP, DDPM linear schedule).")
 @click.option("--diffusers", type=click.Path(file_okay=False),
               help="A diffusers UNet2DModel folder (needs the diffusers extra).")
-@click.option("--shape", type=int, nargs=3, help="C H W of the samples (--torchscript/--diffusers).")
+@click.option("--shape", type=int, nargs=3,
+              help="C H W of the samples (--torchscript/--diffusers).")
 @click.option("--schedule", type=click.Choice(["vp", "ve"]), default="vp", show_default=True,
               help="Noise schedule for --exact.")
 @click.option("--n", type=int, required=True, help="Number of samples.")
-@click.option("--sampler", type=click.Choice(["ddpm", "ddim", "euler_maruyama", "heun"]),
-              default=None, help="[ddpm for VP models, euler_maruyama for VE]")
+@click.option("--sampler", type=click.Choice(tuple(SAMPLERS)), default=None,
+              help="[ddpm for VP models, euler_maruyama for VE]")
 @click.option("--steps", type=int, help="Sampling steps [the schedule's full ladder].")
 @click.option("--eta", type=float, default=0.0, show_default=True, help="DDIM η.")
 @click.option("--prior", type=click.Choice(["standard", "forward"]), default="standard",
@@ -130,36 +133,34 @@ def generate(checkpoint, exact_path, torchscript, diffusers, shape, schedule, n,
     if len(sources) != 1:
         raise UserError("give exactly one of --checkpoint, --exact, --torchscript, --diffusers")
     check_output_dir(out, "generate", overwrite)
-    denoiser, sched, sample_shape = denoiser_from_source(
-        checkpoint, exact_path, torchscript, diffusers, shape, schedule, device)
-    default = "ddpm" if sched.__class__.__name__ == "VPSchedule" else "euler_maruyama"
-    config = GenerateConfig(n=n, sampler=sampler or default, steps=steps, eta=eta, seed=seed,
-                            batch_size=batch_size, shard_size=shard_size, name=name,
-                            clip=len(sample_shape) == 3, prior=prior,
+    model = model_from_options(checkpoint, exact_path, torchscript, diffusers, shape=shape,
+                               schedule=schedule, device=device)
+    config = GenerateConfig(n=n, sampler=sampler or model.schedule.default_sampler, steps=steps,
+                            eta=eta, seed=seed, batch_size=batch_size, shard_size=shard_size,
+                            name=name, clip=len(model.shape) == 3, prior=prior,
                             clip_denoised=clip_denoised, clip_range=tuple(clip_range))
     data = None
     if prior == "forward":
         data = load_samples(_prior_data(prior_data, exact_path, checkpoint), "--prior-data")
-    merged = generate_set(denoiser, sample_shape, sched, config,
+    merged = generate_set(model.denoiser, model.shape, model.schedule, config,
                  claim_output_dir(out, "generate", overwrite), data=data, device=device)
     click.echo(f"wrote {merged}")
 
 
-def denoiser_from_source(checkpoint, exact_path, torchscript, diffusers, shape, schedule,
-                         device):
-    """(denoiser, schedule, per-sample shape) for the chosen source."""
-    if checkpoint:
-        den = D.load_checkpoint_denoiser(checkpoint, device=device)
-        return den, den.schedule, _checkpoint_shape(checkpoint)
-    if exact_path:
-        train = torch.from_numpy(load_samples(exact_path, "--exact")).to(device)
-        sched = VPSchedule() if schedule == "vp" else VESchedule()
-        return D.EmpiricalDenoiser(train), sched, tuple(train.shape[1:])
-    if shape is None:
+def model_from_options(checkpoint=None, exact_path=None, torchscript=None, diffusers=None,
+                       *, shape=None, schedule=None, device="cpu", **options) -> LoadedModel:
+    """The model of --checkpoint, --exact, --torchscript or --diffusers (one of them), by
+    ``memgen.diffusion.loaders.load_denoiser``: --exact is read as a sample file, --schedule
+    ("vp" | "ve") is --exact's, --shape is --torchscript's and --diffusers'. options:
+    exact_dtype, clip, ema (see ``load_denoiser``)."""
+    network = bool(torchscript or diffusers)
+    if network and shape is None:
         raise UserError("--torchscript and --diffusers need --shape C H W")
-    load = D.load_torchscript_denoiser if torchscript else D.load_diffusers_denoiser
-    den = load(torchscript or diffusers, device=device)
-    return den, den.schedule, tuple(shape)
+    return load_denoiser(checkpoint=checkpoint or None,
+                         exact=load_samples(exact_path, "--exact") if exact_path else None,
+                         torchscript=torchscript or None, diffusers=diffusers or None,
+                         schedule=schedule if exact_path else None,
+                         shape=tuple(shape) if network else None, device=device, **options)
 
 
 def _prior_data(prior_data, exact_path, checkpoint) -> str:
@@ -176,8 +177,3 @@ def _prior_data(prior_data, exact_path, checkpoint) -> str:
 def checkpoint_net(path):
     """The NetConfig a ``memgen train`` checkpoint was trained with."""
     return TrainConfig.from_json(load_checkpoint(path)["config"]).net
-
-
-def _checkpoint_shape(path) -> tuple[int, ...]:
-    net = checkpoint_net(path)
-    return (net.dim,) if net.kind == "mlp" else (net.channels, net.image_size, net.image_size)

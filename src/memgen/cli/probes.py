@@ -16,17 +16,20 @@ import click
 import numpy as np
 import torch
 
-from memgen.cli.models import denoiser_from_source
+from memgen.cli.models import model_from_options
 from memgen.cli.options import overwrite_option
-from memgen.data import load_dataset, nested_indices
-from memgen.diffusion.denoisers import EmpiricalDenoiser, load_checkpoint_denoiser
+from memgen.data import DATASETS, default_split_seed, load_dataset, nested_indices
 from memgen.diffusion.generate import GenerateConfig, generate
+from memgen.diffusion.samplers import SAMPLERS
 from memgen.errors import UserError
 from memgen.io import atomic_output_dir, check_output_dir, load_samples, write_json
+from memgen.metrics.features import FEATURE_MAPS
 from memgen.metrics.hygiene import compare_halves, near_duplicates
 from memgen.metrics.knn import knn_search
-from memgen.probes.basins import (RecoveryConfig, critical_time, hessian_eigsh, hessian_spectrum,
-                                  relative_energy)
+from memgen.metrics.rules import LABEL_NAMES
+from memgen.probes.curvature import hessian_eigsh, hessian_spectrum
+from memgen.probes.recovery import METRICS as DISTANCES, RecoveryConfig, critical_time
+from memgen.probes.relative_energy import relative_energy
 from memgen.report.figures import plot_by_label, plot_image_pairs, save_figure
 
 METRIC_HELP = "Distance: l2 on pixels or an LPIPS embedding (see memgen classify --help)."
@@ -40,7 +43,7 @@ def hygiene():
 @hygiene.command()
 @click.option("--train", "train_path", type=click.Path(dir_okay=False),
               help="Training set (.npz key 'samples' or .npy); or use --data and --K.")
-@click.option("--data", help="A named data set (fmnist, mnist, cifar10, digits, circle).")
+@click.option("--data", type=click.Choice(tuple(DATASETS)), help="A named data set.")
 @click.option("--K", "K", type=int, help="With --data: the first K of the seeded split "
                                          "[the whole set].")
 @click.option("--data-root", type=click.Path(file_okay=False))
@@ -50,7 +53,8 @@ def hygiene():
 @click.option("--delta", type=float, default=0.1, show_default=True)
 @click.option("--k", type=int, default=10, show_default=True,
               help="Neighbours searched per sample (largest group size found: k + 1).")
-@click.option("--metric", default="l2", show_default=True, help=METRIC_HELP)
+@click.option("--metric", type=click.Choice(tuple(FEATURE_MAPS)), default="l2", show_default=True,
+              help=METRIC_HELP)
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="Output folder: duplicates.csv, groups.json, summary.json, pairs.png.")
 @overwrite_option
@@ -91,7 +95,7 @@ def _training_set(train_path, data, K, data_root) -> np.ndarray:
         return pool
     if not 1 <= K <= len(pool):
         raise UserError(f"--K {K} is not between 1 and the {len(pool)} samples of {data}")
-    return pool[nested_indices(len(pool), K, 42 if data == "circle" else 3407)]
+    return pool[nested_indices(len(pool), K, default_split_seed(data))]
 
 
 def _save_pairs(path: Path, train: np.ndarray, found) -> None:
@@ -113,12 +117,12 @@ def _save_pairs(path: Path, train: np.ndarray, found) -> None:
 @click.option("--train-b", type=click.Path(dir_okay=False),
               help="Training set of model b [train.npz beside its checkpoint].")
 @click.option("--n", type=int, default=256, show_default=True, help="Noise seeds.")
-@click.option("--sampler", type=click.Choice(["ddpm", "ddim", "euler_maruyama", "heun"]),
-              default="ddim", show_default=True,
+@click.option("--sampler", type=click.Choice(tuple(SAMPLERS)), default="ddim", show_default=True,
               help="ddim/heun: the same noise gives the same sample (deterministic).")
 @click.option("--steps", type=int, help="Sampling steps [the schedule's full ladder].")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--metric", default="l2", show_default=True, help=METRIC_HELP)
+@click.option("--metric", type=click.Choice(tuple(FEATURE_MAPS)), default="l2", show_default=True,
+              help=METRIC_HELP)
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="Output folder: halves.csv, summary.json, samples-a/b.npz, pairs.png.")
@@ -156,10 +160,11 @@ def halves(checkpoint_a, checkpoint_b, train_a, train_b, n, sampler, steps, seed
 def _sample(checkpoint, n, sampler, steps, seed, device, folder: Path) -> np.ndarray:
 
 
-    den, schedule, shape = denoiser_from_source(checkpoint, None, None, None, None, None, device)
+    model = model_from_options(checkpoint, device=device)
     config = GenerateConfig(n=n, sampler=sampler, steps=steps, seed=seed, name="samples",
-                            clip=len(shape) == 3)
-    merged = generate(den, shape, schedule, config, folder, device=device, progress=True)
+                            clip=len(model.shape) == 3)
+    merged = generate(model.denoiser, model.shape, model.schedule, config, folder,
+                      device=device, progress=True)
     samples = load_samples(merged)
     shutil.rmtree(folder)
     return samples
@@ -173,8 +178,6 @@ def _save_halves_pairs(path: Path, samples: dict, result) -> None:
 
 
 # ------------------------------------------------------------------------------ basins
-
-LABELS = ("memorized", "spurious", "generalized")
 
 
 def model_options(fn):
@@ -201,14 +204,14 @@ def model_options(fn):
 
 
 def _load_model(checkpoint, exact_path, device, clip: bool = True):
-    """(denoiser, schedule or None) in float64 for the exact model, float32 for networks."""
+    """(denoiser, schedule or None, dtype of the points): the exact model in float64 (the
+    probes' bisections, Hessians and path integrals need it), without a schedule; networks
+    in float32."""
     if bool(checkpoint) == bool(exact_path):
         raise UserError("give exactly one of --checkpoint, --exact")
-    if checkpoint:
-        den = load_checkpoint_denoiser(checkpoint, device=device, clip=clip)
-        return den, den.schedule, torch.float32
-    train = torch.from_numpy(load_samples(exact_path, "--exact")).double().to(device)
-    return EmpiricalDenoiser(train), None, torch.float64
+    model = model_from_options(checkpoint, exact_path, device=device,
+                               exact_dtype=torch.float64, clip=clip)
+    return model.denoiser, model.schedule, model.dtype
 
 
 def _points(samples_path, labels_path, limit, device, dtype):
@@ -232,7 +235,7 @@ def _points(samples_path, labels_path, limit, device, dtype):
 def _by_label(values: np.ndarray, labels) -> dict:
     """Quartiles per label (or for 'all'), over finite values."""
     groups = {"all": values} if labels is None else {
-        name: values[labels == code] for code, name in enumerate(LABELS)}
+        name: values[labels == code] for code, name in enumerate(LABEL_NAMES)}
     out = {}
     for name, v in groups.items():
         finite = v[np.isfinite(v)]
@@ -253,7 +256,7 @@ def _save_label_figure(path: Path, values: np.ndarray, labels, ylabel: str, titl
                        log: bool) -> None:
 
     groups = {"all": values} if labels is None else {
-        name: values[labels == code] for code, name in enumerate(LABELS)}
+        name: values[labels == code] for code, name in enumerate(LABEL_NAMES)}
     save_figure(plot_by_label({"": groups}, ylabel=ylabel, title=title, log=log), path)
 
 
@@ -273,10 +276,9 @@ def basins():
               help="Recovery probability that defines the basin.")
 @click.option("--delta", type=float, default=0.1, show_default=True,
               help="A trial is recovered when dist(x̂, x0) ≤ δ.")
-@click.option("--distance", type=click.Choice(["rms", "l2"]), default="rms", show_default=True,
+@click.option("--distance", type=click.Choice(DISTANCES), default="rms", show_default=True,
               help="rms: ‖x̂ − x0‖/√D; l2: ‖x̂ − x0‖.")
-@click.option("--sampler", type=click.Choice(["ddim", "ddpm", "euler_maruyama", "heun"]),
-              default="ddim", show_default=True)
+@click.option("--sampler", type=click.Choice(tuple(SAMPLERS)), default="ddim", show_default=True)
 @click.option("--steps", type=int, default=20, show_default=True)
 @click.option("--rel-min", type=float, default=0.1, show_default=True,
               help="Denoising ladder σ → σ·rel_min geometrically, then 0.")
@@ -318,7 +320,7 @@ def critical_time_cmd(checkpoint, exact_path, samples_path, labels_path, limit, 
 
 
 def _label_names(labels, n: int) -> list[str]:
-    return [""] * n if labels is None else [LABELS[int(c)] for c in labels]
+    return [""] * n if labels is None else [LABEL_NAMES[int(c)] for c in labels]
 
 
 def _echo_by_label(name: str, table: dict, out) -> None:
@@ -381,15 +383,14 @@ def relative_energy_cmd(checkpoint, exact_path, samples_path, labels_path, limit
 @model_options
 @click.option("--sigma", type=float, default=0.1, show_default=True,
               help="Noise level of the energy whose Hessian is taken.")
-@click.option("--k", type=int, default=6, show_default=True,
+@click.option("--n-eigen", type=int, default=6, show_default=True,
               help="Eigenvalues per point (Lanczos); the dense spectrum gives all.")
 @click.option("--which", type=click.Choice(["SA", "LA"]), default="SA", show_default=True,
               help="SA: smallest (flat and unstable directions); LA: largest.")
 @click.option("--dense-max", type=int, default=256, show_default=True,
               help="Dense Jacobian spectrum up to this many coordinates, Lanczos above.")
 def curvature(checkpoint, exact_path, samples_path, labels_path, limit, device, out, overwrite,
-              sigma,
-              k, which, dense_max):
+              sigma, n_eigen, which, dense_max):
     """Hessian spectrum of E_σ = −log p_σ at the given points: exact (dense Jacobian of the
     denoiser) in low dimension, extreme eigenvalues by Hessian-vector products and Lanczos
     for images. Summarised by the smallest eigenvalue λ_min."""
@@ -400,9 +401,9 @@ def curvature(checkpoint, exact_path, samples_path, labels_path, limit, device, 
     if dim <= dense_max:
         spectrum = hessian_spectrum(den, x, sigma)
         eig = spectrum.eigenvalues.numpy()
-        eig = eig[:, :k] if which == "SA" else eig[:, -k:]
+        eig = eig[:, :n_eigen] if which == "SA" else eig[:, -n_eigen:]
     else:
-        eig = hessian_eigsh(den, x, sigma, k=k, which=which).eigenvalues.numpy()
+        eig = hessian_eigsh(den, x, sigma, n_eigen=n_eigen, which=which).eigenvalues.numpy()
     lam = eig[:, 0] if which == "SA" else eig[:, -1]
     with atomic_output_dir(out, "basins curvature", overwrite) as tmp:
         _write_table(tmp / "curvature.csv", {

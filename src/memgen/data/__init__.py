@@ -18,7 +18,8 @@ from memgen.data.digits import load_digits
 from memgen.data.folder import load_image_folder
 from memgen.data.idx import load_idx_images, parse_idx, read_idx
 from memgen.data.paths import DataNotFoundError, candidate_dirs, resolve_root
-from memgen.data.splits import heldout_indices, nested_indices, train_heldout
+from memgen.data.splits import (CIRCLE_SPLIT_SEED, DEFAULT_SPLIT_SEED, default_split_seed,
+                                heldout_indices, nested_indices, train_heldout)
 from memgen.data.toy import TOY_SETS, circle_pool, gaussian_mixture, load_toy, spiral, two_moons
 from memgen.data.transforms import resize_images
 from memgen.data.types import LabelledImages, TrainHeldout
@@ -76,7 +77,9 @@ def load_dataset(
 
 
 __all__ = [
+    "CIRCLE_SPLIT_SEED",
     "DATASETS",
+    "DEFAULT_SPLIT_SEED",
     "DataNotFoundError",
     "LabelledImages",
     "RestrictedUnpickler",
@@ -84,6 +87,7 @@ __all__ = [
     "TrainHeldout",
     "candidate_dirs",
     "circle_pool",
+    "default_split_seed",
     "gaussian_mixture",
     "heldout_indices",
     "load_cifar10",

@@ -2,7 +2,9 @@
 
 Convention (Karras et al. 2022, k-diffusion): variance-exploding coordinates, x = y + σ n
 with n ~ N(0, I). A variance-preserving model x_t = a y + σ_t n (a = √ᾱ, σ_t² = 1 − ᾱ)
-is seen through x = x_t / a at σ = σ_t / a; its wrapper does that conversion.
+is seen through x = x_t / a at σ = σ_t / a; its wrapper does that conversion. What a
+network's output means is its family's parameterization (``memgen.diffusion.parameterization``);
+every denoiser is built from its source by ``memgen.diffusion.loaders.load_denoiser``.
 
 Denoisers are differentiable in x (for Jacobians, divergences and Hessian-vector
 products) and build no graph otherwise: network weights are frozen, and the samplers
@@ -11,14 +13,11 @@ run under ``torch.no_grad()``.
 
 from __future__ import annotations
 
-from dataclasses import replace
-from pathlib import Path
 from typing import Protocol
 
 import torch
 
-from memgen.diffusion.schedules import VPSchedule
-from memgen.diffusion.training import TrainConfig, load_checkpoint
+from memgen.diffusion.parameterization import EpsPrediction, ScorePrediction
 from memgen.errors import UserError
 from memgen.memory.energy import kernel_weights
 
@@ -80,74 +79,30 @@ class GaussianDenoiser:
 
 
 class EpsDenoiser:
-    """A VP ε-prediction network seen as a VE denoiser (k-diffusion's DiscreteEpsDDPMDenoiser).
+    """A VP ε-prediction network seen as a VE denoiser (k-diffusion's DiscreteEpsDDPMDenoiser):
+    D(x, σ) = x − σ ε̂(√ᾱ x, t(σ)), ``memgen.diffusion.parameterization.EpsPrediction``.
 
-    At VE level σ: ᾱ = 1/(1 + σ²), x_vp = √ᾱ x, t = schedule.t_from_sigma(σ) (a float;
-    exact integers on the schedule's own ladder), ε̂ = net(x_vp, t), and D(x, σ) = x − σ ε̂:
-    the model's own field. ``clip`` clamps it to [−1, 1] (Ho et al.'s clip_denoised) for
-    analyses that want that field; samplers clip on request instead (``clip=(lo, hi)``,
+    That is the model's own field. ``clip`` clamps it to [−1, 1] (Ho et al.'s clip_denoised)
+    for analyses that want that field; samplers clip on request instead (``clip=(lo, hi)``,
     ``GenerateConfig.clip_denoised``, on by default for ε-networks there).
     """
 
     def __init__(self, net, schedule, clip: bool = False):
         self.net, self.schedule, self.clip = net, schedule, clip
+        self.parameterization = EpsPrediction(schedule)
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
-        sigma = _per_sample(sigma, x)
-        t = self.schedule.t_from_sigma(sigma.double().cpu()).to(x.device, x.dtype)
-        a = (1 + sigma.square()).rsqrt().view(-1, *([1] * (x.ndim - 1)))
-        eps = self.net(a * x, t)
-        out = x - sigma.view_as(a) * eps
+        out = self.parameterization.denoise(self.net, x, sigma)
         return out.clamp(-1, 1) if self.clip else out
 
 
 class ScoreDenoiser:
-    """A VE score network with σ(t) = σ_max √t seen as a denoiser: the network output F
-    is σ times the score (s = F/σ, see ``memgen.diffusion.training``), so D(x, σ) = x + σ² s = x + σ F."""
+    """A VE network whose output F is σ times the score, seen as a denoiser: D(x, σ) =
+    x + σ F(x, t(σ)), ``memgen.diffusion.parameterization.ScorePrediction``."""
 
     def __init__(self, net, schedule):
         self.net, self.schedule = net, schedule
+        self.parameterization = ScorePrediction(schedule)
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
-        sigma = _per_sample(sigma, x)
-        t = self.schedule.t_from_sigma(sigma.double().cpu()).to(x.device, x.dtype)
-        return x + sigma.view(-1, *([1] * (x.ndim - 1))) * self.net(x, t)
-
-
-def _per_sample(sigma, x: torch.Tensor) -> torch.Tensor:
-    return torch.as_tensor(sigma, dtype=x.dtype, device=x.device).expand(len(x)).clone()
-
-
-def load_checkpoint_denoiser(path, *, ema: bool = True, device="cpu", clip: bool = False):
-    """The denoiser of a ``memgen train`` checkpoint (EMA weights by default; unclipped
-    unless ``clip``, see ``EpsDenoiser``)."""
-    payload = load_checkpoint(path, map_location=device)
-    config = TrainConfig.from_json(payload["config"])
-    net = replace(config.net, seed=config.seed).build().to(device)
-    net.load_state_dict(payload["ema" if ema else "model"])
-    net.eval().requires_grad_(False)  # gradients flow to x only (Hessians, divergences)
-    if config.objective == "vp_eps":
-        return EpsDenoiser(net, config.schedule(), clip=clip)
-    return ScoreDenoiser(net, config.schedule())
-
-
-def load_torchscript_denoiser(path, schedule=None, device="cpu", clip: bool = False):
-    """A TorchScript ε-model ``eps = model(x_t, t)`` (VP, integer-valued t) as a Denoiser.
-
-    TorchScript archives hold code and tensors, no pickled Python objects.
-    """
-    if not Path(path).is_file():
-        raise UserError(f"no such TorchScript file: {path}")
-    net = torch.jit.load(str(path), map_location=device).eval()
-    return EpsDenoiser(net, schedule or VPSchedule(), clip=clip)
-
-
-def load_diffusers_denoiser(path, schedule=None, device="cpu", clip: bool = False):
-    """A diffusers ``UNet2DModel`` directory (ε-prediction) as a Denoiser (needs diffusers)."""
-    try:
-        from diffusers import UNet2DModel  # optional: memgen[diffusers]
-    except ImportError:
-        raise UserError("loading a diffusers model needs `pip install 'memgen[diffusers]'`") from None
-
-    unet = UNet2DModel.from_pretrained(str(path), local_files_only=True).to(device).eval()
-    return EpsDenoiser(lambda x, t: unet(x, t).sample, schedule or VPSchedule(), clip=clip)
+        return self.parameterization.denoise(self.net, x, sigma)

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import zipfile
 import zlib
 from dataclasses import asdict, dataclass
@@ -36,9 +35,11 @@ from tqdm.auto import tqdm
 
 from memgen.diffusion.denoisers import EpsDenoiser
 from memgen.diffusion.samplers import (GaussianPrior, StackedGenerator, clipped, forward_prior,
-                                       get_sampler, retrieve_fixed_point, truncate_ladder)
+                                       get_sampler, retrieve_fixed_point, sampler_options,
+                                       truncate_ladder)
 from memgen.diffusion.schedules import VESchedule, VPSchedule
 from memgen.errors import UserError
+from memgen.io import atomic_file
 
 PRIORS = ("standard", "forward")
 
@@ -156,13 +157,14 @@ def generate(denoiser, shape: tuple[int, ...], schedule, config: GenerateConfig,
 
 def _draw(denoiser, shape, sigmas, start, clip, config, lo, hi, device, dtype) -> np.ndarray:
     sampler = get_sampler(config.sampler)
-    options = {"eta": config.eta} if config.sampler == "ddim" else {}
+    options = sampler_options(config.sampler, {"eta": config.eta})
     chunks = []
     for b0 in range(lo, hi, config.batch_size):
         b1 = min(hi, b0 + config.batch_size)
         generator = StackedGenerator([sample_seed(config.seed, i) for i in range(b0, b1)])
         x = start.sample((b1 - b0, *shape), generator, device=device, dtype=dtype)
-        x = sampler(denoiser, x, sigmas.to(device), clip=clip, generator=generator, **options)
+        x = sampler(denoiser, x, sigmas.to(device), clip=clip, generator=generator,
+                    options=options)
         if config.stop_sigma is not None:
             x = retrieve_fixed_point(clipped(denoiser, clip), x, config.stop_sigma)
         chunks.append((x.clamp(-1, 1) if config.clip else x).float().cpu().numpy())
@@ -181,6 +183,5 @@ def _complete(path: Path, n: int) -> bool:
 
 
 def _save_npz(path: Path, samples: np.ndarray) -> None:
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, samples=samples)
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        np.savez(tmp, samples=samples)

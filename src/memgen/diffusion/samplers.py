@@ -1,4 +1,5 @@
-"""Samplers: every one is ``(denoiser, x, sigmas, *, generator=None, callback=None) -> x``.
+"""Samplers: every one is ``(denoiser, x, sigmas, *, clip=None, generator=None,
+callback=None, options=None) -> x``.
 
 Variance-exploding coordinates (Karras et al. 2022): x starts at noise level sigmas[0]
 and is carried down the decreasing ladder ``sigmas``; the score at σ is
@@ -8,7 +9,11 @@ A VP model is sampled through ``memgen.diffusion.schedules.VPSchedule.sigmas()``
 
 Randomness comes only from ``generator``: None (torch's global RNG), a torch.Generator,
 or a ``StackedGenerator`` (one stream per sample, so a sample never depends on its batch).
-``callback(i, x, sigma_next)`` is called after step i. Nothing is clipped unless asked:
+``callback(info)`` is called after step i with the dict info = {"x": the new x, "i": i,
+"sigma": σ_i, "sigma_next": σ_{i+1}, "denoised": x̂₀ = D(x, σ_i) at the step's start}
+(k-diffusion's convention). A sampler's own settings (DDIM's η) come in the ``options``
+mapping, with the defaults of ``SAMPLER_OPTIONS``; ``sampler_options`` picks a sampler's
+own from a caller's settings. Nothing is clipped unless asked:
 ``clip=(lo, hi)`` clamps every x̂₀ = D(x, σ) to [lo, hi] (Ho et al.'s clip_denoised), so the
 sampler then follows that clipped field, not the model's own ODE/SDE.
 
@@ -20,7 +25,7 @@ training set's mean μ and covariance Σ (``forward_prior``).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -212,40 +217,50 @@ def _levels(sigmas) -> list[float]:
 # --------------------------------------------------------------------------- samplers
 
 
+def _report(callback, i: int, x, s: float, s_next: float, denoised) -> None:
+    if callback is not None:
+        callback({"x": x, "i": i, "sigma": s, "sigma_next": s_next, "denoised": denoised})
+
+
 @torch.no_grad()
-def sample_euler_maruyama(denoiser, x, sigmas, *, clip=None, generator=None, callback=None):
+def sample_euler_maruyama(denoiser, x, sigmas, *, clip=None, generator=None, callback=None,
+                          options=None):
     """Reverse VE SDE, Euler–Maruyama (Song et al. 2021, "reverse diffusion" predictor):
     x ← x + (σ_i² − σ_{i+1}²)·score + √(σ_i² − σ_{i+1}²)·z  (no noise on a step to 0)."""
+    _own_options("euler_maruyama", options)
     levels, denoiser = _levels(sigmas), clipped(denoiser, clip)
     for i, (s, s_next) in enumerate(zip(levels, levels[1:])):
-        score = (denoiser(x, s) - x) / s**2
+        x0 = denoiser(x, s)
+        score = (x0 - x) / s**2
         var = s**2 - s_next**2
         noise = _noise(x, generator)
         x = x + var * score + math.sqrt(var) * noise * (s_next > 0)
-        if callback is not None:
-            callback(i, x, s_next)
+        _report(callback, i, x, s, s_next, x0)
     return x
 
 
 @torch.no_grad()
-def sample_heun(denoiser, x, sigmas, *, clip=None, generator=None, callback=None):
+def sample_heun(denoiser, x, sigmas, *, clip=None, generator=None, callback=None,
+                options=None):
     """Probability-flow ODE dx/dσ = (x − D(x, σ))/σ, Heun's 2nd order (Karras et al. 2022,
     Alg. 1); Euler on a step to 0; deterministic, so ``generator`` is unused."""
+    _own_options("heun", options)
     levels, denoiser = _levels(sigmas), clipped(denoiser, clip)
     for i, (s, s_next) in enumerate(zip(levels, levels[1:])):
-        d = (x - denoiser(x, s)) / s
+        x0 = denoiser(x, s)
+        d = (x - x0) / s
         x_next = x + (s_next - s) * d
         if s_next > 0:
             d_next = (x_next - denoiser(x_next, s_next)) / s_next
             x_next = x + (s_next - s) * (d + d_next) / 2
         x = x_next
-        if callback is not None:
-            callback(i, x, s_next)
+        _report(callback, i, x, s, s_next, x0)
     return x
 
 
 @torch.no_grad()
-def sample_ddpm(denoiser, x, sigmas, *, clip=None, generator=None, callback=None):
+def sample_ddpm(denoiser, x, sigmas, *, clip=None, generator=None, callback=None,
+                options=None):
     """DDPM ancestral sampling (Ho et al. 2020, Alg. 2) in VE coordinates: with x̂0 = D(x, s),
     x' ~ N(x̂0 + (s'²/s²)(x − x̂0), s'²(s² − s'²)/s² I); a step to 0 returns x̂0.
 
@@ -256,6 +271,7 @@ def sample_ddpm(denoiser, x, sigmas, *, clip=None, generator=None, callback=None
     x_t, x0) of Ho's eq. 7 (mean coefficients β_t √ᾱ_{t−1}/(1−ᾱ_t), √α_t(1−ᾱ_{t−1})/(1−ᾱ_t),
     variance β̃_t); with x̂0 = (x_t − √(1−ᾱ_t) ε̂)/√ᾱ_t that is Alg. 2, z = 0 at the last step.
     """
+    _own_options("ddpm", options)
     levels, denoiser = _levels(sigmas), clipped(denoiser, clip)
     for i, (s, s_next) in enumerate(zip(levels, levels[1:])):
         x0 = denoiser(x, s)
@@ -264,20 +280,21 @@ def sample_ddpm(denoiser, x, sigmas, *, clip=None, generator=None, callback=None
             x = x0 + r * (x - x0) + s_next * math.sqrt(1 - r) * _noise(x, generator)
         else:
             x = x0
-        if callback is not None:
-            callback(i, x, s_next)
+        _report(callback, i, x, s, s_next, x0)
     return x
 
 
 @torch.no_grad()
-def sample_ddim(denoiser, x, sigmas, *, eta=0.0, clip=None, generator=None,
-                callback=None):
+def sample_ddim(denoiser, x, sigmas, *, clip=None, generator=None, callback=None,
+                options=None):
     """DDIM (Song, Meng & Ermon 2021, eq. 12) in VE coordinates: ε̂ = (x − x̂0)/s,
-    x' = x̂0 + √(s'² − c²) ε̂ + c z with c = η s' √((s² − s'²)/s²).
+    x' = x̂0 + √(s'² − c²) ε̂ + c z with c = η s' √((s² − s'²)/s²); options: {"eta": η}.
 
-    η = 0: deterministic DDIM, x' = x̂0 + (s'/s)(x − x̂0), which is Euler's method for the
-    PF-ODE in σ (Karras et al. 2022, §4); η = 1: the ancestral variance, i.e. ``sample_ddpm``.
+    η = 0 (the default): deterministic DDIM, x' = x̂0 + (s'/s)(x − x̂0), which is Euler's
+    method for the PF-ODE in σ (Karras et al. 2022, §4); η = 1: the ancestral variance,
+    i.e. ``sample_ddpm``.
     """
+    eta = _own_options("ddim", options)["eta"]
     if not 0 <= eta <= 1:
         raise UserError(f"eta must lie in [0, 1], got {eta}")
     levels, denoiser = _levels(sigmas), clipped(denoiser, clip)
@@ -288,8 +305,7 @@ def sample_ddim(denoiser, x, sigmas, *, eta=0.0, clip=None, generator=None,
         x = x0 + math.sqrt(max(s_next**2 - c**2, 0.0)) * eps
         if c > 0:
             x = x + c * _noise(x, generator)
-        if callback is not None:
-            callback(i, x, s_next)
+        _report(callback, i, x, s, s_next, x0)
     return x
 
 
@@ -324,6 +340,8 @@ SAMPLERS = {
     "euler_maruyama": sample_euler_maruyama,
     "heun": sample_heun,
 }
+# each sampler's own settings, with their defaults (what its ``options`` may hold)
+SAMPLER_OPTIONS = {"ddpm": {}, "ddim": {"eta": 0.0}, "euler_maruyama": {}, "heun": {}}
 
 
 def get_sampler(name: str):
@@ -331,3 +349,21 @@ def get_sampler(name: str):
     if name not in SAMPLERS:
         raise UserError(f"unknown sampler {name!r}; known: {', '.join(SAMPLERS)}")
     return SAMPLERS[name]
+
+
+def sampler_options(name: str, settings: Mapping) -> dict:
+    """The entries of ``settings`` that sampler ``name`` reads (``SAMPLER_OPTIONS``), e.g.
+    a config's eta for DDIM only: what to pass as its ``options``."""
+    get_sampler(name)
+    return {k: v for k, v in settings.items() if k in SAMPLER_OPTIONS[name]}
+
+
+def _own_options(name: str, options: Mapping | None) -> dict:
+    """The sampler's settings: its defaults, updated by ``options``; ValueError for a key
+    it does not read."""
+    defaults = SAMPLER_OPTIONS[name]
+    unknown = sorted(set(options or {}) - set(defaults))
+    if unknown:
+        raise UserError(f"sampler {name!r} has no option {', '.join(map(repr, unknown))}; "
+                        f"its options: {', '.join(defaults) or 'none'}")
+    return {**defaults, **(options or {})}

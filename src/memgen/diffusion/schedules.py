@@ -1,7 +1,7 @@
 """Noise schedules: DDPM's variance-preserving linear β schedule and the toy VE schedule.
 
-Samplers work in variance-exploding (VE) coordinates x = y + σ n (see ``memgen.diffusion.denoisers``);
-a schedule's job is to say which σ ladder to walk down. Symbols → names:
+Samplers work in variance-exploding (VE) coordinates x = y + σ n (see
+``memgen.diffusion.denoisers``); a schedule's job is to say which σ ladder to walk down. Symbols → names:
 
     paper (Ho et al. 2020)              here
     β_t   (t = 1..T)                    ``betas[t]``            (t = 0..T−1, 0-based)
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
+from typing import ClassVar
 
 import torch
 
@@ -71,6 +72,7 @@ class VPSchedule:
     beta_min: float = 1e-4
     beta_max: float = 0.02
     T: int = 1000
+    default_sampler: ClassVar[str] = "ddpm"  # Ho et al.'s ancestral sampler (not a field)
 
     def __post_init__(self):
         if not 0 < self.beta_min <= self.beta_max < 1:
@@ -98,6 +100,18 @@ class VPSchedule:
     def _log_sigma_table(self) -> torch.Tensor:
         return self._sigma_table.log()
 
+    @cached_property
+    def _tables_on(self) -> dict:
+        return {}  # device → (σ table, log σ table) there, copied once
+
+    def _tables(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        if device.type == "cpu":
+            return self._sigma_table, self._log_sigma_table
+        if device not in self._tables_on:
+            self._tables_on[device] = (self._sigma_table.to(device),
+                                       self._log_sigma_table.to(device))
+        return self._tables_on[device]
+
     def sigma(self, t):
         """VE noise level σ_t = √((1 − ᾱ_t)/ᾱ_t)."""
         tt, scalar = _as_f64(t)
@@ -120,18 +134,27 @@ class VPSchedule:
         s, scalar = _as_f64(self.sigma(t))
         return _out(s / (1.0 + s.square()).sqrt(), scalar)
 
-    def t_from_sigma(self, sigma, round: bool = False):
-        """Inverse of ``sigma``: continuous t by linear interpolation of log σ over
-        t = 0..T−1, or with round=True the nearest integer index (int / int64 tensor).
-
-        σ up to a relative 1e-6 outside [σ_0, σ_{T−1}] (float32 rounding of the ladder's
-        ends) is clamped to the range; farther out raises ValueError."""
-        s, scalar = _as_f64(sigma)
-        table = self._sigma_table
+    def check_sigma(self, sigma) -> None:
+        """ValueError unless σ lies in [σ_0, σ_{T−1}], up to a relative 1e-6 (float32
+        rounding of the ladder's ends). On CUDA the test waits for the device."""
+        s, _ = _as_f64(sigma)
+        table = self._tables(s.device)[0]
         if ((s < table[0] * (1 - _RTOL)) | (s > table[-1] * (1 + _RTOL))).any() or s.isnan().any():
             raise UserError(f"sigma must lie in [{table[0].item():.6g}, {table[-1].item():.6g}]"
                              " (the schedule's sigma(0) .. sigma(T-1))")
-        log_table, log_s = self._log_sigma_table, s.clamp(table[0], table[-1]).log()
+
+    def t_from_sigma(self, sigma, round: bool = False, *, check: bool = True):
+        """Inverse of ``sigma``: continuous t by linear interpolation of log σ over
+        t = 0..T−1, or with round=True the nearest integer index (int / int64 tensor).
+
+        Computed on σ's device. σ up to a relative 1e-6 outside [σ_0, σ_{T−1}] is clamped
+        to the range; farther out raises ValueError (``check_sigma``; check=False skips
+        that test, for σ already checked, e.g. on the host)."""
+        s, scalar = _as_f64(sigma)
+        if check:
+            self.check_sigma(s)
+        table, log_table = self._tables(s.device)
+        log_s = s.clamp(table[0], table[-1]).log()
         lo = (torch.searchsorted(log_table, log_s, right=True) - 1).clamp(0, self.T - 2)
         w = (log_s - log_table[lo]) / (log_table[lo + 1] - log_table[lo])
         t = lo + w
@@ -158,7 +181,7 @@ class VPSchedule:
 
 @dataclass(frozen=True)
 class VESchedule:
-    """VE SDE dx = sigma_max dW of the 2D toy (DESIGN §2): x_t = y + sigma_max √t n.
+    """VE SDE dx = sigma_max dW of the 2D toy: x_t = y + sigma_max √t n.
 
     σ(t) = sigma_max √t, so σ_i² − σ_{i+1}² = sigma_max² Δt and Euler–Maruyama on the σ
     ladder (``samplers.sample_euler_maruyama``) is Euler–Maruyama in t.
@@ -166,6 +189,7 @@ class VESchedule:
 
     sigma_max: float = 1.0
     t_min: float = 1e-3
+    default_sampler: ClassVar[str] = "euler_maruyama"  # the toy's sampler (not a field)
 
     def __post_init__(self):
         if not self.sigma_max > 0:
@@ -180,11 +204,18 @@ class VESchedule:
             raise UserError("t must lie in [0, 1]")
         return _out(self.sigma_max * tt.sqrt(), scalar)
 
-    def t_from_sigma(self, sigma):
-        """t = (σ/sigma_max)², clamped to 1 for σ up to a relative 1e-6 above sigma_max."""
-        s, scalar = _as_f64(sigma)
+    def check_sigma(self, sigma) -> None:
+        """ValueError unless σ lies in [0, sigma_max] (up to a relative 1e-6 above)."""
+        s, _ = _as_f64(sigma)
         if ((s < 0) | (s > self.sigma_max * (1 + _RTOL))).any() or s.isnan().any():
             raise UserError(f"sigma must lie in [0, sigma_max={self.sigma_max}]")
+
+    def t_from_sigma(self, sigma, *, check: bool = True):
+        """t = (σ/sigma_max)², clamped to 1 for σ up to a relative 1e-6 above sigma_max;
+        on σ's device (check=False: σ already checked, see ``check_sigma``)."""
+        s, scalar = _as_f64(sigma)
+        if check:
+            self.check_sigma(s)
         return _out((s / self.sigma_max).square().clamp(max=1.0), scalar)
 
     def sigmas(self, steps: int = 1000) -> torch.Tensor:

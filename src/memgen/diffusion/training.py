@@ -1,4 +1,4 @@
-"""Training diffusion models by denoising score matching (paper App. B.3, DESIGN §2).
+"""Training diffusion models by denoising score matching (paper App. B.3).
 
 Objectives (x₀ a training sample, n ~ N(0, I)):
     vp_eps    DDPM (Ho et al. 2020): t ~ U{0..T−1}, x_t = √ᾱ_t x₀ + √(1 − ᾱ_t) n,
@@ -7,6 +7,8 @@ Objectives (x₀ a training sample, n ~ N(0, I)):
               s_θ(x, t) = F_θ(x, t)/σ (the network output divided by the noise std, as in
               Song et al.'s tutorial code), loss ‖σ s_θ + n‖² = ‖F_θ + n‖² (the λ(t) = σ²
               weighting of ‖s_θ − ∇ log p(x | x₀)‖²).
+(Both are the parameterizations of ``memgen.diffusion.parameterization``, which also turn
+the trained network into a denoiser: ``TrainConfig.parameterization``.)
 Adam, EMA of the weights (by default with the warm-up min(decay, (1 + k)/(10 + k)), see
 ``update_ema``; ``ema_decay = 0``: no EMA, the EMA weights are the raw weights), gradient
 clipping, batch min(B, K) (the reference U-Nets; or B draws with replacement for any K,
@@ -34,12 +36,15 @@ import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
-from memgen.data import heldout_indices, load_dataset, nested_indices, resize_images
+from memgen.data import (default_split_seed, heldout_indices, load_dataset, nested_indices,
+                         resize_images)
 from memgen.diffusion.nets import NetConfig, get_preset
+from memgen.diffusion.parameterization import PARAMETERIZATIONS, get_parameterization
 from memgen.diffusion.schedules import VESchedule, VPSchedule
 from memgen.errors import UserError
+from memgen.io import atomic_file
 
-OBJECTIVES = ("vp_eps", "ve_score")
+OBJECTIVES = tuple(PARAMETERIZATIONS)
 CHECKPOINT = "checkpoint.pt"
 SNAPSHOTS = "snapshots"
 LOG = "log.jsonl"
@@ -103,6 +108,11 @@ class TrainConfig:
             return VPSchedule(self.beta_min, self.beta_max, self.T)
         return VESchedule(self.sigma_max, self.t_min)
 
+    def parameterization(self):
+        """The objective's parameterization on its schedule: the loss, the law of t, and
+        the denoiser of a trained network (``memgen.diffusion.parameterization``)."""
+        return get_parameterization(self.objective, self.schedule())
+
     @classmethod
     def from_json(cls, text: str) -> "TrainConfig":
         known = {f.name for f in fields(cls)}
@@ -119,30 +129,16 @@ def snapshot_path(out: str | Path, step: int) -> Path:
 
 def training_loss(model: nn.Module, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
                   config: TrainConfig, schedule) -> torch.Tensor:
-    """The objective's mean loss for given t (B,) and noise (like x0).
-
-    schedule: the VP schedule, or its ᾱ table already on x0's device (saves a copy a step).
-    """
-    shape = (-1,) + (1,) * (x0.ndim - 1)
-    if config.objective == "vp_eps":
-        table = schedule if isinstance(schedule, torch.Tensor) else schedule.alphas_cumprod
-        a_bar = table.to(x0.device)[t].to(x0.dtype)
-        x_t = a_bar.sqrt().view(shape) * x0 + (1 - a_bar).sqrt().view(shape) * noise
-        return (model(x_t, t) - noise).square().mean()
-    sigma = (config.sigma_max * t.sqrt()).view(shape)
-    return (model(x0 + sigma * noise, t) + noise).square().mean()
+    """The objective's mean loss for given t (B,) and noise (like x0) on ``schedule``: the
+    ``loss`` of its parameterization (``memgen.diffusion.parameterization``)."""
+    return get_parameterization(config.objective, schedule).loss(model, x0, t, noise)
 
 
 def draw_batch(data: torch.Tensor, batch: int, config: TrainConfig, generator: torch.Generator):
     """(x0, t, noise) for one step, all from ``generator`` (on CPU, then moved)."""
     idx = torch.randint(len(data), (batch,), generator=generator)
     x0 = data[_to(idx, data.device)]
-    if config.objective == "vp_eps":
-        t = torch.randint(config.T, (batch,), generator=generator)
-    else:
-        t = config.t_min + (1 - config.t_min) * torch.rand(batch, generator=generator,
-                                                           dtype=torch.float64)
-        t = t.to(data.dtype)
+    t = config.parameterization().draw_t(batch, generator, data.dtype)
     noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype)
     return x0, _to(t, data.device), _to(noise, data.device)
 
@@ -180,7 +176,7 @@ def new_state(config: TrainConfig, device: torch.device, rank: int = 0) -> Train
 
 def save_checkpoint(path: Path, state: TrainState, config: TrainConfig,
                     rng: list[tuple[torch.Tensor, torch.Tensor]]):
-    """Atomically write the checkpoint (temp file + rename).
+    """Atomically write the checkpoint (``memgen.io.atomic_file``).
 
     rng: per rank, (batch generator state, CPU RNG state) — every rank resumes its own.
     """
@@ -188,9 +184,8 @@ def save_checkpoint(path: Path, state: TrainState, config: TrainConfig,
                "model": state.model.state_dict(), "ema": state.ema.state_dict(),
                "optimizer": state.optimizer.state_dict(),
                "generators": [g for g, _ in rng], "cpu_rngs": [c for _, c in rng]}
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        torch.save(payload, tmp)
 
 
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
@@ -331,9 +326,7 @@ class _Saver:
 
 
 def _loop(config, data, out, state, model, rank, progress, stop_after, saver):
-    schedule = config.schedule()
-    if config.objective == "vp_eps":
-        schedule = schedule.alphas_cumprod.to(data.device)
+    objective = config.parameterization()  # keeps its ᾱ table on data's device
     full = config.batch_size if config.fixed_batch else min(config.batch_size, len(data))
     batch = max(1, full // saver.world)
     end = config.iterations if stop_after is None else min(config.iterations,
@@ -346,7 +339,7 @@ def _loop(config, data, out, state, model, rank, progress, stop_after, saver):
     while state.step < end:
         x0, t, noise = draw_batch(data, batch, config, state.generator)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
-            loss = training_loss(model, x0, t, noise, config, schedule)
+            loss = objective.loss(model, x0, t, noise)
         state.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
@@ -405,7 +398,7 @@ def training_samples(net: NetConfig, samples: np.ndarray | None = None, data: st
         if half * K > len(pool):
             raise UserError(f"--K {K}: half {half} needs {half * K} of the {len(pool)} "
                              f"samples of {data}")
-        seed = split_seed if split_seed is not None else (42 if data == "circle" else 3407)
+        seed = split_seed if split_seed is not None else default_split_seed(data)
         picks = nested_indices(len(pool), K, seed) if half == 1 else \
             heldout_indices(len(pool), K, seed)[:K]
         samples = pool[picks]

@@ -19,9 +19,11 @@ import torch
 import yaml
 
 from memgen.diffusion.nets import NetConfig, get_preset
+from memgen.diffusion.samplers import SAMPLERS
+from memgen.diffusion.training import TrainConfig
 from memgen.errors import UserError
 from memgen.metrics.features import FEATURE_MAPS
-from memgen.metrics.rules import make_rule
+from memgen.metrics.rules import RULE_DEFAULTS, make_rule
 
 
 @dataclass(frozen=True)
@@ -33,8 +35,9 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The model of every K. A network is a preset (memgen.diffusion.nets.PRESETS) or described in
-    full under ``net`` (the fields of memgen.diffusion.nets.NetConfig; unset ones keep its defaults)."""
+    """The model of every K. A network is a preset (memgen.diffusion.nets.PRESETS) or
+    described in full under ``net`` (the fields of memgen.diffusion.nets.NetConfig; unset ones
+    keep its defaults)."""
 
     kind: str = "network"  # network | exact (the empirical denoiser: no training)
     preset: str | None = None  # None: toy-mlp, unless net is given
@@ -45,21 +48,26 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TrainSection:
-    iterations: int = 8000
+    """The sweep's training settings. Every default is ``TrainConfig``'s (``memgen train``
+    reads the same): DDPM's lr 2e-4 and EMA 0.9999, 2,000 iterations. The shipped network
+    configs set their own (the toy MLP: lr 2e-3, EMA 0.999, as this section once did)."""
+
+    iterations: int = TrainConfig.iterations
     # step counts (< iterations) at which the run is also measured: the training-time axis
-    snapshots: tuple[int, ...] = ()
-    batch_size: int = 128
-    fixed_batch: bool = False  # B draws with replacement for any K (else min(B, K))
-    lr: float = 2e-3
-    ema_decay: float = 0.999
-    grad_clip: float = 1.0
-    seed: int = 3407
-    amp: bool = False  # bfloat16 autocast (CUDA only; ignored on the CPU)
+    snapshots: tuple[int, ...] = TrainConfig.snapshots
+    batch_size: int = TrainConfig.batch_size
+    # B draws with replacement for any K (else min(B, K))
+    fixed_batch: bool = TrainConfig.fixed_batch
+    lr: float = TrainConfig.lr
+    ema_decay: float = TrainConfig.ema_decay
+    grad_clip: float = TrainConfig.grad_clip
+    seed: int = TrainConfig.seed
+    amp: bool = TrainConfig.amp  # bfloat16 autocast (CUDA only; ignored on the CPU)
     # EMA warm-up: the decay at step k is min(ema_decay, (1 + k)/(10 + k)), which stays below
     # 0.999 until k ≈ 9,000 (0.9999: k ≈ 90,000), so decays 0.999 and 0.9999 are identical
     # for the first ~9k steps; false: ema_decay from the first step. ema_decay 0: no EMA
     # (the EMA weights are the raw weights).
-    ema_warmup: bool = True
+    ema_warmup: bool = TrainConfig.ema_warmup
 
 
 @dataclass(frozen=True)
@@ -111,7 +119,8 @@ class ExecutorConfig:
 
 @dataclass(frozen=True)
 class AnalysisConfig:
-    """Attractor analyses of the evaluated samples, per label and K (memgen.probes.basins)."""
+    """Attractor analyses of the evaluated samples, per label and K (memgen.probes.recovery,
+    memgen.probes.curvature)."""
 
     basins: bool = False  # critical noise level σ* (basin size) of each analysed sample
     curvature: bool = False  # extreme Hessian eigenvalues of E_σ at each analysed sample
@@ -124,7 +133,7 @@ class AnalysisConfig:
     steps: int = 20
     rel_min: float = 0.1
     curvature_sigma: float = 0.1
-    k: int = 4  # eigenvalues per point (Lanczos above 256 coordinates)
+    n_eigen: int = 4  # eigenvalues per point (Lanczos above 256 coordinates); "k" in keys
     landscape: bool = False  # 2D data, trained models: learned vs exact energy (PF-ODE)
     landscape_Ks: tuple[int, ...] = (2, 9, 1000)  # those of them that the sweep has
     landscape_sigma: float = 0.387  # σ(t = 0.15) of the toy VE SDE, as in the paper
@@ -150,9 +159,9 @@ CHOICES = {
     "model.kind": ("network", "exact"),
     "model.schedule": ("vp", "ve"),
     "model.objective": (None, "vp_eps", "ve_score"),
-    "sample.sampler": (None, "ddpm", "ddim", "euler_maruyama", "heun"),
+    "sample.sampler": (None, *SAMPLERS),
     "sample.prior": (None, "standard", "forward"),
-    "measure.rule": ("paper", "absolute"),
+    "measure.rule": tuple(RULE_DEFAULTS),
     "measure.metric": tuple(FEATURE_MAPS),
     "executor.kind": ("local", "ray"),
 }
@@ -298,7 +307,8 @@ def check(config: SweepConfig) -> None:
                 "executor.workers": config.executor.workers,
                 "analysis.per_label": config.analysis.per_label,
                 "analysis.n_trials": config.analysis.n_trials,
-                "analysis.steps": config.analysis.steps, "analysis.k": config.analysis.k,
+                "analysis.steps": config.analysis.steps,
+                "analysis.n_eigen": config.analysis.n_eigen,
                 "analysis.landscape_resolution": config.analysis.landscape_resolution}
     for key, value in positive.items():
         if value < 1:

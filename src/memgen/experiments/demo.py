@@ -16,12 +16,12 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from memgen.data import load_idx_images, nested_indices
+from memgen.data import DEFAULT_SPLIT_SEED, load_idx_images, nested_indices
 from memgen.errors import UserError
 from memgen.io import atomic_output_dir, write_json
 from memgen.metrics.classify import ClassifyConfig, classify_sets, summary, write_classification
-from memgen.metrics.rules import GENERALIZED, MEMORIZED, SPURIOUS
-from memgen.report.figures import plot_label_bars, plot_neighbours
+from memgen.metrics.rules import GENERALIZED, LABEL_NAMES, MEMORIZED, SPURIOUS
+from memgen.report.figures import plot_label_bars, plot_neighbours, save_figure
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,7 @@ class DemoConfig:
     n_blends: int = 100  # distinct spurious attractors
     noise: float = 0.03  # pixel noise std, in [-1, 1] units
     seed: int = 0
-    split_seed: int = 3407
+    split_seed: int = DEFAULT_SPLIT_SEED
 
 
 @dataclass(frozen=True)
@@ -118,24 +118,24 @@ def run_demo(config: DemoConfig, data_root: str | None, out, progress: bool = Fa
         groups = {"detected": (est.fractions, est.lo, est.hi),
                   "planted": (np.bincount(sets.truth, minlength=3) / len(sets.truth), None, None),
                   "null rate (held-out)": (null.fractions, null.lo, null.hi)}
-        plot_label_bars(groups, title=f"Fashion-MNIST planted sets, K = {config.K}"
-                        ).savefig(tmp / "fractions.png", dpi=150)
-        plot_neighbours(sets.eval, sets.train, sets.synth, near.train_idx, near.synth_idx,
-                        result.labels, _examples(sets.truth, result.labels), near.train_dist,
-                        near.synth_dist).savefig(tmp / "neighbours.png", dpi=110)
+        save_figure(plot_label_bars(groups, title=f"Fashion-MNIST planted sets, K = {config.K}"),
+                    tmp / "fractions.png", 150)
+        save_figure(plot_neighbours(sets.eval, sets.train, sets.synth, near.train_idx,
+                                    near.synth_idx, result.labels,
+                                    _examples(sets.truth, result.labels), near.train_dist,
+                                    near.synth_dist), tmp / "neighbours.png", 110)
     return DemoResult(payload, matrix, _confusion_text(matrix))
 
 
 def _examples(truth: np.ndarray, labels: np.ndarray) -> dict:
     """Two correctly detected samples per label, for the neighbour grid."""
-    names = ("memorized", "spurious", "generalized")
     return {name: np.flatnonzero((truth == code) & (labels == code))[:2].tolist()
-            for code, name in enumerate(names)}
+            for code, name in enumerate(LABEL_NAMES)}
 
 
 def _confusion_text(matrix: np.ndarray) -> str:
-    names = ("memorized", "spurious", "generalized")
-    lines = ["planted \\ detected " + "".join(f"{n:>13}" for n in names)]
-    lines += [f"{name:<19}" + "".join(f"{c:>13d}" for c in row) for name, row in zip(names, matrix)]
+    lines = ["planted \\ detected " + "".join(f"{n:>13}" for n in LABEL_NAMES)]
+    lines += [f"{name:<19}" + "".join(f"{c:>13d}" for c in row)
+              for name, row in zip(LABEL_NAMES, matrix)]
     accuracy = np.trace(matrix) / matrix.sum()
     return "\n".join(lines + [f"agreement with the planted labels: {accuracy:.1%}"])

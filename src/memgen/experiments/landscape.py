@@ -1,9 +1,11 @@
 """2D energy landscapes of the unit-circle data (project page, Fig. 2).
 
-One panel per K: the kernel energy −(1/β) log Σ exp(−β‖x − y_i‖²) of the first K
+One panel per K: the kernel energy −(1/γ) log Σ exp(−γ‖x − y_i‖²) of the first K
 points of the circle pool on a grid, its score field, the training points and the
 attractors found by retrieval from a grid of starts; plus the continuum panel
-E(R) = R² + 1 − (1/β) log I0(2βR) whose minimum is the whole ring R = R*.
+E(R) = R² + 1 − (1/γ) log I0(2γR) whose minimum is the whole ring R = R*. γ
+(``LandscapeConfig.gamma``, ``memgen landscape --beta``) is the kernel's inverse
+temperature, 1/(2σ²) at VE noise σ (the paper's eq. 13 writes it β).
 Orchestration only: the math is in ``energy`` and ``attractors``.
 """
 
@@ -16,8 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from memgen.data import circle_pool, nested_indices
-from memgen.diffusion.denoisers import ScoreDenoiser, load_checkpoint_denoiser
+from memgen.data import CIRCLE_SPLIT_SEED, circle_pool, nested_indices
+from memgen.diffusion.denoisers import ScoreDenoiser
+from memgen.diffusion.loaders import load_denoiser
 from memgen.diffusion.samplers import StackedGenerator, initial_noise, sample_euler_maruyama
 from memgen.errors import UserError
 from memgen.io import atomic_file, load_samples
@@ -33,11 +36,11 @@ EXTENT = 1.6  # the grid covers [−EXTENT, EXTENT]²
 @dataclass(frozen=True)
 class LandscapeConfig:
     Ks: tuple[int, ...] = (2, 9, 1000)
-    beta: float = 20.0
+    gamma: float = 20.0  # the kernel's γ (eq. 13's β; = 1/(2σ²)); the CLI's --beta
     grid: int = 161  # energy grid points per axis
     arrows: int = 21  # score arrows per axis
     starts_per_axis: int = 40  # retrieval starts on a regular grid
-    split_seed: int = 42  # subsets of the 60,000-point pool (seed 9)
+    split_seed: int = CIRCLE_SPLIT_SEED  # subsets of the 60,000-point pool (seed 9)
     max_iter: int = 5000
 
 
@@ -55,11 +58,13 @@ class Panel:
     ring_radius: float | None = None  # continuum: the radius of the minimum ring
 
 
-def circle_ring_radius(beta: float) -> float:
-    """R* > 0 where the continuum radial score 2(I1/I0(2βR) − R) vanishes (bisection)."""
+def circle_ring_radius(gamma: float) -> float:
+    """R* > 0 where the continuum radial score 2(I1/I0(2γR) − R) vanishes (bisection)."""
     lo, hi = 1e-9, 1.0
-    f = lambda r: float(E.circle_radial_score(torch.tensor(r, dtype=torch.float64), beta))  # noqa: E731
-    if f(lo) <= 0:  # βR small: I1/I0 ≈ βR < R for β < 1: the minimum is the origin
+    def f(r):
+        return float(E.circle_radial_score(torch.tensor(r, dtype=torch.float64), gamma))
+
+    if f(lo) <= 0:  # γR small: I1/I0 ≈ γR < R for γ < 1: the minimum is the origin
         return 0.0
     for _ in range(80):
         mid = (lo + hi) / 2
@@ -67,21 +72,15 @@ def circle_ring_radius(beta: float) -> float:
     return (lo + hi) / 2
 
 
-def grid_points(n: int) -> torch.Tensor:
-    axis = torch.linspace(-EXTENT, EXTENT, n, dtype=torch.float64)
-    yy, xx = torch.meshgrid(axis, axis, indexing="ij")
-    return torch.stack([xx.reshape(-1), yy.reshape(-1)], 1)
-
-
 def discrete_panel(patterns: torch.Tensor, config: LandscapeConfig) -> tuple[Panel, Attractors]:
-    memory = Memory(patterns, config.beta, "kernel")
-    found = find_attractors(memory, grid_points(config.starts_per_axis), tol=1e-9,
+    memory = Memory(patterns, config.gamma, "kernel")
+    found = find_attractors(memory, square_grid(EXTENT, config.starts_per_axis), tol=1e-9,
                             max_iter=config.max_iter)
     g, a = config.grid, config.arrows
     panel = Panel(
         title=f"K = {len(patterns)}",
-        energy=memory.energy(grid_points(g)).reshape(g, g).numpy(),
-        score=(-memory.grad(grid_points(a))).reshape(a, a, 2).numpy(),
+        energy=memory.energy(square_grid(EXTENT, g)).reshape(g, g).numpy(),
+        score=(-memory.grad(square_grid(EXTENT, a))).reshape(a, a, 2).numpy(),
         patterns=patterns.numpy(), attractors=found.points.numpy(),
         attractor_energy=found.energies, kinds=found.kinds)
     return panel, found
@@ -89,16 +88,16 @@ def discrete_panel(patterns: torch.Tensor, config: LandscapeConfig) -> tuple[Pan
 
 def continuum_panel(config: LandscapeConfig) -> Panel:
     g, a = config.grid, config.arrows
-    radius = circle_ring_radius(config.beta)
+    radius = circle_ring_radius(config.gamma)
 
     def radial(points):
         return points.norm(dim=1)
 
-    energy = E.circle_energy(radial(grid_points(g)), config.beta).reshape(g, g)
-    pts = grid_points(a)
+    energy = E.circle_energy(radial(square_grid(EXTENT, g)), config.gamma).reshape(g, g)
+    pts = square_grid(EXTENT, a)
     r = radial(pts).clamp_min(1e-12)
-    score = (E.circle_radial_score(r, config.beta) / r)[:, None] * pts
-    ring_energy = float(E.circle_energy(torch.tensor(radius, dtype=torch.float64), config.beta))
+    score = (E.circle_radial_score(r, config.gamma) / r)[:, None] * pts
+    ring_energy = float(E.circle_energy(torch.tensor(radius, dtype=torch.float64), config.gamma))
     return Panel(title="continuum (K → ∞)", energy=energy.numpy(),
                  score=score.reshape(a, a, 2).numpy(), patterns=None,
                  attractors=np.array([[radius, 0.0]]), attractor_energy=np.array([ring_energy]),
@@ -111,8 +110,8 @@ def run_landscape(config: LandscapeConfig) -> list[Panel]:
     bad = [K for K in config.Ks if not 1 <= K <= len(pool)]
     if bad or not config.Ks:
         raise UserError(f"K must lie in [1, {len(pool)}]; got {bad or 'none'}")
-    if not config.beta > 0:
-        raise UserError(f"beta must be positive, got {config.beta}")
+    if not config.gamma > 0:
+        raise UserError(f"beta must be positive, got {config.gamma}")
     panels = []
     for K in config.Ks:
         patterns = torch.from_numpy(pool[nested_indices(len(pool), K, config.split_seed)])
@@ -128,7 +127,7 @@ def write_landscape(out: Path, panels: list[Panel], config: LandscapeConfig) -> 
         for K, panel in zip([*config.Ks, "continuum"], panels):
             for (x, y), e, kind in zip(panel.attractors, panel.attractor_energy, panel.kinds):
                 writer.writerow([K, f"{x:.6g}", f"{y:.6g}", f"{e:.6g}", kind])
-    plot_landscape(panels, EXTENT, beta=config.beta).savefig(out / "landscape.png", dpi=130)
+    save_figure(plot_landscape(panels, EXTENT, beta=config.gamma), out / "landscape.png", 130)
 
 
 # ------------------------------------------------------------------ trained models
@@ -153,13 +152,14 @@ def learned_row(denoiser, train: np.ndarray, samples: np.ndarray, *, K: int,
     exact = E.empirical_energy(square_grid(EXTENT, resolution), patterns, sigma)
     found = learned_attractors(torch.from_numpy(np.asarray(samples, dtype=np.float64)),
                                sample_sigma, patterns)
-    memory = Memory(patterns, E.kernel_beta(sigma), "kernel")
-    stable = find_attractors(memory, grid_points(40), tol=1e-9, max_iter=5000)
+    memory = Memory(patterns, E.kernel_gamma(sigma), "kernel")
+    stable = find_attractors(memory, square_grid(EXTENT, 40), tol=1e-9, max_iter=5000)
     return {"K": K, "exact": exact.reshape(resolution, resolution).numpy(),
             "learned": grid.energy.numpy(), "train": np.asarray(train),
             "centres": found.centres.numpy(), "counts": found.counts,
             "memorized": found.memorized,
-            "exact_attractors": stable.points.numpy(), "exact_kinds": np.asarray(stable.kinds, dtype=str),
+            "exact_attractors": stable.points.numpy(),
+            "exact_kinds": np.asarray(stable.kinds, dtype=str),
             "ode_ok": bool(grid.likelihood.success)}
 
 
@@ -182,7 +182,7 @@ def checkpoint_rows(checkpoints, *, sigma: float = LEARNED_SIGMA, n_samples: int
     steps from σ = 1 down to σ(t_min) ≈ 0.032, no final denoising)."""
     rows = []
     for path in checkpoints:
-        den = load_checkpoint_denoiser(path)
+        den = load_denoiser(checkpoint=path).denoiser
         if not isinstance(den, ScoreDenoiser):
             raise UserError(f"{path}: learned landscapes need a 2D VE score model "
                              "(memgen train --preset toy-mlp)")

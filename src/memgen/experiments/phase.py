@@ -1,10 +1,11 @@
 """Phase sweeps of the exact empirical energy over the load K and the noise level σ.
 
 For every (σ, K): the first K patterns of the seeded split, the energy −log p_σ
-(kernel form, β = 1/(2σ²)), retrieval from samples of p_σ (or other starts), the
-attractors and their kinds, and the paper's eqs. 4–6 labels applied to the retrieval
-endpoints (endpoints as the evaluated set and as their own synthetic set, patterns as
-the training set). Orchestration only: the math is in ``attractors`` and ``metrics``.
+(kernel form with γ = 1/(2σ²), phase.csv's ``beta`` column), retrieval from samples of
+p_σ (or other starts), the attractors and their kinds, and the paper's eqs. 4–6 labels
+applied to the retrieval endpoints (endpoints as the evaluated set and as their own
+synthetic set, patterns as the training set). Orchestration only: the math is in
+``attractors`` and ``metrics``.
 """
 
 from __future__ import annotations
@@ -18,13 +19,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from memgen.data import circle_pool, load_idx_images, nested_indices
+from memgen.data import circle_pool, default_split_seed, load_idx_images, nested_indices
 from memgen.errors import UserError
-from memgen.io import write_json
+from memgen.io import read_csv_rows, write_json
 from memgen.memory.attractors import Memory, find_attractors, ring_barriers, ring_energy_spread
 from memgen.metrics.rules import apply_rule, find_neighbours, make_rule
 from memgen.probes.starts import make_starts
-from memgen.report.figures import plot_phase
+from memgen.report.figures import plot_phase, save_figure
 
 PHASE_DATA = ("circle", "fmnist")
 COLUMNS = ("sigma", "beta", "K", "n_starts", "n_attractors", "n_memorized", "n_spurious",
@@ -44,7 +45,7 @@ class PhaseConfig:
     tol: float = 1e-6  # retrieval stops when a step is shorter than tol × RMS pattern norm
     max_iter: int = 2000
     seed: int = 0
-    split_seed: int | None = None  # None: 42 for the circle pool, 3407 for images
+    split_seed: int | None = None  # None: default_split_seed(data), 42 for the circle pool
     data_root: str | None = None
     dtype: str = "float64"
 
@@ -77,7 +78,7 @@ def run_phase(config: PhaseConfig, progress: bool = False) -> list[dict]:
     validate(config, len(pool))
     split_seed = config.split_seed
     if split_seed is None:
-        split_seed = 42 if config.data == "circle" else 3407
+        split_seed = default_split_seed(config.data)
     dtype = getattr(torch, config.dtype)
     grid = [(s, K) for s in config.sigmas for K in config.Ks]
     rows = []
@@ -102,7 +103,8 @@ def phase_point(patterns: torch.Tensor, sigma: float, config: PhaseConfig) -> di
     labels = apply_rule(near.train_dist, near.synth_dist, make_rule("paper"))
     run = found.retrieval
     return {
-        "sigma": sigma, "beta": memory.beta, "K": len(patterns), "n_starts": len(starts),
+        "sigma": sigma, "beta": memory.inverse_temperature,  # the kernel's γ = 1/(2σ²)
+        "K": len(patterns), "n_starts": len(starts),
         "n_attractors": len(found.points), "n_memorized": found.count("memorized"),
         "n_spurious": found.count("spurious"), "n_saddle": found.count("saddle"),
         "share_memorized": found.share("memorized"), "share_spurious": found.share("spurious"),
@@ -125,17 +127,14 @@ def write_phase(out: Path, rows: list[dict], config: PhaseConfig) -> None:
         writer.writeheader()
         writer.writerows({k: _fmt(row[k]) for k in COLUMNS} for row in rows)
     write_json(out / "phase.json", {"config": asdict(config)})
-    plot_phase(rows, title=f"{config.data}: attractors of −log p_σ").savefig(
-        out / "phase.png", dpi=150)
+    save_figure(plot_phase(rows, title=f"{config.data}: attractors of −log p_σ"),
+                out / "phase.png", 150)
 
 
 def read_phase(path: str | Path) -> list[dict]:
     """Rows of a phase.csv with numbers parsed (counts as int, the rest as float)."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"no such file: {path}")
-    with path.open(newline="") as f:
-        rows = list(csv.DictReader(f))
+    rows = read_csv_rows(path)
     if not rows or set(COLUMNS) - set(rows[0]):
         raise UserError(f"{path} is not a phase.csv (columns {', '.join(COLUMNS)})")
     counts = {"K", "n_starts", "n_attractors", "n_memorized", "n_spurious", "n_saddle"}

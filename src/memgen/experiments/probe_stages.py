@@ -2,7 +2,7 @@
 
 After a K's classification, ``analysis_stage`` takes up to ``analysis.per_label`` evaluated
 samples of each label (the first ones, in sample order) and measures, with the model of
-that K (``memgen.probes.basins``):
+that K (``memgen.probes.recovery``, ``memgen.probes.curvature``):
 
 - the critical noise level σ* — the largest σ from which the sample is recovered with
   probability ≥ p (basin size);
@@ -23,16 +23,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from memgen.diffusion.denoisers import EmpiricalDenoiser, load_checkpoint_denoiser
+from memgen.diffusion.loaders import load_denoiser
 from memgen.experiments.cache import is_done, mark_done, stage_key
 from memgen.experiments.config import SweepConfig, as_dict
 from memgen.experiments.landscape import learned_row, write_learned
 from memgen.io import atomic_file
 from memgen.metrics.rules import LABEL_NAMES
-from memgen.probes.basins import RecoveryConfig, critical_time, hessian_eigsh, hessian_spectrum
+from memgen.probes.curvature import hessian_eigsh, hessian_spectrum
+from memgen.probes.recovery import RecoveryConfig, critical_time
 from memgen.report.figures import plot_by_label, save_figure
 
 DENSE_MAX = 256  # coordinates up to which the Hessian spectrum is computed densely
+# Renamed AnalysisConfig fields under their former names in the key, so that caches made
+# before the rename stay valid.
+_KEY_NAMES = {"n_eigen": "k"}
 
 
 def pick_per_label(labels: np.ndarray, per_label: int) -> np.ndarray:
@@ -46,7 +50,8 @@ def analysis_key(classify_folder: str, config: SweepConfig) -> str | None:
     a = config.analysis
     if not (a.basins or a.curvature):
         return None
-    reads = {k: v for k, v in as_dict(a).items() if not k.startswith("landscape")}
+    reads = {_KEY_NAMES.get(name, name): v for name, v in as_dict(a).items()
+             if not name.startswith("landscape")}
     return stage_key("analysis", classify_folder, reads)
 
 
@@ -90,12 +95,13 @@ def _cached(path: Path, K: int, stage: str, compute) -> Path:
 
 
 def _model(checkpoint: Path | None, train: np.ndarray, config: SweepConfig):
-
+    """(denoiser, schedule or None): the state's own field, unclipped (curvature needs the
+    model's own score), or the exact denoiser of S_K in float32 without a schedule."""
     if checkpoint is None:
-        return EmpiricalDenoiser(torch.from_numpy(train).to(config.device)), None
-    den = load_checkpoint_denoiser(checkpoint, device=config.device,
-                                   clip=False)  # curvature needs the model's own score
-    return den, den.schedule
+        model = load_denoiser(exact=train, device=config.device)
+    else:
+        model = load_denoiser(checkpoint=checkpoint, device=config.device, clip=False)
+    return model.denoiser, model.schedule
 
 
 def _basins(den, schedule, x: torch.Tensor, config: SweepConfig) -> dict:
@@ -110,11 +116,12 @@ def _basins(den, schedule, x: torch.Tensor, config: SweepConfig) -> dict:
 
 
 def _curvature(den, x: torch.Tensor, config: SweepConfig) -> np.ndarray:
-    """(n, k) smallest eigenvalues of ∇²E_σ, ascending."""
+    """(n, n_eigen) smallest eigenvalues of ∇²E_σ, ascending."""
     a = config.analysis
     if x[0].numel() <= DENSE_MAX:
-        return hessian_spectrum(den, x, a.curvature_sigma).eigenvalues.numpy()[:, :a.k]
-    return hessian_eigsh(den, x, a.curvature_sigma, k=a.k, which="SA").eigenvalues.numpy()
+        return hessian_spectrum(den, x, a.curvature_sigma).eigenvalues.numpy()[:, :a.n_eigen]
+    return hessian_eigsh(den, x, a.curvature_sigma, n_eigen=a.n_eigen,
+                         which="SA").eigenvalues.numpy()
 
 
 def analysis_figures(run: Path, results, config: SweepConfig) -> list[Path]:
@@ -156,7 +163,7 @@ def landscape_stage(run: Path, result, train: np.ndarray, config: SweepConfig) -
                     a.landscape_sigma, a.landscape_resolution)
 
     def compute() -> dict:
-        den = load_checkpoint_denoiser(result.checkpoint, device=config.device)
+        den = load_denoiser(checkpoint=result.checkpoint, device=config.device).denoiser
         with np.load(result.eval_path, allow_pickle=False) as archive:
             samples = archive["samples"]
         return learned_row(den, train, samples, K=result.K, sigma=a.landscape_sigma,

@@ -18,10 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from memgen.data import load_dataset, resize_images, train_heldout
-from memgen.diffusion.denoisers import EmpiricalDenoiser, load_checkpoint_denoiser
+from memgen.data import default_split_seed, load_dataset, resize_images, train_heldout
 from memgen.diffusion.generate import GenerateConfig, generate
-from memgen.diffusion.schedules import VESchedule, VPSchedule
+from memgen.diffusion.loaders import load_denoiser
 from memgen.diffusion.training import TrainConfig, snapshot_path, train as run_training
 from memgen.errors import UserError
 from memgen.experiments.cache import fingerprint, is_done, mark_done, stage_key
@@ -63,7 +62,7 @@ class StageResult:
 def split_seed(config: SweepConfig) -> int:
     if config.data.split_seed is not None:
         return config.data.split_seed
-    return 42 if config.data.name == "circle" else 3407
+    return default_split_seed(config.data.name)
 
 
 def load_pool(config: SweepConfig) -> np.ndarray:
@@ -164,9 +163,9 @@ def generate_stage(run: Path, which: str, n: int, seed: int, train_key: str,
         t0 = time.perf_counter()
         denoiser, schedule = _denoiser(checkpoint, train, config)
         s = config.sample
-        default = "ddpm" if type(schedule).__name__ == "VPSchedule" else "euler_maruyama"
-        gen = GenerateConfig(n=n, sampler=s.sampler or default, steps=s.steps, eta=s.eta,
-                             seed=seed, batch_size=s.batch_size, shard_size=max(n // 4, 256),
+        gen = GenerateConfig(n=n, sampler=s.sampler or schedule.default_sampler, steps=s.steps,
+                             eta=s.eta, seed=seed, batch_size=s.batch_size,
+                             shard_size=max(n // 4, 256),
                              name=which, clip=train.ndim == 4, final_denoise=s.final_denoise,
                              stop_sigma=s.stop_sigma, prior=s.prior or "standard",
                              clip_denoised=s.clip_denoised,
@@ -189,12 +188,13 @@ def generate_key(which: str, n: int, seed: int, train_key: str, checkpoint: Path
 
 
 def _denoiser(checkpoint: Path | None, train: np.ndarray, config: SweepConfig):
-
+    """(denoiser, schedule): the saved state, or the exact denoiser of S_K (float32, the
+    sweep's stored samples depend on it: ``memgen.diffusion.loaders``)."""
     if checkpoint is None:
-        schedule = VPSchedule() if config.model.schedule == "vp" else VESchedule()
-        return EmpiricalDenoiser(torch.from_numpy(train).to(config.device)), schedule
-    den = load_checkpoint_denoiser(checkpoint, device=config.device)
-    return den, den.schedule
+        model = load_denoiser(exact=train, schedule=config.model.schedule, device=config.device)
+    else:
+        model = load_denoiser(checkpoint=checkpoint, device=config.device)
+    return model.denoiser, model.schedule
 
 
 def classify_stage(run: Path, K: int, train: np.ndarray, heldout: np.ndarray,

@@ -38,8 +38,8 @@ from memgen.report.html import write_report
 def write_fractions(path: Path, results: list[StageResult], steps: bool = False) -> None:
     """fractions.csv: K, the three fractions with _lo/_hi, n_eval and n_synth, the null
     rates with the null run's set sizes (smaller than n_eval/n_synth when held-out data ran
-    short), and the sample quality vs held-out data (precision, recall, density, coverage, precision per
-    label, the held-out baseline's precision and recall; empty where absent).
+    short), and the sample quality vs held-out data (precision, recall, density, coverage,
+    precision per label, the held-out baseline's precision and recall; empty where absent).
 
     steps: a ``steps`` column after K (the training steps of each row's state), one row
     per (K, steps) — fractions_steps.csv, the training-time axis."""
@@ -98,7 +98,8 @@ def evidence_figures(run: Path, pool: np.ndarray, results: list[StageResult],
         if any(chosen.values()):
             save(plot_neighbours(samples, split(pool, r.K, config)[0], load_samples(r.synth_path),
                                  found["train_idx"], found["synth_idx"], found["labels"], chosen,
-                                 found["train_dist"], found["synth_dist"]), f"neighbours-K{r.K}.png")
+                                 found["train_dist"], found["synth_dist"]),
+             f"neighbours-K{r.K}.png")
         save(plot_sample_grid(samples[:64], found["labels"][:64], title=f"K = {r.K}"),
              f"samples-K{r.K}.png")
     return figures

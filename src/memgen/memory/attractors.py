@@ -1,8 +1,9 @@
 """Attractors of an associative memory: retrieval dynamics, merging, stability, basins.
 
-A :class:`Memory` is a set of stored patterns with an energy (DESIGN §1):
-    kernel    E(x) = −(1/β) log Σ exp(−β‖x − y_i‖²)  (eq. 13; the empirical denoising
-              energy at VE noise σ is this with β = 1/(2σ²) and patterns a·y_i)
+A :class:`Memory` is a set of stored patterns with an energy (README, “The theory”)
+whose inverse temperature is ``Memory.inverse_temperature``:
+    kernel    E(x) = −(1/γ) log Σ exp(−γ‖x − y_i‖²)  (eq. 13, there with β; the empirical
+              denoising energy at VE noise σ is this with γ = 1/(2σ²) and patterns a·y_i)
     dense_am  E(x) = ½‖x‖² − (1/β) log Σ exp(β xᵀy_i)  (eq. 10)
 Both have the form E = c(½‖x‖² − …) whose minimiser map is x ← Σ_i w_i(x) y_i, the
 fixed-point (CCCP) retrieval that never raises the energy; gradient descent is the
@@ -32,7 +33,6 @@ from memgen.errors import UserError
 from memgen.memory import energy as E
 from memgen.metrics.knn import knn_search
 
-KINDS = ("memorized", "spurious", "saddle")
 _EXACT_EIG_MAX = 2000  # largest Gram matrix diagonalised exactly; Lanczos above
 _EXACT_EIG_FLOPS = 2e9  # ... and only while forming it costs less than this
 _BATCH_BUDGET = 256 * 2**20  # bytes for one (starts × patterns) block of weights
@@ -40,10 +40,14 @@ _BATCH_BUDGET = 256 * 2**20  # bytes for one (starts × patterns) block of weigh
 
 @dataclass(frozen=True)
 class Memory:
-    """Stored patterns (N, D) and the energy that retrieves them."""
+    """Stored patterns (N, D) and the energy that retrieves them.
+
+    inverse_temperature: the energy's own — the kernel's γ (1/(2σ²) at VE noise σ, see
+    :meth:`from_sigma`) for kind "kernel", DenseAM's β for kind "dense_am".
+    """
 
     patterns: torch.Tensor
-    beta: float
+    inverse_temperature: float
     kind: str = "kernel"
 
     def __post_init__(self):
@@ -51,38 +55,38 @@ class Memory:
             raise UserError(f"unknown energy {self.kind!r}; known: {', '.join(_ENERGIES)}")
         if self.patterns.ndim != 2 or len(self.patterns) == 0:
             raise UserError("patterns must be a non-empty (N, D) tensor")
-        if not self.beta > 0:
-            raise UserError(f"beta must be positive, got {self.beta}")
+        if not self.inverse_temperature > 0:
+            raise UserError(f"the inverse temperature must be positive, got "
+                            f"{self.inverse_temperature}")
 
     @classmethod
     def from_sigma(cls, patterns: torch.Tensor, sigma: float, scale: float = 1.0) -> "Memory":
-        """The empirical denoising energy at noise σ (VP scale a): kernel, β = 1/(2σ²)."""
-        return cls(scale * patterns, E.kernel_beta(sigma), "kernel")
+        """The empirical denoising energy at noise σ (VP scale a): kernel, γ = 1/(2σ²)."""
+        return cls(scale * patterns, E.kernel_gamma(sigma), "kernel")
 
     def energy(self, x: torch.Tensor) -> torch.Tensor:
-        return _ENERGIES[self.kind][0](x, self.patterns, self.beta)
+        return _ENERGIES[self.kind][0](x, self.patterns, self.inverse_temperature)
 
     def grad(self, x: torch.Tensor) -> torch.Tensor:
-        return _ENERGIES[self.kind][1](x, self.patterns, self.beta)
+        return _ENERGIES[self.kind][1](x, self.patterns, self.inverse_temperature)
 
     def weights(self, x: torch.Tensor) -> torch.Tensor:
-        return _ENERGIES[self.kind][2](x, self.patterns, self.beta)
+        return _ENERGIES[self.kind][2](x, self.patterns, self.inverse_temperature)
 
-    def retrieval_step(self, x: torch.Tensor, buffer: torch.Tensor | None = None
-                       ) -> torch.Tensor:
+    def retrieval_step(self, x: torch.Tensor) -> torch.Tensor:
         """One fixed-point step x ← Σ_i w_i(x) y_i.
 
         The weights are the energy's own (float64 logits, float32 only where that cannot
         matter: see :mod:`memgen.memory.energy`); an expanded-form float32 addmm would put
-        errors of β·u·(‖x‖² + ‖y‖²) into every logit. ``buffer`` is accepted for callers
-        of the former in-place step and not used.
+        errors of γ·u·(‖x‖² + ‖y‖²) into every logit.
         """
         return self.weights(x) @ self.patterns
 
     @property
     def curvature(self) -> tuple[float, float]:
-        """(c, γ) with ∇²E = c (I − γ Cov_w(y))."""
-        return (2.0, 2.0 * self.beta) if self.kind == "kernel" else (1.0, self.beta)
+        """(c, κ) with ∇²E = c (I − κ Cov_w(y)): (2, 2γ) for the kernel, (1, β) for DenseAM."""
+        t = self.inverse_temperature
+        return (2.0, 2.0 * t) if self.kind == "kernel" else (1.0, t)
 
 
 _ENERGIES = {
@@ -167,23 +171,21 @@ def merge_endpoints(points: torch.Tensor, energies: torch.Tensor, tol: float):
 
 def min_hessian_eigenvalue(memory: Memory, x: torch.Tensor, weight_floor: float = 1e-12
                            ) -> np.ndarray:
-    """Smallest eigenvalue of ∇²E = c(I − γ Cov_w(y)) at each row of x: (B,).
+    """Smallest eigenvalue of ∇²E = c(I − κ Cov_w(y)) at each row of x: (B,).
 
     Cov_w = ỸᵀỸ with Ỹ = diag(√w)(Y − m) over the patterns whose weight exceeds
     weight_floor·max w, so its top eigenvalue is that of the small Gram matrix ỸỸᵀ
-    (exact), or of ỸᵀỸ by Lanczos when both sides exceed 2,000.
+    (exact), or of ỸᵀỸ by Lanczos when both sides exceed 2,000. As Cov_w is positive
+    semi-definite, λ_min = c(1 − κ λ_max(Cov_w)) ≤ c.
     """
-    c, gamma = memory.curvature
-    d = memory.patterns.shape[1]
+    c, kappa = memory.curvature
     out = np.empty(len(x))
     for b, w in enumerate(memory.weights(x.to(memory.patterns.dtype)).double()):
         keep = w > weight_floor * w.max()
         y = memory.patterns[keep].double()
         wk = w[keep] / w[keep].sum()
         yt = wk.sqrt().unsqueeze(1) * (y - wk @ y)  # (n_active, D)
-        top = _top_eigenvalue(yt)
-        lowest = 1.0 - gamma * top
-        out[b] = c * (min(lowest, 1.0) if len(yt) < d else lowest)
+        out[b] = c * (1.0 - kappa * _top_eigenvalue(yt))
     return out
 
 
@@ -222,39 +224,45 @@ class Attractors:
         return float(self.basin[self.kinds == kind].sum())
 
 
-def as_memory(memory: Memory | torch.Tensor, *, beta: float | None = None,
+def as_memory(memory: Memory | torch.Tensor, *, inverse_temperature: float | None = None,
               sigma: float | None = None, scale: float = 1.0, kind: str = "kernel") -> Memory:
-    """A Memory as given, or built from (N, D) patterns with exactly one of beta or sigma."""
+    """A Memory as given, or built from (N, D) patterns with exactly one of
+    inverse_temperature (γ for the kernel, β for dense_am) or sigma."""
     if isinstance(memory, Memory):
-        if beta is not None or sigma is not None:
-            raise UserError("beta and sigma come with patterns, not with a Memory")
+        if inverse_temperature is not None or sigma is not None:
+            raise UserError("inverse_temperature and sigma come with patterns, not with a "
+                            "Memory")
         return memory
-    if (beta is None) == (sigma is None):
-        raise UserError("give exactly one of beta (inverse temperature) or sigma (noise level)")
+    if (inverse_temperature is None) == (sigma is None):
+        raise UserError("give exactly one of inverse_temperature or sigma (noise level)")
     if sigma is not None:
         if kind != "kernel":
-            raise UserError("sigma defines the empirical (kernel) energy; use beta for dense_am")
+            raise UserError("sigma defines the empirical (kernel) energy; use "
+                            "inverse_temperature for dense_am")
         return Memory.from_sigma(memory, sigma, scale)
-    return Memory(scale * memory, beta, kind)
+    return Memory(scale * memory, inverse_temperature, kind)
 
 
 def find_attractors(memory: Memory | torch.Tensor, starts: torch.Tensor, *,
-                    beta: float | None = None, sigma: float | None = None, scale: float = 1.0,
+                    inverse_temperature: float | None = None, sigma: float | None = None,
+                    scale: float = 1.0,
                     kind: str = "kernel", method: str = "fixed_point", tol: float = 1e-7,
                     max_iter: int = 2000, merge_tol: float | None = None,
                     store_weight: float = 0.5, store_tol: float | None = None,
                     eig_tol: float = 1e-6, progress: bool = False) -> Attractors:
     """Retrieve from every start, merge coinciding endpoints, classify the attractors.
 
-    memory: a :class:`Memory`, or (N, D) patterns with beta= (kernel or dense_am energy)
-    or sigma= (the empirical energy −log p_σ, VP scale a = scale).
+    memory: a :class:`Memory`, or (N, D) patterns with inverse_temperature= (the kernel's
+    γ or DenseAM's β, by kind) or sigma= (the empirical energy −log p_σ, VP scale a =
+    scale).
 
     merge_tol: endpoints closer than this are one attractor (default 1e-3 × the
     patterns' RMS norm, or 1000·tol if larger). An attractor is memorized when one
     pattern's retrieval weight exceeds store_weight (and, if store_tol is given, that
     pattern lies within store_tol); saddle when λ_min < −eig_tol·c; else spurious.
     """
-    memory = as_memory(memory, beta=beta, sigma=sigma, scale=scale, kind=kind)
+    memory = as_memory(memory, inverse_temperature=inverse_temperature, sigma=sigma,
+                       scale=scale, kind=kind)
     size = float(memory.patterns.double().square().sum(1).mean().sqrt()) or 1.0
     merge_tol = max(1e-3 * size, 1e3 * tol) if merge_tol is None else merge_tol
     run = retrieve(memory, starts, method=method, tol=tol, max_iter=max_iter, progress=progress)
@@ -276,7 +284,7 @@ def find_attractors(memory: Memory | torch.Tensor, starts: torch.Tensor, *,
 
 
 @dataclass(frozen=True)
-class Path:
+class MinimumEnergyPath:
     """A minimum-energy path between two minima and its energy profile."""
 
     points: torch.Tensor  # (n_images, D), points[0] = a, points[-1] = b
@@ -289,7 +297,7 @@ class Path:
 
 
 def minimum_energy_path(memory: Memory, a: torch.Tensor, b: torch.Tensor, n_images: int = 41,
-                        n_iter: int = 400, step: float | None = None) -> Path:
+                        n_iter: int = 400, step: float | None = None) -> MinimumEnergyPath:
     """Zero-temperature string method (E, Ren & Vanden-Eijnden 2007) between minima a, b.
 
     The straight segment is relaxed by gradient steps on its interior images, each
@@ -302,7 +310,7 @@ def minimum_energy_path(memory: Memory, a: torch.Tensor, b: torch.Tensor, n_imag
     for _ in range(n_iter):
         path[1:-1] -= eta * memory.grad(path[1:-1])
         path = _equal_arc_length(path)
-    return Path(path, memory.energy(path).cpu().numpy())
+    return MinimumEnergyPath(path, memory.energy(path).cpu().numpy())
 
 
 def _equal_arc_length(path: torch.Tensor) -> torch.Tensor:

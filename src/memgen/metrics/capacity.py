@@ -21,13 +21,13 @@ the K grid, and notes (MC: the memorized curve rising with K beyond its interval
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from memgen.errors import UserError
+from memgen.io import read_csv_rows
 from memgen.metrics.rules import LABEL_NAMES, MEMORIZED, SPURIOUS
 from memgen.metrics.stats import QUANTILE_METHOD, clopper_pearson_bounds
 
@@ -235,10 +235,7 @@ def read_fraction_table(path: str | Path) -> FractionTable:
     """Read a fractions.csv: columns K, memorized, spurious, generalized, optionally
     n_eval, <label>_lo/_hi and null_<label> (each set used only when complete)."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"no such file: {path}")
-    with path.open(newline="") as f:
-        rows = list(csv.DictReader(f))
+    rows = read_csv_rows(path)
     if not rows:
         raise UserError(f"{path} holds no rows")
     missing = [c for c in ("K", *LABEL_NAMES) if c not in rows[0]]
@@ -276,7 +273,7 @@ def _column(rows: list[dict], names, kind):
 def _integer(text: str) -> int:
     value = float(text)
     if not value.is_integer():
-        raise ValueError(f"{text!r} is not a whole number")
+        raise UserError(f"{text!r} is not a whole number")
     return int(value)
 
 

@@ -150,7 +150,7 @@ def duplicate_warnings(train: np.ndarray, near: Neighbours, rule: Rule) -> tuple
 
 
 def summary(result: Classification) -> dict:
-    """The summary.json payload (DESIGN §4 keys first)."""
+    """The summary.json payload: the keys the README documents (“Command line”) first."""
     payload = result.estimate.as_dict()
     payload.update(rule=result.rule.name, delta_m=result.rule.delta_m,
                    delta_s=result.rule.delta_s, metric=result.config.metric,

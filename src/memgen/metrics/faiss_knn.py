@@ -27,8 +27,8 @@ import numpy as np
 import torch
 
 from memgen.errors import UserError
-from memgen.metrics.knn import (_REFINE_ROWS, KnnResult, _budget, _fallback, _sq_norms,
-                                _take_sorted, _validate, centred, screen_error_bound)
+from memgen.metrics.knn import (_REFINE_ROWS, KnnResult, _budget, _fallback, _sq_norms, _validate,
+                                centred, screen_error_bound, take_sorted)
 
 try:
     import faiss
@@ -72,7 +72,7 @@ def faiss_knn_search(query: torch.Tensor, ref: torch.Tensor, k: int, *,
     own = torch.arange(n, device=query.device) if exclude_self else None
     if own is not None:
         exact = exact.masked_fill(cand == own.unsqueeze(1), float("inf"))
-    d2, idx = _take_sorted(exact, cand, k)
+    d2, idx = take_sorted(exact, cand, k)
     ok = _certified(screened, exact, gamma, d2[:, -1], complete=n_cand >= m)
     n_fallback = int((~ok).sum())
     if n_fallback:

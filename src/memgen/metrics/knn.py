@@ -302,15 +302,21 @@ def _refine(q: torch.Tensor, ref: torch.Tensor, cand_idx: torch.Tensor, k: int):
         (ref[cand_idx[i:i + _REFINE_ROWS]].double()
          - q[i:i + _REFINE_ROWS].double().unsqueeze(1)).square().sum(-1)  # (rows, c)
         for i in range(0, len(q), _REFINE_ROWS)])
-    return _take_sorted(d2, cand_idx, k)
+    return take_sorted(d2, cand_idx, k)
 
 
-def _take_sorted(d2: torch.Tensor, idx: torch.Tensor, k: int):
-    """The k smallest by (d2, idx): a stable sort by index, then a stable sort by distance."""
+def take_sorted(d: torch.Tensor, idx: torch.Tensor, k: int
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k smallest candidates per row, ordered by (distance, index).
+
+    d, idx: (n, c) distances and their reference indices; returns (n, min(k, c)) each.
+    A stable sort by index, then a stable sort by distance, so ties go to the smaller index.
+    Merging two top-k lists is this on their concatenation.
+    """
     by_idx = torch.sort(idx, dim=1, stable=True).indices
-    d2, idx = d2.gather(1, by_idx), idx.gather(1, by_idx)
-    by_d = torch.sort(d2, dim=1, stable=True).indices[:, :k]
-    return d2.gather(1, by_d), idx.gather(1, by_d)
+    d, idx = d.gather(1, by_idx), idx.gather(1, by_idx)
+    by_d = torch.sort(d, dim=1, stable=True).indices[:, :k]
+    return d.gather(1, by_d), idx.gather(1, by_d)
 
 
 def _unit_roundoff(dtype: torch.dtype) -> float:
@@ -389,4 +395,4 @@ def _direct_scan(q, ref, own, k, budget):
     if own is not None:
         d2[torch.arange(len(own), device=d2.device), own] = float("inf")
     all_idx = torch.arange(ref.shape[0], device=ref.device).expand(len(q64), -1)
-    return _take_sorted(d2, all_idx, k)
+    return take_sorted(d2, all_idx, k)

@@ -36,7 +36,7 @@ from memgen.errors import UserError
 from memgen.io import atomic_file
 from memgen.metrics.faiss_knn import MISSING_FAISS, faiss_available, faiss_knn_search
 from memgen.metrics.features import FeatureMap, get_feature_map
-from memgen.metrics.knn import DEFAULT_MEMORY_BUDGET, KnnResult, knn_search
+from memgen.metrics.knn import DEFAULT_MEMORY_BUDGET, KnnResult, knn_search, take_sorted
 from memgen.metrics.shards import Chunk, Shard, ShardSet, iter_chunks, open_array, open_shards
 
 KNN_BACKENDS: dict[str, Callable[..., KnnResult]] = {
@@ -57,19 +57,6 @@ def get_knn_backend(name: str) -> Callable[..., KnnResult]:
 
 
 # ---------------------------------------------------------------------------- search
-
-
-def merge_topk(dist: torch.Tensor, idx: torch.Tensor, new_dist: torch.Tensor,
-               new_idx: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The k smallest of two candidate lists per row, ordered by (distance, index).
-
-    dist, idx: (n, a); new_dist, new_idx: (n, b). Returns (n, min(k, a + b)) each.
-    """
-    d, i = torch.cat([dist, new_dist], dim=1), torch.cat([idx, new_idx], dim=1)
-    by_idx = torch.sort(i, dim=1, stable=True).indices
-    d, i = d.gather(1, by_idx), i.gather(1, by_idx)
-    by_d = torch.sort(d, dim=1, stable=True).indices[:, :k]
-    return d.gather(1, by_d), i.gather(1, by_d)
 
 
 def stream_knn(query: torch.Tensor, source, k: int, *, feature_map: FeatureMap | None = None,
@@ -120,7 +107,8 @@ def stream_knn(query: torch.Tensor, source, k: int, *, feature_map: FeatureMap |
         for chunk in iter_chunks(shards, rows, start=done):
             found = _search_chunk(search, query, feature_map, chunk, k, excl, memory_budget,
                                   margin)
-            dist, idx = merge_topk(dist, idx, found.dist, found.idx, k)
+            dist, idx = take_sorted(torch.cat([dist, found.dist], dim=1),
+                                    torch.cat([idx, found.idx], dim=1), k)
             n_fallback += found.n_fallback
             done = chunk.offset + len(chunk.samples)
             if state is not None:

@@ -20,7 +20,8 @@ In s = log σ (dσ = σ ds) the 1/σ factors cancel and the system integrated is
 
 well conditioned over decades of σ. tr J_D is exact — one backward pass per coordinate
 — so this is meant for low-dimensional data such as the 2D toy; there is no stochastic
-(Hutchinson) trace. The energy is E_σ(x) = −log p_σ(x) (DESIGN §1; eq. 11 up to σ²).
+(Hutchinson) trace. The energy is E_σ(x) = −log p_σ(x) (eq. 11 up to σ²; see the README's
+“The theory: energies and attractors”).
 
 The prior log p_{σ_max} is any callable (B, d) -> (B,). With the exact one (a Gaussian
 data model's N(μ, Σ + σ_max² I), or ``EmpiricalPrior`` for the exact denoiser) the
@@ -318,7 +319,7 @@ def learned_attractors(samples: torch.Tensor, sigma: float,
     if not h > 0:
         raise UserError(f"bandwidth must be positive, got {h}")
     flat = samples.reshape(len(samples), -1)
-    run = retrieve(Memory(flat, E.kernel_beta(h), "kernel"), flat.clone(), tol=1e-3 * h,
+    run = retrieve(Memory(flat, E.kernel_gamma(h), "kernel"), flat.clone(), tol=1e-3 * h,
                    max_iter=max_iter)
     reps, assignment = merge_endpoints(run.endpoints, run.energies, h / 2)
     counts = np.bincount(assignment, minlength=len(reps))
@@ -337,7 +338,7 @@ def _label_stored(found: LearnedAttractors, patterns: torch.Tensor, sigma_eff: f
                   store_weight: float, store_tol: float | None) -> LearnedAttractors:
     dist = torch.cdist(found.centres, patterns)  # (A, K)
     nearest = dist.min(1)
-    w_max = E.kernel_weights(found.centres, patterns, E.kernel_beta(sigma_eff)).max(1).values
+    w_max = E.kernel_weights(found.centres, patterns, E.kernel_gamma(sigma_eff)).max(1).values
     tol = 2 * sigma_eff if store_tol is None else store_tol
     memorized = (w_max > store_weight) & (nearest.values <= tol)
     return LearnedAttractors(found.centres, found.counts, found.assignment, found.bandwidth,

@@ -119,8 +119,9 @@ def _time_axis_section(timescale: dict | None) -> str:
     """τ_mem per K and the power-law fit (the phase map is among the figures)."""
     if not timescale:
         return ""
+    censored = set(timescale["tau_mem_censored"])
     cells = "".join(f"<tr><td>{K}</td><td>{'not reached' if t is None else t}"
-                    f"{' (at the first snapshot: ≤)' if int(K) in timescale['tau_mem_censored'] else ''}"
+                    f"{' (at the first snapshot: ≤)' if int(K) in censored else ''}"
                     f"</td></tr>" for K, t in timescale["tau_mem"].items())
     fit = timescale.get("fit")
     line = (f"log τ_mem = log A + b log K: b = {fit['exponent']:.2f} (95% CI "

@@ -1,4 +1,4 @@
-"""Network configurations: the paper's reference U-Nets (DESIGN §2), small CPU U-Nets,
+"""Network configurations: the paper's reference U-Nets (its Table 2), small CPU U-Nets,
 and the 2D-toy MLP.
 
 Parameter counts (``count_parameters(get_preset(name).build())``) against the paper's
@@ -7,7 +7,7 @@ Table 2 (Pham et al. 2025, arXiv 2505.21777):
     preset         params        paper   note
     mnist/fmnist   24,515,585    24.5M   no attention outside the middle block (see below)
     cifar10        35,746,307    35.7M   exactly the DDPM CIFAR-10 model (Ho et al. 2020)
-    church         61,745,283    61.7M   the paper's width 96 (DESIGN's dim 128: 109,733,379)
+    church         61,745,283    61.7M   the paper's width 96 (dim 128 would give 109,733,379)
     fmnist-cpu-16     701,345       -     dim 32, (1, 2), attn 8×8: fwd+bwd of 32 ≈ 0.25 s*
     fmnist-cpu-28   1,112,801       -     dim 32, (1, 2, 2), attn 14×14: ≈ 0.8 s*
     digits-8          701,345       -     fmnist-cpu-16's layout at 8×8 (attn 4×4): 32 ms per
@@ -95,13 +95,13 @@ _MNIST = NetConfig("unet", channels=1, image_size=28, dim=128, dim_mults=(1, 2, 
                    num_res_blocks=2, attn_resolutions=(), dropout=0.1)
 
 PRESETS: dict[str, NetConfig] = {
-    # paper / DESIGN §2 reference networks (DDPM U-Net, width 128, attention at 16×16)
+    # the paper's reference networks (DDPM U-Net, width 128, attention at 16×16)
     "mnist": _MNIST,
     "fmnist": _MNIST,
     "cifar10": NetConfig("unet", channels=3, image_size=32, dim=128, dim_mults=(1, 2, 2, 2),
                          num_res_blocks=2, attn_resolutions=(16,), dropout=0.1),
-    # The paper's Table 2: initial width 96, 61.7M parameters (61,745,283 here); DESIGN's
-    # "dim 128" would give 109.7M.
+    # The paper's Table 2: initial width 96, 61.7M parameters (61,745,283 here); width 128
+    # would give 109.7M.
     "church": NetConfig("unet", channels=3, image_size=64, dim=96, dim_mults=(1, 1, 2, 2, 4, 4),
                         num_res_blocks=2, attn_resolutions=(16,), dropout=0.0),
     # small U-Nets that train on 2 CPU cores (sides 16 -> 8; 28 -> 14 -> 7)
@@ -112,7 +112,7 @@ PRESETS: dict[str, NetConfig] = {
     # scikit-learn's 8×8 digits (sides 8 -> 4): the layout of fmnist-cpu-16
     "digits-8": NetConfig("unet", channels=1, image_size=8, dim=32, dim_mults=(1, 2),
                           num_res_blocks=1, attn_resolutions=(4,), dropout=0.0),
-    # the 2D toy's score network (DESIGN §2: Fourier time embedding, 4 SiLU layers of 128)
+    # the 2D toy's score network (Fourier time embedding, 4 SiLU layers of 128)
     "toy-mlp": NetConfig("mlp", dim=2, width=128, depth=4),
 }
 

@@ -13,7 +13,7 @@ The timestep t (B,) enters through a sinusoidal embedding of size `dim` followed
 Linear(dim, 4·dim) → SiLU → Linear(4·dim, 4·dim); each ResBlock adds a projection of it.
 
 Attention placement. DDPM puts single-head self-attention at the 16×16 feature maps
-(`attn_resolutions=(16,)`, the reference configs of DESIGN §2). Here a level of side s
+(`attn_resolutions=(16,)`, the paper's reference configs in ``presets``). Here a level of side s
 gets attention when r/2 < s ≤ r for some r in `attn_resolutions`, so 16 means the
 16×16 level for 32 or 64 px inputs and the 14×14 level for 28 px inputs
 (28 → 14 → 7), the nearest the MNIST-sized network has. The middle block always
@@ -50,7 +50,8 @@ def group_norm(channels: int, groups: int) -> nn.GroupNorm:
 
 
 def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
-    """Sinusoidal embedding (Vaswani et al. 2017; DDPM's get_timestep_embedding): (B,) -> (B, dim)."""
+    """Sinusoidal embedding (Vaswani et al. 2017; DDPM's get_timestep_embedding):
+    (B,) -> (B, dim)."""
     half = dim // 2
     freqs = torch.exp(-math.log(10000) * torch.arange(half, device=t.device) / (half - 1))
     angle = t.float()[:, None] * freqs[None, :]  # (B, dim/2)

@@ -1,24 +1,16 @@
-"""Basins and energies of trained diffusion models: critical noise levels (basin sizes),
-relative energies along a path, and the curvature (Hessian spectrum) of E_σ at attractors.
+"""Recovery from noise and the critical noise level σ* (basin size) of a model's dynamics.
 
-Every analysis sees the model only through a denoiser D(x, σ) in variance-exploding (VE)
-coordinates (``memgen.diffusion.denoisers``): x = y + σ n, so at noise level σ
+A sample x0 is noised to x0 + σ n and carried back to σ = 0 by a sampler of the denoiser
+D(x, σ) in variance-exploding (VE) coordinates (``memgen.diffusion.denoisers``); it is
+recovered when it lands within δ of x0.
 
-    score      s_σ(x)   = (D(x, σ) − x)/σ²
-    energy     E_σ(x)   = −log p_σ(x),   ∇E_σ(x) = (x − D(x, σ))/σ²
-    Hessian    ∇²E_σ(x) = (I − J_D(x))/σ²,   J_D = ∂D(x, σ)/∂x
-
-Symbols → names (B samples or points, G noise levels, n trials, D = numel of one sample):
+Symbols → names (B samples, G noise levels, n trials, D = numel of one sample):
     P(σ)   share of n noisings x0 + σ n_j carried back to x0     ``Recovery.probability``
     σ*     the largest σ with P(σ) ≥ p (critical level)           ``CriticalTime.sigma``
     t*     the schedule time of σ*                                 ``CriticalTime.t``
     r*     basin radius mean_j ‖x0 − x_σ*,j‖ = σ* mean_j ‖n_j‖ ≈ σ*√D   ``CriticalTime.radius``
-    ΔE     E_σ(x_ref) − E_σ(x) (Raya & Ambrogioni 2023)            ``RelativeEnergy.delta``
 
-Radii and σ are VE quantities; a VP model's x_t = √ᾱ x_ve is a rescaled copy. For an
-ε-network, ``EpsDenoiser`` converts with ᾱ_t = Π_{s≤t}(1 − β_s) (the public reference code
-used Π β_t in its relative-energy code); build it with ``clip=False`` for energies and
-curvature, since clipping x̂ to [−1, 1] is not the model's score.
+Radii and σ are VE quantities; a VP model's x_t = √ᾱ x_ve is a rescaled copy.
 """
 
 from __future__ import annotations
@@ -29,39 +21,14 @@ from functools import partial
 
 import numpy as np
 import torch
-from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
 
 from memgen.diffusion.samplers import SAMPLERS, StackedGenerator, get_sampler, ve_sigmas
 from memgen.errors import UserError
+from memgen.probes.checks import F64, check_chunk, check_points, check_sigma
 
-F64 = torch.float64
 METRICS = ("rms", "l2")
 _DETERMINISTIC = ("ddim", "heun")  # registry samplers that draw no noise (ddim: η = 0)
 _NOISE_TAG, _SAMPLER_TAG = 1, 2  # last entry of a trial's stream key (seed, id, trial, tag)
-
-
-# ------------------------------------------------------------------------ validation
-
-
-def _check_points(x, name: str = "x") -> torch.Tensor:
-    if not isinstance(x, torch.Tensor) or x.ndim < 2 or len(x) == 0 or x[0].numel() == 0:
-        raise UserError(f"{name} must be a non-empty (B, ...) tensor with at least one "
-                         "coordinate per sample")
-    if not torch.isfinite(x).all():
-        raise UserError(f"{name} must be finite (no NaN or inf)")
-    return x
-
-
-def _check_sigma(sigma) -> float:
-    sigma = float(sigma)
-    if not (math.isfinite(sigma) and sigma > 0):
-        raise UserError(f"sigma must be a finite positive number, got {sigma}")
-    return sigma
-
-
-def _check_chunk(chunk) -> None:
-    if chunk is not None and (int(chunk) != chunk or chunk < 1):
-        raise UserError(f"chunk must be None or a positive integer, got {chunk}")
 
 
 def _sample_ids(sample_ids, batch: int) -> list[int]:
@@ -143,7 +110,7 @@ def trial_noise(x0: torch.Tensor, n_trials: int, seed: int = 0, sample_ids=None)
     n_j is used at every σ (common random numbers: P̂ varies smoothly with σ, and is
     non-increasing when each ray x0 + σ n_j leaves the basin once, as in 1-D).
     """
-    x0 = _check_points(x0, "x0")
+    x0 = check_points(x0, "x0")
     if int(n_trials) != n_trials or n_trials < 1:
         raise UserError(f"n_trials must be an integer >= 1, got {n_trials}")
     ids = _sample_ids(sample_ids, len(x0))
@@ -164,8 +131,8 @@ def recovery_probability(denoiser, x0: torch.Tensor, sigmas,
     x0: (B, ...) in the denoiser's data shape. All B·G·n trials run through one sampler
     call (``chunk`` rows at a time if given; chunking never changes the result).
     """
-    x0 = _check_points(x0, "x0")
-    _check_chunk(chunk)
+    x0 = check_points(x0, "x0")
+    check_chunk(chunk)
     ids = _sample_ids(sample_ids, len(x0))
     levels = torch.as_tensor(sigmas, dtype=F64).cpu()
     levels = levels.expand(len(x0), -1) if levels.ndim == 1 else levels
@@ -282,14 +249,14 @@ def critical_time(denoiser, x0: torch.Tensor, sigma_lo: float, sigma_hi: float,
     crossing of p inside the bracket. ``schedule`` (VP or VE) adds t* = t(σ*) and checks
     that the levels probed, σ_lo·rel_min … σ_hi, lie in its range.
     """
-    sigma_lo, sigma_hi = _check_sigma(sigma_lo), _check_sigma(sigma_hi)
+    sigma_lo, sigma_hi = check_sigma(sigma_lo), check_sigma(sigma_hi)
     if not sigma_lo < sigma_hi or not (math.isfinite(rtol) and rtol > 0):
         raise UserError(f"need 0 < sigma_lo < sigma_hi and rtol > 0, got "
                          f"{sigma_lo}, {sigma_hi}, {rtol}")
     if schedule is not None:
         _check_schedule(schedule, sigma_lo * config.rel_min, sigma_hi)
-    x0 = _check_points(x0, "x0")
-    _check_chunk(chunk)
+    x0 = check_points(x0, "x0")
+    check_chunk(chunk)
     ids = _sample_ids(sample_ids, len(x0))
     noise = trial_noise(x0, config.n_trials, config.seed, ids)
     passes = partial(_passes, denoiser, x0, noise, ids, config, chunk)
@@ -341,193 +308,5 @@ def _schedule_time(schedule, sigma: torch.Tensor) -> torch.Tensor:
     return t
 
 
-# ------------------------------------------------------------------- relative energy
-
-
-@dataclass(frozen=True)
-class RelativeEnergy:
-    """ΔE = E_σ(x_ref) − E_σ(x) per pair, with its quadrature error. All (B,)."""
-
-    delta: torch.Tensor  # float64
-    error: torch.Tensor  # float64, estimated absolute error of delta
-    converged: torch.Tensor  # bool, the tolerance was met before max_panels
-    panels: torch.Tensor  # int64, Gauss–Legendre panels of the accepted estimate
-
-
-def relative_energy(denoiser, x: torch.Tensor, x_ref: torch.Tensor, sigma: float, *,
-                    rtol: float = 1e-8, atol: float = 1e-10, order: int = 16,
-                    max_panels: int = 1024, chunk: int | None = None) -> RelativeEnergy:
-    """ΔE(x → x_ref) = ∫_0^{π/2} ∇E_σ(x(α))·x'(α) dα (Raya & Ambrogioni 2023), batched.
-
-    Path x(α) = cos α·x + sin α·x_ref, x'(α) = −sin α·x + cos α·x_ref, ∇E_σ = (x − D(x, σ))/σ².
-    x, x_ref: (B, ...) pairs. Quadrature: ``order``-point Gauss–Legendre on m = 1, 2, 4, …
-    equal panels of [0, π/2], all nodes of all unfinished pairs in one denoiser call
-    (``chunk`` rows at a time). A pair stops when |I_2m − I_m| ≤ max(atol, rtol|I_2m|,
-    roundoff); its error is |I_2m − I_m| + roundoff, roundoff = 50 ε ∫|g| (QUADPACK's
-    term, ε of x's dtype) — an over-estimate for the smooth integrand. Integrands are
-    summed in float64; pass float64 x (and model) for float64 accuracy. σ (e.g. a small σ,
-    or ``schedule.sigma(t)``) is the caller's choice; for a learned, non-conservative score
-    ΔE depends on the path, and this is the quarter circle of the reference.
-    """
-    x, x_ref, sigma = _check_points(x, "x"), _check_points(x_ref, "x_ref"), _check_sigma(sigma)
-    if x.shape != x_ref.shape:
-        raise UserError(f"x and x_ref must have one shape, got {tuple(x.shape)} and "
-                         f"{tuple(x_ref.shape)}")
-    if int(order) != order or order < 1 or int(max_panels) != max_panels or max_panels < 2:
-        raise UserError("order must be an integer >= 1 and max_panels an integer >= 2")
-    if not (rtol >= 0 and atol >= 0):
-        raise UserError(f"rtol and atol must be >= 0, got {rtol}, {atol}")
-    _check_chunk(chunk)
-    integrate = partial(_path_integral, denoiser, sigma, np.polynomial.legendre.leggauss(order),
-                        chunk)
-    eps = 50 * torch.finfo(x.dtype).eps
-    delta, _ = integrate(x, x_ref, 1)
-    error, panels = torch.full_like(delta, math.inf), torch.ones(len(x), dtype=torch.int64)
-    done, m = torch.zeros(len(x), dtype=torch.bool), 1
-    while not done.all() and m < max_panels:
-        m, idx = 2 * m, (~done).nonzero().squeeze(1)
-        cur, mass = integrate(x[idx], x_ref[idx], m)
-        diff, roundoff = (cur - delta[idx]).abs(), eps * mass
-        tol = torch.clamp(rtol * cur.abs(), min=atol).maximum(roundoff)
-        delta[idx], error[idx], panels[idx], done[idx] = cur, diff + roundoff, m, diff <= tol
-    return RelativeEnergy(delta, error, done, panels)
-
-
-def _path_integral(denoiser, sigma, rule, chunk, x, x_ref, panels) -> tuple:
-    """Composite Gauss–Legendre of g(α) = ∇E_σ(x(α))·x'(α) on ``panels`` equal panels:
-    (∫g, ∫|g|), each (B,) float64."""
-    nodes, weights = (torch.as_tensor(v, dtype=F64) for v in rule)
-    width = (math.pi / 2) / panels
-    alpha = (width * (torch.arange(panels, dtype=F64)[:, None] + (nodes + 1) / 2)).reshape(-1)
-    w = (width / 2 * weights).repeat(panels)  # (M,)
-    b, shape = len(x), x.shape[1:]
-    x64, ref64 = x.reshape(b, 1, -1).double(), x_ref.reshape(b, 1, -1).double()
-    step = max(1, (chunk or b * len(alpha)) // b)
-    parts = []
-    for a in alpha.to(x.device).split(step):
-        c, s = a.cos()[None, :, None], a.sin()[None, :, None]  # (1, k, 1)
-        points = (c * x64 + s * ref64).to(x.dtype)  # (B, k, D)
-        with torch.no_grad():
-            den = denoiser(points.reshape(-1, *shape), sigma).reshape(points.shape)
-        grad = (points - den).double() / sigma**2
-        parts.append((grad * (c * ref64 - s * x64)).sum(-1))  # (B, k)
-    g = torch.cat(parts, dim=1).cpu()
-    return g @ w, g.abs() @ w
-
-
-# ------------------------------------------------------------------------- curvature
-
-
-@dataclass(frozen=True)
-class HessianSpectrum:
-    """Eigenvalues of ∇²E_σ at B points, ascending; trace and asymmetry from dense runs."""
-
-    eigenvalues: torch.Tensor  # (B, k) float64, ascending
-    dim: int  # D, coordinates per point
-    trace: torch.Tensor | None = None  # (B,) tr ∇²E_σ = (D − tr J_D)/σ²
-    asymmetry: torch.Tensor | None = None  # (B,) ‖(J − Jᵀ)/2‖_F / ‖J‖_F, 0 if D is exact
-
-    @property
-    def mean_curvature(self) -> torch.Tensor | None:
-        """tr ∇²E_σ / D (None for matrix-free runs)."""
-        return None if self.trace is None else self.trace / self.dim
-
-
-def _flat_map(denoiser, shape, sigma: float):
-    """v (D,) ↦ D(v as (1, *shape), σ) flattened: the denoiser at one point."""
-    def one_point(v: torch.Tensor) -> torch.Tensor:
-        return denoiser(v.reshape(1, *shape), sigma).reshape(-1)
-    return one_point
-
-
-def denoiser_jacobian(denoiser, x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """J_D = ∂D(x, σ)/∂x at each point, forward mode (torch.func.jacfwd): (B, D, D)."""
-    x, sigma = _check_points(x, "x"), _check_sigma(sigma)
-    f = _flat_map(denoiser, x.shape[1:], sigma)
-    return torch.stack([torch.func.jacfwd(f)(point.reshape(-1)) for point in x])
-
-
-def hessian(denoiser, x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Dense ∇²E_σ = (I − (J_D + J_Dᵀ)/2)/σ² (the symmetric part): (B, D, D) float64.
-
-    For small D (2-D toys, analytic models); J_D is symmetric for an exact denoiser
-    (J_D = Cov_post/σ²), and a learned one's antisymmetric part is dropped.
-    """
-    return _symmetric_hessian(denoiser_jacobian(denoiser, x, sigma).double(), float(sigma))
-
-
-def _symmetric_hessian(jac: torch.Tensor, sigma: float) -> torch.Tensor:
-    eye = torch.eye(jac.shape[-1], dtype=jac.dtype, device=jac.device)
-    return (eye - (jac + jac.mT) / 2) / sigma**2
-
-
-def hessian_spectrum(denoiser, x: torch.Tensor, sigma: float) -> HessianSpectrum:
-    """All D eigenvalues of ``hessian`` (eigvalsh), its trace and the Jacobian's asymmetry."""
-    jac = denoiser_jacobian(denoiser, x, sigma).double()
-    sigma, dim = float(sigma), jac.shape[-1]
-    eigenvalues = torch.linalg.eigvalsh(_symmetric_hessian(jac, sigma))
-    trace = (dim - jac.diagonal(dim1=-2, dim2=-1).sum(-1)) / sigma**2
-    norm = jac.norm(dim=(-2, -1))
-    asymmetry = torch.where(norm > 0, ((jac - jac.mT) / 2).norm(dim=(-2, -1)) / norm, 0.0)
-    return HessianSpectrum(eigenvalues.cpu(), dim, trace.cpu(), asymmetry.cpu())
-
-
-def hessian_eigsh(denoiser, x: torch.Tensor, sigma: float, k: int = 6, *, which: str = "LA",
-                  symmetrize: bool = True, tol: float | None = None, ncv: int | None = None,
-                  maxiter: int | None = None, seed: int = 0) -> HessianSpectrum:
-    """k extreme eigenvalues of ∇²E_σ per point, matrix-free: ARPACK Lanczos (eigsh) on
-    H v = (v − J_s v)/σ², J_s v = (J_D v + J_Dᵀ v)/2 by one jvp and one vjp.
-
-    which: "LA" largest, "SA" smallest (algebraic). symmetrize=False uses J_D v alone (half
-    the cost; only right when J_D is symmetric, e.g. an exact denoiser). Points go one at a
-    time; tol (ARPACK's relative accuracy) defaults to 1e-10 for float64 x and 1e-5
-    otherwise; ncv, maxiter as in eigsh. The start vector comes from numpy's PCG64(seed),
-    so runs repeat exactly. Eigenvalues ARPACK leaves unconverged are NaN (sorted last).
-    Near a memory most directions have curvature ≈ 1/σ² (posterior variance ≈ 0), so the
-    top of the spectrum is clustered there and "LA" converges slowly; "SA" (flat and
-    unstable directions) is the informative end.
-    """
-    x, sigma = _check_points(x, "x"), _check_sigma(sigma)
-    dim = x[0].numel()
-    if which not in ("LA", "SA"):
-        raise UserError(f"which must be 'LA' or 'SA', got {which!r}")
-    if int(k) != k or not 1 <= k < dim:
-        raise UserError(f"k must be an integer in [1, D - 1] = [1, {dim - 1}], got {k}")
-    tol = (1e-10 if x.dtype == F64 else 1e-5) if tol is None else tol
-    options = dict(k=k, which=which, tol=tol, ncv=ncv, maxiter=maxiter,
-                   v0=np.random.default_rng(seed).standard_normal(dim))
-    out = [_extreme_eigenvalues(_hessian_operator(denoiser, point, sigma, symmetrize), options)
-           for point in x]
-    return HessianSpectrum(torch.as_tensor(np.stack(out), dtype=F64), dim)
-
-
-def _extreme_eigenvalues(op: LinearOperator, options: dict) -> np.ndarray:
-    """eigsh's eigenvalues, ascending, NaN-padded to k when ARPACK does not converge."""
-    try:
-        values = eigsh(op, return_eigenvectors=False, **options)
-    except ArpackNoConvergence as err:
-        values = np.asarray(err.eigenvalues, dtype=np.float64)
-    return np.sort(np.concatenate([values, np.full(options["k"] - len(values), np.nan)]))
-
-
-def _hessian_operator(denoiser, point: torch.Tensor, sigma: float,
-                      symmetrize: bool) -> LinearOperator:
-    """v ↦ (v − J_s v)/σ² at one point, as a float64 scipy LinearOperator."""
-    f = _flat_map(denoiser, point.shape, sigma)
-    p = point.reshape(-1)
-    vjp = torch.func.vjp(f, p)[1] if symmetrize else None
-
-    def matvec(v: np.ndarray) -> np.ndarray:
-        t = torch.from_numpy(np.ascontiguousarray(v, dtype=np.float64).reshape(-1)).to(p)
-        jv = torch.func.jvp(f, (p,), (t,))[1]
-        if symmetrize:
-            jv = (jv + vjp(t)[0]) / 2
-        return ((t - jv) / sigma**2).double().cpu().numpy()
-
-    return LinearOperator((p.numel(), p.numel()), matvec=matvec, dtype=np.float64)
-
-
-__all__ = ["RecoveryConfig", "Recovery", "CriticalTime", "RelativeEnergy", "HessianSpectrum",
-           "trial_noise", "recovery_probability", "critical_time", "bisection_rounds",
-           "ball_log_volume", "relative_energy", "denoiser_jacobian", "hessian",
-           "hessian_spectrum", "hessian_eigsh"]
+__all__ = ["RecoveryConfig", "Recovery", "CriticalTime", "trial_noise", "recovery_probability",
+           "critical_time", "bisection_rounds", "ball_log_volume"]
