@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from memgen.cli.models import checkpoint_net, model_from_options
-from memgen.cli.options import overwrite_option
+from memgen.cli.options import model_source_options, overwrite_option
 from memgen.data import DATASETS
 from memgen.diffusion.loaders import load_denoiser
 from memgen.diffusion.training import training_samples
@@ -30,18 +30,11 @@ FILES = ("diagnose.csv", "diagnose.json", "diagnose.png")
 
 
 @click.command()
-@click.option("--checkpoint", type=click.Path(dir_okay=False), help="A memgen train checkpoint.")
-@click.option("--exact", "exact_path", type=click.Path(dir_okay=False),
-              help="The exact denoiser of this training set (compared with itself: a "
-                   "sanity check, RMS 0).")
-@click.option("--torchscript", type=click.Path(dir_okay=False),
-              help="A TorchScript ε-model eps = model(x_t, t) (VP, DDPM linear schedule).")
-@click.option("--diffusers", type=click.Path(file_okay=False),
-              help="A diffusers UNet2DModel folder (needs the diffusers extra).")
-@click.option("--shape", type=int, nargs=3,
-              help="C H W of --torchscript/--diffusers samples [the training set's].")
-@click.option("--schedule", type=click.Choice(["vp", "ve"]), default="vp", show_default=True,
-              help="Noise schedule of --exact (sets the default σ range).")
+@model_source_options(
+    exact_help="The exact denoiser of this training set (compared with itself: a sanity "
+               "check, RMS 0).",
+    shape_help="C H W of --torchscript/--diffusers samples [the training set's].",
+    schedule_help="Noise schedule of --exact (sets the default σ range).")
 @click.option("--train", "train_path", type=click.Path(dir_okay=False),
               help="The training set whose exact denoiser is the reference [--exact's file; "
                    "train.npz beside --checkpoint].")

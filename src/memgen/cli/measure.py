@@ -62,7 +62,7 @@ BACKENDS = tuple(KNN_BACKENDS)
 @click.option("--memory-budget", type=float, default=512, show_default=True,
               help="MiB for one block of pairwise distances (and one streamed chunk).")
 @click.option("--backend", type=click.Choice(BACKENDS), default="builtin",
-              show_default=True, help="Exact kNN engine (faiss: pip install 'memgen[faiss]').")
+              show_default=True, help="Exact kNN engine (faiss: pip install faiss-cpu).")
 @click.option("--state", "state_path", type=click.Path(dir_okay=False),
               help="Restart file for a streamed --synth: an interrupted search resumes.")
 @click.option("--out", required=True, type=click.Path(file_okay=False),

@@ -12,7 +12,7 @@ import click
 import numpy as np
 import torch
 
-from memgen.cli.options import overwrite_option
+from memgen.cli.options import model_source_options, overwrite_option
 from memgen.data import DATASETS
 from memgen.diffusion.generate import GenerateConfig, generate as generate_set
 from memgen.diffusion.loaders import LoadedModel, load_denoiser
@@ -87,17 +87,10 @@ def train(data, train_path, K, split_seed, half, data_root, preset, objective, i
 
 
 @click.command()
-@click.option("--checkpoint", type=click.Path(dir_okay=False), help="A memgen train checkpoint.")
-@click.option("--exact", "exact_path", type=click.Path(dir_okay=False),
-              help="Use the exact empirical denoiser of this training set (positive control).")
-@click.option("--torchscript", type=click.Path(dir_okay=False),
-              help="A TorchScript ε-model eps = model(x_t, t) (VP, DDPM linear schedule).")
-@click.option("--diffusers", type=click.Path(file_okay=False),
-              help="A diffusers UNet2DModel folder (needs the diffusers extra).")
-@click.option("--shape", type=int, nargs=3,
-              help="C H W of the samples (--torchscript/--diffusers).")
-@click.option("--schedule", type=click.Choice(["vp", "ve"]), default="vp", show_default=True,
-              help="Noise schedule for --exact.")
+@model_source_options(
+    exact_help="Use the exact empirical denoiser of this training set (positive control).",
+    shape_help="C H W of the samples (--torchscript/--diffusers).",
+    schedule_help="Noise schedule for --exact.")
 @click.option("--n", type=int, required=True, help="Number of samples.")
 @click.option("--sampler", type=click.Choice(tuple(SAMPLERS)), default=None,
               help="[ddpm for VP models, euler_maruyama for VE]")

@@ -19,6 +19,29 @@ overwrite_option = click.option(
     help="Replace --out even if another command (or not memgen) wrote it.")
 
 
+def model_source_options(exact_help: str, shape_help: str, schedule_help: str):
+    """--checkpoint | --exact | --torchscript | --diffusers, with --shape and --schedule: the
+    model sources of ``memgen.diffusion.loaders.load_denoiser`` (one of them is given)."""
+    options = [
+        click.option("--checkpoint", type=click.Path(dir_okay=False),
+                     help="A memgen train checkpoint."),
+        click.option("--exact", "exact_path", type=click.Path(dir_okay=False), help=exact_help),
+        click.option("--torchscript", type=click.Path(dir_okay=False),
+                     help="A TorchScript ε-model eps = model(x_t, t) (VP, DDPM linear schedule)."),
+        click.option("--diffusers", type=click.Path(file_okay=False),
+                     help="A diffusers UNet2DModel folder (needs the diffusers extra)."),
+        click.option("--shape", type=int, nargs=3, help=shape_help),
+        click.option("--schedule", type=click.Choice(["vp", "ve"]), default="vp",
+                     show_default=True, help=schedule_help),
+    ]
+
+    def decorate(fn):
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+    return decorate
+
+
 def debug_enabled(ctx: click.Context | None = None) -> bool:
     """--debug on the main group, or MEMGEN_DEBUG=1 in the environment."""
     root = ctx.find_root() if ctx is not None else None

@@ -10,13 +10,14 @@ from memgen.data.types import LabelledImages
 def load_digits() -> LabelledImages:
     """Images (1797, 1, 8, 8) float32 in [-1, 1] (level v -> v / 8 - 1) and labels int64.
 
-    Needs scikit-learn: ``pip install 'memgen[digits]'``.
+    Needs scikit-learn: ``pip install scikit-learn``.
     """
     try:
-        from sklearn.datasets import load_digits as sklearn_load_digits  # optional: memgen[digits]
+        # optional: the digits extra
+        from sklearn.datasets import load_digits as sklearn_load_digits
     except ImportError:
         raise ImportError(
-            "the digits data set needs scikit-learn: pip install 'memgen[digits]'"
+            "the digits data set needs scikit-learn: pip install scikit-learn"
         ) from None
     bunch = sklearn_load_digits()
     images = bunch.images.astype(np.float32)[:, None] / np.float32(8.0) - np.float32(1.0)

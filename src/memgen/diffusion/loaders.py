@@ -124,10 +124,10 @@ def _torchscript(path, device):
 
 def _diffusers(path, device):
     try:
-        from diffusers import UNet2DModel  # optional: memgen[diffusers]
+        from diffusers import UNet2DModel  # optional: the diffusers extra
     except ImportError:
         raise UserError("loading a diffusers model needs "
-                        "`pip install 'memgen[diffusers]'`") from None
+                        "`pip install diffusers`") from None
 
     unet = UNet2DModel.from_pretrained(str(path), local_files_only=True).to(device).eval()
     return lambda x, t: unet(x, t).sample

@@ -1,7 +1,8 @@
 """Noise schedules: DDPM's variance-preserving linear β schedule and the toy VE schedule.
 
 Samplers work in variance-exploding (VE) coordinates x = y + σ n (see
-``memgen.diffusion.denoisers``); a schedule's job is to say which σ ladder to walk down. Symbols → names:
+``memgen.diffusion.denoisers``); a schedule's job is to say which σ ladder to walk down.
+Symbols → names:
 
     paper (Ho et al. 2020)              here
     β_t   (t = 1..T)                    ``betas[t]``            (t = 0..T−1, 0-based)

@@ -280,7 +280,7 @@ def check(config: SweepConfig) -> None:
         raise UserError(f"device: {config.device!r} is not cpu, cuda or cuda:N")
     if config.executor.kind == "ray" and importlib.util.find_spec("ray") is None:
         raise UserError("executor.kind: ray needs the ray package "
-                         "(pip install 'memgen[ray]')")
+                         "(pip install ray)")
     if config.executor.cpus_per_task <= 0 or config.executor.gpus_per_task < 0:
         raise UserError("executor: cpus_per_task must be positive, gpus_per_task >= 0")
     if (config.executor.kind == "ray" and config.device.startswith("cuda")

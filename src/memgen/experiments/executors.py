@@ -79,7 +79,7 @@ def _process_pool(run_one, Ks, workers: int, threads: int, bar) -> dict:
 
 
 def _ray(run_one, Ks, ex: ExecutorConfig, threads: int, bar) -> dict:
-    import ray  # optional: memgen[ray]
+    import ray  # optional: the ray extra
 
     started = not ray.is_initialized()
     if started and ex.address:

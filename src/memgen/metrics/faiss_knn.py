@@ -1,6 +1,6 @@
 """Exact kNN through faiss's flat (brute-force) L2 index, certified like the built-in engine.
 
-faiss is an optional dependency (``pip install 'memgen[faiss]'``): this module imports
+faiss is an optional dependency (``pip install faiss-cpu``): this module imports
 without it, and :func:`faiss_knn_search` raises ``ValueError`` when it is missing.
 
 The search mirrors :mod:`memgen.metrics.knn`:
@@ -35,7 +35,7 @@ try:
 except ImportError:  # optional dependency
     faiss = None
 
-MISSING_FAISS = "the faiss backend needs faiss: pip install 'memgen[faiss]'"
+MISSING_FAISS = "the faiss backend needs faiss: pip install faiss-cpu"
 _UNIT_ROUNDOFF_F32 = 2.0**-24
 
 
