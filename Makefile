@@ -1,7 +1,12 @@
 # make run   — install everything, then run the main job: landscapes, then the real-image sweep
 # make toy   — install everything, then run the unit-circle toy sweep (paper Fig. 3)
 # make test  — install everything, then run the test suite
-# make bench — install everything, then run the benchmarks in bench/
+# make demo  — install everything and Fashion-MNIST, then run the planted-copies demo
+# make bench — install everything and Fashion-MNIST, then run the benchmarks in bench/
+#
+# Only demo and bench read Fashion-MNIST, so only they install it (apt-get, with sudo when
+# not root): run and toy read scikit-learn's digits and the circle, and the tests that read
+# the real IDX files skip without them.
 
 VENV    := .venv
 BIN     := $(VENV)/bin
@@ -12,7 +17,7 @@ OUT     ?= runs
 
 .PHONY: install data run toy demo test bench clean
 
-install: $(STAMP) data
+install: $(STAMP)
 
 # torch is pinned to the local CPU build here only; the package itself accepts any torch >= 2.1.
 $(STAMP): pyproject.toml
@@ -34,13 +39,13 @@ run: install
 toy: install
 	$(BIN)/memgen sweep configs/toy2d.yaml --out $(OUT)/toy2d
 
-demo: install
+demo: install data
 	$(BIN)/memgen demo --out $(OUT)/demo
 
 test: install
 	$(BIN)/pytest
 
-bench: install
+bench: install data
 	$(BIN)/python bench/knn.py
 	$(BIN)/python bench/lpips.py
 	$(BIN)/python bench/stream.py

@@ -48,6 +48,7 @@ CLASSIFY_OPTIONS = {  # id: (extra options, phrase of the error)
     "k-zero": (["--k", "0"], "k must be at least 1"),
     "k-above-train": (["--k", "50"], "larger than the training set"),
     "memory-budget-inf": (["--memory-budget", "inf"], "--memory-budget"),
+    "paper-rule-k-1": (["--k", "1"], "k must be at least 2"),
 }
 
 
@@ -133,6 +134,11 @@ CONFIG_OVERRIDES = {  # id: (--set overrides, the field the error must name)
     "unknown-metric": (["measure.metric=cosine"], "measure.metric"),
     "snapshot-0": (["train.snapshots=[0]"], "train.snapshots"),
     "bootstrap-0": (["measure.bootstrap=0"], "measure.bootstrap"),
+    "seed-negative": (["measure.seed=-1"], "measure.seed"),
+    "split-seed-negative": (["data.split_seed=-5"], "data.split_seed"),
+    "eta-above-1": (["sample.eta=1.5"], "sample.eta"),
+    "paper-rule-k-1": (["measure.k=1"], "measure.k"),
+    "k-above-smallest-K": (["measure.k=5", "Ks=[2, 9]"], "measure.k"),
 }
 
 
@@ -145,6 +151,18 @@ def test_sweep_dry_run_refuses_bad_config_values(tmp_path, case):
     out = tmp_path / "run"
     result = run("sweep", TINY, "--out", out, "--dry-run", *args)
     assert_fails(result, field, out, tmp_path)
+
+
+def test_sweep_accepts_ddims_eta_of_one(tmp_path):
+    result = run("sweep", TINY, "--out", tmp_path / "run", "--dry-run", "--set", "sample.eta=1")
+    assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize("seed", ["-1", "-100"])
+def test_negative_seeds_are_usage_errors(sets, seed):
+    result = run("classify", "--train", sets["train"], "--eval", sets["eval"], "--seed", seed,
+                 "--out", sets["out"])
+    assert_fails(result, "--seed", sets["out"], sets["root"], usage=True)
 
 
 @pytest.mark.parametrize("text, phrase", [
@@ -250,7 +268,7 @@ def test_plot_neighbours_refuses_bad_options(sets, flags, phrase):
 def count_bad_inputs() -> int:
     """The distinct bad inputs of this file (the closing note of #12 reports the total)."""
     return (len(CLASSIFY_OPTIONS) + len(BAD_ARRAYS) * 4 + 2 + len(CONFIG_OVERRIDES) + 4
-            + len(TABLES) + 2 + 3 + len(LABEL_FILES) + 2)
+            + len(TABLES) + 2 + 3 + len(LABEL_FILES) + 2 + 2)
 
 
 def test_the_catalogue_is_large():

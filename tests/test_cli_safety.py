@@ -151,6 +151,31 @@ def test_classify_refuses_a_sweep_folder_naming_the_sweep(sets, tmp_path):
     assert refused.exit_code == 1 and "memgen classify" in refused.output
 
 
+def test_a_sweep_folder_of_an_earlier_version_is_resumed(tmp_path):
+    tiny = Path(__file__).parents[1] / "configs" / "tiny.yaml"
+    run_dir = tmp_path / "old"
+    assert run("sweep", tiny, "--out", run_dir, "--set", "Ks=[2]").exit_code == 0
+    (run_dir / ".memgen").unlink()  # as written before folders were marked
+    stages = sorted(p.name for p in (run_dir / "cache").iterdir())
+    assert run("sweep", tiny, "--out", run_dir, "--set", "Ks=[2]", "--dry-run").exit_code == 0
+    again = run("sweep", tiny, "--out", run_dir, "--set", "Ks=[2]")
+    assert again.exit_code == 0, again.output
+    assert sorted(p.name for p in (run_dir / "cache").iterdir()) == stages  # resumed
+    assert json.loads((run_dir / ".memgen").read_text())["command"] == "sweep"
+
+
+def test_a_failed_write_removes_only_what_it_made(tmp_path):
+    from memgen.io import atomic_output_dir
+
+    (tmp_path / "new").mkdir()
+    (tmp_path / "new" / "b").mkdir()  # another command's finished output beside it
+    with pytest.raises(RuntimeError):
+        with atomic_output_dir(tmp_path / "new" / "deeper" / "a", "classify"):
+            raise RuntimeError("the work failed")
+    assert (tmp_path / "new" / "b").is_dir()
+    assert sorted(p.name for p in (tmp_path / "new").iterdir()) == ["b"]
+
+
 def test_existing_files_need_overwrite(sets):
     csv = sets["root"] / "fractions.csv"
     csv.write_text("K,memorized,spurious,generalized\n2,1,0,0\n9,0.5,0,0.5\n")

@@ -138,7 +138,10 @@ def test_idx_bad_arguments():
         load_idx_images("mnist", split="valid")
 
 
-@pytest.mark.skipif(not FASHION_DIR.is_dir(), reason="dataset-fashion-mnist not installed")
+@pytest.mark.skipif(not FASHION_DIR.is_dir(),
+                    reason=f"needs Fashion-MNIST's IDX files in {FASHION_DIR} (make data: "
+                           "apt-get install dataset-fashion-mnist); the only test that reads "
+                           "them")
 def test_fashion_mnist_real_files(monkeypatch):
     monkeypatch.delenv("MEMGEN_DATA", raising=False)
     images, labels = load_idx_images("fashion-mnist")

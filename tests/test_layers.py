@@ -15,7 +15,7 @@ import pytest
 SRC = Path(__file__).parents[1] / "src"
 FLOORS = {  # package prefix → floor, from the ground up
     "memgen._version": 0, "memgen.errors": 0,
-    "memgen.io": 1, "memgen.data": 1, "memgen.metrics": 1,
+    "memgen.io": 1, "memgen.provenance": 1, "memgen.data": 1, "memgen.metrics": 1,
     "memgen.memory": 2,
     "memgen.diffusion": 3,
     "memgen.probes": 4,

@@ -63,11 +63,13 @@ def sweep(config: SweepConfig | str | Path, out: str | Path, overrides: Sequence
           *, overwrite: bool = False, progress: bool = True) -> dict:
     """Run a sweep over K — ``memgen sweep CONFIG --out OUT [--set key=value ...]`` — and
     return its capacities.json payload; every output lands in ``out``."""
+    config_file = None
     if not isinstance(config, SweepConfig):
-        config = load_config(config, overrides)
+        config_file, config = config, load_config(config, overrides)
     elif overrides:
         raise UserError("overrides apply to a config file; change the SweepConfig instead")
-    return run_sweep(config, Path(out), progress=progress, overwrite=overwrite)
+    return run_sweep(config, Path(out), progress=progress, overwrite=overwrite,
+                     config_file=config_file)
 
 
 def _samples(x: SampleSet, name: str) -> np.ndarray:

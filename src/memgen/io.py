@@ -108,7 +108,6 @@ def written_by(folder: str | Path) -> str | None:
 
 
 def write_marker(folder: str | Path, command: str) -> None:
-
     (Path(folder) / MARKER).write_text(json.dumps({"command": command,
                                                    "version": __version__}) + "\n")
 
@@ -120,6 +119,8 @@ def check_output_dir(out: str | Path, command: str, overwrite: bool = False) -> 
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"{out} is a file, not a folder; choose another --out")
+    if out.is_dir() and os.path.ismount(out):
+        raise UserError(f"{out} is a mount point; give a folder inside it as --out")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         writer = written_by(out)
         if writer is None:
@@ -144,22 +145,25 @@ def check_output_file(path: str | Path, overwrite: bool = False) -> None:
 
 
 def check_writable(path: str | Path) -> None:
-    """ValueError unless files can be created in ``path``'s nearest existing folder
-    (tried: a temporary file is made and removed, which catches read-only mounts, /proc
-    and permissions alike)."""
+    """ValueError unless files can be created where ``path`` goes: in its nearest existing
+    parent folder (where a replacement is made and renamed into place) and, if ``path`` is
+    an existing folder, in it (where resumable commands write). Each is tried — a temporary
+    file is made and removed —, which catches read-only mounts, /proc and permissions
+    alike."""
     path = Path(path).absolute()
-    parent = path if path.is_dir() else path.parent
+    parent = path.parent
     while not parent.exists():
         parent = parent.parent
     if not parent.is_dir():
         raise UserError(f"cannot write {path}: {parent} is a file, not a folder")
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".memgen-probe.", dir=parent)
-    except OSError as err:
-        raise UserError(f"cannot write {path}: {parent} is not writable "
-                         f"({err.strerror or err})") from None
-    os.close(fd)
-    os.unlink(probe)
+    for folder in [parent] + [path] * path.is_dir():
+        try:
+            fd, probe = tempfile.mkstemp(prefix=".memgen-probe.", dir=folder)
+        except OSError as err:
+            raise UserError(f"cannot write {path}: {folder} is not writable "
+                            f"({err.strerror or err})") from None
+        os.close(fd)
+        os.unlink(probe)
 
 
 @contextmanager
@@ -169,9 +173,9 @@ def atomic_output_dir(out: str | Path, command: str, overwrite: bool = False):
     ``out`` must pass :func:`check_output_dir`; the folder is marked as ``command``'s.
     On failure or interruption nothing is left behind.
     """
-    out = Path(out)
+    out = Path(out).absolute()
     check_output_dir(out, command, overwrite)
-    created = next((p for p in reversed(out.absolute().parents) if not p.exists()), None)
+    created = [p for p in out.parents if not p.exists()]  # innermost first
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
@@ -179,7 +183,12 @@ def atomic_output_dir(out: str | Path, command: str, overwrite: bool = False):
         write_marker(tmp, command)
         yield tmp
     except BaseException:
-        shutil.rmtree(created or tmp, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        for folder in created:  # the parents made here, while nothing else is in them
+            try:
+                folder.rmdir()
+            except OSError:
+                break
         raise
     old = out.with_name(f".{out.name}.old.{os.getpid()}")
     if out.exists():

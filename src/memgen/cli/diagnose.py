@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from memgen.cli.models import checkpoint_net, model_from_options
-from memgen.cli.options import model_source_options, overwrite_option
+from memgen.cli.options import SEED, model_source_options, overwrite_option, show_progress
 from memgen.data import DATASETS
 from memgen.diffusion.loaders import load_denoiser
 from memgen.diffusion.training import training_samples
@@ -41,7 +41,7 @@ FILES = ("diagnose.csv", "diagnose.json", "diagnose.png")
 @click.option("--data", type=click.Choice(tuple(DATASETS)),
               help="With --checkpoint: a named data set, as memgen train.")
 @click.option("--K", "K", type=int, help="With --data: the first K of the seeded split.")
-@click.option("--split-seed", type=int, help="[3407; 42 for the circle]")
+@click.option("--split-seed", type=SEED, help="[3407; 42 for the circle]")
 @click.option("--half", type=click.IntRange(1, 2), default=1, show_default=True,
               help="With --data: 1 the first K of the split, 2 the next K.")
 @click.option("--data-root", type=click.Path(file_okay=False))
@@ -52,7 +52,7 @@ FILES = ("diagnose.csv", "diagnose.json", "diagnose.png")
               help="Number of default noise levels.")
 @click.option("--n", type=int, default=256, show_default=True, help="Queries per level.")
 @click.option("--batch-size", type=int, default=256, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--progress/--no-progress", default=True, show_default=True,
               help="A progress bar over the noise levels (on stderr).")
@@ -86,7 +86,7 @@ def diagnose(checkpoint, exact_path, torchscript, diffusers, shape, schedule, tr
     exact = load_denoiser(exact=train, device=device, exact_dtype=torch.float64).denoiser
     result = denoiser_error(model.denoiser, exact, data_t, levels_used,
                             n_per_level=n, generator=torch.Generator().manual_seed(seed),
-                            batch_size=batch_size, progress=progress)
+                            batch_size=batch_size, progress=progress and show_progress())
     payload = {"config": {**dataclasses.asdict(config), "sigmas": levels_used.tolist()},
                "source": {k: v for k, v in sources.items() if v}, "train": train_name,
                "K": len(train), "shape": list(train.shape[1:]), "schedule": _describe(sched)}

@@ -12,13 +12,14 @@ import click
 import numpy as np
 
 from memgen.cli.measure import print_summary
-from memgen.cli.options import overwrite_option
+from memgen.cli.options import (SEED, command_argv, echo_verbose, overwrite_option, show_progress,
+                                verbose_enabled)
 from memgen.experiments.config import check_device, load_config
 from memgen.experiments.demo import DemoConfig, run_demo
 from memgen.experiments.landscape import (LandscapeConfig, checkpoint_rows, run_landscape,
                                           write_landscape, write_learned)
 from memgen.experiments.phase import PHASE_DATA, PhaseConfig, run_phase, write_phase
-from memgen.experiments.sweep import plan, run_sweep
+from memgen.experiments.sweep import check_sweep_dir, plan, run_sweep
 from memgen.io import atomic_output_dir, check_output_dir, read_csv_rows
 from memgen.metrics.capacity import Capacity, describe, read_fraction_table
 from memgen.metrics.rules import LABEL_NAMES
@@ -29,15 +30,15 @@ from memgen.metrics.rules import LABEL_NAMES
               help="Folder with the Fashion-MNIST IDX files [MEMGEN_DATA or the Debian path].")
 @click.option("--K", "K", type=int, default=1000, show_default=True, help="Training-set size.")
 @click.option("--n-eval", type=int, default=1000, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--out", type=click.Path(file_okay=False), default="runs/demo", show_default=True)
 @overwrite_option
 def demo(data_root, K, n_eval, seed, out, overwrite):
     """Classify planted copies, blends and novel images built from real Fashion-MNIST,
     and compare the detected labels with the planted truth."""
     check_output_dir(out, "demo", overwrite)
-    result = run_demo(DemoConfig(K=K, n_eval=n_eval, seed=seed), data_root, out, progress=True,
-                      overwrite=overwrite)
+    result = run_demo(DemoConfig(K=K, n_eval=n_eval, seed=seed), data_root, out,
+                      progress=show_progress(), overwrite=overwrite)
     print_summary(result.summary)
     click.echo(result.confusion_text)
     click.echo(f"wrote {out}/: summary.json, labels.npz, demo.json, fractions.png, "
@@ -64,7 +65,7 @@ def demo(data_root, K, n_eval, seed, out, overwrite):
 @click.option("--dtype", type=click.Choice(["float64", "float32"]), default=None,
               help="[float64 for the circle, float32 for images]")
 @click.option("--data-root", type=click.Path(file_okay=False))
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--out", required=True, type=click.Path(file_okay=False))
 @overwrite_option
 def phase(data, sigmas, Ks, n_starts, starts, method, max_iter, tol, dtype, data_root, seed, out,
@@ -75,7 +76,7 @@ def phase(data, sigmas, Ks, n_starts, starts, method, max_iter, tol, dtype, data
                          data_root=data_root,
                          dtype=dtype or ("float64" if data == "circle" else "float32"))
     check_output_dir(out, "phase", overwrite)
-    rows = run_phase(config, progress=True)
+    rows = run_phase(config, progress=show_progress())
     with atomic_output_dir(out, "phase", overwrite) as tmp:
         write_phase(tmp, rows, config)
     columns = ("sigma", "K", "n_attractors", "n_memorized", "n_spurious", "n_saddle",
@@ -154,12 +155,14 @@ def sweep(config_path, out, overrides, dry_run, executor, workers, address, thre
                                    if value is not None]
     config = load_config(config_path, overrides)
     check_device(config.device)
-    check_output_dir(out, "sweep", overwrite)
+    check_sweep_dir(Path(out), overwrite)
     if dry_run:
         for line in plan(config, Path(out)):
             click.echo(line)
         return
-    caps = run_sweep(config, Path(out), overwrite=overwrite)
+    caps = run_sweep(config, Path(out), progress=show_progress(), overwrite=overwrite,
+                     config_file=config_path, argv=command_argv(),
+                     log=echo_verbose if verbose_enabled() else None)
     _print_sweep(Path(out), caps)
 
 
@@ -220,7 +223,6 @@ def _null_short(row: dict) -> bool:
 
 
 def _null_footnote(path: Path) -> str | None:
-
     short = [r for r in read_csv_rows(path) if _null_short(r)]
     if not short:
         return None

@@ -1,8 +1,8 @@
 """The ``memgen`` command group: list options, error handling, lazily loaded commands.
 
-Each command lives in the module of its family (``measure``, ``experiments``, ``models``,
-``probes``, ``diagnose``) and is imported only when it runs or its help is shown, so that
-``memgen --help`` starts without importing torch.
+Each command lives in the module of its family (``measure``, ``aggregate``,
+``experiments``, ``models``, ``probes``, ``diagnose``) and is imported only when it runs or
+its help is shown, so that ``memgen --help`` starts without importing torch.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ import sys
 import click
 
 from memgen._version import __version__
-from memgen.cli.options import run_guarded
+from memgen.cli.options import ARGV_KEY, run_guarded
+from memgen.provenance import describe, gather
 
 LIST_OPTIONS = ("--K", "--sigma")  # take several numbers: --K 2 9 1000
 
@@ -48,6 +49,8 @@ COMMANDS = {
                  "Label evaluated samples memorized, spurious or generalized (eqs. 4-6)."),
     "capacities": ("memgen.cli.measure:capacities",
                    "MC, SC and GC (eqs. 1-3) of a fractions.csv."),
+    "aggregate": ("memgen.cli.aggregate:aggregate",
+                  "Collect classify folders, one per K, into a fractions.csv."),
     "plot": ("memgen.cli.measure:plot", "Figures: fractions vs K, phase maps, neighbour grids."),
     "sweep": ("memgen.cli.experiments:sweep",
               "Fractions against the training-set size K (paper Fig. 2), cached and resumable."),
@@ -88,6 +91,7 @@ class _Group(click.Group):
             formatter.write_dl([(name, help) for name, (_, help) in sorted(COMMANDS.items())])
 
     def parse_args(self, ctx, args):
+        ctx.meta[ARGV_KEY] = ["memgen", *args]  # the command line as run, for provenance
         return super().parse_args(ctx, expand_lists(list(args)))
 
     def invoke(self, ctx):
@@ -98,13 +102,24 @@ class _Group(click.Group):
 @click.version_option(__version__, prog_name="memgen")
 @click.option("--debug", is_flag=True,
               help="Show the traceback of any error (also MEMGEN_DEBUG=1).")
-def cli(debug):
+@click.option("--quiet", "-q", is_flag=True,
+              help="No progress bars or other chatter on stderr: results and warnings only.")
+@click.option("--verbose", "-v", is_flag=True,
+              help="Detail on stderr: versions and git commit, inputs with their hashes, "
+                   "timings, which sweep stages ran and which were cached.")
+def cli(debug, quiet, verbose):
     """memgen: which generated samples are copies of training data (memorized), which are
     new but recurring attractors (spurious), and which are genuinely new (generalized)
     — Pham et al., "Memorization to Generalization", arXiv 2505.21777.
 
     A problem with the input is one line on stderr and exit status 1; an internal error
-    exits 70; Ctrl-C exits 130. No command leaves a half-written output behind."""
+    exits 70; Ctrl-C exits 130. No command leaves a half-written output behind; the
+    resumable ones (sweep, train, generate, classify --state) keep their finished parts.
+    Results go to stdout; progress bars, warnings and --verbose detail to stderr."""
+    if quiet and verbose:
+        raise click.UsageError("--quiet and --verbose exclude each other")
+    if verbose:
+        click.echo(describe(gather()), err=True)
 
 
 def main(argv=None):

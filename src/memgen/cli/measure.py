@@ -5,12 +5,13 @@ Registered on the ``memgen`` group by :mod:`memgen.cli.main` (same error handlin
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import click
 import numpy as np
 
-from memgen.cli.options import overwrite_option
+from memgen.cli.options import SEED, command_argv, echo_verbose, overwrite_option, show_progress
 from memgen.errors import UserError
 from memgen.experiments.phase import read_phase
 from memgen.io import (atomic_file, atomic_output_dir, check_output_dir, check_output_file,
@@ -19,8 +20,9 @@ from memgen.metrics.capacity import capacities as compute, describe, read_fracti
 from memgen.metrics.classify import ClassifyConfig, classify_sets, summary, write_classification
 from memgen.metrics.features import FEATURE_MAPS
 from memgen.metrics.rules import LABEL_NAMES, RULE_DEFAULTS
-from memgen.metrics.shards import open_shards
+from memgen.metrics.shards import ShardSet, open_shards
 from memgen.metrics.stream import KNN_BACKENDS
+from memgen.provenance import file_record, gather, shards_record
 from memgen.report.figures import plot_fractions, plot_neighbours, plot_phase, save_figure
 
 RULES = tuple(RULE_DEFAULTS)
@@ -57,7 +59,7 @@ BACKENDS = tuple(KNN_BACKENDS)
               help="Measure d2 against the nearest training image that is not a "
                    "near-duplicate of the first (memgen's extension of eq. 4 for training "
                    "sets with repeated images).")
-@click.option("--seed", type=int, default=0, show_default=True,
+@click.option("--seed", type=SEED, default=0, show_default=True,
               help="Draws the null and quality subsets from --heldout.")
 @click.option("--memory-budget", type=float, default=512, show_default=True,
               help="MiB for one block of pairwise distances (and one streamed chunk).")
@@ -84,14 +86,37 @@ def classify(train_path, eval_path, synth_path, heldout_path, rule, delta_m, del
     eval_set = load_samples(eval_path, "--eval")
     synth = _synth_set(synth_path)
     heldout = load_samples(heldout_path, "--heldout") if heldout_path else None
-    result = classify_sets(eval_set, train, synth, heldout, config, progress=True,
+    provenance = gather(_input_records(train=(train_path, train), eval=(eval_path, eval_set),
+                                       synth=(synth_path, synth),
+                                       heldout=(heldout_path, heldout)), command_argv())
+    t0 = time.perf_counter()
+    result = classify_sets(eval_set, train, synth, heldout, config, progress=show_progress(),
                           state=state_path)
+    echo_verbose(f"classified in {time.perf_counter() - t0:.2f} s (neighbours, rule"
+                 f"{', null rates, quality' if heldout is not None else ''})")
     with atomic_output_dir(out, "classify", overwrite) as tmp:
-        write_classification(tmp, result)
+        write_classification(tmp, result, provenance)
     for warning in result.warnings:
         click.echo(f"warning: {warning}", err=True)
     print_summary(summary(result))
     click.echo(f"wrote {Path(out) / 'summary.json'} and {Path(out) / 'labels.npz'}")
+
+
+def _input_records(**sets) -> dict:
+    """name → (path, array or ShardSet or None): the provenance record of each given set
+    (content hash and shape; each shard of a streamed set), echoed with --verbose."""
+    records = {}
+    for name, (path, data) in sets.items():
+        if data is None:
+            continue
+        records[name] = (shards_record(path, [(s.path, (s.rows, *s.sample_shape))
+                                              for s in data.shards])
+                         if isinstance(data, ShardSet) else file_record(path, data.shape))
+        shape = " × ".join(map(str, records[name]["shape"]))
+        files = records[name].get("files")
+        echo_verbose(f"--{name} {path}: {shape}, " + (f"{len(files)} shards" if files else
+                                                       f"sha256 {records[name]['sha256']}"))
+    return records
 
 
 def _synth_set(path):
@@ -112,7 +137,7 @@ def _synth_set(path):
 @click.option("--epsilon", type=float, default=0.1, show_default=True,
               help="Error margin of eqs. 1 and 3.")
 @click.option("--bootstrap", "n_resamples", type=int, default=1000, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False), help="Also write the JSON here.")
 @overwrite_option
 def capacities(fractions_csv, epsilon, n_resamples, seed, out, overwrite):
@@ -140,16 +165,19 @@ def plot():
 @plot.command("fractions")
 @click.argument("fractions_csv", type=click.Path(dir_okay=False))
 @click.option("--epsilon", type=float, default=0.1, show_default=True)
+@click.option("--title", default="", help="Figure title.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Image file.")
 @overwrite_option
-def plot_fractions_cmd(fractions_csv, epsilon, out, overwrite):
-    """Fractions of the three labels against K, with intervals and MC/SC/GC marked."""
+def plot_fractions_cmd(fractions_csv, epsilon, title, out, overwrite):
+    """Fractions of the three labels against K, with intervals and MC/SC/GC marked; the
+    null rates (null_<label> columns, when every row has them) dashed."""
     _check_epsilon(epsilon)
     _check_image_file(out, overwrite)
     table = read_fraction_table(fractions_csv)
     caps = compute(table, epsilon, n_resamples=1)
     fig = plot_fractions(table.K, table.fractions, table.lo, table.hi,
-                         capacities={n: c.value for n, c in caps.items()}, null=table.null)
+                         capacities={n: c.value for n, c in caps.items()}, null=table.null,
+                         title=title)
     _save(fig, out, dpi=150)
 
 
@@ -171,7 +199,7 @@ def plot_phase_cmd(phase_csv, title, out, overwrite):
 @click.option("--labels", "labels_path", required=True, type=click.Path(dir_okay=False),
               help="labels.npz written by memgen classify.")
 @click.option("--per-label", type=int, default=2, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Image file.")
 @overwrite_option
 def plot_neighbours_cmd(train_path, eval_path, synth_path, labels_path, per_label, seed, out,
@@ -191,7 +219,6 @@ def plot_neighbours_cmd(train_path, eval_path, synth_path, labels_path, per_labe
 
 
 def _save(fig, out: str, dpi: int) -> None:
-
     save_figure(fig, out, dpi)
     click.echo(f"wrote {out}")
 
@@ -238,7 +265,8 @@ def print_summary(payload: dict) -> None:
 def null_note(null: dict, n_eval: int, n_synth: int) -> str:
     """Which thresholds the null rates are at, and whether held-out data ran short."""
     given = null.get("given_thresholds")
-    text = ("null rates at the calibrated thresholds (at the given ones: "
+    text = ("null rates at the calibrated thresholds, on the held-out rows that chose them "
+            "(≤ α by construction, not an independent estimate; at the given thresholds: "
             + "/".join(f"{v:.4f}" for v in given["fractions"].values()) + ")"
             if given else "null rates: held-out real data labelled by the same rule")
     if null["n_eval"] < n_eval or null["n_synth"] < n_synth:
@@ -294,7 +322,6 @@ def _load_labels(path: str, n_eval: int, n_train: int, n_synth: int) -> dict:
 
 
 def _choose(labels: np.ndarray, per_label: int, seed: int) -> dict:
-
     rng = np.random.default_rng(seed)
     chosen = {}
     for code, name in enumerate(LABEL_NAMES):

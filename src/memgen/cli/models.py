@@ -12,7 +12,7 @@ import click
 import numpy as np
 import torch
 
-from memgen.cli.options import model_source_options, overwrite_option
+from memgen.cli.options import SEED, model_source_options, overwrite_option, show_progress
 from memgen.data import DATASETS
 from memgen.diffusion.generate import GenerateConfig, generate as generate_set
 from memgen.diffusion.loaders import LoadedModel, load_denoiser
@@ -30,7 +30,7 @@ from memgen.io import atomic_file, check_output_dir, claim_output_dir, load_samp
 @click.option("--train", "train_path", type=click.Path(dir_okay=False),
               help="Train on this sample file instead of --data/--K.")
 @click.option("--K", "K", type=int, help="Training-set size: the first K of the seeded split.")
-@click.option("--split-seed", type=int, help="[3407; 42 for the circle]")
+@click.option("--split-seed", type=SEED, help="[3407; 42 for the circle]")
 @click.option("--half", type=click.IntRange(1, 2), default=1, show_default=True,
               help="1: the first K of the split; 2: the next K, disjoint from them "
                    "(for memgen hygiene halves).")
@@ -52,7 +52,7 @@ from memgen.io import atomic_file, check_output_dir, claim_output_dir, load_samp
               help="Decay min(ema, (1+k)/(10+k)) at step k: below 0.999 until k ≈ 9,000, so "
                    "--ema 0.999 and 0.9999 agree for the first ~9k steps. --no-ema-warmup: "
                    "the decay from the first step.")
-@click.option("--seed", type=int, default=TrainConfig.seed, show_default=True)
+@click.option("--seed", type=SEED, default=TrainConfig.seed, show_default=True)
 @click.option("--checkpoint-every", type=int, default=TrainConfig.checkpoint_every,
               show_default=True)
 @click.option("--amp", is_flag=True, help="bfloat16 autocast (CUDA only).")
@@ -81,7 +81,8 @@ def train(data, train_path, K, split_seed, half, data_root, preset, objective, i
         claim_output_dir(out, "train", overwrite)
         with atomic_file(out / "train.npz") as tmp:
             np.savez(tmp, samples=samples)
-    state = run_training(config, torch.from_numpy(samples).to(device), out)
+    state = run_training(config, torch.from_numpy(samples).to(device), out,
+                         progress=show_progress())
     click.echo(f"trained {state.step} iterations on {len(samples)} samples; "
                f"wrote {out / 'checkpoint.pt'}")
 
@@ -91,6 +92,10 @@ def train(data, train_path, K, split_seed, half, data_root, preset, objective, i
     exact_help="Use the exact empirical denoiser of this training set (positive control).",
     shape_help="C H W of the samples (--torchscript/--diffusers).",
     schedule_help="Noise schedule for --exact.")
+@click.option("--reference-checkpoint", type=click.Path(dir_okay=False),
+              help="A K.pt of the paper authors' train_unet.py (their DDPM U-Net, EMA weights).")
+@click.option("--config", "reference_config", type=click.Path(dir_okay=False),
+              help="Their YAML config of --reference-checkpoint [the checkpoint's own args].")
 @click.option("--n", type=int, required=True, help="Number of samples.")
 @click.option("--sampler", type=click.Choice(tuple(SAMPLERS)), default=None,
               help="[ddpm for VP models, euler_maruyama for VE]")
@@ -110,7 +115,7 @@ def train(data, train_path, K, split_seed, half, data_root, preset, objective, i
                    "ODE) [on for ε-prediction models, off otherwise].")
 @click.option("--clip-range", type=float, nargs=2, default=(-1.0, 1.0), show_default=True,
               help="LO HI for --clip-denoised.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--batch-size", type=int, default=256, show_default=True)
 @click.option("--shard-size", type=int, default=1000, show_default=True)
 @click.option("--name", default="samples", show_default=True, help="File name of the set.")
@@ -118,16 +123,23 @@ def train(data, train_path, K, split_seed, half, data_root, preset, objective, i
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="Folder of the shards and NAME.npz (an interrupted run resumes there).")
 @overwrite_option
-def generate(checkpoint, exact_path, torchscript, diffusers, shape, schedule, n, sampler, steps,
-             eta, prior, prior_data, clip_denoised, clip_range, seed, batch_size, shard_size,
-             name, device, out, overwrite):
+def generate(checkpoint, exact_path, torchscript, diffusers, shape, schedule,
+             reference_checkpoint, reference_config, n, sampler, steps, eta, prior, prior_data,
+             clip_denoised, clip_range, seed, batch_size, shard_size, name, device, out,
+             overwrite):
     """Sample a set as npz shards plus a merged NAME.npz (resumable: finished shards are kept)."""
-    sources = [s for s in (checkpoint, exact_path, torchscript, diffusers) if s]
+    sources = [s for s in (checkpoint, exact_path, torchscript, diffusers, reference_checkpoint)
+               if s]
     if len(sources) != 1:
-        raise UserError("give exactly one of --checkpoint, --exact, --torchscript, --diffusers")
+        raise UserError("give exactly one of --checkpoint, --exact, --torchscript, --diffusers, "
+                        "--reference-checkpoint")
+    if reference_config and not reference_checkpoint:
+        raise UserError("--config is the YAML of --reference-checkpoint")
     check_output_dir(out, "generate", overwrite)
     model = model_from_options(checkpoint, exact_path, torchscript, diffusers, shape=shape,
-                               schedule=schedule, device=device)
+                               schedule=schedule, device=device,
+                               reference_checkpoint=reference_checkpoint,
+                               reference_config=reference_config)
     config = GenerateConfig(n=n, sampler=sampler or model.schedule.default_sampler, steps=steps,
                             eta=eta, seed=seed, batch_size=batch_size, shard_size=shard_size,
                             name=name, clip=len(model.shape) == 3, prior=prior,
@@ -136,22 +148,27 @@ def generate(checkpoint, exact_path, torchscript, diffusers, shape, schedule, n,
     if prior == "forward":
         data = load_samples(_prior_data(prior_data, exact_path, checkpoint), "--prior-data")
     merged = generate_set(model.denoiser, model.shape, model.schedule, config,
-                 claim_output_dir(out, "generate", overwrite), data=data, device=device)
+                 claim_output_dir(out, "generate", overwrite), data=data, device=device,
+                 progress=show_progress())
     click.echo(f"wrote {merged}")
 
 
 def model_from_options(checkpoint=None, exact_path=None, torchscript=None, diffusers=None,
-                       *, shape=None, schedule=None, device="cpu", **options) -> LoadedModel:
-    """The model of --checkpoint, --exact, --torchscript or --diffusers (one of them), by
-    ``memgen.diffusion.loaders.load_denoiser``: --exact is read as a sample file, --schedule
-    ("vp" | "ve") is --exact's, --shape is --torchscript's and --diffusers'. options:
-    exact_dtype, clip, ema (see ``load_denoiser``)."""
+                       *, shape=None, schedule=None, device="cpu", reference_checkpoint=None,
+                       reference_config=None, **options) -> LoadedModel:
+    """The model of --checkpoint, --exact, --torchscript, --diffusers or
+    --reference-checkpoint (one of them), by ``memgen.diffusion.loaders.load_denoiser``:
+    --exact is read as a sample file, --schedule ("vp" | "ve") is --exact's, --shape is
+    --torchscript's and --diffusers', --config (``reference_config``) is
+    --reference-checkpoint's. options: exact_dtype, clip, ema (see ``load_denoiser``)."""
     network = bool(torchscript or diffusers)
     if network and shape is None:
         raise UserError("--torchscript and --diffusers need --shape C H W")
     return load_denoiser(checkpoint=checkpoint or None,
                          exact=load_samples(exact_path, "--exact") if exact_path else None,
                          torchscript=torchscript or None, diffusers=diffusers or None,
+                         reference=((reference_checkpoint, reference_config or None)
+                                    if reference_checkpoint else None),
                          schedule=schedule if exact_path else None,
                          shape=tuple(shape) if network else None, device=device, **options)
 

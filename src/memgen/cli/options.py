@@ -14,6 +14,8 @@ EXIT_USER_ERROR = 1
 EXIT_INTERNAL_ERROR = 70  # EX_SOFTWARE (sysexits.h)
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
 
+SEED = click.IntRange(min=0)  # every random generator memgen seeds takes a non-negative seed
+
 overwrite_option = click.option(
     "--overwrite", is_flag=True,
     help="Replace --out even if another command (or not memgen) wrote it.")
@@ -49,6 +51,43 @@ def debug_enabled(ctx: click.Context | None = None) -> bool:
     return flag or os.environ.get("MEMGEN_DEBUG", "") not in ("", "0")
 
 
+def _root_flag(name: str, ctx: click.Context | None) -> bool:
+    ctx = ctx if ctx is not None else click.get_current_context(silent=True)
+    return bool(ctx is not None and ctx.find_root().params.get(name))
+
+
+def quiet_enabled(ctx: click.Context | None = None) -> bool:
+    """--quiet on the main group: no progress bars or other chatter, results only."""
+    return _root_flag("quiet", ctx)
+
+
+def verbose_enabled(ctx: click.Context | None = None) -> bool:
+    """--verbose on the main group: detail (inputs, timings, cached stages) on stderr."""
+    return _root_flag("verbose", ctx)
+
+
+def show_progress(ctx: click.Context | None = None) -> bool:
+    """Whether a command draws progress bars (always on stderr): unless --quiet."""
+    return not quiet_enabled(ctx)
+
+
+def echo_verbose(message: str, ctx: click.Context | None = None) -> None:
+    """A line of detail on stderr, with --verbose only (stdout keeps the results)."""
+    if verbose_enabled(ctx):
+        click.echo(message, err=True)
+
+
+ARGV_KEY = "memgen.argv"  # click context meta: the command line as the main group got it
+
+
+def command_argv(ctx: click.Context | None = None) -> list[str]:
+    """The command line as run (``memgen classify --train ...``), as the main group
+    received it; ``sys.argv`` outside it."""
+    ctx = ctx if ctx is not None else click.get_current_context(silent=True)
+    argv = ctx.meta.get(ARGV_KEY) if ctx is not None else None
+    return list(argv) if argv else list(sys.argv)
+
+
 def run_guarded(ctx: click.Context, invoke):
     """Run a command: user errors as one line (exit 1), Ctrl-C as exit 130, any other
     exception as a bug report line (exit 70); tracebacks with --debug."""
@@ -59,7 +98,8 @@ def run_guarded(ctx: click.Context, invoke):
     except KeyboardInterrupt:
         if debug_enabled(ctx):
             traceback.print_exc()
-        click.echo("memgen: interrupted; no partial output was kept", err=True)
+        click.echo("memgen: interrupted; nothing half-written was kept (sweep, train, "
+                   "generate and --state keep their finished parts: rerun to resume)", err=True)
         sys.exit(EXIT_INTERRUPTED)
     except (UserError, OSError) as err:
         if debug_enabled(ctx):

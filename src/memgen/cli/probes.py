@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from memgen.cli.models import model_from_options
-from memgen.cli.options import overwrite_option
+from memgen.cli.options import SEED, overwrite_option, show_progress
 from memgen.data import DATASETS, default_split_seed, load_dataset, nested_indices
 from memgen.diffusion.generate import GenerateConfig, generate
 from memgen.diffusion.samplers import SAMPLERS
@@ -99,7 +99,6 @@ def _training_set(train_path, data, K, data_root) -> np.ndarray:
 
 
 def _save_pairs(path: Path, train: np.ndarray, found) -> None:
-
     order = np.argsort(found.dist)[:16]
     a, b = train[found.pairs[order, 0]], train[found.pairs[order, 1]]
     captions = [f"#{i}\n#{j}\nd = {d:.3g}" for (i, j), d in
@@ -120,7 +119,7 @@ def _save_pairs(path: Path, train: np.ndarray, found) -> None:
 @click.option("--sampler", type=click.Choice(tuple(SAMPLERS)), default="ddim", show_default=True,
               help="ddim/heun: the same noise gives the same sample (deterministic).")
 @click.option("--steps", type=int, help="Sampling steps [the schedule's full ladder].")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--metric", type=click.Choice(tuple(FEATURE_MAPS)), default="l2", show_default=True,
               help=METRIC_HELP)
 @click.option("--device", default="cpu", show_default=True)
@@ -158,20 +157,17 @@ def halves(checkpoint_a, checkpoint_b, train_a, train_b, n, sampler, steps, seed
 
 
 def _sample(checkpoint, n, sampler, steps, seed, device, folder: Path) -> np.ndarray:
-
-
     model = model_from_options(checkpoint, device=device)
     config = GenerateConfig(n=n, sampler=sampler, steps=steps, seed=seed, name="samples",
                             clip=len(model.shape) == 3)
     merged = generate(model.denoiser, model.shape, model.schedule, config, folder,
-                      device=device, progress=True)
+                      device=device, progress=show_progress())
     samples = load_samples(merged)
     shutil.rmtree(folder)
     return samples
 
 
 def _save_halves_pairs(path: Path, samples: dict, result) -> None:
-
     captions = [f"seed {i}\nd = {d:.3g}" for i, d in enumerate(result.between[:16])]
     save_figure(plot_image_pairs(samples["a"][:16], samples["b"][:16], captions,
                                  title="same noise: model a (top) vs model b (bottom)"), path, 110)
@@ -254,7 +250,6 @@ def _write_table(path: Path, columns: dict) -> None:
 
 def _save_label_figure(path: Path, values: np.ndarray, labels, ylabel: str, title: str,
                        log: bool) -> None:
-
     groups = {"all": values} if labels is None else {
         name: values[labels == code] for code, name in enumerate(LABEL_NAMES)}
     save_figure(plot_by_label({"": groups}, ylabel=ylabel, title=title, log=log), path)
@@ -284,7 +279,7 @@ def basins():
               help="Denoising ladder σ → σ·rel_min geometrically, then 0.")
 @click.option("--rtol", type=float, default=0.02, show_default=True,
               help="Bisection stops when σ_hi/σ_lo ≤ 1 + rtol.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 def critical_time_cmd(checkpoint, exact_path, samples_path, labels_path, limit, device, out,
                       overwrite, sigma_lo, sigma_hi, n_trials, p, delta, distance, sampler, steps,
                       rel_min, rtol, seed):

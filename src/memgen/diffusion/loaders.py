@@ -3,7 +3,9 @@
 Sources: a ``memgen train`` checkpoint (its config names the network, the objective and
 the schedule), the exact empirical denoiser of a training set (the positive control, no
 network), a TorchScript ε-model ``eps = model(x_t, t)`` and a diffusers ``UNet2DModel``
-folder (VP ε-prediction, integer-valued t, the DDPM linear schedule unless told).
+folder (VP ε-prediction, integer-valued t, the DDPM linear schedule unless told), and a
+checkpoint of the paper authors' own code (``reference=(K.pt, their YAML or None)``, see
+``memgen.diffusion.reference``: ε-prediction on their schedule, which is ``VPSchedule()``).
 
 Precision. Networks run in float32 (their weights). The exact denoiser runs in the dtype
 of its stored patterns, ``exact_dtype``, float32 by default: the sample files' own dtype,
@@ -26,11 +28,12 @@ import torch
 
 from memgen.diffusion.denoisers import Denoiser, EmpiricalDenoiser, EpsDenoiser, ScoreDenoiser
 from memgen.diffusion.nets import NetConfig
+from memgen.diffusion.reference import load_reference
 from memgen.diffusion.schedules import VESchedule, VPSchedule
 from memgen.diffusion.training import TrainConfig, load_checkpoint
 from memgen.errors import UserError
 
-SOURCES = ("checkpoint", "exact", "torchscript", "diffusers")
+SOURCES = ("checkpoint", "exact", "torchscript", "diffusers", "reference")
 SCHEDULES = {"vp": VPSchedule, "ve": VESchedule}
 
 
@@ -47,6 +50,7 @@ class LoadedModel:
 def load_denoiser(*, checkpoint: str | Path | None = None,
                   exact: np.ndarray | torch.Tensor | None = None,
                   torchscript: str | Path | None = None, diffusers: str | Path | None = None,
+                  reference: tuple | None = None,
                   schedule: VPSchedule | VESchedule | str | None = None,
                   shape: tuple[int, ...] | None = None, device: str | torch.device = "cpu",
                   exact_dtype: torch.dtype = torch.float32, clip: bool = False,
@@ -60,20 +64,27 @@ def load_denoiser(*, checkpoint: str | Path | None = None,
         the samplers' ladder.
     torchscript, diffusers: an ε-model file or folder; ``schedule`` its VP schedule
         [VPSchedule()], ``shape`` its sample shape (required: the model does not record it).
+    reference: (path, config) of the authors' ``K.pt`` (``ema`` as for checkpoint), config
+        their YAML's path, a mapping of its model: keys, or None for the checkpoint's args;
+        it carries its schedule and sample shape.
     clip: clamp an ε-model's x̂₀ to [−1, 1] (``EpsDenoiser``); no effect on the others.
     """
-    given = [name for name, value in zip(SOURCES, (checkpoint, exact, torchscript, diffusers))
-             if value is not None]
+    given = [name for name, value in zip(SOURCES, (checkpoint, exact, torchscript, diffusers,
+                                                   reference)) if value is not None]
     if len(given) != 1:
         raise UserError(f"give exactly one model source ({', '.join(SOURCES)}), got "
                         f"{', '.join(given) or 'none'}")
-    if shape is not None and given[0] in ("checkpoint", "exact"):
+    if shape is not None and given[0] in ("checkpoint", "exact", "reference"):
         raise UserError(f"shape is for TorchScript and diffusers models; a {given[0]} "
                         "source has its own")
     if checkpoint is not None:
         if schedule is not None:
             raise UserError("a checkpoint carries its own schedule")
         return _from_checkpoint(checkpoint, device, clip, ema)
+    if reference is not None:
+        if schedule is not None:
+            raise UserError("a reference checkpoint carries its own schedule (their DDPM's)")
+        return _from_reference(reference, device, clip, ema)
     if exact is not None:
         patterns = torch.as_tensor(exact).to(device=device, dtype=exact_dtype)
         return LoadedModel(EmpiricalDenoiser(patterns), _schedule(schedule),
@@ -108,6 +119,20 @@ def _from_checkpoint(path, device, clip: bool, ema: bool) -> LoadedModel:
     else:
         denoiser = ScoreDenoiser(net, schedule)
     return LoadedModel(denoiser, schedule, sample_shape(config.net), torch.float32)
+
+
+def _from_reference(reference, device, clip: bool, ema: bool) -> LoadedModel:
+    """The authors' network as an ε-prediction VP denoiser on their schedule."""
+    if not isinstance(reference, (tuple, list)) or len(reference) != 2:
+        raise UserError("reference must be a pair (checkpoint path, config or None)")
+    loaded = load_reference(reference[0], reference[1], ema=ema)
+    if loaded.config.prediction_type != "epsilon":
+        raise UserError(f"{reference[0]}: memgen loads their ε-prediction networks; this one "
+                        f"was trained with prediction_type {loaded.config.prediction_type!r}")
+    net = loaded.net.to(device).requires_grad_(False)  # gradients flow to x only
+    schedule = loaded.config.schedule()
+    return LoadedModel(EpsDenoiser(net, schedule, clip=clip), schedule, loaded.config.shape,
+                       torch.float32)
 
 
 def sample_shape(net: NetConfig) -> tuple[int, ...]:

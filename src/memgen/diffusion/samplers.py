@@ -72,8 +72,8 @@ class StackedGenerator:
     def randn(self, shape, *, dtype=None, device=None) -> torch.Tensor:
         """(len(seeds), ...) standard normal draws, row k from stream k."""
         shape = tuple(shape)
-        if not shape or shape[0] != len(self):
-            raise UserError(f"leading dimension {shape[:1]} must equal the number of "
+        if not shape or shape[0] != len(self):  # a caller's bug, not the user's input
+            raise ValueError(f"leading dimension {shape[:1]} must equal the number of "
                              f"seeds ({len(self)})")
         size = int(np.prod(shape[1:], dtype=np.int64))
         if self._ahead.shape[1] < size:

@@ -319,12 +319,27 @@ def check(config: SweepConfig) -> None:
                   metric=config.measure.metric)
     except ValueError as err:
         raise UserError(f"measure: {err}") from None
+    if config.measure.rule == "paper" and config.measure.k == 1:
+        raise UserError("measure.k: the paper rule needs the second nearest training "
+                        "sample, so k must be at least 2 (or unset)")
+    if config.measure.k is not None and config.measure.k > min(config.Ks):
+        raise UserError(f"measure.k: {config.measure.k} neighbours cannot be found in the "
+                        f"smallest training set (K = {min(config.Ks)})")
+
+
+SEED_MAX = 2**63  # what every generator (numpy, torch) accepts
+CLOSED_ABOVE = ("sample.eta",)  # η = 1 is DDIM's DDPM end of the family
 
 
 def _check_ranges(config: SweepConfig) -> None:
-    """Numbers that must lie in an interval: (lo, hi, lo_open, hi_open) per field."""
+    """Numbers that must lie in an interval: (value, lo, hi, lo_open) per field; hi is
+    excluded except for the fields of CLOSED_ABOVE."""
     t, s, m, a = config.train, config.sample, config.measure, config.analysis
-    ranges = {
+    seeds = {"data.split_seed": config.data.split_seed, "train.seed": t.seed,
+             "sample.eval_seed": s.eval_seed, "sample.synth_seed": s.synth_seed,
+             "measure.seed": m.seed}
+    ranges = {key: (value, 0, SEED_MAX, False) for key, value in seeds.items()}
+    ranges |= {
         "train.lr": (t.lr, 0, None, True), "train.ema_decay": (t.ema_decay, 0, 1, False),
         "train.grad_clip": (t.grad_clip, 0, None, True), "sample.eta": (s.eta, 0, 1, False),
         "sample.min_synth": (s.min_synth, 0, None, False),
@@ -341,8 +356,10 @@ def _check_ranges(config: SweepConfig) -> None:
         if value is None:
             continue
         below = value <= lo if lo_open else value < lo
-        if below or (hi is not None and value >= hi) or value != value:
-            bounds = (f"{'(' if lo_open else '['}{lo:g}, {'∞' if hi is None else f'{hi:g}'})")
+        above = hi is not None and (value > hi if key in CLOSED_ABOVE else value >= hi)
+        if below or above or value != value:
+            close = "]" if key in CLOSED_ABOVE else ")"
+            bounds = f"{'(' if lo_open else '['}{lo:g}, {'∞' if hi is None else f'{hi:g}'}{close}"
             raise UserError(f"{key}: {value!r} is out of range; it must lie in {bounds}")
     if t.ema_decay == 1:
         raise UserError("train.ema_decay: 1 would never move the EMA weights")

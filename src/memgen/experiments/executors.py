@@ -72,9 +72,13 @@ def _process_pool(run_one, Ks, workers: int, threads: int, bar) -> dict:
     with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
         futures = {pool.submit(_with_threads, run_one, threads, K): K for K in Ks}
         results = {}
-        for future in concurrent.futures.as_completed(futures):
-            results[futures[future]] = future.result()
-            bar.update(1)
+        try:
+            for future in concurrent.futures.as_completed(futures):
+                results[futures[future]] = future.result()
+                bar.update(1)
+        except BaseException:  # one K failed (or Ctrl-C): do not wait for the others
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
     return results
 
 

@@ -105,7 +105,6 @@ def continuum_panel(config: LandscapeConfig) -> Panel:
 
 
 def run_landscape(config: LandscapeConfig) -> list[Panel]:
-
     pool = circle_pool(60_000, seed=9)
     bad = [K for K in config.Ks if not 1 <= K <= len(pool)]
     if bad or not config.Ks:

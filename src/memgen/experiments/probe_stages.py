@@ -105,7 +105,6 @@ def _model(checkpoint: Path | None, train: np.ndarray, config: SweepConfig):
 
 
 def _basins(den, schedule, x: torch.Tensor, config: SweepConfig) -> dict:
-
     a = config.analysis
     hi = a.sigma_hi or (10.0 if schedule is None else min(10.0, float(schedule.sigmas()[0])))
     recovery = RecoveryConfig(n_trials=a.n_trials, p=a.p, delta=a.delta, steps=a.steps,

@@ -47,14 +47,19 @@ class StageResult:
     analysis_folder: Path | None = None
     landscape_folder: Path | None = None
 
-    def seconds(self) -> dict[str, float]:
-        """Wall time of each stage that ran (cached stages keep their first timing)."""
+    def stage_folders(self) -> dict[str, Path]:
+        """The cache folder of each stage this state read (train: not for the exact
+        denoiser; analysis and landscape: when the config asks)."""
         folders = {"train": self.train_folder, "eval": self.eval_path.parent,
                    "synth": self.synth_path.parent, "classify": self.folder,
                    "analysis": self.analysis_folder, "landscape": self.landscape_folder}
+        return {name: folder for name, folder in folders.items() if folder is not None}
+
+    def seconds(self) -> dict[str, float]:
+        """Wall time of each stage that ran (cached stages keep their first timing)."""
         out = {}
-        for name, folder in folders.items():
-            if folder is not None and (folder / "DONE.json").exists():
+        for name, folder in self.stage_folders().items():
+            if (folder / "DONE.json").exists():
                 out[name] = json.loads((folder / "DONE.json").read_text()).get("seconds", 0.0)
         return out
 
@@ -133,7 +138,6 @@ AGGREGATE_FIELDS = ("epsilon", "bootstrap")
 
 
 def train_config(config: SweepConfig):
-
     net = network(config.model)
     objective = config.model.objective or ("ve_score" if net.kind == "mlp" else "vp_eps")
     t = config.train

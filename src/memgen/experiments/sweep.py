@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
+import time
 from functools import partial
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 
 from memgen.diffusion.training import snapshot_path
-from memgen.experiments.cache import is_done
+from memgen.experiments.cache import fingerprint, is_done
 from memgen.experiments.config import SweepConfig, as_dict, check_device
 from memgen.experiments.executors import execute
 from memgen.experiments.probe_stages import analysis_figures, analysis_key, landscape_figure
@@ -26,10 +27,11 @@ from memgen.experiments.stages import (StageResult, classify_key, generate_key, 
                                        run_K_task, split, train_config, train_key,
                                        validate_against_data)
 from memgen.io import (MARKER, atomic_file, check_output_dir, claim_output_dir, load_samples,
-                       write_json)
+                       write_json, write_marker)
 from memgen.metrics.capacity import capacities, read_fraction_table
 from memgen.metrics.rules import LABEL_NAMES
 from memgen.metrics.timescale import MEMORIZED_HALF, fit_power_law, tau_mem_per_K
+from memgen.provenance import file_record, gather
 from memgen.report.figures import (plot_fractions, plot_neighbours, plot_phase_map,
                                    plot_sample_grid, plot_samples_2d, save_figure)
 from memgen.report.html import write_report
@@ -42,7 +44,9 @@ def write_fractions(path: Path, results: list[StageResult], steps: bool = False)
     precision per label, the held-out baseline's precision and recall; empty where absent).
 
     steps: a ``steps`` column after K (the training steps of each row's state), one row
-    per (K, steps) — fractions_steps.csv, the training-time axis."""
+    per (K, steps) — fractions_steps.csv, the training-time axis.
+    results: StageResults, or any rows with ``K``, ``summary`` (a classify summary.json)
+    and ``steps`` — ``memgen.experiments.aggregate.Measured`` for ``memgen aggregate``."""
     quality = ("precision", "recall", "density", "coverage")
     columns = ["K"] + ["steps"] * steps
     columns += [f"{n}{suffix}" for n in LABEL_NAMES for suffix in ("", "_lo", "_hi")]
@@ -111,10 +115,15 @@ def _labels(result: StageResult) -> dict:
 
 
 def aggregate(run: Path, results: list[StageResult], config: SweepConfig,
-              pool: np.ndarray | None = None) -> dict:
-    """fractions.csv, capacities.json, the figures and report.html; returns the capacities."""
+              pool: np.ndarray | None = None, provenance: dict | None = None) -> dict:
+    """fractions.csv with its provenance.json, capacities.json, the figures and
+    report.html; returns the capacities. provenance: ``memgen.provenance.gather``'s
+    record (default: this process's command line and versions, no inputs)."""
+    provenance = gather() if provenance is None else provenance
     with atomic_file(run / "fractions.csv") as tmp:
         write_fractions(tmp, results)
+    with atomic_file(run / "provenance.json") as tmp:
+        write_json(tmp, provenance)
     table = read_fraction_table(run / "fractions.csv")
     caps = capacities(table, config.measure.epsilon, config.measure.bootstrap,
                       config.measure.seed)
@@ -142,7 +151,7 @@ def aggregate(run: Path, results: list[StageResult], config: SweepConfig,
 
     with atomic_file(run / "report.html") as tmp:
         write_report(tmp, config.name, as_dict(config), payload, results, figures,
-                     timescale=timescale)
+                     timescale=timescale, provenance=provenance)
     return payload
 
 
@@ -174,24 +183,80 @@ def write_time_axis(run: Path, states: list[StageResult], title: str) -> dict:
 
 
 def run_sweep(config: SweepConfig, run: Path, progress: bool = True,
-              overwrite: bool = False) -> dict:
+              overwrite: bool = False, *, config_file: str | Path | None = None,
+              argv: list[str] | None = None, log=None) -> dict:
     """Every K (here, in worker processes or as Ray tasks), then the aggregate.
 
     ``run`` must be new, empty or a sweep's folder (resumed); ``overwrite`` empties
-    another command's folder first (``memgen.io.claim_output_dir``)."""
-    if not _is_legacy_sweep(run):
-        check_output_dir(run, "sweep", overwrite)
+    another command's folder first (``memgen.io.claim_output_dir``). config_file and
+    argv (default ``sys.argv``) are recorded in provenance.json, with the data pool's
+    content fingerprint; log(line), if given, receives which stages ran (with their wall
+    times) and which were cached."""
+    check_sweep_dir(run, overwrite)
     check_device(config.device)
     pool = load_pool(config)
     validate_against_data(config, pool)
     if config.device.startswith("cuda"):
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels
-    claim_output_dir(run, "sweep", overwrite and not _is_legacy_sweep(run))
+    inputs = {"config": file_record(config_file)} if config_file is not None else {}
+    provenance = gather({**inputs, "data": _pool_record(config, pool)}, argv)
+    if _is_legacy_sweep(run):
+        write_marker(run, "sweep")  # adopt it: it was a sweep's folder all along
+    claim_output_dir(run, "sweep", overwrite)
     (run / "config.json").write_text(json.dumps(as_dict(config), indent=2))
+    before, t0 = done_markers(run), time.perf_counter()
     results = execute(partial(run_K_task, config, str(run.resolve())), config.Ks,
                       config.executor, progress=progress,
                       here=lambda K: run_K(run, pool, K, config, progress=progress))
-    return aggregate(run, results, config, pool)
+    for line in (stage_log(results, before) if log else []):
+        log(line)
+    t1 = time.perf_counter()
+    payload = aggregate(run, results, config, pool, provenance)
+    if log:
+        log(f"stages {t1 - t0:.1f} s, aggregate (tables, figures, report) "
+            f"{time.perf_counter() - t1:.1f} s")
+    return payload
+
+
+def _pool_record(config: SweepConfig, pool: np.ndarray) -> dict:
+    """The data pool as the stages read it (resized to the model): its name and root, and
+    the content fingerprint of ``memgen.experiments.cache`` (sha256 of shape, dtype and
+    bytes, 16 hex digits) with its shape."""
+    return {"name": config.data.name, "root": config.data.root,
+            "fingerprint": fingerprint(pool), "shape": list(pool.shape)}
+
+
+def done_markers(run: Path) -> dict[str, int]:
+    """Each finished stage folder of a run → its DONE.json's mtime (ns): taken before a
+    run, it tells which stages the run did (a new or rewritten marker)."""
+    return {p.parent.name: p.stat().st_mtime_ns for p in (run / "cache").glob("*/DONE.json")}
+
+
+def stage_log(results: list[StageResult], before: dict[str, int]) -> list[str]:
+    """Per K and saved state, each stage: "ran 1.2 s", or "cached" (done before the run)."""
+    def status(folder: Path) -> str:
+        done = folder / "DONE.json"
+        if not done.exists():
+            return "not done"
+        seconds = json.loads(done.read_text()).get("seconds", 0.0)
+        ran = before.get(folder.name) != done.stat().st_mtime_ns
+        return f"ran {seconds:.1f} s" if ran else "cached"
+
+    lines = []
+    for r in sorted(results, key=lambda r: r.K):
+        for state in (*r.snapshots, r):
+            where = f"K={r.K}" + ("" if state.steps is None else f" after {state.steps} steps")
+            lines.append(f"{where}: " + ", ".join(f"{name} {status(folder)}" for name, folder
+                                                  in state.stage_folders().items()))
+    return lines
+
+
+def check_sweep_dir(run: Path, overwrite: bool = False) -> None:
+    """UserError unless ``run`` may hold this sweep: new, empty, a sweep's folder (resumed,
+    also one of a memgen version that did not mark its folders), or anything with
+    ``overwrite`` (``memgen.io.check_output_dir``)."""
+    if not _is_legacy_sweep(run):
+        check_output_dir(run, "sweep", overwrite)
 
 
 def _is_legacy_sweep(run: Path) -> bool:

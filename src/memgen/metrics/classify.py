@@ -98,7 +98,10 @@ def classify_sets(eval_set: np.ndarray, train: np.ndarray, synth=None,
         raise UserError("calibrated thresholds need held-out real data (--heldout)")
     if rule.needs_second_neighbour and len(train) < 2:
         raise UserError("the paper rule needs a second nearest training sample, but the "
-                         "training set has only one (use --rule absolute)")
+                        "training set has only one (use --rule absolute)")
+    if rule.needs_second_neighbour and config.k == 1:
+        raise UserError("the paper rule needs a second nearest training sample: k must be "
+                        "at least 2 (or unset)")
     if heldout is not None:
         check_disjoint(train, heldout)
     common = dict(k=config.k, metric=config.metric, memory_budget=config.memory_budget,
@@ -149,8 +152,10 @@ def duplicate_warnings(train: np.ndarray, near: Neighbours, rule: Rule) -> tuple
             "call a copy memorized; use --dedup, or see memgen hygiene duplicates",)
 
 
-def summary(result: Classification) -> dict:
-    """The summary.json payload: the keys the README documents (“Command line”) first."""
+def summary(result: Classification, provenance: dict | None = None) -> dict:
+    """The summary.json payload: the keys the README documents (“Command line”) first;
+    ``provenance`` (``memgen.provenance.gather``: command line, versions, input hashes)
+    last, when given."""
     payload = result.estimate.as_dict()
     payload.update(rule=result.rule.name, delta_m=result.rule.delta_m,
                    delta_s=result.rule.delta_s, metric=result.config.metric,
@@ -163,14 +168,21 @@ def summary(result: Classification) -> dict:
         payload["quality"] = (None if result.quality is None
                               else quality_summary(result.quality, result.labels))
     payload.update(config=asdict(result.config), version=__version__)
+    if provenance is not None:
+        payload["provenance"] = provenance
     return payload
 
 
 def null_payload(null: NullResult, calibrated: bool) -> dict:
     """The null rates at the thresholds the labels used (calibrated or given), and with
-    calibration also those at the given thresholds."""
+    calibration also those at the given thresholds.
+
+    Calibrated rates are measured on the held-out rows that chose the thresholds, so the
+    detection rates are ≤ α by construction (``in_sample``): a check of the calibration,
+    not an independent estimate of the false-detection rate."""
     payload = null.as_dict()
     payload["thresholds"] = "calibrated" if calibrated else "given"
+    payload["in_sample"] = calibrated
     if calibrated:
         applied = null.calibrated_estimate.as_dict()
         payload["given_thresholds"] = {"fractions": payload["fractions"],
@@ -179,9 +191,11 @@ def null_payload(null: NullResult, calibrated: bool) -> dict:
     return payload
 
 
-def write_classification(out: Path, result: Classification) -> None:
-    """summary.json and labels.npz into an (already created) folder."""
-    write_json(out / "summary.json", summary(result))
+def write_classification(out: Path, result: Classification,
+                         provenance: dict | None = None) -> None:
+    """summary.json (with ``provenance`` when given) and labels.npz into an (already
+    created) folder."""
+    write_json(out / "summary.json", summary(result, provenance))
     near = result.neighbours
     np.savez(out / "labels.npz", labels=result.labels, train_dist=near.train_dist,
              train_idx=near.train_idx, synth_dist=near.synth_dist, synth_idx=near.synth_idx)

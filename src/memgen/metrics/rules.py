@@ -31,6 +31,7 @@ import torch
 
 from memgen.errors import UserError
 from memgen.metrics.features import get_feature_map
+from memgen.metrics.knn import DEFAULT_MEMORY_BUDGET
 from memgen.metrics.shards import ShardSet
 from memgen.metrics.stream import get_knn_backend, stream_knn
 
@@ -212,8 +213,9 @@ def find_neighbours(eval_set, train, synth=None, *, k: int | None = None, metric
     train_dist, train_idx = near_t.dist.cpu().numpy(), near_t.idx.cpu().numpy()
     pair, cut = None, None
     if k_train > 1:
-        cut = _near_duplicate_cut(t, search, memory_budget)
-        twin = _twin_of_first(t, train_idx if distinct else train_idx[:, :2], cut)
+        cut = _near_duplicate_cut(t, search, memory_budget, feature_map.power)
+        twin = _twin_of_first(t, train_idx if distinct else train_idx[:, :2], cut,
+                              memory_budget)
         pair = twin[:, 1]
         if distinct:
             train_dist, train_idx = _skip_twins(train_dist, train_idx, twin, k_train)
@@ -230,22 +232,28 @@ def find_neighbours(eval_set, train, synth=None, *, k: int | None = None, metric
                       duplicate_cut=None if cut is None else cut ** power, distinct=distinct)
 
 
-def _near_duplicate_cut(t: torch.Tensor, search, memory_budget) -> float:
-    """NEAR_DUPLICATE_DELTA × the median nearest-other distance of the training
-    embeddings (on a seeded sample of at most ``_CUT_SAMPLE`` of them), embedding units."""
+def _near_duplicate_cut(t: torch.Tensor, search, memory_budget, power: int) -> float:
+    """The near-duplicate distance of ``memgen.metrics.hygiene``: NEAR_DUPLICATE_DELTA × the
+    median nearest-other distance of the training set in the metric's units (d = ‖Δφ‖^p;
+    on a seeded sample of at most ``_CUT_SAMPLE`` of them), returned in embedding units
+    (its p-th root), where the gaps are measured."""
     n = len(t)
     rows = np.arange(n) if n <= _CUT_SAMPLE else np.sort(
         np.random.default_rng(0).choice(n, _CUT_SAMPLE, replace=False))
     near = search(t[torch.from_numpy(rows)], t, 2, memory_budget=memory_budget)
     dist, idx = near.dist.cpu().numpy(), near.idx.cpu().numpy()
     other = np.where(idx[:, 0] == rows, dist[:, 1], dist[:, 0])  # drop the self-match
-    return NEAR_DUPLICATE_DELTA * float(np.median(other))
+    return (NEAR_DUPLICATE_DELTA * float(np.median(other ** power))) ** (1 / power)
 
 
 def _twin_of_first(t: torch.Tensor, idx: np.ndarray, cut: float,
-                   rows_per_step: int = 256) -> np.ndarray:
-    """(n, k) bool: training neighbour j of a row is a near-duplicate of its first one."""
+                   memory_budget: int | None = None) -> np.ndarray:
+    """(n, k) bool: training neighbour j of a row is a near-duplicate of its first one.
+
+    Rows are taken in blocks whose float64 neighbours and differences fit the budget."""
     twin = np.zeros(idx.shape, dtype=bool)
+    per_row = 2 * idx.shape[1] * t[0].numel() * 8  # the (k, D) points and their gaps
+    rows_per_step = max(1, (memory_budget or DEFAULT_MEMORY_BUDGET) // per_row)
     for r0 in range(0, len(idx), rows_per_step):
         block = torch.from_numpy(idx[r0:r0 + rows_per_step]).to(t.device)
         points = t[block].double()  # (rows, k, D)

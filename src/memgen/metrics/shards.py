@@ -243,8 +243,7 @@ def iter_chunks(shards: ShardSet, chunk_rows: int, start: int = 0) -> Iterator[C
     Each chunk is a fresh (rows, *sample_shape) float32 tensor; at most one shard's
     array is held open at a time (one whole shard for compressed npz members).
     """
-    if chunk_rows < 1:
-        raise UserError("chunk_rows must be at least 1")
+    assert chunk_rows >= 1, chunk_rows  # the callers size chunks from a positive budget
     array_of = functools.lru_cache(maxsize=1)(open_array)
     for r0 in range(start, shards.rows, chunk_rows):
         r1 = min(r0 + chunk_rows, shards.rows)

@@ -59,7 +59,7 @@ def plot_fractions(K: np.ndarray, fractions: np.ndarray, lo: np.ndarray | None =
     ax.set(xlabel="training-set size K", ylabel="fraction of evaluated samples",
            ylim=(-0.02, 1.02))
     if null is not None:
-        ax.plot([], [], "k--", lw=1, label="null rate (held-out data)")
+        ax.plot([], [], "k--", lw=1, label="dashed: null rate of each\nlabel (held-out real data)")
     ax.legend(loc="center right", fontsize=8)
     if title:
         ax.set_title(title, fontsize=10, pad=16)  # above the capacity labels

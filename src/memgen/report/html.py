@@ -134,11 +134,39 @@ def _time_axis_section(timescale: dict | None) -> str:
             f"{html.escape(line)}.</p><table><tr><th>K</th><th>τ_mem</th></tr>{cells}</table>")
 
 
+def _provenance_section(provenance: dict | None) -> str:
+    """The command line, versions, git commit and every input's content hash and shape
+    (``memgen.provenance.gather``'s record, as in provenance.json). "" without one."""
+    if not provenance:
+        return ""
+    rows = [("command", provenance.get("command")), ("memgen", provenance.get("memgen")),
+            ("git commit", provenance.get("git_commit") or "not a git checkout"),
+            *((name, provenance.get(name)) for name in ("python", "torch", "numpy"))]
+    cells = "".join(f"<tr><th>{html.escape(k)}</th><td><code>{html.escape(str(v))}</code></td>"
+                    "</tr>" for k, v in rows)
+    inputs = "".join(_input_row(name, r) for name, r in provenance.get("inputs", {}).items())
+    return (f"<h2>Provenance</h2><table>{cells}</table><p>Inputs (sha256 of a file's bytes; "
+            "for the data pool, the content fingerprint of the cache keys):</p><table><tr>"
+            f"<th>input</th><th>path</th><th>hash</th><th>shape</th></tr>{inputs}</table>")
+
+
+def _input_row(name: str, record: dict) -> str:
+    where = record.get("path") or record.get("name")
+    digest = record.get("sha256") or record.get("fingerprint")
+    if record.get("files"):
+        digest = f"{len(record['files'])} files, each hashed in the provenance record"
+    shape = " × ".join(map(str, record.get("shape") or [])) or "–"
+    return "<tr>" + "".join(f"<td><code>{html.escape(str(v))}</code></td>"
+                            for v in (name, where, digest, shape)) + "</tr>"
+
+
 def write_report(path: Path, title: str, config: dict, capacities: dict, results,
-                 figures: list[Path], timescale: dict | None = None) -> None:
+                 figures: list[Path], timescale: dict | None = None,
+                 provenance: dict | None = None) -> None:
     """report.html with everything inline (no external files). capacities: the
     capacities.json payload; each headline is :func:`memgen.metrics.capacity.describe`;
-    timescale: the timescale.json payload of a sweep with snapshots."""
+    timescale: the timescale.json payload of a sweep with snapshots; provenance: the
+    provenance.json payload."""
     caps = "".join(f"<li><b>{name}</b>: {html.escape(_headline(name, c))}</li>"
                    for name, c in capacities.items() if name in ("MC", "SC", "GC"))
     body = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
@@ -159,5 +187,6 @@ sizes). Capacities (eqs. 1–3, ε = {capacities.get('epsilon')}):</p><ul>{caps}
 {_time_axis_section(timescale)}
 <h2>Timings</h2>{_timings_table(results)}
 <h2>Config</h2><pre>{html.escape(json.dumps(config, indent=2))}</pre>
+{_provenance_section(provenance)}
 </body></html>"""
     path.write_text(body)

@@ -1,0 +1,481 @@
+"""The paper authors' released checkpoints: their DDPM U-Net, rebuilt, and their ``K.pt`` files.
+
+The paper's public code (Lemon-cmd/Diffusion-Models-and-Associative-Memory, MIT) trains one
+network per training-set size K with its ``train_unet.py`` and saves ``K.pt``, a dict
+``{"model", "ema", "opt", "args", "iterations"}``: the raw and EMA state dicts of its
+``src/models/ddpm.py`` network (the score_sde port of Ho et al.'s diffusion_tf U-Net), the
+Adam state, and the parsed command line. ``ReferenceUNet`` is memgen's own module with the
+same parameter names and the same arithmetic, so their state dicts load as they are.
+
+How it differs from ``memgen.diffusion.nets.unet.UNet`` (the same DDPM layout otherwise:
+time MLP, ResBlocks with a 1×1 shortcut, the skip stack, nearest upsampling + conv):
+
+    their network                                  memgen's UNet
+    GroupNorm(32 groups, eps=1e-6)                 eps=1e-5, min(32, C) groups
+    downsample: pad (0,1,0,1), 3×3 conv stride 2   3×3 conv stride 2, padding 1 (shifted)
+    attention at sides exactly in attn_resolutions  at r/2 < side ≤ r
+    q, k, v, out: four 1×1 "NIN" maps W (in, out)  one qkv conv + proj conv
+    options resamp_with_conv, nonlinearity         SiLU, conv resampling only
+
+so memgen's UNet cannot hold their weights; the numbers agree with theirs to float32
+rounding (tests/test_reference.py, against outputs of their own code).
+
+Schedule. They train and sample with diffusers' ``DDPMScheduler`` at its defaults:
+T = 1000, β linear from 1e-4 to 0.02, ε-prediction (``train.prediction_type``), t the
+0-based integer index, x_t = √ᾱ_t x₀ + √(1 − ᾱ_t) ε: exactly ``VPSchedule()`` (they build
+β and ᾱ in float32, so their σ_t differ from VPSchedule's float64 ones by up to 8e-5
+relative, at t = 0). The YAML's ``train.timesteps`` is their number of *sampling* steps
+(``set_timesteps``), not T.
+
+Loading never unpickles arbitrary objects: ``torch.load(weights_only=True)``. Their ``args``
+is an ``argparse.Namespace`` of their own dataclasses (``parse_utils.ModelOptions``, …) and a
+``pathlib.PosixPath``, which weights_only refuses; every such class is allowlisted under its
+name as ``_Inert``, a plain attribute holder that runs no code, so ``args`` reads as data
+(``args.model`` gives the architecture when no config is given).
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from functools import partial
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import yaml
+
+from memgen.diffusion.schedules import VPSchedule
+from memgen.errors import UserError
+
+GROUPS, GN_EPS = 32, 1e-6  # their GroupNorm, hard-coded in src/models/layers.py
+ACTIVATIONS = {"swish": nn.SiLU, "relu": nn.ReLU, "elu": nn.ELU,
+               "lrelu": partial(nn.LeakyReLU, 0.2)}
+ALIASES = {"ch": "dim", "ch_mult": "dim_mults", "channels": "in_channels"}  # score_sde names
+
+
+# ---------------------------------------------------------------------------------------
+# configuration: their YAML's model: (and train:) keys
+# ---------------------------------------------------------------------------------------
+
+def _int_tuple(name: str, value) -> tuple[int, ...]:
+    """Their "1,2,2" / 16 / [1, 2, 2] (train_utils.str2tuple) -> (1, 2, 2)."""
+    if isinstance(value, str):
+        value = [v for v in value.replace(" ", "").split(",") if v]
+    elif isinstance(value, int):
+        value = [value]
+    try:
+        return tuple(int(v) for v in value)
+    except (TypeError, ValueError):
+        raise UserError(f"reference config: {name} must be integers like 1,2,2, got {value!r}") \
+            from None
+
+
+@dataclass(frozen=True)
+class ReferenceConfig:
+    """Their ``ModelOptions`` (parse_utils.py), with its defaults, plus the two ``train:``
+    keys that decide the denoiser: ``prediction_type`` and ``beta_schedule``."""
+
+    image_size: int = 32
+    in_channels: int = 3
+    dim: int = 128
+    dim_mults: tuple[int, ...] = (1, 2, 2, 2)
+    attn_resolutions: tuple[int, ...] = (16,)
+    num_res_blocks: int = 2
+    dropout: float = 0.0
+    conditional: bool = True
+    resamp_with_conv: bool = True
+    nonlinearity: str = "swish"
+    scale_by_sigma: bool = False
+    prediction_type: str = "epsilon"
+    beta_schedule: str = "linear"
+
+    def __post_init__(self):
+        for name in ("dim_mults", "attn_resolutions"):  # "1,2,2", 16, [1, 2, 2] -> tuples
+            object.__setattr__(self, name, _int_tuple(name, getattr(self, name)))
+        for name in ("image_size", "in_channels", "dim", "num_res_blocks"):
+            if not isinstance(getattr(self, name), int) or isinstance(getattr(self, name), bool):
+                raise UserError(f"reference config: {name} must be an integer, "
+                                f"got {getattr(self, name)!r}")
+        levels = len(self.dim_mults)
+        if levels == 0 or min(self.dim_mults) < 1 or self.num_res_blocks < 0:
+            raise UserError(f"reference config: need dim_mults >= 1 and num_res_blocks >= 0, got "
+                            f"{self.dim_mults} and {self.num_res_blocks}")
+        if self.dim < GROUPS or self.dim % GROUPS or self.in_channels < 1:
+            raise UserError(f"reference config: dim must be a multiple of {GROUPS} (their "
+                            f"GroupNorm has {GROUPS} groups), got {self.dim}")
+        if self.image_size < 1 or self.image_size % 2 ** (levels - 1):
+            raise UserError(f"reference config: image_size {self.image_size} must be divisible "
+                            f"by 2^{levels - 1} for {levels} levels (their skips must match)")
+        if str(self.nonlinearity).lower() not in ACTIVATIONS:
+            raise UserError(f"reference config: nonlinearity {self.nonlinearity!r} is not one "
+                            f"of {', '.join(ACTIVATIONS)}")
+        if not self.conditional or self.scale_by_sigma:
+            raise UserError("reference config: their DDPM cannot run with conditional=False or "
+                            "scale_by_sigma=True (it fails in its own constructor / forward)")
+
+    @property
+    def sides(self) -> tuple[int, ...]:
+        """Feature-map side per level: image_size // 2**i."""
+        return tuple(self.image_size // 2 ** i for i in range(len(self.dim_mults)))
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """One sample: (C, H, W)."""
+        return (self.in_channels, self.image_size, self.image_size)
+
+    def schedule(self) -> VPSchedule:
+        """Their diffusion: diffusers' DDPMScheduler defaults (see the module docstring)."""
+        if self.beta_schedule != "linear":
+            raise UserError(f"reference config: beta_schedule {self.beta_schedule!r}; their "
+                            "train_unet.py offers only 'linear'")
+        return VPSchedule(beta_min=1e-4, beta_max=0.02, T=1000)
+
+    def architecture(self) -> dict:
+        """The fields that change the network's function (not dropout, not train keys)."""
+        skip = {"dropout", "prediction_type", "beta_schedule"}
+        return {k: v for k, v in asdict(self).items() if k not in skip}
+
+    @classmethod
+    def from_mapping(cls, mapping: Mapping) -> ReferenceConfig:
+        """Their YAML as a dict (``model:`` and ``train:`` sections) or its ``model:`` keys;
+        score_sde names (ch, ch_mult) are accepted. Unknown keys raise UserError."""
+        if isinstance(mapping.get("model"), Mapping):
+            train = mapping.get("train") or {}
+            model = dict(mapping["model"])
+            model.update({k: train[k] for k in ("prediction_type", "beta_schedule") if k in train})
+        else:
+            model = dict(mapping)
+        values = {ALIASES.get(k, k): v for k, v in model.items()}
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise UserError(f"reference config: unknown key(s) {', '.join(unknown)}; known: "
+                            f"{', '.join(sorted(known))}")
+        return cls(**values)
+
+
+def reference_config(config) -> ReferenceConfig:
+    """A ReferenceConfig from their YAML's path, a mapping (see ``from_mapping``) or itself."""
+    if isinstance(config, ReferenceConfig):
+        return config
+    if isinstance(config, Mapping):
+        return ReferenceConfig.from_mapping(config)
+    if isinstance(config, (str, Path)):
+        path = Path(config)
+        if not path.is_file():
+            raise UserError(f"no such reference config file: {path}")
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as err:
+            raise UserError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from None
+        if not isinstance(loaded, Mapping):
+            raise UserError(f"{path}: expected their YAML with a model: section")
+        return ReferenceConfig.from_mapping(loaded)
+    raise UserError("reference config must be a YAML path or a mapping, got "
+                    f"{type(config).__name__}")
+
+
+# ---------------------------------------------------------------------------------------
+# the network: their parameter names, memgen's code
+# ---------------------------------------------------------------------------------------
+
+def group_norm(channels: int) -> nn.GroupNorm:
+    if channels % GROUPS:
+        raise UserError(f"reference network: {channels} channels are not divisible by "
+                        f"{GROUPS} GroupNorm groups")
+    return nn.GroupNorm(GROUPS, channels, eps=GN_EPS)
+
+
+def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """DDPM's sinusoidal embedding, float32 in their order of operations: (B,) -> (B, dim)."""
+    half = dim // 2
+    freqs = torch.exp(torch.arange(half, dtype=torch.float32, device=t.device)
+                      * -(math.log(10000) / (half - 1)))  # (half,)
+    angle = t.float()[:, None] * freqs[None, :]  # (B, half)
+    return torch.cat([angle.sin(), angle.cos()], dim=1)  # (B, dim)
+
+
+class NIN(nn.Module):
+    """A 1×1 map over channels, y = xᵀ W + b with W (in, out) (their "network in network")."""
+
+    def __init__(self, in_ch: int, out_ch: int):
+        super().__init__()
+        self.W = nn.Parameter(torch.zeros(in_ch, out_ch))
+        self.b = nn.Parameter(torch.zeros(out_ch))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("bchw,co->bohw", x, self.W) + self.b[:, None, None]  # (B, out, H, W)
+
+
+class ResnetBlock(nn.Module):
+    """GN → act → conv3 → +Dense(act(temb)) → GN → act → dropout → conv3, + NIN shortcut."""
+
+    def __init__(self, act: nn.Module, in_ch: int, out_ch: int, temb_dim: int, dropout: float):
+        super().__init__()
+        self.act = act
+        self.GroupNorm_0 = group_norm(in_ch)
+        self.Conv_0 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
+        self.Dense_0 = nn.Linear(temb_dim, out_ch)
+        self.GroupNorm_1 = group_norm(out_ch)
+        self.Dropout_0 = nn.Dropout(dropout)
+        self.Conv_1 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
+        if in_ch != out_ch:
+            self.NIN_0 = NIN(in_ch, out_ch)
+
+    def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+        h = self.Conv_0(self.act(self.GroupNorm_0(x)))  # (B, out, H, W)
+        h = h + self.Dense_0(self.act(temb))[:, :, None, None]
+        h = self.Conv_1(self.Dropout_0(self.act(self.GroupNorm_1(h))))
+        return (self.NIN_0(x) if hasattr(self, "NIN_0") else x) + h
+
+
+class AttnBlock(nn.Module):
+    """Single-head self-attention over the H·W positions: x + NIN_3(v softmax(qᵀk/√C)ᵀ)."""
+
+    def __init__(self, ch: int):
+        super().__init__()
+        self.GroupNorm_0 = group_norm(ch)
+        self.NIN_0, self.NIN_1, self.NIN_2, self.NIN_3 = (NIN(ch, ch) for _ in range(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = x.shape
+        h = self.GroupNorm_0(x)
+        q, k, v = (nin(h).reshape(B, C, H * W) for nin in (self.NIN_0, self.NIN_1, self.NIN_2))
+        w = torch.softmax(torch.bmm(q.transpose(1, 2), k) * C ** -0.5, dim=-1)  # (B, HW, HW)
+        h = torch.bmm(v, w.transpose(1, 2)).reshape(B, C, H, W)  # (B, C, H, W)
+        return x + self.NIN_3(h)
+
+
+class Resample(nn.Module):
+    """×2 nearest upsampling or ÷2 downsampling, with a 3×3 conv (``Conv_0``) when asked:
+    down pads (0, 1, 0, 1) and strides 2 (TensorFlow's "SAME"), else 2×2 average pooling."""
+
+    def __init__(self, ch: int, with_conv: bool, down: bool):
+        super().__init__()
+        self.down = down
+        if with_conv:
+            self.Conv_0 = nn.Conv2d(ch, ch, 3, stride=2 if down else 1, padding=0 if down else 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        conv = getattr(self, "Conv_0", None)
+        if self.down:
+            return conv(F.pad(x, (0, 1, 0, 1))) if conv else F.avg_pool2d(x, 2, 2)
+        h = F.interpolate(x, size=(2 * x.shape[-2], 2 * x.shape[-1]), mode="nearest")
+        return conv(h) if conv else h
+
+
+class ReferenceUNet(nn.Module):
+    """Their DDPM U-Net: x (B, C, S, S), t (B,) or a scalar (integers 0..999; floats are
+    embedded as they are) -> ε̂ (B, C, S, S). One flat ``all_modules`` list in their order,
+    walked by ``plan``: "push" saves h on the skip stack, "res_skip" concatenates one."""
+
+    def __init__(self, config: ReferenceConfig):
+        super().__init__()
+        self.config = c = config
+        self.act = ACTIVATIONS[c.nonlinearity.lower()]()
+        nf, temb = c.dim, 4 * c.dim
+        layers, plan = [], []
+
+        def add(op, module=None):
+            plan.append(op)
+            if module is not None:
+                layers.append(module)
+
+        def res(in_ch, out_ch):
+            return ResnetBlock(self.act, in_ch, out_ch, temb, c.dropout)
+
+        add("temb_in", nn.Linear(nf, temb))
+        add("temb_out", nn.Linear(temb, temb))
+        add("conv_in", nn.Conv2d(c.in_channels, nf, 3, padding=1))
+        add("push")
+        skips, ch = [nf], nf
+        for level, mult in enumerate(c.dim_mults):
+            for _ in range(c.num_res_blocks):
+                add("res", res(ch, nf * mult))
+                ch = nf * mult
+                if c.sides[level] in c.attn_resolutions:
+                    add("attn", AttnBlock(ch))
+                add("push")
+                skips.append(ch)
+            if level < len(c.dim_mults) - 1:
+                add("resample", Resample(ch, c.resamp_with_conv, down=True))
+                add("push")
+                skips.append(ch)
+        add("res", res(ch, ch))
+        add("attn", AttnBlock(ch))
+        add("res", res(ch, ch))
+        for level in reversed(range(len(c.dim_mults))):
+            for _ in range(c.num_res_blocks + 1):
+                add("res_skip", res(ch + skips.pop(), nf * c.dim_mults[level]))
+                ch = nf * c.dim_mults[level]
+                if c.sides[level] in c.attn_resolutions:
+                    add("attn", AttnBlock(ch))
+            if level > 0:
+                add("resample", Resample(ch, c.resamp_with_conv, down=False))
+        assert not skips, "every skip is consumed"
+        add("norm_out", group_norm(ch))
+        add("conv_out", nn.Conv2d(ch, c.in_channels, 3, padding=1))
+        self.all_modules = nn.ModuleList(layers)
+        self.plan = tuple(plan)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor | int | float) -> torch.Tensor:
+        if x.ndim != 4 or tuple(x.shape[1:]) != self.config.shape:
+            want = ", ".join(map(str, self.config.shape))
+            raise UserError(f"x must have shape (B, {want}), got {tuple(x.shape)}")
+        t = torch.as_tensor(t, device=x.device)
+        t = t.expand(x.shape[0]) if t.ndim == 0 else t
+        if t.shape != (x.shape[0],):
+            raise UserError(f"t must be a scalar or of shape ({x.shape[0]},), got {tuple(t.shape)}")
+        layers, hs = iter(self.all_modules), []
+        emb = timestep_embedding(t, self.config.dim).to(x.dtype)  # (B, dim)
+        h = x
+        for op in self.plan:
+            if op == "push":
+                hs.append(h)
+                continue
+            layer = next(layers)
+            if op == "temb_in":
+                emb = layer(emb)  # (B, 4·dim)
+            elif op == "temb_out":
+                emb = layer(self.act(emb))
+            elif op == "res":
+                h = layer(h, emb)
+            elif op == "res_skip":
+                h = layer(torch.cat([h, hs.pop()], dim=1), emb)
+            elif op == "norm_out":
+                h = self.act(layer(h))
+            else:  # conv_in, attn, resample, conv_out
+                h = layer(h)
+        return h  # (B, C, S, S)
+
+
+# ---------------------------------------------------------------------------------------
+# checkpoints
+# ---------------------------------------------------------------------------------------
+
+class _Inert:
+    """What a class of theirs in ``args`` (Namespace, dataclasses, PosixPath) is read as:
+    its pickled attributes (``__dict__``) or constructor arguments (``args``), no code."""
+
+    def __new__(cls, *args, **kwargs):
+        return super().__new__(cls)
+
+    def __init__(self, *args, **kwargs):
+        self.args = args
+
+
+@dataclass(frozen=True)
+class ReferenceModel:
+    """A loaded checkpoint: the network (eval mode, float32, CPU) and its configuration."""
+
+    net: ReferenceUNet
+    config: ReferenceConfig
+
+
+def read_reference_checkpoint(path: str | Path) -> dict:
+    """Their ``K.pt`` as a dict, by ``torch.load(weights_only=True)`` on the CPU; the
+    classes of ``args`` come back as inert attribute holders (module docstring)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"no such reference checkpoint: {path}")
+    scan = getattr(torch.serialization, "get_unsafe_globals_in_checkpoint", None)  # torch>=2.5
+    try:
+        unsafe = scan(str(path)) if scan is not None else []
+        with torch.serialization.safe_globals([(_Inert, name) for name in unsafe]):
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, ValueError, EOFError, OSError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        hint = "" if scan is not None else " (reading their args needs torch >= 2.6)"
+        raise UserError(f"{path} is not a readable torch checkpoint{hint}: {first}") from None
+    if not isinstance(payload, dict):
+        raise UserError(f"{path}: expected their checkpoint dict (model, ema, opt, args, "
+                        f"iterations), got {type(payload).__name__}")
+    return payload
+
+
+def _state_dict(payload: dict, key: str, path: Path) -> dict[str, torch.Tensor]:
+    """payload[key] without DDP's ``module.`` prefix, its tensors in float32."""
+    if key not in payload:
+        other = "; pass ema=False for the raw 'model' weights" if key == "ema" else ""
+        raise UserError(f"{path} has no {key!r} weights (it has: "
+                        f"{', '.join(map(str, payload)) or 'nothing'}){other}")
+    state = payload[key]
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor)
+                                                 for v in state.values()):
+        raise UserError(f"{path}: {key!r} is not a state dict of tensors")
+    while state and all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+
+
+def _check_fit(net: nn.Module, state: dict, config: ReferenceConfig, key: str, path) -> None:
+    """UserError naming the keys of ``state`` that do not fit ``net`` (missing, unexpected,
+    wrong shape), at most five of each."""
+    want = {k: tuple(v.shape) for k, v in net.state_dict().items()}
+    have = {k: tuple(v.shape) for k, v in state.items()}
+    problems = []
+    for label, names in (("missing", [k for k in want if k not in have]),
+                         ("unexpected", [k for k in have if k not in want]),
+                         ("wrong shape", [f"{k} {have[k]} != {want[k]}" for k in want
+                                          if k in have and have[k] != want[k]])):
+        if names:
+            more = f" (+{len(names) - 5} more)" if len(names) > 5 else ""
+            problems.append(f"{label} {', '.join(names[:5])}{more}")
+    if problems:
+        arch = ", ".join(f"{k}={v}" for k, v in config.architecture().items())
+        raise UserError(f"{path}: the {key!r} weights do not fit the config ({arch}): "
+                        + "; ".join(problems))
+
+
+def _config_from_args(payload: dict) -> ReferenceConfig | None:
+    """Their ``args.model`` (and ``args.train``), when the checkpoint carries them."""
+    args = payload.get("args")
+    model = getattr(args, "model", None)
+    if model is None or not hasattr(model, "__dict__"):
+        return None
+    known = {f.name for f in fields(ReferenceConfig)}
+    values = {k: v for k, v in vars(model).items() if k in known}
+    train = getattr(args, "train", None)
+    for key in ("prediction_type", "beta_schedule"):
+        if hasattr(train, key):
+            values[key] = getattr(train, key)
+    return ReferenceConfig.from_mapping(values)
+
+
+def load_reference(path: str | Path, config=None, *, ema: bool = True) -> ReferenceModel:
+    """Their ``K.pt`` as a ReferenceModel: the EMA weights (``ema=False``: the raw ``model``
+    ones), DDP's ``module.`` prefix removed. ``config``: their YAML's path, a mapping of
+    its ``model:`` keys, a ReferenceConfig, or None for the checkpoint's own ``args``.
+    A config that disagrees with the checkpoint's ``args`` raises UserError."""
+    path = Path(path)
+    payload = read_reference_checkpoint(path)
+    own = _config_from_args(payload)
+    if config is None and own is None:
+        raise UserError(f"{path} carries no args; give their YAML config")
+    config = own if config is None else reference_config(config)
+    if own is not None and own.architecture() != config.architecture():
+        diff = [f"{k} {v!r} (checkpoint: {own.architecture()[k]!r})"
+                for k, v in config.architecture().items() if own.architecture()[k] != v]
+        raise UserError(f"{path}: the config disagrees with the checkpoint's own args on "
+                        f"{', '.join(diff)}; give no config to use the checkpoint's")
+    key = "ema" if ema else "model"
+    state = _state_dict(payload, key, path)
+    with torch.device("meta"):  # shapes only: the weights come from the checkpoint
+        net = ReferenceUNet(config)
+    _check_fit(net, state, config, key, path)
+    net.load_state_dict(state, strict=True, assign=True)
+    return ReferenceModel(net.eval(), config)
+
+
+def load_reference_checkpoint(path: str | Path, config=None, *, ema: bool = True) -> nn.Module:
+    """Their network with the weights of ``path`` (see ``load_reference``): a module whose
+    ``forward(x, t)``, t integer timesteps in [0, 999], is their ``forward(x, t)``."""
+    return load_reference(path, config, ema=ema).net
+
+
+__all__ = ["ReferenceConfig", "ReferenceModel", "ReferenceUNet", "load_reference",
+           "load_reference_checkpoint", "read_reference_checkpoint", "reference_config"]
