@@ -1,21 +1,23 @@
 # make run   — install everything, then run the main job: landscapes, then the real-image sweep
 # make toy   — install everything, then run the unit-circle toy sweep (paper Fig. 3)
-# make test  — install everything, then run the test suite
+# make test  — install everything and Chromium, then run the test suite
 # make demo  — install everything and Fashion-MNIST, then run the planted-copies demo
 # make bench — install everything and Fashion-MNIST, then run the benchmarks in bench/
 #
 # Only demo and bench read Fashion-MNIST, so only they install it (apt-get, with sudo when
 # not root): run and toy read scikit-learn's digits and the circle, and the tests that read
-# the real IDX files skip without them.
+# the real IDX files skip without them. test installs Debian's chromium the same way, for
+# tests/test_report_browser.py (report.html in a headless browser), which skips without it.
 
 VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 FMNIST  := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+CHROMIUM := /usr/bin/chromium
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 OUT     ?= runs
 
-.PHONY: install data run toy demo test bench clean
+.PHONY: install data browser run toy demo test bench clean
 
 install: $(STAMP)
 
@@ -32,6 +34,13 @@ $(FMNIST):
 	$(SUDO) apt-get update -qq
 	$(SUDO) apt-get install -y -qq dataset-fashion-mnist
 
+browser: $(CHROMIUM)
+
+# Offline, the browser test skips rather than failing make test.
+$(CHROMIUM):
+	$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium || \
+		echo "chromium not installed: tests/test_report_browser.py will skip"
+
 run: install
 	$(BIN)/memgen landscape --K 2 9 1000 --beta 20 --out $(OUT)/landscape
 	$(BIN)/memgen sweep configs/images-cpu.yaml --out $(OUT)/images-cpu
@@ -42,7 +51,7 @@ toy: install
 demo: install data
 	$(BIN)/memgen demo --out $(OUT)/demo
 
-test: install
+test: install browser
 	$(BIN)/pytest
 
 bench: install data

@@ -229,7 +229,7 @@ def test_unresolved_or_dense_patterns_are_not_memorized():
 
 
 def test_plot_learned_landscape_draws_two_panels_per_K():
-    from memgen.report.figures import plot_learned_landscape
+    from memgen.report.landscapes import plot_learned_landscape
 
     g = np.linspace(0, 1, 25)
     energy = np.add.outer(g, g)

@@ -25,6 +25,18 @@ from memgen.errors import UserError
 SAMPLES_KEY = "samples"
 
 
+def write_reference_layout(path: str | Path, samples: np.ndarray) -> Path:
+    """Write a sample set as the paper authors' code stores one (their ``run_generate.py``:
+    ``np.savez_compressed(path, samples=x)``, x float32 (N, C, H, W) in [-1, 1], the clipped
+    output of their DDPM sampler), atomically. Their ``run_classify.py`` reads every
+    ``<K>.npz`` of its ``--eval-path`` and ``--synth-path`` folders (sorted by the integer
+    K of the name), key ``samples``."""
+    path = Path(path)
+    with atomic_file(path) as tmp:
+        np.savez_compressed(tmp, samples=np.asarray(samples, dtype=np.float32))
+    return path
+
+
 def load_samples(path: str | Path, name: str = "samples") -> np.ndarray:
     """Load a sample set as float32 (N, ...) and validate it; ``name`` labels errors."""
     path = Path(path)

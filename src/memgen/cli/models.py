@@ -21,7 +21,8 @@ from memgen.diffusion.samplers import SAMPLERS
 from memgen.diffusion.training import (TrainConfig, load_checkpoint, train as run_training,
                                        training_samples)
 from memgen.errors import UserError
-from memgen.io import atomic_file, check_output_dir, claim_output_dir, load_samples
+from memgen.io import (atomic_file, check_output_dir, claim_output_dir, load_samples,
+                       write_reference_layout)
 
 
 @click.command()
@@ -120,13 +121,17 @@ def train(data, train_path, K, split_seed, half, data_root, preset, objective, i
 @click.option("--shard-size", type=int, default=1000, show_default=True)
 @click.option("--name", default="samples", show_default=True, help="File name of the set.")
 @click.option("--device", default="cpu", show_default=True)
+@click.option("--reference-layout", "reference_K", type=click.IntRange(min=1), metavar="K",
+              help="Also write OUT/reference/K.npz in the paper authors' layout (their "
+                   "run_generate.py's: compressed, key samples, float32 N×C×H×W in [-1, 1]; "
+                   "their run_classify.py reads a folder of <K>.npz).")
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="Folder of the shards and NAME.npz (an interrupted run resumes there).")
 @overwrite_option
 def generate(checkpoint, exact_path, torchscript, diffusers, shape, schedule,
              reference_checkpoint, reference_config, n, sampler, steps, eta, prior, prior_data,
-             clip_denoised, clip_range, seed, batch_size, shard_size, name, device, out,
-             overwrite):
+             clip_denoised, clip_range, seed, batch_size, shard_size, name, device,
+             reference_K, out, overwrite):
     """Sample a set as npz shards plus a merged NAME.npz (resumable: finished shards are kept)."""
     sources = [s for s in (checkpoint, exact_path, torchscript, diffusers, reference_checkpoint)
                if s]
@@ -151,6 +156,10 @@ def generate(checkpoint, exact_path, torchscript, diffusers, shape, schedule,
                  claim_output_dir(out, "generate", overwrite), data=data, device=device,
                  progress=show_progress())
     click.echo(f"wrote {merged}")
+    if reference_K is not None:
+        theirs = write_reference_layout(Path(out) / "reference" / f"{reference_K}.npz",
+                                        load_samples(merged, name))
+        click.echo(f"wrote {theirs} (the authors' layout)")
 
 
 def model_from_options(checkpoint=None, exact_path=None, torchscript=None, diffusers=None,

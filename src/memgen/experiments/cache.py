@@ -34,6 +34,16 @@ def fingerprint(array: np.ndarray) -> str:
     return digest.hexdigest()[:16]
 
 
+def file_fingerprint(path: str | Path) -> str:
+    """Hash of a file's bytes (sha256, 16 hex digits): a checkpoint's identity in the keys,
+    wherever it lies."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
 def is_done(folder: Path) -> bool:
     """The stage that writes into ``folder`` has finished."""
     return (folder / "DONE.json").exists()

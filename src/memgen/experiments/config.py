@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from memgen.data import SPLIT_RULES
 from memgen.diffusion.nets import NetConfig, get_preset
 from memgen.diffusion.samplers import SAMPLERS
 from memgen.diffusion.training import TrainConfig
@@ -31,6 +32,10 @@ class DataConfig:
     name: str = "circle"  # a memgen.data.load_dataset name
     root: str | None = None
     split_seed: int | None = None  # None: 42 for the circle pool, 3407 otherwise
+    # which permutation's first K is S_K (memgen.data.splits): "memgen" (numpy) or
+    # "reference", the authors' torch random_split (their train_unet.py's subset, seed their
+    # args.train.global_seed = 3407); None: reference for model.kind = checkpoints, else memgen
+    split: str | None = None
 
 
 @dataclass(frozen=True)
@@ -39,7 +44,12 @@ class ModelConfig:
     described in full under ``net`` (the fields of memgen.diffusion.nets.NetConfig; unset ones
     keep its defaults)."""
 
-    kind: str = "network"  # network | exact (the empirical denoiser: no training)
+    # network | exact (the empirical denoiser: no training) | checkpoints (the authors'
+    # K.pt files, one per K in the folder ``path``: no training; memgen.diffusion.reference)
+    kind: str = "network"
+    path: str | None = None  # kind = checkpoints: the folder of <K>.pt
+    # kind = checkpoints: their YAML (train_unet.py's config); None: each checkpoint's args
+    reference_config: str | None = None
     preset: str | None = None  # None: toy-mlp, unless net is given
     net: NetConfig | None = None
     objective: str | None = None  # None: ve_score for MLPs, vp_eps for U-Nets
@@ -92,6 +102,9 @@ class SampleConfig:
     eval_seed: int = 1
     synth_seed: int = 2
     batch_size: int = 256
+    # also write S_eval and S' in the authors' layout (memgen.io.write_reference_layout) as
+    # RUN/reference/{eval,synth}/<K>.npz; None: on for model.kind = checkpoints
+    export_reference: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -156,7 +169,8 @@ class SweepConfig:
 
 
 CHOICES = {
-    "model.kind": ("network", "exact"),
+    "model.kind": ("network", "exact", "checkpoints"),
+    "data.split": (None, *SPLIT_RULES),
     "model.schedule": ("vp", "ve"),
     "model.objective": (None, "vp_eps", "ve_score"),
     "sample.sampler": (None, *SAMPLERS),
@@ -288,6 +302,7 @@ def check(config: SweepConfig) -> None:
         raise UserError("executor.gpus_per_task: a cuda sweep on Ray must declare the GPUs "
                          "each task uses (e.g. 1)")
     _check_model(config.model)
+    _check_checkpoints(config)
     if config.sample.stop_sigma is not None and (not config.sample.stop_sigma > 0
                                                  or config.sample.final_denoise):
         raise UserError("sample.stop_sigma: must be positive, and excludes final_denoise")
@@ -382,9 +397,60 @@ def check_device(device: str) -> None:
             raise UserError(f"device: {device} but torch sees only {count} GPU(s)")
 
 
+def split_rule(config: SweepConfig) -> str:
+    """The data.split of a sweep (None: reference for checkpoints, else memgen)."""
+    if config.data.split is not None:
+        return config.data.split
+    return "reference" if config.model.kind == "checkpoints" else "memgen"
+
+
+def checkpoint_file(config: SweepConfig, K: int) -> Path:
+    """The authors' checkpoint of training-set size K (model.kind = checkpoints)."""
+    return Path(config.model.path) / f"{K}.pt"
+
+
+def _check_checkpoints(config: SweepConfig) -> None:
+    """model.kind = checkpoints: a folder with one <K>.pt per K, their split, no analyses;
+    other kinds: no path."""
+    m = config.model
+    if m.kind != "checkpoints":
+        if m.path is not None or m.reference_config is not None:
+            raise UserError("model.path, model.reference_config: only for model.kind = "
+                            "checkpoints")
+        return
+    if m.path is None:
+        raise UserError("model.path: give the folder of the authors' <K>.pt files "
+                        "(model.kind = checkpoints)")
+    if split_rule(config) != "reference":
+        raise UserError("data.split: the authors' checkpoints were trained on their own "
+                        "subsets; model.kind = checkpoints needs data.split = reference")
+    a = config.analysis
+    if a.basins or a.curvature or a.landscape or config.train.snapshots:
+        raise UserError("model.kind = checkpoints: analysis and train.snapshots are for "
+                        "memgen's own models")
+
+
+def check_checkpoint_files(config: SweepConfig) -> None:
+    """model.kind = checkpoints: the folder holds one <K>.pt per K, and their YAML exists
+    (checked where the sweep runs, as check_device: shipped configs stay valid without
+    the downloads)."""
+    m = config.model
+    if m.kind != "checkpoints":
+        return
+    if not Path(m.path).is_dir():
+        raise UserError(f"model.path: no such folder {m.path} (the authors' <K>.pt files)")
+    missing = [checkpoint_file(config, K).name for K in config.Ks
+               if not checkpoint_file(config, K).is_file()]
+    if missing:
+        raise UserError(f"model.path: {m.path} has no {', '.join(missing)} (one <K>.pt per "
+                        "K of Ks)")
+    if m.reference_config is not None and not Path(m.reference_config).is_file():
+        raise UserError(f"model.reference_config: no such file {m.reference_config}")
+
+
 def _check_model(model: ModelConfig) -> None:
     """The network must exist and build (checked on the meta device: no memory, no time)."""
-    if model.kind == "exact":
+    if model.kind in ("exact", "checkpoints"):
         return
     if model.net is not None and model.preset is not None:
         raise UserError("model: give model.preset or model.net, not both")

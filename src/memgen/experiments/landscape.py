@@ -28,7 +28,8 @@ from memgen.memory import energy as E
 from memgen.memory.attractors import Attractors, Memory, find_attractors
 from memgen.probes.likelihood import (EmpiricalPrior, learned_attractors, learned_energy_grid,
                                       square_grid)
-from memgen.report.figures import plot_landscape, plot_learned_landscape, save_figure
+from memgen.report.figures import save_figure
+from memgen.report.landscapes import plot_landscape, plot_learned_landscape
 
 EXTENT = 1.6  # the grid covers [−EXTENT, EXTENT]²
 

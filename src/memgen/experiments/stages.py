@@ -1,7 +1,10 @@
 """The stages of one K: split → train → generate S_eval and S′ → classify (→ probes).
 
 Per K: the first K of one seeded permutation is S_K, the rest held out; training is
-skipped for the exact denoiser; S_eval and S′ are generated separately seeded; the
+skipped for the exact denoiser and for the authors' checkpoints (``model.kind =
+checkpoints``: ``<K>.pt`` of ``model.path``, on their own subset ``data.split =
+reference``, sampled as they did: 1000-step ancestral DDPM from the EMA weights, with
+S_eval and S′ also written in their layout under ``RUN/reference/``); S_eval and S′ are generated separately seeded; the
 classification has null rates from held-out real data. With ``train.snapshots``,
 generate and classify also run on the states that the one training run kept after those
 step counts (the training-time axis, never retraining). Each stage is cached
@@ -23,10 +26,11 @@ from memgen.diffusion.generate import GenerateConfig, generate
 from memgen.diffusion.loaders import load_denoiser
 from memgen.diffusion.training import TrainConfig, snapshot_path, train as run_training
 from memgen.errors import UserError
-from memgen.experiments.cache import fingerprint, is_done, mark_done, stage_key
-from memgen.experiments.config import SweepConfig, as_dict, network
+from memgen.experiments.cache import file_fingerprint, fingerprint, is_done, mark_done, stage_key
+from memgen.experiments.config import (SweepConfig, as_dict, check_checkpoint_files,
+                                       checkpoint_file, network, split_rule)
 from memgen.experiments.probe_stages import analysis_stage, landscape_stage
-from memgen.io import load_samples
+from memgen.io import load_samples, write_reference_layout
 from memgen.metrics.classify import ClassifyConfig, classify_sets, write_classification
 from memgen.metrics.features import get_feature_map
 
@@ -80,7 +84,8 @@ def load_pool(config: SweepConfig) -> np.ndarray:
 
 def validate_against_data(config: SweepConfig, pool: np.ndarray) -> None:
     """K must leave room in the pool and the metric's weights must exist; fail before any
-    work rather than after hours of training."""
+    work rather than after hours of training; the authors' checkpoints must all exist."""
+    check_checkpoint_files(config)
     too_big = [K for K in config.Ks if K >= len(pool)]
     if too_big:
         raise UserError(f"Ks: {too_big} not below the {len(pool)} samples of "
@@ -92,19 +97,20 @@ def validate_against_data(config: SweepConfig, pool: np.ndarray) -> None:
 
 
 def split(pool: np.ndarray, K: int, config: SweepConfig) -> tuple[np.ndarray, np.ndarray]:
-    """(S_K, held-out rest) from one seeded permutation: S_K ⊂ S_2K."""
-    parts = train_heldout(pool, K, split_seed(config))
+    """(S_K, held-out rest) from one seeded permutation (data.split's): S_K ⊂ S_2K."""
+    parts = train_heldout(pool, K, split_seed(config), split_rule(config))
     return parts.train, parts.heldout
 
 
 def train_stage(run: Path, train: np.ndarray, K: int, config: SweepConfig,
                 progress: bool) -> tuple[str, Path | None]:
-    """Train (network models) or nothing (exact denoiser); returns (key, folder).
+    """Train (network models) or nothing (exact denoiser, the authors' checkpoints); returns
+    (key, folder).
 
     One folder per trajectory: a longer budget or a new snapshot resumes the run there.
     """
     key = train_key(train, config)
-    if config.model.kind == "exact":
+    if config.model.kind in ("exact", "checkpoints"):
         return key, None
 
     folder = run / "cache" / f"train-{key}"
@@ -122,8 +128,13 @@ def train_stage(run: Path, train: np.ndarray, K: int, config: SweepConfig,
 def train_key(train: np.ndarray, config: SweepConfig) -> str:
     """The train stage's key: the training set's content (not where it was read from),
     the model with its full network and (for networks) what decides the trajectory — not
-    the budget (iterations, snapshots)."""
+    the budget (iterations, snapshots); for the authors' checkpoints, the content of K.pt
+    and of their YAML, if given."""
     trajectory = None
+    if config.model.kind == "checkpoints":
+        given = config.model.reference_config
+        trajectory = {"checkpoint": file_fingerprint(checkpoint_file(config, len(train))),
+                      "reference_config": None if given is None else file_fingerprint(given)}
     if config.model.kind == "network":
         # not the budget (iterations, snapshots), nor ema_warmup at its default
         trajectory = {k: v for k, v in as_dict(config.train).items()
@@ -196,6 +207,9 @@ def _denoiser(checkpoint: Path | None, train: np.ndarray, config: SweepConfig):
     sweep's stored samples depend on it: ``memgen.diffusion.loaders``)."""
     if checkpoint is None:
         model = load_denoiser(exact=train, schedule=config.model.schedule, device=config.device)
+    elif config.model.kind == "checkpoints":
+        model = load_denoiser(reference=(checkpoint, config.model.reference_config),
+                              device=config.device)
     else:
         model = load_denoiser(checkpoint=checkpoint, device=config.device)
     return model.denoiser, model.schedule
@@ -233,7 +247,7 @@ def run_K(run: Path, pool: np.ndarray, K: int, config: SweepConfig,
     """All stages for one training-set size: the final state, with its snapshots."""
     train, heldout = split(pool, K, config)
     t_key, train_folder = train_stage(run, train, K, config, progress)
-    steps = [None] if train_folder is None else train_config(config).saved_steps
+    steps = steps_of(config, train_folder)
     measured = [measure_state(run, K, train, heldout, t_key, train_folder, n, config, progress)
                 for n in steps]
     result = replace(measured[-1], snapshots=tuple(measured[:-1]))
@@ -246,7 +260,7 @@ def measure_state(run: Path, K: int, train: np.ndarray, heldout: np.ndarray, t_k
                   train_folder: Path | None, steps: int | None, config: SweepConfig,
                   progress: bool = False) -> StageResult:
     """S_eval and S′ from one saved state (after ``steps`` steps), classified."""
-    checkpoint = None if train_folder is None else snapshot_path(train_folder, steps)
+    checkpoint = state_file(config, K, train_folder, steps)
     s = config.sample
     n_synth = max(s.synth_multiplier * K, s.min_synth)
     eval_key, eval_path = generate_stage(run, "eval", s.n_eval, s.eval_seed, t_key,
@@ -255,7 +269,32 @@ def measure_state(run: Path, K: int, train: np.ndarray, heldout: np.ndarray, t_k
                                            checkpoint, train, config, progress)
     result = classify_stage(run, K, train, heldout, eval_key, eval_path, synth_key, synth_path,
                             config)
+    if exports_reference(config) and steps == steps_of(config, train_folder)[-1]:
+        for which, path in (("eval", eval_path), ("synth", synth_path)):
+            write_reference_layout(run / "reference" / which / f"{K}.npz",
+                                   load_samples(path, which))
     return replace(result, train_folder=train_folder, checkpoint=checkpoint, steps=steps)
+
+
+def state_file(config: SweepConfig, K: int, train_folder: Path | None,
+               steps: int | None) -> Path | None:
+    """The model state a K is sampled from: the authors' K.pt, memgen's snapshot after
+    ``steps`` steps, or None (the exact denoiser)."""
+    if config.model.kind == "checkpoints":
+        return checkpoint_file(config, K)
+    return None if train_folder is None else snapshot_path(train_folder, steps)
+
+
+def steps_of(config: SweepConfig, train_folder: Path | None) -> list[int | None]:
+    """The step counts a K is measured after ([None]: a state without training)."""
+    return [None] if train_folder is None else list(train_config(config).saved_steps)
+
+
+def exports_reference(config: SweepConfig) -> bool:
+    """sample.export_reference (None: on for model.kind = checkpoints)."""
+    if config.sample.export_reference is not None:
+        return config.sample.export_reference
+    return config.model.kind == "checkpoints"
 
 
 def run_K_task(config: SweepConfig, run: str, K: int) -> StageResult:

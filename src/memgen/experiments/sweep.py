@@ -24,7 +24,7 @@ from memgen.experiments.config import SweepConfig, as_dict, check_device
 from memgen.experiments.executors import execute
 from memgen.experiments.probe_stages import analysis_figures, analysis_key, landscape_figure
 from memgen.experiments.stages import (StageResult, classify_key, generate_key, load_pool, run_K,
-                                       run_K_task, split, train_config, train_key,
+                                       run_K_task, split, state_file, train_config, train_key,
                                        validate_against_data)
 from memgen.io import (MARKER, atomic_file, check_output_dir, claim_output_dir, load_samples,
                        write_json, write_marker)
@@ -36,6 +36,19 @@ from memgen.report.figures import (plot_fractions, plot_neighbours, plot_phase_m
                                    plot_sample_grid, plot_samples_2d, save_figure)
 from memgen.report.html import write_report
 
+CSV_DIGITS = 6
+
+
+def csv_number(value):
+    """A CSV cell: "" for None, a real number with CSV_DIGITS significant digits, anything
+    else (K, counts) as it is. Six digits keep a fraction c/n exact for n ≤ 10^6
+    (round(value · n) = c), and rounding is monotone, so lo ≤ p ≤ hi still holds."""
+    if value is None:
+        return ""
+    if isinstance(value, (float, np.floating)):
+        return f"{value:.{CSV_DIGITS}g}"
+    return value
+
 
 def write_fractions(path: Path, results: list[StageResult], steps: bool = False) -> None:
     """fractions.csv: K, the three fractions with _lo/_hi, n_eval and n_synth, the null
@@ -46,7 +59,8 @@ def write_fractions(path: Path, results: list[StageResult], steps: bool = False)
     steps: a ``steps`` column after K (the training steps of each row's state), one row
     per (K, steps) — fractions_steps.csv, the training-time axis.
     results: StageResults, or any rows with ``K``, ``summary`` (a classify summary.json)
-    and ``steps`` — ``memgen.experiments.aggregate.Measured`` for ``memgen aggregate``."""
+    and ``steps`` — ``memgen.experiments.aggregate.Measured`` for ``memgen aggregate``.
+    Every real number is written with CSV_DIGITS significant digits (:func:`csv_number`)."""
     quality = ("precision", "recall", "density", "coverage")
     columns = ["K"] + ["steps"] * steps
     columns += [f"{n}{suffix}" for n in LABEL_NAMES for suffix in ("", "_lo", "_hi")]
@@ -54,24 +68,23 @@ def write_fractions(path: Path, results: list[StageResult], steps: bool = False)
     columns += ["null_n_eval", "null_n_synth"]
     columns += [*quality, *(f"precision_{n}" for n in LABEL_NAMES), "baseline_precision",
                 "baseline_recall"]
-    cell = lambda value: "" if value is None else value  # noqa: E731
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(columns)
         for r in sorted(results, key=lambda r: (r.K, r.steps or 0)):
             s = r.summary
-            row = [r.K] + [cell(r.steps)] * steps
+            row = [r.K] + [csv_number(r.steps)] * steps
             for name in LABEL_NAMES:
-                row += [s["fractions"][name], *s["ci95"][name]]
+                row += [csv_number(v) for v in (s["fractions"][name], *s["ci95"][name])]
             null = s.get("null") or {}
             row += [s["n_eval"], s.get("n_synth", "")]
-            row += [null.get("fractions", {}).get(name, "") for name in LABEL_NAMES]
+            row += [csv_number(null.get("fractions", {}).get(name)) for name in LABEL_NAMES]
             row += [null.get("n_eval", ""), null.get("n_synth", "")]
             q = s.get("quality") or {}
             by_label, base = q.get("precision_by_label") or {}, q.get("baseline") or {}
-            row += [cell(q.get(name)) for name in quality]
-            row += [cell(by_label.get(name)) for name in LABEL_NAMES]
-            row += [cell(base.get("precision")), cell(base.get("recall"))]
+            row += [csv_number(q.get(name)) for name in quality]
+            row += [csv_number(by_label.get(name)) for name in LABEL_NAMES]
+            row += [csv_number(base.get("precision")), csv_number(base.get("recall"))]
             writer.writerow(row)
 
 
@@ -102,8 +115,8 @@ def evidence_figures(run: Path, pool: np.ndarray, results: list[StageResult],
         if any(chosen.values()):
             save(plot_neighbours(samples, split(pool, r.K, config)[0], load_samples(r.synth_path),
                                  found["train_idx"], found["synth_idx"], found["labels"], chosen,
-                                 found["train_dist"], found["synth_dist"]),
-             f"neighbours-K{r.K}.png")
+                                 found["train_dist"], found["synth_dist"], title=f"K = {r.K}"),
+                 f"neighbours-K{r.K}.png")
         save(plot_sample_grid(samples[:64], found["labels"][:64], title=f"K = {r.K}"),
              f"samples-K{r.K}.png")
     return figures
@@ -275,9 +288,11 @@ def plan(config: SweepConfig, run: Path) -> list[str]:
     for K in sorted(config.Ks):
         train, heldout = split(pool, K, config)
         t_key = train_key(train, config)
-        if config.model.kind == "exact":
-            lines.append(f"K={K}: train — (the exact denoiser needs no training)")
-            states = [(None, None)]
+        if config.model.kind in ("exact", "checkpoints"):
+            what = ("the exact denoiser" if config.model.kind == "exact"
+                    else f"the authors' {state_file(config, K, None, None)}")
+            lines.append(f"K={K}: train — ({what} needs no training)")
+            states = [(None, state_file(config, K, None, None))]
         else:
             folder = run / "cache" / f"train-{t_key}"
             steps = train_config(config).saved_steps

@@ -6,6 +6,8 @@ from typing import Mapping, Sequence
 
 import matplotlib
 import matplotlib.ticker
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -38,16 +40,19 @@ def plot_fractions(K: np.ndarray, fractions: np.ndarray, lo: np.ndarray | None =
     capacities: {"MC": K or None, ...} (or Capacity objects), drawn as dotted vertical lines
     only where a value: an SC that does not rise above its null rate is None and not drawn.
     """
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), layout="constrained")
+    fig, ax = plt.subplots(figsize=(8.2, 4.2), layout="constrained")
+    handles = []
     for j, name in enumerate(LABEL_NAMES):
-        ax.plot(K, fractions[:, j], "o-", ms=3.5, color=COLORS[name], label=name)
+        handles += ax.plot(K, fractions[:, j], "o-", ms=3.5, color=COLORS[name], label=name)
         if lo is not None and hi is not None:
             ax.fill_between(K, lo[:, j], hi[:, j], color=COLORS[name], alpha=0.2, lw=0)
         if null is not None:
             ax.plot(K, null[:, j], "--", lw=1, color=COLORS[name], alpha=0.7)
+    drawn = []
     for name, value in dict(capacities).items():
         value = getattr(value, "value", value)  # a Capacity or a plain K
         if value is not None:
+            drawn.append(name)
             ax.axvline(value, ls=":", color=COLORS[CAPACITY_LABEL[name]], lw=1.2)
             ax.text(value, 1.02, name, ha="center", va="bottom",
                     color=COLORS[CAPACITY_LABEL[name]], transform=ax.get_xaxis_transform())
@@ -58,9 +63,16 @@ def plot_fractions(K: np.ndarray, fractions: np.ndarray, lo: np.ndarray | None =
             ax.set_xticks(K, [str(int(k)) for k in K], fontsize=8)
     ax.set(xlabel="training-set size K", ylabel="fraction of evaluated samples",
            ylim=(-0.02, 1.02))
+    if lo is not None and hi is not None:
+        handles.append(Patch(color="grey", alpha=0.3, lw=0, label="shaded: 95% interval"))
     if null is not None:
-        ax.plot([], [], "k--", lw=1, label="dashed: null rate of each\nlabel (held-out real data)")
-    ax.legend(loc="center right", fontsize=8)
+        handles += ax.plot([], [], "k--", lw=1,
+                           label="dashed: null rate of each\nlabel (held-out real data)")
+    if drawn:
+        handles.append(Line2D([], [], color="black", ls=":", lw=1.2,
+                              label=f"dotted: {', '.join(drawn)}\n(capacities, eqs. 1–3)"))
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8,
+              frameon=False)  # outside the axes: it hides no curve
     if title:
         ax.set_title(title, fontsize=10, pad=16)  # above the capacity labels
     return fig
@@ -98,9 +110,11 @@ def plot_phase_map(Ks: Sequence[int], steps: Sequence[int], fractions: np.ndarra
         ax.minorticks_off()
         if tau is not None:
             t = np.array([np.nan if v is None else v for v in tau], dtype=float)[k_order]
-            ax.plot(t, Ks, "o", color="white", mec="black", ms=5, label="τ_mem(K)")
+            ax.plot(t, Ks, "o", color="white", mec="black", ms=5,
+                    label="τ_mem(K): first step count with memorized ≥ ½")
     if tau is not None:
-        axes[0].legend(fontsize=7, loc="lower right")
+        fig.legend(handles=axes[0].lines[:1], loc="outside lower center", fontsize=8,
+                   frameon=False)
     if title:
         fig.suptitle(title, fontsize=10)
     return fig
@@ -117,9 +131,10 @@ def _log_edges(centres: np.ndarray) -> np.ndarray:
 def plot_neighbours(samples: np.ndarray, train: np.ndarray, synth: np.ndarray,
                     train_idx: np.ndarray, synth_idx: np.ndarray, labels: np.ndarray,
                     chosen: Mapping[str, Sequence[int]], train_dist: np.ndarray | None = None,
-                    synth_dist: np.ndarray | None = None):
+                    synth_dist: np.ndarray | None = None, title: str = ""):
     """Paper Fig. 1: per label, evaluated samples with top-k training (upper row) and
-    synthetic (lower row) neighbours. Images are (N, C, H, W) in [-1, 1].
+    synthetic (lower row) neighbours, each captioned with its distance. Images are
+    (N, C, H, W) in [-1, 1].
 
     chosen: label name -> indices into ``samples`` to show.
     """
@@ -141,6 +156,10 @@ def plot_neighbours(samples: np.ndarray, train: np.ndarray, synth: np.ndarray,
                 _show(bottom[j + 1], synth[synth_idx[i, j]], _caption("synth", synth_dist, i, j))
             else:
                 bottom[j + 1].axis("off")
+    key = ("left: evaluated sample (label, index)\nupper row: its nearest training images, "
+           "lower row: its nearest synthetic samples (S′)\nnearest first, titled with their "
+           "distance")
+    fig.suptitle(f"{title}\n{key}" if title else key, fontsize=7)
     return fig
 
 
@@ -179,12 +198,15 @@ def plot_by_label(panels: Mapping[str, Mapping[str, np.ndarray]], ylabel: str,
                   title: str = "", log: bool = False):
     """Distributions per label, one group of boxes per key of ``panels`` (e.g. per K):
     panels = {group name: {label: values}}; non-finite values are left out, counts shown."""
-    fig, ax = plt.subplots(figsize=(max(4.0, 1.6 * len(panels) + 1.5), 3.4))
-    width = 0.8 / 3
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.6 * len(panels) + 1.5) + 1.4, 3.4),
+                           layout="constrained")
+    width, shown = 0.8 / 3, 0
     for g, (group, labels) in enumerate(panels.items()):
         for j, (label, values) in enumerate(labels.items()):
             v = np.asarray(values, dtype=float)
+            total = len(v)
             v = v[np.isfinite(v) & ((v > 0) if log else True)]
+            shown += len(v)
             x = g + (j - (len(labels) - 1) / 2) * width
             color = COLORS.get(label, "gray")
             if len(v):
@@ -193,18 +215,25 @@ def plot_by_label(panels: Mapping[str, Mapping[str, np.ndarray]], ylabel: str,
                            whiskerprops={"color": color}, capprops={"color": color})
                 jitter = np.random.default_rng(g * 3 + j).uniform(-0.25, 0.25, len(v))
                 ax.plot(x + jitter * width, v, ".", ms=2.5, color=color, alpha=0.5)
-            ax.text(x, 1.0, str(len(v)), transform=ax.get_xaxis_transform(), ha="center",
+            count = str(len(v)) if len(v) == total else f"{len(v)}/{total}"
+            ax.text(x, 1.0, count, transform=ax.get_xaxis_transform(), ha="center",
                     va="bottom", fontsize=6, color=color)
     ax.set_xticks(range(len(panels)), list(panels), fontsize=8)
+    ax.set_xlim(-0.6, len(panels) - 0.4)
     if log:
         ax.set_yscale("log")
+    if not shown:
+        ax.text(0.5, 0.5, "no value to draw" + (" (none positive: log axis)" if log else ""),
+                transform=ax.transAxes, ha="center", va="center", color="gray")
     ax.set_ylabel(ylabel)
-    handles = [plt.Line2D([], [], color=COLORS.get(n, "gray"), marker="s", ls="", label=n)
+    handles = [Line2D([], [], color=COLORS.get(n, "gray"), marker="s", ls="", label=n)
                for n in dict.fromkeys(n for labels in panels.values() for n in labels)]
-    ax.legend(handles=handles, fontsize=7, loc="best")
+    handles.append(Line2D([], [], ls="", marker="$n$", color="gray",
+                          label="number above: samples drawn\n(/ analysed, where fewer)"))
+    ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1),
+              frameon=False)
     if title:
         ax.set_title(title, fontsize=10, pad=12)
-    fig.tight_layout()
     return fig
 
 
@@ -222,7 +251,7 @@ def plot_label_bars(groups: Mapping[str, tuple], title: str = ""):
                hatch=("", "//", "..", "xx")[g % 4], edgecolor="black", lw=0.5, label=group)
     ax.set_xticks(x, LABEL_NAMES)
     ax.set(ylabel="fraction of evaluated samples", ylim=(0, 1.05))
-    ax.legend(fontsize=8, loc="upper left")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
     if title:
         ax.set_title(title, fontsize=10)
     return fig
@@ -257,7 +286,7 @@ def plot_phase(rows: Sequence[Mapping], title: str = ""):
 
 def _phase_curves(rows: Sequence[Mapping], title: str):
     K = np.array([r["K"] for r in rows])
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), layout="constrained")
+    fig, ax = plt.subplots(figsize=(8.4, 4.2), layout="constrained")
     for key, name, style in [("share_memorized", "memorized", "o-"),
                              ("share_spurious", "spurious", "o-")]:
         ax.plot(K, [r[key] for r in rows], style, ms=3.5, color=COLORS[name],
@@ -272,56 +301,12 @@ def _phase_curves(rows: Sequence[Mapping], title: str):
     if max(r["n_attractors"] for r in rows) > 50:
         twin.set_yscale("log")
     twin.set_ylabel("attractors found (dotted)")
-    ax.legend(fontsize=7, loc="center left")
+    handles = ax.get_lines() + [Line2D([], [], color="black", ls=":", lw=1.2,
+                                       label="attractors found (right axis)")]
+    fig.legend(handles=handles, loc="outside right upper", fontsize=7, frameon=False)
     ax.set_title(title + f"  (σ = {rows[0]['sigma']:.3g}, β = {rows[0]['beta']:.3g})",
                  fontsize=10)
     return fig
-
-
-def plot_landscape(panels: Sequence, extent: float, beta: float):
-    """Project-page Fig. 2: energy heat map (dark = low), score arrows, the unit circle,
-    training points (red stars), attractors (yellow crosses, annotated with their energy
-    above the panel's lowest attractor; spurious ones circled; saddles as cyan x)."""
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.9),
-                             layout="constrained", squeeze=False)
-    axis = np.linspace(-extent, extent, panels[0].score.shape[0])
-    theta = np.linspace(0, 2 * np.pi, 400)
-    for ax, panel in zip(axes[0], panels):
-        lo, hi = np.percentile(panel.energy, [0, 90])
-        ax.imshow(np.clip(panel.energy, lo, hi), origin="lower", cmap="magma",
-                  extent=(-extent, extent, -extent, extent))
-        u, v = panel.score[..., 0], panel.score[..., 1]
-        norm = np.hypot(u, v) + 1e-12
-        ax.quiver(axis, axis, u / norm, v / norm, color="white", alpha=0.45, scale=30,
-                  width=0.004)
-        ax.plot(np.cos(theta), np.sin(theta), "--", color="white", lw=0.8, alpha=0.7)
-        if panel.patterns is not None:
-            ax.plot(*panel.patterns.T, "*", color="red", ms=9 if len(panel.patterns) < 50 else 2,
-                    mec="darkred", mew=0.4)
-        _draw_attractors(ax, panel)
-        ax.set(xlim=(-extent, extent), ylim=(-extent, extent), xticks=[], yticks=[])
-        ax.set_title(panel.title, fontsize=10)
-    fig.suptitle(f"kernel energy, β = {beta:g}", fontsize=10)
-    return fig
-
-
-def _draw_attractors(ax, panel) -> None:
-    if panel.ring_radius is not None:
-        t = np.linspace(0, 2 * np.pi, 400)
-        ax.plot(panel.ring_radius * np.cos(t), panel.ring_radius * np.sin(t), color="yellow",
-                lw=1.5, label=f"minimum ring R* = {panel.ring_radius:.3f}")
-        ax.legend(fontsize=7, loc="lower right")
-        return
-    stable = panel.kinds != "saddle"
-    shifted = panel.attractor_energy - panel.attractor_energy[stable].min()
-    ax.plot(*panel.attractors[stable].T, "x", color="yellow", ms=8, mew=2)
-    spurious = panel.attractors[panel.kinds == "spurious"]
-    ax.plot(*spurious.T, "o", mfc="none", mec="yellow", ms=12, mew=1)
-    ax.plot(*panel.attractors[~stable].T, "x", color="cyan", ms=6, mew=1.5)
-    if stable.sum() <= 12:
-        for (x, y), e in zip(panel.attractors[stable], shifted[stable]):
-            ax.annotate(f"{e:.3g}", (x, y), xytext=(4, 4), textcoords="offset points",
-                        color="yellow", fontsize=7)
 
 
 def plot_samples_2d(panels: Sequence[Mapping]):
@@ -343,7 +328,12 @@ def plot_samples_2d(panels: Sequence[Mapping]):
                 ms=8 if len(panel["train"]) < 50 else 2)
         ax.set(xlim=(-1.6, 1.6), ylim=(-1.6, 1.6), aspect="equal", xticks=[], yticks=[])
         ax.set_title(f"K = {panel['K']}", fontsize=9)
-    axes[0][0].legend(fontsize=7, loc="lower left", markerscale=3)
+    handles = [Line2D([], [], marker="o", ls="", ms=5, color=COLORS[name],
+                      label=f"evaluated sample: {name}") for name in LABEL_NAMES]
+    handles += [Line2D([], [], marker="*", ls="", ms=9, color="red", mec="darkred",
+                       label="training point"),
+                Line2D([], [], ls="--", color="gray", lw=0.7, label="unit circle (the data)")]
+    fig.legend(handles=handles, loc="outside lower center", ncol=3, fontsize=8, frameon=False)
     return fig
 
 
@@ -351,8 +341,8 @@ def plot_sample_grid(images: np.ndarray, labels: np.ndarray | None = None, colum
                      title: str = ""):
     """A grid of (N, C, H, W) images in [-1, 1], framed by label colour when given."""
     rows = int(np.ceil(len(images) / columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(columns * 0.6, rows * 0.6 + 0.3),
-                             squeeze=False)
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * 0.6, rows * 0.6 + 0.6),
+                             squeeze=False, layout="constrained")
     for i, ax in enumerate(axes.flat):
         if i < len(images):
             color = "black" if labels is None else COLORS[LABEL_NAMES[int(labels[i])]]
@@ -361,61 +351,14 @@ def plot_sample_grid(images: np.ndarray, labels: np.ndarray | None = None, colum
                 spine.set_linewidth(1.5)
         else:
             ax.axis("off")
+    if labels is not None:
+        shown = sorted({int(v) for v in labels[:len(images)]})
+        fig.legend(handles=[Patch(facecolor="none", edgecolor=COLORS[LABEL_NAMES[c]], lw=1.5,
+                                  label=f"frame: {LABEL_NAMES[c]}") for c in shown],
+                   loc="outside lower center", ncol=3, fontsize=8, frameon=False)
     if title:
         fig.suptitle(title, fontsize=9)
     return fig
-
-
-def plot_learned_landscape(rows: Sequence[Mapping], extent: float, sigma: float):
-    """Trained 2D models beside the exact energy of their training sets: per K a row of
-    two heat maps (dark = low) with contours, each shifted to minimum 0 and clipped at
-    the exact panel's 90th percentile (one colour scale per row), the unit circle,
-    training points (red stars) and attractors.
-
-    rows: dicts with K, exact and learned (G, G) energies on [−extent, extent]² (rows
-    along y), train (K, 2), the learned attractors' centres (A, 2), counts (A,) and
-    memorized (A,) bool (discs sized by count: yellow memorized, cyan not), and
-    optionally exact_attractors (B, 2) with exact_kinds (B,) (yellow crosses, spurious
-    circled, saddles left out).
-    """
-    fig, axes = plt.subplots(len(rows), 2, figsize=(7.4, 3.6 * len(rows)),
-                             layout="constrained", squeeze=False)
-    box = (-extent, extent, -extent, extent)
-    theta = np.linspace(0, 2 * np.pi, 400)
-    for (left, right), row in zip(axes, rows):
-        top = np.percentile(row["exact"] - row["exact"].min(), 90)
-        for ax, key, name in [(left, "exact", "exact"), (right, "learned", "trained (PF-ODE)")]:
-            shown = np.clip(row[key] - row[key].min(), 0, top)
-            ax.imshow(shown, origin="lower", cmap="magma", extent=box, vmin=0, vmax=top)
-            ax.contour(shown, levels=8, colors="white", linewidths=0.5, alpha=0.5, extent=box)
-            ax.plot(np.cos(theta), np.sin(theta), "--", color="white", lw=0.8, alpha=0.7)
-            ax.plot(*np.asarray(row["train"]).T, "*", color="red", mec="darkred", mew=0.4,
-                    ms=9 if len(row["train"]) < 50 else 2)
-            ax.set(xlim=(-extent, extent), ylim=(-extent, extent), xticks=[], yticks=[])
-            ax.set_title(f"K = {row['K']}: {name}", fontsize=10)
-        _draw_exact_attractors(left, row)
-        _draw_learned_attractors(right, row)
-        right.legend(fontsize=7, loc="lower right")
-    fig.suptitle(f"energy −log p_σ at σ = {sigma:.3g} (shifted to minimum 0)", fontsize=10)
-    return fig
-
-
-def _draw_exact_attractors(ax, row: Mapping) -> None:
-    if row.get("exact_attractors") is None:
-        return
-    points, kinds = np.asarray(row["exact_attractors"]), np.asarray(row["exact_kinds"])
-    ax.plot(*points[kinds != "saddle"].T, "x", color="yellow", ms=8, mew=2)
-    ax.plot(*points[kinds == "spurious"].T, "o", mfc="none", mec="yellow", ms=12, mew=1)
-
-
-def _draw_learned_attractors(ax, row: Mapping) -> None:
-    centres, counts = np.asarray(row["centres"]), np.asarray(row["counts"])
-    memorized = np.asarray(row["memorized"], dtype=bool)
-    size = 15 + 185 * np.sqrt(counts / max(counts.max(initial=0), 1))
-    for mask, color, name in [(memorized, "yellow", "memorized"), (~memorized, "cyan", "new")]:
-        label = f"{name}: {int(mask.sum())} modes, {int(counts[mask].sum())} samples"
-        ax.scatter(*centres[mask].T, s=size[mask], color=color, edgecolors="black",
-                   linewidths=0.6, alpha=0.85, label=label)
 
 
 def plot_denoiser_error(sigma: np.ndarray, curves: Mapping[str, tuple], title: str = ""):

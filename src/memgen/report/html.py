@@ -10,11 +10,14 @@ from pathlib import Path
 from memgen._version import __version__
 from memgen.metrics.capacity import Capacity, describe
 from memgen.metrics.rules import LABEL_NAMES
+from memgen.report.captions import figure_caption
 
 
-def _img(path: Path) -> str:
+def _figure(path: Path, caption: str) -> str:
+    """One embedded PNG with its caption (HTML)."""
     data = base64.b64encode(path.read_bytes()).decode()
-    return f'<img src="data:image/png;base64,{data}" alt="{html.escape(path.name)}">'
+    return (f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(path.name)}">'
+            f"<figcaption>{caption}</figcaption></figure>")
 
 
 def _fractions_table(results) -> str:
@@ -63,17 +66,23 @@ def _quality_section(results) -> str:
             f"</tr>{''.join(rows)}</table>{''.join(notes)}")
 
 
+STAGE_HEADS = {"train": "train s", "eval": "S_eval s", "synth": "S′ s",
+               "classify": "classify s", "analysis": "analysis s", "landscape": "landscape s"}
+
+
 def _timings_table(results) -> str:
-    rows = []
-    for r in sorted(results, key=lambda r: r.K):
-        sec = r.seconds()
-        cells = "".join(f"<td>{sec.get(k, 0.0):.1f}</td>"
-                        for k in ("train", "eval", "synth", "classify", "analysis",
-                                  "landscape"))
-        rows.append(f"<tr><td>{r.K}</td>{cells}</tr>")
-    return ("<table><tr><th>K</th><th>train s</th><th>S_eval s</th><th>S′ s</th>"
-            f"<th>classify s</th><th>analysis s</th><th>landscape s</th></tr>"
-            f"{''.join(rows)}</table>")
+    """Wall seconds per K and stage; a stage that ran at no K (no training for the exact
+    denoiser, no analysis or landscape unless asked for) has no column, one that ran at
+    some K only is "–" at the others."""
+    results = sorted(results, key=lambda r: r.K)
+    seconds = [r.seconds() for r in results]
+    stages = [k for k in STAGE_HEADS if any(k in sec for sec in seconds)]
+    rows = "".join(f"<tr><td>{r.K}</td>" + "".join(
+        f"<td>{sec[k]:.1f}</td>" if k in sec else "<td>–</td>" for k in stages) + "</tr>"
+        for r, sec in zip(results, seconds))
+    head = "".join(f"<th>{STAGE_HEADS[k]}</th>" for k in stages)
+    return (f"<p>Wall time of each stage, first run (a cached stage keeps its first timing)."
+            f"</p><table><tr><th>K</th>{head}</tr>{rows}</table>")
 
 
 def _headline(name: str, payload: dict) -> str:
@@ -90,12 +99,20 @@ def _null_paragraph(results) -> str:
               for n in ("memorized", "spurious")}
     if not any(within.values()):
         return ""
-    parts = [f"the {n} fraction at K = {', '.join(map(str, Ks))}"
+    parts = [f"the {n} fraction at K = {_and(list(map(str, Ks)))}"
              for n, Ks in within.items() if Ks]
-    return (f"<p><b>Within the null rate:</b> {' and '.join(parts)} do not exceed the rate at "
-            "which the same rule flags held-out real data at the same set sizes (95% lower "
-            "bound ≤ null). There the label says nothing about the model: real data that "
-            "the model never saw is flagged as often.</p>")
+    verb = "does" if len(parts) == 1 else "do"
+    return (f"<p><b>Within the null rate:</b> {' and '.join(parts)} {verb} not exceed the "
+            "rate at which the same rule flags held-out real data at the same set sizes "
+            "(the 95% lower bound is at or below the null rate: the dashed lines of the first "
+            "figure). There the label says nothing about the model, since real data that the "
+            "model never saw is flagged as often; only a fraction whose interval lies above "
+            "its null rate is a finding.</p>")
+
+
+def _and(items: list[str]) -> str:
+    """"2", "2 and 9", "2, 9 and 64"."""
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
 
 
 def _null_size_paragraph(results) -> str:
@@ -160,33 +177,47 @@ def _input_row(name: str, record: dict) -> str:
                             for v in (name, where, digest, shape)) + "</tr>"
 
 
+STYLE = """body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
+color:#222;line-height:1.4}
+table{border-collapse:collapse;font-size:13px;margin:0.5em 0}
+td,th{border:1px solid #ccc;padding:3px 6px}td code{overflow-wrap:anywhere}
+figure{margin:1.5em 0}img{max-width:100%;height:auto;display:block}
+figcaption{font-size:14px;color:#333;max-width:52em;margin-top:0.4em}
+pre{background:#f6f6f6;padding:1em;font-size:12px;white-space:pre-wrap;
+overflow-wrap:anywhere}summary{cursor:pointer;font-weight:bold}"""
+
+
 def write_report(path: Path, title: str, config: dict, capacities: dict, results,
                  figures: list[Path], timescale: dict | None = None,
                  provenance: dict | None = None) -> None:
-    """report.html with everything inline (no external files). capacities: the
-    capacities.json payload; each headline is :func:`memgen.metrics.capacity.describe`;
-    timescale: the timescale.json payload of a sweep with snapshots; provenance: the
-    provenance.json payload."""
+    """report.html with everything inline (no external files): each figure with its
+    caption (``memgen.report.captions``), the tables, the config (collapsed) and the
+    provenance. capacities: the capacities.json payload; each headline is
+    :func:`memgen.metrics.capacity.describe`; timescale: the timescale.json payload of a
+    sweep with snapshots; provenance: the provenance.json payload."""
     caps = "".join(f"<li><b>{name}</b>: {html.escape(_headline(name, c))}</li>"
                    for name, c in capacities.items() if name in ("MC", "SC", "GC"))
-    body = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
-<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}}
-table{{border-collapse:collapse;font-size:13px}}td,th{{border:1px solid #ccc;padding:3px 6px}}
-img{{max-width:100%}}pre{{background:#f6f6f6;padding:1em;font-size:12px}}</style></head><body>
+    summary = min(results, key=lambda r: r.K).summary if results else None
+    shown = "".join(_figure(f, figure_caption(f, config, summary, timescale))
+                    for f in figures)
+    body = f"""<!doctype html><html><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>
 <h1>{html.escape(title)}</h1>
 {f"<p><i>{html.escape(config['notes'])}</i></p>" if config.get("notes") else ""}
 <p>memgen {__version__}. Fractions of memorized, spurious and generalized evaluated samples
 against the training-set size K (paper eqs. 4–6), with exact 95% (Clopper–Pearson) intervals and the
 null rate of each label (the same rule applied to held-out real data at the same set
 sizes). Capacities (eqs. 1–3, ε = {capacities.get('epsilon')}):</p><ul>{caps}</ul>
-{''.join(_img(f) for f in figures)}
+{shown}
 <h2>Fractions</h2>{_fractions_table(results)}
 {_null_paragraph(results)}
 {_null_size_paragraph(results)}
 {_quality_section(results)}
 {_time_axis_section(timescale)}
 <h2>Timings</h2>{_timings_table(results)}
-<h2>Config</h2><pre>{html.escape(json.dumps(config, indent=2))}</pre>
+<h2>Config</h2><details><summary>The sweep's settings, as run (config.json)</summary>
+<pre>{html.escape(json.dumps(config, indent=2))}</pre></details>
 {_provenance_section(provenance)}
 </body></html>"""
     path.write_text(body)
