@@ -158,3 +158,22 @@ def test_plot_fractions_title_and_null_curves(sweep, tmp_path, monkeypatch):
     assert len(dashed) == 3 + 1  # one null curve per label, and its legend entry
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
     assert any("null rate" in text and "held-out" in text for text in legend)
+
+
+def test_malformed_tags_and_summaries_are_user_errors(sweep, tmp_path):
+    """Exit 1 with the problem named, not an internal error: a K of non-ASCII digits, and
+    summary.json fields of the wrong type or lacking labels."""
+    _, folders = sweep
+    out = tmp_path / "fractions.csv"
+    assert parse_sources([f"{folders[2]}:²"]) == [Source(Path(f"{folders[2]}:²"), None)]
+    refused(run("aggregate", f"{folders[2]}:²", "--out", out), "no such folder", out)
+    good = json.loads((folders[2] / "summary.json").read_text())
+    broken = {"counts is int": dict(good, counts=5), "fractions lacks memorized":
+              dict(good, fractions={}), "ci95['memorized'] is 0.5":
+              dict(good, ci95=dict(good["ci95"], memorized=0.5)), "n_train is 0":
+              dict(good, n_train=0), "n_train is '2'": dict(good, n_train="2"),
+              "expected an object": [1]}
+    for i, (phrase, summary) in enumerate(broken.items()):
+        folder = shutil.copytree(folders[2], tmp_path / f"broken{i}")
+        (folder / "summary.json").write_text(json.dumps(summary))
+        refused(run("aggregate", folder, "--out", out), phrase, out)

@@ -278,3 +278,52 @@ def test_cli_generate_from_their_checkpoint(fixture, tmp_path):
                                       str(tmp_path / "x.npz"), "--n", "1", "--out",
                                       str(tmp_path / "g2")])
     assert result.exit_code != 0 and "--config" in result.output
+
+
+def _their_args(**train):
+    return argparse.Namespace(model=ModelOptions(), train=TrainOptions(**train))
+
+
+def test_prediction_type_and_beta_schedule_come_from_their_args(fixture, tmp_path):
+    """A config of model keys only (or a YAML without train:) takes args.train's keys; a
+    config that states other ones is refused."""
+    state = fixture[0]
+    ckpt = _write(tmp_path / "2.pt", ema=state, args=_their_args(prediction_type="sample"))
+    no_train = tmp_path / "model_only.yaml"
+    no_train.write_text(yaml.safe_dump({"model": dict(CONFIG, dim_mults="1,1")}))
+    for config in (CONFIG, no_train, ReferenceConfig.from_mapping(CONFIG)):
+        assert load_reference(ckpt, config).config.prediction_type == "sample"
+    _one_line_error("prediction_type 'sample'", load_denoiser, reference=(ckpt, CONFIG))
+    _one_line_error("disagrees .* on prediction_type 'epsilon' \\(checkpoint: 'sample'\\)",
+                    load_reference, ckpt, _their_yaml(tmp_path / "their.yaml"))
+    _one_line_error("on prediction_type 'epsilon'", load_reference, ckpt,
+                    dict(CONFIG, prediction_type="epsilon"))
+    other = _write(tmp_path / "3.pt", ema=state, args=_their_args(beta_schedule="cosine"))
+    _one_line_error("on beta_schedule 'linear'", load_reference, other,
+                    _their_yaml(tmp_path / "their.yaml"))
+    assert load_reference(other, CONFIG).config.beta_schedule == "cosine"
+
+
+def _with_data_pkl(path, data: bytes):
+    """A torch zip checkpoint whose pickle is ``data``: files torch.save cannot write."""
+    import zipfile
+    torch.save({}, path)
+    with zipfile.ZipFile(path) as z:
+        items = {name: z.read(name) for name in z.namelist()}
+    with zipfile.ZipFile(path, "w") as z:
+        for name, content in items.items():
+            z.writestr(name, data if name.endswith("data.pkl") else content)
+    return path
+
+
+def test_corrupt_or_forbidden_pickles_and_old_torch(fixture, tmp_path, monkeypatch):
+    """UserError with torch's reason, never its advice to set weights_only=False."""
+    bad_build = _with_data_pkl(tmp_path / "a.pt", b"\x80\x02ctheirs\nC\n)\x81K\x05b.")
+    _one_line_error("not a readable torch checkpoint", load_reference, bad_build, CONFIG)
+    blocked = _with_data_pkl(tmp_path / "b.pt", b"\x80\x02cos\nsystem\n.")
+    message = _one_line_error("Trying to load unsupported GLOBAL os.system", load_reference,
+                              blocked, CONFIG)
+    assert "False" not in message and "http" not in message
+    ckpt = _write(tmp_path / "c.pt", ema=fixture[0])
+    monkeypatch.delattr(torch.serialization, "safe_globals")
+    _one_line_error("needs torch >= 2.6", load_reference, ckpt, CONFIG)

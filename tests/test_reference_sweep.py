@@ -7,6 +7,7 @@ The checkpoints are the fixture network of tests/test_reference.py (its state di
 random 8×8 RGB data in [-1, 1] (the fixture's image size) in place of a data set.
 """
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -130,6 +131,9 @@ def test_checkpoints_sweep_end_to_end(tmp_path, state, pool):
     assert again.exit_code == 0 and "to run" not in again.output, again.output
     train, _ = split(pool, 2, loaded)
     before = train_key(train, loaded)
+    moved = tmp_path / "moved"
+    shutil.copytree(folder, moved)
+    assert train_key(train, load_config(config, [f"model.path={moved}"])) == before
     torch.save({"ema": {k: 2 * v for k, v in state.items()}}, folder / "2.pt")
     assert train_key(train, loaded) != before
 

@@ -7,9 +7,12 @@ horizontal scroll of the page at a 1280-px window. Skips without a chromium bina
 
 import html
 import json
+import os
 import re
 import shutil
+import signal
 import subprocess
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -18,6 +21,7 @@ from report_fixtures import write_every_figure_report
 from memgen.cli import cli
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+TINY = Path(__file__).parents[1] / "configs" / "tiny.yaml"
 WIDTH = 1280
 # Runs on load: the checks' results as JSON in <pre id="checks"> (appended after them).
 CHECKS = """window.addEventListener("load", () => {
@@ -58,13 +62,21 @@ def browser_checks(chromium, report, tmp_path) -> dict:
     """Open ``report`` with CHECKS added and return what they found."""
     page = tmp_path / f"checked-{report.parent.name}.html"
     page.write_text(report.read_text().replace("</body>", f"<script>{CHECKS}</script></body>"))
-    done = subprocess.run(
-        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-         f"--user-data-dir={tmp_path / 'profile'}", f"--window-size={WIDTH},1000",
-         "--virtual-time-budget=10000", "--dump-dom", page.as_uri()],
-        capture_output=True, text=True, timeout=120)
-    found = re.search(r'<pre id="checks" hidden="">(.*?)</pre>', done.stdout, re.S)
-    assert found, f"no checks in the page (exit {done.returncode}): {done.stderr[-2000:]}"
+    # its own process group, so that a timeout kills the renderer children too
+    proc = subprocess.Popen(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+         "--hide-scrollbars", f"--user-data-dir={tmp_path / 'profile'}",
+         f"--window-size={WIDTH},1000", "--virtual-time-budget=10000", "--dump-dom",
+         page.as_uri()], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    found = re.search(r'<pre id="checks" hidden="">(.*?)</pre>', stdout, re.S)
+    assert found, f"no checks in the page (exit {proc.returncode}): {stderr[-2000:]}"
     return json.loads(html.unescape(found.group(1)))
 
 
@@ -80,7 +92,7 @@ def assert_renders(checks: dict, n_figures: int) -> None:
 
 def test_a_sweeps_report_renders_in_chromium(chromium, tmp_path):
     run = tmp_path / "tiny"
-    result = CliRunner().invoke(cli, ["--quiet", "sweep", "configs/tiny.yaml", "--out",
+    result = CliRunner().invoke(cli, ["--quiet", "sweep", str(TINY), "--out",
                                       str(run)])
     assert result.exit_code == 0, result.output
     assert_renders(browser_checks(chromium, run / "report.html", tmp_path), 2)

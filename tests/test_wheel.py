@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -25,8 +26,15 @@ ROOT = Path(__file__).parents[1]
 @pytest.fixture(scope="module")
 def fresh(tmp_path_factory):
     base = tmp_path_factory.mktemp("wheel")
+    source = base / "source"  # a clean copy: no build/ or egg-info of earlier builds
+    shutil.copytree(ROOT / "src", source / "src",
+                    ignore=shutil.ignore_patterns("*.egg-info", "__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-                    "--quiet", "-w", str(base / "dist"), str(ROOT)], check=True, timeout=300)
+                    "--quiet", "-w", str(base / "dist"), str(source)], check=True, timeout=300,
+                   env=env)
     wheels = list((base / "dist").glob("memgen_diffusion-*.whl"))
     assert len(wheels) == 1, wheels
     venv = base / "venv"
@@ -37,7 +45,8 @@ def fresh(tmp_path_factory):
                           check=True).stdout.strip()
     Path(site, "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps",
-                    "--quiet", str(wheels[0])], check=True, timeout=300)
+                    "--force-reinstall", "--quiet", str(wheels[0])], check=True, timeout=300,
+                   env=env)
     return venv, wheels[0]
 
 

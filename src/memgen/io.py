@@ -124,14 +124,17 @@ def write_marker(folder: str | Path, command: str) -> None:
                                                    "version": __version__}) + "\n")
 
 
-def check_output_dir(out: str | Path, command: str, overwrite: bool = False) -> None:
+def check_output_dir(out: str | Path, command: str, overwrite: bool = False,
+                     replaced: bool = True) -> None:
     """ValueError unless ``out`` may receive ``command``'s results: absent, empty, or a
-    folder that the same command wrote (or any folder, with ``overwrite``); and its
-    nearest existing parent is a folder where files can be created."""
+    folder that the same command wrote (or any folder, with ``overwrite``); and files can
+    be created where they go (:func:`check_writable`). replaced=False: a resumable
+    command that writes inside an existing ``out`` (nothing is renamed into its place),
+    which may then be a mount point."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"{out} is a file, not a folder; choose another --out")
-    if out.is_dir() and os.path.ismount(out):
+    if replaced and out.is_dir() and os.path.ismount(out):
         raise UserError(f"{out} is a mount point; give a folder inside it as --out")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         writer = written_by(out)
@@ -142,7 +145,7 @@ def check_output_dir(out: str | Path, command: str, overwrite: bool = False) -> 
             owner = f"memgen {writer}" if writer else "an earlier memgen version"
             raise UserError(f"{out} holds the results of {owner}; choose another --out "
                              "(or pass --overwrite to replace them)")
-    check_writable(out)
+    check_writable(out, parent=replaced or not out.is_dir())
 
 
 def check_output_file(path: str | Path, overwrite: bool = False) -> None:
@@ -156,19 +159,19 @@ def check_output_file(path: str | Path, overwrite: bool = False) -> None:
     check_writable(path)
 
 
-def check_writable(path: str | Path) -> None:
+def check_writable(path: str | Path, parent: bool = True) -> None:
     """ValueError unless files can be created where ``path`` goes: in its nearest existing
-    parent folder (where a replacement is made and renamed into place) and, if ``path`` is
-    an existing folder, in it (where resumable commands write). Each is tried — a temporary
-    file is made and removed —, which catches read-only mounts, /proc and permissions
-    alike."""
+    parent folder (where a replacement is made and renamed into place; ``parent``) and, if
+    ``path`` is an existing folder, in it (where resumable commands write). Each is tried
+    — a temporary file is made and removed —, which catches read-only mounts, /proc and
+    permissions alike."""
     path = Path(path).absolute()
-    parent = path.parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise UserError(f"cannot write {path}: {parent} is a file, not a folder")
-    for folder in [parent] + [path] * path.is_dir():
+    above = path.parent
+    while not above.exists():
+        above = above.parent
+    if not above.is_dir():
+        raise UserError(f"cannot write {path}: {above} is a file, not a folder")
+    for folder in [above] * parent + [path] * path.is_dir():
         try:
             fd, probe = tempfile.mkstemp(prefix=".memgen-probe.", dir=folder)
         except OSError as err:
@@ -214,7 +217,7 @@ def claim_output_dir(out: str | Path, command: str, overwrite: bool = False) -> 
     checked by :func:`check_output_dir`, then marked as ``command``'s. With
     ``overwrite``, another command's folder is emptied first."""
     out = Path(out)
-    check_output_dir(out, command, overwrite)
+    check_output_dir(out, command, overwrite, replaced=overwrite)
     if overwrite and out.is_dir() and written_by(out) != command:
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)

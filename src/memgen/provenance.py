@@ -27,14 +27,15 @@ _CHUNK = 2**20  # bytes hashed per read
 
 
 def gather(inputs: dict | None = None, argv: Sequence[str] | None = None) -> dict:
-    """{command, argv, memgen, git_commit, python, torch, numpy, inputs}.
+    """{command, argv, memgen, git_commit, git_dirty, python, torch, numpy, inputs}.
 
     argv: the command line as run (default ``sys.argv``); ``command`` is it as one shell
     line with the program's file name only. inputs: name → :func:`file_record` (or any
     JSON-able record, e.g. a data set's content fingerprint)."""
     argv = [str(a) for a in (sys.argv if argv is None else argv)]
     return {"command": command_line(argv), "argv": argv, "memgen": __version__,
-            "git_commit": git_commit(), "python": platform.python_version(),
+            "git_commit": git_commit(), "git_dirty": git_dirty(),
+            "python": platform.python_version(),
             "torch": package_version("torch"), "numpy": package_version("numpy"),
             "inputs": dict(inputs or {})}
 
@@ -76,13 +77,29 @@ def git_commit() -> str | None:
     return _git(package, "rev-parse", "HEAD")
 
 
+def git_dirty() -> bool | None:
+    """True when memgen's own files differ from that commit (the commit alone would then
+    not reproduce the result); None when there is no checkout or git cannot tell."""
+    package = Path(__file__).resolve().parent
+    if git_commit() is None:
+        return None
+    done = _run_git(package, "status", "--porcelain", "--untracked-files=no", "--", ".")
+    return None if done is None else bool(done.stdout.strip())
+
+
 def _git(cwd: Path, *args: str) -> str | None:
+    """git's answer (stripped), or None when it failed or said nothing."""
+    done = _run_git(cwd, *args)
+    return None if done is None else done.stdout.strip() or None
+
+
+def _run_git(cwd: Path, *args: str) -> subprocess.CompletedProcess | None:
     try:
         done = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True,
                               timeout=GIT_TIMEOUT_S, check=False)
     except (OSError, subprocess.SubprocessError):  # no git, no such folder, timed out
         return None
-    return (done.stdout.strip() or None) if done.returncode == 0 else None
+    return done if done.returncode == 0 else None
 
 
 def package_version(name: str) -> str | None:
@@ -99,5 +116,7 @@ def package_version(name: str) -> str | None:
 def describe(record: dict) -> str:
     """One line for logs: memgen's version and commit, Python, torch and numpy."""
     commit = record.get("git_commit")
-    return (f"memgen {record['memgen']} ({f'git {commit[:12]}' if commit else 'no git commit'})"
+    where = (f"git {commit[:12]}{' with local changes' if record.get('git_dirty') else ''}"
+             if commit else "no git commit")
+    return (f"memgen {record['memgen']} ({where})"
             f", Python {record['python']}, torch {record['torch']}, numpy {record['numpy']}")

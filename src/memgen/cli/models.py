@@ -74,7 +74,7 @@ def train(data, train_path, K, split_seed, half, data_root, preset, objective, i
                          checkpoint_every=checkpoint_every,
                          amp=amp, objective=objective or ("ve_score" if net.kind == "mlp"
                                                           else "vp_eps"))
-    check_output_dir(out, "train", overwrite)
+    check_output_dir(out, "train", overwrite, replaced=overwrite)
     samples = training_samples(net, load_samples(train_path, "--train") if train_path else None,
                                data, K, split_seed, data_root, half)
     out = Path(out)
@@ -140,7 +140,7 @@ def generate(checkpoint, exact_path, torchscript, diffusers, shape, schedule,
                         "--reference-checkpoint")
     if reference_config and not reference_checkpoint:
         raise UserError("--config is the YAML of --reference-checkpoint")
-    check_output_dir(out, "generate", overwrite)
+    check_output_dir(out, "generate", overwrite, replaced=overwrite)
     model = model_from_options(checkpoint, exact_path, torchscript, diffusers, shape=shape,
                                schedule=schedule, device=device,
                                reference_checkpoint=reference_checkpoint,

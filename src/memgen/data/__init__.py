@@ -19,8 +19,7 @@ from memgen.data.folder import load_image_folder
 from memgen.data.idx import load_idx_images, parse_idx, read_idx
 from memgen.data.paths import DataNotFoundError, candidate_dirs, resolve_root
 from memgen.data.splits import (CIRCLE_SPLIT_SEED, DEFAULT_SPLIT_SEED, SPLIT_RULES,
-                                default_split_seed, heldout_indices, nested_indices,
-                                train_heldout)
+                                default_split_seed, heldout_indices, nested_indices, train_heldout)
 from memgen.data.toy import TOY_SETS, circle_pool, gaussian_mixture, load_toy, spiral, two_moons
 from memgen.data.transforms import resize_images
 from memgen.data.types import LabelledImages, TrainHeldout

@@ -1,10 +1,12 @@
 """The paper authors' released checkpoints: their DDPM U-Net, rebuilt, and their ``K.pt`` files.
 
 The paper's public code (Lemon-cmd/Diffusion-Models-and-Associative-Memory, MIT) trains one
-network per training-set size K with its ``train_unet.py`` and saves ``K.pt``, a dict
+network per training-set size K with its ``train_unet.py``, which saves ``{iterations}.pt``;
+their Hugging Face release (``src/hf_checkpoints.py``) names the files ``K.pt``. Each is a dict
 ``{"model", "ema", "opt", "args", "iterations"}``: the raw and EMA state dicts of its
-``src/models/ddpm.py`` network (the score_sde port of Ho et al.'s diffusion_tf U-Net), the
-Adam state, and the parsed command line. ``ReferenceUNet`` is memgen's own module with the
+``src/models/ddpm.py`` network (Ho et al.'s diffusion_tf U-Net, with attention after every
+up-path block as in diffusion_tf, not as in the score_sde port), the Adam state, and the
+parsed command line. ``ReferenceUNet`` is memgen's own module with the
 same parameter names and the same arithmetic, so their state dicts load as they are.
 
 How it differs from ``memgen.diffusion.nets.unet.UNet`` (the same DDPM layout otherwise:
@@ -37,9 +39,9 @@ name as ``_Inert``, a plain attribute holder that runs no code, so ``args`` read
 from __future__ import annotations
 
 import math
-import pickle
+import re
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from functools import partial
 from pathlib import Path
 
@@ -55,6 +57,7 @@ GROUPS, GN_EPS = 32, 1e-6  # their GroupNorm, hard-coded in src/models/layers.py
 ACTIVATIONS = {"swish": nn.SiLU, "relu": nn.ReLU, "elu": nn.ELU,
                "lrelu": partial(nn.LeakyReLU, 0.2)}
 ALIASES = {"ch": "dim", "ch_mult": "dim_mults", "channels": "in_channels"}  # score_sde names
+TRAIN_KEYS = ("prediction_type", "beta_schedule")  # their train: keys that decide the denoiser
 
 
 # ---------------------------------------------------------------------------------------
@@ -376,21 +379,41 @@ class ReferenceModel:
     config: ReferenceConfig
 
 
+def _check_torch() -> None:
+    """UserError unless torch has what reading their ``args`` needs (2.6: ``safe_globals``
+    with ``(obj, "name")`` entries, ``get_unsafe_globals_in_checkpoint``)."""
+    version = tuple(int(p) for p in re.findall(r"[0-9]+", torch.__version__)[:2])
+    serialization = torch.serialization
+    if (version < (2, 6) or not hasattr(serialization, "safe_globals")
+            or not hasattr(serialization, "get_unsafe_globals_in_checkpoint")):
+        raise UserError(f"reading the authors' checkpoints needs torch >= 2.6 (weights_only "
+                        f"loading of their args), this is torch {torch.__version__}")
+
+
+def _reason(err: Exception) -> str:
+    """The line of torch's error that says what failed ("WeightsUnpickler error: …",
+    "Trying to …"), else its last line that is no docs link; never the advice to load with
+    weights_only=False."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    lines = [line for line in lines
+             if "http" not in line and not ("weights_only" in line and "False" in line)]
+    named = [line for line in lines if line.startswith(("WeightsUnpickler error:", "Trying to"))]
+    return (named or lines or [type(err).__name__])[-1]
+
+
 def read_reference_checkpoint(path: str | Path) -> dict:
     """Their ``K.pt`` as a dict, by ``torch.load(weights_only=True)`` on the CPU; the
     classes of ``args`` come back as inert attribute holders (module docstring)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"no such reference checkpoint: {path}")
-    scan = getattr(torch.serialization, "get_unsafe_globals_in_checkpoint", None)  # torch>=2.5
+    _check_torch()
     try:
-        unsafe = scan(str(path)) if scan is not None else []
+        unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
         with torch.serialization.safe_globals([(_Inert, name) for name in unsafe]):
             payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, ValueError, EOFError, OSError) as err:
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        hint = "" if scan is not None else " (reading their args needs torch >= 2.6)"
-        raise UserError(f"{path} is not a readable torch checkpoint{hint}: {first}") from None
+    except Exception as err:  # a corrupt pickle can raise anything (TypeError for a bad BUILD)
+        raise UserError(f"{path} is not a readable torch checkpoint: {_reason(err)}") from None
     if not isinstance(payload, dict):
         raise UserError(f"{path}: expected their checkpoint dict (model, ema, opt, args, "
                         f"iterations), got {type(payload).__name__}")
@@ -440,10 +463,44 @@ def _config_from_args(payload: dict) -> ReferenceConfig | None:
     known = {f.name for f in fields(ReferenceConfig)}
     values = {k: v for k, v in vars(model).items() if k in known}
     train = getattr(args, "train", None)
-    for key in ("prediction_type", "beta_schedule"):
+    for key in TRAIN_KEYS:
         if hasattr(train, key):
             values[key] = getattr(train, key)
     return ReferenceConfig.from_mapping(values)
+
+
+def _stated_train_keys(config) -> set[str]:
+    """Which of TRAIN_KEYS a config states: its mapping's keys (or its ``train:`` section's),
+    its YAML's, or, for a ReferenceConfig, those that differ from the defaults."""
+    if isinstance(config, ReferenceConfig):
+        return {k for k in TRAIN_KEYS if getattr(config, k) != getattr(ReferenceConfig(), k)}
+    mapping = config
+    if isinstance(config, (str, Path)):
+        mapping = yaml.safe_load(Path(config).read_text())  # read by reference_config already
+    if isinstance(mapping.get("model"), Mapping):
+        mapping = mapping.get("train") or {}
+    return {k for k in TRAIN_KEYS if k in mapping}
+
+
+def _with_own_train_keys(config, own: ReferenceConfig | None, payload: dict,
+                         path: Path) -> ReferenceConfig:
+    """``config`` as a ReferenceConfig, checked against the checkpoint's own ``args`` (when
+    it has them): the architecture must agree, and prediction_type and beta_schedule come
+    from ``args.train``; a config that states other values raises UserError."""
+    given = reference_config(config)
+    if own is None:
+        return given
+    train = getattr(payload.get("args"), "train", None)
+    own_keys = [k for k in TRAIN_KEYS if hasattr(train, k)]
+    stated = _stated_train_keys(config)
+    diff = [f"{k} {v!r} (checkpoint: {own.architecture()[k]!r})"
+            for k, v in given.architecture().items() if own.architecture()[k] != v]
+    diff += [f"{k} {getattr(given, k)!r} (checkpoint: {getattr(own, k)!r})" for k in own_keys
+             if k in stated and getattr(given, k) != getattr(own, k)]
+    if diff:
+        raise UserError(f"{path}: the config disagrees with the checkpoint's own args on "
+                        f"{', '.join(diff)}; give no config to use the checkpoint's")
+    return replace(given, **{k: getattr(own, k) for k in own_keys})
 
 
 def load_reference(path: str | Path, config=None, *, ema: bool = True) -> ReferenceModel:
@@ -456,12 +513,7 @@ def load_reference(path: str | Path, config=None, *, ema: bool = True) -> Refere
     own = _config_from_args(payload)
     if config is None and own is None:
         raise UserError(f"{path} carries no args; give their YAML config")
-    config = own if config is None else reference_config(config)
-    if own is not None and own.architecture() != config.architecture():
-        diff = [f"{k} {v!r} (checkpoint: {own.architecture()[k]!r})"
-                for k, v in config.architecture().items() if own.architecture()[k] != v]
-        raise UserError(f"{path}: the config disagrees with the checkpoint's own args on "
-                        f"{', '.join(diff)}; give no config to use the checkpoint's")
+    config = own if config is None else _with_own_train_keys(config, own, payload, path)
     key = "ema" if ema else "model"
     state = _state_dict(payload, key, path)
     with torch.device("meta"):  # shapes only: the weights come from the checkpoint

@@ -20,6 +20,7 @@ number of folders. Orchestration only: the fractions are those of each summary.j
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -85,7 +86,7 @@ def parse_sources(args: Sequence[str | Path], Ks: Sequence[int] = ()) -> list[So
 def _split(arg: str) -> Source:
     """``DIR:K`` → (DIR, K) unless ``DIR:K`` is itself a folder; ``DIR`` → (DIR, None)."""
     head, colon, tail = arg.rpartition(":")
-    if not colon or not head or not tail.isdigit():
+    if not colon or not head or not re.fullmatch(r"[0-9]+", tail):  # not isdigit: "²"
         return Source(Path(arg))
     if Path(arg).is_dir():
         if Path(head).is_dir():
@@ -137,16 +138,51 @@ def read_classification(folder: Path) -> dict:
         summary = json.loads(path.read_text())
     except (ValueError, UnicodeDecodeError) as err:
         raise UserError(f"{path}: not valid JSON ({err})") from None
-    missing = [k for k in SUMMARY_KEYS if not isinstance(summary, dict) or k not in summary]
-    if missing or any(name not in summary["counts"] for name in LABEL_NAMES):
-        raise UserError(f"{path} lacks {', '.join(missing) or 'label counts'} (not written "
-                         "by memgen classify)")
+    problem = _summary_problem(summary)
+    if problem:
+        raise UserError(f"{path}: {problem} (not written by memgen classify)")
     counts = [int(summary["counts"][name]) for name in LABEL_NAMES]
     found = _label_counts(folder / "labels.npz")
     if found != counts:
         raise UserError(f"{folder}: labels.npz counts {found} but summary.json {counts} "
                          "(memorized, spurious, generalized): files of two runs?")
     return summary
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _summary_problem(summary) -> str | None:
+    """What is wrong with a summary.json's content, or None: SUMMARY_KEYS present; counts,
+    fractions and ci95 dicts over every label (counts integers, fractions numbers, ci95
+    pairs of numbers); n_train, when recorded, an integer >= 1."""
+    if not isinstance(summary, dict):
+        return f"expected an object, got {type(summary).__name__}"
+    missing = [k for k in SUMMARY_KEYS if k not in summary]
+    if missing:
+        return f"lacks {', '.join(missing)}"
+    checks = {"counts": _is_int, "fractions": _is_number,
+              "ci95": lambda v: (isinstance(v, list) and len(v) == 2
+                                 and all(map(_is_number, v)))}
+    for key, valid in checks.items():
+        value = summary[key]
+        if not isinstance(value, dict):
+            return f"{key} is {type(value).__name__}, not a dict over {', '.join(LABEL_NAMES)}"
+        lacking = [name for name in LABEL_NAMES if name not in value]
+        if lacking:
+            return f"{key} lacks {', '.join(lacking)}"
+        wrong = [name for name in LABEL_NAMES if not valid(value[name])]
+        if wrong:
+            return f"{key}[{wrong[0]!r}] is {value[wrong[0]]!r}"
+    n_train = summary.get("n_train")
+    if n_train is not None and not (_is_int(n_train) and n_train >= 1):
+        return f"n_train is {n_train!r}, not an integer >= 1"
+    return None
 
 
 def _label_counts(path: Path) -> list[int]:

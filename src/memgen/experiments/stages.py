@@ -4,10 +4,10 @@ Per K: the first K of one seeded permutation is S_K, the rest held out; training
 skipped for the exact denoiser and for the authors' checkpoints (``model.kind =
 checkpoints``: ``<K>.pt`` of ``model.path``, on their own subset ``data.split =
 reference``, sampled as they did: 1000-step ancestral DDPM from the EMA weights, with
-S_eval and S′ also written in their layout under ``RUN/reference/``); S_eval and S′ are generated separately seeded; the
-classification has null rates from held-out real data. With ``train.snapshots``,
-generate and classify also run on the states that the one training run kept after those
-step counts (the training-time axis, never retraining). Each stage is cached
+S_eval and S′ also written in their layout under ``RUN/reference/``); S_eval and S′ are
+generated separately seeded; the classification has null rates from held-out real data.
+With ``train.snapshots``, generate and classify also run on the states that the one
+training run kept after those step counts (the training-time axis, never retraining). Each stage is cached
 (``memgen.experiments.cache``); :func:`run_K_task` is the picklable task an executor runs.
 """
 
@@ -141,7 +141,11 @@ def train_key(train: np.ndarray, config: SweepConfig) -> str:
                       if k not in ("iterations", "snapshots")
                       and not (k == "ema_warmup" and v)}
         trajectory["network"] = network(config.model).to_dict()
-    return stage_key("train", fingerprint(train), as_dict(config.model), trajectory)
+    # the checkpoints' folder and YAML by content above, not by path (nor the unset fields,
+    # so the keys of existing caches stay)
+    model = {k: v for k, v in as_dict(config.model).items()
+             if k not in ("path", "reference_config")}
+    return stage_key("train", fingerprint(train), model, trajectory)
 
 
 # the measure settings that only the aggregate reads (capacities), not the labels

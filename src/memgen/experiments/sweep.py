@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import time
 from functools import partial
 from pathlib import Path
@@ -269,13 +270,27 @@ def check_sweep_dir(run: Path, overwrite: bool = False) -> None:
     also one of a memgen version that did not mark its folders), or anything with
     ``overwrite`` (``memgen.io.check_output_dir``)."""
     if not _is_legacy_sweep(run):
-        check_output_dir(run, "sweep", overwrite)
+        check_output_dir(run, "sweep", overwrite, replaced=overwrite)
+
+
+STAGE_FOLDER = re.compile(r"(train|eval|synth|classify|analysis|landscape)-[0-9a-f]{16}")
+SWEEP_OUTPUTS = re.compile(r"(cache|config\.json|fractions(_steps)?\.csv|capacities\.json|"
+                           r"timescale\.json|provenance\.json|report\.html|.*\.png|.*\.csv)")
 
 
 def _is_legacy_sweep(run: Path) -> bool:
-    """A sweep folder of a memgen version that did not mark its folders."""
-    return ((run / "cache").is_dir() and (run / "config.json").is_file()
-            and not (run / MARKER).exists())
+    """A sweep folder of a memgen version that did not mark its folders: nothing in it but
+    a sweep's outputs, a cache of stage folders only, and a config.json that is a sweep's
+    (anything else is not adopted: it may be another project's folder)."""
+    if (run / MARKER).exists() or not (run / "cache").is_dir():
+        return False
+    try:
+        config = json.loads((run / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return (isinstance(config, dict) and {"Ks", "model", "sample", "measure"} <= set(config)
+            and all(SWEEP_OUTPUTS.fullmatch(p.name) for p in run.iterdir())
+            and all(STAGE_FOLDER.fullmatch(p.name) for p in (run / "cache").iterdir()))
 
 
 def plan(config: SweepConfig, run: Path) -> list[str]:

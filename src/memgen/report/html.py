@@ -157,7 +157,8 @@ def _provenance_section(provenance: dict | None) -> str:
     if not provenance:
         return ""
     rows = [("command", provenance.get("command")), ("memgen", provenance.get("memgen")),
-            ("git commit", provenance.get("git_commit") or "not a git checkout"),
+            ("git commit", (provenance.get("git_commit") or "not a git checkout")
+             + (" (with local changes)" if provenance.get("git_dirty") else "")),
             *((name, provenance.get(name)) for name in ("python", "torch", "numpy"))]
     cells = "".join(f"<tr><th>{html.escape(k)}</th><td><code>{html.escape(str(v))}</code></td>"
                     "</tr>" for k, v in rows)
