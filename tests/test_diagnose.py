@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from model_fixtures import scripted_eps
 
 from memgen.cli import cli
 from memgen.diffusion.denoisers import EmpiricalDenoiser
@@ -199,17 +200,7 @@ def test_cli_torchscript_model_that_is_exact_gives_zero(tmp_path, one_thread):
     y = torch.linspace(-0.8, 0.8, 16).reshape(1, 4, 4)
     schedule = VPSchedule()
 
-    class Eps(torch.nn.Module):
-        def __init__(self, y, a_bar):
-            super().__init__()
-            self.register_buffer("y", y)
-            self.register_buffer("a_bar", a_bar)
-
-        def forward(self, x, t):
-            a = self.a_bar[t.round().long()].view(-1, 1, 1, 1)
-            return (x - a.sqrt() * self.y) / (1 - a).sqrt()
-
-    torch.jit.script(Eps(y, schedule.alphas_cumprod.float())).save(str(tmp_path / "eps.pt"))
+    scripted_eps(tmp_path / "eps.pt", y)
     np.savez(tmp_path / "t.npz", samples=y[None].numpy())
     sigmas = [repr(float(schedule.sigma(t))) for t in (0, 100, 500)]
     result = _invoke("--torchscript", tmp_path / "eps.pt", "--train", tmp_path / "t.npz",

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from model_fixtures import scripted_eps
 
 from memgen.cli import cli
 from memgen.diffusion.denoisers import EmpiricalDenoiser
@@ -84,18 +85,7 @@ def test_torchscript_eps_model_as_denoiser(tmp_path):
     y = torch.full((1, 4, 4), 0.25)
     schedule = VPSchedule()
 
-    class Eps(torch.nn.Module):
-        def __init__(self, y, a_bar):
-            super().__init__()
-            self.register_buffer("y", y)
-            self.register_buffer("a_bar", a_bar)
-
-        def forward(self, x, t):
-            a = self.a_bar[t.round().long()].view(-1, 1, 1, 1)
-            return (x - a.sqrt() * self.y) / (1 - a).sqrt()
-
-    path = tmp_path / "eps.pt"
-    torch.jit.script(Eps(y, schedule.alphas_cumprod.float())).save(str(path))
+    path = scripted_eps(tmp_path / "eps.pt", y)
     den = load_denoiser(torchscript=path, shape=(1, 4, 4)).denoiser
     sigma = float(schedule.sigma(500))
     out = den(torch.randn(3, 1, 4, 4), sigma)

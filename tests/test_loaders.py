@@ -4,6 +4,7 @@ same bits), with its schedule, sample shape and dtype; bad combinations are refu
 import numpy as np
 import pytest
 import torch
+from model_fixtures import scripted_eps
 
 from memgen.cli.models import model_from_options
 from memgen.diffusion.denoisers import EmpiricalDenoiser, EpsDenoiser, ScoreDenoiser
@@ -82,27 +83,9 @@ def test_checkpoint_source_is_the_trained_network(tmp_path, preset, objective, s
         load_denoiser(checkpoint=tmp_path / "checkpoint.pt", schedule="vp")
 
 
-def _scripted_eps(path, y):
-    """A TorchScript ε-model returning the exact ε of one point y: D(x, σ) = y."""
-    schedule = VPSchedule()
-
-    class Eps(torch.nn.Module):
-        def __init__(self, y, a_bar):
-            super().__init__()
-            self.register_buffer("y", y)
-            self.register_buffer("a_bar", a_bar)
-
-        def forward(self, x, t):
-            a = self.a_bar[t.round().long()].view(-1, 1, 1, 1)
-            return (x - a.sqrt() * self.y) / (1 - a).sqrt()
-
-    torch.jit.script(Eps(y, schedule.alphas_cumprod.float())).save(str(path))
-    return path
-
-
 def test_torchscript_source(tmp_path):
     y = torch.full((1, 4, 4), 0.25)
-    path = _scripted_eps(tmp_path / "eps.pt", y)
+    path = scripted_eps(tmp_path / "eps.pt", y)
     model = load_denoiser(torchscript=path, shape=(1, 4, 4))
     assert model.schedule == VPSchedule() and model.shape == (1, 4, 4)
     assert isinstance(model.denoiser, EpsDenoiser)
