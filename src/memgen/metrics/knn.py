@@ -5,19 +5,21 @@ its memory, but with an exactness guarantee that float32 GEMM alone lacks:
 
 1. *Screen* (float32, GEMM-bound). For a block of queries Q and a block of
    references R the squared distances are ‖q‖² + ‖r‖² − 2 qᵀr. The ‖q‖² term
-   does not change a row's ranking, so the block computes ‖r‖² − 2 qᵀr with one
-   ``addmm`` and keeps the ``c = k + margin`` smallest per row, merged across
-   reference blocks.
-2. *Refine* (float64). The c candidates of every query are re-scored as
-   ‖q − r‖² in float64 and sorted by (distance, index).
+   does not change a row's ranking, so the block computes s = ‖r‖² − 2 qᵀr with
+   one GEMM of the rows [q, 1] and [−2r, ‖r‖²] (:class:`Screen`) and keeps the
+   ``c = k + margin`` smallest per row (a group-minimum pre-selection, then
+   ``topk``), merged across reference blocks.
+2. *Refine* (float64). The best candidates of every query are re-scored as
+   ‖q − r‖² in float64 from direct differences and sorted by (distance, index);
+   only k + 2 of them where the screen separates the rest by more than its error.
 
 The float32 screen can mis-order near-ties (cancellation in ‖q‖² + ‖r‖² − 2qᵀr),
 so the result is *certified*: with T the largest screened value kept for a row
 and γ a rigorous bound on the screening error, every discarded reference has
 exact squared distance ≥ T − γ. If the k-th refined distance is below that, the
 row is exact; rows that fail the check (rare) are recomputed by a float64 scan
-over all references. Both sets are centred in float64 on the reference mean, then
-rounded to the screen's precision, which makes ‖q‖² and ‖r‖² (and so γ) small; γ
+over all references. Both sets are centred on the reference mean, rounded once
+to the screen's precision, which makes ‖q‖² and ‖r‖² (and so γ) small; γ
 (:func:`screen_error_bound`) covers the rounding of those centred coordinates. Ties
 are broken by the smaller index. :func:`pairwise_sq_dist` serves the energies with the
 same centring: float64-exact squared distances wherever a softmax weight can see them.
@@ -34,9 +36,11 @@ from tqdm.auto import tqdm
 from memgen.errors import UserError
 
 DEFAULT_MEMORY_BUDGET = 512 * 2**20  # bytes for the (queries × references) score block
-_R_BLOCK_MAX = 8192
+_R_BLOCK_MAX = 4096
 _GROUP = 16  # columns per group in the group-minimum pre-selection of _smallest
-_REFINE_ROWS = 64  # query rows per float64 refinement step
+_REFINE_ROWS = 32  # query rows per float64 refinement step (its temporaries fit in L2)
+_SCREEN_ROWS = 512  # query rows per GEMM call, its scores still in cache for the minima
+_REFINE_EXTRA = 2  # candidates re-scored beyond k where the screen separates them (_refine)
 _CENTRE_ROWS = 8192  # rows per block when centring or taking norms in float64
 _SCREEN_MIN_DIM = 32  # below this a float64 GEMM costs no more than the float32 screen
 
@@ -80,9 +84,7 @@ def knn_search(query: torch.Tensor, ref: torch.Tensor, k: int, *, exclude_self: 
     query, ref = _validate(query, ref, k, exclude_self)
     n, m = query.shape[0], ref.shape[0]
     budget = _budget(memory_budget)
-    center = ref.mean(dim=0, dtype=torch.float64)
-    r32 = centred(ref, center)
-    r_sq32 = _sq_norms(r32).float()
+    screen = Screen.build(ref, torch.float32)
     n_cand = min(k + margin, m - int(exclude_self))
     q_block, r_block = _block_sizes(n, m, budget, itemsize=4)
 
@@ -93,33 +95,85 @@ def knn_search(query: torch.Tensor, ref: torch.Tensor, k: int, *, exclude_self: 
     for q0 in tqdm(starts, desc="kNN", unit="block", disable=not progress or len(starts) < 2):
         q = query[q0:q0 + q_block]
         own = torch.arange(q0, q0 + q.shape[0], device=q.device) if exclude_self else None
-        q32 = centred(q, center)
-        d2, ix, ok = _certified_pass(q, q32, ref, r32, r_sq32, own, k, n_cand, r_block)
+        d2, ix, ok = _certified_pass(q, ref, screen, own, k, n_cand, r_block)
         if not ok.all():
             bad = torch.nonzero(~ok).squeeze(1)
             n_fallback += len(bad)
-            d2[bad], ix[bad] = _fallback(q[bad], ref, center, None if own is None else own[bad],
-                                         k, margin, budget)
+            d2[bad], ix[bad] = _fallback(q[bad], ref, screen.center,
+                                         None if own is None else own[bad], k, margin, budget)
         dist[q0:q0 + q.shape[0]], idx[q0:q0 + q.shape[0]] = d2.sqrt(), ix
     return KnnResult(dist=dist, idx=idx, n_fallback=n_fallback)
 
 
-def _certified_pass(q, q_scr, ref, r_scr, r_sq, own, k, n_cand, r_block):
-    """Screen centred data in r_scr's precision, refine raw data in float64, certify each row."""
-    cand_val, cand_idx = _screen(q_scr, r_scr, r_sq, n_cand, r_block, own)
-    d2, ix = _refine(q, ref, cand_idx, k)
+@dataclass(frozen=True)
+class Screen:
+    """The reference side of a screen in one precision: centred references as GEMM rows.
+
+    rows[j] = [−2r̃_j, fl(‖r̃_j‖²)], with r̃_j = ref_j − center rounded once to the screen's
+    dtype (:func:`centred`), so that a query row [q̃, 1] (:meth:`queries`) gives the score
+    s = ‖r̃‖² − 2q̃ᵀr̃ of every reference in one GEMM, with no pass to add the norms.
+    r_sq_max bounds ‖r̃_j‖² from above (the computed maximum, raised by its rounding).
+    """
+
+    center: torch.Tensor  # (d,) float64
+    rows: torch.Tensor  # (m, d + 1) in the screen's dtype
+    r_sq_max: float
+
+    @classmethod
+    def build(cls, ref: torch.Tensor, dtype: torch.dtype, center: torch.Tensor | None = None
+              ) -> "Screen":
+        """The screen of ref (m, d); center defaults to ref's mean (:func:`mean_center`)."""
+        center = mean_center(ref) if center is None else center
+        m, d = ref.shape
+        rows = torch.empty(m, d + 1, dtype=dtype, device=ref.device)
+        for i in range(0, m, _CENTRE_ROWS):
+            block = rows[i:i + _CENTRE_ROWS, :d]
+            centre_into(block, ref[i:i + _CENTRE_ROWS], center, scale=-2.0)
+            norm = torch.linalg.vector_norm(block, dim=1)  # 2‖r̃‖, exactly twice that of r̃
+            rows[i:i + _CENTRE_ROWS, d] = norm.square_().mul_(0.25)
+        u = _unit_roundoff(dtype)
+        r_sq_max = float(rows[:, d].max()) * (1 + (d + 4) * u) if m else 0.0
+        return cls(center=center, rows=rows, r_sq_max=r_sq_max)
+
+    @property
+    def unit_roundoff(self) -> float:
+        return _unit_roundoff(self.rows.dtype)
+
+    def queries(self, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Query rows [q̃, 1] (b, d + 1) in the screen's dtype and ‖q̃‖² (b,) in float64."""
+        q_rows = torch.empty(len(q), q.shape[1] + 1, dtype=self.rows.dtype, device=q.device)
+        centre_into(q_rows[:, :-1], q, self.center)
+        q_rows[:, -1] = 1.0
+        q_sq = torch.linalg.vector_norm(q_rows[:, :-1], dim=1, dtype=torch.float64).square_()
+        return q_rows, q_sq
+
+    def bound(self, q_sq: torch.Tensor) -> torch.Tensor:
+        """γ (b,) for these queries (:func:`screen_error_bound`); inf where the screen's
+        dtype could overflow."""
+        d = self.rows.shape[1] - 1
+        gamma = screen_error_bound(q_sq, self.r_sq_max, d, self.unit_roundoff)
+        safe = torch.finfo(self.rows.dtype).max / 8
+        return gamma.masked_fill(q_sq + self.r_sq_max >= safe, float("inf"))
+
+
+def _certified_pass(q, ref, screen: Screen, own, k, n_cand, r_block):
+    """Screen centred data in the screen's precision, refine raw data in float64, certify
+    each row: (d2 (b, k) float64 squared, idx (b, k), ok (b,) bool)."""
+    q_rows, q_sq = screen.queries(q)
+    gamma = screen.bound(q_sq)
+    cand_val, cand_idx = _screen(q_rows, screen.rows, n_cand, r_block, own)
+    d2, ix = _refine(q, ref, cand_val, cand_idx, k, 2 * gamma)
     if n_cand >= ref.shape[0] - int(own is not None):
         return d2, ix, torch.ones(len(q), dtype=torch.bool, device=q.device)
-    return d2, ix, _certified(q_scr, r_sq, cand_val, d2[:, -1], _unit_roundoff(r_scr.dtype))
+    return d2, ix, _certified(cand_val, q_sq, gamma, d2[:, -1])
 
 
 def _fallback(q, ref, center, own, k, margin, budget):
     """Rows the float32 screen could not certify: a float64 screen, then direct differences."""
     n_cand = min(max(4 * (k + margin), 64), ref.shape[0] - int(own is not None))
-    r64 = centred(ref, center, torch.float64)
+    screen = Screen.build(ref, torch.float64, center)
     _, r_block = _block_sizes(len(q), ref.shape[0], budget, itemsize=8)
-    d2, ix, ok = _certified_pass(q, centred(q, center, torch.float64), ref, r64, _sq_norms(r64),
-                                 own, k, n_cand, r_block)
+    d2, ix, ok = _certified_pass(q, ref, screen, own, k, n_cand, r_block)
     if not ok.all():
         bad = torch.nonzero(~ok).squeeze(1)
         d2[bad], ix[bad] = _direct_scan(q[bad], ref, None if own is None else own[bad], k, budget)
@@ -226,9 +280,17 @@ def _validate(query: torch.Tensor, ref: torch.Tensor, k: int, exclude_self: bool
     if not 1 <= k <= available:
         raise UserError(f"k={k} neighbours requested but the reference set offers {available}")
     query, ref = query.reshape(query.shape[0], -1), ref.reshape(ref.shape[0], -1)
-    if not (torch.isfinite(query).all() and torch.isfinite(ref).all()):
+    if not (_all_finite(query) and _all_finite(ref)):
         raise UserError("query or reference contains NaN or Inf")
     return query, ref
+
+
+def _all_finite(x: torch.Tensor) -> bool:
+    """Whether x holds no NaN or Inf: its extremes are finite (NaN propagates through them)."""
+    if x.numel() == 0:
+        return True
+    lo, hi = torch.aminmax(x)
+    return bool(torch.isfinite(lo) & torch.isfinite(hi))
 
 
 def _budget(memory_budget: int | None) -> int:
@@ -241,32 +303,40 @@ def _budget(memory_budget: int | None) -> int:
 def _block_sizes(n: int, m: int, budget: int, itemsize: int) -> tuple[int, int]:
     """Query and reference block sizes whose score block fits the budget.
 
-    Blocks of at most 2048 × 8192 (64 MiB in float32) stay cache- and page-friendly;
-    larger ones cost more in page faults than they save in loop overhead.
+    Blocks of at most 2048 × 4096 (32 MiB in float32) keep the GEMM near its peak rate and
+    the selection passes over the block cheap; larger ones cost more in page faults and
+    cache misses than they save in loop overhead.
     """
     elements = max(budget // itemsize, 1)
     q_block = max(1, min(n, 2048, elements // min(m, _R_BLOCK_MAX)))
     r_block = max(1, min(m, _R_BLOCK_MAX, elements // q_block))
+    if _GROUP <= r_block < m:  # whole groups, for the group-minimum selection
+        r_block -= r_block % _GROUP
     return q_block, r_block
 
 
-def _screen(q: torch.Tensor, r: torch.Tensor, r_sq: torch.Tensor, n_cand: int, r_block: int,
+def _screen(q_rows: torch.Tensor, r_rows: torch.Tensor, n_cand: int, r_block: int,
             own: torch.Tensor | None):
-    """The n_cand smallest ‖r‖² − 2qᵀr per query row, merged across reference blocks.
+    """The n_cand smallest scores ‖r̃‖² − 2q̃ᵀr̃ per query row, merged across reference blocks.
 
+    q_rows (bq, d + 1), r_rows (m, d + 1): the GEMM rows of :class:`Screen`.
     own: (bq,) reference index of each query itself (excluded), or None.
+    Returns (values, columns), each (bq, min(n_cand, m)), unsorted.
     """
+    b, m = len(q_rows), len(r_rows)
     best_val = best_idx = None
-    rows = torch.arange(q.shape[0], device=q.device)
-    buffer = torch.empty(q.shape[0] * min(r_block, r.shape[0]), dtype=q.dtype, device=q.device)
-    for r0 in range(0, r.shape[0], r_block):
-        r1 = min(r0 + r_block, r.shape[0])
-        scores = buffer[:q.shape[0] * (r1 - r0)].view(q.shape[0], r1 - r0)  # (bq, br)
-        torch.addmm(r_sq[r0:r1].unsqueeze(0), q, r[r0:r1].T, alpha=-2.0, out=scores)
+    buffer = torch.empty(b * min(r_block, m), dtype=q_rows.dtype, device=q_rows.device)
+    for r0 in range(0, m, r_block):
+        r1 = min(r0 + r_block, m)
+        c = min(n_cand, r1 - r0)
+        scores = buffer[:b * (r1 - r0)].view(b, r1 - r0)  # (bq, br)
+        minima = _scores(q_rows, r_rows[r0:r1], scores, grouped=_grouped(r1 - r0, c))
         if own is not None:
-            hit = (own >= r0) & (own < r1)
-            scores[rows[hit], own[hit] - r0] = float("inf")
-        val, pos = _smallest(scores, min(n_cand, r1 - r0))
+            _exclude(scores, minima, own - r0)
+        if best_val is not None and best_val.shape[1] == n_cand and minima is not None:
+            _merge_block(scores, minima, r0, best_val, best_idx)
+            continue
+        val, pos = _smallest(scores, minima, c)
         pos += r0
         if best_val is not None:
             val, pos = torch.cat([best_val, val], 1), torch.cat([best_idx, pos], 1)
@@ -277,32 +347,127 @@ def _screen(q: torch.Tensor, r: torch.Tensor, r_sq: torch.Tensor, n_cand: int, r
     return best_val, best_idx
 
 
-def _smallest(scores: torch.Tensor, c: int):
+def _grouped(width: int, c: int) -> bool:
+    """Whether a block of width columns suits the group-minimum selection of c entries."""
+    return width >= 4 * c * _GROUP and width % _GROUP == 0
+
+
+def _scores(q_rows: torch.Tensor, r_rows: torch.Tensor, out: torch.Tensor, grouped: bool):
+    """out ← q_rows r_rowsᵀ, and the group minima (bq, width/_GROUP) when grouped (else None).
+
+    Computed _SCREEN_ROWS query rows at a time, so that each slice of scores is still in
+    cache when its minima are taken: the selection then costs almost no memory traffic.
+    Group j of a row holds columns j, j + width/_GROUP, …: its minimum is an elementwise
+    minimum of _GROUP contiguous slices.
+    """
+    b, width = out.shape
+    minima = torch.empty(b, width // _GROUP, dtype=out.dtype, device=out.device) if grouped \
+        else None
+    for i in range(0, b, _SCREEN_ROWS):
+        rows = out[i:i + _SCREEN_ROWS]
+        torch.mm(q_rows[i:i + _SCREEN_ROWS], r_rows.T, out=rows)
+        if grouped:
+            torch.amin(rows.view(len(rows), _GROUP, -1), dim=1, out=minima[i:i + _SCREEN_ROWS])
+    return minima
+
+
+def _exclude(scores: torch.Tensor, minima: torch.Tensor | None, own: torch.Tensor) -> None:
+    """Set each query's own score to inf (own: (bq,) columns, those outside the block ignored)
+    and retake the group minima of the rows it touched."""
+    rows = torch.nonzero((own >= 0) & (own < scores.shape[1])).squeeze(1)
+    if len(rows) == 0:
+        return
+    scores[rows, own[rows]] = float("inf")
+    if minima is not None:
+        minima[rows] = scores[rows].view(len(rows), _GROUP, -1).amin(dim=1)
+
+
+def _smallest(scores: torch.Tensor, minima: torch.Tensor | None, c: int):
     """The c smallest entries per row and their columns (unsorted).
 
-    Group-minimum pre-selection: split a row into groups of _GROUP columns; the c
-    smallest entries lie in the c groups with the smallest minima (each of them sits
-    in a group whose minimum is no larger, and at most c such groups exist), so topk
-    runs on the group minima and then on c·_GROUP gathered entries. Every entry left
-    out is ≥ the c-th group minimum ≥ the c-th smallest entry, as certification needs.
+    Group-minimum pre-selection, given the minima of :func:`_scores` (None: a plain topk):
+    the c smallest entries lie in the c groups with the smallest minima (each sits in a
+    group whose minimum is no larger, and at most c such groups exist), so topk runs on the
+    width/_GROUP minima and then on c·_GROUP gathered entries. Every entry left out is ≥ the
+    c-th group minimum ≥ the c-th smallest entry, as certification needs.
     """
-    b, w = scores.shape
-    if w < 4 * c * _GROUP or w % _GROUP:
+    if minima is None:
         return torch.topk(scores, c, dim=1, largest=False, sorted=False)
-    minima = scores.view(b, w // _GROUP, _GROUP).amin(dim=2)  # (b, groups)
     groups = torch.topk(minima, c, dim=1, largest=False, sorted=False).indices
-    cols = (groups.unsqueeze(2) * _GROUP + torch.arange(_GROUP, device=scores.device)).view(b, -1)
+    cols = _group_columns(groups, minima.shape[1]).flatten(1)
     val, sel = torch.topk(scores.gather(1, cols), c, dim=1, largest=False, sorted=False)
     return val, cols.gather(1, sel)
 
 
-def _refine(q: torch.Tensor, ref: torch.Tensor, cand_idx: torch.Tensor, k: int):
-    """Float64 squared distances of the raw candidates; the k best by (distance, index)."""
-    d2 = torch.cat([
-        (ref[cand_idx[i:i + _REFINE_ROWS]].double()
-         - q[i:i + _REFINE_ROWS].double().unsqueeze(1)).square().sum(-1)  # (rows, c)
-        for i in range(0, len(q), _REFINE_ROWS)])
-    return take_sorted(d2, cand_idx, k)
+def _group_columns(groups: torch.Tensor, stride: int) -> torch.Tensor:
+    """(..., _GROUP) the columns of each group in a block of _GROUP · stride columns."""
+    return groups.unsqueeze(-1) + stride * torch.arange(_GROUP, device=groups.device)
+
+
+def _merge_block(scores: torch.Tensor, minima: torch.Tensor, r0: int, best_val: torch.Tensor,
+                 best_idx: torch.Tensor) -> None:
+    """Merge a score block into the running c smallest per row (best_*, (bq, c), in place).
+
+    Only entries below a row's running threshold (its largest kept value) can enter, and
+    each lies in a group whose minimum is below it: those groups are gathered, their
+    entries below the threshold kept, and each row that has some merges them with its
+    kept values by one small topk.
+    """
+    b, w = scores.shape
+    c, stride = best_val.shape[1], minima.shape[1]
+    threshold = best_val.amax(dim=1)
+    row, group = torch.nonzero(minima < threshold.unsqueeze(1), as_tuple=True)
+    if len(row) == 0:
+        return
+    cols = _group_columns(group, stride)  # (hits, _GROUP)
+    val = scores.view(-1)[(row * w).unsqueeze(1) + cols]
+    hit, member = torch.nonzero(val < threshold[row].unsqueeze(1), as_tuple=True)
+    row, val, col = row[hit], val[hit, member], cols[hit, member] + r0  # row-major order
+    rows, count = torch.unique_consecutive(row, return_counts=True)
+    start = torch.cumsum(count, 0) - count
+    slot = torch.arange(len(row), device=row.device) - torch.repeat_interleave(start, count)
+    width = int(count.max())
+    new_val = val.new_full((len(rows), width), float("inf"))
+    new_idx = col.new_zeros((len(rows), width))
+    local = torch.repeat_interleave(torch.arange(len(rows), device=row.device), count)
+    new_val[local, slot], new_idx[local, slot] = val, col
+    val, sel = torch.topk(torch.cat([best_val[rows], new_val], 1), c, dim=1, largest=False,
+                          sorted=False)
+    best_val[rows] = val
+    best_idx[rows] = torch.cat([best_idx[rows], new_idx], 1).gather(1, sel)
+
+
+def _refine(q: torch.Tensor, ref: torch.Tensor, cand_val: torch.Tensor, cand_idx: torch.Tensor,
+            k: int, slack: torch.Tensor):
+    """The k best candidates by float64 distance of the raw data, ordered by (distance, index).
+
+    Only the k + _REFINE_EXTRA best screened candidates of a row are re-scored, unless the
+    next one is screened within slack (b,) = 2γ of the k-th: every candidate left out is
+    then screened more than 2γ above k candidates, so its exact distance exceeds theirs.
+    Rows with such near-ties re-score all their candidates.
+    """
+    c = cand_val.shape[1]
+    width = min(c, k + _REFINE_EXTRA)
+    val, order = torch.sort(cand_val, dim=1)
+    idx = cand_idx.gather(1, order)
+    d2, ix = take_sorted(candidate_sq_dist(q, ref, idx[:, :width]), idx[:, :width], k)
+    if width < c:
+        near = val[:, width].double() - val[:, k - 1].double() <= slack
+        if near.any():
+            rows = torch.nonzero(near).squeeze(1)
+            d2[rows], ix[rows] = take_sorted(candidate_sq_dist(q[rows], ref, idx[rows]),
+                                             idx[rows], k)
+    return d2, ix
+
+
+def candidate_sq_dist(q: torch.Tensor, ref: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """(n, c) float64 ‖q_i − ref[idx[i, j]]‖² from direct differences, in row chunks."""
+    parts = []
+    for i in range(0, len(q), _REFINE_ROWS):
+        diff = ref[idx[i:i + _REFINE_ROWS]].double()  # (rows, c, d)
+        diff.sub_(q[i:i + _REFINE_ROWS].double().unsqueeze(1))
+        parts.append(diff.square_().sum(-1))
+    return torch.cat(parts) if parts else ref.new_zeros(idx.shape, dtype=torch.float64)
 
 
 def take_sorted(d: torch.Tensor, idx: torch.Tensor, k: int
@@ -327,15 +492,13 @@ def _unit_roundoff(dtype: torch.dtype) -> float:
     return {"highest": 2.0**-24, "high": 2.0**-11}.get(precision, 2.0**-8)
 
 
-def _certified(q_scr, r_sq, cand_val, kth_d2, u: float) -> torch.Tensor:
+def _certified(cand_val, q_sq, gamma, kth_d2) -> torch.Tensor:
     """True where no discarded reference can beat the k-th refined distance.
 
     A discarded reference j has screened score s_j ≥ T (the largest kept score), and
-    |s_j + ‖q‖² − ‖q − r_j‖²| ≤ γ (:func:`screen_error_bound`), so the row is exact when
-    kth_d2 < T + ‖q‖² − γ (strict, so that ties with discarded points cannot hide).
+    |s_j + ‖q̃‖² − ‖q − r_j‖²| ≤ γ (:func:`screen_error_bound`), so the row is exact when
+    kth_d2 < T + ‖q̃‖² − γ (strict, so that ties with discarded points cannot hide).
     """
-    q_sq = _sq_norms(q_scr)
-    gamma = screen_error_bound(q_sq, r_sq.double().max(), q_scr.shape[1], u)
     threshold = cand_val.double().max(dim=1).values + q_sq - gamma
     return kth_d2 < threshold
 
@@ -343,40 +506,68 @@ def _certified(q_scr, r_sq, cand_val, kth_d2, u: float) -> torch.Tensor:
 def screen_error_bound(q_sq: torch.Tensor, r_sq_max, d: int, u: float) -> torch.Tensor:
     """γ (n,): a rigorous bound on |screened − exact| squared distance of a centred screen.
 
-    q_sq: (n,) float64 ‖q̃‖² of the centred, rounded queries; r_sq_max: max ‖r̃‖² over the
-    references; d: dimension; u: unit roundoff of the screen (:func:`_unit_roundoff`).
-    Valid for both screens in use, s + ‖q̃‖² with s = ‖r̃‖² − 2q̃ᵀr̃ (one addmm) and faiss's
-    ‖q̃‖² + ‖r̃‖² − 2q̃ᵀr̃ (or Σ(q̃ − r̃)²), all in the screen's precision. With Q = ‖q̃‖²,
-    R = ‖r̃‖² and 2‖q̃‖‖r̃‖ ≤ Q + R, the error is at most, to first order in u:
-      4u(Q + R)   rounding of the centred coordinates: q̃ = fl(fl64(q − c)) has relative
-                  error ≤ u + 2⁻⁵³ per coordinate (a float64 difference and one cast, each
-                  correctly rounded), for q and r alike, so ‖q̃ − r̃‖² is within this of ‖q − r‖²;
-      d·u(Q + R)  the two squared norms (a length-d sum in any order: γ_d ≤ d·u/(1 − d·u));
-      d·u(Q + R)  the dot product 2q̃ᵀr̃;
-      4u(Q + R)   the two additions that combine the three terms.
-    That is (2d + 8)u(Q + R); the factor 1/(1 − (d + 4)u) covers the second-order terms
-    and (4d + 16)·2⁻⁵³(Q + R) the float64 parts: the refined distances (relative error
-    ≤ (d + 1)·2⁻⁵³ of a value ≤ 2(Q + R)), ‖q̃‖² and the threshold arithmetic. The bound
-    is infinite when (d + 4)u ≥ ½, where no screen of that precision can certify.
+    q_sq: (n,) float64 ‖q̃‖² of the centred, rounded queries; r_sq_max: an upper bound on
+    ‖r̃‖² over the references; d: dimension; u: unit roundoff of the screen
+    (:func:`_unit_roundoff`). Valid for every screen in use, all in the screen's precision:
+    :class:`Screen`'s s + ‖q̃‖² with s = [q̃, 1]·[−2r̃, fl(‖r̃‖²)] (one GEMM of d + 1 terms),
+    the energies' ‖r̃‖² − 2q̃ᵀr̃ + ‖q̃‖² (one addmm) and faiss's ‖q̃‖² + ‖r̃‖² − 2q̃ᵀr̃ (or
+    Σ(q̃ − r̃)²). With Q = ‖q̃‖², R = ‖r̃‖² and 2Σ|q̃_i r̃_i| ≤ Q + R, the error is at most, to
+    first order in u:
+      4u(Q + R)      rounding of the centred coordinates: q̃ = fl(q − c) has relative error
+                     ≤ u + 2⁻⁵³ per coordinate (:func:`centred`), for q and r alike, so
+                     ‖q̃ − r̃‖² is within this of ‖q − r‖²;
+      (d + 3)u(Q + R) each squared norm in the screen's precision (a length-d sum in any
+                     order, γ_d ≤ d·u/(1 − d·u), and up to three roundings: a square root,
+                     its square and a cast);
+      (d + 1)u(Q + R) the dot product with its d + 1 terms, the norm among them (two-term
+                     forms: d + 2 roundings in all).
+    That is (3d + 10)u(Q + R) with room to spare; the factor 1/(1 − (d + 4)u) covers the
+    second-order terms and (4d + 16)·2⁻⁵³(Q + R) the float64 parts: the refined distances
+    (relative error ≤ (d + 1)·2⁻⁵³ of a value ≤ 2(Q + R)), ‖q̃‖² and the threshold
+    arithmetic. The bound is infinite when (d + 4)u ≥ ½, where no screen of that precision
+    can certify.
     """
     if (d + 4) * u >= 0.5:
         return torch.full_like(q_sq, float("inf"))
-    rate = (2 * d + 8) * u / (1 - (d + 4) * u) + (4 * d + 16) * 2.0**-53
+    rate = (3 * d + 10) * u / (1 - (d + 4) * u) + (4 * d + 16) * 2.0**-53
     return rate * (q_sq + r_sq_max)
 
 
 def centred(x: torch.Tensor, center: torch.Tensor, dtype: torch.dtype = torch.float32
             ) -> torch.Tensor:
-    """x − center computed in float64 and rounded once to dtype: (rows, d).
+    """x − center rounded once to dtype: (rows, d), each coordinate within relative
+    u + 2⁻⁵³ of the exact difference (:func:`centre_into`)."""
+    out = torch.empty(x.shape, dtype=dtype, device=x.device)
+    centre_into(out, x, center)
+    return out
+
+
+def centre_into(out: torch.Tensor, x: torch.Tensor, center: torch.Tensor, scale: float = 1.0
+                ) -> None:
+    """out ← scale·(x − center), rounded once to out's dtype (scale a power of two).
 
     Every set compared must be shifted by the same float64 center: a center rounded to
-    the data's precision would move one set against the other. Converted in row blocks,
-    so the float64 copy of a large set never exists at once.
+    the data's precision would move one set against the other. When x is already in out's
+    dtype and the center is representable in it (:func:`mean_center` makes it so), one
+    correctly rounded operation in that dtype does it, fl(scale·x − scale·c), the
+    products being exact; otherwise the difference is taken in float64, in row blocks, so
+    the float64 copy of a large set never exists at once.
     """
-    if len(x) <= _CENTRE_ROWS:
-        return (x.double() - center).to(dtype)
-    return torch.cat([(x[i:i + _CENTRE_ROWS].double() - center).to(dtype)
-                      for i in range(0, len(x), _CENTRE_ROWS)])
+    c = center.to(out.dtype)
+    if x.dtype == out.dtype and torch.equal(c.double(), center.double()):
+        torch.add(c * -scale, x, alpha=scale, out=out)
+        return
+    for i in range(0, len(x), _CENTRE_ROWS):
+        block = (x[i:i + _CENTRE_ROWS].double() - center).mul_(scale)
+        out[i:i + _CENTRE_ROWS] = block
+
+
+def mean_center(ref: torch.Tensor) -> torch.Tensor:
+    """(d,) float64 center of ref: its mean, rounded to ref's precision when that is float32
+    (so that :func:`centred` can centre float32 data by one float32 subtraction)."""
+    if ref.dtype == torch.float32:
+        return ref.mean(dim=0).double()
+    return ref.mean(dim=0, dtype=torch.float64)
 
 
 def _sq_norms(x: torch.Tensor) -> torch.Tensor:
