@@ -5,14 +5,14 @@ without it, and :func:`faiss_knn_search` raises ``ValueError`` when it is missin
 
 The search mirrors :mod:`memgen.metrics.knn`:
 
-1. *Screen* with ``faiss.IndexFlatL2`` on float32 data, both sets centred in float64
-   on the reference mean (on the GPU when the inputs are CUDA tensors and faiss has GPU
+1. *Screen* with ``faiss.IndexFlatL2`` on float32 data, both sets centred on the
+   reference mean and rounded once to float32 (on the GPU when the inputs are CUDA tensors and faiss has GPU
    support), keeping c = k + margin candidates per query (one more with
    ``exclude_self``). faiss computes ‖q‖² + ‖r‖² − 2qᵀr in float32.
 2. *Refine* the candidates in float64, ‖q − r‖² exactly as the built-in engine does,
    and sort by (distance, index): both engines return bit-identical results.
 3. *Certify* every row: with T the largest value faiss kept for the row and
-   γ ≈ (2d + 8) u (‖q‖² + max‖r‖²) the float32 screening error bound (u = 2⁻²⁴) that the
+   γ ≈ (3d + 10) u (‖q‖² + max‖r‖²) the float32 screening error bound (u = 2⁻²⁴) that the
    built-in engine uses (:func:`memgen.metrics.knn.screen_error_bound`, which covers
    faiss's float32 norms and the rounding of the centred coordinates), every reference
    faiss discarded has exact squared distance ≥ T − γ, so a row whose k-th refined
@@ -27,8 +27,9 @@ import numpy as np
 import torch
 
 from memgen.errors import UserError
-from memgen.metrics.knn import (_REFINE_ROWS, KnnResult, _budget, _fallback, _sq_norms, _validate,
-                                centred, screen_error_bound, take_sorted)
+from memgen.metrics.knn import (KnnResult, _budget, _fallback, _sq_norms, _validate,
+                                candidate_sq_dist, centred, mean_center, screen_error_bound,
+                                take_sorted)
 
 try:
     import faiss
@@ -64,10 +65,10 @@ def faiss_knn_search(query: torch.Tensor, ref: torch.Tensor, k: int, *,
     query, ref = _validate(query, ref, k, exclude_self)
     n, m = query.shape[0], ref.shape[0]
     n_cand = min(k + margin, m - int(exclude_self)) + int(exclude_self)
-    center = ref.mean(dim=0, dtype=torch.float64)
+    center = mean_center(ref)
     q32, r32 = _centred_f32(query, center), _centred_f32(ref, center)
     screened, cand = _faiss_search(q32, r32, n_cand, query.device)  # (n, c) each
-    exact = _exact_d2(query, ref, cand)  # (n, c) float64
+    exact = candidate_sq_dist(query, ref, cand)  # (n, c) float64, as the built-in engine
     gamma = _screen_bound(q32, r32).to(query.device)  # (n,)
     own = torch.arange(n, device=query.device) if exclude_self else None
     if own is not None:
@@ -83,8 +84,8 @@ def faiss_knn_search(query: torch.Tensor, ref: torch.Tensor, k: int, *,
 
 
 def _centred_f32(x: torch.Tensor, center: torch.Tensor) -> np.ndarray:
-    """(rows, d) float32 C-contiguous numpy array of x − center, centred in float64 as the
-    built-in engine does (the same center for both sets, rounded once to float32)."""
+    """(rows, d) float32 C-contiguous numpy array of x − center, centred as the built-in
+    engine does (the same center for both sets, rounded once to float32)."""
     return np.ascontiguousarray(centred(x, center).cpu().numpy())
 
 
@@ -106,14 +107,6 @@ def _faiss_gpus() -> int:
     if not hasattr(faiss, "StandardGpuResources") or not hasattr(faiss, "get_num_gpus"):
         return 0
     return faiss.get_num_gpus()
-
-
-def _exact_d2(query: torch.Tensor, ref: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
-    """Float64 ‖q − r‖² of every candidate (n, c), computed as the built-in refinement does."""
-    return torch.cat([
-        (ref[cand[i:i + _REFINE_ROWS]].double()
-         - query[i:i + _REFINE_ROWS].double().unsqueeze(1)).square().sum(-1)
-        for i in range(0, len(query), _REFINE_ROWS)])
 
 
 def _screen_bound(q32: np.ndarray, r32: np.ndarray) -> torch.Tensor:
