@@ -1,17 +1,25 @@
-"""Timing helpers shared by the benchmarks: interleaved best-of runs, stolen CPU time,
-and the machine's float32 GEMM rate measured in the same run."""
+"""Timing helpers shared by the benchmarks: interleaved best-of runs, stolen CPU time, the
+machine's float32 GEMM rate measured in the same run, the BLAS and threads every library
+runs with, and the check that flags a baseline too slow to be an honest comparison."""
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import time
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import torch
 
 GEMM_SHAPES = ((4096, 4096, 4096), (2048, 784, 8192))  # (a, b, c): (a×b) @ (b×c)
+HANDICAP = 0.5  # a library baseline below this share of the GEMM peak is not a fair baseline
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_DYNAMIC",
+                    "MKL_ENABLE_INSTRUCTIONS", "MKL_DEBUG_CPU_TYPE", "OPENBLAS_CORETYPE",
+                    "OMP_PROC_BIND", "OMP_PLACES", "KMP_AFFINITY", "GOMP_CPU_AFFINITY",
+                    "VECLIB_MAXIMUM_THREADS")
 
 
 @dataclass(frozen=True)
@@ -56,11 +64,12 @@ def interleaved_best(plan: dict[str, Callable[[], object]], repeats: int) -> dic
     return best
 
 
-def gemm_plan() -> dict[str, Callable[[], object]]:
-    """torch.mm calls on the shapes of GEMM_SHAPES, inputs allocated once, warmed up."""
+def gemm_plan(shapes=GEMM_SHAPES) -> dict[str, Callable[[], object]]:
+    """torch.mm calls on the shapes (a, b, c) of (a×b) @ (b×c), inputs allocated once,
+    warmed up."""
     gen = torch.Generator().manual_seed(0)
     plan = {}
-    for a, b, c in GEMM_SHAPES:
+    for a, b, c in shapes:
         x, y = torch.randn(a, b, generator=gen), torch.randn(b, c, generator=gen)
         out = torch.empty(a, c)
         plan[gemm_name((a, b, c))] = lambda x=x, y=y, out=out: torch.mm(x, y, out=out)
@@ -69,10 +78,10 @@ def gemm_plan() -> dict[str, Callable[[], object]]:
     return plan
 
 
-def gemm_name(shape: tuple[int, int, int]) -> str:
+def gemm_name(shape: tuple[int, int, int], library: str = "torch.mm") -> str:
     """Plan and table label of the GEMM (a×b) @ (b×c)."""
     a, b, c = shape
-    return f"torch.mm {a}x{b} @ {b}x{c}"
+    return f"{library} {a}x{b} @ {b}x{c}"
 
 
 def model_bench_args(parser: argparse.ArgumentParser, argv, *, presets, batch: int):
@@ -85,4 +94,102 @@ def model_bench_args(parser: argparse.ArgumentParser, argv, *, presets, batch: i
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average "
           f"{os.getloadavg()[0]:.2f}; batch {args.batch}, float32")
+    print_blas_report()
     return args
+
+
+# ---------------------------------------------------------------------------- honesty
+
+
+def blas_report() -> list[str]:
+    """One line per library in use: its BLAS, that BLAS's version and thread count; then the
+    thread and BLAS variables of the environment (set or not)."""
+    lines = [f"torch {torch.__version__}: {_torch_blas()}, {torch.get_num_threads()} threads"]
+    blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
+    numpy_pools = _pools("numpy")
+    lines.append(f"numpy {np.__version__}: {blas.get('name')} {blas.get('version')}, "
+                 f"{_threads(numpy_pools)} threads")
+    try:
+        import faiss  # optional: the faiss baselines
+    except ImportError:
+        lines.append("faiss: not installed")
+    else:
+        lines.append(f"faiss {faiss.__version__}: {_pool_names(_pools('faiss'))}, "
+                     f"{faiss.omp_get_max_threads()} OpenMP threads")
+    variables = " ".join(f"{name}={os.environ.get(name, 'unset')}" for name in THREAD_VARIABLES)
+    lines.append(f"environment: {variables}")
+    return lines
+
+
+def print_blas_report() -> None:
+    """Print :func:`blas_report` under a heading."""
+    print("BLAS and threads in this run:")
+    for line in blas_report():
+        print(f"  {line}")
+
+
+def _torch_blas() -> str:
+    config = torch.__config__.show()
+    blas = re.findall(r"BLAS_INFO=(\w+)", config)
+    mkl = re.findall(r"Math Kernel Library Version ([\w.\-]+)", config)
+    name = blas[0] if blas else "unknown BLAS"
+    return f"{name} {mkl[0]}" if name == "mkl" and mkl else name
+
+
+def _pools(library: str) -> list[dict]:
+    """threadpoolctl's records of the BLAS and OpenMP libraries loaded from a package's folder."""
+    from threadpoolctl import threadpool_info  # bench-only dependency (the dev extra)
+
+    return [pool for pool in threadpool_info() if f"/{library}" in pool["filepath"]]
+
+
+def _pool_names(pools: list[dict]) -> str:
+    blas = [f"{p['internal_api']} {p.get('version')} ({p.get('architecture')}, "
+            f"{p['num_threads']} threads)" for p in pools if p["user_api"] == "blas"]
+    return ", ".join(blas) or "no BLAS found"
+
+
+def _threads(pools: list[dict]) -> str:
+    counts = {p["num_threads"] for p in pools if p["user_api"] == "blas"}
+    return "/".join(str(c) for c in sorted(counts)) or "?"
+
+
+def numpy_gemm_plan(shapes=GEMM_SHAPES) -> dict[str, Callable[[], object]]:
+    """numpy.matmul on the shapes (a, b, c) (numpy's own BLAS), warmed up."""
+    rng = np.random.default_rng(0)
+    plan = {}
+    for a, b, c in shapes:
+        x = rng.standard_normal((a, b), dtype=np.float32)
+        y = rng.standard_normal((b, c), dtype=np.float32)
+        out = np.empty((a, c), dtype=np.float32)
+        plan[gemm_name((a, b, c), "numpy.matmul")] = \
+            lambda x=x, y=y, out=out: np.matmul(x, y, out=out)
+    for fn in plan.values():
+        fn()
+    return plan
+
+
+def set_threads(threads: int) -> None:
+    """The same thread count for torch, numpy's BLAS and faiss (when installed)."""
+    from threadpoolctl import threadpool_limits  # bench-only dependency (the dev extra)
+
+    torch.set_num_threads(threads)
+    threadpool_limits(limits=threads, user_api="blas")
+    try:
+        import faiss  # optional: the faiss baselines
+    except ImportError:
+        return
+    faiss.omp_set_num_threads(threads)
+
+
+def handicap(rate: float, peak: float) -> str:
+    """'' for a baseline at ≥ HANDICAP of the GEMM peak measured in the same run, else the
+    flag under which its time must not be read as memgen's speed-up."""
+    if rate >= HANDICAP * peak:
+        return ""
+    return f"handicapped — check its BLAS ({100 * rate / peak:.0f} % of the GEMM peak)"
+
+
+def speedup_cell(other_seconds: float, memgen_seconds: float, note: str) -> str:
+    """The time ratio other / memgen, or 'n/a' for a flagged (handicapped) baseline."""
+    return "n/a" if note else f"{other_seconds / memgen_seconds:.2f}"

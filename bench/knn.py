@@ -8,8 +8,14 @@ images as queries against the 60,000 training images, 784 dims, top-5):
 3. the public reference code's method, one query at a time:
    ``topk(norm(query[None] - ref, dim=1), k, largest=False)``, timed on a subset of
    ``--n-sub`` queries and scaled linearly to all queries;
-4. the float32 GEMM rate of ``torch.mm`` (a large square product and a kNN-block shape),
-   the peak that the kNN rates are set against.
+4. the float32 GEMM rate of ``torch.mm`` and of ``numpy.matmul`` (a large square product
+   and a kNN-block shape): the best is the GEMM peak that every rate is set against.
+
+Next to the figures it prints the BLAS of torch, numpy and faiss, their thread counts and
+the thread / BLAS variables in force. A library baseline below half the GEMM peak is
+flagged "handicapped — check its BLAS" and no speed-up over it is reported. A last,
+separate run times memgen's phases (centring, GEMM, group minima, selection, refinement,
+certification) by wrapping its functions.
 
 Every method is credited the same nominal 2·n·m·d flops. The repeats are interleaved
 (GEMM, memgen, faiss, GEMM, memgen, faiss, ...) so a slow spell on a shared machine hits
@@ -32,9 +38,24 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from common import GEMM_SHAPES, Timing, gemm_name, gemm_plan, interleaved_best, time_once
+import importlib
+import time
+from contextlib import contextmanager
+
+from common import (GEMM_SHAPES, Timing, gemm_name, gemm_plan, handicap, interleaved_best,
+                    numpy_gemm_plan, print_blas_report, set_threads, speedup_cell, time_once)
 
 from memgen.metrics.knn import knn_search
+
+KNN = importlib.import_module("memgen.metrics.knn")  # the module (memgen.metrics.knn is a function)
+PHASES = {  # phase: functions of memgen.metrics.knn whose time it is (exclusive of the others)
+    "centring and norms": ("build", "queries"),
+    "GEMM": ("mm",),
+    "group minima": ("_scores",),
+    "selection (top-c merges)": ("_smallest", "_merge_block"),
+    "float64 refinement": ("_refine",),
+    "certification and fallback": ("_certified", "_fallback"),
+}
 
 
 @dataclass(frozen=True)
@@ -62,7 +83,7 @@ class Row:
     method: str
     seconds: float
     gflops: float
-    vs_memgen: float | None  # time / memgen time; None where meaningless (GEMM rows)
+    vs_memgen: str  # time / memgen time; "-" for GEMM rows, "n/a" for handicapped baselines
     pct_peak: float
     identical: str
     steal: float
@@ -106,7 +127,6 @@ def faiss_search_fn(query: torch.Tensor, ref: torch.Tensor, k: int, threads: int
     except ImportError:
         print("faiss not installed: skipping the faiss comparison (pip install faiss-cpu)")
         return None
-    faiss.omp_set_num_threads(threads)
     index = faiss.IndexFlatL2(ref.shape[1])
     index.add(np.ascontiguousarray(ref.numpy()))
     q = np.ascontiguousarray(query.numpy())
@@ -146,11 +166,16 @@ def compare(query, ref, idx_memgen: torch.Tensor, idx_other: torch.Tensor) -> Ag
 
 
 def make_row(method: str, t: Timing, flops: float, mem: Timing, peak: float,
-             identical: str) -> Row:
-    """A table row from a timing and the nominal flop count."""
+             identical: str, library: bool = False) -> Row:
+    """A table row from a timing and the nominal flop count; a library baseline below half
+    the GEMM peak is flagged and gets no ratio."""
     gflops = flops / t.seconds / 1e9
-    return Row(method, t.seconds, gflops, t.seconds / mem.seconds, 100 * gflops / peak,
-               identical, t.steal)
+    note = handicap(gflops, peak) if library else ""
+    if note:
+        print(f"{method}: {note}")
+        identical = f"{identical}; {note}"
+    return Row(method, t.seconds, gflops, speedup_cell(t.seconds, mem.seconds, note),
+               100 * gflops / peak, identical, t.steal)
 
 
 def print_table(rows: list[Row]) -> None:
@@ -160,8 +185,7 @@ def print_table(rows: list[Row]) -> None:
     print(head)
     print("-" * len(head))
     for r in rows:
-        ratio = "-" if r.vs_memgen is None else f"{r.vs_memgen:.2f}"
-        print(f"{r.method:<34s} {r.seconds:9.2f} {r.gflops:8.1f} {ratio:>11s} "
+        print(f"{r.method:<34s} {r.seconds:9.2f} {r.gflops:8.1f} {r.vs_memgen:>11s} "
               f"{r.pct_peak:10.1f}% {100 * r.steal:5.1f}%  {r.identical}")
 
 
@@ -173,7 +197,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--dim", type=int, default=784)
     p.add_argument("--k", type=int, default=5)
     p.add_argument("--data", choices=("fmnist", "random"), default="fmnist")
-    p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--threads", type=int, default=torch.get_num_threads(),
+                   help="threads of torch, numpy's BLAS and faiss alike")
     p.add_argument("--repeats", type=int, default=3, help="interleaved rounds; best is kept")
     p.add_argument("--n-sub", type=int, default=200, help="queries timed for the reference")
     p.add_argument("--seed", type=int, default=0, help="for --data random")
@@ -190,6 +215,7 @@ def print_setup(args, label: str, query: torch.Tensor, ref: torch.Tensor) -> Non
     print(f"CPU: {_cpu_model()}, {torch.get_num_threads()} torch threads")
     print(f"python {platform.python_version()}, torch {torch.__version__}, "
           f"numpy {np.__version__}, faiss {faiss_version}")
+    print_blas_report()
     print(f"data: {label}; {len(query)} queries x {len(ref)} refs x {query.shape[1]} dims, "
           f"k={args.k}, float32")
 
@@ -206,24 +232,25 @@ def _cpu_model() -> str:
 def main(argv=None) -> list[Row]:
     """Run all measurements and print the table; returns its rows."""
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     query, ref, label = load_data(args.data, args.n_query, args.n_ref, args.dim, args.seed)
     print_setup(args, label, query, ref)
     best, has_faiss = time_methods(query, ref, args)
-    peak = max(gemm_rate(best, shape) for shape in GEMM_SHAPES)
+    gemms = [name for name in best if name.startswith(("torch.mm", "numpy.matmul"))]
+    peak = max(gemm_rate(best, name) for name in gemms)
     mem = best["memgen knn_search"]
     flops = 2.0 * len(query) * len(ref) * query.shape[1]
     print(f"memgen: {mem.output.n_fallback} rows needed the float64 fallback")
-    rows = [Row(gemm_name(s), best[gemm_name(s)].seconds, gemm_rate(best, s), None,
-                100 * gemm_rate(best, s) / peak, "-", best[gemm_name(s)].steal)
-            for s in GEMM_SHAPES]
+    rows = [Row(name, best[name].seconds, gemm_rate(best, name), "-",
+                100 * gemm_rate(best, name) / peak, "-", best[name].steal) for name in gemms]
     rows.append(make_row("memgen knn_search", mem, flops, mem, peak, "(reference)"))
     if has_faiss:
         rows.append(faiss_row(query, ref, best["faiss IndexFlatL2"], mem, flops, peak))
     rows.append(reference_row(query, ref, args.k, args.n_sub, mem, peak))
-    print(f"GEMM peak (best shape): {peak:.1f} GFLOP/s; memgen reaches "
+    print(f"GEMM peak (best library and shape): {peak:.1f} GFLOP/s; memgen reaches "
           f"{100 * flops / mem.seconds / 1e9 / peak:.1f}% of it\n")
     print_table(rows)
+    print_phases(query, ref, args.k)
     return rows
 
 
@@ -231,7 +258,7 @@ def time_methods(query: torch.Tensor, ref: torch.Tensor, args) -> tuple[dict[str
     """Warm up, then time GEMM, memgen and faiss in interleaved rounds."""
     k = args.k
     knn_search(query[:256], ref, k)  # warm-up
-    plan = gemm_plan()
+    plan = gemm_plan() | numpy_gemm_plan()
     plan["memgen knn_search"] = lambda: knn_search(query, ref, k)
     faiss_fn = faiss_search_fn(query, ref, k, args.threads)
     if faiss_fn is not None:
@@ -240,10 +267,13 @@ def time_methods(query: torch.Tensor, ref: torch.Tensor, args) -> tuple[dict[str
     return interleaved_best(plan, args.repeats), faiss_fn is not None
 
 
-def gemm_rate(best: dict[str, Timing], shape: tuple[int, int, int]) -> float:
-    """GFLOP/s of the best run of the GEMM of this shape (2abc flops)."""
-    a, b, c = shape
-    return 2.0 * a * b * c / best[gemm_name(shape)].seconds / 1e9
+def gemm_rate(best: dict[str, Timing], name: str) -> float:
+    """GFLOP/s of the best run of a GEMM plan entry (2abc flops, the shape read from name)."""
+    for shape in GEMM_SHAPES:
+        if name.endswith(gemm_name(shape, "")):
+            a, b, c = shape
+            return 2.0 * a * b * c / best[name].seconds / 1e9
+    raise KeyError(name)
 
 
 def faiss_row(query, ref, fa: Timing, mem: Timing, flops: float, peak: float) -> Row:
@@ -252,7 +282,7 @@ def faiss_row(query, ref, fa: Timing, mem: Timing, flops: float, peak: float) ->
     print(f"faiss vs memgen: memgen runs at {fa.seconds / mem.seconds:.2f}x faiss speed; "
           f"{agree.n_diff}/{agree.n_rows} rows differ: {agree.n_tie} exact ties, "
           f"{agree.n_other_worse} faiss farther, {agree.n_memgen_worse} memgen farther")
-    return make_row("faiss IndexFlatL2", fa, flops, mem, peak, agree.verdict())
+    return make_row("faiss IndexFlatL2", fa, flops, mem, peak, agree.verdict(), library=True)
 
 
 def reference_row(query, ref, k: int, n_sub: int, mem: Timing, peak: float) -> Row:
@@ -268,7 +298,62 @@ def reference_row(query, ref, k: int, n_sub: int, mem: Timing, peak: float) -> R
     scaled = Timing(sub.seconds * scale, sub.steal)
     flops = 2.0 * len(query) * len(ref) * query.shape[1]
     return make_row(f"reference (scaled from {n_sub} q)", scaled, flops, mem, peak,
-                    f"{agree.verdict()} (on {n_sub} q)")
+                    f"{agree.verdict()} (on {n_sub} q); the naive method")
+
+
+def print_phases(query: torch.Tensor, ref: torch.Tensor, k: int) -> None:
+    """One more memgen search with its phases timed (exclusive times, wall clock)."""
+    with _phase_timer() as spent:
+        t0 = time.perf_counter()
+        knn_search(query, ref, k)
+        total = time.perf_counter() - t0
+    print("\nmemgen phases (a separate, instrumented run):")
+    print(f"{'phase':<30s} {'seconds':>8s} {'share':>7s}")
+    for phase, names in PHASES.items():
+        seconds = sum(spent.get(name, 0.0) for name in names)
+        print(f"{phase:<30s} {seconds:8.3f} {100 * seconds / total:6.1f}%")
+    rest = total - sum(spent.values())
+    print(f"{'other (validation, Python)':<30s} {rest:8.3f} {100 * rest / total:6.1f}%")
+    print(f"{'total':<30s} {total:8.3f}")
+
+
+@contextmanager
+def _phase_timer():
+    """Wrap the phase functions of memgen.metrics.knn; yields {name: exclusive seconds}."""
+    spent: dict[str, float] = {}
+    stack: list[float] = []  # time spent in nested wrapped calls, per open call
+
+    def timed(name, fn):
+        def wrapper(*args, **kwargs):
+            stack.append(0.0)
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                elapsed = time.perf_counter() - t0
+                inner = stack.pop()
+                spent[name] = spent.get(name, 0.0) + elapsed - inner
+                if stack:
+                    stack[-1] += elapsed
+        return wrapper
+
+    screen, torch_ns = KNN.Screen, KNN.torch
+    originals = {name: getattr(KNN, name) for name in
+                 ("_scores", "_smallest", "_merge_block", "_refine", "_certified", "_fallback")}
+    build, queries = screen.build.__func__, screen.queries
+    proxy = type("TorchProxy", (), {"__getattr__": lambda self, name: getattr(torch, name)})()
+    proxy.mm = timed("mm", torch.mm)
+    try:
+        for name, fn in originals.items():
+            setattr(KNN, name, timed(name, fn))
+        screen.build = classmethod(timed("build", build))
+        screen.queries = timed("queries", queries)
+        KNN.torch = proxy
+        yield spent
+    finally:
+        for name, fn in originals.items():
+            setattr(KNN, name, fn)
+        screen.build, screen.queries, KNN.torch = classmethod(build), queries, torch_ns
 
 
 if __name__ == "__main__":

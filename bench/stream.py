@@ -6,10 +6,17 @@ samples (defaults 10,000 × 1,000,000 × 784, top-5) that live on disk as ``.npy
 ``memgen.metrics.stream.stream_knn``. One run measures:
 
 1. streamed search (memory-mapped shards, chunks of at most the budget);
-2. the baseline: memgen's in-memory ``knn_search`` over the whole reference set loaded
-   in RAM (``--no-baseline`` skips it when the set does not fit);
-3. the float32 GEMM rate of ``torch.mm`` on the kNN block shape, the peak both are set
-   against (nominal 2·n·m·d flops).
+2. the baselines, over the whole reference set loaded in RAM (``--no-baseline`` skips them
+   when the set does not fit): memgen's in-memory ``knn_search``, and faiss-cpu's
+   ``IndexFlatL2`` twice — with its defaults, and with its BLAS path forced
+   (``distance_compute_blas_threshold = 0``; faiss's default sends fewer than 128,000
+   query coordinates, e.g. 1,000 × 64, to a non-BLAS scan);
+3. the float32 GEMM rate of ``torch.mm`` and ``numpy.matmul`` on the kNN block shape, the
+   peak all are set against (nominal 2·n·m·d flops).
+
+The BLAS of every library and the thread variables in force are printed; a library
+baseline below half the GEMM peak is flagged "handicapped — check its BLAS" and gets no
+speed-up. Every result is checked against the streamed one.
 
 Peak resident memory is read from the kernel (``ru_maxrss``) after the streamed run, before
 the baseline loads the set, and printed next to the stated bound (queries + 2 × budget +
@@ -17,7 +24,8 @@ the interpreter and torch, measured before the search). Neighbours are compared 
 in-memory result.
 
     .venv/bin/python bench/stream.py [--n-query 10000 --n-ref 1000000 --dim 784 --k 5
-                                      --shard 50000 --budget 256 --dir /tmp/memgen-stream]
+                                      --shard 50000 --budget 256 --dir /tmp/memgen-stream
+                                      --threads N]
 """
 
 from __future__ import annotations
@@ -29,7 +37,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import gemm_name, gemm_plan, interleaved_best
+from common import (gemm_name, gemm_plan, handicap, interleaved_best, numpy_gemm_plan,
+                    print_blas_report, set_threads, speedup_cell, time_once)
 
 from memgen.metrics.knn import knn_search
 from memgen.metrics.shards import open_shards
@@ -64,42 +73,73 @@ def main(argv=None) -> None:
     parser.add_argument("--budget", type=float, default=256, help="MiB")
     parser.add_argument("--dir", default="/tmp/memgen-stream")
     parser.add_argument("--no-baseline", action="store_true")
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(),
+                        help="threads of torch, numpy's BLAS and faiss alike")
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     t0 = time.perf_counter()
     paths = write_shards(Path(args.dir), args.n_ref, args.dim, args.shard)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {len(paths)} shards "
           f"of ≤ {args.shard} rows in {args.dir} (ready in {time.perf_counter() - t0:.0f} s)")
+    print_blas_report()
     query = torch.from_numpy(np.random.default_rng(1).standard_normal(
         (args.n_query, args.dim), dtype=np.float32))
     budget = int(args.budget * 2**20)
-    shape = (2048, 784, 8192)  # a kNN block: queries × dims @ dims × references
-    gemm = interleaved_best({gemm_name(shape): gemm_plan()[gemm_name(shape)]}, 2)
-    peak = 2 * np.prod(shape) / gemm[gemm_name(shape)].seconds
+    shapes = ((2048, 784, 8192), (min(args.n_query, 2048), args.dim, 8192))  # peak, this problem
+    gemm = interleaved_best(gemm_plan(shapes) | numpy_gemm_plan(shapes), 2)
+    rates = {shape: max(2 * np.prod(shape) / t.seconds for name, t in gemm.items()
+                        if name.endswith(gemm_name(shape, ""))) for shape in shapes}
+    peak, shaped = rates[shapes[0]], rates[shapes[1]]
+    print(f"GEMM rate: {peak / 1e9:.1f} GFLOP/s at {shapes[0]}, {shaped / 1e9:.1f} GFLOP/s at "
+          f"this problem's block shape {shapes[1]} (the rate baselines are checked against)")
     base_rss = rss_mib()
     shards = open_shards(paths)
-    t0 = time.perf_counter()
-    streamed = stream_knn(query, shards, args.k, memory_budget=budget, progress=True)
-    t_stream = time.perf_counter() - t0
+    streamed = time_once(lambda: stream_knn(query, shards, args.k, memory_budget=budget,
+                                            progress=True))
     stream_rss = rss_mib()
     flops = 2.0 * args.n_query * args.n_ref * args.dim
+    rate = flops / streamed.seconds
     bound = base_rss + query.numel() * 4 / 2**20 + 2 * args.budget
-    print(f"\nstreamed: {t_stream:.1f} s = {t_stream * 1e6 / args.n_ref:.1f} s per million "
-          f"references ({args.n_query} queries), {flops / t_stream / 1e9:.1f} GFLOP/s = "
-          f"{100 * flops / t_stream / peak:.1f} % of the GEMM peak ({peak / 1e9:.1f} GFLOP/s); "
-          f"peak RSS {stream_rss:.0f} MiB (bound {bound:.0f} MiB: {base_rss:.0f} before the "
-          f"search + queries + 2 × {args.budget:.0f} MiB)")
-    if args.no_baseline:
-        return
+    print(f"\nstreamed: {streamed.seconds:.2f} s = {streamed.seconds * 1e6 / args.n_ref:.2f} s "
+          f"per million references ({args.n_query} queries), {rate / 1e9:.1f} GFLOP/s = "
+          f"{100 * rate / peak:.1f} % of the GEMM peak ({peak / 1e9:.1f} GFLOP/s); peak RSS "
+          f"{stream_rss:.0f} MiB (bound {bound:.0f} MiB: {base_rss:.0f} before the search + "
+          f"queries + 2 × {args.budget:.0f} MiB)")
+    if not args.no_baseline:
+        compare_baselines(paths, query, args.k, streamed, flops, min(peak, shaped))
+
+
+def compare_baselines(paths, query, k: int, streamed, flops: float, peak: float) -> None:
+    """In-memory memgen and faiss on the loaded set, each checked against the streamed result;
+    peak: the GEMM rate at this problem's shape, the reference of the handicap check."""
     ref = torch.from_numpy(np.concatenate([np.load(p) for p in paths]))
-    t0 = time.perf_counter()
-    whole = knn_search(query, ref, args.k)
-    t_mem = time.perf_counter() - t0
-    same = torch.equal(whole.idx, streamed.idx) and torch.equal(whole.dist, streamed.dist)
-    print(f"in memory: {t_mem:.1f} s ({flops / t_mem / 1e9:.1f} GFLOP/s), peak RSS "
-          f"{rss_mib():.0f} MiB with the {ref.numel() * 4 / 2**30:.2f} GiB set loaded; "
-          f"streamed / in-memory time {t_stream / t_mem:.2f}; identical neighbours: {same}")
+    whole = time_once(lambda: knn_search(query, ref, k))
+    same = torch.equal(whole.output.idx, streamed.output.idx) and torch.equal(
+        whole.output.dist, streamed.output.dist)
+    print(f"in memory: {whole.seconds:.2f} s ({flops / whole.seconds / 1e9:.1f} GFLOP/s), peak "
+          f"RSS {rss_mib():.0f} MiB with the {ref.numel() * 4 / 2**30:.2f} GiB set loaded; "
+          f"streamed / in-memory time {streamed.seconds / whole.seconds:.2f}; identical "
+          f"neighbours and distances: {same}")
+    try:
+        import faiss  # optional: the faiss baselines
+    except ImportError:
+        print("faiss not installed: no faiss baselines (pip install faiss-cpu)")
+        return
+    index = faiss.IndexFlatL2(ref.shape[1])
+    index.add(ref.numpy())
+    default = faiss.cvar.distance_compute_blas_threshold
+    for label, threshold in (("defaults", default), ("BLAS path forced", 0)):
+        faiss.cvar.distance_compute_blas_threshold = threshold
+        index.search(query[:64].numpy(), k)  # warm-up
+        found = time_once(lambda: index.search(query.numpy(), k)[1])
+        rate = flops / found.seconds
+        note = handicap(rate, peak)
+        agree = int((torch.from_numpy(found.output) != streamed.output.idx).any(dim=1).sum())
+        print(f"faiss IndexFlatL2 ({label}): {found.seconds:.2f} s, {rate / 1e9:.1f} GFLOP/s = "
+              f"{100 * rate / peak:.1f} % of the GEMM rate at this shape; faiss time / streamed time "
+              f"{speedup_cell(found.seconds, streamed.seconds, note)}; rows whose neighbours "
+              f"differ from the exact ones: {agree}{'; ' + note if note else ''}")
+    faiss.cvar.distance_compute_blas_threshold = default
 
 
 if __name__ == "__main__":
