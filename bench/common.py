@@ -154,6 +154,15 @@ def _threads(pools: list[dict]) -> str:
     return "/".join(str(c) for c in sorted(counts)) or "?"
 
 
+def gemm_peak(best: dict[str, Timing], shapes=GEMM_SHAPES) -> float:
+    """GFLOP/s of the fastest GEMM timed in best: any library (torch.mm, numpy.matmul), any
+    of the shapes."""
+    rates = [2.0 * a * b * c / best[name].seconds / 1e9 for a, b, c in shapes
+             for name in (gemm_name((a, b, c)), gemm_name((a, b, c), "numpy.matmul"))
+             if name in best]
+    return max(rates)
+
+
 def numpy_gemm_plan(shapes=GEMM_SHAPES) -> dict[str, Callable[[], object]]:
     """numpy.matmul on the shapes (a, b, c) (numpy's own BLAS), warmed up."""
     rng = np.random.default_rng(0)

@@ -24,7 +24,7 @@ import argparse
 
 import numpy as np
 import torch
-from common import time_once
+from common import print_blas_report, set_threads, time_once
 
 from memgen.metrics.knn import knn_search
 from memgen.metrics.lpips import embed_batched, lpips_pairwise, random_lpips
@@ -59,7 +59,7 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     device = torch.device(args.device)
     gen = torch.Generator().manual_seed(0)
     shape = (3, args.size, args.size)
@@ -68,6 +68,7 @@ def main(argv=None) -> None:
     model = random_lpips(args.net, seed=0).to(device)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}; "
           f"LPIPS-{args.net}, {args.n_query} x {args.n_ref} images of {shape}, top-{args.k}")
+    print_blas_report()
 
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     embedding_knn(model, queries[:50], refs[:200], args.k, args.batch)  # warm-up
@@ -90,7 +91,7 @@ def main(argv=None) -> None:
     print("\n| method | time | pairs/s | ratio |\n|---|---:|---:|---:|")
     print(f"| embedding + exact kNN | {emb.seconds:.2f} s | {n_pairs / emb.seconds:,.0f} "
           f"| 1 |")
-    print(f"| pairwise ({args.n_sub} queries timed, scaled to {args.n_query}) "
+    print(f"| pairwise, the naive method ({args.n_sub} queries timed, scaled to {args.n_query}) "
           f"| {pair_total:,.0f} s | {n_pairs / pair_total:,.0f} "
           f"| {pair_total / emb.seconds:,.0f}x slower |")
     print(f"\nmax relative difference, embedding vs pairwise LPIPS over "
