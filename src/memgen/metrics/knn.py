@@ -536,10 +536,12 @@ def screen_error_bound(q_sq: torch.Tensor, r_sq_max, d: int, u: float) -> torch.
 def centred(x: torch.Tensor, center: torch.Tensor, dtype: torch.dtype = torch.float32
             ) -> torch.Tensor:
     """x − center rounded once to dtype: (rows, d), each coordinate within relative
-    u + 2⁻⁵³ of the exact difference (:func:`centre_into`)."""
-    out = torch.empty(x.shape, dtype=dtype, device=x.device)
-    centre_into(out, x, center)
-    return out
+    u + 2⁻⁵³ of the exact difference, as :func:`centre_into` computes it; differentiable."""
+    if x.dtype == dtype and _representable(center, dtype):
+        return x - center.to(dtype)
+    return torch.cat([(x[i:i + _CENTRE_ROWS].double() - center).to(dtype)
+                      for i in range(0, len(x), _CENTRE_ROWS)]) if len(x) else \
+        x.new_empty(x.shape, dtype=dtype)
 
 
 def centre_into(out: torch.Tensor, x: torch.Tensor, center: torch.Tensor, scale: float = 1.0
@@ -553,13 +555,16 @@ def centre_into(out: torch.Tensor, x: torch.Tensor, center: torch.Tensor, scale:
     products being exact; otherwise the difference is taken in float64, in row blocks, so
     the float64 copy of a large set never exists at once.
     """
-    c = center.to(out.dtype)
-    if x.dtype == out.dtype and torch.equal(c.double(), center.double()):
-        torch.add(c * -scale, x, alpha=scale, out=out)
+    if x.dtype == out.dtype and _representable(center, out.dtype):
+        torch.add(center.to(out.dtype) * -scale, x, alpha=scale, out=out)
         return
     for i in range(0, len(x), _CENTRE_ROWS):
         block = (x[i:i + _CENTRE_ROWS].double() - center).mul_(scale)
         out[i:i + _CENTRE_ROWS] = block
+
+
+def _representable(center: torch.Tensor, dtype: torch.dtype) -> bool:
+    return torch.equal(center.to(dtype).double(), center.double())
 
 
 def mean_center(ref: torch.Tensor) -> torch.Tensor:
