@@ -5,14 +5,15 @@ U-Nets on the DDPM ladder ``VPSchedule().sigmas(100)``, the 1000-level VE ladder
 
 1. the floor: N forwards of the network (N = the ladder's steps) in eval mode, no_grad;
 2. every sampler through its denoiser (``EpsDenoiser`` for the U-Nets, ``ScoreDenoiser`` for
-   the MLP), stochastic ones once with a ``StackedGenerator`` (per-sample numpy streams)
-   and once with a ``torch.Generator``; for the toy MLP also a prototype of a
-   StackedGenerator that draws each stream's normals 128 steps ahead (identical values).
+   the MLP), stochastic ones once with a ``StackedGenerator`` (per-sample numpy streams,
+   drawn by the samplers in blocks of steps) and once with a ``torch.Generator``.
 
-Overhead = (sampler time − forwards × floor per forward)/(forwards × floor per forward)
-(Heun makes 2N − 1 forwards). The network, the denoiser's ``t_from_sigma`` and the
-StackedGenerator draws are also timed inside each sampler run ("in-run": overhead =
-sampler time / time in the network − 1), which splits it without run-to-run noise.
+Overhead over the bare network forwards = (sampler time − forwards × floor per forward)/
+(forwards × floor per forward) (Heun makes 2N − 1 forwards), printed per run after the
+table. The network, the denoiser's ``t_from_sigma`` (once per run: the ladder's times are
+computed before the loop) and the StackedGenerator draws are also timed inside each
+sampler run ("in-run": overhead = sampler time / time in the network − 1), which splits
+it without run-to-run noise.
 
     .venv/bin/python bench/sampling.py [--presets fmnist-cpu-16 fmnist-cpu-28 toy-mlp
                                         --batch 64 --steps 100 --mlp-steps 1000 --repeats 1]
@@ -21,13 +22,12 @@ sampler time / time in the network − 1), which splits it without run-to-run no
 from __future__ import annotations
 
 import argparse
-import math
+import dataclasses
 import os
 import resource
 import time
 from collections import defaultdict
 
-import numpy as np
 import torch
 from common import interleaved_best, model_bench_args
 
@@ -74,11 +74,12 @@ def with_others_cpu(fn):
     return go
 
 
-class TimedSchedule:
-    """The schedule with ``t_from_sigma`` timed (the denoiser's only call into it)."""
-
-    def __init__(self, schedule, clock: Clock):
-        self.schedule, self.t_from_sigma = schedule, clock.wrap("t", schedule.t_from_sigma)
+def timed_schedule(schedule, clock: Clock):
+    """A copy of the schedule (of its own class, as the parameterizations require) whose
+    ``t_from_sigma``, the denoiser's only call into it, is timed."""
+    timed = dataclasses.replace(schedule)
+    object.__setattr__(timed, "t_from_sigma", clock.wrap("t", schedule.t_from_sigma))
+    return timed
 
 
 class TimedStacked(StackedGenerator):
@@ -87,24 +88,6 @@ class TimedStacked(StackedGenerator):
     def __init__(self, seeds, clock: Clock):
         super().__init__(seeds)
         self.randn = clock.wrap("noise", self.randn)
-
-
-class PrefetchedStacked(TimedStacked):
-    """Prototype: each stream draws ``block`` steps of normals in one call and hands out
-    slices. numpy's float64 normals come one by one off the stream, so the values equal
-    StackedGenerator's; a step costs one slice instead of one numpy call per sample."""
-
-    def __init__(self, seeds, clock: Clock, block: int = 128):
-        self.block, self.buffer = block, None
-        super().__init__(seeds, clock)
-
-    def randn(self, shape, *, dtype=None, device=None):
-        n = math.prod(shape[1:])
-        if self.buffer is None or self.buffer.shape[1] < n:
-            fresh = np.stack([g.standard_normal(self.block * n) for g in self.generators])
-            self.buffer = fresh if self.buffer is None else np.hstack([self.buffer, fresh])
-        draws, self.buffer = self.buffer[:, :n], self.buffer[:, n:]
-        return torch.from_numpy(draws.reshape(shape)).to(dtype or torch.get_default_dtype())
 
 
 def setup(preset: str, batch: int, steps: int):
@@ -140,7 +123,7 @@ def runs(preset: str, batch: int, steps: int) -> dict:
     def sampler(name, make_gen):
         def go():
             clock = Clock()
-            denoiser = cls(clock.wrap("net", net), TimedSchedule(schedule, clock))
+            denoiser = cls(clock.wrap("net", net), timed_schedule(schedule, clock))
             out = get_sampler(name)(denoiser, x.clone(), sigmas, generator=make_gen(clock))
             return clock, out
         return go
@@ -150,8 +133,6 @@ def runs(preset: str, batch: int, steps: int) -> dict:
     plan = {f"{preset} forwards": forwards}
     if cls is ScoreDenoiser:
         plan[f"{preset} euler_maruyama stacked"] = sampler("euler_maruyama", stacked)
-        plan[f"{preset} euler_maruyama prefetched"] = sampler(
-            "euler_maruyama", lambda clock: PrefetchedStacked(seeds, clock))
         plan[f"{preset} euler_maruyama torch"] = sampler("euler_maruyama", torch_gen)
     else:
         plan[f"{preset} ddpm stacked"] = sampler("ddpm", stacked)
@@ -184,6 +165,11 @@ def report(best: dict, batch: int) -> None:
         print(f"| {name} | {n} | {total:.3f} | {1e3 * net_s / n:.2f} | {batch / total:.1f} "
               f"| {pct(total - n * floor, n * floor)} | {pct(total - net_s)} | {pct(noise)} "
               f"| {pct(t_conv)} | {pct(total - net_s - noise - t_conv)} | {100 * others:.0f} % |")
+    print()
+    for name, timing in list(best.items())[1:]:
+        n = timing.output[0][0].calls["net"]
+        print(f"{name}: overhead over bare network forwards "
+              f"{100 * (timing.seconds - n * floor) / (n * floor):.1f} %")
 
 
 def main(argv=None) -> None:
@@ -198,12 +184,7 @@ def main(argv=None) -> None:
         print(f"\n{preset}: {count_parameters(get_preset(preset).build()):,} parameters, "
               f"{steps} {'levels' if mlp else 'steps'}")
         plan = runs(preset, args.batch, steps)
-        best = interleaved_best(plan, args.repeats)
-        if mlp:
-            a, b = (best[f"{preset} euler_maruyama {g}"].output[0][1]
-                    for g in ("stacked", "prefetched"))
-            print(f"  prefetched samples identical to stacked: {torch.equal(a, b)}")
-        report(best, args.batch)
+        report(interleaved_best(plan, args.repeats), args.batch)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
-"""Training throughput: ``memgen.diffusion.training.train`` against the network's bare
-forward + backward.
+"""Training throughput: ``memgen.diffusion.training.train`` against the bare forward +
+backward + optimizer step.
 
 One run measures, per preset (defaults: fmnist-cpu-16 and fmnist-cpu-28 with vp_eps,
 toy-mlp with ve_score, batch 128, 1,024 synthetic training points — the values do not
@@ -8,15 +8,19 @@ change the cost), after a 2-iteration warm-up call of ``train``:
 1. ``train(config, data, tmpdir)``: the wall time of the whole call (building the model,
    the loop, the final checkpoint) and the loop's steady rate from its own log (records
    every iterations/4 steps; the rate is taken between the first and the last record);
-2. a replica of the loop body with each phase timed: batch draw, forward (with the
-   loss), backward, gradient clipping, Adam step, EMA update. Forward + backward is the
-   bare cost of the network; the rest is the overhead of our loop.
+2. a replica of the loop body (``train_step.TrainStep``) with each phase timed: batch
+   draw (several steps' batches at a time, as the loop draws them, spread over those
+   steps), forward (with the loss), zeroing the gradients, backward, gradient clipping,
+   Adam step, EMA update. Forward + backward + Adam step is the bare cost of a step; the rest is the
+   overhead of our loop. The headline: the loop's steady time per step (1.) over that
+   bare cost, "loop overhead over bare forward+backward+optimizer step".
 
     .venv/bin/python bench/training.py [--presets fmnist-cpu-16 fmnist-cpu-28 toy-mlp
                                         --batch 128 --iters N --repeats 1]
 
-``--iters`` replaces the per-preset defaults (40, 20 and 400 timed iterations, chosen to
-keep the whole run near two minutes on 2 cores); the replica runs half as many.
+``--iters`` replaces the per-preset defaults (40, 20 and 2,000 timed iterations, chosen to
+keep the whole run near two minutes on 2 cores; the toy's steps take ~1 ms, so it needs
+many for a stable rate); the replica runs half as many.
 """
 
 from __future__ import annotations
@@ -31,14 +35,14 @@ from pathlib import Path
 import torch
 from common import interleaved_best, model_bench_args
 from sampling import with_others_cpu
-from torch import nn
 
 from memgen.diffusion.nets import count_parameters, get_preset
-from memgen.diffusion.training import (LOG, TrainConfig, draw_batch, new_state, train,
-                                       training_loss, update_ema)
+from memgen.diffusion.train_step import TrainStep, clip_grad_norm, ema_decay, ema_step
+from memgen.diffusion.training import LOG, TrainConfig, ahead_steps, draw_batch, new_state, train
 
-DEFAULT_ITERS = {"fmnist-cpu-16": 40, "fmnist-cpu-28": 20, "toy-mlp": 400}
-PHASES = ("data", "forward", "backward", "clip", "adam", "ema")
+DEFAULT_ITERS = {"fmnist-cpu-16": 40, "fmnist-cpu-28": 20, "toy-mlp": 2000}
+PHASES = ("data", "forward", "zero_grad", "backward", "clip", "adam", "ema")
+BARE = ("forward", "backward", "adam")  # the bare step: what any training loop must run
 
 
 def make_config(preset: str, batch: int, iterations: int) -> TrainConfig:
@@ -68,26 +72,33 @@ def train_run(config: TrainConfig, data: torch.Tensor):
 
 
 def replica_run(config: TrainConfig, data: torch.Tensor, steps: int, warm: int = 2):
-    """The body of ``memgen.diffusion.training._loop``, each phase timed; seconds per step
-    by phase."""
+    """The body of ``memgen.diffusion.train_step.TrainStep`` (a step of ``train``'s loop),
+    each phase timed; seconds per step by phase."""
     def go():
         state = new_state(config, data.device)
-        schedule, model, batch = config.schedule(), state.model.train(), config.batch_size
+        step = TrainStep(config, state, state.model.train(), data.device)
+        tensors, c, ahead = step.tensors, config, []
         spent = defaultdict(float)
         for i in range(warm + steps):
             marks = [time.perf_counter()]
-            x0, t, noise = draw_batch(data, batch, config, state.generator)
+            if not ahead:  # as the loop's _batches: several steps' batches at a time
+                ahead = [draw_batch(data, c.batch_size, c, state.generator)
+                         for _ in range(ahead_steps(data, c.batch_size))][::-1]
+            batch = ahead.pop()
             marks.append(time.perf_counter())
-            loss = training_loss(model, x0, t, noise, config, schedule)
+            loss = step.forward(*batch)
             marks.append(time.perf_counter())
-            state.optimizer.zero_grad(set_to_none=True)
+            for p in tensors.params:
+                p.grad = None
+            marks.append(time.perf_counter())
             loss.backward()
             marks.append(time.perf_counter())
-            nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            clip_grad_norm(tensors.grads(), c.grad_clip)
             marks.append(time.perf_counter())
             state.optimizer.step()
             marks.append(time.perf_counter())
-            update_ema(state.ema, model, config.ema_decay, i)
+            ema_step(tensors, ema_decay(c.ema_decay, state.step, c.ema_warmup))
+            state.step += 1
             marks.append(time.perf_counter())
             if i >= warm:
                 for phase, a, b in zip(PHASES, marks, marks[1:]):
@@ -98,15 +109,22 @@ def replica_run(config: TrainConfig, data: torch.Tensor, steps: int, warm: int =
 
 def report(rows: list[dict]) -> None:
     print("\n| preset | params | train() call it/s | loop it/s (log) | replica it/s "
-          "| fwd+bwd it/s | overhead: loop vs fwd+bwd | replica vs its fwd+bwd | others' CPU |"
-          "\n|---|" + "---:|" * 8)
+          "| bare fwd+bwd+Adam it/s | loop overhead over bare | replica overhead over bare "
+          "| others' CPU |\n|---|" + "---:|" * 8)
     for r in rows:
         p = r["phases"]
-        step, bare = sum(p.values()), p["forward"] + p["backward"]
+        step, bare = sum(p.values()), sum(p[k] for k in BARE)
         loop = 1 / r["loop it/s"]
         print(f"| {r['preset']} | {r['params']:,} | {r['call it/s']:.2f} | {r['loop it/s']:.2f} "
               f"| {1 / step:.2f} | {1 / bare:.2f} | {100 * (loop - bare) / bare:.1f} % "
               f"| {100 * (step - bare) / bare:.1f} % | {r['others']} |")
+    print()
+    for r in rows:
+        p = r["phases"]
+        bare, loop = sum(p[k] for k in BARE), 1 / r["loop it/s"]
+        print(f"{r['preset']}: loop overhead over bare forward+backward+optimizer step "
+              f"{100 * (loop - bare) / bare:.1f} % ({1e3 * loop:.3f} ms/step against "
+              f"{1e3 * bare:.3f} ms)")
     print("\nms per step, by phase (replica)\n\n| preset | " + " | ".join(PHASES)
           + " | total |\n|---|" + "---:|" * (len(PHASES) + 1))
     for r in rows:

@@ -228,6 +228,26 @@ def test_default_ema_warmup_keeps_the_train_key(name, monkeypatch):
     assert sweep.train_config(_config(name, "train.ema_warmup=false")).ema_warmup is False
 
 
+@pytest.mark.parametrize("name", ["toy2d", "images-cpu"])
+def test_default_compile_keeps_the_train_key(name, monkeypatch):
+    """train.compile at its default (none) is left out of the train key, so train caches
+    made before it existed stay valid; a compile mode makes a new key and reaches training."""
+    import memgen.experiments.stages as sweep
+
+    train = np.zeros((2, 2), dtype=np.float32)
+    new = sweep.train_key(train, _config(name))
+    real = sweep.as_dict
+    monkeypatch.setattr(sweep, "as_dict", lambda c: {k: v for k, v in real(c).items()
+                                                     if k != "compile"})
+    assert sweep.train_key(train, _config(name)) == new
+    monkeypatch.undo()
+    assert sweep.train_key(train, _config(name, "train.compile=reduce-overhead")) != new
+    assert sweep.train_config(_config(name, "train.compile=default")).compile == "default"
+    assert sweep.train_config(_config(name)).compile == "none"
+    with pytest.raises(ValueError, match="train.compile"):
+        _config(name, "train.compile=fast")
+
+
 def test_sweep_passes_the_options_to_generation(tmp_path, monkeypatch):
     import memgen.experiments.stages as G
     from memgen.experiments.stages import generate_stage

@@ -122,6 +122,26 @@ def test_network_time_of_a_number_and_of_a_tensor_agree():
         network_time(VE, 2.5, x)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_at_levels_gives_the_denoisers_numbers(dtype):
+    """A ladder's per-level denoisers, their σ and t(σ) computed for all levels at once, give
+    D(x, σ) of the one-level call to the bit, whatever the batch (vectorised or not)."""
+    f = _net()
+    net = lambda x, t: f(x.float(), t.float()).to(x.dtype) + 1e-3 * x * t.view(-1, 1)  # noqa: E731
+    ladders = [(EpsDenoiser(net, VP), VP.sigmas(s)[:-1]) for s in (None, 100, 7)] + [
+        (EpsDenoiser(net, VP, clip=True), VP.sigmas(20)[:-1]),
+        (ScoreDenoiser(net, VE), VE.sigmas(1000)), (ScoreDenoiser(net, VE), VE.sigmas(30))]
+    for batch in (1, 3, 64):
+        x = 3 * torch.randn(batch, 3, generator=torch.Generator().manual_seed(batch),
+                            dtype=dtype)
+        for denoiser, sigmas in ladders:
+            levels = sigmas.tolist()
+            for level, step in zip(levels, denoiser.at_levels(levels, x)):
+                assert torch.equal(step(x), denoiser(x, level)), (batch, level)
+    with pytest.raises(ValueError, match="sigma must lie in"):
+        EpsDenoiser(net, VP).at_levels([10.0, 1e-4], x)
+
+
 def test_draw_t_keeps_the_training_streams():
     """Regression: draw_batch draws idx, t, noise from one generator as it always did."""
     data = torch.rand(10, 3)

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from memgen.diffusion.denoisers import EmpiricalDenoiser, GaussianDenoiser
+from memgen.diffusion.denoisers import (EmpiricalDenoiser, EpsDenoiser, GaussianDenoiser,
+                                         ScoreDenoiser)
 from memgen.diffusion.samplers import (SAMPLER_OPTIONS, SAMPLERS, GaussianPrior, StackedGenerator,
                                        clipped, get_sampler, initial_noise, sample_ddim,
                                        sample_ddpm, sample_euler_maruyama, sample_heun,
@@ -245,6 +246,62 @@ def test_euler_maruyama_keeps_its_noise_stream():
         want = want + var * score + math.sqrt(var) * z * (t > 0)
     got = sample_euler_maruyama(denoiser, x, sig, generator=torch.Generator().manual_seed(8))
     torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def _textbook(name, denoiser, x, levels, generator, clip, eta):
+    """The samplers' loops as they read before their constants moved out of the loop:
+    Python numbers, one denoiser call and one draw at a time."""
+    den = clipped(denoiser, clip)
+
+    def draw(x):
+        if isinstance(generator, StackedGenerator):
+            return generator.randn_like(x)
+        return torch.randn(x.shape, generator=generator, dtype=x.dtype)
+
+    for s, t in zip(levels, levels[1:]):
+        x0 = den(x, s)
+        if name == "euler_maruyama":
+            var = s**2 - t**2
+            x = x + var * ((x0 - x) / s**2) + math.sqrt(var) * draw(x) * (t > 0)
+        elif name == "heun":
+            d = (x - x0) / s
+            x_next = x + (t - s) * d
+            if t > 0:
+                x_next = x + (t - s) * (d + (x_next - den(x_next, t)) / t) / 2
+            x = x_next
+        elif name == "ddpm":
+            r = (t / s) ** 2
+            x = x0 + r * (x - x0) + t * math.sqrt(1 - r) * draw(x) if t > 0 else x0
+        else:
+            c = eta * t * math.sqrt(1 - (t / s) ** 2)
+            x = x0 + math.sqrt(max(t**2 - c**2, 0.0)) * ((x - x0) / s)
+            x = x + c * draw(x) if c > 0 else x
+    return x
+
+
+@pytest.mark.parametrize("name", list(SAMPLERS))
+def test_samplers_give_their_textbook_loops_numbers_to_the_bit(name):
+    """Network denoisers in float32 (their levels made at once, ``at_levels``) and the
+    generic path, both generators, with and without clipping: the textbook loop's numbers."""
+    w = torch.randn(2, 2, generator=torch.Generator().manual_seed(0))
+    net = lambda x, t: torch.tanh(x @ w.to(x) + t.view(-1, 1).to(x) / 1000)  # noqa: E731
+    ve = torch.cat([VESchedule().sigmas(40), torch.zeros(1, dtype=F64)])
+    cases = [(ScoreDenoiser(net, VESchedule()), ve, torch.float32),
+             (EpsDenoiser(net, VP), VP.sigmas(30), torch.float32),
+             (GaussianDenoiser(MU, COV), VESchedule().sigmas(40), F64)]
+    for denoiser, sigmas, dtype in cases:
+        x = 3 * torch.randn(5, 2, generator=torch.Generator().manual_seed(1), dtype=dtype)
+        for clip, eta in ((None, 0.0), ((-1.0, 1.0), 0.5), (None, 1.0)):
+            for stacked in (False, True):
+                gens = [StackedGenerator(range(5)) if stacked else
+                        torch.Generator().manual_seed(2) for _ in range(2)]
+                got = SAMPLERS[name](denoiser, x, sigmas, clip=clip, generator=gens[0],
+                                     options={"eta": eta} if name == "ddim" else None)
+                want = _textbook(name, denoiser, x, sigmas.tolist(), gens[1], clip, eta)
+                assert torch.equal(got, want), (type(denoiser).__name__, clip, eta, stacked)
+                nxt = [g.randn((5, 1), dtype=F64) if stacked else torch.rand(1, generator=g)
+                       for g in gens]
+                assert torch.equal(*nxt)  # the generator is left where the loop leaves it
 
 
 # ------------------------------------------------------------------ interface checks

@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -15,7 +16,10 @@ import torch.multiprocessing as mp
 
 from memgen.diffusion.loaders import load_denoiser
 from memgen.diffusion.samplers import StackedGenerator, sample_euler_maruyama
-from memgen.diffusion.training import TrainConfig, draw_batch, new_state, train, training_loss
+import memgen.diffusion.training as T
+from memgen.diffusion.train_step import clip_grad_norm
+from memgen.diffusion.training import (TrainConfig, draw_batch, new_state, train, training_loss,
+                                       update_ema)
 
 TWO_POINTS = torch.tensor([[1.0, 0.0], [-0.6, 0.8]])
 
@@ -227,11 +231,136 @@ def test_cli_train_ema_options(tmp_path):
     data = tmp_path / "train.npz"
     np.savez(data, samples=TWO_POINTS.numpy())
     runner = CliRunner()
-    assert "--no-ema-warmup" in runner.invoke(cli, ["train", "--help"]).output
+    help_text = runner.invoke(cli, ["train", "--help"]).output
+    assert "--no-ema-warmup" in help_text and "reduce-overhead" in help_text
     result = runner.invoke(cli, ["train", "--train", str(data), "--preset", "toy-mlp",
                                  "--iterations", "2", "--ema", "0", "--no-ema-warmup",
                                  "--out", str(tmp_path / "run")])
     assert result.exit_code == 0, result.output
     config = TrainConfig.from_json(torch.load(tmp_path / "run" / "checkpoint.pt",
                                               weights_only=True)["config"])
-    assert config.ema_warmup is False and config.ema_decay == 0.0
+    assert config.ema_warmup is False and config.ema_decay == 0.0 and config.compile == "none"
+
+
+# ------------------------------------------------------------------- the loop's pieces
+
+
+def test_clip_grad_norm_is_torchs_to_the_bit():
+    """clip_grad_norm (one foreach group, no grouping) = nn.utils.clip_grad_norm_, clipping
+    or not."""
+    gen = torch.Generator().manual_seed(0)
+    for scale in (1e-3, 1.0, 1e3):  # the coefficient clamped to 1, and below it
+        grads = [scale * torch.randn(shape, generator=gen) for shape in ((64, 34), (64,), (2,))]
+        params = [torch.nn.Parameter(torch.zeros_like(g)) for g in grads]
+        for p, g in zip(params, grads):
+            p.grad = g.clone()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        clip_grad_norm(grads, 1.0)
+        assert all(torch.equal(p.grad, g) for p, g in zip(params, grads))
+
+
+@pytest.mark.parametrize("preset, objective", [("toy-mlp", "ve_score"),
+                                               ("fmnist-cpu-16", "vp_eps")])
+def test_the_loop_gives_the_plain_loops_numbers(tmp_path, preset, objective):
+    """train() (batches drawn ahead, the step's own clipping, zeroing and EMA lists, compile
+    off) = the plain loop with torch's clip_grad_norm_ and zero_grad, to the bit."""
+    config = _toy_config(preset=preset, objective=objective, iterations=6, batch_size=3,
+                         checkpoint_every=4, log_every=3)
+    data = TWO_POINTS.repeat(2, 1) if preset == "toy-mlp" else torch.rand(5, 1, 16, 16) * 2 - 1
+    got = train(config, data, tmp_path, progress=False)
+    state, loss = new_state(config, torch.device("cpu")), config.parameterization().loss
+    with torch.random.fork_rng(devices=[]):
+        torch.random.set_rng_state(torch.Generator().manual_seed(config.seed + 10_000).get_state())
+        for step in range(config.iterations):
+            x0, t, noise = draw_batch(data, 3, config, state.generator)
+            value = loss(state.model.train(), x0, t, noise)
+            state.optimizer.zero_grad(set_to_none=True)
+            value.backward()
+            torch.nn.utils.clip_grad_norm_(state.model.parameters(), config.grad_clip)
+            state.optimizer.step()
+            update_ema(state.ema, state.model, config.ema_decay, step, config.ema_warmup)
+    for a, b in zip((*got.model.state_dict().values(), *got.ema.state_dict().values()),
+                    (*state.model.state_dict().values(), *state.ema.state_dict().values())):
+        assert torch.equal(a, b)
+
+
+def test_batches_are_drawn_ahead_but_never_past_a_saved_state(tmp_path, monkeypatch):
+    """Every checkpoint and snapshot holds the batch generator's state after exactly its
+    step's draws, though the loop draws several steps' batches at a time."""
+    saved = []
+    real = T.save_checkpoint
+    monkeypatch.setattr(T, "AHEAD_STEPS", 4)
+    monkeypatch.setattr(T, "save_checkpoint", lambda path, state, config, rng: (
+        saved.append((state.step, rng[0][0])), real(path, state, config, rng)))
+    config = _toy_config(iterations=11, snapshots=(5,), checkpoint_every=3)
+    train(config, TWO_POINTS, tmp_path, progress=False)
+    assert [step for step, _ in saved] == [3, 5, 6, 9, 11, 11]
+    for step, state in saved:
+        gen = torch.Generator().manual_seed(config.seed + 1)
+        for _ in range(step):
+            draw_batch(TWO_POINTS, 2, config, gen)
+        assert torch.equal(gen.get_state(), state), step
+
+
+def _trained(tmp_path, name, **changes):
+    state = train(_toy_config(iterations=3, **changes), TWO_POINTS, tmp_path / name,
+                  progress=False)
+    return [t.clone() for t in (*state.model.state_dict().values(),
+                                *state.ema.state_dict().values())]
+
+
+def test_compile_off_never_compiles_and_a_failed_compile_runs_eagerly(tmp_path, monkeypatch):
+    """compile "none" does not touch torch.compile; where compiling fails (at the wrap, at
+    the first call, no C++ compiler say, or at the first backward) one warning, and the
+    eager run's numbers."""
+    def unavailable(fn, **kwargs):
+        raise RuntimeError("no compiler here\nsecond line")
+
+    def fails_when_called(fn, **kwargs):
+        def compiled(*args):
+            raise RuntimeError("InvalidCxxCompiler: no working C++ compiler found")
+        return compiled
+
+    class FailsBackward(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, loss):
+            return loss.clone()
+
+        @staticmethod
+        def backward(ctx, grad):
+            raise RuntimeError("the backward graph did not compile")
+
+    def fails_in_backward(fn, **kwargs):
+        return lambda *args: FailsBackward.apply(fn(*args))
+
+    calls = []
+
+    def works(fn, mode):
+        calls.append(mode)
+        return lambda *args: fn(*args)
+
+    monkeypatch.setattr(torch, "compile", unavailable)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # compile "none": not a single warning
+        eager = _trained(tmp_path, "none")
+    for name, fake in (("wrap", unavailable), ("call", fails_when_called),
+                       ("backward", fails_in_backward), ("ok", works)):
+        monkeypatch.setattr(torch, "compile", fake)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            got = _trained(tmp_path, name, compile="reduce-overhead")
+        failed = [w for w in caught if "torch.compile failed" in str(w.message)]
+        assert len(failed) == (name != "ok") and all("\n" not in str(w.message) for w in failed)
+        assert all(torch.equal(a, b) for a, b in zip(got, eager)), name
+    assert calls == ["reduce-overhead"]
+
+
+def test_compile_is_part_of_the_trajectory_and_old_checkpoints_resume():
+    from dataclasses import asdict
+
+    config = _toy_config(iterations=2)
+    old = {k: v for k, v in asdict(config).items() if k != "compile"}  # before the field
+    assert TrainConfig.from_json(json.dumps(old)).trajectory() == config.trajectory()
+    assert _toy_config(compile="default").trajectory() != config.trajectory()
+    with pytest.raises(ValueError, match="compile mode"):
+        _toy_config(compile="fast")

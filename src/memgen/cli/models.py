@@ -18,8 +18,8 @@ from memgen.diffusion.generate import GenerateConfig, generate as generate_set
 from memgen.diffusion.loaders import LoadedModel, load_denoiser
 from memgen.diffusion.nets import get_preset
 from memgen.diffusion.samplers import SAMPLERS
-from memgen.diffusion.training import (TrainConfig, load_checkpoint, train as run_training,
-                                       training_samples)
+from memgen.diffusion.training import (COMPILE_MODES, TrainConfig, load_checkpoint,
+                                       train as run_training, training_samples)
 from memgen.errors import UserError
 from memgen.io import (atomic_file, check_output_dir, claim_output_dir, load_samples,
                        write_reference_layout)
@@ -57,13 +57,17 @@ from memgen.io import (atomic_file, check_output_dir, claim_output_dir, load_sam
 @click.option("--checkpoint-every", type=int, default=TrainConfig.checkpoint_every,
               show_default=True)
 @click.option("--amp", is_flag=True, help="bfloat16 autocast (CUDA only).")
+@click.option("--compile", "compile_mode", type=click.Choice(COMPILE_MODES),
+              default=TrainConfig.compile, show_default=True,
+              help="torch.compile the loss; reduce-overhead: with CUDA graphs (GPU). Runs "
+                   "eagerly, with a warning, where compiling fails.")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="Run folder: checkpoint.pt, log.jsonl, train.npz; resumes if present.")
 @overwrite_option
 def train(data, train_path, K, split_seed, half, data_root, preset, objective, iterations,
-          snapshots, batch_size, lr, ema_decay, ema_warmup, seed, checkpoint_every, amp, device,
-          out, overwrite):
+          snapshots, batch_size, lr, ema_decay, ema_warmup, seed, checkpoint_every, amp,
+          compile_mode, device, out, overwrite):
     """Train a diffusion model on a training set (resumes from --out/checkpoint.pt).
 
     Several processes: torchrun --nproc-per-node N -m memgen train ... (DDP)."""
@@ -71,9 +75,9 @@ def train(data, train_path, K, split_seed, half, data_root, preset, objective, i
     config = TrainConfig(preset=preset, network=net.to_dict(), iterations=iterations,
                          snapshots=tuple(sorted(set(snapshots))), batch_size=batch_size, lr=lr,
                          ema_decay=ema_decay, ema_warmup=ema_warmup, seed=seed,
-                         checkpoint_every=checkpoint_every,
-                         amp=amp, objective=objective or ("ve_score" if net.kind == "mlp"
-                                                          else "vp_eps"))
+                         checkpoint_every=checkpoint_every, amp=amp, compile=compile_mode,
+                         objective=objective or ("ve_score" if net.kind == "mlp"
+                                                 else "vp_eps"))
     check_output_dir(out, "train", overwrite, replaced=overwrite)
     samples = training_samples(net, load_samples(train_path, "--train") if train_path else None,
                                data, K, split_seed, data_root, half)

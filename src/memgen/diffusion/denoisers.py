@@ -8,11 +8,14 @@ every denoiser is built from its source by ``memgen.diffusion.loaders.load_denoi
 
 Denoisers are differentiable in x (for Jacobians, divergences and Hessian-vector
 products) and build no graph otherwise: network weights are frozen, and the samplers
-run under ``torch.no_grad()``.
+run under ``torch.no_grad()``. The network denoisers also offer ``at_levels``: D(·, σ) at
+each level of a ladder, their per-level constants computed once for all (the samplers'
+loop, ``memgen.diffusion.samplers``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import torch
@@ -25,7 +28,10 @@ DEFAULT_MEMORY_BUDGET = 256 * 2**20  # bytes for one (batch × patterns) block o
 
 
 class Denoiser(Protocol):
-    """x: (B, ...) noisy samples, sigma: scalar or (B,) noise levels -> (B, ...) estimates."""
+    """x: (B, ...) noisy samples, sigma: scalar or (B,) noise levels -> (B, ...) estimates.
+
+    Optionally also ``at_levels(levels, x)``: for numbers σ_0, σ_1, …, a list of callables
+    y ↦ D(y, σ_i) for y like x, with the same numbers as ``D(y, σ_i)``."""
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor: ...
 
@@ -95,6 +101,11 @@ class EpsDenoiser:
         out = self.parameterization.denoise(self.net, x, sigma)
         return out.clamp(-1, 1) if self.clip else out
 
+    def at_levels(self, levels: Sequence[float], x: torch.Tensor) -> list[Callable]:
+        """y ↦ D(y, σ) for each σ of ``levels``, for y like x (``Denoiser``)."""
+        steps = self.parameterization.at_levels(self.net, levels, x)
+        return [_clamped(f) for f in steps] if self.clip else steps
+
 
 class ScoreDenoiser:
     """A VE network whose output F is σ times the score, seen as a denoiser: D(x, σ) =
@@ -106,3 +117,11 @@ class ScoreDenoiser:
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
         return self.parameterization.denoise(self.net, x, sigma)
+
+    def at_levels(self, levels: Sequence[float], x: torch.Tensor) -> list[Callable]:
+        """y ↦ D(y, σ) for each σ of ``levels``, for y like x (``Denoiser``)."""
+        return self.parameterization.at_levels(self.net, levels, x)
+
+
+def _clamped(step: Callable) -> Callable:
+    return lambda x: step(x).clamp(-1, 1)

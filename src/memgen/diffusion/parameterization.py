@@ -20,6 +20,8 @@ The loss is the mean over every coordinate of the batch; it is the λ(t) = σ² 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import torch
 
 from memgen.diffusion.schedules import VESchedule, VPSchedule
@@ -44,6 +46,13 @@ class EpsPrediction:
         a = (1 + sigma.square()).rsqrt().view(-1, *([1] * (x.ndim - 1)))  # √ᾱ, (B, 1, ...)
         eps = net(a * x, t)
         return x - sigma.view_as(a) * eps
+
+    def at_levels(self, net, levels: Sequence[float], x: torch.Tensor) -> list[Callable]:
+        """``denoise`` at each σ of ``levels``, as one callable y ↦ D(y, σ) each, for y like
+        x: σ, t(σ) and √ᾱ computed for the whole ladder at once, to the same numbers."""
+        sigma, t = ladder_time(self.schedule, levels, x)
+        a = (1 + sigma.square()).rsqrt()  # √ᾱ, (L,)
+        return [_eps_step(net, *c) for c in zip(_cols(sigma, x), _cols(a, x), _rows(t, x))]
 
     def loss(self, net, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """Mean ‖net(x_t, t) − n‖² for integer t (B,) and noise n like x0 (B, ...)."""
@@ -79,6 +88,12 @@ class ScorePrediction:
         """x̂₀ = x + σ net(x, t(σ)); x (B, ...), σ a number or (B,)."""
         sigma, t = network_time(self.schedule, sigma, x)
         return x + sigma.view(-1, *([1] * (x.ndim - 1))) * net(x, t)
+
+    def at_levels(self, net, levels: Sequence[float], x: torch.Tensor) -> list[Callable]:
+        """``denoise`` at each σ of ``levels``, as one callable y ↦ D(y, σ) each, for y like
+        x: σ and t(σ) computed for the whole ladder at once, to the same numbers."""
+        sigma, t = ladder_time(self.schedule, levels, x)
+        return [_score_step(net, s, tt) for s, tt in zip(_cols(sigma, x), _rows(t, x))]
 
     def loss(self, net, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """Mean ‖net(x₀ + σ n, t) + n‖² with σ = σ_max √t, for t (B,) and n like x0."""
@@ -117,3 +132,31 @@ def network_time(schedule, sigma, x: torch.Tensor) -> tuple[torch.Tensor, torch.
     schedule.check_sigma(torch.tensor(float(sigma), dtype=x.dtype))
     sigma = torch.full((len(x),), float(sigma), dtype=x.dtype, device=x.device)
     return sigma, schedule.t_from_sigma(sigma.double(), check=False).to(x.dtype)
+
+
+def ladder_time(schedule, levels: Sequence[float], x: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``network_time`` of every level of a ladder at once: (σ, t), each (L,) in x's dtype
+    on x's device; the levels are checked on the host and sent in one transfer."""
+    sigma = torch.tensor(list(levels), dtype=torch.float64).to(x.dtype)
+    schedule.check_sigma(sigma)
+    sigma = sigma.to(x.device)
+    return sigma, schedule.t_from_sigma(sigma.double(), check=False).to(x.dtype)
+
+
+def _cols(values: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Per level, a (1, ...) tensor that broadcasts against x (B, ...)."""
+    return values.view(-1, *([1] * x.ndim)).unbind(0)
+
+
+def _rows(t: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Per level, the network's time input (B,) for x (B, ...), contiguous."""
+    return t.view(-1, 1).expand(-1, len(x)).contiguous().unbind(0)
+
+
+def _eps_step(net, sigma: torch.Tensor, a: torch.Tensor, t: torch.Tensor) -> Callable:
+    return lambda x: x - sigma * net(a * x, t)
+
+
+def _score_step(net, sigma: torch.Tensor, t: torch.Tensor) -> Callable:
+    return lambda x: (net(x, t) * sigma).add_(x)  # x + σ F, F's product summed in place

@@ -76,10 +76,12 @@ class StackedGenerator:
             raise ValueError(f"leading dimension {shape[:1]} must equal the number of "
                              f"seeds ({len(self)})")
         size = int(np.prod(shape[1:], dtype=np.int64))
-        if self._ahead.shape[1] < size:
-            block = max(size, _DRAW_AHEAD)
-            fresh = np.stack([g.standard_normal(block) for g in self.generators])
-            self._ahead = np.concatenate([self._ahead, fresh], axis=1)
+        missing = size - self._ahead.shape[1]
+        if missing > 0:
+            fresh = np.empty((len(self), max(missing, _DRAW_AHEAD)))
+            for g, row in zip(self.generators, fresh):
+                g.standard_normal(out=row)
+            self._ahead = np.concatenate([self._ahead, fresh], 1) if self._ahead.size else fresh
         draws, self._ahead = self._ahead[:, :size], self._ahead[:, size:]
         # numpy's normals come one after another, so a block drawn ahead holds the same
         # values, in the same order, as the draws it replaces: grouping never matters.
@@ -91,7 +93,9 @@ class StackedGenerator:
         return self.randn(x.shape, dtype=x.dtype, device=x.device)
 
 
-_DRAW_AHEAD = 4096  # normals drawn per stream at a time (the toy's noise for 2,048 steps)
+# normals drawn per stream at a time, at least: small draws (the toy's noise, 2 a step)
+# share a numpy call; the samplers draw several steps' noise at once (_noises)
+_DRAW_AHEAD = 512
 
 
 def _seed_sequence(seed) -> np.random.SeedSequence:
@@ -196,15 +200,20 @@ def clipped(denoiser, clip):
     x̂₀ kept in the data range); the denoiser itself for clip = None."""
     if clip is None:
         return denoiser
-    if len(clip) != 2 or not float(clip[0]) < float(clip[1]):
-        raise UserError(f"clip must be a pair lo < hi, got {clip}")
-    lo, hi = float(clip[0]), float(clip[1])
+    lo, hi = _clip_range(clip)
     return lambda x, sigma: denoiser(x, sigma).clamp(lo, hi)
 
 
+def _clip_range(clip) -> tuple[float, float]:
+    if len(clip) != 2 or not float(clip[0]) < float(clip[1]):
+        raise UserError(f"clip must be a pair lo < hi, got {clip}")
+    return float(clip[0]), float(clip[1])
+
+
 def _levels(sigmas) -> list[float]:
-    """sigmas as floats, checked: non-increasing, every level but the last > 0."""
-    levels = [float(s) for s in sigmas]
+    """sigmas as floats, checked: non-increasing, every level but the last > 0 (a tensor is
+    read in one transfer, not one per level)."""
+    levels = [float(s) for s in (sigmas.tolist() if isinstance(sigmas, torch.Tensor) else sigmas)]
     if len(levels) < 1:
         raise UserError("sigmas must be non-empty")
     if any(not a >= b for a, b in zip(levels, levels[1:])) or levels[-1] < 0:
@@ -212,6 +221,62 @@ def _levels(sigmas) -> list[float]:
     if any(not s > 0 for s in levels[:-1]):
         raise UserError("only the last entry of sigmas may be 0")
     return levels
+
+
+# ------------------------------------------------------------------- the loops' parts
+#
+# A sampler's loop does the network's work and little else: the denoiser at each level and
+# every per-step coefficient are made before the loop (``_denoise_steps``, ``_numbers``:
+# one transfer for the whole ladder, no Python number turned into a tensor per step),
+# StackedGenerator noise comes in blocks of steps (``_noises``), and the arithmetic runs
+# in place on the step's own temporaries, in the order and with the roundings of the
+# textbook expressions each docstring gives: the same numbers, bit for bit.
+
+
+def _denoise_steps(denoiser, levels: list[float], x: torch.Tensor, clip) -> list:
+    """x ↦ D(x, σ) for each σ of ``levels``, clamped to clip = (lo, hi) if given: the
+    denoiser's ``at_levels`` where it has one (``memgen.diffusion.denoisers.Denoiser``),
+    else D itself at each level."""
+    at_levels = getattr(denoiser, "at_levels", None)
+    if at_levels is not None:
+        steps = at_levels(levels, x)
+    else:
+        steps = [lambda y, s=s: denoiser(y, s) for s in levels]
+    if clip is None:
+        return steps
+    lo, hi = _clip_range(clip)
+    return [lambda y, f=f: f(y).clamp(lo, hi) for f in steps]
+
+
+def _numbers(values: list[float], x: torch.Tensor) -> torch.Tensor:
+    """Numbers (L,) on x's device for x's arithmetic, sent in one transfer: in x's dtype
+    (float32 for lower precisions), as an operation on x rounds a Python number, so that
+    one of them gives the numbers the Python number gives. (A denoiser whose output has
+    another dtype than x, none here, moves the arithmetic to it: there they differ.)"""
+    dtype = torch.promote_types(x.dtype, torch.float32)
+    return torch.tensor(values, dtype=torch.float64).to(x.device, dtype)
+
+
+_NOISE_BLOCK = 2**20  # numbers per block of StackedGenerator draws (_noises)
+
+
+def _noises(x: torch.Tensor, generator, scales: list[float]):
+    """c_k · z_k for the standard normal draws z_k shaped like x that a sampler makes, in
+    order, with c_k = scales[k]: one ``_noise`` each, or from a StackedGenerator several
+    steps' at a time (the same numbers: its streams do not depend on how draws are
+    grouped), with one transfer and one product a block. A subclass with its own
+    ``randn_like`` (``memgen.probes.recovery``) is called once a draw, as that is."""
+    blocks = (isinstance(generator, StackedGenerator)
+              and type(generator).randn_like is StackedGenerator.randn_like)
+    if not blocks:
+        for c in _numbers(scales, x).unbind():
+            yield _noise(x, generator) * c
+        return
+    per = max(1, _NOISE_BLOCK // x.numel())
+    for start in range(0, len(scales), per):
+        c = _numbers(scales[start:start + per], x).view(-1, *([1] * x.ndim))
+        block = generator.randn((len(x), len(c), *x.shape[1:]), dtype=x.dtype, device=x.device)
+        yield from block.transpose(0, 1).contiguous().mul_(c).unbind(0)  # k × (B, ...)
 
 
 # --------------------------------------------------------------------------- samplers
@@ -228,13 +293,16 @@ def sample_euler_maruyama(denoiser, x, sigmas, *, clip=None, generator=None, cal
     """Reverse VE SDE, Euler–Maruyama (Song et al. 2021, "reverse diffusion" predictor):
     x ← x + (σ_i² − σ_{i+1}²)·score + √(σ_i² − σ_{i+1}²)·z  (no noise on a step to 0)."""
     _own_options("euler_maruyama", options)
-    levels, denoiser = _levels(sigmas), clipped(denoiser, clip)
-    for i, (s, s_next) in enumerate(zip(levels, levels[1:])):
-        x0 = denoiser(x, s)
-        score = (x0 - x) / s**2
-        var = s**2 - s_next**2
-        noise = _noise(x, generator)
-        x = x + var * score + math.sqrt(var) * noise * (s_next > 0)
+    levels = _levels(sigmas)
+    pairs = list(zip(levels, levels[1:]))
+    steps = _denoise_steps(denoiser, levels[:-1], x, clip)
+    var = [s**2 - t**2 for s, t in pairs]
+    s2, gain = _numbers([s**2 for s, _ in pairs], x).unbind(), _numbers(var, x).unbind()
+    noises = _noises(x, generator, [math.sqrt(v) * (t > 0) for v, (_, t) in zip(var, pairs)])
+    for i, (s, s_next) in enumerate(pairs):
+        x0 = steps[i](x)
+        drift = (x0 - x).div_(s2[i]).mul_(gain[i])  # var · score, score = (x0 − x)/s²
+        x = (x + drift).add_(next(noises))  # + √var · z · (s_next > 0)
         _report(callback, i, x, s, s_next, x0)
     return x
 
@@ -245,14 +313,17 @@ def sample_heun(denoiser, x, sigmas, *, clip=None, generator=None, callback=None
     """Probability-flow ODE dx/dσ = (x − D(x, σ))/σ, Heun's 2nd order (Karras et al. 2022,
     Alg. 1); Euler on a step to 0; deterministic, so ``generator`` is unused."""
     _own_options("heun", options)
-    levels, denoiser = _levels(sigmas), clipped(denoiser, clip)
+    levels = _levels(sigmas)
+    positive = [s for s in levels if s > 0]  # D runs at every level but a final 0
+    steps, sig = _denoise_steps(denoiser, positive, x, clip), _numbers(positive, x).unbind()
+    h = _numbers([t - s for s, t in zip(levels, levels[1:])], x).unbind()  # s_next − s
     for i, (s, s_next) in enumerate(zip(levels, levels[1:])):
-        x0 = denoiser(x, s)
-        d = (x - x0) / s
-        x_next = x + (s_next - s) * d
+        x0 = steps[i](x)
+        d = (x - x0).div_(sig[i])
+        x_next = x + d * h[i]
         if s_next > 0:
-            d_next = (x_next - denoiser(x_next, s_next)) / s_next
-            x_next = x + (s_next - s) * (d + d_next) / 2
+            d_next = (x_next - steps[i + 1](x_next)).div_(sig[i + 1])
+            x_next = x + d.add_(d_next).mul_(h[i]).div_(2)  # (s_next − s)(d + d_next)/2
         x = x_next
         _report(callback, i, x, s, s_next, x0)
     return x
@@ -272,12 +343,17 @@ def sample_ddpm(denoiser, x, sigmas, *, clip=None, generator=None, callback=None
     variance β̃_t); with x̂0 = (x_t − √(1−ᾱ_t) ε̂)/√ᾱ_t that is Alg. 2, z = 0 at the last step.
     """
     _own_options("ddpm", options)
-    levels, denoiser = _levels(sigmas), clipped(denoiser, clip)
-    for i, (s, s_next) in enumerate(zip(levels, levels[1:])):
-        x0 = denoiser(x, s)
-        if s_next > 0:
-            r = (s_next / s) ** 2
-            x = x0 + r * (x - x0) + s_next * math.sqrt(1 - r) * _noise(x, generator)
+    levels = _levels(sigmas)
+    pairs = list(zip(levels, levels[1:]))
+    steps = _denoise_steps(denoiser, levels[:-1], x, clip)
+    r = [(t / s) ** 2 for s, t in pairs]
+    keep = _numbers(r, x).unbind()  # s'²/s²
+    noises = _noises(x, generator, [t * math.sqrt(1 - q) for q, (_, t) in zip(r, pairs)
+                                    if t > 0])
+    for i, (s, s_next) in enumerate(pairs):
+        x0 = steps[i](x)
+        if s_next > 0:  # x0 + r (x − x0) + s' √(1 − r) z
+            x = (x0 + (x - x0).mul_(keep[i])).add_(next(noises))
         else:
             x = x0
         _report(callback, i, x, s, s_next, x0)
@@ -297,14 +373,19 @@ def sample_ddim(denoiser, x, sigmas, *, clip=None, generator=None, callback=None
     eta = _own_options("ddim", options)["eta"]
     if not 0 <= eta <= 1:
         raise UserError(f"eta must lie in [0, 1], got {eta}")
-    levels, denoiser = _levels(sigmas), clipped(denoiser, clip)
-    for i, (s, s_next) in enumerate(zip(levels, levels[1:])):
-        x0 = denoiser(x, s)
-        eps = (x - x0) / s
-        c = eta * s_next * math.sqrt(1 - (s_next / s) ** 2)
-        x = x0 + math.sqrt(max(s_next**2 - c**2, 0.0)) * eps
-        if c > 0:
-            x = x + c * _noise(x, generator)
+    levels = _levels(sigmas)
+    pairs = list(zip(levels, levels[1:]))
+    steps = _denoise_steps(denoiser, levels[:-1], x, clip)
+    c = [eta * t * math.sqrt(1 - (t / s) ** 2) for s, t in pairs]
+    sig = _numbers(levels[:-1], x).unbind()
+    gain = _numbers([math.sqrt(max(t**2 - ci**2, 0.0)) for ci, (_, t) in zip(c, pairs)],
+                    x).unbind()
+    noises = _noises(x, generator, [ci for ci in c if ci > 0])
+    for i, (s, s_next) in enumerate(pairs):
+        x0 = steps[i](x)
+        x = x0 + (x - x0).div_(sig[i]).mul_(gain[i])  # x0 + √(s'² − c²) ε̂, ε̂ = (x − x0)/s
+        if c[i] > 0:
+            x.add_(next(noises))  # + c z
         _report(callback, i, x, s, s_next, x0)
     return x
 

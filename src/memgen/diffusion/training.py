@@ -17,6 +17,8 @@ initial weights, the batches, t and the noise, and dropout (run inside a forked 
 RNG, so the caller's RNG is untouched). Checkpoints carry the config, the weights, the
 EMA weights, the optimiser and every RNG state, and load with weights_only=True; a run
 resumes from its last checkpoint and continues exactly as if it had not stopped.
+A step (``memgen.diffusion.train_step``) never waits for the device: the loss is summed
+there and read at the log points only, and the batches are drawn several steps ahead.
 Multi-process training runs under ``torchrun`` (DistributedDataParallel): each rank
 draws its own share of the batch from its own seeded stream.
 """
@@ -41,6 +43,7 @@ from memgen.data import (default_split_seed, heldout_indices, load_dataset, nest
 from memgen.diffusion.nets import NetConfig, get_preset
 from memgen.diffusion.parameterization import PARAMETERIZATIONS, get_parameterization
 from memgen.diffusion.schedules import VESchedule, VPSchedule
+from memgen.diffusion.train_step import StepTensors, TrainStep, adam, ema_decay, ema_step
 from memgen.errors import UserError
 from memgen.io import atomic_file
 
@@ -51,6 +54,7 @@ LOG = "log.jsonl"
 # Fields that set how long a run goes and what it writes, not where it goes: runs that
 # differ only in these follow one trajectory, so one resumes from the other's states.
 BUDGET_FIELDS = ("iterations", "snapshots", "log_every", "checkpoint_every")
+COMPILE_MODES = ("none", "default", "reduce-overhead")  # TrainConfig.compile
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,9 @@ class TrainConfig:
     log_every: int = 100
     checkpoint_every: int = 1000
     amp: bool = False  # bfloat16 autocast on CUDA
+    # torch.compile the loss (the network's forward with it): "default", or "reduce-overhead"
+    # (CUDA graphs on a GPU); eager, with one warning, where compiling fails (train_step)
+    compile: str = "none"
     beta_min: float = 1e-4  # vp_eps schedule
     beta_max: float = 0.02
     T: int = 1000
@@ -86,6 +93,9 @@ class TrainConfig:
             raise UserError("need lr > 0, 0 <= ema_decay < 1 and grad_clip > 0")
         if any(not 0 < n <= self.iterations for n in self.snapshots):
             raise UserError(f"snapshots must lie in 1..iterations, got {list(self.snapshots)}")
+        if self.compile not in COMPILE_MODES:
+            raise UserError(f"unknown compile mode {self.compile!r}; known: "
+                            f"{', '.join(COMPILE_MODES)}")
 
     @property
     def net(self) -> NetConfig:
@@ -137,7 +147,7 @@ def training_loss(model: nn.Module, x0: torch.Tensor, t: torch.Tensor, noise: to
 def draw_batch(data: torch.Tensor, batch: int, config: TrainConfig, generator: torch.Generator):
     """(x0, t, noise) for one step, all from ``generator`` (on CPU, then moved)."""
     idx = torch.randint(len(data), (batch,), generator=generator)
-    x0 = data[_to(idx, data.device)]
+    x0 = data.index_select(0, _to(idx, data.device))  # data[idx], through a lighter path
     t = config.parameterization().draw_t(batch, generator, data.dtype)
     noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype)
     return x0, _to(t, data.device), _to(noise, data.device)
@@ -168,10 +178,8 @@ def new_state(config: TrainConfig, device: torch.device, rank: int = 0) -> Train
         torch.random.set_rng_state(torch.Generator().manual_seed(config.seed).get_state())
         model = replace(config.net, seed=config.seed).build().to(device)
     ema = copy.deepcopy(model).requires_grad_(False)
-    # fused (one kernel for all parameters) on CUDA, where launches dominate small models
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, fused=device.type == "cuda")
     generator = torch.Generator().manual_seed(config.seed + 1 + rank)
-    return TrainState(model, ema, optimizer, generator)
+    return TrainState(model, ema, adam(list(model.parameters()), config.lr), generator)
 
 
 def save_checkpoint(path: Path, state: TrainState, config: TrainConfig,
@@ -211,7 +219,6 @@ def restore(state: TrainState, payload: dict, rank: int = 0) -> torch.Tensor:
     return payload["cpu_rngs"][rank]
 
 
-@torch.no_grad()
 def update_ema(ema: nn.Module, model: nn.Module, decay: float, step: int,
                warmup: bool = True) -> None:
     """ema ← d·ema + (1 − d)·θ with d = min(decay, (1 + step)/(10 + step)), or d = decay
@@ -223,14 +230,7 @@ def update_ema(ema: nn.Module, model: nn.Module, decay: float, step: int,
     about the last 20% of the run whatever the decay. Without it, after k steps from
     ema = θ_0: ema = d^k θ_0 + (1 − d) Σ_{j=1..k} d^{k−j} θ_j, θ_j the weights after step j.
     """
-    d = min(decay, (1 + step) / (10 + step)) if warmup else decay
-    torch._foreach_lerp_(list(ema.parameters()), list(_unwrap(model).parameters()), 1 - d)
-    for e, b in zip(ema.buffers(), _unwrap(model).buffers()):
-        e.copy_(b)
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    ema_step(StepTensors.of(model, ema), ema_decay(decay, step, warmup))
 
 
 def train(config: TrainConfig, data: torch.Tensor, out: str | Path, *, progress: bool = True,
@@ -306,6 +306,12 @@ class _Saver:
             self.save(state, path)
             self.pending.discard(state.step)
 
+    def next_save(self, step: int) -> int:
+        """The first step after ``step`` whose state may be written (``periodic`` or
+        ``after_step``)."""
+        every = self.config.checkpoint_every
+        return min([step + every - step % every, *(n for n in self.pending if n > step)])
+
     def periodic(self, state: TrainState) -> None:
         if state.step % self.config.checkpoint_every == 0:
             self.save(state, self.out / CHECKPOINT)
@@ -326,27 +332,18 @@ class _Saver:
 
 
 def _loop(config, data, out, state, model, rank, progress, stop_after, saver):
-    objective = config.parameterization()  # keeps its ᾱ table on data's device
     full = config.batch_size if config.fixed_batch else min(config.batch_size, len(data))
     batch = max(1, full // saver.world)
     end = config.iterations if stop_after is None else min(config.iterations,
                                                            state.step + stop_after)
-    amp = config.amp and data.device.type == "cuda"
+    step = TrainStep(config, state, model, data.device)
     bar = tqdm(total=config.iterations, initial=state.step, desc="train", unit="it",
                disable=not progress or rank != 0)
     t0, loss_sum, n_loss = time.perf_counter(), 0.0, 0
     model.train()
-    while state.step < end:
-        x0, t, noise = draw_batch(data, batch, config, state.generator)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
-            loss = objective.loss(model, x0, t, noise)
-        state.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        state.optimizer.step()
-        update_ema(state.ema, model, config.ema_decay, state.step, config.ema_warmup)
-        state.step += 1
-        loss_sum, n_loss = loss_sum + loss.detach(), n_loss + 1
+    for x0, t, noise in _batches(data, batch, config, state, saver, end):
+        loss = step(x0, t, noise)
+        loss_sum, n_loss = loss_sum + loss, n_loss + 1  # on the device: no wait until a log
         bar.update(1)
         if state.step % config.log_every == 0 or state.step == config.iterations:
             mean = float(loss_sum) / n_loss
@@ -358,6 +355,28 @@ def _loop(config, data, out, state, model, rank, progress, stop_after, saver):
         if state.step < end:
             saver.periodic(state)
     bar.close()
+
+
+AHEAD_STEPS, AHEAD_BYTES = 64, 16 * 2**20  # how far _batches draws ahead, at most
+
+
+def _batches(data, batch: int, config: TrainConfig, state: TrainState, saver: "_Saver",
+             end: int):
+    """The batches of steps state.step + 1 .. end, as ``draw_batch`` draws them, drawn up to
+    AHEAD_STEPS (and AHEAD_BYTES) ahead in a tight loop — a draw between two steps runs on
+    cold caches, at ~4× the cost on the toy MLP — but never past a step whose state is
+    saved, where the batch generator must hold its state after that step. The caller
+    takes each step before it asks for the next batch."""
+    while state.step < end:
+        last = min(end, saver.next_save(state.step), state.step + ahead_steps(data, batch))
+        yield from [draw_batch(data, batch, config, state.generator)
+                    for _ in range(last - state.step)]
+
+
+def ahead_steps(data: torch.Tensor, batch: int) -> int:
+    """How many batches ``_batches`` draws at a time, at most (AHEAD_STEPS, AHEAD_BYTES)."""
+    size = 2 * batch * data[0].numel() * data.element_size()  # x0 and noise
+    return max(1, min(AHEAD_STEPS, AHEAD_BYTES // size))
 
 
 def _log(out: Path, step: int, loss: float, seconds: float) -> None:

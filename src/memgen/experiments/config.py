@@ -21,7 +21,7 @@ import yaml
 from memgen.data import SPLIT_RULES
 from memgen.diffusion.nets import NetConfig, get_preset
 from memgen.diffusion.samplers import SAMPLERS
-from memgen.diffusion.training import TrainConfig
+from memgen.diffusion.training import COMPILE_MODES, TrainConfig
 from memgen.errors import UserError
 from memgen.metrics.features import FEATURE_MAPS
 from memgen.metrics.rules import RULE_DEFAULTS, make_rule
@@ -78,6 +78,9 @@ class TrainSection:
     # for the first ~9k steps; false: ema_decay from the first step. ema_decay 0: no EMA
     # (the EMA weights are the raw weights).
     ema_warmup: bool = TrainConfig.ema_warmup
+    # torch.compile of the loss: none | default | reduce-overhead (CUDA graphs on a GPU);
+    # eager, with one warning, where compiling fails. Left out of the train key when none.
+    compile: str = TrainConfig.compile
 
 
 @dataclass(frozen=True)
@@ -170,6 +173,7 @@ class SweepConfig:
 
 CHOICES = {
     "model.kind": ("network", "exact", "checkpoints"),
+    "train.compile": COMPILE_MODES,
     "data.split": (None, *SPLIT_RULES),
     "model.schedule": ("vp", "ve"),
     "model.objective": (None, "vp_eps", "ve_score"),

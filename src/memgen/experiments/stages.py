@@ -125,6 +125,11 @@ def train_stage(run: Path, train: np.ndarray, K: int, config: SweepConfig,
     return key, folder
 
 
+# train settings added after caches existed, left out of the train key at these defaults so
+# that those caches keep their keys
+LATE_TRAIN_DEFAULTS = {"ema_warmup": True, "compile": "none"}
+
+
 def train_key(train: np.ndarray, config: SweepConfig) -> str:
     """The train stage's key: the training set's content (not where it was read from),
     the model with its full network and (for networks) what decides the trajectory — not
@@ -136,10 +141,10 @@ def train_key(train: np.ndarray, config: SweepConfig) -> str:
         trajectory = {"checkpoint": file_fingerprint(checkpoint_file(config, len(train))),
                       "reference_config": None if given is None else file_fingerprint(given)}
     if config.model.kind == "network":
-        # not the budget (iterations, snapshots), nor ema_warmup at its default
+        # not the budget (iterations, snapshots), nor the later fields at their defaults
         trajectory = {k: v for k, v in as_dict(config.train).items()
                       if k not in ("iterations", "snapshots")
-                      and not (k == "ema_warmup" and v)}
+                      and not (k in LATE_TRAIN_DEFAULTS and v == LATE_TRAIN_DEFAULTS[k])}
         trajectory["network"] = network(config.model).to_dict()
     # the checkpoints' folder and YAML by content above, not by path (nor the unset fields,
     # so the keys of existing caches stay)
@@ -160,7 +165,7 @@ def train_config(config: SweepConfig):
                        objective=objective, iterations=t.iterations, snapshots=t.snapshots,
                        batch_size=t.batch_size, fixed_batch=t.fixed_batch, lr=t.lr,
                        ema_decay=t.ema_decay, ema_warmup=t.ema_warmup, grad_clip=t.grad_clip,
-                       seed=t.seed, amp=t.amp,
+                       seed=t.seed, amp=t.amp, compile=t.compile,
                        checkpoint_every=max(1, t.iterations // 4))
 
 
