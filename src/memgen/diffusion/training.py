@@ -264,6 +264,8 @@ def train(config: TrainConfig, data: torch.Tensor, out: str | Path, *, progress:
         saver.after_step(state)
         _loop(config, data, out, state, model, rank, progress, stop_after, saver)
         saver.save(state, out / CHECKPOINT)
+    if world > 1:  # no rank leaves while another is still inside a collective
+        dist.barrier()
     return state
 
 
