@@ -212,40 +212,34 @@ def test_unset_options_keep_the_generate_key(name, monkeypatch):
 
 
 @pytest.mark.parametrize("name", ["toy2d", "images-cpu"])
-def test_default_ema_warmup_keeps_the_train_key(name, monkeypatch):
-    """ema_warmup at its default (true, today's EMA) is left out of the train key, so train
-    caches made before it existed stay valid; false makes a new key."""
+@pytest.mark.parametrize("field, override, value", [
+    ("ema_warmup", "train.ema_warmup=false", False),
+    ("compile", "train.compile=reduce-overhead", "reduce-overhead"),
+])
+def test_late_train_fields_at_default_keep_the_train_key(name, field, override, value,
+                                                         monkeypatch):
+    """A train field added late (ema_warmup, compile), at its default, is left out of the
+    train key, so train caches made before it existed stay valid; another value makes a new
+    key and reaches training."""
     import memgen.experiments.stages as sweep
 
     train = np.zeros((2, 2), dtype=np.float32)
     new = sweep.train_key(train, _config(name))
     real = sweep.as_dict
     monkeypatch.setattr(sweep, "as_dict", lambda c: {k: v for k, v in real(c).items()
-                                                     if k != "ema_warmup"})
+                                                     if k != field})
     assert sweep.train_key(train, _config(name)) == new
     monkeypatch.undo()
-    assert sweep.train_key(train, _config(name, "train.ema_warmup=false")) != new
-    assert sweep.train_config(_config(name, "train.ema_warmup=false")).ema_warmup is False
+    assert sweep.train_key(train, _config(name, override)) != new
+    assert getattr(sweep.train_config(_config(name, override)), field) == value
 
 
-@pytest.mark.parametrize("name", ["toy2d", "images-cpu"])
-def test_default_compile_keeps_the_train_key(name, monkeypatch):
-    """train.compile at its default (none) is left out of the train key, so train caches
-    made before it existed stay valid; a compile mode makes a new key and reaches training."""
+def test_compile_defaults_to_none_and_unknown_modes_are_refused():
     import memgen.experiments.stages as sweep
 
-    train = np.zeros((2, 2), dtype=np.float32)
-    new = sweep.train_key(train, _config(name))
-    real = sweep.as_dict
-    monkeypatch.setattr(sweep, "as_dict", lambda c: {k: v for k, v in real(c).items()
-                                                     if k != "compile"})
-    assert sweep.train_key(train, _config(name)) == new
-    monkeypatch.undo()
-    assert sweep.train_key(train, _config(name, "train.compile=reduce-overhead")) != new
-    assert sweep.train_config(_config(name, "train.compile=default")).compile == "default"
-    assert sweep.train_config(_config(name)).compile == "none"
+    assert sweep.train_config(_config("toy2d")).compile == "none"
     with pytest.raises(ValueError, match="train.compile"):
-        _config(name, "train.compile=fast")
+        _config("toy2d", "train.compile=fast")
 
 
 def test_sweep_passes_the_options_to_generation(tmp_path, monkeypatch):

@@ -539,9 +539,9 @@ def centred(x: torch.Tensor, center: torch.Tensor, dtype: torch.dtype = torch.fl
     u + 2⁻⁵³ of the exact difference, as :func:`centre_into` computes it; differentiable."""
     if x.dtype == dtype and _representable(center, dtype):
         return x - center.to(dtype)
-    return torch.cat([(x[i:i + _CENTRE_ROWS].double() - center).to(dtype)
-                      for i in range(0, len(x), _CENTRE_ROWS)]) if len(x) else \
-        x.new_empty(x.shape, dtype=dtype)
+    blocks = [(x[i:i + _CENTRE_ROWS].double() - center).to(dtype)
+              for i in range(0, len(x), _CENTRE_ROWS)]
+    return torch.cat(blocks) if blocks else x.new_empty(x.shape, dtype=dtype)
 
 
 def centre_into(out: torch.Tensor, x: torch.Tensor, center: torch.Tensor, scale: float = 1.0
