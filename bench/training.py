@@ -37,7 +37,7 @@ from common import interleaved_best, model_bench_args
 from sampling import with_others_cpu
 
 from memgen.diffusion.nets import count_parameters, get_preset
-from memgen.diffusion.train_step import TrainStep, clip_grad_norm, ema_decay, ema_step
+from memgen.diffusion.train_step import TrainStep
 from memgen.diffusion.training import LOG, TrainConfig, ahead_steps, draw_batch, new_state, train
 
 DEFAULT_ITERS = {"fmnist-cpu-16": 40, "fmnist-cpu-28": 20, "toy-mlp": 2000}
@@ -77,7 +77,7 @@ def replica_run(config: TrainConfig, data: torch.Tensor, steps: int, warm: int =
     def go():
         state = new_state(config, data.device)
         step = TrainStep(config, state, state.model.train(), data.device)
-        tensors, c, ahead = step.tensors, config, []
+        c, ahead = config, []
         spent = defaultdict(float)
         for i in range(warm + steps):
             marks = [time.perf_counter()]
@@ -88,17 +88,15 @@ def replica_run(config: TrainConfig, data: torch.Tensor, steps: int, warm: int =
             marks.append(time.perf_counter())
             loss = step.forward(*batch)
             marks.append(time.perf_counter())
-            for p in tensors.params:
-                p.grad = None
+            step.zero_grad()
             marks.append(time.perf_counter())
             loss.backward()
             marks.append(time.perf_counter())
-            clip_grad_norm(tensors.grads(), c.grad_clip)
+            step.clip()
             marks.append(time.perf_counter())
             state.optimizer.step()
             marks.append(time.perf_counter())
-            ema_step(tensors, ema_decay(c.ema_decay, state.step, c.ema_warmup))
-            state.step += 1
+            step.update_ema()
             marks.append(time.perf_counter())
             if i >= warm:
                 for phase, a, b in zip(PHASES, marks, marks[1:]):

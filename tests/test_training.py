@@ -2,6 +2,7 @@
 
 import copy
 import json
+import math
 import os
 import socket
 import subprocess
@@ -17,7 +18,8 @@ import torch.multiprocessing as mp
 from memgen.diffusion.loaders import load_denoiser
 from memgen.diffusion.samplers import StackedGenerator, sample_euler_maruyama
 import memgen.diffusion.training as T
-from memgen.diffusion.train_step import clip_grad_norm
+from memgen.diffusion.nets import get_preset
+from memgen.diffusion.train_step import FlatAdam, clip_flat
 from memgen.diffusion.training import (TrainConfig, draw_batch, new_state, train, training_loss,
                                        update_ema)
 
@@ -245,43 +247,131 @@ def test_cli_train_ema_options(tmp_path):
 # ------------------------------------------------------------------- the loop's pieces
 
 
-def test_clip_grad_norm_is_torchs_to_the_bit():
-    """clip_grad_norm (one foreach group, no grouping) = nn.utils.clip_grad_norm_, clipping
-    or not."""
+def _two_toy_nets():
+    torch.manual_seed(0)
+    a = get_preset("toy-mlp").build()
+    return a, copy.deepcopy(a)
+
+
+def _same_grads(gen, *param_lists):
+    for ps in zip(*param_lists):
+        g = torch.randn(ps[0].shape, generator=gen)
+        for p in ps:
+            if p.grad is None:
+                p.grad = g.clone()
+            else:
+                p.grad.copy_(g)  # FlatAdam's .grad: a view of its buffer
+
+
+def test_flat_adam_is_torchs_adam_to_the_bit_and_speaks_its_state_dict():
+    """FlatAdam (one buffer) = torch's fused Adam on the tensors, weights and state_dict
+    alike; torch's state_dict (an old checkpoint's) loads into it and resumes the same."""
+    a, b = _two_toy_nets()
+    flat = FlatAdam(a.parameters(), 1e-2)
+    ref = torch.optim.Adam(b.parameters(), lr=1e-2, fused=True)
+    assert flat.state_dict()["state"] == ref.state_dict()["state"] == {}
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(3):
+        _same_grads(gen, a.parameters(), b.parameters())
+        flat.step()
+        ref.step()
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    got, want = flat.state_dict(), ref.state_dict()
+    assert got["param_groups"] == want["param_groups"]
+    assert got["state"].keys() == want["state"].keys()
+    for i, entry in want["state"].items():
+        assert entry.keys() == got["state"][i].keys()
+        assert all(torch.equal(got["state"][i][k], v) for k, v in entry.items())
+    c = copy.deepcopy(b)
+    resumed = FlatAdam(c.parameters(), 1e-2)
+    resumed.load_state_dict(ref.state_dict())
+    for _ in range(2):
+        _same_grads(gen, c.parameters(), b.parameters())
+        resumed.step()
+        ref.step()
+    assert all(torch.equal(p, q) for p, q in zip(c.parameters(), b.parameters()))
+
+
+def test_flat_adam_refuses_a_lost_gradient_and_a_foreign_state():
+    """The parameters are views of one buffer; a .grad set to None (model.zero_grad()) is an
+    error at the next step, not a step without it; a state for other parameters is refused."""
+    a, b = _two_toy_nets()
+    flat = FlatAdam(a.parameters(), 1e-3)
+    assert all(p.data_ptr() == flat.flat.data_ptr() + 4 * offset for p, offset in
+               zip(a.parameters(), np.cumsum([0] + [p.numel() for p in a.parameters()])))
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    a.zero_grad()
+    with pytest.raises(RuntimeError, match="no longer a view"):
+        flat.step()
+    with pytest.raises(ValueError, match="one group of 10"):
+        flat.load_state_dict(torch.optim.Adam(list(b.parameters())[:3]).state_dict())
+    with pytest.raises(ValueError, match="several dtypes"):
+        FlatAdam([torch.nn.Parameter(torch.zeros(2)),
+                  torch.nn.Parameter(torch.zeros(2, dtype=torch.float64))], 1e-3)
+
+
+@pytest.mark.parametrize("host", [True, False])
+def test_clip_flat_is_torchs_clip_grad_norm(host):
+    """clip_flat on one buffer = nn.utils.clip_grad_norm_ on the tensors it holds, to the
+    rounding of the norm: the factor read on the host or kept on the device, clipping or
+    not (then the gradients are untouched, to the bit)."""
     gen = torch.Generator().manual_seed(0)
-    for scale in (1e-3, 1.0, 1e3):  # the coefficient clamped to 1, and below it
-        grads = [scale * torch.randn(shape, generator=gen) for shape in ((64, 34), (64,), (2,))]
-        params = [torch.nn.Parameter(torch.zeros_like(g)) for g in grads]
-        for p, g in zip(params, grads):
-            p.grad = g.clone()
+    shapes = ((64, 34), (64,), (2,))
+    for scale in (1e-3, 1.0, 1e3):  # the factor clamped to 1, and below it
+        flat = scale * torch.randn(sum(math.prod(s) for s in shapes), generator=gen)
+        params = [torch.nn.Parameter(torch.zeros(s)) for s in shapes]
+        for p, g in zip(params, flat.split([math.prod(s) for s in shapes])):
+            p.grad = g.reshape(p.shape).clone()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
-        clip_grad_norm(grads, 1.0)
-        assert all(torch.equal(p.grad, g) for p, g in zip(params, grads))
+        want = torch.cat([p.grad.reshape(-1) for p in params])
+        unclipped = flat.clone()
+        clip_flat(flat, 1.0, host=host)
+        if scale < 0.01:
+            assert torch.equal(flat, unclipped)
+        else:
+            assert not torch.allclose(flat, unclipped)
+        torch.testing.assert_close(flat, want, rtol=1e-6, atol=0)
 
 
 @pytest.mark.parametrize("preset, objective", [("toy-mlp", "ve_score"),
                                                ("fmnist-cpu-16", "vp_eps")])
-def test_the_loop_gives_the_plain_loops_numbers(tmp_path, preset, objective):
-    """train() (batches drawn ahead, the step's own clipping, zeroing and EMA lists, compile
-    off) = the plain loop with torch's clip_grad_norm_ and zero_grad, to the bit."""
+@pytest.mark.parametrize("grad_clip", [1e9, 0.05])
+def test_the_loop_gives_the_plain_loops_numbers(tmp_path, preset, objective, grad_clip):
+    """train() (batches drawn ahead, FlatAdam, the step's clipping, zeroing and EMA on flat
+    buffers, compile off) = the plain loop with torch's fused Adam on the parameters, its
+    clip_grad_norm_ and zero_grad: to the bit where no step clips; where every step clips,
+    to the rounding of the norm (one reduction against a norm of per-tensor norms)."""
     config = _toy_config(preset=preset, objective=objective, iterations=6, batch_size=3,
-                         checkpoint_every=4, log_every=3)
+                         checkpoint_every=4, log_every=3, grad_clip=grad_clip)
     data = TWO_POINTS.repeat(2, 1) if preset == "toy-mlp" else torch.rand(5, 1, 16, 16) * 2 - 1
     got = train(config, data, tmp_path, progress=False)
     state, loss = new_state(config, torch.device("cpu")), config.parameterization().loss
+    start = [v.clone() for v in (*state.model.state_dict().values(),
+                                 *state.ema.state_dict().values())]
+    adam = torch.optim.Adam(state.model.parameters(), lr=config.lr, fused=True)
+    norms = []
     with torch.random.fork_rng(devices=[]):
         torch.random.set_rng_state(torch.Generator().manual_seed(config.seed + 10_000).get_state())
         for step in range(config.iterations):
             x0, t, noise = draw_batch(data, 3, config, state.generator)
             value = loss(state.model.train(), x0, t, noise)
-            state.optimizer.zero_grad(set_to_none=True)
+            adam.zero_grad(set_to_none=True)
             value.backward()
-            torch.nn.utils.clip_grad_norm_(state.model.parameters(), config.grad_clip)
-            state.optimizer.step()
+            norms.append(float(torch.nn.utils.clip_grad_norm_(state.model.parameters(),
+                                                              config.grad_clip)))
+            adam.step()
             update_ema(state.ema, state.model, config.ema_decay, step, config.ema_warmup)
-    for a, b in zip((*got.model.state_dict().values(), *got.ema.state_dict().values()),
-                    (*state.model.state_dict().values(), *state.ema.state_dict().values())):
-        assert torch.equal(a, b)
+    clipped = [n > grad_clip for n in norms]
+    assert all(clipped) if grad_clip < 1 else not any(clipped)
+    got = [*got.model.state_dict().values(), *got.ema.state_dict().values()]
+    want = [*state.model.state_dict().values(), *state.ema.state_dict().values()]
+    if grad_clip > 1:
+        assert all(torch.equal(a, b) for a, b in zip(got, want))
+    else:  # Adam's division by √v turns the norm's last bit into noise where g ≈ 0: all
+        # weights together, the difference is a rounding error of what the steps moved
+        moved = torch.cat([(b - b0).reshape(-1) for b, b0 in zip(want, start)]).norm()
+        apart = torch.cat([(a - b).reshape(-1) for a, b in zip(got, want)]).norm()
+        assert apart < 1e-4 * moved, (float(apart), float(moved))
 
 
 def test_batches_are_drawn_ahead_but_never_past_a_saved_state(tmp_path, monkeypatch):

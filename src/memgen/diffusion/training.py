@@ -43,7 +43,7 @@ from memgen.data import (default_split_seed, heldout_indices, load_dataset, nest
 from memgen.diffusion.nets import NetConfig, get_preset
 from memgen.diffusion.parameterization import PARAMETERIZATIONS, get_parameterization
 from memgen.diffusion.schedules import VESchedule, VPSchedule
-from memgen.diffusion.train_step import StepTensors, TrainStep, adam, ema_decay, ema_step
+from memgen.diffusion.train_step import FlatAdam, StepTensors, TrainStep, ema_decay, ema_step
 from memgen.errors import UserError
 from memgen.io import atomic_file
 
@@ -156,6 +156,8 @@ def draw_batch(data: torch.Tensor, batch: int, config: TrainConfig, generator: t
 def _to(x: torch.Tensor, device: torch.device) -> torch.Tensor:
     """Move a CPU tensor; to CUDA through pinned memory without waiting (a pageable copy
     would stall the host until the GPU has drained its queue, every step)."""
+    if x.device == device:
+        return x
     if device.type != "cuda":
         return x.to(device)
     return x.pin_memory().to(device, non_blocking=True)
@@ -167,19 +169,20 @@ class TrainState:
 
     model: nn.Module
     ema: nn.Module
-    optimizer: torch.optim.Optimizer
+    optimizer: FlatAdam  # torch.optim.Adam's numbers and state_dict, one kernel a step
     generator: torch.Generator
     step: int = 0
 
 
 def new_state(config: TrainConfig, device: torch.device, rank: int = 0) -> TrainState:
-    """Model, EMA copy and optimiser with seeded initial weights (identical on every rank)."""
+    """Model, EMA copy and optimiser with seeded initial weights (identical on every rank);
+    the model's parameters are views of the optimiser's buffer (``FlatAdam``)."""
     with torch.random.fork_rng(devices=[]):
         torch.random.set_rng_state(torch.Generator().manual_seed(config.seed).get_state())
         model = replace(config.net, seed=config.seed).build().to(device)
     ema = copy.deepcopy(model).requires_grad_(False)
     generator = torch.Generator().manual_seed(config.seed + 1 + rank)
-    return TrainState(model, ema, adam(list(model.parameters()), config.lr), generator)
+    return TrainState(model, ema, FlatAdam(model.parameters(), config.lr), generator)
 
 
 def save_checkpoint(path: Path, state: TrainState, config: TrainConfig,
@@ -341,18 +344,17 @@ def _loop(config, data, out, state, model, rank, progress, stop_after, saver):
     step = TrainStep(config, state, model, data.device)
     bar = tqdm(total=config.iterations, initial=state.step, desc="train", unit="it",
                disable=not progress or rank != 0)
-    t0, loss_sum, n_loss = time.perf_counter(), 0.0, 0
+    t0, losses = time.perf_counter(), []
     model.train()
     for x0, t, noise in _batches(data, batch, config, state, saver, end):
-        loss = step(x0, t, noise)
-        loss_sum, n_loss = loss_sum + loss, n_loss + 1  # on the device: no wait until a log
+        losses.append(step(x0, t, noise))  # on the device: no wait until a log
         bar.update(1)
         if state.step % config.log_every == 0 or state.step == config.iterations:
-            mean = float(loss_sum) / n_loss
+            mean = float(torch.stack(losses).sum()) / len(losses)
             if rank == 0:
                 _log(out, state.step, mean, time.perf_counter() - t0)
             bar.set_postfix(loss=f"{mean:.4f}")
-            loss_sum, n_loss = 0.0, 0
+            losses = []
         saver.after_step(state)
         if state.step < end:
             saver.periodic(state)
