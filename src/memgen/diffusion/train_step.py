@@ -3,11 +3,12 @@
 The step is the network's forward, backward and Adam step, plus what the objective adds:
 gradient clipping and the EMA of the weights. Everything else costs as little as it can
 and never waits for the device: the parameters, their gradients and the EMA's parameters
-each live in one contiguous buffer (``FlatTensors``), so that zeroing, clipping and the
-EMA are one kernel each instead of one per tensor; Adam is fused where torch has the
-kernel (``adam``); and ``TrainConfig.compile`` runs the loss through torch.compile,
-eagerly with one warning where that fails (``TrainStep.backward``). The numbers are the
-plain loop's to the bit (fused Adam aside, which rounds differently from the for-loop).
+each live in one contiguous buffer (``FlatAdam``, ``flatten``), so that Adam, zeroing,
+clipping and the EMA are one kernel each instead of one per tensor; Adam is fused where
+torch has the kernel (``adam``); and ``TrainConfig.compile`` runs the loss through
+torch.compile, eagerly with one warning where that fails (``TrainStep.backward``). The
+numbers are the plain loop's with torch's fused Adam, to the bit where no step clips and
+to the last bit of the gradient norm where one does (``clip_flat``).
 """
 
 from __future__ import annotations
@@ -132,9 +133,6 @@ class StepTensors:
         model = _unwrap(model)
         return cls(list(model.parameters()), list(ema.parameters()), list(model.buffers()),
                    list(ema.buffers()))
-
-    def grads(self) -> list[torch.Tensor]:
-        return [p.grad for p in self.params if p.grad is not None]
 
 
 @torch.no_grad()
