@@ -36,14 +36,16 @@ def _data(kind: str, rng, n: int, m: int, d: int):
 @given(n=st.integers(1, 70), m=st.integers(64, 3000), d=st.integers(1, 16),
        kind=st.sampled_from(["normal", "grid", "duplicates", "offset"]),
        margin=st.integers(0, 3), groups=st.integers(4, 64), seed=st.integers(0, 2**31 - 1),
-       data=st.data())
-def test_wide_blocks_equal_brute_force(n, m, d, kind, margin, groups, seed, data):
+       bf16=st.booleans(), data=st.data())
+def test_wide_blocks_equal_brute_force(n, m, d, kind, margin, groups, seed, bf16, data):
     """Reference blocks of 16·groups columns: with a small k + margin they take the grouped
-    selection and many threshold merges; every width gives brute force's answer."""
+    selection and many threshold merges; every width gives brute force's answer, with the
+    bfloat16 pre-screen (its rows certified or handed to the float32 screen) or without."""
     rng = np.random.default_rng(seed)
     q, r = _data(kind, rng, n, m, d)
     k = data.draw(st.integers(1, 5))
-    with mock.patch.object(knn_module, "_R_BLOCK_MAX", 16 * groups):
+    with mock.patch.object(knn_module, "_R_BLOCK_MAX", 16 * groups), \
+            mock.patch.object(knn_module, "BF16_SCREEN", bf16):
         res = knn_search(torch.from_numpy(q), torch.from_numpy(r), k, margin=margin)
     bdist, bidx = brute_force_knn(q, r, k)
     np.testing.assert_array_equal(res.idx.numpy(), bidx)
@@ -53,14 +55,16 @@ def test_wide_blocks_equal_brute_force(n, m, d, kind, margin, groups, seed, data
 @settings(max_examples=30, deadline=None)
 @given(m=st.integers(64, 1500), d=st.integers(1, 8), copies=st.integers(1, 3),
        margin=st.integers(0, 2), groups=st.integers(4, 32), seed=st.integers(0, 2**31 - 1),
-       data=st.data())
-def test_wide_blocks_exclude_self(m, d, copies, margin, groups, seed, data):
-    """The self-match is excluded inside grouped blocks too (its group minimum retaken)."""
+       bf16=st.booleans(), data=st.data())
+def test_wide_blocks_exclude_self(m, d, copies, margin, groups, seed, bf16, data):
+    """The self-match is excluded inside grouped blocks too (its group minimum retaken),
+    with the bfloat16 pre-screen or without."""
     rng = np.random.default_rng(seed)
     base = rng.integers(-3, 4, size=(m, d)).astype(np.float32)
     x = np.repeat(base, copies, axis=0)[rng.permutation(m * copies)]
     k = data.draw(st.integers(1, 4))
-    with mock.patch.object(knn_module, "_R_BLOCK_MAX", 16 * groups):
+    with mock.patch.object(knn_module, "_R_BLOCK_MAX", 16 * groups), \
+            mock.patch.object(knn_module, "BF16_SCREEN", bf16):
         res = knn_search(torch.from_numpy(x), torch.from_numpy(x), k, exclude_self=True,
                          margin=margin)
     bdist, bidx = brute_force_knn(x, x, k, exclude_self=True)
@@ -106,3 +110,58 @@ def test_screen_values_within_bound_of_exact(scale):
     gamma = screen.bound(q_sq)
     assert ((screened - exact).abs() <= gamma[:, None]).all()
     assert (screened - exact).abs().max() > 0  # the check is not vacuous
+
+
+@pytest.mark.parametrize("scale, offset, d", [(1e-3, 3, 300), (1.0, 3, 300), (1e3, 3, 300),
+                                              (1.0, 2.0**12, 300), (1.0, 3, 2048)])
+def test_bf16_screen_values_within_bound_of_exact(scale, offset, d):
+    """Every bfloat16-screened score (the float32 screen's rows rounded to bfloat16, one
+    bfloat16 GEMM; d = 2048 splits its sums into blocks), plus ‖q̃‖², is within its bound E
+    of the exact ‖q − r‖²; the bound is
+    not vacuous (the errors reach a tenth of it) nor loose beyond use (E < 5% of Q + R)."""
+    rng = np.random.default_rng(12)
+    q = torch.from_numpy((scale * (offset + rng.normal(size=(60, d)))).astype(np.float32))
+    r = torch.from_numpy((scale * (offset + rng.normal(size=(500, d)))).astype(np.float32))
+    screen = knn_module.Screen.build(r, torch.float32)
+    q_rows, q_sq = screen.queries(q)
+    value = torch.mm(q_rows.bfloat16(), screen.rows.bfloat16().T).double()
+    exact = (q.double()[:, None] - r.double()[None]).square().sum(-1)
+    bound = knn_module.bf16_error_bound(q_sq[:, None], screen, value)
+    error = (value + q_sq[:, None] - exact).abs()
+    assert (error <= bound).all()
+    assert (error / bound).max() > 0.1
+    assert (bound < 0.05 * (q_sq[:, None] + screen.r_sq_max)).all()
+
+
+def test_bf16_screen_certifies_most_rows_and_matches_brute_force(monkeypatch):
+    """On a realistic shape the bfloat16 pass certifies most rows itself (the float32
+    screen takes the rest) and the answer is brute force's."""
+    shares = []
+    real = knn_module._bf16_pass
+
+    def spy(*args):
+        out = real(*args)
+        shares.append(float(out[2].double().mean()))
+        return out
+
+    monkeypatch.setattr(knn_module, "_bf16_pass", spy)
+    monkeypatch.setattr(knn_module, "BF16_SCREEN", True)
+    q, r = _data("normal", np.random.default_rng(6), 200, 5000, 300)
+    res = knn_search(torch.from_numpy(q), torch.from_numpy(r), 5)
+    bdist, bidx = brute_force_knn(q, r, 5)
+    np.testing.assert_array_equal(res.idx.numpy(), bidx)
+    np.testing.assert_array_equal(res.dist.numpy(), bdist)
+    assert shares and min(shares) > 0.5 and res.n_fallback == 0
+
+
+def test_bf16_screen_runs_only_where_it_pays(monkeypatch):
+    """Automatic choice: a large problem of ≥ 256 dimensions on a CPU with AMX; never a
+    small or low-dimensional one."""
+    use = knn_module._use_bf16
+    monkeypatch.setattr(knn_module, "_amx_bf16", lambda: True)
+    assert use(10_000, 60_000, 784, torch.device("cpu"), 5)
+    assert not use(100, 1000, 784, torch.device("cpu"), 5)
+    assert not use(10_000, 1_000_000, 64, torch.device("cpu"), 5)
+    assert not use(10_000, 60_000, 784, torch.device("cpu"), 40)  # k beyond its candidates
+    monkeypatch.setattr(knn_module, "_amx_bf16", lambda: False)
+    assert not use(10_000, 60_000, 784, torch.device("cpu"), 5)

@@ -39,10 +39,15 @@ DEFAULT_MEMORY_BUDGET = 512 * 2**20  # bytes for the (queries × references) sco
 _R_BLOCK_MAX = 4096
 _GROUP = 16  # columns per group in the group-minimum pre-selection of _smallest
 _REFINE_ROWS = 32  # query rows per float64 refinement step (its temporaries fit in L2)
-_SCREEN_ROWS = 512  # query rows per GEMM call, its scores still in cache for the minima
 _REFINE_EXTRA = 2  # candidates re-scored beyond k where the screen separates them (_refine)
 _CENTRE_ROWS = 8192  # rows per block when centring or taking norms in float64
 _SCREEN_MIN_DIM = 32  # below this a float64 GEMM costs no more than the float32 screen
+# The bfloat16 pre-screen (_bf16_pass): None = where the CPU multiplies bfloat16 in hardware
+# (AMX) and the problem is large enough; True / False force it on or off (tests).
+BF16_SCREEN: bool | None = None
+_BF16_CAND = 32  # candidates a row keeps from the bfloat16 screen, all refined in float64
+_BF16_MIN_DIM = 256  # below this its error bound separates too few rows to pay
+_BF16_MIN_WORK = 10**10  # n·m·d below which the float32 screen is as fast
 
 
 @dataclass(frozen=True)
@@ -87,6 +92,8 @@ def knn_search(query: torch.Tensor, ref: torch.Tensor, k: int, *, exclude_self: 
     screen = Screen.build(ref, torch.float32)
     n_cand = min(k + margin, m - int(exclude_self))
     q_block, r_block = _block_sizes(n, m, budget, itemsize=4)
+    fast = screen.rows.bfloat16() if _use_bf16(n, m, query.shape[1], query.device, k) \
+        else None
 
     dist = torch.empty(n, k, dtype=torch.float64, device=query.device)
     idx = torch.empty(n, k, dtype=torch.int64, device=query.device)
@@ -95,7 +102,15 @@ def knn_search(query: torch.Tensor, ref: torch.Tensor, k: int, *, exclude_self: 
     for q0 in tqdm(starts, desc="kNN", unit="block", disable=not progress or len(starts) < 2):
         q = query[q0:q0 + q_block]
         own = torch.arange(q0, q0 + q.shape[0], device=q.device) if exclude_self else None
-        d2, ix, ok = _certified_pass(q, ref, screen, own, k, n_cand, r_block)
+        if fast is not None:
+            d2, ix, ok = _bf16_pass(q, ref, screen, fast, own, k, r_block)
+            if not ok.all():  # rows the bfloat16 bound leaves open: the float32 screen
+                rows = torch.nonzero(~ok).squeeze(1)
+                d2[rows], ix[rows], ok[rows] = _certified_pass(
+                    q[rows], ref, screen, None if own is None else own[rows], k, n_cand,
+                    r_block)
+        else:
+            d2, ix, ok = _certified_pass(q, ref, screen, own, k, n_cand, r_block)
         if not ok.all():
             bad = torch.nonzero(~ok).squeeze(1)
             n_fallback += len(bad)
@@ -166,6 +181,58 @@ def _certified_pass(q, ref, screen: Screen, own, k, n_cand, r_block):
     if n_cand >= ref.shape[0] - int(own is not None):
         return d2, ix, torch.ones(len(q), dtype=torch.bool, device=q.device)
     return d2, ix, _certified(cand_val, q_sq, gamma, d2[:, -1])
+
+
+def _use_bf16(n: int, m: int, d: int, device: torch.device, k: int) -> bool:
+    """Whether knn_search runs the bfloat16 pre-screen (``BF16_SCREEN``)."""
+    if BF16_SCREEN is not None:
+        return BF16_SCREEN and m > _BF16_CAND and k < _BF16_CAND
+    return (device.type == "cpu" and d >= _BF16_MIN_DIM and n * m * d >= _BF16_MIN_WORK
+            and m > _BF16_CAND and k < _BF16_CAND and _amx_bf16())
+
+
+def _amx_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 matrices in hardware (Intel AMX), where a
+    bfloat16 GEMM runs ~9× the float32 rate; elsewhere it is emulated, and slower."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return " amx_bf16" in f.read()
+    except OSError:
+        return False
+
+
+def _bf16_pass(q, ref, screen: Screen, rows_bf16: torch.Tensor, own, k: int, r_block: int):
+    """The float32 screen's rows rounded to bfloat16, multiplied in bfloat16 (float32
+    accumulation, a bfloat16 result: ``bf16_error_bound``); its _BF16_CAND best candidates
+    of each row refined in float64 and certified as :func:`_certified_pass` does. Rows the
+    looser bound leaves open (ok False) go to the float32 screen."""
+    q_rows, q_sq = screen.queries(q)
+    cand_val, cand_idx = _screen(q_rows.bfloat16(), rows_bf16, _BF16_CAND, r_block, own)
+    largest = cand_val.double().max(dim=1).values
+    gamma = bf16_error_bound(q_sq, screen, largest)
+    d2, ix = _refine(q, ref, cand_val, cand_idx, k, 2 * gamma)
+    return d2, ix, _certified(cand_val, q_sq, gamma, d2[:, -1])
+
+
+def bf16_error_bound(q_sq: torch.Tensor, screen: Screen, value: torch.Tensor) -> torch.Tensor:
+    """E (n,): a rigorous bound on |bfloat16-screened − exact| squared distance for a score
+    whose bfloat16 value has magnitude ≤ |value| (``_bf16_pass``).
+
+    The bfloat16 screen multiplies :class:`Screen`'s float32 rows rounded to bfloat16
+    (unit roundoff u = 2⁻⁸): each factor of a product carries a relative error ≤ u, so the
+    d products 2q̃ᵢr̃ᵢ err by ≤ (2u + u²) 2Σ|q̃ᵢr̃ᵢ| ≤ (2u + u²)(Q + R) and the norm column by
+    ≤ uR; the products of two bfloat16 numbers are exact in float32 and summed there, as
+    the float32 screen's are (its bound γ, :func:`screen_error_bound`, covers that and the
+    centring, with 1% to spare for the inputs' growth by (1 + u)²); the result rounded to
+    bfloat16 errs by ≤ u/(1 − u)|value|. With Q = ‖q̃‖², R = the screen's r_sq_max:
+    E = 1.01 γ + (3u + u²)(Q + R) + u/(1 − u)|value|. The float32 accumulation is what
+    oneDNN's bfloat16 GEMM does (tests/test_knn_select.py checks the bound against
+    products of the rounded inputs)."""
+    u = 2.0**-8
+    d = screen.rows.shape[1] - 1
+    gamma = screen_error_bound(q_sq, screen.r_sq_max, d, 2.0**-24)
+    return 1.01 * gamma + (3 * u + u * u) * (q_sq + screen.r_sq_max) \
+        + u / (1 - u) * value.abs()
 
 
 def _fallback(q, ref, center, own, k, margin, budget):
@@ -355,20 +422,16 @@ def _grouped(width: int, c: int) -> bool:
 def _scores(q_rows: torch.Tensor, r_rows: torch.Tensor, out: torch.Tensor, grouped: bool):
     """out ← q_rows r_rowsᵀ, and the group minima (bq, width/_GROUP) when grouped (else None).
 
-    Computed _SCREEN_ROWS query rows at a time, so that each slice of scores is still in
-    cache when its minima are taken: the selection then costs almost no memory traffic.
-    Group j of a row holds columns j, j + width/_GROUP, …: its minimum is an elementwise
-    minimum of _GROUP contiguous slices.
+    One GEMM call for the whole block: at 2048 query rows it runs 4 % faster than in
+    512-row slices, and more than that is lost by slicing than the minima gain from
+    reading slices still in cache (measured on Fashion-MNIST and random data; see
+    docs/BENCHMARKS.md). Group j of a row holds columns j, j + width/_GROUP, …: its
+    minimum is an elementwise minimum of _GROUP contiguous slices.
     """
-    b, width = out.shape
-    minima = torch.empty(b, width // _GROUP, dtype=out.dtype, device=out.device) if grouped \
-        else None
-    for i in range(0, b, _SCREEN_ROWS):
-        rows = out[i:i + _SCREEN_ROWS]
-        torch.mm(q_rows[i:i + _SCREEN_ROWS], r_rows.T, out=rows)
-        if grouped:
-            torch.amin(rows.view(len(rows), _GROUP, -1), dim=1, out=minima[i:i + _SCREEN_ROWS])
-    return minima
+    torch.mm(q_rows, r_rows.T, out=out)
+    if not grouped:
+        return None
+    return torch.amin(out.view(len(out), _GROUP, -1), dim=1)
 
 
 def _exclude(scores: torch.Tensor, minima: torch.Tensor | None, own: torch.Tensor) -> None:
@@ -441,22 +504,25 @@ def _refine(q: torch.Tensor, ref: torch.Tensor, cand_val: torch.Tensor, cand_idx
             k: int, slack: torch.Tensor):
     """The k best candidates by float64 distance of the raw data, ordered by (distance, index).
 
-    Only the k + _REFINE_EXTRA best screened candidates of a row are re-scored, unless the
-    next one is screened within slack (b,) = 2γ of the k-th: every candidate left out is
-    then screened more than 2γ above k candidates, so its exact distance exceeds theirs.
-    Rows with such near-ties re-score all their candidates.
+    A row re-scores its candidates screened within slack (b,) = 2γ of its k-th, and at
+    least k + _REFINE_EXTRA of them: every candidate left out is then screened more than
+    2γ above k candidates, so its exact distance exceeds theirs. Rows are re-scored in
+    groups of one width (rounded up to a multiple of 4), so a row with many near-ties
+    costs no more than it needs.
     """
     c = cand_val.shape[1]
-    width = min(c, k + _REFINE_EXTRA)
     val, order = torch.sort(cand_val, dim=1)
     idx = cand_idx.gather(1, order)
-    d2, ix = take_sorted(candidate_sq_dist(q, ref, idx[:, :width]), idx[:, :width], k)
-    if width < c:
-        near = val[:, width].double() - val[:, k - 1].double() <= slack
-        if near.any():
-            rows = torch.nonzero(near).squeeze(1)
-            d2[rows], ix[rows] = take_sorted(candidate_sq_dist(q[rows], ref, idx[rows]),
-                                             idx[rows], k)
+    val = val.double()
+    near = (val <= val[:, k - 1:k] + slack.unsqueeze(1)).sum(dim=1)
+    least = min(c, k + _REFINE_EXTRA)
+    width = torch.where(near <= least, least, -(-near // 4) * 4).clamp_(max=c)
+    d2 = torch.empty(len(q), k, dtype=torch.float64, device=q.device)
+    ix = torch.empty(len(q), k, dtype=torch.int64, device=q.device)
+    for w in torch.unique(width).tolist():
+        rows = torch.nonzero(width == w).squeeze(1)
+        d2[rows], ix[rows] = take_sorted(candidate_sq_dist(q[rows], ref, idx[rows, :w]),
+                                         idx[rows, :w], k)
     return d2, ix
 
 
