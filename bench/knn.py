@@ -18,7 +18,9 @@ flagged "handicapped — check its BLAS" and no speed-up over it is reported. A 
 separate run times memgen's phases (centring, GEMM, group minima, selection, refinement,
 certification) by wrapping its functions.
 
-Every method is credited the same nominal 2·n·m·d flops. The repeats are interleaved
+Every method is credited the same nominal 2·n·m·d flops; where memgen screens in bfloat16
+(a CPU with AMX: ``memgen.metrics.knn.BF16_SCREEN``) its rate can exceed the float32 GEMM
+peak, and its GEMM phase holds both its bfloat16 and float32 GEMMs. The repeats are interleaved
 (GEMM, memgen, faiss, GEMM, memgen, faiss, ...) so a slow spell on a shared machine hits
 all of them; the share of CPU time stolen by the hypervisor is printed with each best run.
 

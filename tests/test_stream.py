@@ -94,8 +94,8 @@ def test_feature_map_and_budget_derived_chunks(tmp_path):
     calls = []
     folder = _write(tmp_path / "s", ref, "npz")
     q_emb = phi.embed(torch.from_numpy(query))
-    # per row: 6 raw floats + 4 embedded floats + one float32 copy = 56 bytes → 10 rows
-    result = stream_knn(q_emb, folder, 3, feature_map=phi, memory_budget=560,
+    # per row: 6 raw floats + 4 embedded floats + a float32 and a bfloat16 copy = 64 bytes
+    result = stream_knn(q_emb, folder, 3, feature_map=phi, memory_budget=640,
                         callback=lambda done, m: calls.append(done))
     assert calls == [10, 20, 30, 40, 50, 57]
     _assert_same(result, knn_search(q_emb, phi.embed(torch.from_numpy(ref)), 3))

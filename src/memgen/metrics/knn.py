@@ -13,6 +13,13 @@ its memory, but with an exactness guarantee that float32 GEMM alone lacks:
    ‖q − r‖² in float64 from direct differences and sorted by (distance, index);
    only k + 2 of them where the screen separates the rest by more than its error.
 
+Where the CPU multiplies bfloat16 in hardware (Intel AMX) and the problem is large, a
+bfloat16 screen comes first (``_bf16_pass``): the float32 screen's rows rounded to
+bfloat16, one bfloat16 GEMM at ~9× the float32 rate, its 32 best candidates a row refined
+and certified against its own, looser bound (:func:`bf16_error_bound`); the rows that
+bound leaves open go through the float32 screen. The answer is the same either way; the
+bfloat16 rows add half the float32 screen's memory (2 bytes a coordinate of the references).
+
 The float32 screen can mis-order near-ties (cancellation in ‖q‖² + ‖r‖² − 2qᵀr),
 so the result is *certified*: with T the largest screened value kept for a row
 and γ a rigorous bound on the screening error, every discarded reference has

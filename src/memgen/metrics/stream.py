@@ -85,7 +85,8 @@ def stream_knn(query: torch.Tensor, source, k: int, *, feature_map: FeatureMap |
     Returns a :class:`KnnResult`: dist (n, k) float64, idx (n, k) int64 global indices,
     ascending by (distance, index) — equal to an in-memory search over all m rows;
     n_fallback sums the per-chunk counts. Peak memory ≈ the queries + one chunk (raw
-    float32 rows, their embedding and one float32 copy of it: ≤ memory_budget) + the
+    float32 rows, their embedding, one float32 and one bfloat16 copy of it: ≤
+    memory_budget) + the
     engine's score block (≤ memory_budget; faiss instead holds a second float32 copy of
     the embedded chunk and a float32 copy of the queries) + O(n (k + margin + e))
     candidates; a compressed npz shard adds its whole array. So about size(queries) +
@@ -159,7 +160,8 @@ def _embed(feature_map: FeatureMap, samples: torch.Tensor) -> torch.Tensor:
 
 def _chunk_rows(shards: ShardSet, feature_map: FeatureMap, query: torch.Tensor,
                 budget: int) -> int:
-    """Rows whose float32 data, embedding and one float32 copy of it fit ``budget`` bytes.
+    """Rows whose float32 data, embedding, one float32 and one bfloat16 copy of it (the
+    screens of ``knn_search``) fit ``budget`` bytes.
 
     Embeds the first row to learn the embedding's size, and checks it matches the queries.
     """
@@ -171,7 +173,7 @@ def _chunk_rows(shards: ShardSet, feature_map: FeatureMap, query: torch.Tensor,
         raise UserError(f"the queries have {query.shape[1]} features but the {feature_map.name}"
                          f" embedding of a reference sample has {emb.shape[1]}; embed the "
                          "queries with the same feature map")
-    per_row = 4 * first[0].numel() + (emb.element_size() + 4) * emb.shape[1]
+    per_row = 4 * first[0].numel() + (emb.element_size() + 4 + 2) * emb.shape[1]
     return max(1, budget // per_row)
 
 
