@@ -114,23 +114,35 @@ def test_screen_values_within_bound_of_exact(scale):
 
 @pytest.mark.parametrize("scale, offset, d", [(1e-3, 3, 300), (1.0, 3, 300), (1e3, 3, 300),
                                               (1.0, 2.0**12, 300), (1.0, 3, 2048)])
-def test_bf16_screen_values_within_bound_of_exact(scale, offset, d):
-    """Every bfloat16-screened score (the float32 screen's rows rounded to bfloat16, one
-    bfloat16 GEMM; d = 2048 splits its sums into blocks), plus ‖q̃‖², is within its bound E
-    of the exact ‖q − r‖²; the bound is
-    not vacuous (the errors reach a tenth of it) nor loose beyond use (E < 5% of Q + R)."""
+def test_bf16_screen_brackets_the_exact_distances(scale, offset, d):
+    """Every bfloat16 lower-bound score (Bf16Screen's rows, one bfloat16 GEMM; d = 2048
+    splits its sums into blocks) gives lower ≤ ‖q − r‖² − ‖q̃‖² ≤ lower + width for every
+    pair; the bracket is not loose beyond use (width < 4 % of ‖q̃‖² + max‖r̃‖²) and the lower
+    bound not vacuous (it comes within a quarter of the width of the exact value)."""
     rng = np.random.default_rng(12)
     q = torch.from_numpy((scale * (offset + rng.normal(size=(60, d)))).astype(np.float32))
     r = torch.from_numpy((scale * (offset + rng.normal(size=(500, d)))).astype(np.float32))
     screen = knn_module.Screen.build(r, torch.float32)
+    fast = knn_module.Bf16Screen.of(screen)
     q_rows, q_sq = screen.queries(q)
-    value = torch.mm(q_rows.bfloat16(), screen.rows.bfloat16().T).double()
-    exact = (q.double()[:, None] - r.double()[None]).square().sum(-1)
-    bound = knn_module.bf16_error_bound(q_sq[:, None], screen, value)
-    error = (value + q_sq[:, None] - exact).abs()
-    assert (error <= bound).all()
-    assert (error / bound).max() > 0.1
-    assert (bound < 0.05 * (q_sq[:, None] + screen.r_sq_max)).all()
+    value = torch.mm(fast.queries(q_rows, q_sq), fast.rows.T).double()
+    exact = (q.double()[:, None] - r.double()[None]).square().sum(-1) - q_sq[:, None]
+    slack = fast.slack(q_sq)
+    lower = fast.lower(value, slack)
+    width = fast.width(value, slack, q_sq, torch.arange(len(r)).expand(len(q), -1))
+    assert (lower <= exact).all() and (exact <= lower + width).all()
+    assert (width < 0.04 * (q_sq[:, None] + screen.r_sq_max)).all()
+    queries, rows = fast.queries(q_rows, q_sq), fast.rows
+    allowance = -(queries[:, -1:].double() * rows[:, -1].double())  # ≈ κ‖q̃‖‖r̃‖
+    plain = value + allowance  # the scores without the last column's product
+    assert ((plain - exact).abs() / allowance).max() > 0.1
+
+
+def test_round_down_bf16_never_rounds_up():
+    x = torch.rand(100_000) * 1000
+    y = knn_module._round_down_bf16(x)
+    assert (y.float() <= x).all()
+    assert ((x - y.float()) <= x * 2.0**-7).all()  # within one bfloat16 step
 
 
 def test_bf16_screen_certifies_most_rows_and_matches_brute_force(monkeypatch):

@@ -15,9 +15,10 @@ its memory, but with an exactness guarantee that float32 GEMM alone lacks:
 
 Where the CPU multiplies bfloat16 in hardware (Intel AMX) and the problem is large, a
 bfloat16 screen comes first (``_bf16_pass``): the float32 screen's rows rounded to
-bfloat16, one bfloat16 GEMM at ~9× the float32 rate, its 32 best candidates a row refined
-and certified against its own, looser bound (:func:`bf16_error_bound`); the rows that
-bound leaves open go through the float32 screen. The answer is the same either way; the
+bfloat16 with two more columns that make every score a rigorous per-pair lower bound
+(:class:`Bf16Screen`), one bfloat16 GEMM at ~9× the float32 rate, its 32 best candidates a
+row refined where they may be among the k best, and the row certified against the lower
+bound of the last; the rows this leaves open go through the float32 screen. The answer is the same either way; the
 bfloat16 rows add half the float32 screen's memory (2 bytes a coordinate of the references).
 
 The float32 screen can mis-order near-ties (cancellation in ‖q‖² + ‖r‖² − 2qᵀr),
@@ -99,7 +100,7 @@ def knn_search(query: torch.Tensor, ref: torch.Tensor, k: int, *, exclude_self: 
     screen = Screen.build(ref, torch.float32)
     n_cand = min(k + margin, m - int(exclude_self))
     q_block, r_block = _block_sizes(n, m, budget, itemsize=4)
-    fast = screen.rows.bfloat16() if _use_bf16(n, m, query.shape[1], query.device, k) \
+    fast = Bf16Screen.of(screen) if _use_bf16(n, m, query.shape[1], query.device, k) \
         else None
 
     dist = torch.empty(n, k, dtype=torch.float64, device=query.device)
@@ -208,38 +209,99 @@ def _amx_bf16() -> bool:
         return False
 
 
-def _bf16_pass(q, ref, screen: Screen, rows_bf16: torch.Tensor, own, k: int, r_block: int):
-    """The float32 screen's rows rounded to bfloat16, multiplied in bfloat16 (float32
-    accumulation, a bfloat16 result: ``bf16_error_bound``); its _BF16_CAND best candidates
-    of each row refined in float64 and certified as :func:`_certified_pass` does. Rows the
-    looser bound leaves open (ok False) go to the float32 screen."""
+_BF16_U = 2.0**-8  # unit roundoff of bfloat16
+# κ: the per-pair allowance for rounding the GEMM's inputs to bfloat16 (Bf16Screen), 2(2u + u²)
+# for the products, raised by (1 + 8u) for the rounding of its own two factors
+_BF16_KAPPA = 2 * (2 * _BF16_U + _BF16_U**2) * (1 + 8 * _BF16_U)
+
+
+@dataclass(frozen=True)
+class Bf16Screen:
+    """The reference side of the bfloat16 pre-screen: rows [−2r̃, fl(R(1 − 2u)), ‖r̃‖] in
+    bfloat16, from a float32 :class:`Screen` (R = its ‖r̃‖², u = 2⁻⁸). With query rows
+    [q̃, 1, −κ‖q̃‖] (:func:`_bf16_pass`) one GEMM gives, for every pair, a *lower bound*
+    score L whose exact value never exceeds s = ‖r̃‖² − 2q̃ᵀr̃ by more than the float32
+    parts and L's own rounding (:meth:`lower`): the norm column is rounded down, and the
+    last column subtracts κ‖q̃‖‖r̃‖, which covers rounding the other inputs to bfloat16 —
+    each product 2q̃ᵢr̃ᵢ errs by ≤ (2u + u²)|2q̃ᵢr̃ᵢ|, in all ≤ (2u + u²)·2‖q̃‖‖r̃‖ (Cauchy–
+    Schwarz). A per-pair allowance: for a query, neighbours of similar norm get about
+    half the allowance that ‖q̃‖² + max‖r̃‖² would give them (Fashion-MNIST: 516 against
+    1,177). Products of bfloat16 numbers are exact in float32, where oneDNN sums them."""
+
+    rows: torch.Tensor  # (m, d + 2) bfloat16
+    r_sq: torch.Tensor  # (m,) float32 ‖r̃‖² of the float32 screen
+    r_sq_max: float
+    d: int
+
+    @classmethod
+    def of(cls, screen: Screen) -> "Bf16Screen":
+        m, d = screen.rows.shape[0], screen.rows.shape[1] - 1
+        rows = torch.empty(m, d + 2, dtype=torch.bfloat16, device=screen.rows.device)
+        rows[:, :d] = screen.rows[:, :d]
+        r_sq = screen.rows[:, d]
+        rows[:, d] = _round_down_bf16(r_sq * (1 - 2 * _BF16_U))
+        rows[:, d + 1] = r_sq.sqrt()
+        return cls(rows=rows, r_sq=r_sq, r_sq_max=screen.r_sq_max, d=d)
+
+    def queries(self, q_rows: torch.Tensor, q_sq: torch.Tensor) -> torch.Tensor:
+        """Query rows [q̃, 1, −κ‖q̃‖] (b, d + 2) in bfloat16 from the float32 screen's."""
+        out = torch.empty(len(q_rows), self.d + 2, dtype=torch.bfloat16, device=q_rows.device)
+        out[:, :self.d + 1] = q_rows
+        out[:, self.d + 1] = -_BF16_KAPPA * q_sq.sqrt()
+        return out
+
+    def slack(self, q_sq: torch.Tensor) -> torch.Tensor:
+        """γ' (b,): the float32 parts (centring, norms: :func:`screen_error_bound`, raised
+        1 %) and the float32 sum of the GEMM's d + 2 terms, each ≤ 2(Q + R) in size."""
+        gamma = screen_error_bound(q_sq, self.r_sq_max, self.d, 2.0**-24)
+        return 1.01 * gamma + 2 * (self.d + 2) * 2.0**-24 * (q_sq + self.r_sq_max) * 1.1
+
+    def lower(self, value: torch.Tensor, slack: torch.Tensor) -> torch.Tensor:
+        """A lower bound on s from a bfloat16 score (float64, rows × candidates): the score,
+        less γ' and the bfloat16 rounding of the result, u/(1 − u)|value|."""
+        return value - slack.unsqueeze(1) - _BF16_U / (1 - _BF16_U) * value.abs()
+
+    def width(self, value: torch.Tensor, slack: torch.Tensor, q_sq: torch.Tensor,
+              idx: torch.Tensor) -> torch.Tensor:
+        """An upper bound on s − lower (rows × candidates): what L subtracted and what its
+        roundings may have taken, κ(1 + 3u)‖q̃‖‖r̃‖ + 2(2u + u²)‖q̃‖‖r̃‖ + 3uR + 2γ' +
+        2u/(1 − u)|value|, raised 1 % for the float32 norms it is computed from."""
+        u = _BF16_U
+        r_sq = self.r_sq[idx].double()
+        pair = (q_sq.unsqueeze(1) * r_sq).sqrt()
+        return 1.01 * ((_BF16_KAPPA * (1 + 3 * u) + 2 * (2 * u + u * u)) * pair
+                       + 3 * u * r_sq + 2 * slack.unsqueeze(1) + 2 * u / (1 - u) * value.abs())
+
+
+def _round_down_bf16(x: torch.Tensor) -> torch.Tensor:
+    """bfloat16 values ≤ x (x ≥ 0 float32): rounded to nearest, then one step down (the
+    next smaller bfloat16, its bits less one) where that went up."""
+    y = x.bfloat16()
+    down = (y.view(torch.int16) - 1).view(torch.bfloat16)
+    return torch.where(y.float() > x, down, y)
+
+
+def _bf16_pass(q, ref, screen: Screen, fast: Bf16Screen, own, k: int, r_block: int):
+    """The bfloat16 pre-screen of a query block: the _BF16_CAND smallest lower-bound scores
+    of each row (:class:`Bf16Screen`), the candidates that may be among the k best refined
+    in float64 (those whose lower bound is below the k-th smallest upper bound), and each
+    row certified where its k-th refined distance lies below the lower bound of the last
+    candidate, which bounds every reference left out. Rows not certified (ok False) go to
+    the float32 screen."""
     q_rows, q_sq = screen.queries(q)
-    cand_val, cand_idx = _screen(q_rows.bfloat16(), rows_bf16, _BF16_CAND, r_block, own)
-    largest = cand_val.double().max(dim=1).values
-    gamma = bf16_error_bound(q_sq, screen, largest)
-    d2, ix = _refine(q, ref, cand_val, cand_idx, k, 2 * gamma)
-    return d2, ix, _certified(cand_val, q_sq, gamma, d2[:, -1])
-
-
-def bf16_error_bound(q_sq: torch.Tensor, screen: Screen, value: torch.Tensor) -> torch.Tensor:
-    """E (n,): a rigorous bound on |bfloat16-screened − exact| squared distance for a score
-    whose bfloat16 value has magnitude ≤ |value| (``_bf16_pass``).
-
-    The bfloat16 screen multiplies :class:`Screen`'s float32 rows rounded to bfloat16
-    (unit roundoff u = 2⁻⁸): each factor of a product carries a relative error ≤ u, so the
-    d products 2q̃ᵢr̃ᵢ err by ≤ (2u + u²) 2Σ|q̃ᵢr̃ᵢ| ≤ (2u + u²)(Q + R) and the norm column by
-    ≤ uR; the products of two bfloat16 numbers are exact in float32 and summed there, as
-    the float32 screen's are (its bound γ, :func:`screen_error_bound`, covers that and the
-    centring, with 1% to spare for the inputs' growth by (1 + u)²); the result rounded to
-    bfloat16 errs by ≤ u/(1 − u)|value|. With Q = ‖q̃‖², R = the screen's r_sq_max:
-    E = 1.01 γ + (3u + u²)(Q + R) + u/(1 − u)|value|. The float32 accumulation is what
-    oneDNN's bfloat16 GEMM does (tests/test_knn_select.py checks the bound against
-    products of the rounded inputs)."""
-    u = 2.0**-8
-    d = screen.rows.shape[1] - 1
-    gamma = screen_error_bound(q_sq, screen.r_sq_max, d, 2.0**-24)
-    return 1.01 * gamma + (3 * u + u * u) * (q_sq + screen.r_sq_max) \
-        + u / (1 - u) * value.abs()
+    cand_val, cand_idx = _screen(fast.queries(q_rows, q_sq), fast.rows, _BF16_CAND, r_block,
+                                 own)
+    val, order = torch.sort(cand_val.double(), dim=1)
+    idx = cand_idx.gather(1, order)
+    slack = fast.slack(q_sq)
+    lower = fast.lower(val, slack)  # ascending, as val
+    upper = lower + fast.width(val, slack, q_sq, idx)
+    kth_upper = torch.kthvalue(upper, k, dim=1).values
+    need = (lower <= kth_upper.unsqueeze(1)).sum(dim=1)  # a prefix: lower ascends
+    d2, ix = _refine_widths(q, ref, idx, need, k)
+    if _BF16_CAND >= ref.shape[0] - int(own is not None):
+        return d2, ix, torch.ones(len(q), dtype=torch.bool, device=q.device)
+    return d2, ix, d2[:, -1] < lower[:, -1] + q_sq
 
 
 def _fallback(q, ref, center, own, k, margin, budget):
@@ -523,7 +585,18 @@ def _refine(q: torch.Tensor, ref: torch.Tensor, cand_val: torch.Tensor, cand_idx
     val = val.double()
     near = (val <= val[:, k - 1:k] + slack.unsqueeze(1)).sum(dim=1)
     least = min(c, k + _REFINE_EXTRA)
-    width = torch.where(near <= least, least, -(-near // 4) * 4).clamp_(max=c)
+    return _refine_widths(q, ref, idx, torch.clamp(near, min=least), k)
+
+
+def _refine_widths(q: torch.Tensor, ref: torch.Tensor, idx: torch.Tensor, need: torch.Tensor,
+                   k: int):
+    """The k best by float64 distance of the first need[i] (≥ k) candidates idx[i] of each
+    row, ordered by (distance, index); rows grouped by width, rounded up to a multiple of
+    4 (and to k + _REFINE_EXTRA at least), so a row with many near-ties costs only what it
+    needs."""
+    c = idx.shape[1]
+    least = min(c, k + _REFINE_EXTRA)
+    width = torch.where(need <= least, least, -(-need // 4) * 4).clamp_(max=c)
     d2 = torch.empty(len(q), k, dtype=torch.float64, device=q.device)
     ix = torch.empty(len(q), k, dtype=torch.int64, device=q.device)
     for w in torch.unique(width).tolist():
