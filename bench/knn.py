@@ -15,8 +15,9 @@ images as queries against the 60,000 training images, 784 dims, top-5):
 Next to the figures it prints the BLAS of torch, numpy and faiss, their thread counts and
 the thread / BLAS variables in force. A library baseline below half the GEMM peak is
 flagged "handicapped — check its BLAS" and no speed-up over it is reported. A last,
-separate run times memgen's phases (centring, GEMM, group minima, selection, refinement,
-certification) by wrapping its functions.
+separate run times memgen's phases (centring, bfloat16 rows, GEMM, group minima,
+selection, refinement, bounds and certification with the float64 fallback) by wrapping
+its functions.
 
 Every method is credited the same nominal 2·n·m·d flops; where memgen screens in bfloat16
 (a CPU with AMX: ``memgen.metrics.knn.BF16_SCREEN``) its rate can exceed the float32 GEMM
@@ -53,11 +54,13 @@ from memgen.metrics.knn import knn_search
 KNN = importlib.import_module("memgen.metrics.knn")  # the module (memgen.metrics.knn is a function)
 PHASES = {  # phase: functions of memgen.metrics.knn whose time it is (exclusive of the others)
     "centring and norms": ("build", "queries"),
-    "GEMM": ("mm",),
+    "bfloat16 rows": ("Bf16Screen.of", "Bf16Screen.queries"),
+    "GEMM (bfloat16 and float32)": ("mm",),
     "group minima": ("_scores",),
     "selection (top-c merges)": ("_smallest", "_merge_block"),
-    "float64 refinement": ("_refine",),
-    "certification and fallback": ("_certified", "_fallback"),
+    "float64 refinement": ("_refine", "_refine_widths"),
+    "bounds and certification": ("_certified", "_fallback", "Bf16Screen.slack",
+                                 "Bf16Screen.lower", "Bf16Screen.width"),
 }
 
 
@@ -346,10 +349,13 @@ def _phase_timer():
                     stack[-1] += elapsed
         return wrapper
 
-    screen, torch_ns = KNN.Screen, KNN.torch
+    screen, fast, torch_ns = KNN.Screen, KNN.Bf16Screen, KNN.torch
     originals = {name: getattr(KNN, name) for name in
-                 ("_scores", "_smallest", "_merge_block", "_refine", "_certified", "_fallback")}
+                 ("_scores", "_smallest", "_merge_block", "_refine", "_refine_widths",
+                  "_certified", "_fallback")}
     build, queries = screen.build.__func__, screen.queries
+    methods = {name: getattr(fast, name) for name in ("queries", "slack", "lower", "width")}
+    of = fast.of.__func__
     proxy = type("TorchProxy", (), {"__getattr__": lambda self, name: getattr(torch, name)})()
     proxy.mm = timed("mm", torch.mm)
     try:
@@ -357,12 +363,18 @@ def _phase_timer():
             setattr(KNN, name, timed(name, fn))
         screen.build = classmethod(timed("build", build))
         screen.queries = timed("queries", queries)
+        fast.of = classmethod(timed("Bf16Screen.of", of))
+        for name, fn in methods.items():
+            setattr(fast, name, timed(f"Bf16Screen.{name}", fn))
         KNN.torch = proxy
         yield spent
     finally:
         for name, fn in originals.items():
             setattr(KNN, name, fn)
         screen.build, screen.queries, KNN.torch = classmethod(build), queries, torch_ns
+        fast.of = classmethod(of)
+        for name, fn in methods.items():
+            setattr(fast, name, fn)
 
 
 if __name__ == "__main__":
