@@ -18,8 +18,9 @@ bfloat16 screen comes first (``_bf16_pass``): the float32 screen's rows rounded 
 bfloat16 with two more columns that make every score a rigorous per-pair lower bound
 (:class:`Bf16Screen`), one bfloat16 GEMM at ~9× the float32 rate, its 32 best candidates a
 row refined where they may be among the k best, and the row certified against the lower
-bound of the last; the rows this leaves open go through the float32 screen. The answer is the same either way; the
-bfloat16 rows add half the float32 screen's memory (2 bytes a coordinate of the references).
+bound of the last; the rows this leaves open go through the float32 screen. The answer
+is the same either way; the bfloat16 rows add half the float32 screen's memory (2 bytes
+a coordinate of the references).
 
 The float32 screen can mis-order near-ties (cancellation in ‖q‖² + ‖r‖² − 2qᵀr),
 so the result is *certified*: with T the largest screened value kept for a row
@@ -35,6 +36,7 @@ same centring: float64-exact squared distances wherever a softmax weight can see
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,7 +55,7 @@ _SCREEN_MIN_DIM = 32  # below this a float64 GEMM costs no more than the float32
 # The bfloat16 pre-screen (_bf16_pass): None = where the CPU multiplies bfloat16 in hardware
 # (AMX) and the problem is large enough; True / False force it on or off (tests).
 BF16_SCREEN: bool | None = None
-_BF16_CAND = 32  # candidates a row keeps from the bfloat16 screen, all refined in float64
+_BF16_CAND = 32  # candidates a row keeps from the bfloat16 screen
 _BF16_MIN_DIM = 256  # below this its error bound separates too few rows to pay
 _BF16_MIN_WORK = 10**10  # n·m·d below which the float32 screen is as fast
 
@@ -199,6 +201,7 @@ def _use_bf16(n: int, m: int, d: int, device: torch.device, k: int) -> bool:
             and m > _BF16_CAND and k < _BF16_CAND and _amx_bf16())
 
 
+@functools.lru_cache(maxsize=1)
 def _amx_bf16() -> bool:
     """Whether this CPU multiplies bfloat16 matrices in hardware (Intel AMX), where a
     bfloat16 GEMM runs ~9× the float32 rate; elsewhere it is emulated, and slower."""
