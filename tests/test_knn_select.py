@@ -147,7 +147,7 @@ def test_round_down_bf16_never_rounds_up():
 
 def test_bf16_screen_certifies_most_rows_and_matches_brute_force(monkeypatch):
     """On a realistic shape the bfloat16 pass certifies most rows itself (the float32
-    screen takes the rest) and the answer is brute force's."""
+    screen takes the rest) and the answer is the float32 screen's and brute force's."""
     shares = []
     real = knn_module._bf16_pass
 
@@ -160,10 +160,13 @@ def test_bf16_screen_certifies_most_rows_and_matches_brute_force(monkeypatch):
     monkeypatch.setattr(knn_module, "BF16_SCREEN", True)
     q, r = _data("normal", np.random.default_rng(6), 200, 5000, 300)
     res = knn_search(torch.from_numpy(q), torch.from_numpy(r), 5)
-    bdist, bidx = brute_force_knn(q, r, 5)
-    np.testing.assert_array_equal(res.idx.numpy(), bidx)
-    np.testing.assert_array_equal(res.dist.numpy(), bdist)
     assert shares and min(shares) > 0.5 and res.n_fallback == 0
+    monkeypatch.setattr(knn_module, "BF16_SCREEN", False)  # the float32 screen alone
+    plain = knn_search(torch.from_numpy(q), torch.from_numpy(r), 5)
+    assert torch.equal(res.idx, plain.idx) and torch.equal(res.dist, plain.dist)
+    bdist, bidx = brute_force_knn(q[:20], r, 5)  # brute force is slow: 20 of the queries
+    np.testing.assert_array_equal(res.idx.numpy()[:20], bidx)
+    np.testing.assert_array_equal(res.dist.numpy()[:20], bdist)
 
 
 def test_bf16_screen_runs_only_where_it_pays(monkeypatch):

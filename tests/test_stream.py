@@ -1,9 +1,15 @@
 """Streamed kNN over shard files equals one in-memory search; the faiss engine equals the
 built-in."""
 
+import importlib
+import tempfile
+from pathlib import Path
+from unittest import mock
+
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings, strategies as st
 
 from memgen.io import validate_samples
 from memgen.metrics import faiss_knn
@@ -14,6 +20,7 @@ from memgen.metrics.shards import find_shards, iter_chunks, open_shards
 from memgen.metrics.stream import get_knn_backend, stream_knn
 
 SIZES = (10, 0, 23, 24)  # uneven shards, one empty: 57 rows
+knn_module = importlib.import_module("memgen.metrics.knn")  # the name is also a function
 
 
 def _write(folder, data, fmt, sizes=SIZES, name="synth"):
@@ -38,6 +45,34 @@ def _grid_data(rng, m=57, d=3):
 def _assert_same(result, expected):
     np.testing.assert_array_equal(result.idx.numpy(), expected.idx.numpy())
     np.testing.assert_array_equal(result.dist.numpy(), expected.dist.numpy())
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 30), m=st.integers(40, 400), d=st.integers(1, 12),
+       kind=st.sampled_from(["normal", "grid", "duplicates", "offset"]),
+       chunk_rows=st.integers(1, 450), k=st.integers(1, 5), bf16=st.booleans(),
+       seed=st.integers(0, 2**31 - 1))
+def test_streamed_equals_brute_force(n, m, d, kind, chunk_rows, k, bf16, seed):
+    """Any chunk size, on data full of ties, duplicates or far from the origin, with the
+    bfloat16 pre-screen of each chunk's search on or off: float64 brute force's answer."""
+    rng = np.random.default_rng(seed)
+    if kind == "grid":
+        ref, query = rng.integers(-2, 3, (m, d)), rng.integers(-2, 3, (n, d))
+    elif kind == "duplicates":
+        ref = rng.normal(size=(max(m // 4, 1), d))[rng.integers(0, max(m // 4, 1), m)]
+        query = ref[rng.integers(0, m, n)]
+    else:
+        shift = 2.0**18 if kind == "offset" else 0.0
+        ref, query = shift + rng.normal(size=(m, d)), shift + rng.normal(size=(n, d))
+    ref, query = ref.astype(np.float32), query.astype(np.float32)
+    sizes = (m // 3, 0, m - m // 3)
+    with tempfile.TemporaryDirectory() as tmp, \
+            mock.patch.object(knn_module, "BF16_SCREEN", bf16):
+        folder = _write(Path(tmp) / "s", ref, "npy", sizes=sizes)
+        result = stream_knn(torch.from_numpy(query), folder, k, chunk_rows=chunk_rows)
+    dist, idx = brute_force_knn(query, ref, k)
+    np.testing.assert_array_equal(result.idx.numpy(), idx)
+    np.testing.assert_array_equal(result.dist.numpy(), dist)
 
 
 @pytest.mark.parametrize("fmt", ["npy", "npz"])

@@ -582,13 +582,11 @@ def _refine(q: torch.Tensor, ref: torch.Tensor, cand_val: torch.Tensor, cand_idx
     groups of one width (rounded up to a multiple of 4), so a row with many near-ties
     costs no more than it needs.
     """
-    c = cand_val.shape[1]
     val, order = torch.sort(cand_val, dim=1)
     idx = cand_idx.gather(1, order)
     val = val.double()
     near = (val <= val[:, k - 1:k] + slack.unsqueeze(1)).sum(dim=1)
-    least = min(c, k + _REFINE_EXTRA)
-    return _refine_widths(q, ref, idx, torch.clamp(near, min=least), k)
+    return _refine_widths(q, ref, idx, near, k)
 
 
 def _refine_widths(q: torch.Tensor, ref: torch.Tensor, idx: torch.Tensor, need: torch.Tensor,
