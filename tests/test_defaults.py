@@ -211,6 +211,23 @@ def test_unset_options_keep_the_generate_key(name, monkeypatch):
         assert key(f"sample.{option}") != new, option
 
 
+@pytest.mark.parametrize("name, sampler", [("tiny", "euler_maruyama"), ("toy2d", "euler_maruyama"),
+                                           ("images-cpu", "ddpm"), ("reference-fmnist", "ddpm")])
+def test_a_samplers_revision_makes_new_generate_keys(name, sampler, monkeypatch):
+    """Sample sets of a sampler whose arithmetic changed (SAMPLER_REVISIONS) get new keys,
+    whether the sampler is named or the schedule's default; the others keep theirs."""
+    import memgen.experiments.stages as sweep
+
+    config = _config(name)
+    assert sweep.sampler_name(config) == sampler
+    monkeypatch.setattr(sweep, "SAMPLER_REVISIONS", {})
+    key = sweep.generate_key("eval", 8, 1, "tk", None, config)
+    for other in ("ddpm", "ddim", "heun", "euler_maruyama"):
+        monkeypatch.setattr(sweep, "SAMPLER_REVISIONS", {other: 7})
+        changed = sweep.generate_key("eval", 8, 1, "tk", None, config) != key
+        assert changed == (other == sampler), other
+
+
 @pytest.mark.parametrize("name", ["toy2d", "images-cpu"])
 @pytest.mark.parametrize("field, override, value", [
     ("ema_warmup", "train.ema_warmup=false", False),

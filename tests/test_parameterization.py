@@ -142,6 +142,31 @@ def test_at_levels_gives_the_denoisers_numbers(dtype):
         EpsDenoiser(net, VP).at_levels([10.0, 1e-4], x)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_residuals_give_the_denoisers_numbers(dtype):
+    """D(x, σ_i) − x = c_i f(x, i) from ``residuals_at_levels``: (f(x, i) * c_i) + x is the
+    one-level D(x, σ_i) to the bit, for both network families and any batch, and f · c is
+    σ F (resp. −σ ε̂) itself, not D − x with its cancellation. A clipped D has none."""
+    f = _net()
+    net = lambda x, t: f(x.float(), t.float()).to(x.dtype) + 1e-3 * x * t.view(-1, 1)  # noqa: E731
+    ladders = [(EpsDenoiser(net, VP), VP.sigmas(100)[:-1], -1),
+               (ScoreDenoiser(net, VE), VE.sigmas(300), 1)]
+    for batch in (1, 64):
+        x = 30 * torch.randn(batch, 3, generator=torch.Generator().manual_seed(batch)).to(dtype)
+        for denoiser, sigmas, sign in ladders:
+            levels = sigmas.tolist()
+            scales, field = denoiser.residuals_at_levels(levels, x)
+            assert len(scales) == len(levels)
+            for i, level in enumerate(levels):
+                r = field(x, i)
+                assert torch.equal((r * scales[i]).add_(x), denoiser(x, level)), (batch, level)
+                sigma, t = network_time(denoiser.schedule, level, x)
+                a = (1 + sigma.square()).rsqrt().view(-1, 1) if sign < 0 else 1.0
+                want = net(a * x, t) * (sign * sigma.view(-1, 1))
+                assert torch.equal(r * scales[i], want), (batch, level)
+    assert EpsDenoiser(net, VP, clip=True).residuals_at_levels([1.0], x) is None
+
+
 def test_draw_t_keeps_the_training_streams():
     """Regression: draw_batch draws idx, t, noise from one generator as it always did."""
     data = torch.rand(10, 3)

@@ -233,7 +233,8 @@ def test_ddim_eta1_equals_ddpm():
 
 
 def test_euler_maruyama_keeps_its_noise_stream():
-    """Regression: one torch.randn(x.shape, generator) per step, as before the registry."""
+    """Regression: one torch.randn(x.shape, generator) per step, as before the registry (the
+    step's arithmetic rounds differently since revision 2: equal to float64 rounding)."""
     denoiser = GaussianDenoiser(MU, COV)
     sig = ve_sigmas(3.0, 0.05, 20)
     x = initial_noise((32, 2), 3.0, torch.Generator().manual_seed(4), dtype=F64)
@@ -245,7 +246,7 @@ def test_euler_maruyama_keeps_its_noise_stream():
         z = torch.randn(want.shape, generator=g, dtype=F64)
         want = want + var * score + math.sqrt(var) * z * (t > 0)
     got = sample_euler_maruyama(denoiser, x, sig, generator=torch.Generator().manual_seed(8))
-    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    torch.testing.assert_close(got, want, rtol=1e-13, atol=1e-13)
 
 
 def _textbook(name, denoiser, x, levels, generator, clip, eta):
@@ -279,17 +280,22 @@ def _textbook(name, denoiser, x, levels, generator, clip, eta):
     return x
 
 
-@pytest.mark.parametrize("name", list(SAMPLERS))
-def test_samplers_give_their_textbook_loops_numbers_to_the_bit(name):
-    """Network denoisers in float32 (their levels made at once, ``at_levels``) and the
-    generic path, both generators, with and without clipping: the textbook loop's numbers."""
+def _textbook_cases():
+    """(denoiser, ladder, dtype): the network denoisers in float32 (their levels made at once)
+    and a generic one (no ``at_levels``) in float64."""
     w = torch.randn(2, 2, generator=torch.Generator().manual_seed(0))
     net = lambda x, t: torch.tanh(x @ w.to(x) + t.view(-1, 1).to(x) / 1000)  # noqa: E731
     ve = torch.cat([VESchedule().sigmas(40), torch.zeros(1, dtype=F64)])
-    cases = [(ScoreDenoiser(net, VESchedule()), ve, torch.float32),
-             (EpsDenoiser(net, VP), VP.sigmas(30), torch.float32),
-             (GaussianDenoiser(MU, COV), VESchedule().sigmas(40), F64)]
-    for denoiser, sigmas, dtype in cases:
+    return [(ScoreDenoiser(net, VESchedule()), ve, torch.float32),
+            (EpsDenoiser(net, VP), VP.sigmas(30), torch.float32),
+            (GaussianDenoiser(MU, COV), VESchedule().sigmas(40), F64)]
+
+
+@pytest.mark.parametrize("name", [name for name in SAMPLERS if name != "euler_maruyama"])
+def test_samplers_give_their_textbook_loops_numbers_to_the_bit(name):
+    """Network denoisers in float32 (their levels made at once, ``at_levels``) and the
+    generic path, both generators, with and without clipping: the textbook loop's numbers."""
+    for denoiser, sigmas, dtype in _textbook_cases():
         x = 3 * torch.randn(5, 2, generator=torch.Generator().manual_seed(1), dtype=dtype)
         for clip, eta in ((None, 0.0), ((-1.0, 1.0), 0.5), (None, 1.0)):
             for stacked in (False, True):
@@ -302,6 +308,35 @@ def test_samplers_give_their_textbook_loops_numbers_to_the_bit(name):
                 nxt = [g.randn((5, 1), dtype=F64) if stacked else torch.rand(1, generator=g)
                        for g in gens]
                 assert torch.equal(*nxt)  # the generator is left where the loop leaves it
+
+
+def test_euler_maruyama_is_its_textbook_loop_up_to_rounding():
+    """The residual step x + (var c/σ²)·f + √var z against the textbook's
+    x + var·((D − x)/σ²) + √var z: equal up to the roundings of x's dtype, with the same
+    noise (the generator left where the textbook leaves it), for both generators, with and
+    without clipping; a callback sees each x and D(x, σ) to the bit and changes nothing."""
+    for denoiser, sigmas, dtype in _textbook_cases():
+        tol = 1e-5 if dtype == torch.float32 else 1e-12
+        x = 3 * torch.randn(5, 2, generator=torch.Generator().manual_seed(1), dtype=dtype)
+        for clip in (None, (-1.0, 1.0)):
+            for stacked in (False, True):
+                gens = [StackedGenerator(range(5)) if stacked else
+                        torch.Generator().manual_seed(2) for _ in range(3)]
+                seen = []
+                got = sample_euler_maruyama(denoiser, x, sigmas, clip=clip, generator=gens[0],
+                                            callback=seen.append)
+                want = _textbook("euler_maruyama", denoiser, x, sigmas.tolist(), gens[1], clip, 0)
+                torch.testing.assert_close(got, want, rtol=tol, atol=tol)
+                assert torch.equal(got, sample_euler_maruyama(denoiser, x, sigmas, clip=clip,
+                                                              generator=gens[2]))
+                nxt = [g.randn((5, 1), dtype=F64) if stacked else torch.rand(1, generator=g)
+                       for g in gens]
+                assert torch.equal(nxt[0], nxt[1]) and torch.equal(nxt[0], nxt[2])
+                den = clipped(denoiser, clip)
+                starts = [x] + [info["x"] for info in seen[:-1]]
+                for start, info in zip(starts, seen):
+                    assert torch.equal(info["denoised"], den(start, info["sigma"]))
+                assert torch.equal(seen[-1]["x"], got)
 
 
 # ------------------------------------------------------------------ interface checks

@@ -31,7 +31,11 @@ class Denoiser(Protocol):
     """x: (B, ...) noisy samples, sigma: scalar or (B,) noise levels -> (B, ...) estimates.
 
     Optionally also ``at_levels(levels, x)``: for numbers σ_0, σ_1, …, a list of callables
-    y ↦ D(y, σ_i) for y like x, with the same numbers as ``D(y, σ_i)``."""
+    y ↦ D(y, σ_i) for y like x, with the same numbers as ``D(y, σ_i)``; and
+    ``residuals_at_levels(levels, x)``: the residuals D(y, σ_i) − y = σ_i² ∇log p made
+    without forming D, as (c, f), numbers c_i and a callable f(y, i) with D(y, σ_i) − y =
+    c_i f(y, i) and ``(f(y, i) * c_i).add_(y)`` = D(y, σ_i) to the bit (None where the
+    denoiser has no such form)."""
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor: ...
 
@@ -106,6 +110,13 @@ class EpsDenoiser:
         steps = self.parameterization.at_levels(self.net, levels, x)
         return [_clamped(f) for f in steps] if self.clip else steps
 
+    def residuals_at_levels(self, levels: Sequence[float], x: torch.Tensor
+                            ) -> tuple[list[float], Callable] | None:
+        """D(y, σ) − y = −σ·ε̂ at each σ of ``levels`` (``Denoiser``); None when clipped."""
+        if self.clip:
+            return None
+        return self.parameterization.residuals_at_levels(self.net, levels, x)
+
 
 class ScoreDenoiser:
     """A VE network whose output F is σ times the score, seen as a denoiser: D(x, σ) =
@@ -121,6 +132,11 @@ class ScoreDenoiser:
     def at_levels(self, levels: Sequence[float], x: torch.Tensor) -> list[Callable]:
         """y ↦ D(y, σ) for each σ of ``levels``, for y like x (``Denoiser``)."""
         return self.parameterization.at_levels(self.net, levels, x)
+
+    def residuals_at_levels(self, levels: Sequence[float], x: torch.Tensor
+                            ) -> tuple[list[float], Callable]:
+        """D(y, σ) − y = σ·F at each σ of ``levels`` (``Denoiser``)."""
+        return self.parameterization.residuals_at_levels(self.net, levels, x)
 
 
 def _clamped(step: Callable) -> Callable:

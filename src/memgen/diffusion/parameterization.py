@@ -54,6 +54,16 @@ class EpsPrediction:
         a = (1 + sigma.square()).rsqrt()  # √ᾱ, (L,)
         return [_eps_step(net, *c) for c in zip(_cols(sigma, x), _cols(a, x), _rows(t, x))]
 
+    def residuals_at_levels(self, net, levels: Sequence[float], x: torch.Tensor
+                            ) -> tuple[list[float], Callable]:
+        """D(y, σ_i) − y = c_i·f(y, i) at the levels σ_i of ``levels``, as (c, f): c_i = −σ_i,
+        f(y, i) = ε̂ at σ_i, for y like x; (f(y, i) * c_i).add_(y) is ``denoise``'s D to the
+        bit. Numbers are Python floats (x's dtype's values): no per-level objects."""
+        sigma, t = ladder_time(self.schedule, levels, x)
+        a = (1 + sigma.square()).rsqrt().tolist()  # √ᾱ
+        t = _time_rows(t, x)
+        return (-sigma).tolist(), lambda y, i: net(a[i] * y, t[i])
+
     def loss(self, net, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """Mean ‖net(x_t, t) − n‖² for integer t (B,) and noise n like x0 (B, ...)."""
         shape = (-1,) + (1,) * (x0.ndim - 1)
@@ -94,6 +104,15 @@ class ScorePrediction:
         x: σ and t(σ) computed for the whole ladder at once, to the same numbers."""
         sigma, t = ladder_time(self.schedule, levels, x)
         return [_score_step(net, s, tt) for s, tt in zip(_cols(sigma, x), _rows(t, x))]
+
+    def residuals_at_levels(self, net, levels: Sequence[float], x: torch.Tensor
+                            ) -> tuple[list[float], Callable]:
+        """D(y, σ_i) − y = c_i·f(y, i) at the levels σ_i of ``levels``, as (c, f): c_i = σ_i,
+        f(y, i) = F at σ_i, for y like x (σ² times the score, without the cancellation of
+        D(y, σ) − y); (f(y, i) * c_i).add_(y) is ``denoise``'s D to the bit."""
+        sigma, t = ladder_time(self.schedule, levels, x)
+        t = _time_rows(t, x)
+        return sigma.tolist(), lambda y, i: net(y, t[i])
 
     def loss(self, net, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """Mean ‖net(x₀ + σ n, t) + n‖² with σ = σ_max √t, for t (B,) and n like x0."""
@@ -149,9 +168,15 @@ def _cols(values: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
     return values.view(-1, *([1] * x.ndim)).unbind(0)
 
 
+def _time_rows(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """(L, B): row i the network's time input at level i for x (B, ...), contiguous, read
+    a row at a time (no per-level tensors kept)."""
+    return t.view(-1, 1).expand(-1, len(x)).contiguous()
+
+
 def _rows(t: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Per level, the network's time input (B,) for x (B, ...), contiguous."""
-    return t.view(-1, 1).expand(-1, len(x)).contiguous().unbind(0)
+    return _time_rows(t, x).unbind(0)
 
 
 def _eps_step(net, sigma: torch.Tensor, a: torch.Tensor, t: torch.Tensor) -> Callable:

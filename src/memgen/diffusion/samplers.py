@@ -226,11 +226,13 @@ def _levels(sigmas) -> list[float]:
 # ------------------------------------------------------------------- the loops' parts
 #
 # A sampler's loop does the network's work and little else: the denoiser at each level and
-# every per-step coefficient are made before the loop (``_denoise_steps``, ``_numbers``:
-# one transfer for the whole ladder, no Python number turned into a tensor per step),
-# StackedGenerator noise comes in blocks of steps (``_noises``), and the arithmetic runs
+# every per-step coefficient are made before the loop (``_denoise_steps``; a coefficient is
+# a Python number, which an operation rounds as the textbook's does, with no tensor per
+# step), StackedGenerator noise comes in blocks of steps (``_noises``), and the arithmetic runs
 # in place on the step's own temporaries, in the order and with the roundings of the
-# textbook expressions each docstring gives: the same numbers, bit for bit.
+# textbook expressions each docstring gives: the same numbers, bit for bit. Euler–Maruyama
+# is the exception: its step reads the residual D(x, σ) − x straight from the network
+# (``_residual_fields``), one rounding instead of the textbook's four (SAMPLER_REVISIONS).
 
 
 def _denoise_steps(denoiser, levels: list[float], x: torch.Tensor, clip) -> list:
@@ -248,11 +250,23 @@ def _denoise_steps(denoiser, levels: list[float], x: torch.Tensor, clip) -> list
     return [lambda y, f=f: f(y).clamp(lo, hi) for f in steps]
 
 
+def _residual_fields(denoiser, levels: list[float], x: torch.Tensor, clip) -> tuple:
+    """(c, f) with D(x, σ_i) − x = c_i·f(x, i) at the levels σ_i of ``levels``: the
+    denoiser's ``residuals_at_levels`` (``memgen.diffusion.denoisers.Denoiser``), or
+    (None, f) with f(x, i) = D(x, σ_i) itself where it has none or where D is clamped
+    (``clip``)."""
+    at_levels = getattr(denoiser, "residuals_at_levels", None)
+    fields = None if clip is not None or at_levels is None else at_levels(levels, x)
+    if fields is None:
+        steps = _denoise_steps(denoiser, levels, x, clip)
+        fields = None, lambda y, i: steps[i](y)
+    return fields
+
+
 def _numbers(values: list[float], x: torch.Tensor) -> torch.Tensor:
-    """Numbers (L,) on x's device for x's arithmetic, sent in one transfer: in x's dtype
-    (float32 for lower precisions), as an operation on x rounds a Python number, so that
-    one of them gives the numbers the Python number gives. (A denoiser whose output has
-    another dtype than x, none here, moves the arithmetic to it: there they differ.)"""
+    """Numbers (L,) on x's device for x's arithmetic (a block's product), sent in one
+    transfer: in x's dtype (float32 for lower precisions), as an operation on x rounds a
+    Python number, so that one of them gives the numbers the Python number gives."""
     dtype = torch.promote_types(x.dtype, torch.float32)
     return torch.tensor(values, dtype=torch.float64).to(x.device, dtype)
 
@@ -269,14 +283,16 @@ def _noises(x: torch.Tensor, generator, scales: list[float]):
     blocks = (isinstance(generator, StackedGenerator)
               and type(generator).randn_like is StackedGenerator.randn_like)
     if not blocks:
-        for c in _numbers(scales, x).unbind():
+        for c in scales:
             yield _noise(x, generator) * c
         return
     per = max(1, _NOISE_BLOCK // x.numel())
     for start in range(0, len(scales), per):
         c = _numbers(scales[start:start + per], x).view(-1, *([1] * x.ndim))
         block = generator.randn((len(x), len(c), *x.shape[1:]), dtype=x.dtype, device=x.device)
-        yield from block.transpose(0, 1).contiguous().mul_(c).unbind(0)  # k × (B, ...)
+        block = block.transpose(0, 1).contiguous().mul_(c)  # (k, B, ...)
+        for k in range(len(c)):
+            yield block[k]  # a view at a time: no block of per-step tensors kept
 
 
 # --------------------------------------------------------------------------- samplers
@@ -291,19 +307,32 @@ def _report(callback, i: int, x, s: float, s_next: float, denoised) -> None:
 def sample_euler_maruyama(denoiser, x, sigmas, *, clip=None, generator=None, callback=None,
                           options=None):
     """Reverse VE SDE, Euler–Maruyama (Song et al. 2021, "reverse diffusion" predictor):
-    x ← x + (σ_i² − σ_{i+1}²)·score + √(σ_i² − σ_{i+1}²)·z  (no noise on a step to 0)."""
+    x ← x + (σ_i² − σ_{i+1}²)·score + √(σ_i² − σ_{i+1}²)·z  (no noise on a step to 0).
+
+    score = r/σ_i² for the residual r = D(x, σ_i) − x, which a network denoiser gives as
+    c_i·f(x, i) without forming D (``residuals_at_levels``: σ·F for a score network, exact
+    where D − x would cancel digits): a step is x + (var c_i/σ²)·f + √var·z, two sums in
+    place.
+    """
     _own_options("euler_maruyama", options)
     levels = _levels(sigmas)
-    pairs = list(zip(levels, levels[1:]))
-    steps = _denoise_steps(denoiser, levels[:-1], x, clip)
-    var = [s**2 - t**2 for s, t in pairs]
-    s2, gain = _numbers([s**2 for s, _ in pairs], x).unbind(), _numbers(var, x).unbind()
-    noises = _noises(x, generator, [math.sqrt(v) * (t > 0) for v, (_, t) in zip(var, pairs)])
-    for i, (s, s_next) in enumerate(pairs):
-        x0 = steps[i](x)
-        drift = (x0 - x).div_(s2[i]).mul_(gain[i])  # var · score, score = (x0 − x)/s²
-        x = (x + drift).add_(next(noises))  # + √var · z · (s_next > 0)
-        _report(callback, i, x, s, s_next, x0)
+    scales, field = _residual_fields(denoiser, levels[:-1], x, clip)
+    var = [s**2 - t**2 for s, t in zip(levels, levels[1:])]
+    gain = [v / s**2 for v, s in zip(var, levels)]  # var · score = (var/σ²) r
+    noises = _noises(x, generator, [math.sqrt(v) * (t > 0) for v, t in zip(var, levels[1:])])
+    x = x.clone()  # stepped in place, unless a callback keeps each x
+    for i in range(len(var)):
+        f, c, x0 = field(x, i), 1.0, None
+        if scales is None:  # f is D(x, σ) itself: r = D − x
+            x0, f = f, f - x
+        else:
+            c = scales[i]
+        if callback is None:
+            x.add_(f, alpha=gain[i] * c).add_(next(noises))  # + √var · z · (σ_{i+1} > 0)
+            continue
+        x0 = (f * c).add_(x) if x0 is None else x0
+        x = x.add(f, alpha=gain[i] * c).add_(next(noises))
+        _report(callback, i, x, levels[i], levels[i + 1], x0)
     return x
 
 
@@ -315,14 +344,14 @@ def sample_heun(denoiser, x, sigmas, *, clip=None, generator=None, callback=None
     _own_options("heun", options)
     levels = _levels(sigmas)
     positive = [s for s in levels if s > 0]  # D runs at every level but a final 0
-    steps, sig = _denoise_steps(denoiser, positive, x, clip), _numbers(positive, x).unbind()
-    h = _numbers([t - s for s, t in zip(levels, levels[1:])], x).unbind()  # s_next − s
+    steps = _denoise_steps(denoiser, positive, x, clip)
+    h = [t - s for s, t in zip(levels, levels[1:])]  # s_next − s
     for i, (s, s_next) in enumerate(zip(levels, levels[1:])):
         x0 = steps[i](x)
-        d = (x - x0).div_(sig[i])
+        d = (x - x0).div_(positive[i])
         x_next = x + d * h[i]
         if s_next > 0:
-            d_next = (x_next - steps[i + 1](x_next)).div_(sig[i + 1])
+            d_next = (x_next - steps[i + 1](x_next)).div_(positive[i + 1])
             x_next = x + d.add_(d_next).mul_(h[i]).div_(2)  # (s_next − s)(d + d_next)/2
         x = x_next
         _report(callback, i, x, s, s_next, x0)
@@ -346,9 +375,8 @@ def sample_ddpm(denoiser, x, sigmas, *, clip=None, generator=None, callback=None
     levels = _levels(sigmas)
     pairs = list(zip(levels, levels[1:]))
     steps = _denoise_steps(denoiser, levels[:-1], x, clip)
-    r = [(t / s) ** 2 for s, t in pairs]
-    keep = _numbers(r, x).unbind()  # s'²/s²
-    noises = _noises(x, generator, [t * math.sqrt(1 - q) for q, (_, t) in zip(r, pairs)
+    keep = [(t / s) ** 2 for s, t in pairs]  # s'²/s²
+    noises = _noises(x, generator, [t * math.sqrt(1 - q) for q, (_, t) in zip(keep, pairs)
                                     if t > 0])
     for i, (s, s_next) in enumerate(pairs):
         x0 = steps[i](x)
@@ -377,9 +405,8 @@ def sample_ddim(denoiser, x, sigmas, *, clip=None, generator=None, callback=None
     pairs = list(zip(levels, levels[1:]))
     steps = _denoise_steps(denoiser, levels[:-1], x, clip)
     c = [eta * t * math.sqrt(1 - (t / s) ** 2) for s, t in pairs]
-    sig = _numbers(levels[:-1], x).unbind()
-    gain = _numbers([math.sqrt(max(t**2 - ci**2, 0.0)) for ci, (_, t) in zip(c, pairs)],
-                    x).unbind()
+    sig = levels[:-1]
+    gain = [math.sqrt(max(t**2 - ci**2, 0.0)) for ci, (_, t) in zip(c, pairs)]
     noises = _noises(x, generator, [ci for ci in c if ci > 0])
     for i, (s, s_next) in enumerate(pairs):
         x0 = steps[i](x)
@@ -421,6 +448,10 @@ SAMPLERS = {
     "euler_maruyama": sample_euler_maruyama,
     "heun": sample_heun,
 }
+# the revision of each sampler's arithmetic, where it is not the first: a sample set drawn
+# by an older revision differs in its last bits, so a sweep's cache keys name it
+# (``memgen.experiments.stages.generate_key``). euler_maruyama 2: the residual step.
+SAMPLER_REVISIONS = {"euler_maruyama": 2}
 # each sampler's own settings, with their defaults (what its ``options`` may hold)
 SAMPLER_OPTIONS = {"ddpm": {}, "ddim": {"eta": 0.0}, "euler_maruyama": {}, "heun": {}}
 

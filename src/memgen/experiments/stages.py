@@ -24,6 +24,8 @@ import torch
 from memgen.data import default_split_seed, load_dataset, resize_images, train_heldout
 from memgen.diffusion.generate import GenerateConfig, generate
 from memgen.diffusion.loaders import load_denoiser
+from memgen.diffusion.samplers import SAMPLER_REVISIONS
+from memgen.diffusion.schedules import VESchedule, VPSchedule
 from memgen.diffusion.training import TrainConfig, snapshot_path, train as run_training
 from memgen.errors import UserError
 from memgen.experiments.cache import file_fingerprint, fingerprint, is_done, mark_done, stage_key
@@ -207,8 +209,25 @@ def generate_key(which: str, n: int, seed: int, train_key: str, checkpoint: Path
     # options left unset are left out, so a new option keeps the keys of existing caches
     sampling = {name: getattr(config.sample, name) for name in SAMPLING_FIELDS
                 if getattr(config.sample, name) is not None}
+    revision = SAMPLER_REVISIONS.get(sampler_name(config))
+    if revision is not None:  # a sampler's arithmetic changed: its older sets differ
+        sampling["revision"] = revision
     state = None if checkpoint is None else checkpoint.name
     return stage_key("generate", train_key, state, which, n, seed, sampling)
+
+
+def sampler_name(config: SweepConfig) -> str:
+    """The sampler the generate stage runs: sample.sampler, else the default of the model's
+    schedule (VE: euler_maruyama, VP: ddpm; the authors' checkpoints are VP)."""
+    if config.sample.sampler is not None:
+        return config.sample.sampler
+    if config.model.kind == "exact":
+        family = config.model.schedule
+    elif config.model.kind == "checkpoints":
+        family = "vp"
+    else:
+        family = "ve" if train_config(config).objective == "ve_score" else "vp"
+    return (VESchedule if family == "ve" else VPSchedule).default_sampler
 
 
 def _denoiser(checkpoint: Path | None, train: np.ndarray, config: SweepConfig):
