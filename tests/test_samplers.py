@@ -339,6 +339,21 @@ def test_euler_maruyama_is_its_textbook_loop_up_to_rounding():
                 assert torch.equal(seen[-1]["x"], got)
 
 
+def test_euler_maruyama_steps_on_the_networks_residual():
+    """A network denoiser's step never forms D(x, σ) (``residuals_at_levels``); a clipped
+    one does, as clipping acts on D."""
+    denoiser, sigmas, _ = _textbook_cases()[0]
+    x = torch.randn(5, 2, generator=torch.Generator().manual_seed(1))
+
+    def forbidden(*args):
+        raise AssertionError("D formed")
+
+    denoiser.at_levels = forbidden
+    sample_euler_maruyama(denoiser, x, sigmas, generator=torch.Generator().manual_seed(2))
+    with pytest.raises(AssertionError, match="D formed"):
+        sample_euler_maruyama(denoiser, x, sigmas, clip=(-1.0, 1.0))
+
+
 # ------------------------------------------------------------------ interface checks
 
 def test_registry_and_errors():
