@@ -52,6 +52,43 @@ def test_wide_blocks_equal_brute_force(n, m, d, kind, margin, groups, seed, bf16
     np.testing.assert_array_equal(res.dist.numpy(), bdist)
 
 
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 40), m=st.integers(40, 2000), d=st.integers(1, 16),
+       kind=st.sampled_from(["normal", "grid", "duplicates", "offset"]),
+       seed=st.integers(0, 2**31 - 1), bf16=st.booleans(), data=st.data())
+def test_a_bound_keeps_every_neighbour_closer_than_it(n, m, d, kind, seed, bf16, data):
+    """knn_search(bound=b): the neighbours closer than b[i] are brute force's, in its order,
+    first; what follows is at least b[i] away, or (inf, −1) where the row was not refined.
+    Bounds at brute force's own distances (ties), just off them, 0 and inf."""
+    rng = np.random.default_rng(seed)
+    q, r = _data(kind, rng, n, m, d)
+    k = data.draw(st.integers(1, 5))
+    bdist, bidx = brute_force_knn(q, r, k)
+    col = rng.integers(0, k, size=n)
+    bound = bdist[np.arange(n), col] * rng.choice([1.0, 1 - 1e-9, 1 + 1e-9], size=n)
+    bound[rng.random(n) < 0.15] = 0.0
+    bound[rng.random(n) < 0.15] = np.inf
+    with mock.patch.object(knn_module, "_R_BLOCK_MAX", 16 * data.draw(st.integers(4, 32))), \
+            mock.patch.object(knn_module, "BF16_SCREEN", bf16):
+        res = knn_search(torch.from_numpy(q), torch.from_numpy(r), k,
+                         bound=torch.from_numpy(bound))
+    dist, idx = res.dist.numpy(), res.idx.numpy()
+    closer = bdist < bound[:, None]
+    np.testing.assert_array_equal(dist[closer], bdist[closer])
+    np.testing.assert_array_equal(idx[closer], bidx[closer])
+    rest = ~closer
+    open_ = np.isfinite(dist[rest])
+    assert (dist[rest][open_] >= np.broadcast_to(bound[:, None], dist.shape)[rest][open_]).all()
+    assert (idx[rest][~open_] == -1).all()
+
+
+def test_a_bound_is_checked():
+    q = torch.zeros(3, 2)
+    for bad in (torch.zeros(2), torch.tensor([0.0, -1.0, 0.0]), torch.tensor([0.0, np.nan, 1.0])):
+        with pytest.raises(ValueError, match="bound"):
+            knn_search(q, q, 1, bound=bad)
+
+
 @settings(max_examples=30, deadline=None)
 @given(m=st.integers(64, 1500), d=st.integers(1, 8), copies=st.integers(1, 3),
        margin=st.integers(0, 2), groups=st.integers(4, 32), seed=st.integers(0, 2**31 - 1),

@@ -93,11 +93,19 @@ def knn(query, ref, k: int, exclude_self: bool = False, *, memory_budget: int | 
 
 
 def knn_search(query: torch.Tensor, ref: torch.Tensor, k: int, *, exclude_self: bool = False,
-               memory_budget: int | None = None, margin: int = 8,
+               memory_budget: int | None = None, margin: int = 8, bound=None,
                progress: bool = False) -> KnnResult:
-    """Tensor version of :func:`knn` returning a :class:`KnnResult`."""
+    """Tensor version of :func:`knn` returning a :class:`KnnResult`.
+
+    bound: None, or (n,) distances beyond which query i needs no neighbour (a streamed
+    search's running k-th, :func:`memgen.metrics.stream.stream_knn`). Every neighbour
+    closer than bound[i] is then found as without it; the entries of a row past its bound
+    may instead be (inf, −1), and a row's refinement is skipped where the screen proves
+    every reference at least that far.
+    """
     query, ref = _validate(query, ref, k, exclude_self)
     n, m = query.shape[0], ref.shape[0]
+    tau = _squared_bounds(bound, n, query.shape[1], query.device)
     budget = _budget(memory_budget)
     screen = Screen.build(ref, torch.float32)
     n_cand = min(k + margin, m - int(exclude_self))
@@ -110,17 +118,17 @@ def knn_search(query: torch.Tensor, ref: torch.Tensor, k: int, *, exclude_self: 
     n_fallback = 0
     starts = range(0, n, q_block)
     for q0 in tqdm(starts, desc="kNN", unit="block", disable=not progress or len(starts) < 2):
-        q = query[q0:q0 + q_block]
+        q, t = query[q0:q0 + q_block], None if tau is None else tau[q0:q0 + q_block]
         own = torch.arange(q0, q0 + q.shape[0], device=q.device) if exclude_self else None
         if fast is not None:
-            d2, ix, ok = _bf16_pass(q, ref, screen, fast, own, k, r_block)
+            d2, ix, ok = _bf16_pass(q, ref, screen, fast, own, k, r_block, t)
             if not ok.all():  # rows the bfloat16 bound leaves open: the float32 screen
                 rows = torch.nonzero(~ok).squeeze(1)
                 d2[rows], ix[rows], ok[rows] = _certified_pass(
                     q[rows], ref, screen, None if own is None else own[rows], k, n_cand,
-                    r_block)
+                    r_block, None if t is None else t[rows])
         else:
-            d2, ix, ok = _certified_pass(q, ref, screen, own, k, n_cand, r_block)
+            d2, ix, ok = _certified_pass(q, ref, screen, own, k, n_cand, r_block, t)
         if not ok.all():
             bad = torch.nonzero(~ok).squeeze(1)
             n_fallback += len(bad)
@@ -181,16 +189,49 @@ class Screen:
         return gamma.masked_fill(q_sq + self.r_sq_max >= safe, float("inf"))
 
 
-def _certified_pass(q, ref, screen: Screen, own, k, n_cand, r_block):
+def _certified_pass(q, ref, screen: Screen, own, k, n_cand, r_block, tau=None):
     """Screen centred data in the screen's precision, refine raw data in float64, certify
-    each row: (d2 (b, k) float64 squared, idx (b, k), ok (b,) bool)."""
+    each row: (d2 (b, k) float64 squared, idx (b, k), ok (b,) bool). tau (b,): squared
+    bounds (:func:`_squared_bounds`); a row whose every candidate's screened lower bound
+    reaches it is not refined ((inf, −1), and certified: the rest screen higher)."""
     q_rows, q_sq = screen.queries(q)
     gamma = screen.bound(q_sq)
     cand_val, cand_idx = _screen(q_rows, screen.rows, n_cand, r_block, own)
-    d2, ix = _refine(q, ref, cand_val, cand_idx, k, 2 * gamma)
+    open_ = None if tau is None else cand_val.min(dim=1).values + q_sq - gamma < tau
+    d2, ix = _refine_open(open_, lambda r: _refine(q[r], ref, cand_val[r], cand_idx[r], k,
+                                                   2 * gamma[r]), len(q), k, q.device)
     if n_cand >= ref.shape[0] - int(own is not None):
         return d2, ix, torch.ones(len(q), dtype=torch.bool, device=q.device)
-    return d2, ix, _certified(cand_val, q_sq, gamma, d2[:, -1])
+    ok = _certified(cand_val, q_sq, gamma, d2[:, -1])
+    if tau is not None:  # every reference left out screens at or past the bound
+        ok |= tau <= cand_val.double().max(dim=1).values + q_sq - gamma
+    return d2, ix, ok
+
+
+def _squared_bounds(bound, n: int, d: int, device) -> torch.Tensor | None:
+    """knn_search's bound as squared distances (n,) float64, raised so that a reference
+    whose exact squared distance reaches one has a refined float64 distance above the
+    bound's own refined value: refined sums of d squares err by ≤ (d + 2)·2⁻⁵³ of the
+    exact value, and bound² by 3·2⁻⁵³ of the squared distance it was taken from."""
+    if bound is None:
+        return None
+    bound = torch.as_tensor(bound, dtype=torch.float64, device=device)
+    if bound.shape != (n,) or torch.isnan(bound).any() or (bound < 0).any():
+        raise ValueError(f"bound must be ({n},) non-negative distances")
+    return bound.square() * (1 + (d + 8) * 2.0**-52)
+
+
+def _refine_open(open_, refine, b: int, k: int, device):
+    """refine(rows) on the rows where open_ (b,) holds (all rows for None), (inf, −1) on
+    the others: (d2 (b, k), idx (b, k))."""
+    if open_ is None:
+        return refine(slice(None))
+    d2 = torch.full((b, k), float("inf"), dtype=torch.float64, device=device)
+    ix = torch.full((b, k), -1, dtype=torch.int64, device=device)
+    if open_.any():
+        rows = torch.nonzero(open_).squeeze(1)
+        d2[rows], ix[rows] = refine(rows)
+    return d2, ix
 
 
 def _use_bf16(n: int, m: int, d: int, device: torch.device, k: int) -> bool:
@@ -284,13 +325,15 @@ def _round_down_bf16(x: torch.Tensor) -> torch.Tensor:
     return torch.where(y.float() > x, down, y)
 
 
-def _bf16_pass(q, ref, screen: Screen, fast: Bf16Screen, own, k: int, r_block: int):
+def _bf16_pass(q, ref, screen: Screen, fast: Bf16Screen, own, k: int, r_block: int,
+               tau=None):
     """The bfloat16 pre-screen of a query block: the _BF16_CAND smallest lower-bound scores
     of each row (:class:`Bf16Screen`), the candidates that may be among the k best refined
-    in float64 (those whose lower bound is below the k-th smallest upper bound), and each
-    row certified where its k-th refined distance lies below the lower bound of the last
-    candidate, which bounds every reference left out. Rows not certified (ok False) go to
-    the float32 screen."""
+    in float64 (those whose lower bound is below the k-th smallest upper bound, and below
+    the row's squared bound tau), and each row certified where its k-th refined distance,
+    or its bound, lies below the lower bound of the last candidate, which bounds every
+    reference left out. A row with no such candidate is not refined ((inf, −1)). Rows not
+    certified (ok False) go to the float32 screen."""
     q_rows, q_sq = screen.queries(q)
     cand_val, cand_idx = _screen(fast.queries(q_rows, q_sq), fast.rows, _BF16_CAND, r_block,
                                  own)
@@ -300,11 +343,17 @@ def _bf16_pass(q, ref, screen: Screen, fast: Bf16Screen, own, k: int, r_block: i
     lower = fast.lower(val, slack)  # ascending, as val
     upper = lower + fast.width(val, slack, q_sq, idx)
     kth_upper = torch.kthvalue(upper, k, dim=1).values
-    need = (lower <= kth_upper.unsqueeze(1)).sum(dim=1)  # a prefix: lower ascends
-    d2, ix = _refine_widths(q, ref, idx, need, k)
+    may = lower <= kth_upper.unsqueeze(1)
+    if tau is not None:
+        may &= lower + q_sq.unsqueeze(1) < tau.unsqueeze(1)
+    need = may.sum(dim=1)  # a prefix: lower ascends
+    d2, ix = _refine_open(None if tau is None else need > 0,
+                          lambda r: _refine_widths(q[r], ref, idx[r], need[r], k),
+                          len(q), k, q.device)
     if _BF16_CAND >= ref.shape[0] - int(own is not None):
         return d2, ix, torch.ones(len(q), dtype=torch.bool, device=q.device)
-    return d2, ix, d2[:, -1] < lower[:, -1] + q_sq
+    floor = lower[:, -1] + q_sq  # no reference left out lies closer
+    return d2, ix, (d2[:, -1] < floor) if tau is None else (d2[:, -1] < floor) | (tau <= floor)
 
 
 def _fallback(q, ref, center, own, k, margin, budget):

@@ -106,8 +106,10 @@ def stream_knn(query: torch.Tensor, source, k: int, *, feature_map: FeatureMap |
     with tqdm(total=m, initial=done, desc="kNN (streamed)", unit="row", unit_scale=True,
               disable=not progress) as bar:
         for chunk in iter_chunks(shards, rows, start=done):
+            # past the first chunk, a query needs nothing beyond its running k-th (builtin)
+            bound = dist[:, -1] if dist.shape[1] == k and backend == "builtin" else None
             found = _search_chunk(search, query, feature_map, chunk, k, excl, memory_budget,
-                                  margin)
+                                  margin, bound)
             dist, idx = take_sorted(torch.cat([dist, found.dist], dim=1),
                                     torch.cat([idx, found.idx], dim=1), k)
             n_fallback += found.n_fallback
@@ -178,19 +180,22 @@ def _chunk_rows(shards: ShardSet, feature_map: FeatureMap, query: torch.Tensor,
 
 
 def _search_chunk(search, query, feature_map, chunk: Chunk, k, excl, memory_budget,
-                  margin) -> KnnResult:
-    """Top-k (k + e with exclusions inside the chunk) of every query within one chunk.
+                  margin, bound=None) -> KnnResult:
+    """Top-k (k + e with exclusions inside the chunk) of every query within one chunk,
+    those closer than bound (n,) at least where it is given (``knn_search``'s bound).
 
-    Returns global indices; excluded matches carry distance inf.
+    Returns global indices; excluded matches and entries left past the bound carry
+    distance inf.
     """
     emb = _embed(feature_map, chunk.samples.to(query.device))
     lo, hi = chunk.offset, chunk.offset + len(emb)
     extra = 0
     if excl is not None:
         extra = int(((excl >= lo) & (excl < hi)).sum(dim=1).max())
+    kwargs = {} if bound is None else {"bound": bound}
     found = search(query, emb, min(k + extra, len(emb)), memory_budget=memory_budget,
-                   margin=margin)
-    idx, dist = found.idx + lo, found.dist
+                   margin=margin, **kwargs)
+    idx, dist = torch.where(found.idx >= 0, found.idx + lo, -1), found.dist
     if extra:
         dist = dist.masked_fill((idx.unsqueeze(2) == excl.unsqueeze(1)).any(dim=2), float("inf"))
     return KnnResult(dist=dist, idx=idx, n_fallback=found.n_fallback)
