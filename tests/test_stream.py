@@ -86,6 +86,30 @@ def test_streamed_equals_in_memory(tmp_path, fmt, chunk_rows):
     _assert_same(result, knn_search(query, torch.from_numpy(ref), 5))
 
 
+def test_chunks_after_the_first_are_searched_within_the_running_kth(tmp_path):
+    """Past the first chunk (of k rows or more), each chunk's search gets the running k-th
+    distances as its bound, rows of it go unrefined, and the answer is the in-memory one."""
+    rng = np.random.default_rng(11)
+    ref = rng.normal(size=(3000, 8)).astype(np.float32)
+    query = torch.from_numpy(rng.normal(size=(40, 8)).astype(np.float32))
+    folder = _write(tmp_path / "synth", ref, "npy", sizes=(1200, 1800))
+    bounds, unrefined = [], []
+    stream = importlib.import_module("memgen.metrics.stream")
+    real = stream.get_knn_backend("builtin")
+
+    def search(q, emb, k, **kwargs):
+        bounds.append(kwargs.get("bound"))
+        found = real(q, emb, k, **kwargs)
+        unrefined.append(int((found.idx == -1).all(dim=1).sum()))
+        return found
+
+    with mock.patch.object(stream, "get_knn_backend", lambda name: search):
+        result = stream_knn(query, folder, 5, chunk_rows=500)
+    assert bounds[0] is None and all(b is not None for b in bounds[1:]) and len(bounds) == 6
+    assert sum(unrefined[1:]) > 0
+    _assert_same(result, knn_search(query, torch.from_numpy(ref), 5))
+
+
 @pytest.mark.parametrize("chunk_rows", [1, 5, 1000])
 def test_exclusion_of_self_matches_with_duplicates(tmp_path, chunk_rows):
     """Queries that are the reference set itself: drop row i's own match, keep its copies."""
