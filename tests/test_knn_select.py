@@ -82,6 +82,36 @@ def test_a_bound_keeps_every_neighbour_closer_than_it(n, m, d, kind, seed, bf16,
     assert (idx[rest][~open_] == -1).all()
 
 
+@pytest.mark.parametrize("m", [5, 12, 33, 300])
+@pytest.mark.parametrize("bf16", [False, True])
+@pytest.mark.parametrize("bounded", [False, True])
+def test_screens_that_overflow_choose_nothing(m, bf16, bounded):
+    """Coordinates near 3e19, whose squares overflow float32 (and bfloat16): a screen's NaN
+    or infinite scores neither order, skip nor certify anything — not even where every
+    reference is a candidate — and the float64 screen answers, as brute force does."""
+    rng = np.random.default_rng(m)
+    r = (3e19 * rng.normal(size=(m, 4))).astype(np.float32)
+    q = (3e19 * rng.normal(size=(6, 4))).astype(np.float32)
+    k = 2
+    bdist, bidx = brute_force_knn(q, r, k)
+    sdist, sidx = brute_force_knn(r, r, k, exclude_self=True)
+    bound = (lambda d: torch.from_numpy(d[:, -1] * 1.5)) if bounded else (lambda d: None)
+    with mock.patch.object(knn_module, "BF16_SCREEN", bf16):
+        res = knn_search(torch.from_numpy(q), torch.from_numpy(r), k, bound=bound(bdist))
+        own = knn_search(torch.from_numpy(r), torch.from_numpy(r), k, exclude_self=True,
+                         bound=bound(sdist))
+    np.testing.assert_array_equal(res.idx.numpy(), bidx)
+    np.testing.assert_array_equal(res.dist.numpy(), bdist)
+    np.testing.assert_array_equal(own.idx.numpy(), sidx)
+    np.testing.assert_array_equal(own.dist.numpy(), sdist)
+
+
+def test_a_positive_bound_whose_square_underflows_keeps_distance_zero():
+    q = torch.ones(2, 3)
+    res = knn_search(q, torch.ones(50, 3), 2, bound=torch.full((2,), 1e-170, dtype=torch.float64))
+    assert (res.dist == 0).all() and (res.idx >= 0).all()
+
+
 def test_a_bound_is_checked():
     q = torch.zeros(3, 2)
     for bad in (torch.zeros(2), torch.tensor([0.0, -1.0, 0.0]), torch.tensor([0.0, np.nan, 1.0])):

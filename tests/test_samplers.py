@@ -339,6 +339,19 @@ def test_euler_maruyama_is_its_textbook_loop_up_to_rounding():
                 assert torch.equal(seen[-1]["x"], got)
 
 
+def test_euler_maruyama_moves_to_a_wider_denoisers_dtype_with_a_callback_or_not():
+    """A denoiser answering in float64 for float32 x: the arithmetic moves to float64, as
+    x + (D − x) would, whether a callback watches (each x kept) or not (x stepped in place)."""
+    gauss = GaussianDenoiser(MU, COV)
+    wide = lambda x, s: gauss(x.double(), s)  # noqa: E731
+    x = 3 * torch.randn(4, 2, generator=torch.Generator().manual_seed(1))
+    sig = ve_sigmas(3.0, 0.05, 10)
+    runs = [sample_euler_maruyama(wide, x, sig, generator=torch.Generator().manual_seed(1),
+                                  callback=cb) for cb in (None, lambda info: None)]
+    assert runs[0].dtype == runs[1].dtype == F64 and torch.equal(*runs)
+    assert x.dtype == torch.float32
+
+
 def test_euler_maruyama_steps_on_the_networks_residual():
     """A network denoiser's step never forms D(x, σ) (``residuals_at_levels``); a clipped
     one does, as clipping acts on D."""

@@ -34,8 +34,8 @@ class Denoiser(Protocol):
     y ↦ D(y, σ_i) for y like x, with the same numbers as ``D(y, σ_i)``; and
     ``residuals_at_levels(levels, x)``: the residuals D(y, σ_i) − y = σ_i² ∇log p made
     without forming D, as (c, f), numbers c_i and a callable f(y, i) with D(y, σ_i) − y =
-    c_i f(y, i) and ``(f(y, i) * c_i).add_(y)`` = D(y, σ_i) to the bit (None where the
-    denoiser has no such form)."""
+    c_i f(y, i) and ``(f(y, i) * c_i).add_(y)`` = D(y, σ_i) to the bit where the network's
+    output has y's dtype (None where the denoiser has no such form)."""
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor: ...
 

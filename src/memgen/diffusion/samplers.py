@@ -232,7 +232,8 @@ def _levels(sigmas) -> list[float]:
 # in place on the step's own temporaries, in the order and with the roundings of the
 # textbook expressions each docstring gives: the same numbers, bit for bit. Euler–Maruyama
 # is the exception: its step reads the residual D(x, σ) − x straight from the network
-# (``_residual_fields``), one rounding instead of the textbook's four (SAMPLER_REVISIONS).
+# (``_residual_fields``: σF rounded once, not the difference of x + σF and x) and adds it
+# with one fused product (SAMPLER_REVISIONS).
 
 
 def _denoise_steps(denoiser, levels: list[float], x: torch.Tensor, clip) -> list:
@@ -292,7 +293,7 @@ def _noises(x: torch.Tensor, generator, scales: list[float]):
         block = generator.randn((len(x), len(c), *x.shape[1:]), dtype=x.dtype, device=x.device)
         block = block.transpose(0, 1).contiguous().mul_(c)  # (k, B, ...)
         for k in range(len(c)):
-            yield block[k]  # a view at a time: no block of per-step tensors kept
+            yield block[k]  # views made one at a time, not a list of per-step tensors
 
 
 # --------------------------------------------------------------------------- samplers
@@ -327,6 +328,8 @@ def sample_euler_maruyama(denoiser, x, sigmas, *, clip=None, generator=None, cal
             x0, f = f, f - x
         else:
             c = scales[i]
+        if f.dtype != x.dtype:  # a wider output moves the arithmetic to its dtype, as x + f
+            x = x.to(torch.promote_types(x.dtype, f.dtype))  # would, with a callback or not
         if callback is None:
             x.add_(f, alpha=gain[i] * c).add_(next(noises))  # + √var · z · (σ_{i+1} > 0)
             continue

@@ -197,11 +197,12 @@ def _certified_pass(q, ref, screen: Screen, own, k, n_cand, r_block, tau=None):
     q_rows, q_sq = screen.queries(q)
     gamma = screen.bound(q_sq)
     cand_val, cand_idx = _screen(q_rows, screen.rows, n_cand, r_block, own)
-    open_ = None if tau is None else cand_val.min(dim=1).values + q_sq - gamma < tau
+    # open unless proved at or past the bound (a NaN score, from overflow, proves nothing)
+    open_ = None if tau is None else ~(cand_val.min(dim=1).values + q_sq - gamma >= tau)
     d2, ix = _refine_open(open_, lambda r: _refine(q[r], ref, cand_val[r], cand_idx[r], k,
                                                    2 * gamma[r]), len(q), k, q.device)
-    if n_cand >= ref.shape[0] - int(own is not None):
-        return d2, ix, torch.ones(len(q), dtype=torch.bool, device=q.device)
+    if n_cand >= ref.shape[0] - int(own is not None):  # every reference a candidate,
+        return d2, ix, torch.isfinite(cand_val).all(dim=1)  # where overflow chose none
     ok = _certified(cand_val, q_sq, gamma, d2[:, -1])
     if tau is not None:  # every reference left out screens at or past the bound
         ok |= tau <= cand_val.double().max(dim=1).values + q_sq - gamma
@@ -218,7 +219,9 @@ def _squared_bounds(bound, n: int, d: int, device) -> torch.Tensor | None:
     bound = torch.as_tensor(bound, dtype=torch.float64, device=device)
     if bound.shape != (n,) or torch.isnan(bound).any() or (bound < 0).any():
         raise ValueError(f"bound must be ({n},) non-negative distances")
-    return bound.square() * (1 + (d + 8) * 2.0**-52)
+    tau = bound.square() * (1 + (d + 8) * 2.0**-52)
+    # a positive bound whose square underflows still admits the references at distance 0
+    return torch.where(bound > 0, tau.clamp(min=torch.finfo(torch.float64).tiny), tau)
 
 
 def _refine_open(open_, refine, b: int, k: int, device):
@@ -345,13 +348,14 @@ def _bf16_pass(q, ref, screen: Screen, fast: Bf16Screen, own, k: int, r_block: i
     kth_upper = torch.kthvalue(upper, k, dim=1).values
     may = lower <= kth_upper.unsqueeze(1)
     if tau is not None:
-        may &= lower + q_sq.unsqueeze(1) < tau.unsqueeze(1)
+        may &= ~(lower + q_sq.unsqueeze(1) >= tau.unsqueeze(1))
     need = may.sum(dim=1)  # a prefix: lower ascends
+    need[~torch.isfinite(lower).all(dim=1)] = val.shape[1]  # overflowed scores order nothing
     d2, ix = _refine_open(None if tau is None else need > 0,
                           lambda r: _refine_widths(q[r], ref, idx[r], need[r], k),
                           len(q), k, q.device)
-    if _BF16_CAND >= ref.shape[0] - int(own is not None):
-        return d2, ix, torch.ones(len(q), dtype=torch.bool, device=q.device)
+    if _BF16_CAND >= ref.shape[0] - int(own is not None):  # every reference a candidate,
+        return d2, ix, torch.isfinite(lower).all(dim=1)  # where overflow chose none
     floor = lower[:, -1] + q_sq  # no reference left out lies closer
     return d2, ix, (d2[:, -1] < floor) if tau is None else (d2[:, -1] < floor) | (tau <= floor)
 
@@ -635,6 +639,7 @@ def _refine(q: torch.Tensor, ref: torch.Tensor, cand_val: torch.Tensor, cand_idx
     idx = cand_idx.gather(1, order)
     val = val.double()
     near = (val <= val[:, k - 1:k] + slack.unsqueeze(1)).sum(dim=1)
+    near[~torch.isfinite(val).all(dim=1)] = val.shape[1]  # overflowed scores order nothing
     return _refine_widths(q, ref, idx, near, k)
 
 
