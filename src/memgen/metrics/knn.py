@@ -357,7 +357,10 @@ def _bf16_pass(q, ref, screen: Screen, fast: Bf16Screen, own, k: int, r_block: i
     if _BF16_CAND >= ref.shape[0] - int(own is not None):  # every reference a candidate,
         return d2, ix, torch.isfinite(lower).all(dim=1)  # where overflow chose none
     floor = lower[:, -1] + q_sq  # no reference left out lies closer
-    return d2, ix, (d2[:, -1] < floor) if tau is None else (d2[:, -1] < floor) | (tau <= floor)
+    ok = d2[:, -1] < floor
+    if tau is not None:  # every reference left out lies at or past the bound
+        ok |= tau <= floor
+    return d2, ix, ok
 
 
 def _fallback(q, ref, center, own, k, margin, budget):
@@ -645,9 +648,9 @@ def _refine(q: torch.Tensor, ref: torch.Tensor, cand_val: torch.Tensor, cand_idx
 
 def _refine_widths(q: torch.Tensor, ref: torch.Tensor, idx: torch.Tensor, need: torch.Tensor,
                    k: int):
-    """The k best by float64 distance of the first need[i] (≥ k) candidates idx[i] of each
-    row, ordered by (distance, index); rows grouped by width, rounded up to a multiple of
-    4 (and to k + _REFINE_EXTRA at least), so a row with many near-ties costs only what it
+    """The k best by float64 distance of the first need[i] candidates idx[i] of each row
+    (at least k + _REFINE_EXTRA of them), ordered by (distance, index); rows grouped by
+    width, rounded up to a multiple of 4, so a row with many near-ties costs only what it
     needs."""
     c = idx.shape[1]
     least = min(c, k + _REFINE_EXTRA)

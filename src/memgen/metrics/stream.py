@@ -84,11 +84,12 @@ def stream_knn(query: torch.Tensor, source, k: int, *, feature_map: FeatureMap |
 
     Returns a :class:`KnnResult`: dist (n, k) float64, idx (n, k) int64 global indices,
     ascending by (distance, index) — equal to an in-memory search over all m rows;
-    n_fallback sums the per-chunk counts. Peak memory ≈ the queries + one chunk (raw
-    float32 rows, their embedding, one float32 and one bfloat16 copy of it: ≤
-    memory_budget) + the
-    engine's score block (≤ memory_budget; faiss instead holds a second float32 copy of
-    the embedded chunk and a float32 copy of the queries) + O(n (k + margin + e))
+    n_fallback sums the per-chunk counts. Chunks after the first are searched within each
+    query's running k-th distance (``knn_search``'s bound; builtin backend). Peak memory ≈
+    the queries + one chunk (raw float32 rows, their embedding, one float32 and one
+    bfloat16 copy of it: ≤ memory_budget) + the engine's score block (≤ memory_budget;
+    faiss instead holds a second float32 copy of the embedded chunk and a float32 copy of
+    the queries) + O(n (k + margin + e))
     candidates; a compressed npz shard adds its whole array. So about size(queries) +
     2 × memory_budget. Everything lives on the queries' device.
     """
