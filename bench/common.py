@@ -51,17 +51,30 @@ def time_once(fn: Callable[[], object]) -> Timing:
     return Timing(seconds, (steal1 - steal0) / max(total1 - total0, 1), out)
 
 
-def interleaved_best(plan: dict[str, Callable[[], object]], repeats: int) -> dict[str, Timing]:
-    """Run every callable of ``plan`` in turn, ``repeats`` rounds; keep each one's best run."""
-    best: dict[str, Timing] = {}
+def interleaved_runs(plan: dict[str, Callable[[], object]], repeats: int
+                     ) -> dict[str, list[Timing]]:
+    """Run every callable of ``plan`` in turn, ``repeats`` rounds; every run's Timing, in
+    round order (run k of two callables are neighbours in time: their ratio is paired)."""
+    runs: dict[str, list[Timing]] = {name: [] for name in plan}
     for rnd in range(repeats):
         for name, fn in plan.items():
             timing = time_once(fn)
             print(f"  round {rnd + 1}/{repeats} {name:<32s} {timing.seconds:8.3f} s"
                   f"  (steal {100 * timing.steal:4.1f}%)", flush=True)
-            if name not in best or timing.seconds < best[name].seconds:
-                best[name] = timing
-    return best
+            runs[name].append(timing)
+    return runs
+
+
+def interleaved_best(plan: dict[str, Callable[[], object]], repeats: int) -> dict[str, Timing]:
+    """Run every callable of ``plan`` in turn, ``repeats`` rounds; keep each one's best run."""
+    return {name: min(timings, key=lambda t: t.seconds)
+            for name, timings in interleaved_runs(plan, repeats).items()}
+
+
+def paired_median(runs: list[Timing], base: list[Timing]) -> float:
+    """Median over rounds of runs[k].seconds / base[k].seconds: the ratio of two callables
+    timed side by side in each round, which a slow stretch of the machine slows alike."""
+    return float(np.median([a.seconds / b.seconds for a, b in zip(runs, base)]))
 
 
 def gemm_plan(shapes=GEMM_SHAPES) -> dict[str, Callable[[], object]]:

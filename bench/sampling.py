@@ -3,7 +3,9 @@
 One run measures, per preset, on one fixed batch (defaults: batch 64, 100 steps for the
 U-Nets on the DDPM ladder ``VPSchedule().sigmas(100)``, the 1000-level VE ladder of the toy):
 
-1. the floor: N forwards of the network (N = the ladder's steps) in eval mode, no_grad;
+1. the floor: N forwards of the network (N = the ladder's steps) in eval mode, under
+   ``torch.inference_mode`` as the samplers run (the same forwards under ``no_grad``, a
+   user's plain loop, are timed too: their overhead column is their cost over the floor);
 2. every sampler through its denoiser (``EpsDenoiser`` for the U-Nets, ``ScoreDenoiser`` for
    the MLP), stochastic ones once with a ``StackedGenerator`` (per-sample numpy streams,
    drawn by the samplers in blocks of steps) and once with a ``torch.Generator``.
@@ -29,7 +31,7 @@ import time
 from collections import defaultdict
 
 import torch
-from common import interleaved_best, model_bench_args
+from common import interleaved_runs, model_bench_args, paired_median
 
 from memgen.diffusion.denoisers import EpsDenoiser, ScoreDenoiser
 from memgen.diffusion.generate import initial_std
@@ -108,19 +110,22 @@ def setup(preset: str, batch: int, steps: int):
 
 
 def runs(preset: str, batch: int, steps: int) -> dict:
-    """Plan of callables, each returning ((Clock, samples), others' CPU share)."""
+    """Plan of callables, each returning ((Clock, samples), others' CPU share): the fixed
+    forwards, then per sampler its own forwards replayed ("… floor") and the sampler."""
     net, cls, schedule, sigmas, x, t = setup(preset, batch, steps)
     seeds = [(0, i) for i in range(batch)]
 
-    @torch.no_grad()
-    def forwards():
-        clock = Clock()
-        fwd = clock.wrap("net", net)
-        for _ in range(steps):
-            fwd(x, t)
-        return clock, None
+    def forwards(mode, inputs):
+        def go():
+            clock = Clock()
+            fwd = clock.wrap("net", net)
+            with mode():
+                for y, tt in inputs:
+                    fwd(y, tt)
+            return clock, None
+        return go
 
-    def sampler(name, make_gen):
+    def sampler(name, make_gen, net=net):
         def go():
             clock = Clock()
             denoiser = cls(clock.wrap("net", net), timed_schedule(schedule, clock))
@@ -128,48 +133,72 @@ def runs(preset: str, batch: int, steps: int) -> dict:
             return clock, out
         return go
 
+    def inputs_of(name, make_gen) -> list:
+        """The (x, t) of every forward the sampler makes, from one run of it."""
+        inputs = []
+
+        def recording(y, tt):
+            inputs.append((y.clone(), tt.clone()))
+            return net(y, tt)
+        sampler(name, make_gen, recording)()
+        ys, ts = (torch.stack(column) for column in zip(*inputs))  # one block each
+        return list(zip(ys.unbind(0), ts.unbind(0)))
+
     stacked = lambda clock: TimedStacked(seeds, clock)  # noqa: E731
     torch_gen = lambda clock: torch.Generator().manual_seed(0)  # noqa: E731
-    plan = {f"{preset} forwards": forwards}
-    if cls is ScoreDenoiser:
-        plan[f"{preset} euler_maruyama stacked"] = sampler("euler_maruyama", stacked)
-        plan[f"{preset} euler_maruyama torch"] = sampler("euler_maruyama", torch_gen)
-    else:
-        plan[f"{preset} ddpm stacked"] = sampler("ddpm", stacked)
-        plan[f"{preset} ddpm torch"] = sampler("ddpm", torch_gen)
-        plan[f"{preset} ddim"] = sampler("ddim", lambda clock: None)
-        plan[f"{preset} heun"] = sampler("heun", lambda clock: None)
+    none = lambda clock: None  # noqa: E731
+    fixed = [(x, t)] * steps
+    plan = {f"{preset} forwards": forwards(torch.inference_mode, fixed),
+            f"{preset} forwards no_grad": forwards(torch.no_grad, fixed)}
+    runs = ([("euler_maruyama", "stacked", stacked), ("euler_maruyama", "torch", torch_gen)]
+            if cls is ScoreDenoiser else
+            [("ddpm", "stacked", stacked), ("ddpm", "torch", torch_gen), ("ddim", "", none),
+             ("heun", "", none)])
     with torch.no_grad():  # warm-up: the allocator's cache and every code path
         for _ in range(5):
             net(x, t)
     get_sampler("heun")(cls(net, schedule), x.clone(), sigmas[-3:])
+    for name, gen_name, make_gen in runs:
+        label = f"{preset} {name} {gen_name}".rstrip()
+        plan[f"{label} floor"] = forwards(torch.inference_mode, inputs_of(name, make_gen))
+        plan[label] = sampler(name, make_gen)
     return {name: with_others_cpu(fn) for name, fn in plan.items()}
 
 
-def report(best: dict, batch: int) -> None:
-    """Markdown table; overheads in % of the network time, rest = sampler arithmetic."""
+def report(runs: dict, batch: int) -> None:
+    """Markdown table; overheads in % of the network time, rest = sampler arithmetic. A
+    sampler's overhead is over its own floor, the row before it: the same forwards, on the
+    inputs it gave them (a network's time can depend on them: sin and cos of the toy's
+    time embedding take longer on larger arguments), timed bare."""
+    best = {name: min(timings, key=lambda t: t.seconds) for name, timings in runs.items()}
     print("\n| run | forwards | seconds | ms / forward | images/s | overhead vs floor "
           "| in-run overhead | of which noise | t_from_sigma | rest | others' CPU |")
     print("|---|" + "---:|" * 10)
-    floor = None
+    base, floors = None, {}
     for name, timing in best.items():
         (clock, _), others = timing.output
         n, net_s, total = clock.calls["net"], clock.seconds["net"], timing.seconds
-        if floor is None:  # the forwards run comes first
-            floor = total / n
-            print(f"| {name} | {n} | {total:.3f} | {1e3 * floor:.2f} |" + " – |" * 6
+        if name.endswith((" forwards", " no_grad", " floor")):  # bare forwards
+            base = base or total
+            floors[name] = total
+            print(f"| {name} | {n} | {total:.3f} | {1e3 * total / n:.2f} | – "
+                  f"| {100 * (total - base) / base:.1f} % |" + " – |" * 4
                   + f" {100 * others:.0f} % |")
             continue
+        floor = floors[f"{name} floor"]
         noise, t_conv = clock.seconds["noise"], clock.seconds["t"]
         pct = lambda s, base=net_s: f"{100 * s / base:.1f} %"  # noqa: E731
         print(f"| {name} | {n} | {total:.3f} | {1e3 * net_s / n:.2f} | {batch / total:.1f} "
-              f"| {pct(total - n * floor, n * floor)} | {pct(total - net_s)} | {pct(noise)} "
+              f"| {pct(total - floor, floor)} | {pct(total - net_s)} | {pct(noise)} "
               f"| {pct(t_conv)} | {pct(total - net_s - noise - t_conv)} | {100 * others:.0f} % |")
     print()
-    for name, timing in list(best.items())[1:]:
-        n = timing.output[0][0].calls["net"]
-        print(f"{name}: overhead over bare network forwards "
-              f"{100 * (timing.seconds - n * floor) / (n * floor):.1f} %")
+    for name, timing in best.items():
+        if f"{name} floor" in floors:
+            floor = floors[f"{name} floor"]
+            paired = paired_median(runs[name], runs[f"{name} floor"]) - 1
+            print(f"{name}: overhead over its bare network forwards "
+                  f"{100 * (timing.seconds - floor) / floor:.1f} % (best of each), "
+                  f"{100 * paired:.1f} % (median of {len(runs[name])} paired rounds)")
 
 
 def main(argv=None) -> None:
@@ -184,7 +213,7 @@ def main(argv=None) -> None:
         print(f"\n{preset}: {count_parameters(get_preset(preset).build()):,} parameters, "
               f"{steps} {'levels' if mlp else 'steps'}")
         plan = runs(preset, args.batch, steps)
-        report(interleaved_best(plan, args.repeats), args.batch)
+        report(interleaved_runs(plan, args.repeats), args.batch)
 
 
 if __name__ == "__main__":

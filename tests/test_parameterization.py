@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from memgen.diffusion.denoisers import EpsDenoiser, ScoreDenoiser
-from memgen.diffusion.parameterization import (EpsPrediction, ScorePrediction, get_parameterization,
-                                               network_time)
+from memgen.diffusion.parameterization import (EpsPrediction, RowReader, ScorePrediction,
+                                               get_parameterization, network_time)
 from memgen.diffusion.schedules import VESchedule, VPSchedule
 from memgen.diffusion.training import TrainConfig, draw_batch, training_loss
 
@@ -214,3 +214,16 @@ def test_no_device_sync_per_call_on_cuda():
         assert out.device.type == "cuda"
         cpu = p.denoise(lambda x, t: x @ w.cpu() + t.view(-1, 1), x.cpu(), level)
         torch.testing.assert_close(out.cpu(), cpu, rtol=1e-6, atol=1e-6)
+
+
+def test_row_reader_gives_each_row_in_any_order():
+    """Rows made a chunk at a time are the table's rows, read in order, backwards or by
+    jumps across chunks; an index outside the table is refused."""
+    table = torch.arange(30.0).view(10, 3)
+    rows = RowReader(table, chunk=4)
+    for i in [0, 1, 2, 3, 4, 9, 8, 0, 5, 5, 7, 3]:
+        assert torch.equal(rows[i], table[i])
+    assert len(rows) == 10
+    for i in (10, -1):
+        with pytest.raises(IndexError):
+            rows[i]

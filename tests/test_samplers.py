@@ -10,7 +10,8 @@ import torch
 from memgen.diffusion.denoisers import (EmpiricalDenoiser, EpsDenoiser, GaussianDenoiser,
                                          ScoreDenoiser)
 from memgen.diffusion.samplers import (SAMPLER_OPTIONS, SAMPLERS, GaussianPrior, StackedGenerator,
-                                       clipped, get_sampler, initial_noise, sample_ddim,
+                                       _draws_group, clipped, get_sampler, initial_noise,
+                                       sample_ddim,
                                        sample_ddpm, sample_euler_maruyama, sample_heun,
                                        sampler_options, ve_sigmas)
 from memgen.diffusion.schedules import VESchedule, VPSchedule
@@ -291,36 +292,39 @@ def _textbook_cases():
             (GaussianDenoiser(MU, COV), VESchedule().sigmas(40), F64)]
 
 
+@pytest.mark.parametrize("batch", [5, 8])  # x.numel() 10 and 16: torch's draws one a step
 @pytest.mark.parametrize("name", [name for name in SAMPLERS if name != "euler_maruyama"])
-def test_samplers_give_their_textbook_loops_numbers_to_the_bit(name):
+def test_samplers_give_their_textbook_loops_numbers_to_the_bit(name, batch):
     """Network denoisers in float32 (their levels made at once, ``at_levels``) and the
-    generic path, both generators, with and without clipping: the textbook loop's numbers."""
+    generic path, both generators, with and without clipping: the textbook loop's numbers.
+    At 16 numbers a step, a torch.Generator's noise is drawn in blocks of steps."""
     for denoiser, sigmas, dtype in _textbook_cases():
-        x = 3 * torch.randn(5, 2, generator=torch.Generator().manual_seed(1), dtype=dtype)
+        x = 3 * torch.randn(batch, 2, generator=torch.Generator().manual_seed(1), dtype=dtype)
         for clip, eta in ((None, 0.0), ((-1.0, 1.0), 0.5), (None, 1.0)):
             for stacked in (False, True):
-                gens = [StackedGenerator(range(5)) if stacked else
+                gens = [StackedGenerator(range(batch)) if stacked else
                         torch.Generator().manual_seed(2) for _ in range(2)]
                 got = SAMPLERS[name](denoiser, x, sigmas, clip=clip, generator=gens[0],
                                      options={"eta": eta} if name == "ddim" else None)
                 want = _textbook(name, denoiser, x, sigmas.tolist(), gens[1], clip, eta)
                 assert torch.equal(got, want), (type(denoiser).__name__, clip, eta, stacked)
-                nxt = [g.randn((5, 1), dtype=F64) if stacked else torch.rand(1, generator=g)
+                nxt = [g.randn((batch, 1), dtype=F64) if stacked else torch.rand(1, generator=g)
                        for g in gens]
                 assert torch.equal(*nxt)  # the generator is left where the loop leaves it
 
 
-def test_euler_maruyama_is_its_textbook_loop_up_to_rounding():
+@pytest.mark.parametrize("batch", [5, 8])
+def test_euler_maruyama_is_its_textbook_loop_up_to_rounding(batch):
     """The residual step x + (var c/σ²)·f + √var z against the textbook's
     x + var·((D − x)/σ²) + √var z: equal up to the roundings of x's dtype, with the same
     noise (the generator left where the textbook leaves it), for both generators, with and
     without clipping; a callback sees each x and D(x, σ) to the bit and changes nothing."""
     for denoiser, sigmas, dtype in _textbook_cases():
         tol = 1e-5 if dtype == torch.float32 else 1e-12
-        x = 3 * torch.randn(5, 2, generator=torch.Generator().manual_seed(1), dtype=dtype)
+        x = 3 * torch.randn(batch, 2, generator=torch.Generator().manual_seed(1), dtype=dtype)
         for clip in (None, (-1.0, 1.0)):
             for stacked in (False, True):
-                gens = [StackedGenerator(range(5)) if stacked else
+                gens = [StackedGenerator(range(batch)) if stacked else
                         torch.Generator().manual_seed(2) for _ in range(3)]
                 seen = []
                 got = sample_euler_maruyama(denoiser, x, sigmas, clip=clip, generator=gens[0],
@@ -329,7 +333,7 @@ def test_euler_maruyama_is_its_textbook_loop_up_to_rounding():
                 torch.testing.assert_close(got, want, rtol=tol, atol=tol)
                 assert torch.equal(got, sample_euler_maruyama(denoiser, x, sigmas, clip=clip,
                                                               generator=gens[2]))
-                nxt = [g.randn((5, 1), dtype=F64) if stacked else torch.rand(1, generator=g)
+                nxt = [g.randn((batch, 1), dtype=F64) if stacked else torch.rand(1, generator=g)
                        for g in gens]
                 assert torch.equal(nxt[0], nxt[1]) and torch.equal(nxt[0], nxt[2])
                 den = clipped(denoiser, clip)
@@ -493,3 +497,39 @@ def test_gaussian_prior_draws_z_then_w_from_each_stream():
         z = np.random.Generator(np.random.PCG64(np.random.SeedSequence(seed))).standard_normal(5)
         want = mean + 2.0 * torch.from_numpy(z[:3]) + torch.from_numpy(z[3:]) @ factor
         torch.testing.assert_close(row, want, rtol=0, atol=1e-15)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_torch_cpu_normals_of_16_at_a_time_do_not_depend_on_grouping(dtype):
+    """What the block draws of a torch.Generator rest on (``_draws_group``): k draws of
+    n = 16·m numbers from torch's CPU generator are one draw of k·n numbers; for n = 10 they
+    are not, so such noise is drawn a step at a time."""
+    def draws(n, together):
+        g = torch.Generator().manual_seed(3)
+        if together:
+            return torch.randn((37, n), generator=g, dtype=dtype)
+        return torch.stack([torch.randn(n, generator=g, dtype=dtype) for _ in range(37)])
+
+    for n in (16, 128, 784):
+        assert torch.equal(draws(n, True), draws(n, False))
+    assert not torch.equal(draws(10, True), draws(10, False))
+    assert _draws_group(torch.zeros(8, 2, dtype=dtype), torch.Generator())
+    assert _draws_group(torch.zeros(8, 2, dtype=dtype), None)
+    assert not _draws_group(torch.zeros(5, 2, dtype=dtype), torch.Generator())
+    assert not _draws_group(torch.zeros(8, 2, dtype=torch.bfloat16), torch.Generator())
+
+
+@pytest.mark.parametrize("name", list(SAMPLERS))
+def test_samplers_return_ordinary_tensors(name):
+    """Samplers run under torch.inference_mode; what they return is an ordinary tensor, for
+    autograd and in-place use, equal to what they compute under no_grad."""
+    d = GaussianDenoiser(MU, COV)
+    x = initial_noise((16, 2), 5.0, torch.Generator().manual_seed(0), dtype=F64)
+    sig = [5.0, 1.0, 0.3, 0.0]
+    out = SAMPLERS[name](d, x, sig, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        plain = SAMPLERS[name].__wrapped__(d, x, sig, generator=torch.Generator().manual_seed(1))
+    assert not out.is_inference() and torch.equal(out, plain)
+    out.add_(1.0).requires_grad_()
+    (out.square().sum()).backward()
+    torch.testing.assert_close(out.grad, 2 * out.detach())

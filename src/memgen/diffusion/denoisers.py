@@ -8,7 +8,7 @@ every denoiser is built from its source by ``memgen.diffusion.loaders.load_denoi
 
 Denoisers are differentiable in x (for Jacobians, divergences and Hessian-vector
 products) and build no graph otherwise: network weights are frozen, and the samplers
-run under ``torch.no_grad()``. The network denoisers also offer ``at_levels``: D(·, σ) at
+run under ``torch.inference_mode()``. The network denoisers also offer ``at_levels``: D(·, σ) at
 each level of a ladder, their per-level constants computed once for all (the samplers'
 loop, ``memgen.diffusion.samplers``).
 """

@@ -168,15 +168,38 @@ def _cols(values: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
     return values.view(-1, *([1] * x.ndim)).unbind(0)
 
 
-def _time_rows(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """(L, B): row i the network's time input at level i for x (B, ...), contiguous, read
-    a row at a time (no per-level tensors kept)."""
-    return t.view(-1, 1).expand(-1, len(x)).contiguous()
+def _time_rows(t: torch.Tensor, x: torch.Tensor) -> "RowReader":
+    """Row i: the network's time input (B,) at level i for x (B, ...), contiguous."""
+    return RowReader(t.view(-1, 1).expand(-1, len(x)).contiguous())
+
+
+class RowReader:
+    """Rows of an (L, ...) tensor by index, made ``chunk`` at a time by one ``unbind``: a
+    row costs less than an index each (read in order, one unbind per ``chunk`` rows), and
+    no per-row tensor is kept for the whole table (which would wake the garbage collector)."""
+
+    __slots__ = ("table", "chunk", "start", "rows")
+
+    def __init__(self, table: torch.Tensor, chunk: int = 64):
+        self.table, self.chunk, self.start, self.rows = table, chunk, 0, ()
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        j = i - self.start
+        if not 0 <= j < len(self.rows):
+            if not 0 <= i < len(self.table):
+                raise IndexError(f"row {i} of {len(self.table)}")
+            self.start = i - i % self.chunk
+            self.rows = self.table[self.start:self.start + self.chunk].unbind(0)
+            j = i - self.start
+        return self.rows[j]
 
 
 def _rows(t: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Per level, the network's time input (B,) for x (B, ...), contiguous."""
-    return _time_rows(t, x).unbind(0)
+    return _time_rows(t, x).table.unbind(0)
 
 
 def _eps_step(net, sigma: torch.Tensor, a: torch.Tensor, t: torch.Tensor) -> Callable:

@@ -11,7 +11,10 @@ Randomness comes only from ``generator``: None (torch's global RNG), a torch.Gen
 or a ``StackedGenerator`` (one stream per sample, so a sample never depends on its batch).
 ``callback(info)`` is called after step i with the dict info = {"x": the new x, "i": i,
 "sigma": σ_i, "sigma_next": σ_{i+1}, "denoised": x̂₀ = D(x, σ_i) at the step's start}
-(k-diffusion's convention). A sampler's own settings (DDIM's η) come in the ``options``
+(k-diffusion's convention). Samplers run under ``torch.inference_mode`` and return an
+ordinary tensor; the tensors a callback sees are inference tensors (clone one to change it
+in place or to use it with autograd later), and a denoiser that needs autograd inside
+opens ``torch.inference_mode(False)`` on a clone of its input. A sampler's own settings (DDIM's η) come in the ``options``
 mapping, with the defaults of ``SAMPLER_OPTIONS``; ``sampler_options`` picks a sampler's
 own from a caller's settings. Nothing is clipped unless asked:
 ``clip=(lo, hi)`` clamps every x̂₀ = D(x, σ) to [lo, hi] (Ho et al.'s clip_denoised), so the
@@ -24,6 +27,7 @@ training set's mean μ and covariance Σ (``forward_prior``).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -228,9 +232,10 @@ def _levels(sigmas) -> list[float]:
 # A sampler's loop does the network's work and little else: the denoiser at each level and
 # every per-step coefficient are made before the loop (``_denoise_steps``; a coefficient is
 # a Python number, which an operation rounds as the textbook's does, with no tensor per
-# step), StackedGenerator noise comes in blocks of steps (``_noises``), and the arithmetic runs
-# in place on the step's own temporaries, in the order and with the roundings of the
-# textbook expressions each docstring gives: the same numbers, bit for bit. Euler–Maruyama
+# step), noise comes in blocks of steps where that gives the same numbers (``_noises``), the
+# per-step views of a table are made a chunk at a time, and the arithmetic runs in place on
+# the step's own temporaries, in the order and with the roundings of the textbook
+# expressions each docstring gives: the same numbers, bit for bit. Euler–Maruyama
 # is the exception: its step reads the residual D(x, σ) − x straight from the network
 # (``_residual_fields``: σF rounded once, not the difference of x + σF and x) and adds it
 # with one fused product (SAMPLER_REVISIONS).
@@ -272,28 +277,58 @@ def _numbers(values: list[float], x: torch.Tensor) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.float64).to(x.device, dtype)
 
 
-_NOISE_BLOCK = 2**20  # numbers per block of StackedGenerator draws (_noises)
+_NOISE_BLOCK = 2**20  # numbers per block of noise drawn ahead (_noises)
+_ROWS = 64  # per-step views made at a time: none is kept alive for the whole loop
 
 
 def _noises(x: torch.Tensor, generator, scales: list[float]):
     """c_k · z_k for the standard normal draws z_k shaped like x that a sampler makes, in
-    order, with c_k = scales[k]: one ``_noise`` each, or from a StackedGenerator several
-    steps' at a time (the same numbers: its streams do not depend on how draws are
-    grouped), with one transfer and one product a block. A subclass with its own
-    ``randn_like`` (``memgen.probes.recovery``) is called once a draw, as that is."""
-    blocks = (isinstance(generator, StackedGenerator)
-              and type(generator).randn_like is StackedGenerator.randn_like)
-    if not blocks:
+    order, with c_k = scales[k]: one ``_noise`` each, or several steps' at a time (one
+    draw and one product a block) where the numbers do not depend on how draws are
+    grouped (``_draws_group``)."""
+    if not _draws_group(x, generator):
         for c in scales:
             yield _noise(x, generator) * c
         return
     per = max(1, _NOISE_BLOCK // x.numel())
     for start in range(0, len(scales), per):
         c = _numbers(scales[start:start + per], x).view(-1, *([1] * x.ndim))
-        block = generator.randn((len(x), len(c), *x.shape[1:]), dtype=x.dtype, device=x.device)
-        block = block.transpose(0, 1).contiguous().mul_(c)  # (k, B, ...)
-        for k in range(len(c)):
-            yield block[k]  # views made one at a time, not a list of per-step tensors
+        if isinstance(generator, StackedGenerator):
+            block = generator.randn((len(x), len(c), *x.shape[1:]), dtype=x.dtype,
+                                    device=x.device).transpose(0, 1).contiguous()
+        else:
+            block = torch.randn((len(c), *x.shape), generator=generator, dtype=x.dtype)
+        block.mul_(c)  # (k, B, ...)
+        for rows in block.split(_ROWS):
+            yield from rows.unbind(0)
+
+
+def _draws_group(x: torch.Tensor, generator) -> bool:
+    """Whether one draw of k·n normals gives the numbers of k draws of n = x.numel():
+    always for a StackedGenerator (numpy's normals come one after another), unless a
+    subclass has its own ``randn_like`` (``memgen.probes.recovery``: called once a draw,
+    as that is); for torch's CPU generators (a torch.Generator, or None with x on the
+    CPU) where x is float32 or float64 and n a multiple of 16, as torch's CPU ``normal_``
+    turns its uniforms into normals 16 at a time (checked in tests/test_samplers.py)."""
+    if isinstance(generator, StackedGenerator):
+        return type(generator).randn_like is StackedGenerator.randn_like
+    if not (generator is None or isinstance(generator, torch.Generator)):
+        return False  # _noise refuses it
+    device = x.device if generator is None else generator.device
+    return (device.type == x.device.type == "cpu" and x.numel() % 16 == 0
+            and x.dtype in (torch.float32, torch.float64))
+
+
+def _inference(sampler):
+    """The sampler run under ``torch.inference_mode`` (no autograd state, version counters
+    or view tracking: the toy network's forwards ~20 % faster than under ``no_grad``), its
+    result copied out of the mode: an ordinary tensor, for autograd and in-place use."""
+    @functools.wraps(sampler)
+    def run(*args, **kwargs):
+        with torch.inference_mode():
+            x = sampler(*args, **kwargs)
+        return x.clone()
+    return run
 
 
 # --------------------------------------------------------------------------- samplers
@@ -304,7 +339,7 @@ def _report(callback, i: int, x, s: float, s_next: float, denoised) -> None:
         callback({"x": x, "i": i, "sigma": s, "sigma_next": s_next, "denoised": denoised})
 
 
-@torch.no_grad()
+@_inference
 def sample_euler_maruyama(denoiser, x, sigmas, *, clip=None, generator=None, callback=None,
                           options=None):
     """Reverse VE SDE, Euler–Maruyama (Song et al. 2021, "reverse diffusion" predictor):
@@ -322,6 +357,13 @@ def sample_euler_maruyama(denoiser, x, sigmas, *, clip=None, generator=None, cal
     gain = [v / s**2 for v, s in zip(var, levels)]  # var · score = (var/σ²) r
     noises = _noises(x, generator, [math.sqrt(v) * (t > 0) for v, t in zip(var, levels[1:])])
     x = x.clone()  # stepped in place, unless a callback keeps each x
+    if scales is not None and callback is None:  # the network's own residual, in place
+        for i, alpha, z in zip(range(len(var)), [g * c for g, c in zip(gain, scales)], noises):
+            f = field(x, i)
+            if f.dtype != x.dtype:  # a wider output moves the arithmetic to its dtype
+                x = x.to(torch.promote_types(x.dtype, f.dtype))
+            x.add_(f, alpha=alpha).add_(z)  # + √var · z · (σ_{i+1} > 0)
+        return x
     for i in range(len(var)):
         f, c, x0 = field(x, i), 1.0, None
         if scales is None:  # f is D(x, σ) itself: r = D − x
@@ -339,7 +381,7 @@ def sample_euler_maruyama(denoiser, x, sigmas, *, clip=None, generator=None, cal
     return x
 
 
-@torch.no_grad()
+@_inference
 def sample_heun(denoiser, x, sigmas, *, clip=None, generator=None, callback=None,
                 options=None):
     """Probability-flow ODE dx/dσ = (x − D(x, σ))/σ, Heun's 2nd order (Karras et al. 2022,
@@ -361,7 +403,7 @@ def sample_heun(denoiser, x, sigmas, *, clip=None, generator=None, callback=None
     return x
 
 
-@torch.no_grad()
+@_inference
 def sample_ddpm(denoiser, x, sigmas, *, clip=None, generator=None, callback=None,
                 options=None):
     """DDPM ancestral sampling (Ho et al. 2020, Alg. 2) in VE coordinates: with x̂0 = D(x, s),
@@ -391,7 +433,7 @@ def sample_ddpm(denoiser, x, sigmas, *, clip=None, generator=None, callback=None
     return x
 
 
-@torch.no_grad()
+@_inference
 def sample_ddim(denoiser, x, sigmas, *, clip=None, generator=None, callback=None,
                 options=None):
     """DDIM (Song, Meng & Ermon 2021, eq. 12) in VE coordinates: ε̂ = (x − x̂0)/s,
