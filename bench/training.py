@@ -34,7 +34,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from common import interleaved_best, model_bench_args
+import numpy as np
+from common import interleaved_runs, model_bench_args
 from sampling import with_others_cpu
 
 from memgen.diffusion.nets import count_parameters, get_preset
@@ -147,7 +148,9 @@ def report(rows: list[dict]) -> None:
         print(f"{r['preset']}: loop overhead over bare forward+backward+optimizer step "
               f"{100 * (loop - bare) / bare:.1f} % ({1e3 * loop:.3f} ms/step against "
               f"{1e3 * bare:.3f} ms); over the plain torch loop (fused Adam, no clipping, "
-              f"no EMA: {1e3 * plain:.3f} ms) {100 * (loop - plain) / plain:.1f} %")
+              f"no EMA: {1e3 * plain:.3f} ms) {100 * (loop - plain) / plain:.1f} %; median of "
+              f"{r['rounds']} paired rounds: {100 * r['paired'][0]:.1f} % over bare, "
+              f"{100 * r['paired'][1]:.1f} % over plain")
     print("\nms per step, by phase (replica)\n\n| preset | " + " | ".join(PHASES)
           + " | total |\n|---|" + "---:|" * (len(PHASES) + 1))
     for r in rows:
@@ -170,11 +173,17 @@ def main(argv=None) -> None:
         plan = {f"{preset} train()": with_others_cpu(train_run(config, data)),
                 f"{preset} replica": with_others_cpu(replica_run(config, data, half)),
                 f"{preset} plain": with_others_cpu(plain_run(config, data, half))}
-        best = interleaved_best(plan, args.repeats)
+        runs = interleaved_runs(plan, args.repeats)
+        best = {name: min(timings, key=lambda t: t.seconds) for name, timings in runs.items()}
         (log, others_t), (phases, others_r), (plain, _) = (best[k].output for k in plan)
+        # per round: train()'s loop against the bare step and the plain loop of that round
+        rounds = [(1 / a.output[0]["loop it/s"], sum(b.output[0][k] for k in BARE),
+                   c.output[0]["plain s/step"]) for a, b, c in zip(*runs.values())]
         rows.append({"preset": preset, "params": count_parameters(get_preset(preset).build()),
                      "call it/s": iters / best[f"{preset} train()"].seconds, **log, **plain,
-                     "phases": phases, "others": f"{100 * others_t:.0f} / {100 * others_r:.0f} %"})
+                     "phases": phases, "others": f"{100 * others_t:.0f} / {100 * others_r:.0f} %",
+                     "paired": [float(np.median([r[0] / r[k] - 1 for r in rounds]))
+                                for k in (1, 2)], "rounds": len(rounds)})
     report(rows)
 
 
