@@ -3,19 +3,22 @@
 One run measures, per preset, on one fixed batch (defaults: batch 64, 100 steps for the
 U-Nets on the DDPM ladder ``VPSchedule().sigmas(100)``, the 1000-level VE ladder of the toy):
 
-1. the floor: N forwards of the network (N = the ladder's steps) in eval mode, under
-   ``torch.inference_mode`` as the samplers run (the same forwards under ``no_grad``, a
-   user's plain loop, are timed too: their overhead column is their cost over the floor);
+1. N forwards of the network on one fixed input (N = the ladder's steps), eval mode, under
+   ``torch.inference_mode`` as the samplers run, and the same under ``no_grad`` (a plain
+   user loop); their "overhead vs floor" column is per forward, against the first;
 2. every sampler through its denoiser (``EpsDenoiser`` for the U-Nets, ``ScoreDenoiser`` for
-   the MLP), stochastic ones once with a ``StackedGenerator`` (per-sample numpy streams,
-   drawn by the samplers in blocks of steps) and once with a ``torch.Generator``.
+   the MLP), stochastic ones once with a ``StackedGenerator`` (per-sample numpy streams)
+   and once with a ``torch.Generator``, each after its own floor ("… floor"): the very
+   forwards it makes, on the inputs it gave them (recorded in one run beforehand), timed
+   bare. A network's time depends on its inputs (the toy's sin and cos take longer on
+   larger arguments), so a sampler is compared with its own forwards, not a fixed one's.
 
-Overhead over the bare network forwards = (sampler time − forwards × floor per forward)/
-(forwards × floor per forward) (Heun makes 2N − 1 forwards), printed per run after the
-table. The network, the denoiser's ``t_from_sigma`` (once per run: the ladder's times are
-computed before the loop) and the StackedGenerator draws are also timed inside each
-sampler run ("in-run": overhead = sampler time / time in the network − 1), which splits
-it without run-to-run noise.
+Overhead over the bare network forwards = sampler time / its floor's time − 1: for the best
+run of each, and as the median over rounds of the ratio within a round (a slow stretch of
+the machine slows both of a pair), printed after the table. The network, the denoiser's
+``t_from_sigma`` (once per run: the ladder's times are computed before the loop) and the
+StackedGenerator draws are also timed inside each sampler run ("in-run": overhead =
+sampler time / time in the network − 1, the timers' own ~0.4 µs a call included).
 
     .venv/bin/python bench/sampling.py [--presets fmnist-cpu-16 fmnist-cpu-28 toy-mlp
                                         --batch 64 --steps 100 --mlp-steps 1000 --repeats 1]
@@ -179,10 +182,10 @@ def report(runs: dict, batch: int) -> None:
         (clock, _), others = timing.output
         n, net_s, total = clock.calls["net"], clock.seconds["net"], timing.seconds
         if name.endswith((" forwards", " no_grad", " floor")):  # bare forwards
-            base = base or total
+            base = base or total / n  # per forward, the fixed input's under inference_mode
             floors[name] = total
             print(f"| {name} | {n} | {total:.3f} | {1e3 * total / n:.2f} | – "
-                  f"| {100 * (total - base) / base:.1f} % |" + " – |" * 4
+                  f"| {100 * (total / n - base) / base:.1f} % |" + " – |" * 4
                   + f" {100 * others:.0f} % |")
             continue
         floor = floors[f"{name} floor"]

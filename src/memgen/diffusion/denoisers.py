@@ -8,9 +8,9 @@ every denoiser is built from its source by ``memgen.diffusion.loaders.load_denoi
 
 Denoisers are differentiable in x (for Jacobians, divergences and Hessian-vector
 products) and build no graph otherwise: network weights are frozen, and the samplers
-run under ``torch.inference_mode()``. The network denoisers also offer ``at_levels``: D(·, σ) at
-each level of a ladder, their per-level constants computed once for all (the samplers'
-loop, ``memgen.diffusion.samplers``).
+run under ``torch.inference_mode()``. The network denoisers also offer ``at_levels``:
+D(·, σ) at each level of a ladder, their per-level constants computed once for all (the
+samplers' loop, ``memgen.diffusion.samplers``).
 """
 
 from __future__ import annotations

@@ -14,9 +14,9 @@ or a ``StackedGenerator`` (one stream per sample, so a sample never depends on i
 (k-diffusion's convention). Samplers run under ``torch.inference_mode`` and return an
 ordinary tensor; the tensors a callback sees are inference tensors (clone one to change it
 in place or to use it with autograd later), and a denoiser that needs autograd inside
-opens ``torch.inference_mode(False)`` on a clone of its input. A sampler's own settings (DDIM's η) come in the ``options``
-mapping, with the defaults of ``SAMPLER_OPTIONS``; ``sampler_options`` picks a sampler's
-own from a caller's settings. Nothing is clipped unless asked:
+opens ``torch.inference_mode(False)`` on a clone of its input. A sampler's own settings
+(DDIM's η) come in the ``options`` mapping, with the defaults of ``SAMPLER_OPTIONS``;
+``sampler_options`` picks a sampler's own from a caller's settings. Nothing is clipped unless asked:
 ``clip=(lo, hi)`` clamps every x̂₀ = D(x, σ) to [lo, hi] (Ho et al.'s clip_denoised), so the
 sampler then follows that clipped field, not the model's own ODE/SDE.
 
@@ -320,9 +320,10 @@ def _draws_group(x: torch.Tensor, generator) -> bool:
 
 
 def _inference(sampler):
-    """The sampler run under ``torch.inference_mode`` (no autograd state, version counters
-    or view tracking: the toy network's forwards ~20 % faster than under ``no_grad``), its
-    result copied out of the mode: an ordinary tensor, for autograd and in-place use."""
+    """The sampler run under ``torch.inference_mode`` (no version counters or view
+    tracking: the toy's in-place sums and row views take ~0.8 µs less of the ~4 µs a step
+    they take under ``no_grad``; the network's forwards cost the same), its result copied
+    out of the mode: an ordinary tensor, for autograd and in-place use."""
     @functools.wraps(sampler)
     def run(*args, **kwargs):
         with torch.inference_mode():
