@@ -153,15 +153,15 @@ def runs(preset: str, batch: int, steps: int) -> dict:
     fixed = [(x, t)] * steps
     plan = {f"{preset} forwards": forwards(torch.inference_mode, fixed),
             f"{preset} forwards no_grad": forwards(torch.no_grad, fixed)}
-    runs = ([("euler_maruyama", "stacked", stacked), ("euler_maruyama", "torch", torch_gen)]
-            if cls is ScoreDenoiser else
-            [("ddpm", "stacked", stacked), ("ddpm", "torch", torch_gen), ("ddim", "", none),
-             ("heun", "", none)])
+    samplers = ([("euler_maruyama", "stacked", stacked), ("euler_maruyama", "torch", torch_gen)]
+                if cls is ScoreDenoiser else
+                [("ddpm", "stacked", stacked), ("ddpm", "torch", torch_gen), ("ddim", "", none),
+                 ("heun", "", none)])
     with torch.no_grad():  # warm-up: the allocator's cache and every code path
         for _ in range(5):
             net(x, t)
     get_sampler("heun")(cls(net, schedule), x.clone(), sigmas[-3:])
-    for name, gen_name, make_gen in runs:
+    for name, gen_name, make_gen in samplers:
         label = f"{preset} {name} {gen_name}".rstrip()
         plan[f"{label} floor"] = forwards(torch.inference_mode, inputs_of(name, make_gen))
         plan[label] = sampler(name, make_gen)

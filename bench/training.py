@@ -33,8 +33,8 @@ from collections import defaultdict
 from dataclasses import replace
 from pathlib import Path
 
-import torch
 import numpy as np
+import torch
 from common import interleaved_runs, model_bench_args
 from sampling import with_others_cpu
 

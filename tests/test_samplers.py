@@ -11,9 +11,8 @@ from memgen.diffusion.denoisers import (EmpiricalDenoiser, EpsDenoiser, Gaussian
                                          ScoreDenoiser)
 from memgen.diffusion.samplers import (SAMPLER_OPTIONS, SAMPLERS, GaussianPrior, StackedGenerator,
                                        _draws_group, clipped, get_sampler, initial_noise,
-                                       sample_ddim,
-                                       sample_ddpm, sample_euler_maruyama, sample_heun,
-                                       sampler_options, ve_sigmas)
+                                       sample_ddim, sample_ddpm, sample_euler_maruyama,
+                                       sample_heun, sampler_options, ve_sigmas)
 from memgen.diffusion.schedules import VESchedule, VPSchedule
 
 F64 = torch.float64
@@ -292,7 +291,7 @@ def _textbook_cases():
             (GaussianDenoiser(MU, COV), VESchedule().sigmas(40), F64)]
 
 
-@pytest.mark.parametrize("batch", [5, 8])  # x.numel() 10 and 16: torch's draws one a step
+@pytest.mark.parametrize("batch", [5, 8])  # 10 numbers a step (drawn a step at a time), 16
 @pytest.mark.parametrize("name", [name for name in SAMPLERS if name != "euler_maruyama"])
 def test_samplers_give_their_textbook_loops_numbers_to_the_bit(name, batch):
     """Network denoisers in float32 (their levels made at once, ``at_levels``) and the
