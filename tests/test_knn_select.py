@@ -10,6 +10,7 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
+from memgen.errors import UserError
 from memgen.metrics.knn import brute_force_knn, knn_search
 
 knn_module = importlib.import_module("memgen.metrics.knn")  # memgen.metrics.knn is also a function
@@ -115,7 +116,7 @@ def test_a_positive_bound_whose_square_underflows_keeps_distance_zero():
 def test_a_bound_is_checked():
     q = torch.zeros(3, 2)
     for bad in (torch.zeros(2), torch.tensor([0.0, -1.0, 0.0]), torch.tensor([0.0, np.nan, 1.0])):
-        with pytest.raises(ValueError, match="bound"):
+        with pytest.raises(UserError, match="bound"):
             knn_search(q, q, 1, bound=bad)
 
 

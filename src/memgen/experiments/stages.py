@@ -189,7 +189,7 @@ def generate_stage(run: Path, which: str, n: int, seed: int, train_key: str,
         t0 = time.perf_counter()
         denoiser, schedule = _denoiser(checkpoint, train, config)
         s = config.sample
-        gen = GenerateConfig(n=n, sampler=s.sampler or schedule.default_sampler, steps=s.steps,
+        gen = GenerateConfig(n=n, sampler=sampler_name(config), steps=s.steps,  # as the key
                              eta=s.eta, seed=seed, batch_size=s.batch_size,
                              shard_size=max(n // 4, 256),
                              name=which, clip=train.ndim == 4, final_denoise=s.final_denoise,

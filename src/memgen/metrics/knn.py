@@ -218,7 +218,7 @@ def _squared_bounds(bound, n: int, d: int, device) -> torch.Tensor | None:
         return None
     bound = torch.as_tensor(bound, dtype=torch.float64, device=device)
     if bound.shape != (n,) or torch.isnan(bound).any() or (bound < 0).any():
-        raise ValueError(f"bound must be ({n},) non-negative distances")
+        raise UserError(f"bound must be ({n},) non-negative distances")
     tau = bound.square() * (1 + (d + 8) * 2.0**-52)
     # a positive bound whose square underflows still admits the references at distance 0
     return torch.where(bound > 0, tau.clamp(min=torch.finfo(torch.float64).tiny), tau)
