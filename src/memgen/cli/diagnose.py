@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from memgen.cli.models import checkpoint_net, model_from_options
-from memgen.cli.options import SEED, model_source_options, overwrite_option, show_progress
+from memgen.cli.options import (SEED, device_option, model_source_options, overwrite_option,
+                                show_progress)
 from memgen.data import DATASETS
 from memgen.diffusion.loaders import load_denoiser
 from memgen.diffusion.training import training_samples
@@ -53,7 +54,7 @@ FILES = ("diagnose.csv", "diagnose.json", "diagnose.png")
 @click.option("--n", type=int, default=256, show_default=True, help="Queries per level.")
 @click.option("--batch-size", type=int, default=256, show_default=True)
 @click.option("--seed", type=SEED, default=0, show_default=True)
-@click.option("--device", default="cpu", show_default=True)
+@device_option
 @click.option("--progress/--no-progress", default=True, show_default=True,
               help="A progress bar over the noise levels (on stderr).")
 @click.option("--out", required=True, type=click.Path(file_okay=False),

@@ -12,7 +12,8 @@ import click
 import numpy as np
 import torch
 
-from memgen.cli.options import SEED, model_source_options, overwrite_option, show_progress
+from memgen.cli.options import (SEED, device_option, model_source_options, overwrite_option,
+                                show_progress)
 from memgen.data import DATASETS
 from memgen.diffusion.generate import GenerateConfig, generate as generate_set
 from memgen.diffusion.loaders import LoadedModel, load_denoiser
@@ -61,7 +62,7 @@ from memgen.io import (atomic_file, check_output_dir, claim_output_dir, load_sam
               default=TrainConfig.compile, show_default=True,
               help="torch.compile the loss; reduce-overhead: with CUDA graphs (GPU). Runs "
                    "eagerly, with a warning, where compiling fails.")
-@click.option("--device", default="cpu", show_default=True)
+@device_option
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="Run folder: checkpoint.pt, log.jsonl, train.npz; resumes if present.")
 @overwrite_option
@@ -124,7 +125,7 @@ def train(data, train_path, K, split_seed, half, data_root, preset, objective, i
 @click.option("--batch-size", type=int, default=256, show_default=True)
 @click.option("--shard-size", type=int, default=1000, show_default=True)
 @click.option("--name", default="samples", show_default=True, help="File name of the set.")
-@click.option("--device", default="cpu", show_default=True)
+@device_option
 @click.option("--reference-layout", "reference_K", type=click.IntRange(min=1), metavar="K",
               help="Also write OUT/reference/K.npz in the paper authors' layout (their "
                    "run_generate.py's: compressed, key samples, float32 N×C×H×W in [-1, 1]; "

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from memgen.cli.models import model_from_options
-from memgen.cli.options import SEED, overwrite_option, show_progress
+from memgen.cli.options import SEED, device_option, overwrite_option, show_progress
 from memgen.data import DATASETS, default_split_seed, load_dataset, nested_indices
 from memgen.diffusion.generate import GenerateConfig, generate
 from memgen.diffusion.samplers import SAMPLERS
@@ -122,7 +122,7 @@ def _save_pairs(path: Path, train: np.ndarray, found) -> None:
 @click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--metric", type=click.Choice(tuple(FEATURE_MAPS)), default="l2", show_default=True,
               help=METRIC_HELP)
-@click.option("--device", default="cpu", show_default=True)
+@device_option
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="Output folder: halves.csv, summary.json, samples-a/b.npz, pairs.png.")
 @overwrite_option
@@ -190,7 +190,7 @@ def model_options(fn):
                      help="labels.npz of memgen classify (or a sweep's classify stage) for "
                           "these samples: results are summarised per label."),
         click.option("--limit", type=int, help="Analyse only the first N samples."),
-        click.option("--device", default="cpu", show_default=True),
+        device_option,
         click.option("--out", required=True, type=click.Path(file_okay=False)),
         overwrite_option,
     ]
