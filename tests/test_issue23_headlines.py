@@ -151,3 +151,152 @@ def test_real_images_as_samples_reach_gc_and_noise_does_not(tmp_path):
     fake = capacities(read_fraction_table(tmp_path / "noise.csv"), n_resamples=50)["GC"]
     assert fake.value is None and str(fake).startswith(
         "GC: not reached — at K = 128 the generalized samples have precision 0.00 against")
+
+
+# ------------------------------------------------------------ 2. hygiene halves
+
+
+def _train(out: Path, *args) -> Path:
+    ok(run("train", *args, "--checkpoint-every", 1000, "--out", out))
+    return out / "checkpoint.pt"
+
+
+@pytest.fixture(scope="module")
+def circle_models(tmp_path_factory):
+    """Toy models on the circle: K = 8 of half 1 (two seeds), K = 8 of half 2, K = 32."""
+    root = tmp_path_factory.mktemp("halves")
+    common = ("--data", "circle", "--preset", "toy-mlp", "--iterations", 3)
+    return {"a": _train(root / "a", *common, "--K", 8),
+            "a-seed": _train(root / "a-seed", *common, "--K", 8, "--seed", 5),
+            "b": _train(root / "b", *common, "--K", 8, "--half", 2),
+            "big": _train(root / "big", *common, "--K", 32)}
+
+
+def _halves(a, b, out, *extra):
+    return run("hygiene", "halves", "--checkpoint-a", a, "--checkpoint-b", b, "--n", 12,
+               "--steps", 5, *extra, "--out", out)
+
+
+def test_halves_refuses_the_same_model_twice(circle_models, tmp_path):
+    out = tmp_path / "h"
+    assert_fails(_halves(circle_models["a"], circle_models["a"], out), "the same model", out,
+                 tmp_path)
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for name in ("checkpoint.pt", "train.npz"):  # the same bytes in another folder
+        (copy / name).write_bytes((circle_models["a"].parent / name).read_bytes())
+    assert_fails(_halves(circle_models["a"], copy / "checkpoint.pt", out), "identical bytes",
+                 out, tmp_path)
+    # another seed on the same training set: not two halves either
+    assert_fails(_halves(circle_models["a"], circle_models["a-seed"], out),
+                 "trained on the same training set", out, tmp_path)
+
+
+def test_halves_refuses_nested_and_overlapping_sets(circle_models, tmp_path):
+    out = tmp_path / "h"
+    assert_fails(_halves(circle_models["a"], circle_models["big"], out),
+                 "nested: the 8 of model a are among the 32 of model b", out, tmp_path)
+    # a --train-b that is not the set its checkpoint records is refused as well
+    other = save(tmp_path / "other.npz", np.load(circle_models["big"].parent / "train.npz")
+                 ["samples"][:8])
+    assert_fails(_halves(circle_models["a"], circle_models["b"], out, "--train-b", other),
+                 "is not the training set of", out, tmp_path)
+    # a set of a model without train.npz that shares samples with the other: refused
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "checkpoint.pt").write_bytes(circle_models["b"].read_bytes())
+    mixed = np.load(circle_models["a"].parent / "train.npz")["samples"].copy()
+    mixed[4:] = np.load(circle_models["b"].parent / "train.npz")["samples"][4:]
+    result = _halves(circle_models["a"], bare / "checkpoint.pt", out, "--train-b",
+                     save(tmp_path / "mixed.npz", mixed))
+    assert result.exit_code == 1 and "share 4 samples" in result.output
+    assert not out.exists()
+
+
+def test_halves_disjoint_models_run_and_report_quality(circle_models, tmp_path):
+    result = ok(_halves(circle_models["a"], circle_models["b"], tmp_path / "h"))
+    summary = json.loads((tmp_path / "h" / "summary.json").read_text())
+    assert set(summary["quality"]) >= {"precision_a", "precision_b", "baseline_a",
+                                       "baseline_b", "off_data", "meaning"}
+    assert "sample quality: precision" in result.output
+
+
+def test_two_noise_models_are_flagged_not_read_as_generalizing(tmp_path):
+    """Two U-Nets trained 2 steps on disjoint halves of the digits return (nearly) the same
+    noise from the same seed: "closer to each other than to any training image: 100%", the
+    generalization signature — but their precision against real digits is 0."""
+    pytest.importorskip("sklearn")
+    common = ("--data", "digits", "--K", 32, "--preset", "digits-8", "--iterations", 2)
+    a = _train(tmp_path / "a", *common)
+    b = _train(tmp_path / "b", *common, "--half", 2)
+    result = ok(_halves(a, b, tmp_path / "h"))
+    summary = json.loads((tmp_path / "h" / "summary.json").read_text())
+    assert summary["share_closer_to_each_other"] == 1.0  # what the old output read as 100 %
+    q = summary["quality"]
+    assert q["off_data"] and q["precision_a"] < 0.5 * q["baseline_a"]
+    assert "not a generalization signature: the samples are off the data" in result.output
+
+
+def test_halves_quality_tells_real_images_from_noise():
+    pytest.importorskip("sklearn")
+    from memgen.data import load_dataset
+    from memgen.metrics.hygiene import halves_quality
+
+    pool = load_dataset("digits", "train")
+    a, b, unseen = pool[:100], pool[100:200], pool[200:240]
+    real = halves_quality(unseen[:20], unseen[20:], a, b)
+    assert not real.off_data and real.precision_a > 0.5 * real.baseline_a
+    noise = np.random.default_rng(0).uniform(-1, 1, (20, *pool.shape[1:])).astype(np.float32)
+    fake = halves_quality(noise, unseen[20:], a, b)
+    assert fake.off_data and fake.precision_a == 0.0
+
+
+# ------------------------------------------------------------ 3. diagnose
+
+
+@pytest.fixture(scope="module")
+def half_two(tmp_path_factory):
+    """A toy model trained on the second 4 of the circle's split (--half 2)."""
+    return _train(tmp_path_factory.mktemp("diag") / "run", "--data", "circle", "--K", 4,
+                  "--half", 2, "--preset", "toy-mlp", "--iterations", 3)
+
+
+def _diagnose(ckpt, out, *extra):
+    return run("diagnose", "--no-progress", "--checkpoint", ckpt, "--sigma", 0.1, 1, "--n", 8,
+               *extra, "--out", out)
+
+
+def test_diagnose_builds_the_exact_denoiser_from_the_checkpoints_own_set(half_two, tmp_path,
+                                                                         monkeypatch):
+    import memgen.cli.diagnose as diagnose_cli
+
+    built = []
+    real = diagnose_cli.load_denoiser
+
+    def spy(**kwargs):
+        built.append(kwargs.get("exact"))
+        return real(**kwargs)
+
+    monkeypatch.setattr(diagnose_cli, "load_denoiser", spy)
+    ok(_diagnose(half_two, tmp_path / "d"))
+    recorded = np.load(half_two.parent / "train.npz")["samples"]
+    np.testing.assert_array_equal(built[-1], recorded)
+    assert json.loads((tmp_path / "d" / "diagnose.json").read_text())["train"].endswith(
+        "train.npz")
+    # naming the same set again (--data circle --K 4 --half 2) is accepted: the same numbers
+    ok(_diagnose(half_two, tmp_path / "again", "--data", "circle", "--K", 4, "--half", 2))
+    np.testing.assert_array_equal(built[-1], recorded)
+    assert ((tmp_path / "d" / "diagnose.csv").read_text()
+            == (tmp_path / "again" / "diagnose.csv").read_text())
+
+
+@pytest.mark.parametrize("extra, phrase", [
+    (["--data", "circle", "--K", 4], "--data circle --K 4 is not the training set of"),
+    (["--data", "circle", "--K", 8, "--half", 2], "--data circle --K 8 --half 2 is not the"),
+    (["--train", "{other}"], "other.npz is not the training set of"),
+])
+def test_diagnose_refuses_a_data_k_that_is_not_the_checkpoints(half_two, tmp_path, extra, phrase):
+    other = save(tmp_path / "other.npz", np.zeros((4, 2), np.float32))
+    out = tmp_path / "d"
+    result = _diagnose(half_two, out, *[str(e).format(other=other) for e in extra])
+    assert_fails(result, phrase, out, tmp_path)
