@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import csv
 import json
+import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -300,3 +302,132 @@ def test_diagnose_refuses_a_data_k_that_is_not_the_checkpoints(half_two, tmp_pat
     out = tmp_path / "d"
     result = _diagnose(half_two, out, *[str(e).format(other=other) for e in extra])
     assert_fails(result, phrase, out, tmp_path)
+
+
+# ------------------------------------------------------------ 4. the Python API
+
+
+@pytest.fixture(scope="module")
+def api_sets():
+    rng = np.random.default_rng(5)
+    train = rng.normal(size=(60, 6)).astype(np.float32)
+    samples = np.concatenate([train[:10] + 0.01 * rng.normal(size=(10, 6)),
+                              rng.normal(size=(30, 6))]).astype(np.float32)
+    return train, samples, rng.normal(size=(200, 6)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def result(api_sets):
+    train, samples, heldout = api_sets
+    return memgen.classify(train, samples, heldout=heldout)
+
+
+def test_classification_repr_is_a_few_lines_not_arrays(result):
+    text = repr(result)
+    lines = text.splitlines()
+    assert 4 <= len(lines) <= 8 and "array(" not in text and "Neighbours(" not in text
+    assert lines[0].startswith("Classification of 40 samples: rule paper")
+    assert lines[1].split()[:2] == ["memorized", f"{result.fractions['memorized']:.4f}"]
+    assert "null" in lines[1] and "precision" in text
+
+
+def test_capacities_repr_is_the_three_lines_of_the_cli(tmp_path):
+    table = _write_table(tmp_path / "fractions.csv", MAIN_JOB)
+    caps = memgen.capacities(table, bootstrap=100)
+    cli = ok(run("capacities", table, "--bootstrap", 100)).output.strip()
+    assert repr(caps) == cli and len(repr(caps).splitlines()) == 3
+    assert repr(caps["GC"]) == f"Capacity({cli.splitlines()[2]})"
+    assert caps.as_dict()["GC"]["value"] == 128 and caps.epsilon == 0.1
+
+
+def test_label_names_and_null_rates_in_the_shape_of_the_fractions(result, api_sets):
+    assert result.label_names == ("memorized", "spurious", "generalized")
+    assert list(result.named_labels[:3]) == [result.label_names[c] for c in result.labels[:3]]
+    assert set(result.null_rates) == set(result.fractions)
+    assert result.null_rates == result.summary()["null"]["fractions"]
+    assert {k: list(v) for k, v in result.null_ci95.items()} == result.summary()["null"]["ci95"]
+    assert memgen.classify(*api_sets[:2]).null_rates is None
+
+
+def test_to_frame_has_one_row_per_sample_with_named_columns(result):
+    pd = pytest.importorskip("pandas")
+    frame = result.to_frame()
+    assert isinstance(frame, pd.DataFrame) and len(frame) == 40
+    assert list(frame.columns) == ["label", "d1", "d2", "s1", "train_idx", "synth_idx",
+                                   "in_manifold"]
+    assert list(frame["label"]) == list(result.named_labels)
+    np.testing.assert_array_equal(frame["d2"], result.neighbours.train_dist[:, 1])
+    np.testing.assert_array_equal(frame["s1"], result.neighbours.synth_dist[:, 0])
+    assert frame["in_manifold"].mean() == result.quality.quality.precision
+
+
+def test_to_frame_without_pandas_says_so(result, monkeypatch):
+    monkeypatch.setitem(sys.modules, "pandas", None)  # import pandas now fails
+    with pytest.raises(ImportError, match="to_frame\\(\\) needs pandas: pip install pandas"):
+        result.to_frame()
+
+
+def test_memory_budget_is_mib_as_on_the_cli(api_sets, tmp_path):
+    train, samples, _ = api_sets
+    api = memgen.classify(train, samples, memory_budget=1).summary()["config"]
+    out = tmp_path / "out"
+    ok(run("classify", "--train", save(tmp_path / "t.npz", train), "--eval",
+           save(tmp_path / "e.npz", samples), "--memory-budget", 1, "--out", out))
+    cli = json.loads((out / "summary.json").read_text())["config"]
+    assert api["memory_budget"] == cli["memory_budget"] == 2**20
+    with pytest.warns(DeprecationWarning, match="read as bytes"):  # the former unit
+        config = memgen.classify(train, samples, memory_budget=2**29).summary()["config"]
+    assert config["memory_budget"] == 2**29
+    with pytest.raises(memgen.UserError, match="positive number of MiB"):
+        memgen.classify(train, samples, memory_budget=0)
+    dist, _ = memgen.knn(samples, train, 3, memory_budget=0.001)  # a 1 kB block: still exact
+    np.testing.assert_array_equal(dist, memgen.knn(samples, train, 3)[0])
+
+
+def test_parameters_carry_the_cli_names_and_the_former_ones_warn(api_sets, tmp_path):
+    train, samples, _ = api_sets
+    labels = memgen.classify(train, eval=samples).labels
+    with pytest.warns(DeprecationWarning, match="samples= is now eval="):
+        np.testing.assert_array_equal(memgen.classify(train, samples=samples).labels, labels)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'sample'"):
+        memgen.classify(train, sample=samples)
+    table = _write_table(tmp_path / "fractions.csv", MAIN_JOB)
+    with pytest.warns(DeprecationWarning, match="n_resamples= is now bootstrap="):
+        old = memgen.capacities(table, n_resamples=50)
+    assert old.as_dict() == memgen.capacities(table, bootstrap=50).as_dict()
+
+
+GOOD = dict(K=[2, 8], fractions=[[1, 0, 0], [0, 0, 1]])
+
+
+@pytest.mark.parametrize("table, phrase", [
+    (dict(K=[], fractions=np.zeros((0, 3))), "non-empty"),
+    (dict(K=[8, 2], fractions=GOOD["fractions"]), "increasing order"),
+    (dict(K=[2, 2], fractions=GOOD["fractions"]), "only once"),
+    (dict(K=[2, 8], fractions=[[1.5, -0.5, 0], [0, 0, 1]]), "[0, 1]"),
+    (dict(K=[2, 8], fractions=[[np.nan, 0, 1], [0, 0, 1]]), "[0, 1]"),
+    (dict(K=[2, 8, 32], fractions=GOOD["fractions"]), "shape"),
+    (dict(K=[2, 8], fractions=[[1, 0], [0, 1]]), "shape"),
+    (dict(**GOOD, n_eval=[10]), "n_eval has shape"),
+    (dict(**GOOD, n_eval=[10, 0]), "n_eval must be at least 1"),
+    (dict(K=[2.5, 8], fractions=GOOD["fractions"]), "whole numbers"),
+    (dict(K=["a", "b"], fractions=GOOD["fractions"]), "must hold numbers"),
+    (dict(**GOOD, precision=[[1.2, 0, 0], [0, 0, 1]], heldout_precision=[1, 1]), "precisions"),
+])
+def test_capacities_bad_tables_are_user_errors(table, phrase):
+    with pytest.raises(memgen.UserError, match=re.escape(phrase)):
+        memgen.capacities(FractionTable(**table))
+
+
+@pytest.mark.parametrize("call, phrase", [
+    (lambda t: memgen.capacities({"K": [2]}), "FractionTable or the path"),
+    (lambda t: memgen.capacities(t, epsilon=1.5), "epsilon"),
+    (lambda t: memgen.capacities(t, epsilon=float("nan")), "epsilon"),
+    (lambda t: memgen.capacities(t, bootstrap=0), "resamples"),
+    (lambda t: memgen.capacities(t, bootstrap=2.5), "resamples"),
+    (lambda t: memgen.capacities(t, seed=-1), "seed"),
+    (lambda t: memgen.capacities(Path("no/such/fractions.csv")), "no/such"),
+])
+def test_capacities_bad_arguments_are_user_errors(call, phrase):
+    with pytest.raises(memgen.UserError, match=re.escape(phrase)):
+        call(FractionTable(**GOOD))
