@@ -114,7 +114,9 @@ def test_a_30_step_sweep_does_not_report_gc(tmp_path):
     assert line.startswith("GC: not reached — at K = 8 the generalized samples have precision")
     caps = json.loads((run_dir / "capacities.json").read_text())
     assert caps["GC"]["value"] is None and caps["GC"]["off_data"][0]["K"] == 8
-    assert "not reached — at K = 8 the generalized samples" in (run_dir / "report.html").read_text()
+    report = (run_dir / "report.html").read_text()
+    assert "not reached — at K = 8 the generalized samples" in report
+    assert "<th>K</th><th>precision</th>" in report  # the quality table, filled in
     # memgen capacities on the sweep's table applies the same rule
     again = ok(run("capacities", run_dir / "fractions.csv")).output.splitlines()[2]
     assert again.split(" (")[0] == line.split(" (")[0]

@@ -64,7 +64,8 @@ def _quality_section(results) -> str:
             "data, in the metric's feature space; in parentheses the same for held-out real "
             f"samples (the baseline). MC and GC count only the K whose memorized (MC) or "
             f"generalized (GC) samples have at least {QUALITY_SHARE:g} × the held-out "
-            "precision: samples off the data do not make a capacity.</p><table><tr><th>K</th>{head}<th>k</th><th>n real</th>"
+            "precision: samples off the data do not make a capacity.</p>"
+            f"<table><tr><th>K</th>{head}<th>k</th><th>n real</th>"
             f"</tr>{''.join(rows)}</table>{''.join(notes)}")
 
 
