@@ -399,6 +399,14 @@ def test_parameters_carry_the_cli_names_and_the_former_ones_warn(api_sets, tmp_p
     assert old.as_dict() == memgen.capacities(table, bootstrap=50).as_dict()
 
 
+def test_capacities_of_a_file_that_is_not_a_csv_is_a_user_error(tmp_path):
+    np.savez(tmp_path / "labels.npz", labels=np.zeros(4, np.int8))
+    assert_fails(run("capacities", tmp_path / "labels.npz"), "is not a CSV text file", None,
+                 tmp_path)
+    with pytest.raises(memgen.UserError, match="not a CSV text file"):
+        memgen.capacities(tmp_path / "labels.npz")
+
+
 GOOD = dict(K=[2, 8], fractions=[[1, 0, 0], [0, 0, 1]])
 
 
@@ -425,6 +433,7 @@ def test_capacities_bad_tables_are_user_errors(table, phrase):
     (lambda t: memgen.capacities({"K": [2]}), "FractionTable or the path"),
     (lambda t: memgen.capacities(t, epsilon=1.5), "epsilon"),
     (lambda t: memgen.capacities(t, epsilon=float("nan")), "epsilon"),
+    (lambda t: memgen.capacities(t, epsilon="0.1"), "epsilon"),
     (lambda t: memgen.capacities(t, bootstrap=0), "resamples"),
     (lambda t: memgen.capacities(t, bootstrap=2.5), "resamples"),
     (lambda t: memgen.capacities(t, seed=-1), "seed"),

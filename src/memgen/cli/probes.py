@@ -172,7 +172,10 @@ def _halves_sets(given: dict) -> dict:
     it, or --train-a/b where it records none), refused when the two are the same model
     (checkpoint bytes or training set) or the sets are not disjoint."""
     paths = [Path(ckpt) for ckpt, _ in given.values()]
-    if all(p.is_file() for p in paths) and _sha256(paths[0]) == _sha256(paths[1]):
+    for name, path in zip(given, paths):
+        if not path.is_file():
+            raise UserError(f"--checkpoint-{name}: no such file {path}")
+    if _sha256(paths[0]) == _sha256(paths[1]):
         raise UserError(f"--checkpoint-a and --checkpoint-b are the same model (identical "
                         f"bytes: {paths[0]}, {paths[1]}): the halves test needs two models "
                         "trained on disjoint halves")

@@ -37,6 +37,8 @@ the same gate). Tables without precision columns are not gated.
 
 from __future__ import annotations
 
+import csv
+import numbers
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -284,7 +286,7 @@ def capacities(table: FractionTable, eps: float = DEFAULT_EPSILON,
     MC and GC only at K whose samples are on the data (module docstring)."""
     if not isinstance(table, FractionTable):
         raise UserError(f"give a FractionTable or a fractions.csv, got {type(table).__name__}")
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < 1:
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not 0 < eps < 1:
         raise UserError(f"epsilon must lie in (0, 1), got {eps!r}")
     if isinstance(n_resamples, bool) or not isinstance(n_resamples, (int, np.integer)) \
             or n_resamples < 1:
@@ -417,7 +419,11 @@ def read_fraction_table(path: str | Path) -> FractionTable:
     n_eval, <label>_lo/_hi and null_<label> (each set used only when complete), and
     precision_<label> with baseline_precision (empty cells: not measured there)."""
     path = Path(path)
-    rows = read_csv_rows(path)
+    try:
+        rows = read_csv_rows(path)
+    except (UnicodeDecodeError, csv.Error) as err:  # a labels.npz, an image, ...
+        raise UserError(f"{path} is not a CSV text file ({type(err).__name__}): give the "
+                        "fractions.csv of memgen sweep or memgen aggregate") from None
     if not rows:
         raise UserError(f"{path} holds no rows")
     missing = [c for c in ("K", *LABEL_NAMES) if c not in rows[0]]
