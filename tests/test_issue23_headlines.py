@@ -331,6 +331,7 @@ def test_classification_repr_is_a_few_lines_not_arrays(result):
     assert lines[0].startswith("Classification of 40 samples: rule paper")
     assert lines[1].split()[:2] == ["memorized", f"{result.fractions['memorized']:.4f}"]
     assert "null" in lines[1] and "precision" in text
+    assert "array(" not in repr(result.quality) and len(repr(result.quality)) < 600
 
 
 def test_capacities_repr_is_the_three_lines_of_the_cli(tmp_path):
