@@ -25,7 +25,7 @@ FLOORS = {  # package prefix → floor, from the ground up
     "memgen": 8,  # the public API (memgen/__init__.py)
 }
 # optional or heavy dependencies that may be imported where they are used
-LAZY_ALLOWED = ("faiss", "ray", "diffusers", "prdc", "sklearn", "memgen.metrics.lpips",
+LAZY_ALLOWED = ("faiss", "ray", "diffusers", "prdc", "sklearn", "pandas", "memgen.metrics.lpips",
                 "torch.distributed")
 
 

@@ -8,6 +8,8 @@ The Python API reads like the command line::
     import memgen
 
     result = memgen.classify(train, samples, synth, heldout=held, rule="paper", metric="l2")
+    result                                                   # a few lines: fractions, null rates
+    result.to_frame()                                        # one row per sample (pandas)
     result.fractions["memorized"], result.ci95["memorized"], result.labels
     dist, idx = memgen.knn(samples, train, k=5)              # exact, (query, ref)
     caps = memgen.capacities("runs/tiny/fractions.csv")      # {"MC": ..., "SC": ..., "GC": ...}
@@ -25,7 +27,7 @@ from memgen._version import __version__
 
 _API = {  # public name → the module that defines it
     "classify": "memgen.api", "capacities": "memgen.api", "sweep": "memgen.api",
-    "Classification": "memgen.metrics.classify", "knn": "memgen.metrics.knn",
+    "Classification": "memgen.metrics.classify", "knn": "memgen.api",
     "load_config": "memgen.experiments.config", "UserError": "memgen.errors",
 }
 

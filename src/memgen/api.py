@@ -4,10 +4,16 @@
 Inputs are converted as the command line converts files: float arrays as they are
 (N×D or N×C×H×W), uint8 images from [0, 255] to [-1, 1]; a str or Path is read as a
 sample file (``--synth`` may also be a folder or glob of shards, streamed from disk).
+
+Parameters carry the command line's names and units: ``eval`` is ``--eval`` (formerly
+``samples``), ``bootstrap`` is ``--bootstrap`` (formerly ``n_resamples``), ``memory_budget``
+is ``--memory-budget`` in MiB (formerly bytes: a value of 2**20 or more is still read as
+bytes). The former names and a budget in bytes work, with a DeprecationWarning.
 """
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -18,58 +24,115 @@ from memgen.errors import UserError
 from memgen.experiments.config import SweepConfig, load_config
 from memgen.experiments.sweep import run_sweep
 from memgen.io import load_samples, validate_samples
-from memgen.metrics.capacity import (Capacity, FractionTable, capacities as table_capacities,
-                                     read_fraction_table)
+from memgen.metrics.capacity import (Capacities, FractionTable,
+                                     capacities as table_capacities, read_fraction_table)
 from memgen.metrics.classify import Classification, ClassifyConfig, classify_sets
+from memgen.metrics.knn import knn as knn_bytes
 from memgen.metrics.shards import open_shards
 
 SampleSet = np.ndarray | torch.Tensor | str | Path
 
 
-def classify(train: SampleSet, samples: SampleSet, synth: SampleSet | None = None, *,
-             heldout: SampleSet | None = None, rule: str = "paper",
-             delta_m: float | None = None, delta_s: float | None = None, metric: str = "l2",
-             k: int | None = None, alpha: float = 0.05, calibrate: bool = False,
-             dedup: bool = False, seed: int = 0, backend: str = "builtin",
-             memory_budget: int | None = None, progress: bool = False) -> Classification:
+def classify(train: SampleSet, eval: SampleSet | None = None,  # noqa: A002 (--eval)
+             synth: SampleSet | None = None, *, heldout: SampleSet | None = None,
+             rule: str = "paper", delta_m: float | None = None, delta_s: float | None = None,
+             metric: str = "l2", k: int | None = None, alpha: float = 0.05,
+             calibrate: bool = False, dedup: bool = False, seed: int = 0,
+             backend: str = "builtin", memory_budget: float | None = 512, state: str | None = None,
+             progress: bool = False, **former) -> Classification:
     """Label every sample memorized, spurious or generalized (eqs. 4–6) — ``memgen classify``.
 
-    train: the training set S; samples: the evaluated set; synth: the synthetic set S′
-    (None: the samples are their own, self-matches excluded); heldout: real data not in S
-    for null rates and calibrated thresholds. The result has ``labels`` (0 memorized,
-    1 spurious, 2 generalized), ``neighbours`` (distances and indices), ``fractions``,
-    ``ci95`` and ``counts`` by label name, the ``null`` rates and ``summary()``.
+    train: the training set S (--train); eval: the evaluated set (--eval); synth: the
+    synthetic set S′ (--synth; None: the evaluated samples are their own, self-matches
+    excluded); heldout: real data not in S for null rates, calibrated thresholds and sample
+    quality; memory_budget: MiB for one block of pairwise distances, as --memory-budget;
+    state: restart file for a streamed synth (a folder or glob of shards). The result has
+    ``labels`` (0 memorized, 1 spurious, 2 generalized; ``label_names``, ``named_labels``),
+    ``fractions``, ``ci95``, ``counts``, ``null_rates`` and ``null_ci95`` by label name,
+    ``neighbours``, ``summary()`` and ``to_frame()`` (pandas).
     """
+    eval = _renamed(former, "samples", "eval", eval, "classify")
+    if eval is None:
+        raise UserError("give the evaluated samples: classify(train, eval, ...)")
     config = ClassifyConfig(rule=rule, delta_m=delta_m, delta_s=delta_s, metric=metric, k=k,
                             alpha=alpha, calibrate=calibrate, seed=seed,
-                            memory_budget=memory_budget, backend=backend, dedup=dedup)
+                            memory_budget=_budget(memory_budget), backend=backend, dedup=dedup)
     config.make_rule()  # bad thresholds fail before any data is read
-    return classify_sets(_samples(samples, "samples"), _samples(train, "train"),
+    return classify_sets(_samples(eval, "eval"), _samples(train, "train"),
                          _synthetic(synth), None if heldout is None else
-                         _samples(heldout, "heldout"), config, progress=progress)
+                         _samples(heldout, "heldout"), config, progress=progress,
+                         state=None if state is None else str(state))
+
+
+def knn(query, ref, k: int, exclude_self: bool = False, *, memory_budget: float | None = 512,
+        margin: int = 8, progress: bool = False):
+    """Exact top-k Euclidean neighbours of each query row among the rows of ``ref``:
+    ``(dist, idx)``, each (n, k), ascending (``memgen.metrics.knn.knn``). exclude_self:
+    query *is* ref, and row i's own match is dropped by index. memory_budget: MiB for one
+    block of distances, as the command line's --memory-budget."""
+    return knn_bytes(query, ref, k, exclude_self, memory_budget=_budget(memory_budget),
+                     margin=margin, progress=progress)
 
 
 def capacities(table: FractionTable | str | Path, epsilon: float = 0.1,
-               n_resamples: int = 1000, seed: int = 0) -> dict[str, Capacity]:
+               bootstrap: int = 1000, seed: int = 0, **former) -> Capacities:
     """MC, SC and GC (eqs. 1–3) of a fraction table or a fractions.csv — ``memgen
-    capacities``. Each Capacity has its value, the share of bootstrap resamples that reach
-    it and an interval, and ``describe`` says it in one line."""
-    if not isinstance(table, FractionTable):
+    capacities`` (--epsilon, --bootstrap resamples, --seed). Each Capacity has its value,
+    the share of bootstrap resamples that reach it and an interval; printed, the result is
+    the command's three lines. MC and GC count only K whose samples are on the data (where
+    the table has precision columns: ``memgen.metrics.capacity``). Bad input: UserError."""
+    bootstrap = _renamed(former, "n_resamples", "bootstrap", bootstrap, "capacities",
+                         default=1000)
+    if isinstance(table, (str, Path)):
         table = read_fraction_table(table)
-    return table_capacities(table, epsilon, n_resamples, seed)
+    elif not isinstance(table, FractionTable):
+        raise UserError(f"give a FractionTable or the path of a fractions.csv, not "
+                        f"{type(table).__name__}")
+    return table_capacities(table, epsilon, bootstrap, seed)
 
 
 def sweep(config: SweepConfig | str | Path, out: str | Path, overrides: Sequence[str] = (),
           *, overwrite: bool = False, progress: bool = True) -> dict:
-    """Run a sweep over K — ``memgen sweep CONFIG --out OUT [--set key=value ...]`` — and
-    return its capacities.json payload; every output lands in ``out``."""
+    """Run a sweep over K — ``memgen sweep CONFIG --out OUT [--set key=value ...]``, the
+    overrides being --set's — and return its capacities (``as_dict()``: capacities.json);
+    every output lands in ``out``."""
     config_file = None
     if not isinstance(config, SweepConfig):
         config_file, config = config, load_config(config, overrides)
     elif overrides:
         raise UserError("overrides apply to a config file; change the SweepConfig instead")
-    return run_sweep(config, Path(out), progress=progress, overwrite=overwrite,
-                     config_file=config_file)
+    return Capacities.from_dict(run_sweep(config, Path(out), progress=progress,
+                                          overwrite=overwrite, config_file=config_file))
+
+
+def _renamed(former: dict, old: str, new: str, value, function: str, default=None):
+    """The value of a renamed parameter given by its former name (DeprecationWarning);
+    TypeError for any other unknown keyword, as Python gives."""
+    unknown = sorted(set(former) - {old})
+    if unknown:
+        raise TypeError(f"{function}() got an unexpected keyword argument {unknown[0]!r}")
+    if old not in former:
+        return value
+    if value is not default:
+        raise TypeError(f"{function}() got both {new!r} and its former name {old!r}")
+    warnings.warn(f"{function}(): {old}= is now {new}= (the command line's name)",
+                  DeprecationWarning, stacklevel=3)
+    return former[old]
+
+
+def _budget(mib) -> int | None:
+    """--memory-budget's MiB in bytes (None: the default, 512 MiB); 2**20 or more (over a
+    TiB) is a budget given in bytes, as this API took it before (DeprecationWarning)."""
+    if mib is None:
+        return None
+    if isinstance(mib, bool) or not isinstance(mib, (int, float, np.integer, np.floating)) \
+            or not 0 < mib < float("inf"):
+        raise UserError(f"memory_budget must be a positive number of MiB, got {mib!r}")
+    if mib >= 2**20:
+        warnings.warn(f"memory_budget={mib} read as bytes: it is in MiB now, as "
+                      "--memory-budget", DeprecationWarning, stacklevel=3)
+        return int(mib)
+    return max(1, int(mib * 2**20))
 
 
 def _samples(x: SampleSet, name: str) -> np.ndarray:

@@ -113,27 +113,60 @@ def _check_sources(sources: dict) -> None:
 
 
 def _reference_set(train_path, data, K, split_seed, half, data_root, checkpoint, exact_path):
-    """(training set (N, ...) float32, a name for messages and diagnose.json)."""
+    """(training set (N, ...) float32, a name for messages and diagnose.json): the
+    checkpoint's own (train.npz beside it, where memgen train writes it); --train or
+    --data/--K only where they are that set, or where the checkpoint records none."""
     if train_path and (data or K is not None):
         raise UserError("give either --train FILE or --data/--K, not both")
-    if train_path:
-        return load_samples(train_path, "--train"), str(train_path)
     if data or K is not None:
         if not checkpoint:
             raise UserError("--data/--K need --checkpoint (its network sets the sample "
                              "size); otherwise give --train FILE")
-
         name = data or "fmnist"
         samples = training_samples(checkpoint_net(checkpoint), None, name, K, split_seed,
                                    data_root, half)
-        return samples, f"{name} K={K} split_seed={split_seed} half={half}"
+        given = (samples, f"--data {name} --K {K}" + (f" --half {half}" if half != 1 else ""))
+        return checkpoint_training_set(checkpoint, given, "--data/--K")
+    if train_path:
+        given = (load_samples(train_path, "--train"), str(train_path))
+        return checkpoint_training_set(checkpoint, given) if checkpoint else given
     if exact_path:
         return load_samples(exact_path, "--exact"), str(exact_path)
-    beside = Path(checkpoint).with_name("train.npz") if checkpoint else None
-    if beside is None or not beside.is_file():
-        raise UserError("give the training set: --train FILE" +
-                         (" (no train.npz beside the checkpoint)" if checkpoint else ""))
-    return load_samples(beside, "train.npz beside --checkpoint"), str(beside)
+    if not checkpoint:
+        raise UserError("give the training set: --train FILE")
+    return checkpoint_training_set(checkpoint)
+
+
+def checkpoint_training_set(checkpoint, given: tuple[np.ndarray, str] | None = None,
+                            flag: str = "--train") -> tuple[np.ndarray, str]:
+    """(the training set of a memgen train checkpoint, where it came from).
+
+    The set recorded beside it (train.npz); ``given`` (samples, name) is refused unless it
+    is that same set (the same rows, in any order); without a recorded set, ``given`` is
+    used as it is (a warning says it cannot be checked), and without either: UserError."""
+    beside = Path(checkpoint).with_name("train.npz")
+    if not beside.is_file():
+        if given is None:
+            raise UserError(f"no train.npz beside {checkpoint} (memgen train writes it "
+                            f"there): give the training set with {flag}")
+        click.echo(f"warning: {checkpoint} records no training set (no train.npz beside "
+                   f"it): {given[1]} is taken on trust", err=True)
+        return given
+    recorded = load_samples(beside, f"train.npz beside {checkpoint}")
+    if given is not None and not same_rows(given[0], recorded):
+        raise UserError(f"{given[1]} is not the training set of {checkpoint}: train.npz "
+                        f"beside it holds {len(recorded)} other samples of shape "
+                        f"{recorded.shape[1:]}; leave out {flag} to use the checkpoint's own")
+    return recorded, str(beside)
+
+
+def same_rows(a: np.ndarray, b: np.ndarray) -> bool:
+    """The same samples, byte for byte, in any order."""
+    if a.shape != b.shape:
+        return False
+    rows = [sorted(r.tobytes() for r in np.ascontiguousarray(x, np.float32).reshape(len(x), -1))
+            for x in (a, b)]
+    return rows[0] == rows[1]
 
 
 def _check_in_schedule(schedule, sigmas: np.ndarray) -> None:

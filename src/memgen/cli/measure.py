@@ -148,8 +148,7 @@ def capacities(fractions_csv, epsilon, n_resamples, seed, out, overwrite):
     if out:
         check_output_file(out, overwrite)
     result = compute(read_fraction_table(fractions_csv), epsilon, n_resamples, seed)
-    payload = {name: c.as_dict() for name, c in result.items()}
-    payload["epsilon"] = epsilon
+    payload = result.as_dict()
     for c in result.values():
         click.echo(describe(c))
     if out:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -16,6 +17,7 @@ import click
 import numpy as np
 import torch
 
+from memgen.cli.diagnose import checkpoint_training_set
 from memgen.cli.models import model_from_options
 from memgen.cli.options import SEED, device_option, overwrite_option, show_progress
 from memgen.data import DATASETS, default_split_seed, load_dataset, nested_indices
@@ -24,7 +26,8 @@ from memgen.diffusion.samplers import SAMPLERS
 from memgen.errors import UserError
 from memgen.io import atomic_output_dir, check_output_dir, load_samples, write_json
 from memgen.metrics.features import FEATURE_MAPS
-from memgen.metrics.hygiene import compare_halves, near_duplicates
+from memgen.metrics.hygiene import (check_halves, compare_halves, halves_quality,
+                                    near_duplicates)
 from memgen.metrics.knn import knn_search
 from memgen.metrics.rules import LABEL_NAMES
 from memgen.probes.curvature import hessian_eigsh, hessian_spectrum
@@ -112,9 +115,11 @@ def _save_pairs(path: Path, train: np.ndarray, found) -> None:
 @click.option("--checkpoint-b", required=True, type=click.Path(dir_okay=False),
               help="A model trained on the other half (memgen train ... --half 2).")
 @click.option("--train-a", type=click.Path(dir_okay=False),
-              help="Training set of model a [train.npz beside its checkpoint].")
+              help="Training set of model a, where its checkpoint records none [train.npz "
+                   "beside it; a different set is refused].")
 @click.option("--train-b", type=click.Path(dir_okay=False),
-              help="Training set of model b [train.npz beside its checkpoint].")
+              help="Training set of model b, where its checkpoint records none [train.npz "
+                   "beside it; a different set is refused].")
 @click.option("--n", type=int, default=256, show_default=True, help="Noise seeds.")
 @click.option("--sampler", type=click.Choice(tuple(SAMPLERS)), default="ddim", show_default=True,
               help="ddim/heun: the same noise gives the same sample (deterministic).")
@@ -129,19 +134,21 @@ def _save_pairs(path: Path, train: np.ndarray, found) -> None:
 def halves(checkpoint_a, checkpoint_b, train_a, train_b, n, sampler, steps, seed, metric,
            device, out, overwrite):
     """Disjoint-halves test (Kadkhodaie et al. 2024): sample two models trained on
-    disjoint halves from the same noise; near-identical samples mean generalization."""
+    disjoint halves from the same noise; near-identical samples mean generalization, if
+    they are images at all (their precision against the other half is printed beside).
+    The same model twice, the same or nested or overlapping training sets are refused."""
     check_output_dir(out, "hygiene halves", overwrite)
-    sets = {}
-    for name, ckpt, train in (("a", checkpoint_a, train_a), ("b", checkpoint_b, train_b)):
-        train = train or Path(ckpt).with_name("train.npz")
-        sets[name] = (load_samples(train, f"--train-{name}"), ckpt)
+    sets = _halves_sets({"a": (checkpoint_a, train_a), "b": (checkpoint_b, train_b)})
     with atomic_output_dir(out, "hygiene halves", overwrite) as tmp:
         samples = {name: _sample(ckpt, n, sampler, steps, seed, device, tmp / f"gen-{name}")
                    for name, (_, ckpt) in sets.items()}
         result = compare_halves(samples["a"], samples["b"], sets["a"][0], sets["b"][0],
                                 metric=metric)
+        quality = halves_quality(samples["a"], samples["b"], sets["a"][0], sets["b"][0],
+                                 metric=metric)
         summary = {**result.summary(), "metric": metric, "sampler": sampler, "steps": steps,
-                   "seed": seed, "K_a": len(sets["a"][0]), "K_b": len(sets["b"][0])}
+                   "seed": seed, "K_a": len(sets["a"][0]), "K_b": len(sets["b"][0]),
+                   "quality": None if quality is None else quality.as_dict()}
         for name, x in samples.items():
             np.savez(tmp / f"samples-{name}.npz", samples=x)
         np.savetxt(tmp / "halves.csv", np.stack([result.between, result.nearest_a,
@@ -150,10 +157,55 @@ def halves(checkpoint_a, checkpoint_b, train_a, train_b, n, sampler, steps, seed
         write_json(tmp / "summary.json", summary)
         if samples["a"].ndim == 4:
             _save_halves_pairs(tmp / "pairs.png", samples, result)
+    off = quality is not None and quality.off_data
     click.echo(f"median distance between the two models' samples {summary['median_between']:.4g}"
                f"; to their own training sets {summary['median_nearest_a']:.4g} (a), "
                f"{summary['median_nearest_b']:.4g} (b); closer to each other than to any "
-               f"training image: {summary['share_closer_to_each_other']:.1%}; wrote {out}")
+               f"training image: {summary['share_closer_to_each_other']:.1%}"
+               + (" — not a generalization signature: the samples are off the data" if off
+                  else ""))
+    click.echo(_halves_quality_line(quality) + f"; wrote {out}")
+
+
+def _halves_sets(given: dict) -> dict:
+    """name → (training set, checkpoint): each checkpoint's recorded set (train.npz beside
+    it, or --train-a/b where it records none), refused when the two are the same model
+    (checkpoint bytes or training set) or the sets are not disjoint."""
+    paths = [Path(ckpt) for ckpt, _ in given.values()]
+    for name, path in zip(given, paths):
+        if not path.is_file():
+            raise UserError(f"--checkpoint-{name}: no such file {path}")
+    if _sha256(paths[0]) == _sha256(paths[1]):
+        raise UserError(f"--checkpoint-a and --checkpoint-b are the same model (identical "
+                        f"bytes: {paths[0]}, {paths[1]}): the halves test needs two models "
+                        "trained on disjoint halves")
+    sets = {}
+    for name, (ckpt, train) in given.items():
+        supplied = None if not train else (load_samples(train, f"--train-{name}"), str(train))
+        sets[name] = (checkpoint_training_set(ckpt, supplied, f"--train-{name}")[0], ckpt)
+    check_halves(sets["a"][0], sets["b"][0])
+    return sets
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _halves_quality_line(quality) -> str:
+    """Sample quality beside the closeness figure: what the precision means and whether
+    the samples are off the data."""
+    if quality is None:
+        return "sample quality: not measured (training sets too small for k-NN balls)"
+    return (f"sample quality: precision {quality.precision_a:.2f} (a), "
+            f"{quality.precision_b:.2f} (b) against {quality.baseline_a:.2f}, "
+            f"{quality.baseline_b:.2f} for real images (each model's samples and its own "
+            f"training images in the k = {quality.k} balls of the other half's training set)"
+            + ("; below half of real images': the samples are off the data" if
+               quality.off_data else ""))
 
 
 def _sample(checkpoint, n, sampler, steps, seed, device, folder: Path) -> np.ndarray:

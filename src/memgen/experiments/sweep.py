@@ -141,8 +141,7 @@ def aggregate(run: Path, results: list[StageResult], config: SweepConfig,
     table = read_fraction_table(run / "fractions.csv")
     caps = capacities(table, config.measure.epsilon, config.measure.bootstrap,
                       config.measure.seed)
-    payload = {name: c.as_dict() for name, c in caps.items()}
-    payload["epsilon"] = config.measure.epsilon
+    payload = caps.as_dict()  # with ε; MC and GC only where the samples are on the data
     with atomic_file(run / "capacities.json") as tmp:
         write_json(tmp, payload)
     null = np.array([[r.summary.get("null", {}).get("fractions", {}).get(n, np.nan)

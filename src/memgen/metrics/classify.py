@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
@@ -15,7 +16,8 @@ from memgen.errors import UserError
 from memgen.io import check_same_shape, write_json
 from memgen.metrics.null import DEFAULT_ALPHA, NullResult, null_rates
 from memgen.metrics.quality import HeldoutQuality, quality_summary, quality_vs_heldout
-from memgen.metrics.rules import Neighbours, Rule, apply_rule, find_neighbours, make_rule
+from memgen.metrics.rules import (LABEL_NAMES, Neighbours, Rule, apply_rule, find_neighbours,
+                                  make_rule)
 from memgen.metrics.shards import ShardSet
 from memgen.metrics.stats import FractionEstimate, estimate_fractions
 
@@ -68,6 +70,70 @@ class Classification:
     @property
     def counts(self) -> dict[str, int]:
         return self.estimate.as_dict()["counts"]
+
+    label_names: ClassVar[tuple[str, ...]] = LABEL_NAMES  # the names of labels 0, 1, 2
+
+    @property
+    def named_labels(self) -> np.ndarray:
+        """(n,) str: each evaluated sample's label by name."""
+        return np.asarray(LABEL_NAMES)[self.labels]
+
+    @property
+    def null_rates(self) -> dict[str, float] | None:
+        """The null rate of each label, by name as ``fractions`` (held-out real data
+        labelled by the same rule, at the thresholds the labels used); None without
+        held-out data."""
+        return None if self.null is None else null_payload(self.null,
+                                                           self.config.calibrate)["fractions"]
+
+    @property
+    def null_ci95(self) -> dict[str, tuple[float, float]] | None:
+        """The exact 95% interval of each null rate, by name as ``ci95``."""
+        if self.null is None:
+            return None
+        ci = null_payload(self.null, self.config.calibrate)["ci95"]
+        return {name: tuple(v) for name, v in ci.items()}
+
+    def to_frame(self):
+        """A pandas DataFrame, one row per evaluated sample: ``label`` (its name), ``d1``,
+        ``d2`` (distances to the nearest and second-nearest training samples; NaN with
+        k = 1), ``s1`` (to the nearest synthetic sample), ``train_idx``, ``synth_idx``
+        (the indices of those nearest ones) and, with held-out data, ``in_manifold`` (the
+        sample lies in a held-out k-NN ball: its share is the precision). Needs pandas."""
+        try:
+            import pandas as pd  # optional: only to_frame() needs it
+        except ImportError:
+            raise ImportError("Classification.to_frame() needs pandas: pip install pandas "
+                              "(the other results need nothing more)") from None
+        near = self.neighbours
+        columns = {"label": pd.Categorical(self.named_labels, categories=LABEL_NAMES),
+                   "d1": near.train_dist[:, 0],
+                   "d2": near.train_dist[:, 1] if near.train_dist.shape[1] > 1
+                   else np.full(len(self.labels), np.nan),
+                   "s1": near.synth_dist[:, 0], "train_idx": near.train_idx[:, 0],
+                   "synth_idx": near.synth_idx[:, 0]}
+        if self.quality is not None:
+            columns["in_manifold"] = self.quality.quality.in_manifold
+        return pd.DataFrame(columns)
+
+    def __repr__(self) -> str:
+        """A few lines: sizes and rule, each fraction with its interval and null rate, the
+        precision and the warnings."""
+        r = self.rule
+        lines = [f"Classification of {len(self.labels)} samples: rule {r.name} (δ_m = "
+                 f"{r.delta_m:.4g}, δ_s = {r.delta_s:.4g}), metric {self.config.metric}, "
+                 f"{self.n_train} training, {self.n_synth} synthetic"]
+        null = self.null_rates or {}
+        for name, value in self.fractions.items():
+            lo, hi = self.ci95[name]
+            lines.append(f"  {name:<12}{value:.4f} [{lo:.4f}, {hi:.4f}]"
+                         + (f"  null {null[name]:.4f}" if name in null else ""))
+        if self.quality is not None:
+            q, b = self.quality.quality, self.quality.baseline
+            lines.append(f"  precision {q.precision:.3f}"
+                         + ("" if b is None else f" (held-out {b.precision:.3f})"))
+        lines += [f"  warning: {w}" for w in self.warnings]
+        return "\n".join(lines)
 
     def summary(self) -> dict:
         """The summary.json payload of ``memgen classify``."""

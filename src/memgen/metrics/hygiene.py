@@ -15,7 +15,14 @@ disjoint training sets of the same size K, sampled from the *same* initial noise
 both memorize, each returns an image of its own set and the two samples differ; when both
 generalize, they return nearly the same image. ``compare_halves`` measures, per noise
 seed, the distance between the two samples and, for reference, each sample's distance to
-its nearest training image of its own half.
+its nearest training image of its own half. The test presumes two models of disjoint
+sets (``check_halves`` refuses the same set, nested sets and any shared image) and samples
+that are images at all: two models that output noise are as "close to each other" as two
+that generalize. ``halves_quality`` says which: the precision (``metrics.quality``) of
+each model's samples against the *other* half's training set — real images that model
+never saw, i.e. held-out data — beside the precision of the model's own training images
+against the same reference (real data's precision, the baseline). Samples whose precision
+is below QUALITY_SHARE (½) of the baseline are off the data, as for the capacities.
 """
 
 from __future__ import annotations
@@ -28,8 +35,11 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from memgen.errors import UserError
+from memgen.metrics.capacity import QUALITY_SHARE
 from memgen.metrics.features import get_feature_map
 from memgen.metrics.knn import knn_search
+from memgen.metrics.quality import prdc
+from memgen.metrics.rules import DEFAULT_K
 
 THRESHOLDS = ("relative", "absolute")
 
@@ -111,3 +121,70 @@ def compare_halves(samples_a: np.ndarray, samples_b: np.ndarray, train_a: np.nda
     nearest = [knn_search(e, embed(t), 1).dist[:, 0].cpu().numpy() ** fmap.power
                for e, t in ((ea, train_a), (eb, train_b))]
     return Halves(between=between, nearest_a=nearest[0], nearest_b=nearest[1])
+
+
+def check_halves(train_a: np.ndarray, train_b: np.ndarray) -> None:
+    """UserError unless the two training sets are disjoint: the same set, one inside the
+    other (nested: memgen train's first K are within its first 2K) or any shared image."""
+    rows = [{r.tobytes() for r in np.ascontiguousarray(t).reshape(len(t), -1)}
+            for t in (train_a, train_b)]
+    if train_a.shape[1:] != train_b.shape[1:] or not rows[0] & rows[1]:
+        return
+    if rows[0] == rows[1]:
+        raise UserError(f"the two models were trained on the same training set "
+                        f"({len(train_a)} samples): the halves test needs disjoint sets "
+                        "(memgen train --half 1 and --half 2)")
+    small, large = sorted(((len(r), name) for r, name in zip(rows, "ab")))
+    if rows[0] <= rows[1] or rows[1] <= rows[0]:
+        raise UserError(f"the training sets are nested: the {small[0]} of model "
+                        f"{small[1]} are among the {large[0]} of model {large[1]}; the "
+                        "halves test needs disjoint sets (memgen train --half 1 and --half 2)")
+    raise UserError(f"the training sets share {len(rows[0] & rows[1])} samples: the halves "
+                    "test needs disjoint sets (memgen train --half 1 and --half 2)")
+
+
+@dataclass(frozen=True)
+class HalvesQuality:
+    """Precision of each model's samples against the other half's training set (held-out
+    for it), and of the model's own training set against the same reference (baseline)."""
+
+    precision_a: float
+    precision_b: float
+    baseline_a: float
+    baseline_b: float
+    k: int
+
+    @property
+    def off_data(self) -> bool:
+        """Either model's samples have less than QUALITY_SHARE of real data's precision."""
+        return (self.precision_a < QUALITY_SHARE * self.baseline_a
+                or self.precision_b < QUALITY_SHARE * self.baseline_b)
+
+    def as_dict(self) -> dict:
+        return {"precision_a": self.precision_a, "precision_b": self.precision_b,
+                "baseline_a": self.baseline_a, "baseline_b": self.baseline_b, "k": self.k,
+                "off_data": self.off_data,
+                "meaning": "precision of each model's samples against the other half's "
+                           "training set (real images it never saw), k-NN balls (Kynkäänniemi "
+                           "et al. 2019); baseline: the model's own training images against "
+                           f"the same reference; off_data: below {QUALITY_SHARE:g} × baseline"}
+
+
+def halves_quality(samples_a: np.ndarray, samples_b: np.ndarray, train_a: np.ndarray,
+                   train_b: np.ndarray, *, metric: str = "l2",
+                   k: int = DEFAULT_K) -> HalvesQuality | None:
+    """Sample quality of the two models (see module docstring); None when a set is too
+    small for k ≥ 1 (k is reduced to fit every set)."""
+    k = min(k, len(train_a) - 1, len(train_b) - 1, len(samples_a) - 1)
+    if k < 1:
+        return None
+    fmap = get_feature_map(metric)
+
+    def embed(x):
+        return fmap.embed(torch.from_numpy(np.ascontiguousarray(x)))
+
+    ea, eb, ta, tb = embed(samples_a), embed(samples_b), embed(train_a), embed(train_b)
+    return HalvesQuality(precision_a=prdc(tb, ea, k).precision,
+                         precision_b=prdc(ta, eb, k).precision,
+                         baseline_a=prdc(tb, ta, k).precision,
+                         baseline_b=prdc(ta, tb, k).precision, k=k)

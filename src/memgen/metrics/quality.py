@@ -26,7 +26,7 @@ ever held: one (bM × bN) block at a time, within ``memory_budget`` bytes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -57,7 +57,7 @@ class Quality:
     k: int
     n_real: int
     n_fake: int
-    in_manifold: np.ndarray
+    in_manifold: np.ndarray = field(repr=False)  # (n_fake,): a short repr in notebooks
 
     def as_dict(self) -> dict:
         return {"precision": self.precision, "recall": self.recall, "density": self.density,

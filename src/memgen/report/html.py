@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from memgen._version import __version__
-from memgen.metrics.capacity import Capacity, describe
+from memgen.metrics.capacity import QUALITY_SHARE, Capacity, describe
 from memgen.metrics.rules import LABEL_NAMES
 from memgen.report.captions import figure_caption
 
@@ -62,7 +62,10 @@ def _quality_section(results) -> str:
     return ("<h2>Sample quality</h2><p>Precision, recall, density and coverage (Kynkäänniemi "
             "et al. 2019; Naeem et al. 2020) of the evaluated samples against held-out real "
             "data, in the metric's feature space; in parentheses the same for held-out real "
-            f"samples (the baseline).</p><table><tr><th>K</th>{head}<th>k</th><th>n real</th>"
+            f"samples (the baseline). MC and GC count only the K whose memorized (MC) or "
+            f"generalized (GC) samples have at least {QUALITY_SHARE:g} × the held-out "
+            "precision: samples off the data do not make a capacity.</p>"
+            f"<table><tr><th>K</th>{head}<th>k</th><th>n real</th>"
             f"</tr>{''.join(rows)}</table>{''.join(notes)}")
 
 
