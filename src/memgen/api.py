@@ -111,7 +111,7 @@ def _bounds(r) -> tuple[float, float]:
 
 
 def _samples(x: SampleSet, name: str, input_range=None) -> np.ndarray:
-    flag = f"input_range={{{name!r}: ({{}})}}"
+    flag = "input_range={{" + repr(name) + ": ({})}}"  # how messages name the conversion
     if isinstance(x, (str, Path)):
         return load_samples(x, name, input_range, flag)
     if isinstance(x, torch.Tensor):

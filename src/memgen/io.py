@@ -180,6 +180,8 @@ def _convert(array: np.ndarray, name: str, input_range: tuple[float, float]) -> 
     if found_lo < lo - slack or found_hi > hi + slack:
         raise UserError(f"{name}: values in [{found_lo:.4g}, {found_hi:.4g}] lie outside "
                         f"the input range {lo:g},{hi:g} given for it")
+    if (lo, hi) == IMAGE_RANGE:
+        return np.clip(values, -1, 1, out=values)  # taken as it is (its tolerance clipped)
     converted = (values - np.float32(lo)) / np.float32(hi - lo) * np.float32(2) - np.float32(1)
     return np.clip(converted, -1, 1, out=converted)
 
