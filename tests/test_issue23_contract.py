@@ -381,3 +381,23 @@ def test_labels_are_invariant_to_the_documented_conversion(train, samples):
         np.testing.assert_array_equal(got, base)
         if base_dist is not None:
             np.testing.assert_allclose(dist, base_dist, rtol=1e-6)
+
+
+def test_plot_neighbours_reads_the_sets_classify_converted(tmp_path):
+    rng = np.random.default_rng(19)
+    train = images(rng, 10)
+    eval_set = np.concatenate([near_copies(rng, train, [0, 1]), images(rng, 4)])
+    raw = (train + 1) * 127.5
+    result, out = classify_files(tmp_path, raw, eval_set, "--input-range", "train=0,255")
+    ok(result)
+    args = ["plot", "neighbours", "--train", tmp_path / "train.npz", "--eval",
+            tmp_path / "eval.npz", "--labels", out / "labels.npz", "--out", tmp_path / "g.png"]
+    assert_fails(run(*args), "--input-range train=0,255", tmp_path / "g.png", tmp_path)
+    ok(run(*args, "--input-range", "train=0,255"))
+    assert (tmp_path / "g.png").stat().st_size > 0
+
+
+def test_train_refuses_resize_for_vectors(tmp_path):
+    data = np.random.default_rng(20).normal(size=(8, 2)).astype(np.float32)
+    result, out = train_run(tmp_path, data, "--preset", "toy-mlp", "--resize")
+    assert_fails(result, "--resize: preset toy-mlp takes vectors", out, tmp_path)

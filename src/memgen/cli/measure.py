@@ -222,17 +222,18 @@ def plot_phase_cmd(phase_csv, title, out, overwrite):
               help="labels.npz written by memgen classify.")
 @click.option("--per-label", type=int, default=2, show_default=True)
 @click.option("--seed", type=SEED, default=0, show_default=True)
+@input_range_option(SETS[:3])
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Image file.")
 @overwrite_option
-def plot_neighbours_cmd(train_path, eval_path, synth_path, labels_path, per_label, seed, out,
-                        overwrite):
+def plot_neighbours_cmd(train_path, eval_path, synth_path, labels_path, per_label, seed,
+                        input_range, out, overwrite):
     """A few samples per label with their top-k training and synthetic neighbours."""
     if per_label < 1:
         raise UserError(f"--per-label {per_label}: show at least 1 sample per label")
     _check_image_file(out, overwrite)
-    train = load_samples(train_path, "--train")
-    eval_set = load_samples(eval_path, "--eval")
-    synth = load_samples(synth_path, "--synth") if synth_path else eval_set
+    ranges = input_ranges(input_range, SETS[:2] + (("synth",) if synth_path else ()))
+    train, eval_set = _read(train_path, "train", ranges), _read(eval_path, "eval", ranges)
+    synth = _read(synth_path, "synth", ranges) if synth_path else eval_set
     found = _load_labels(labels_path, len(eval_set), len(train), len(synth))
     fig = plot_neighbours(eval_set, train, synth, found["train_idx"], found["synth_idx"],
                           found["labels"], _choose(found["labels"], per_label, seed),

@@ -92,6 +92,8 @@ def train(data, train_path, input_range, K, split_seed, half, data_root, preset,
     Several processes: torchrun --nproc-per-node N -m memgen train ... (DDP)."""
     _check_data_options(click.get_current_context(), train_path, input_range)
     net = get_preset(preset)
+    if resize and net.kind != "unet":
+        raise UserError(f"--resize: preset {preset} takes vectors, which are not resized")
     config = TrainConfig(preset=preset, network=net.to_dict(), iterations=iterations,
                          snapshots=tuple(sorted(set(snapshots))), batch_size=batch_size, lr=lr,
                          ema_decay=ema_decay, ema_warmup=ema_warmup, seed=seed,
