@@ -101,8 +101,8 @@ def train(data, train_path, input_range, K, split_seed, half, data_root, preset,
                          objective=objective or ("ve_score" if net.kind == "mlp"
                                                  else "vp_eps"))
     check_output_dir(out, "train", overwrite, replaced=overwrite)
-    given = (load_samples(train_path, "--train", input_ranges(input_range, ("train",)).get("train"))
-             if train_path else None)
+    ranges = input_ranges(input_range, ("train",))
+    given = load_samples(train_path, "--train", ranges.get("train")) if train_path else None
     samples = training_samples(net, given, data, K, split_seed, data_root, half, resize=resize,
                                preset=preset)
     out = Path(out)
