@@ -18,13 +18,17 @@ def _classify(tmp_path, out, *extra):
 
 def test_streamed_shards_and_faiss_give_the_in_memory_labels(tmp_path):
     rng = np.random.default_rng(0)
-    train = rng.standard_normal((50, 1, 4, 4)).astype(np.float32)
+    def images(n):  # in [-1, 1], memgen's image range
+        return rng.uniform(-1, 1, (n, 1, 4, 4))
+
+    train = images(50).astype(np.float32)
     synth = np.concatenate([train[:20] + 0.01 * rng.standard_normal((20, 1, 4, 4)),
-                            rng.standard_normal((230, 1, 4, 4))]).astype(np.float32)
+                            images(230)]).clip(-1, 1).astype(np.float32)
+    eval_set = np.concatenate([train[20:25] + 0.01 * rng.standard_normal((5, 1, 4, 4)),
+                               images(45)]).clip(-1, 1).astype(np.float32)  # drawn apart from S′
     np.savez(tmp_path / "train.npz", samples=train)
-    np.savez(tmp_path / "eval.npz", samples=synth[::5])
-    np.savez(tmp_path / "heldout.npz", samples=rng.standard_normal((300, 1, 4, 4))
-             .astype(np.float32))
+    np.savez(tmp_path / "eval.npz", samples=eval_set)
+    np.savez(tmp_path / "heldout.npz", samples=images(300).astype(np.float32))
     np.savez(tmp_path / "synth.npz", samples=synth)
     (tmp_path / "shards").mkdir()
     for i, part in enumerate(np.array_split(synth, 7)):

@@ -164,7 +164,7 @@ def test_reader_converts_like_load_samples(tmp_path):
     """uint8 images, Fortran order, compressed npz, other key names: same rows as in memory."""
     rng = np.random.default_rng(6)
     images = rng.integers(0, 256, size=(20, 1, 3, 3), dtype=np.uint8)
-    floats = rng.normal(size=(20, 1, 3, 3))  # float64 on disk
+    floats = rng.uniform(-1, 1, size=(20, 1, 3, 3))  # float64 on disk, images in [-1, 1]
     np.save(tmp_path / "a-1.npy", images[:7])
     np.save(tmp_path / "a-2.npy", np.asfortranarray(images[7:]))
     np.savez_compressed(tmp_path / "b-1.npz", x=floats[:11])

@@ -1,9 +1,11 @@
 """The public Python API behind ``memgen.classify``, ``memgen.capacities`` and
 ``memgen.sweep``: the command line's arguments, as functions on arrays and paths.
 
-Inputs are converted as the command line converts files: float arrays as they are
-(N×D or N×C×H×W), uint8 images from [0, 255] to [-1, 1]; a str or Path is read as a
-sample file (``--synth`` may also be a folder or glob of shards, streamed from disk).
+Inputs follow the command line's input contract (``memgen.io``): vectors (N×D) as they
+are, images (N×C×H×W) floats in [-1, 1] or uint8 (converted from [0, 255]); any other
+image range or dtype raises UserError unless ``input_range=(LO, HI)`` converts it. A str
+or Path is read as a sample file (``synth`` may also be a folder or glob of shards,
+streamed from disk).
 
 Parameters carry the command line's names and units: ``eval`` is ``--eval`` (formerly
 ``samples``), ``bootstrap`` is ``--bootstrap`` (formerly ``n_resamples``), ``memory_budget``
@@ -23,12 +25,13 @@ import torch
 from memgen.errors import UserError
 from memgen.experiments.config import SweepConfig, load_config
 from memgen.experiments.sweep import run_sweep
-from memgen.io import load_samples, validate_samples
+from memgen.io import check_ranges, load_samples, validate_samples
 from memgen.metrics.capacity import (Capacities, FractionTable,
                                      capacities as table_capacities, read_fraction_table)
-from memgen.metrics.classify import Classification, ClassifyConfig, classify_sets
+from memgen.metrics.classify import (Classification, ClassifyConfig, classify_sets,
+                                     streamed_sample)
 from memgen.metrics.knn import knn as knn_bytes
-from memgen.metrics.shards import open_shards
+from memgen.metrics.shards import ShardSet, open_shards
 
 SampleSet = np.ndarray | torch.Tensor | str | Path
 
@@ -39,14 +42,19 @@ def classify(train: SampleSet, eval: SampleSet | None = None,  # noqa: A002 (--e
              metric: str = "l2", k: int | None = None, alpha: float = 0.05,
              calibrate: bool = False, dedup: bool = False, seed: int = 0,
              backend: str = "builtin", memory_budget: float | None = 512, state: str | None = None,
-             progress: bool = False, **former) -> Classification:
+             progress: bool = False, input_range: tuple[float, float] | dict | None = None,
+             allow_range_mismatch: bool = False, **former) -> Classification:
     """Label every sample memorized, spurious or generalized (eqs. 4–6) — ``memgen classify``.
 
     train: the training set S (--train); eval: the evaluated set (--eval); synth: the
     synthetic set S′ (--synth; None: the evaluated samples are their own, self-matches
     excluded); heldout: real data not in S for null rates, calibrated thresholds and sample
     quality; memory_budget: MiB for one block of pairwise distances, as --memory-budget;
-    state: restart file for a streamed synth (a folder or glob of shards). The result has
+    state: restart file for a streamed synth (a folder or glob of shards). input_range:
+    (LO, HI) of every set's values, converted to [-1, 1] (``--input-range``), or
+    {name: (LO, HI)} for some of them (names: train, eval, synth, heldout).
+    allow_range_mismatch: classify sets whose ranges clearly differ
+    (``memgen.io.check_ranges``; ``--allow-range-mismatch``). The result has
     ``labels`` (0 memorized, 1 spurious, 2 generalized; ``label_names``, ``named_labels``),
     ``fractions``, ``ci95``, ``counts``, ``null_rates`` and ``null_ci95`` by label name,
     ``neighbours``, ``summary()`` and ``to_frame()`` (pandas).
@@ -58,10 +66,14 @@ def classify(train: SampleSet, eval: SampleSet | None = None,  # noqa: A002 (--e
                             alpha=alpha, calibrate=calibrate, seed=seed,
                             memory_budget=_budget(memory_budget), backend=backend, dedup=dedup)
     config.make_rule()  # bad thresholds fail before any data is read
-    return classify_sets(_samples(eval, "eval"), _samples(train, "train"),
-                         _synthetic(synth), None if heldout is None else
-                         _samples(heldout, "heldout"), config, progress=progress,
-                         state=None if state is None else str(state))
+    ranges = _ranges(input_range)
+    sets = {name: None if x is None else _samples(x, name, ranges.get(name))
+            for name, x in (("train", train), ("eval", eval), ("heldout", heldout))}
+    synth = _synthetic(synth, ranges.get("synth"))
+    check_ranges(allow_range_mismatch, "allow_range_mismatch=True", **sets,
+                 synth=streamed_sample(synth, "synth") if isinstance(synth, ShardSet) else synth)
+    return classify_sets(sets["eval"], sets["train"], synth, sets["heldout"], config,
+                         progress=progress, state=None if state is None else str(state))
 
 
 def knn(query, ref, k: int, exclude_self: bool = False, *, memory_budget: float | None = 512,
@@ -135,17 +147,45 @@ def _budget(mib) -> int | None:
     return max(1, int(mib * 2**20))
 
 
-def _samples(x: SampleSet, name: str) -> np.ndarray:
+API_SETS = ("train", "eval", "synth", "heldout")
+
+
+def _ranges(input_range) -> dict:
+    """name → (LO, HI): one range for every set, or a dict for some of them."""
+    if input_range is None:
+        return {}
+    if isinstance(input_range, dict):
+        unknown = set(input_range) - set(API_SETS)
+        if unknown:
+            raise UserError(f"input_range: no set {sorted(unknown)[0]!r} (sets: "
+                            f"{', '.join(API_SETS)})")
+        return {name: _bounds(r) for name, r in input_range.items()}
+    return dict.fromkeys(API_SETS, _bounds(input_range))
+
+
+def _bounds(r) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in r)
+    except (TypeError, ValueError):
+        raise UserError(f"input_range: give (LO, HI), got {r!r}") from None
+    return lo, hi
+
+
+def _samples(x: SampleSet, name: str, input_range=None) -> np.ndarray:
+    flag = "input_range={{" + repr(name) + ": ({})}}"  # how messages name the conversion
     if isinstance(x, (str, Path)):
-        return load_samples(x, name)
+        return load_samples(x, name, input_range, flag)
     if isinstance(x, torch.Tensor):
         x = x.detach().cpu().numpy()
-    return validate_samples(np.asarray(x), name)
+    return validate_samples(np.asarray(x), name, input_range, flag)
 
 
-def _synthetic(x: SampleSet | None):
+def _synthetic(x: SampleSet | None, input_range=None):
     if x is None:
         return None
     if isinstance(x, (str, Path)) and not Path(x).is_file():
+        if input_range is not None:
+            raise UserError("input_range: a streamed synth is read as it is; convert its "
+                            "shards to [-1, 1] (or give an array)")
         return open_shards(x)  # a folder or glob of shards, streamed
-    return _samples(x, "synth")
+    return _samples(x, "synth", input_range)

@@ -1,8 +1,27 @@
 """Reading sample files and writing output folders atomically.
 
-Sample files (README, “Command line”): ``.npz`` with key ``samples`` — or a single array
-under any key, the reference code's layout — or ``.npy``; N×C×H×W or N×D floats, images
-in [-1, 1]; uint8 images in [0, 255] are converted. Never unpickled (allow_pickle=False).
+Sample files (README, “Sample files”): ``.npz`` with key ``samples`` — or a single array
+under any key, the reference code's layout — or ``.npy``; never unpickled
+(allow_pickle=False). One input contract, checked here for every command and the API:
+
+* Vectors, N×D (embeddings, toy data): any finite real numbers, as float32 (uint8 → [-1, 1]
+  as for images, memgen's long-standing rule).
+* Images, N×C×H×W: floats in [-1, 1], with a tolerance of ``RANGE_TOLERANCE`` (1e-3) for
+  rounding; uint8 in [0, 255] is converted (x / 127.5 − 1). A float set inside [-1, 1]
+  whose minimum is ≥ 0 and maximum > 0.5 looks like [0, 1] and is refused too (an image
+  set in memgen's range has dark pixels below 0): ``--input-range -1,1`` takes it as it is.
+  Any other range or dtype — floats in [0, 255] or beyond [-1, 1], uint16, other
+  integers, bool — is refused with a line naming the dtype and range found and the flag.
+* ``--input-range LO,HI`` (``input_range=(LO, HI)``) converts explicitly: a set of any real
+  dtype whose values lie in [LO, HI] (same tolerance, of the half-width) maps to [-1, 1] by
+  x ↦ 2 (x − LO) / (HI − LO) − 1 (so 0,255 is uint8's conversion, for floats, uint16 or
+  ints that fit 0..255; 0,1 for [0, 1] floats or bool); values outside it are refused.
+* N×H×W (and 5+ dimensions) are refused: give grey images as N×1×H×W (``x[:, None]``)
+  or vectors as N×D — memgen does not guess which.
+* NaN or Inf anywhere is refused.
+
+Sets read together (training, evaluated, synthetic, held-out) whose ranges clearly differ
+are refused by :func:`check_ranges` unless the caller allows it (``--allow-range-mismatch``).
 """
 
 from __future__ import annotations
@@ -37,8 +56,17 @@ def write_reference_layout(path: str | Path, samples: np.ndarray) -> Path:
     return path
 
 
-def load_samples(path: str | Path, name: str = "samples") -> np.ndarray:
-    """Load a sample set as float32 (N, ...) and validate it; ``name`` labels errors."""
+IMAGE_RANGE = (-1.0, 1.0)
+RANGE_TOLERANCE = 1e-3  # of a range's half-width: rounding, float16 storage
+RANGE_FLAG = "--input-range {}"  # how a message names the conversion (the API: input_range)
+
+
+def load_samples(path: str | Path, name: str = "samples",
+                 input_range: tuple[float, float] | None = None,
+                 flag: str = RANGE_FLAG) -> np.ndarray:
+    """Load a sample set as float32 (N, ...) under the input contract (module docstring);
+    ``name`` labels errors, ``input_range`` converts explicitly, ``flag`` is how the
+    messages name that conversion ("{}" becomes LO,HI)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{name}: no such file {path}")
@@ -48,7 +76,7 @@ def load_samples(path: str | Path, name: str = "samples") -> np.ndarray:
         raise UserError(f"{name}: {path}: {err}") from None
     except (OSError, zipfile.BadZipFile, EOFError, zlib.error) as err:
         raise UserError(f"{name}: cannot read {path} ({err})") from None
-    return validate_samples(array, name)
+    return validate_samples(array, name, input_range, flag)
 
 
 _MAGIC = {".npy": b"\x93NUMPY", ".npz": b"PK"}
@@ -71,9 +99,12 @@ def _read_array(path: Path) -> np.ndarray:
         raise UserError(f"no key {SAMPLES_KEY!r} among {keys}, and more than one array")
 
 
-def validate_samples(array: np.ndarray, name: str = "samples") -> np.ndarray:
-    """float32 copy of a real (N, ...) array with N ≥ 1 samples of ≥ 1 feature, finite;
-    uint8 → [-1, 1]."""
+def validate_samples(array: np.ndarray, name: str = "samples",
+                     input_range: tuple[float, float] | None = None,
+                     flag: str = RANGE_FLAG) -> np.ndarray:
+    """float32 copy of a real (N, D) or (N, C, H, W) array with N ≥ 1 samples of ≥ 1
+    feature, finite, under the input contract (module docstring): images in [-1, 1]
+    (uint8 converted), or converted from ``input_range``."""
     array = np.asarray(array)
     if array.dtype == object or not (np.issubdtype(array.dtype, np.number)
                                      or array.dtype == bool):
@@ -86,12 +117,73 @@ def validate_samples(array: np.ndarray, name: str = "samples") -> np.ndarray:
         raise UserError(f"{name}: the set is empty")
     if array[0].size == 0:
         raise UserError(f"{name}: the samples have no features (shape {array.shape})")
+    if array.ndim not in (2, 4):
+        hint = (f"grey images as (N, 1, H, W) (x[:, None]) or vectors as (N, D) "
+                f"(x.reshape(len(x), -1))" if array.ndim == 3 else
+                "vectors as (N, D) (x.reshape(len(x), -1))")
+        raise UserError(f"{name}: shape {array.shape} is neither vectors (N, D) nor images "
+                        f"(N, C, H, W); give {hint}")
+    if input_range is not None:
+        return _convert(array, name, input_range)
     if array.dtype == np.uint8:
         return array.astype(np.float32) / 127.5 - 1.0
+    if array.ndim == 4 and not np.issubdtype(array.dtype, np.floating):
+        lo, hi = _finite_range(array, name)
+        raise UserError(f"{name}: {array.dtype} images with values in [{lo:g}, {hi:g}]; "
+                        f"memgen takes images as floats in [-1, 1] or uint8: "
+                        f"{_conversion_hint(lo, hi, flag)}")
     array = array.astype(np.float32)
-    if not np.isfinite(array).all():
-        raise UserError(f"{name}: contains NaN or Inf")
+    lo, hi = _finite_range(array, name)
+    if array.ndim == 4:
+        _check_image_range(array.dtype, lo, hi, name, flag)
     return array
+
+
+def _finite_range(array: np.ndarray, name: str) -> tuple[float, float]:
+    """(min, max) of a finite array as floats; UserError for NaN or Inf."""
+    if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+        raise UserError(f"{name}: contains NaN or Inf")
+    return float(array.min()), float(array.max())
+
+
+def _check_image_range(dtype, lo: float, hi: float, name: str, flag: str) -> None:
+    """Images in [-1, 1] (tolerance RANGE_TOLERANCE) that do not look like [0, 1]."""
+    tol = RANGE_TOLERANCE
+    found = f"{name}: {dtype} images with values in [{lo:.4g}, {hi:.4g}]"
+    if lo < -1 - tol or hi > 1 + tol:
+        raise UserError(f"{found}, outside [-1, 1]: {_conversion_hint(lo, hi, flag)}")
+    if lo >= 0 and hi > 0.5:
+        raise UserError(f"{found} look like [0, 1], not memgen's [-1, 1]: give "
+                        f"{flag.format('0,1')} to convert them (or {flag.format('-1,1')} "
+                        "to take them as they are)")
+
+
+def _conversion_hint(lo: float, hi: float, flag: str) -> str:
+    """What to do with images in [lo, hi]: the --input-range that fits, or rescaling."""
+    tol = RANGE_TOLERANCE
+    for a, b in ((0, 1), (0, 255)):
+        if lo >= a - tol * (b - a) / 2 and hi <= b + tol * (b - a) / 2:
+            return f"give {flag.format(f'{a},{b}')} to convert them to [-1, 1]"
+    if lo >= -1.5 and hi <= 1.5:
+        return "clip them to [-1, 1] (unclipped samples?)"
+    return f"rescale them to [-1, 1] (or give {flag.format('LO,HI')}, their range)"
+
+
+def _convert(array: np.ndarray, name: str, input_range: tuple[float, float]) -> np.ndarray:
+    """2 (x − LO) / (HI − LO) − 1 of values that lie in [LO, HI], as float32 in [-1, 1]."""
+    lo, hi = (float(v) for v in input_range)
+    if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
+        raise UserError(f"input range {lo:g},{hi:g}: give LO,HI with LO < HI")
+    values = array.astype(np.float32)
+    found_lo, found_hi = _finite_range(values, name)
+    slack = RANGE_TOLERANCE * (hi - lo) / 2
+    if found_lo < lo - slack or found_hi > hi + slack:
+        raise UserError(f"{name}: values in [{found_lo:.4g}, {found_hi:.4g}] lie outside "
+                        f"the input range {lo:g},{hi:g} given for it")
+    if (lo, hi) == IMAGE_RANGE:
+        return np.clip(values, -1, 1, out=values)  # taken as it is (its tolerance clipped)
+    converted = (values - np.float32(lo)) / np.float32(hi - lo) * np.float32(2) - np.float32(1)
+    return np.clip(converted, -1, 1, out=converted)
 
 
 def check_same_shape(**sets: np.ndarray | None) -> None:
@@ -102,6 +194,53 @@ def check_same_shape(**sets: np.ndarray | None) -> None:
         if other.shape[1:] != first.shape[1:]:
             raise UserError(f"{other_name} samples have shape {other.shape[1:]} but "
                              f"{first_name} samples have shape {first.shape[1:]}")
+
+
+_STAT_VALUES = 1 << 20  # values a set's range is estimated from (an even stride through it)
+SCALE_MISMATCH = 20.0  # one set's typical magnitude this many times another's
+
+
+def value_range(array: np.ndarray) -> tuple[float, float]:
+    """The 1st and 99th percentiles of a set's values (on at most ``_STAT_VALUES`` of them,
+    evenly strided): its range, robust to a few outliers."""
+    flat = np.asarray(array).reshape(-1)
+    flat = flat[::max(1, flat.size // _STAT_VALUES)]
+    lo, hi = np.percentile(flat.astype(np.float64), [1, 99])
+    return float(lo), float(hi)
+
+
+def range_mismatch(a: tuple[float, float], b: tuple[float, float]) -> str | None:
+    """Why two sets' ranges (:func:`value_range`) clearly differ, or None. They differ when
+    one set is non-negative (1st percentile ≥ 0) and the other clearly signed (1st
+    percentile below −¼ of its magnitude: [0, 1] against [-1, 1]), or when one set's
+    magnitude (largest |percentile|) is ``SCALE_MISMATCH`` times the other's ([0, 255]
+    against [-1, 1])."""
+    scale_a, scale_b = max(map(abs, a)), max(map(abs, b))
+    for (x, sx), (y, sy) in (((a, scale_a), (b, scale_b)), ((b, scale_b), (a, scale_a))):
+        if sx > 0 and sy > 0 and x[0] >= 0 and y[0] < -sy / 4:
+            return "one is non-negative, the other signed"
+        if sy > 0 and sx > SCALE_MISMATCH * sy:
+            return f"one is over {SCALE_MISMATCH:g} times the magnitude of the other"
+    return None
+
+
+def check_ranges(allow: bool = False, flag: str = "--allow-range-mismatch",
+                 **sets: np.ndarray | tuple[float, float] | None) -> None:
+    """UserError when two of the sets (arrays as converted, or their :func:`value_range`)
+    have clearly different ranges (:func:`range_mismatch`), unless ``allow``: a training
+    set in [0, 1] against samples in [-1, 1] makes every distance meaningless."""
+    if allow:
+        return
+    named = [(n, a if isinstance(a, tuple) else value_range(a))
+             for n, a in sets.items() if a is not None]
+    for i, (name_a, range_a) in enumerate(named):
+        for name_b, range_b in named[i + 1:]:
+            why = range_mismatch(range_a, range_b)
+            if why:
+                raise UserError(f"{name_a} values lie in about [{range_a[0]:.3g}, "
+                                f"{range_a[1]:.3g}] but {name_b} values in about "
+                                f"[{range_b[0]:.3g}, {range_b[1]:.3g}] ({why}): convert "
+                                f"them to one range, or pass {flag}")
 
 
 MARKER = ".memgen"  # in every output folder: {"command": ..., "version": ...}

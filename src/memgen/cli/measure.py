@@ -11,13 +11,15 @@ from pathlib import Path
 import click
 import numpy as np
 
-from memgen.cli.options import SEED, command_argv, echo_verbose, overwrite_option, show_progress
+from memgen.cli.options import (SEED, command_argv, echo_verbose, input_range_option,
+                                input_ranges, overwrite_option, show_progress)
 from memgen.errors import UserError
 from memgen.experiments.phase import read_phase
 from memgen.io import (atomic_file, atomic_output_dir, check_output_dir, check_output_file,
-                       load_samples, write_json)
+                       check_ranges, load_samples, write_json)
 from memgen.metrics.capacity import capacities as compute, describe, read_fraction_table
-from memgen.metrics.classify import ClassifyConfig, classify_sets, summary, write_classification
+from memgen.metrics.classify import (ClassifyConfig, classify_sets, streamed_sample, summary,
+                                     write_classification)
 from memgen.metrics.features import FEATURE_MAPS
 from memgen.metrics.rules import LABEL_NAMES, RULE_DEFAULTS
 from memgen.metrics.shards import ShardSet, open_shards
@@ -28,6 +30,7 @@ from memgen.report.figures import plot_fractions, plot_neighbours, plot_phase, s
 RULES = tuple(RULE_DEFAULTS)
 METRICS = tuple(FEATURE_MAPS)
 BACKENDS = tuple(KNN_BACKENDS)
+SETS = ("train", "eval", "synth", "heldout")  # the sets --input-range SET=LO,HI names
 
 
 @click.command()
@@ -67,11 +70,16 @@ BACKENDS = tuple(KNN_BACKENDS)
               show_default=True, help="Exact kNN engine (faiss: pip install faiss-cpu).")
 @click.option("--state", "state_path", type=click.Path(dir_okay=False),
               help="Restart file for a streamed --synth: an interrupted search resumes.")
+@input_range_option(SETS)
+@click.option("--allow-range-mismatch", is_flag=True,
+              help="Classify sets whose value ranges clearly differ (one non-negative, "
+                   "another signed; or one 20 times the magnitude of another).")
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="Output folder: summary.json, labels.npz.")
 @overwrite_option
 def classify(train_path, eval_path, synth_path, heldout_path, rule, delta_m, delta_s, metric, k,
-             alpha, calibrate, dedup, seed, memory_budget, backend, state_path, out, overwrite):
+             alpha, calibrate, dedup, seed, memory_budget, backend, state_path, input_range,
+             allow_range_mismatch, out, overwrite):
     """Label every evaluated sample memorized, spurious or generalized (eqs. 4-6)."""
     config = ClassifyConfig(rule=rule, delta_m=delta_m, delta_s=delta_s, metric=metric, k=k,
                             alpha=alpha, calibrate=calibrate, seed=seed,
@@ -82,10 +90,16 @@ def classify(train_path, eval_path, synth_path, heldout_path, rule, delta_m, del
     if calibrate and not heldout_path:
         raise UserError("--calibrate needs held-out real data (--heldout)")
     check_output_dir(out, "classify", overwrite)
-    train = load_samples(train_path, "--train")
-    eval_set = load_samples(eval_path, "--eval")
-    synth = _synth_set(synth_path)
-    heldout = load_samples(heldout_path, "--heldout") if heldout_path else None
+    ranges = input_ranges(input_range, tuple(
+        which for which, path in zip(SETS, (train_path, eval_path, synth_path, heldout_path))
+        if path))
+    train, eval_set, heldout = (
+        _read(path, which, ranges) if path else None
+        for path, which in ((train_path, "train"), (eval_path, "eval"), (heldout_path, "heldout")))
+    synth = _synth_set(synth_path, ranges.get("synth"))
+    check_ranges(allow_range_mismatch, **{
+        "--train": train, "--eval": eval_set, "--heldout": heldout,
+        "--synth": streamed_sample(synth, "--synth") if isinstance(synth, ShardSet) else synth})
     provenance = gather(_input_records(train=(train_path, train), eval=(eval_path, eval_set),
                                        synth=(synth_path, synth),
                                        heldout=(heldout_path, heldout)), command_argv())
@@ -119,13 +133,21 @@ def _input_records(**sets) -> dict:
     return records
 
 
-def _synth_set(path):
+def _read(path, which: str, ranges: dict) -> np.ndarray:
+    """--train, --eval or --heldout under the input contract (``memgen.io``)."""
+    return load_samples(path, f"--{which}", ranges.get(which),
+                        flag=f"--input-range {which}={{}}")
+
+
+def _synth_set(path, input_range=None):
     """None, an in-memory array (one file), or a ShardSet (a folder or glob: streamed)."""
     if not path:
         return None
     if Path(path).is_file():
-        return load_samples(path, "--synth")
-
+        return _read(path, "synth", {"synth": input_range})
+    if input_range is not None:
+        raise UserError("--input-range synth=: a streamed --synth is read as it is; convert "
+                        "its shards to [-1, 1] (or give one file)")
     try:
         return open_shards(path)
     except ValueError as err:
@@ -199,17 +221,18 @@ def plot_phase_cmd(phase_csv, title, out, overwrite):
               help="labels.npz written by memgen classify.")
 @click.option("--per-label", type=int, default=2, show_default=True)
 @click.option("--seed", type=SEED, default=0, show_default=True)
+@input_range_option(SETS[:3])
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Image file.")
 @overwrite_option
-def plot_neighbours_cmd(train_path, eval_path, synth_path, labels_path, per_label, seed, out,
-                        overwrite):
+def plot_neighbours_cmd(train_path, eval_path, synth_path, labels_path, per_label, seed,
+                        input_range, out, overwrite):
     """A few samples per label with their top-k training and synthetic neighbours."""
     if per_label < 1:
         raise UserError(f"--per-label {per_label}: show at least 1 sample per label")
     _check_image_file(out, overwrite)
-    train = load_samples(train_path, "--train")
-    eval_set = load_samples(eval_path, "--eval")
-    synth = load_samples(synth_path, "--synth") if synth_path else eval_set
+    ranges = input_ranges(input_range, SETS[:2] + (("synth",) if synth_path else ()))
+    train, eval_set = _read(train_path, "train", ranges), _read(eval_path, "eval", ranges)
+    synth = _read(synth_path, "synth", ranges) if synth_path else eval_set
     found = _load_labels(labels_path, len(eval_set), len(train), len(synth))
     fig = plot_neighbours(eval_set, train, synth, found["train_idx"], found["synth_idx"],
                           found["labels"], _choose(found["labels"], per_label, seed),

@@ -12,12 +12,13 @@ import click
 import numpy as np
 import torch
 
-from memgen.cli.options import (SEED, device_option, model_source_options, overwrite_option,
-                                show_progress)
+from memgen.cli.options import (SEED, device_option, input_range_option, input_ranges,
+                                model_source_options, overwrite_option, show_progress)
 from memgen.data import DATASETS
 from memgen.diffusion.generate import GenerateConfig, generate as generate_set
 from memgen.diffusion.loaders import LoadedModel, load_denoiser
-from memgen.diffusion.nets import get_preset
+from memgen.diffusion.nets import PRESETS, get_preset
+from memgen.diffusion.nets.presets import preset_parameters
 from memgen.diffusion.samplers import SAMPLERS
 from memgen.diffusion.training import (COMPILE_MODES, TrainConfig, load_checkpoint,
                                        train as run_training, training_samples)
@@ -26,11 +27,25 @@ from memgen.io import (atomic_file, check_output_dir, claim_output_dir, load_sam
                        write_reference_layout)
 
 
-@click.command()
+class _TrainCommand(click.Command):
+    """``memgen train``: its --help ends with the presets, their data size and parameter
+    count (computed only when the help is shown)."""
+
+    def format_epilog(self, ctx, formatter):
+        rows = [(name, (f"{c.channels}×{c.image_size}×{c.image_size} images"
+                        if c.kind == "unet" else f"{c.dim}-dimensional vectors")
+                 + f", {preset_parameters(name):,} parameters") for name, c in PRESETS.items()]
+        with formatter.section("Presets (--preset: the data size it takes)"):
+            formatter.write_dl(rows)
+        super().format_epilog(ctx, formatter)
+
+
+@click.command(cls=_TrainCommand)
 @click.option("--data", type=click.Choice(tuple(DATASETS)), default="fmnist", show_default=True,
               help="Data set (folder: with --data-root).")
 @click.option("--train", "train_path", type=click.Path(dir_okay=False),
               help="Train on this sample file instead of --data/--K.")
+@input_range_option()
 @click.option("--K", "K", type=int, help="Training-set size: the first K of the seeded split.")
 @click.option("--split-seed", type=SEED, help="[3407; 42 for the circle]")
 @click.option("--half", type=click.IntRange(1, 2), default=1, show_default=True,
@@ -38,7 +53,10 @@ from memgen.io import (atomic_file, check_output_dir, claim_output_dir, load_sam
                    "(for memgen hygiene halves).")
 @click.option("--data-root", type=click.Path(file_okay=False))
 @click.option("--preset", default=TrainConfig.preset, show_default=True,
-              help="Network preset (memgen.diffusion.nets.PRESETS).")
+              help="Network preset (listed below); the data must have its size.")
+@click.option("--resize", is_flag=True,
+              help="Resize images of another size to the preset's (bilinear, antialiased) "
+                   "instead of refusing them.")
 @click.option("--objective", type=click.Choice(["vp_eps", "ve_score"]),
               help="[ve_score for MLP presets, vp_eps for U-Nets]")
 @click.option("--iterations", type=int, default=TrainConfig.iterations, show_default=True)
@@ -66,13 +84,16 @@ from memgen.io import (atomic_file, check_output_dir, claim_output_dir, load_sam
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="Run folder: checkpoint.pt, log.jsonl, train.npz; resumes if present.")
 @overwrite_option
-def train(data, train_path, K, split_seed, half, data_root, preset, objective, iterations,
-          snapshots, batch_size, lr, ema_decay, ema_warmup, seed, checkpoint_every, amp,
-          compile_mode, device, out, overwrite):
+def train(data, train_path, input_range, K, split_seed, half, data_root, preset, resize,
+          objective, iterations, snapshots, batch_size, lr, ema_decay, ema_warmup, seed,
+          checkpoint_every, amp, compile_mode, device, out, overwrite):
     """Train a diffusion model on a training set (resumes from --out/checkpoint.pt).
 
     Several processes: torchrun --nproc-per-node N -m memgen train ... (DDP)."""
+    _check_data_options(click.get_current_context(), train_path, input_range)
     net = get_preset(preset)
+    if resize and net.kind != "unet":
+        raise UserError(f"--resize: preset {preset} takes vectors, which are not resized")
     config = TrainConfig(preset=preset, network=net.to_dict(), iterations=iterations,
                          snapshots=tuple(sorted(set(snapshots))), batch_size=batch_size, lr=lr,
                          ema_decay=ema_decay, ema_warmup=ema_warmup, seed=seed,
@@ -80,8 +101,10 @@ def train(data, train_path, K, split_seed, half, data_root, preset, objective, i
                          objective=objective or ("ve_score" if net.kind == "mlp"
                                                  else "vp_eps"))
     check_output_dir(out, "train", overwrite, replaced=overwrite)
-    samples = training_samples(net, load_samples(train_path, "--train") if train_path else None,
-                               data, K, split_seed, data_root, half)
+    ranges = input_ranges(input_range, ("train",))
+    given = load_samples(train_path, "--train", ranges.get("train")) if train_path else None
+    samples = training_samples(net, given, data, K, split_seed, data_root, half, resize=resize,
+                               preset=preset)
     out = Path(out)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, one process writes
         claim_output_dir(out, "train", overwrite)
@@ -91,6 +114,21 @@ def train(data, train_path, K, split_seed, half, data_root, preset, objective, i
                          progress=show_progress())
     click.echo(f"trained {state.step} iterations on {len(samples)} samples; "
                f"wrote {out / 'checkpoint.pt'}")
+
+
+def _check_data_options(ctx: click.Context, train_path, input_range) -> None:
+    """--train FILE is the whole training set: the options that choose one from a named
+    data set would be ignored, so each one given is refused; --input-range converts a
+    --train file (the named data sets are in [-1, 1] already)."""
+    chooses = ("data", "K", "half", "split_seed", "data_root")
+    given = [f"--{n.replace('_', '-')}" for n in chooses
+             if ctx.get_parameter_source(n) not in (None, click.core.ParameterSource.DEFAULT)]
+    if train_path and given:
+        raise UserError(f"{', '.join(given)}: no effect with --train FILE (the file is the "
+                        "whole training set); drop them")
+    if input_range and not train_path:
+        raise UserError("--input-range converts a --train FILE; the named data sets are "
+                        "in [-1, 1] already")
 
 
 @click.command()

@@ -49,6 +49,61 @@ class Device(click.ParamType):
 device_option = click.option("--device", type=Device(), default="cpu", show_default=True,
                              help="Torch device: cpu, cuda, cuda:N or mps.")
 
+class InputRange(click.ParamType):
+    """--input-range [SET=]LO,HI: the range a sample file's values are in, converted to
+    [-1, 1] (``memgen.io``'s input contract); SET names one of the command's sets."""
+
+    name = "range"
+
+    def __init__(self, sets: tuple[str, ...] = ()):
+        self.sets = sets
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        which, _, text = value.rpartition("=") if "=" in value else ("", "", value)
+        if which and which not in self.sets:
+            known = ", ".join(self.sets) if self.sets else "none here: give LO,HI"
+            raise UserError(f"--input-range {value}: no set {which!r} (sets: {known})")
+        try:
+            lo, hi = (float(v) for v in text.split(","))
+        except ValueError:
+            raise UserError(f"--input-range {value}: give LO,HI, e.g. 0,1 or 0,255"
+                            + (f" (or SET=LO,HI, SET one of {', '.join(self.sets)})"
+                               if self.sets else "")) from None
+        if not lo < hi or abs(lo) == float("inf") or abs(hi) == float("inf"):
+            raise UserError(f"--input-range {value}: give finite LO < HI")
+        return which or None, (lo, hi)
+
+
+def input_range_option(sets: tuple[str, ...] = ()):
+    """--input-range LO,HI (and SET=LO,HI where a command reads several sets): converts the
+    sample files from [LO, HI] to [-1, 1]; read by :func:`input_ranges`."""
+    where = (f" SET=LO,HI: that set only ({', '.join(sets)}); LO,HI: every set; repeatable."
+             if sets else "")
+    return click.option(
+        "--input-range", "input_range", type=InputRange(sets), multiple=True,
+        help="The sample file's values lie in LO,HI (e.g. 0,1 or 0,255): converted to "
+             "[-1, 1]. Without it images must be floats in [-1, 1] or uint8; -1,1 takes a "
+             "set that looks like [0, 1] as it is." + where)
+
+
+def input_ranges(given, sets: tuple[str, ...]) -> dict[str, tuple[float, float]]:
+    """set name → (LO, HI) from the --input-range values: LO,HI for every set of ``sets``
+    (those given), SET=LO,HI for one of them (over LO,HI); each at most once."""
+    given = list(given or ())
+    plain = [bounds for which, bounds in given if which is None]
+    named = [which for which, _ in given if which is not None]
+    if len(plain) > 1 or len(named) != len(set(named)):
+        raise UserError("--input-range given twice for the same set")
+    absent = [which for which in named if which not in sets]
+    if absent:
+        raise UserError(f"--input-range {absent[0]}=: no --{absent[0]} given")
+    ranges = {name: plain[0] for name in sets} if plain else {}
+    ranges.update((which, bounds) for which, bounds in given if which is not None)
+    return ranges
+
+
 overwrite_option = click.option(
     "--overwrite", is_flag=True,
     help="Replace --out even if another command (or not memgen) wrote it.")

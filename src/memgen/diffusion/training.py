@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 
 from memgen.data import (default_split_seed, heldout_indices, load_dataset, nested_indices,
                          resize_images)
-from memgen.diffusion.nets import NetConfig, get_preset
+from memgen.diffusion.nets import PRESETS, NetConfig, get_preset
 from memgen.diffusion.parameterization import PARAMETERIZATIONS, get_parameterization
 from memgen.diffusion.schedules import VESchedule, VPSchedule
 from memgen.diffusion.train_step import FlatAdam, StepTensors, TrainStep, ema_decay, ema_step
@@ -408,10 +408,13 @@ def _distributed() -> tuple[int, int]:
 
 def training_samples(net: NetConfig, samples: np.ndarray | None = None, data: str = "fmnist",
                      K: int | None = None, split_seed: int | None = None,
-                     root: str | None = None, half: int = 1) -> np.ndarray:
+                     root: str | None = None, half: int = 1, *, resize: bool = True,
+                     preset: str | None = None) -> np.ndarray:
     """The training set for a network: given samples, or K samples of the seeded split of
-    a named data set — the first K (half 1), or the next K, disjoint from them (half 2);
-    images resized to the network's size. float32, contiguous."""
+    a named data set — the first K (half 1), or the next K, disjoint from them (half 2).
+    Images of another size are resized to the network's (``resize``) or refused, naming
+    the presets that fit (:func:`check_fits`; ``preset`` names the network in messages).
+    float32, contiguous."""
     if samples is None:
         if K is None:
             raise UserError("give --K (training-set size) or --train FILE")
@@ -425,11 +428,37 @@ def training_samples(net: NetConfig, samples: np.ndarray | None = None, data: st
         picks = nested_indices(len(pool), K, seed) if half == 1 else \
             heldout_indices(len(pool), K, seed)[:K]
         samples = pool[picks]
+    check_fits(net, samples.shape[1:], resize, preset)
     if net.kind == "unet":
-        if samples.ndim != 4 or samples.shape[1] != net.channels:
-            raise UserError(f"preset needs images with {net.channels} channel(s), got "
-                             f"samples of shape {samples.shape[1:]}")
         samples = resize_images(samples, net.image_size)
-    elif samples.shape[1:] != (net.dim,):
-        raise UserError(f"preset needs {net.dim}-dimensional samples, got {samples.shape[1:]}")
     return np.ascontiguousarray(samples, dtype=np.float32)
+
+
+def check_fits(net: NetConfig, shape: tuple[int, ...], resize: bool = False,
+               preset: str | None = None) -> None:
+    """UserError unless samples of ``shape`` (C, H, W) or (D,) fit the network: its
+    channels and image size (another size only with ``resize``), or its dimension. The
+    message names the data's size, the network's and the presets that fit the data."""
+    name = f"preset {preset}" if preset else "the network"
+    if net.kind == "unet":
+        takes = f"{net.channels}×{net.image_size}×{net.image_size} images"
+        fits = len(shape) == 3 and shape[0] == net.channels and (
+            resize or shape[1:] == (net.image_size, net.image_size))
+    else:
+        takes = f"{net.dim}-dimensional vectors"
+        fits = shape == (net.dim,)
+    if fits:
+        return
+    data = ("×".join(map(str, shape)) + " images" if len(shape) == 3 else
+            f"{shape[0]}-dimensional vectors" if len(shape) == 1 else f"samples of shape {shape}")
+    others = [n for n, c in PRESETS.items() if n != preset and _preset_fits(c, shape)]
+    advice = f"presets that fit: {', '.join(others)}" if others else "no preset fits them"
+    if net.kind == "unet" and len(shape) == 3 and shape[0] == net.channels:
+        advice += f"; or pass --resize to resize them to {net.image_size}×{net.image_size}"
+    raise UserError(f"the data are {data} but {name} takes {takes} ({advice})")
+
+
+def _preset_fits(net: NetConfig, shape: tuple[int, ...]) -> bool:
+    if net.kind == "unet":
+        return shape == (net.channels, net.image_size, net.image_size)
+    return shape == (net.dim,)

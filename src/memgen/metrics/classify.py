@@ -13,12 +13,12 @@ import numpy as np
 
 from memgen._version import __version__
 from memgen.errors import UserError
-from memgen.io import check_same_shape, write_json
+from memgen.io import check_same_shape, validate_samples, write_json
 from memgen.metrics.null import DEFAULT_ALPHA, NullResult, null_rates
 from memgen.metrics.quality import HeldoutQuality, quality_summary, quality_vs_heldout
 from memgen.metrics.rules import (LABEL_NAMES, Neighbours, Rule, apply_rule, find_neighbours,
                                   make_rule)
-from memgen.metrics.shards import ShardSet
+from memgen.metrics.shards import ShardSet, iter_chunks
 from memgen.metrics.stats import FractionEstimate, estimate_fractions
 
 
@@ -179,7 +179,11 @@ def classify_sets(eval_set: np.ndarray, train: np.ndarray, synth=None,
                           seed=config.seed, **common)
         if config.calibrate:
             rule = null.calibrated
+    if synth is not None and not streamed:  # before the search: a shared file fails fast
+        check_independent(shared_rows(eval_set, synth), eval_set, train)
     near = find_neighbours(eval_set, train, synth, state=state, **common)
+    if streamed:  # s1 = 0 exactly: the row is in S′ (the search refines in float64)
+        check_independent(near.synth_dist[:, 0] == 0, eval_set, train)
     labels = apply_rule(near.train_dist, near.synth_dist, rule)
     quality = None if heldout is None else quality_vs_heldout(
         eval_set, heldout, metric=config.metric, k=config.k, seed=config.seed,
@@ -187,7 +191,27 @@ def classify_sets(eval_set: np.ndarray, train: np.ndarray, synth=None,
     return Classification(config=config, rule=rule, labels=labels, neighbours=near, null=null,
                  estimate=estimate_fractions(labels),
                  n_train=len(train), n_synth=len(eval_set) if synth is None else n_synth,
-                 quality=quality, warnings=duplicate_warnings(train, near, rule))
+                 quality=quality, warnings=duplicate_warnings(train, near, rule)
+                 + overlap_warnings(eval_set, train, near, synth is None))
+
+
+STREAM_PEEK_ROWS = 1024  # rows of a streamed set its range is judged by
+
+
+def streamed_sample(synth: ShardSet, name: str = "--synth") -> np.ndarray:
+    """The input contract (``memgen.io``) for a streamed set, without reading it all: every
+    shard's dtype from its header (images: floats or uint8) and the values of its first
+    ``STREAM_PEEK_ROWS`` rows, which are returned (for ``memgen.io.check_ranges``)."""
+    if len(synth.sample_shape) == 3:
+        for shard in synth.shards:
+            dtype = np.dtype(shard.dtype)
+            if dtype.kind != "f" and dtype != np.uint8:
+                raise UserError(f"{name}: {shard.path.name} holds {dtype} images; memgen "
+                                "takes images as floats in [-1, 1] or uint8: convert the "
+                                "shards")
+    rows = next(iter_chunks(synth, min(STREAM_PEEK_ROWS, synth.rows))).samples.numpy()
+    return validate_samples(rows, f"{name} (its first {len(rows)} rows)",
+                            flag=f"--input-range {name.lstrip('-')}={{}}")
 
 
 def check_disjoint(train: np.ndarray, heldout: np.ndarray) -> None:
@@ -198,6 +222,67 @@ def check_disjoint(train: np.ndarray, heldout: np.ndarray) -> None:
     if shared:
         raise UserError(f"{shared} of the {len(heldout)} held-out samples are also in the "
                          "training set: held-out data must be disjoint from it")
+
+
+def shared_rows(eval_set: np.ndarray, synth: np.ndarray) -> np.ndarray:
+    """(n_eval,) bool: which evaluated rows appear exactly (byte for byte) in ``synth``."""
+    index: dict[bytes, list[int]] = {}
+    for i, row in enumerate(eval_set.reshape(len(eval_set), -1)):
+        index.setdefault(row.tobytes(), []).append(i)
+    hit = np.zeros(len(eval_set), dtype=bool)
+    for row in synth.reshape(len(synth), -1):
+        hit[index.get(row.tobytes(), [])] = True
+    return hit
+
+
+def own_duplicates(eval_set: np.ndarray, train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """((n,) repeated, (n,) copied): evaluated rows that repeat another evaluated row
+    exactly, and those that are exactly a training row — what explains an exact repeat
+    across independently drawn sets (a model that emits a few images exactly)."""
+    flat = eval_set.reshape(len(eval_set), -1)
+    _, inverse, counts = np.unique(flat, axis=0, return_inverse=True, return_counts=True)
+    repeated = counts[inverse.reshape(-1)] > 1
+    seen = {row.tobytes() for row in train.reshape(len(train), -1)}
+    copied = np.fromiter((row.tobytes() in seen for row in flat), dtype=bool, count=len(flat))
+    return repeated, copied
+
+
+def check_independent(shared: np.ndarray, eval_set: np.ndarray, train: np.ndarray) -> None:
+    """Refuse an evaluated set that shares rows with the synthetic set (``shared``: (n,)
+    bool) where nothing in the data explains it: the shared rows are neither training
+    images nor repeated within the evaluated set, and either the evaluated set repeats
+    no row of its own or every row of it is shared (a prefix of S′, or S′ = S_eval).
+    Drawn from the same noise, every such sample has s1 = 0 and is called spurious."""
+    if not shared.any():
+        return
+    repeated, copied = own_duplicates(eval_set, train)
+    if not (shared & ~repeated & ~copied).any() or (repeated.any() and not shared.all()):
+        return  # explained, or partly: overlap_warnings says so after the search
+    raise UserError(f"{int(shared.sum())} of the {len(shared)} evaluated samples are also in "
+                    "the synthetic set (the same file, or sets generated from the same "
+                    "seed): S_eval and S′ must be drawn independently (memgen generate's "
+                    "default --seed depends on --name; give each set its own)")
+
+
+def overlap_warnings(eval_set: np.ndarray, train: np.ndarray, near: Neighbours,
+                     own_synth: bool) -> tuple[str, ...]:
+    """A warning where more evaluated samples have an exact copy in S′ (s1 = 0) than the
+    evaluated set's own exact repeats and training copies explain: those samples are
+    called spurious because the sets share rows, not because the model repeats itself.
+    Not for S_eval as its own S′ (its self-matches are excluded, so s1 = 0 is exactly a
+    repeat)."""
+    zero = near.synth_dist[:, 0] == 0
+    if own_synth or not zero.any():
+        return ()
+    repeated, copied = own_duplicates(eval_set, train)
+    explained = repeated | copied
+    if zero.mean() <= explained.mean():
+        return ()
+    n = len(zero)
+    return (f"{int(zero.sum())} of the {n} evaluated samples ({zero.mean():.1%}) have an "
+            f"exact copy in the synthetic set (s1 = 0), more than the evaluated set's own "
+            f"exact repeats and training copies explain ({explained.mean():.1%}): were "
+            "S_eval and S′ drawn independently?",)
 
 
 def duplicate_warnings(train: np.ndarray, near: Neighbours, rule: Rule) -> tuple[str, ...]:
