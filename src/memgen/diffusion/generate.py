@@ -208,19 +208,18 @@ def generate(denoiser, shape: tuple[int, ...], schedule, config: GenerateConfig,
     start = None  # built when a shard is drawn: the forward prior costs a covariance
     clip = denoised_clip(denoiser, config)
     label = source.label() if source is not None else type(denoiser).__name__
-    bar = tqdm(total=config.n, desc=f"generate {config.name}", unit="sample",
-               disable=not progress)
-    for shard in range(n_shards):
-        lo, hi = shard * config.shard_size, min(config.n, (shard + 1) * config.shard_size)
-        path = out / f"{config.name}-{shard:05d}.npz"
-        if not _complete(path, hi - lo):
-            start = start or start_prior(schedule, float(sigmas[0]), config.prior, data)
-            samples = _draw(denoiser, shape, sigmas, start, clip, config, lo, hi, device, dtype,
-                            label)
-            _write_json(_record_path(path), _record(identity, lo, hi))  # before the shard
-            _save_npz(path, samples)
-        bar.update(hi - lo)
-    bar.close()
+    with tqdm(total=config.n, desc=f"generate {config.name}", unit="sample",
+              disable=not progress) as bar:  # closed on errors too: their line stands alone
+        for shard in range(n_shards):
+            lo, hi = shard * config.shard_size, min(config.n, (shard + 1) * config.shard_size)
+            path = out / f"{config.name}-{shard:05d}.npz"
+            if not _complete(path, hi - lo):
+                start = start or start_prior(schedule, float(sigmas[0]), config.prior, data)
+                samples = _draw(denoiser, shape, sigmas, start, clip, config, lo, hi, device,
+                                dtype, label)
+                _write_json(_record_path(path), _record(identity, lo, hi))  # before the shard
+                _save_npz(path, samples)
+            bar.update(hi - lo)
     return _merge(out, config, n_shards, identity, clip, source)
 
 
