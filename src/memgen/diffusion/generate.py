@@ -287,10 +287,10 @@ def _mismatch(record: dict | None, identity: dict, lo: int, hi: int, n: int) -> 
     if differ:
         return "was made with another " + ", ".join(
             f"{k} ({_show(k, theirs.get(k))}, now {_show(k, identity.get(k))})" for k in differ)
+    rows = record.get("rows") if isinstance(record.get("rows"), list) else [0, 0]
     if lo >= n:
-        return f"holds samples {record['rows'][0]}..{record['rows'][1] - 1}, beyond --n {n}"
-    if record.get("rows") != [lo, hi]:
-        rows = record.get("rows") or [0, 0]
+        return f"holds samples {rows[0]}..{rows[1] - 1}, beyond --n {n}"
+    if rows != [lo, hi]:
         return (f"holds samples {rows[0]}..{rows[1] - 1}, not {lo}..{hi - 1} (another "
                 "--n or --shard-size)")
     return None
