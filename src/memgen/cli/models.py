@@ -203,8 +203,8 @@ def _check_generate_options(checkpoint, exact_path, torchscript, diffusers, shap
     if shape is not None and not (torchscript or diffusers):
         raise UserError("--shape is for --torchscript and --diffusers; this model's samples "
                         "have the shape it records (--exact: its data's)")
-    ctx = click.get_current_context()
-    if ctx.get_parameter_source("schedule") != click.core.ParameterSource.DEFAULT and not exact_path:
+    given = click.get_current_context().get_parameter_source("schedule")
+    if given != click.core.ParameterSource.DEFAULT and not exact_path:
         raise UserError("--schedule is for --exact; this model's schedule comes with it")
     if prior_data and prior != "forward":
         raise UserError("--prior-data is the training set of --prior forward; add it or "
