@@ -5,7 +5,10 @@ Registered on the main ``memgen`` group by ``memgen.cli.main`` (same error handl
 
 from __future__ import annotations
 
+import math
 import os
+import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -15,13 +18,15 @@ import torch
 from memgen.cli.options import (SEED, device_option, input_range_option, input_ranges,
                                 model_source_options, overwrite_option, show_progress)
 from memgen.data import DATASETS
-from memgen.diffusion.generate import GenerateConfig, generate as generate_set
-from memgen.diffusion.loaders import LoadedModel, load_denoiser
+from memgen.diffusion.generate import (GenerateConfig, denoised_clip, generate as generate_set,
+                                       name_seed, output_bytes, sampling_ladder)
+from memgen.diffusion.loaders import LoadedModel, load_denoiser, read_checkpoint
 from memgen.diffusion.nets import PRESETS, get_preset
 from memgen.diffusion.nets.presets import preset_parameters
-from memgen.diffusion.samplers import SAMPLERS
-from memgen.diffusion.training import (COMPILE_MODES, TrainConfig, load_checkpoint,
-                                       train as run_training, training_samples)
+from memgen.diffusion.samplers import SAMPLER_OPTIONS, SAMPLERS
+from memgen.diffusion.schedules import VESchedule, VPSchedule
+from memgen.diffusion.training import (COMPILE_MODES, TrainConfig, train as run_training,
+                                       training_samples)
 from memgen.errors import UserError
 from memgen.io import (atomic_file, check_output_dir, claim_output_dir, load_samples,
                        write_reference_layout)
@@ -134,8 +139,8 @@ def _check_data_options(ctx: click.Context, train_path, input_range) -> None:
 @click.command()
 @model_source_options(
     exact_help="Use the exact empirical denoiser of this training set (positive control).",
-    shape_help="C H W of the samples (--torchscript/--diffusers).",
-    schedule_help="Noise schedule for --exact.")
+    shape_help="C H W of the samples (--torchscript/--diffusers; others record theirs).",
+    schedule_help="Noise schedule for --exact (the other sources carry their own).")
 @click.option("--reference-checkpoint", type=click.Path(dir_okay=False),
               help="A K.pt of the paper authors' train_unet.py (their DDPM U-Net, EMA weights).")
 @click.option("--config", "reference_config", type=click.Path(dir_okay=False),
@@ -143,8 +148,11 @@ def _check_data_options(ctx: click.Context, train_path, input_range) -> None:
 @click.option("--n", type=int, required=True, help="Number of samples.")
 @click.option("--sampler", type=click.Choice(tuple(SAMPLERS)), default=None,
               help="[ddpm for VP models, euler_maruyama for VE]")
-@click.option("--steps", type=int, help="Sampling steps [the schedule's full ladder].")
-@click.option("--eta", type=float, default=0.0, show_default=True, help="DDIM η.")
+@click.option("--steps", type=int,
+              help="Sampling steps, at least 1 (VP: at most its T = 1000; VE: at least 2) "
+                   "[the schedule's full ladder].")
+@click.option("--eta", type=float, default=None,
+              help="DDIM η in [0, 1]; ddim only [0: deterministic DDIM].")
 @click.option("--prior", type=click.Choice(["standard", "forward"]), default="standard",
               show_default=True,
               help="Start: standard N(0, σ₀² I) (VP: DDPM's N(0, I)); forward: the forward "
@@ -157,9 +165,11 @@ def _check_data_options(ctx: click.Context, train_path, input_range) -> None:
               help="Clamp x̂₀ = D(x, σ) to --clip-range at every step (Ho et al.'s "
                    "clip_denoised; DDIM/Heun then follow the clipped field, not the model's "
                    "ODE) [on for ε-prediction models, off otherwise].")
-@click.option("--clip-range", type=float, nargs=2, default=(-1.0, 1.0), show_default=True,
-              help="LO HI for --clip-denoised.")
-@click.option("--seed", type=SEED, default=0, show_default=True)
+@click.option("--clip-range", type=float, nargs=2, default=None,
+              help="LO HI for --clip-denoised; refused where x̂₀ is not clipped [-1 1].")
+@click.option("--seed", type=SEED, default=None,
+              help="Seed of the set [derived from --name: the first 4 bytes of its sha256, "
+                   "so --name eval and --name synth draw different noise].")
 @click.option("--batch-size", type=int, default=256, show_default=True)
 @click.option("--shard-size", type=int, default=1000, show_default=True)
 @click.option("--name", default="samples", show_default=True, help="File name of the set.")
@@ -169,13 +179,58 @@ def _check_data_options(ctx: click.Context, train_path, input_range) -> None:
                    "run_generate.py's: compressed, key samples, float32 N×C×H×W in [-1, 1]; "
                    "their run_classify.py reads a folder of <K>.npz).")
 @click.option("--out", required=True, type=click.Path(file_okay=False),
-              help="Folder of the shards and NAME.npz (an interrupted run resumes there).")
+              help="Folder of the shards and NAME.npz. An interrupted run resumes there: a "
+                   "shard is reused only if made by the same model (content hash) and "
+                   "settings; otherwise the run stops (--overwrite: draw the set afresh).")
 @overwrite_option
 def generate(checkpoint, exact_path, torchscript, diffusers, shape, schedule,
              reference_checkpoint, reference_config, n, sampler, steps, eta, prior, prior_data,
              clip_denoised, clip_range, seed, batch_size, shard_size, name, device,
              reference_K, out, overwrite):
-    """Sample a set as npz shards plus a merged NAME.npz (resumable: finished shards are kept)."""
+    """Sample a set as npz shards plus a merged NAME.npz (resumable: finished shards are kept).
+
+    Every shard has a record NAME-00000.json of what made it (model hash, sampler, steps, η,
+    seed, prior, clipping, shape, schedule); NAME.json describes NAME.npz."""
+    _check_generate_options(checkpoint, exact_path, torchscript, diffusers, shape,
+                            reference_checkpoint, reference_config, steps, eta, prior,
+                            prior_data)
+    check_output_dir(out, "generate", overwrite, replaced=overwrite)
+    model = model_from_options(checkpoint, exact_path, torchscript, diffusers, shape=shape,
+                               schedule=schedule, device=device,
+                               reference_checkpoint=reference_checkpoint,
+                               reference_config=reference_config)
+    config = GenerateConfig(n=n, sampler=sampler or model.schedule.default_sampler, steps=steps,
+                            eta=0.0 if eta is None else eta,
+                            seed=name_seed(name) if seed is None else seed,
+                            batch_size=batch_size, shard_size=shard_size, name=name,
+                            clip=len(model.shape) == 3, prior=prior,
+                            clip_denoised=clip_denoised,
+                            clip_range=tuple(clip_range or (-1.0, 1.0)))
+    _check_against_model(model, config, eta, clip_range)
+    data = None
+    if prior == "forward":
+        data = load_samples(_prior_data(prior_data, exact_path, checkpoint), "--prior-data")
+        if data.shape[1:] != tuple(model.shape):
+            raise UserError(f"--prior-data holds samples of shape {data.shape[1:]} but the "
+                            f"model makes samples of shape {tuple(model.shape)}")
+    _check_disk(out, config, model.shape, reference_K)
+    merged = generate_set(model.denoiser, model.shape, model.schedule, config,
+                          claim_output_dir(out, "generate", overwrite), data=data,
+                          device=device, progress=show_progress(), source=model.source,
+                          overwrite=overwrite)
+    derived = f" (seed {config.seed}, from --name {name})" if seed is None else ""
+    click.echo(f"wrote {merged}{derived}")
+    if reference_K is not None:
+        theirs = write_reference_layout(Path(out) / "reference" / f"{reference_K}.npz",
+                                        load_samples(merged, name))
+        click.echo(f"wrote {theirs} (the authors' layout)")
+
+
+def _check_generate_options(checkpoint, exact_path, torchscript, diffusers, shape,
+                            reference_checkpoint, reference_config, steps, eta, prior,
+                            prior_data) -> None:
+    """UserError for an option generate would ignore or cannot honour, before any work:
+    read from the options alone (``_check_against_model`` checks the rest)."""
     sources = [s for s in (checkpoint, exact_path, torchscript, diffusers, reference_checkpoint)
                if s]
     if len(sources) != 1:
@@ -183,26 +238,65 @@ def generate(checkpoint, exact_path, torchscript, diffusers, shape, schedule,
                         "--reference-checkpoint")
     if reference_config and not reference_checkpoint:
         raise UserError("--config is the YAML of --reference-checkpoint")
-    check_output_dir(out, "generate", overwrite, replaced=overwrite)
-    model = model_from_options(checkpoint, exact_path, torchscript, diffusers, shape=shape,
-                               schedule=schedule, device=device,
-                               reference_checkpoint=reference_checkpoint,
-                               reference_config=reference_config)
-    config = GenerateConfig(n=n, sampler=sampler or model.schedule.default_sampler, steps=steps,
-                            eta=eta, seed=seed, batch_size=batch_size, shard_size=shard_size,
-                            name=name, clip=len(model.shape) == 3, prior=prior,
-                            clip_denoised=clip_denoised, clip_range=tuple(clip_range))
-    data = None
-    if prior == "forward":
-        data = load_samples(_prior_data(prior_data, exact_path, checkpoint), "--prior-data")
-    merged = generate_set(model.denoiser, model.shape, model.schedule, config,
-                 claim_output_dir(out, "generate", overwrite), data=data, device=device,
-                 progress=show_progress())
-    click.echo(f"wrote {merged}")
-    if reference_K is not None:
-        theirs = write_reference_layout(Path(out) / "reference" / f"{reference_K}.npz",
-                                        load_samples(merged, name))
-        click.echo(f"wrote {theirs} (the authors' layout)")
+    if shape is not None and not (torchscript or diffusers):
+        raise UserError("--shape is for --torchscript and --diffusers; this model's samples "
+                        "have the shape it records (--exact: its data's)")
+    given = click.get_current_context().get_parameter_source("schedule")
+    if given != click.core.ParameterSource.DEFAULT and not exact_path:
+        raise UserError("--schedule is for --exact; this model's schedule comes with it")
+    if prior_data and prior != "forward":
+        raise UserError("--prior-data is the training set of --prior forward; add it or "
+                        "leave --prior-data out")
+    if steps is not None and steps < 1:
+        raise UserError(f"--steps must be at least 1, got {steps}")
+    if eta is not None and not 0 <= eta <= 1:
+        raise UserError(f"--eta must lie in [0, 1] (DDIM's η), got {eta}")
+
+
+def _check_against_model(model: LoadedModel, config: GenerateConfig, eta, clip_range) -> None:
+    """UserError for options the loaded model makes meaningless: --eta with a sampler
+    without η, --steps outside its schedule, --clip-range where x̂₀ is not clipped."""
+    if eta is not None and "eta" not in SAMPLER_OPTIONS[config.sampler]:
+        raise UserError(f"--eta is DDIM's η; the {config.sampler} sampler has none (add "
+                        "--sampler ddim or leave --eta out)")
+    schedule, steps = model.schedule, config.steps
+    if isinstance(schedule, VPSchedule) and steps is not None and steps > schedule.T:
+        raise UserError(f"--steps {steps} exceeds the model's schedule: its T = {schedule.T} "
+                        f"timesteps allow 1 to {schedule.T}")
+    if isinstance(schedule, VESchedule) and steps is not None and steps < 2:
+        raise UserError(f"--steps {steps}: a VE ladder needs at least 2 steps")
+    sampling_ladder(schedule, config)  # anything else the ladder refuses, before --out exists
+    if clip_range is not None and denoised_clip(model.denoiser, config) is None:
+        why = "with --no-clip-denoised" if config.clip_denoised is False else \
+            "by default for this model (only ε-prediction models' is)"
+        raise UserError(f"--clip-range has no effect: x̂₀ is not clipped {why}; add "
+                        "--clip-denoised or leave --clip-range out")
+
+
+def _check_disk(out, config: GenerateConfig, shape, reference_K) -> None:
+    """UserError when the set (shards, merged NAME.npz and --reference-layout's copy) would
+    not fit in the free space where --out goes; the shards already there count as written."""
+    out = Path(out).absolute()
+    per_sample = 4 * math.prod(shape)
+    need = output_bytes(config.n, tuple(shape)) + (per_sample * config.n if reference_K else 0)
+    if out.is_dir():
+        need -= sum(p.stat().st_size for p in out.glob(f"{config.name}-*.npz") if p.is_file())
+    above = out
+    while not above.exists():
+        above = above.parent
+    free = shutil.disk_usage(above).free
+    if need > free:
+        raise UserError(f"--n {config.n} would write about {_size(need)} (shards, the merged "
+                        f"{config.name}.npz{' and its reference copy' if reference_K else ''})"
+                        f" but {above} has {_size(free)} free; lower --n or choose another "
+                        "--out")
+
+
+def _size(nbytes: int) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if nbytes < 1000 or unit == "TB":
+            return f"{nbytes:.3g} {unit}" if unit != "B" else f"{nbytes} B"
+        nbytes /= 1000
 
 
 def model_from_options(checkpoint=None, exact_path=None, torchscript=None, diffusers=None,
@@ -216,13 +310,16 @@ def model_from_options(checkpoint=None, exact_path=None, torchscript=None, diffu
     network = bool(torchscript or diffusers)
     if network and shape is None:
         raise UserError("--torchscript and --diffusers need --shape C H W")
-    return load_denoiser(checkpoint=checkpoint or None,
-                         exact=load_samples(exact_path, "--exact") if exact_path else None,
-                         torchscript=torchscript or None, diffusers=diffusers or None,
-                         reference=((reference_checkpoint, reference_config or None)
-                                    if reference_checkpoint else None),
-                         schedule=schedule if exact_path else None,
-                         shape=tuple(shape) if network else None, device=device, **options)
+    model = load_denoiser(checkpoint=checkpoint or None,
+                          exact=load_samples(exact_path, "--exact") if exact_path else None,
+                          torchscript=torchscript or None, diffusers=diffusers or None,
+                          reference=((reference_checkpoint, reference_config or None)
+                                     if reference_checkpoint else None),
+                          schedule=schedule if exact_path else None,
+                          shape=tuple(shape) if network else None, device=device, **options)
+    if exact_path:  # the array's hash stays the identity; the file names it in messages
+        model = replace(model, source=replace(model.source, path=str(exact_path)))
+    return model
 
 
 def _prior_data(prior_data, exact_path, checkpoint) -> str:
@@ -238,4 +335,4 @@ def _prior_data(prior_data, exact_path, checkpoint) -> str:
 
 def checkpoint_net(path):
     """The NetConfig a ``memgen train`` checkpoint was trained with."""
-    return TrainConfig.from_json(load_checkpoint(path)["config"]).net
+    return read_checkpoint(path)[1].net

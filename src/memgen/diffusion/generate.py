@@ -5,6 +5,15 @@ not depend on the batch it was drawn in nor on how the work was split; finished 
 are skipped when a run is repeated, and a merged ``NAME.npz`` (key ``samples``, the
 layout ``memgen classify`` reads) is written once all shards exist.
 
+Identity. Every shard NAME-00000.npz has a record NAME-00000.json beside it, written
+before it: the set's identity (``generation_identity``: the model's content hash, sampler,
+steps, η, seed, prior and the prior data's hash, clipping, ladder, shape, schedule, dtype)
+and the rows it holds. A repeated run reuses a shard only when both match exactly; a
+shard made otherwise, one without a record (an earlier memgen) or one beyond n stops the
+run with the fields that differ (``overwrite=True`` discards the set's files and starts
+afresh), so a set never mixes models or settings. The shard ``.npz`` files are unchanged
+(key ``samples`` only); ``NAME.json`` describes the merged ``NAME.npz``, written after it.
+
 Modelling choices, explicit and defaulting to what memgen always did:
     prior          where x starts at the ladder's top σ₀: "standard" N(0, σ₀² I) for VE and
                    DDPM's x_T ~ N(0, I) for VP (N(0, (1 + σ₀²) I) in VE coordinates); or
@@ -22,8 +31,10 @@ Modelling choices, explicit and defaulting to what memgen always did:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import re
 import zipfile
 import zlib
 from dataclasses import asdict, dataclass
@@ -33,10 +44,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from memgen._version import __version__
 from memgen.diffusion.denoisers import EpsDenoiser
-from memgen.diffusion.samplers import (GaussianPrior, StackedGenerator, clipped, forward_prior,
-                                       get_sampler, retrieve_fixed_point, sampler_options,
-                                       truncate_ladder)
+from memgen.diffusion.loaders import ModelSource, array_sha256, denoiser_sha256
+from memgen.diffusion.samplers import (SAMPLER_OPTIONS, SAMPLER_REVISIONS, GaussianPrior,
+                                       StackedGenerator, clipped, forward_prior, get_sampler,
+                                       retrieve_fixed_point, sampler_options, truncate_ladder)
 from memgen.diffusion.schedules import VESchedule, VPSchedule
 from memgen.errors import UserError
 from memgen.io import atomic_file
@@ -69,12 +82,23 @@ class GenerateConfig:
         if self.stop_sigma is not None and (self.final_denoise or not self.stop_sigma > 0):
             raise UserError("stop_sigma must be positive and excludes final_denoise")
         get_sampler(self.sampler)  # ValueError for unknown samplers
+        if self.steps is not None and self.steps < 1:
+            raise UserError(f"steps must be at least 1, got {self.steps}")
+        if "eta" in SAMPLER_OPTIONS[self.sampler] and not 0 <= self.eta <= 1:
+            raise UserError(f"eta must lie in [0, 1] for {self.sampler}, got {self.eta}")
         if self.prior not in PRIORS:
             raise UserError(f"unknown prior {self.prior!r}; known: {', '.join(PRIORS)}")
         if len(self.clip_range) != 2 or not self.clip_range[0] < self.clip_range[1]:
             raise UserError(f"clip_range must be a pair lo < hi, got {self.clip_range}")
         if not self.name or "/" in self.name:
             raise UserError(f"bad set name {self.name!r}")
+
+
+def name_seed(name: str) -> int:
+    """The default seed of a set named ``name``: the first 4 bytes of sha256(name), so sets
+    of different names (eval, synth) start from different noise unless told otherwise, and
+    a name gives the same seed on every run and machine (unlike Python's salted hash())."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "big")
 
 
 def sample_seed(seed: int, index: int) -> tuple[int, int]:
@@ -117,45 +141,193 @@ def denoised_clip(denoiser, config: GenerateConfig) -> tuple[float, float] | Non
     return tuple(config.clip_range) if on else None
 
 
-def generate(denoiser, shape: tuple[int, ...], schedule, config: GenerateConfig, out: Path,
-             *, data=None, device="cpu", dtype=torch.float32, progress: bool = True) -> Path:
-    """Write shards NAME-00000.npz … and the merged NAME.npz into ``out``; return the latter.
-
-    data: the training set (K, *shape), needed only for config.prior = "forward"."""
-    if config.prior == "forward" and data is None:
-        raise UserError("prior 'forward' needs the training set (data=...)")
-    if data is not None and tuple(data.shape[1:]) != tuple(shape):
-        raise UserError(f"data samples have shape {tuple(data.shape[1:])}, not {tuple(shape)}")
-    out.mkdir(parents=True, exist_ok=True)
+def sampling_ladder(schedule, config: GenerateConfig) -> torch.Tensor:
+    """The σ ladder the sampler walks: the schedule's (``ladder``), with a final 0 for
+    final_denoise, cut at stop_sigma; UserError for steps the schedule does not allow."""
     sigmas = ladder(schedule, config.steps)
     if config.final_denoise and float(sigmas[-1]) > 0:
         sigmas = torch.cat([sigmas, sigmas.new_zeros(1)])
     if config.stop_sigma is not None:
         sigmas = truncate_ladder(sigmas, config.stop_sigma)
+    return sigmas
+
+
+def generation_identity(denoiser, shape: tuple[int, ...], schedule, config: GenerateConfig, *,
+                        source: ModelSource | None = None, data=None,
+                        dtype=torch.float32) -> dict:
+    """What decides a set's samples, as JSON: the model (its source's content hash, else a
+    fingerprint of the denoiser), the sampler and its ladder, the seed, the prior (and its
+    data's hash), the clipping, the shape and dtype. Not batch_size, n or the device."""
+    clip = denoised_clip(denoiser, config)
+    model = source.identity() if source is not None else {
+        "kind": type(denoiser).__name__, "sha256": denoiser_sha256(denoiser)}
+    identity = {
+        "model": model, "sampler": config.sampler,
+        "sampler_revision": SAMPLER_REVISIONS.get(config.sampler), "steps": config.steps,
+        "eta": config.eta if "eta" in SAMPLER_OPTIONS[config.sampler] else None,
+        "seed": config.seed, "prior": config.prior,
+        "prior_data_sha256": array_sha256(data) if config.prior == "forward" else None,
+        "clip_denoised": clip is not None, "clip_range": clip, "clip": config.clip,
+        "final_denoise": config.final_denoise, "stop_sigma": config.stop_sigma,
+        "shape": list(shape), "schedule": _describe_schedule(schedule), "dtype": str(dtype),
+    }
+    return json.loads(json.dumps(identity))  # as it reads back: lists, not tuples
+
+
+def _describe_schedule(schedule) -> dict | None:
+    if schedule is None:
+        return None
+    return {"type": type(schedule).__name__, **asdict(schedule)}
+
+
+def generate(denoiser, shape: tuple[int, ...], schedule, config: GenerateConfig, out: Path,
+             *, data=None, device="cpu", dtype=torch.float32, progress: bool = True,
+             source: ModelSource | None = None, overwrite: bool = False) -> Path:
+    """Write shards NAME-00000.npz … (each with its record NAME-00000.json) and the merged
+    NAME.npz into ``out``; return the latter.
+
+    data: the training set (K, *shape), needed only for config.prior = "forward".
+    source: where the model came from (``LoadedModel.source``): its content hash is the
+        model's identity; None fingerprints the denoiser itself (``denoiser_sha256``).
+    overwrite: discard this set's files in ``out`` first; otherwise shards made with
+        another identity stop the run (UserError), before anything is written."""
+    if config.prior == "forward" and data is None:
+        raise UserError("prior 'forward' needs the training set (data=...)")
+    if data is not None and tuple(data.shape[1:]) != tuple(shape):
+        raise UserError(f"data samples have shape {tuple(data.shape[1:])}, not {tuple(shape)}")
+    sigmas = sampling_ladder(schedule, config)
+    identity = generation_identity(denoiser, shape, schedule, config, source=source,
+                                   data=data, dtype=dtype)
+    out = Path(out)
+    n_shards = math.ceil(config.n / config.shard_size)
+    if overwrite:
+        discard_set(out, config.name)
+    else:
+        _check_shards(out, config, identity)
+    out.mkdir(parents=True, exist_ok=True)
     start = None  # built when a shard is drawn: the forward prior costs a covariance
     clip = denoised_clip(denoiser, config)
-    n_shards = math.ceil(config.n / config.shard_size)
-    bar = tqdm(total=config.n, desc=f"generate {config.name}", unit="sample",
-               disable=not progress)
-    for shard in range(n_shards):
-        lo, hi = shard * config.shard_size, min(config.n, (shard + 1) * config.shard_size)
-        path = out / f"{config.name}-{shard:05d}.npz"
-        if not _complete(path, hi - lo):
-            start = start or start_prior(schedule, float(sigmas[0]), config.prior, data)
-            samples = _draw(denoiser, shape, sigmas, start, clip, config, lo, hi, device, dtype)
-            _save_npz(path, samples)
-        bar.update(hi - lo)
-    bar.close()
-    merged = out / f"{config.name}.npz"
-    parts = [np.load(out / f"{config.name}-{s:05d}.npz", allow_pickle=False)["samples"]
-             for s in range(n_shards)]
+    label = source.label() if source is not None else type(denoiser).__name__
+    with tqdm(total=config.n, desc=f"generate {config.name}", unit="sample",
+              disable=not progress) as bar:  # closed on errors too: their line stands alone
+        for shard in range(n_shards):
+            lo, hi = shard * config.shard_size, min(config.n, (shard + 1) * config.shard_size)
+            path = out / f"{config.name}-{shard:05d}.npz"
+            if not _complete(path, hi - lo):
+                start = start or start_prior(schedule, float(sigmas[0]), config.prior, data)
+                samples = _draw(denoiser, shape, sigmas, start, clip, config, lo, hi, device,
+                                dtype, label)
+                _write_json(_record_path(path), _record(identity, lo, hi))  # before the shard
+                _save_npz(path, samples)
+            bar.update(hi - lo)
+    return _merge(out, config, n_shards, identity, clip, source)
+
+
+def _merge(out: Path, config: GenerateConfig, n_shards: int, identity: dict, clip,
+           source: ModelSource | None) -> Path:
+    """NAME.npz from the shards, then NAME.json describing it (removed first, so a record
+    never outlives the samples it describes)."""
+    merged, description = out / f"{config.name}.npz", out / f"{config.name}.json"
+    shards = [f"{config.name}-{s:05d}.npz" for s in range(n_shards)]
+    parts = [np.load(out / name, allow_pickle=False)["samples"] for name in shards]
+    description.unlink(missing_ok=True)
     _save_npz(merged, np.concatenate(parts))
-    record = {"config": asdict(config), "denoised_clip": clip}
-    (out / f"{config.name}.json").write_text(json.dumps(record, indent=2))
+    record = {"config": asdict(config), "denoised_clip": clip, "identity": identity,
+              "model_path": source.path if source is not None else None, "shards": shards,
+              "memgen": __version__}
+    _write_json(description, record)
     return merged
 
 
-def _draw(denoiser, shape, sigmas, start, clip, config, lo, hi, device, dtype) -> np.ndarray:
+# ------------------------------------------------------------------- shard records
+
+
+def _record_path(shard: Path) -> Path:
+    return shard.with_suffix(".json")
+
+
+def _record(identity: dict, lo: int, hi: int) -> dict:
+    return {"identity": identity, "rows": [lo, hi], "memgen": __version__}
+
+
+def _set_files(out: Path, name: str) -> dict[int, Path]:
+    """The numbered shards NAME-00000.npz … of set ``name`` in ``out``, by number."""
+    if not out.is_dir():
+        return {}
+    pattern = re.compile(re.escape(name) + r"-(\d{5,})\.npz")
+    return {int(m[1]): p for p in out.iterdir() if (m := pattern.fullmatch(p.name))}
+
+
+def _check_shards(out: Path, config: GenerateConfig, identity: dict) -> None:
+    """UserError, before anything is written, unless every shard of the set already in
+    ``out`` was made with this identity at the rows this run gives it."""
+    for index, path in sorted(_set_files(out, config.name).items()):
+        lo, hi = index * config.shard_size, min(config.n, (index + 1) * config.shard_size)
+        problem = _mismatch(_read_record(_record_path(path)), identity, lo, hi, config.n)
+        if problem:
+            raise UserError(f"{path} {problem}; pass --overwrite to regenerate the set "
+                            f"{config.name!r} (or choose another --out or --name)")
+
+
+def _read_record(path: Path) -> dict | None:
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and "identity" in record else None
+
+
+def _mismatch(record: dict | None, identity: dict, lo: int, hi: int, n: int) -> str | None:
+    """Why a shard may not be reused (None: it may): no record, other settings, other rows."""
+    if record is None:
+        return "has no record of what made it (an earlier memgen, or not memgen's)"
+    theirs = record["identity"]
+    keys = list(identity) + [k for k in theirs if k not in identity]  # the model first
+    differ = [k for k in keys if theirs.get(k) != identity.get(k)]
+    if differ:
+        return "was made with another " + ", ".join(
+            f"{k} ({_show(k, theirs.get(k))}, now {_show(k, identity.get(k))})" for k in differ)
+    rows = record.get("rows") if isinstance(record.get("rows"), list) else [0, 0]
+    if lo >= n:
+        return f"holds samples {rows[0]}..{rows[1] - 1}, beyond --n {n}"
+    if rows != [lo, hi]:
+        return (f"holds samples {rows[0]}..{rows[1] - 1}, not {lo}..{hi - 1} (another "
+                "--n or --shard-size)")
+    return None
+
+
+def _show(key: str, value) -> str:
+    """A field's value in a message; content hashes shortened."""
+    if key == "model" and isinstance(value, dict):
+        return f"{value.get('kind')} sha256 {str(value.get('sha256'))[:12]}"
+    if key.endswith("sha256") and isinstance(value, str):
+        return value[:12]
+    return "none" if value is None else str(value)
+
+
+def discard_set(out: Path, name: str) -> None:
+    """Remove set ``name``'s files from ``out``: its shards and their records, NAME.npz and
+    NAME.json (other sets and files stay)."""
+    for path in _set_files(out, name).values():
+        _record_path(path).unlink(missing_ok=True)
+        path.unlink(missing_ok=True)
+    for suffix in (".json", ".npz"):
+        (out / f"{name}{suffix}").unlink(missing_ok=True)
+
+
+def _write_json(path: Path, payload: dict) -> None:
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(payload, indent=2) + "\n")
+
+
+def output_bytes(n: int, shape: tuple[int, ...]) -> int:
+    """Bytes a set of n float32 samples takes once as shards and once merged (headers and
+    records aside)."""
+    return 2 * n * math.prod(shape) * 4
+
+
+def _draw(denoiser, shape, sigmas, start, clip, config, lo, hi, device, dtype,
+          label: str = "the model") -> np.ndarray:
     sampler = get_sampler(config.sampler)
     options = sampler_options(config.sampler, {"eta": config.eta})
     chunks = []
@@ -167,6 +339,10 @@ def _draw(denoiser, shape, sigmas, start, clip, config, lo, hi, device, dtype) -
                     options=options)
         if config.stop_sigma is not None:
             x = retrieve_fixed_point(clipped(denoiser, clip), x, config.stop_sigma)
+        if not torch.isfinite(x).all():  # before the final clip, which would hide ±Inf
+            raise UserError(f"{label} gave NaN or Inf samples: the first such batch holds "
+                            f"samples {b0}..{b1 - 1} of {config.name!r}; nothing merged "
+                            "(earlier shards kept)")
         chunks.append((x.clamp(-1, 1) if config.clip else x).float().cpu().numpy())
     return np.concatenate(chunks)
 
