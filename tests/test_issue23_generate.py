@@ -402,3 +402,21 @@ def test_ve_schedule_ladder_checks(tmp_path, train_file):
     ok(run("generate", "--exact", train_file, "--schedule", "ve", "--n", 2, "--steps", 5,
            "--out", out))
     assert _consistent(out)["schedule"] == {"type": "VESchedule", **asdict(VESchedule())}
+
+
+def test_exact_training_sets_in_another_range_are_refused_or_converted(tmp_path):
+    """--exact in [0, 255] floats is refused as the input contract says; with --input-range
+    0,255 it is converted, and the exact denoiser then draws the [-1, 1] set's samples."""
+    images = _images()
+    save(tmp_path / "minus1.npz", images)
+    save(tmp_path / "u255.npz", (images + 1) * 127.5)
+    common = ["--n", "3", "--steps", "20", "--seed", "1", "--sampler", "ddim"]
+    result = run("generate", "--exact", tmp_path / "u255.npz", *common, "--out", tmp_path / "r")
+    assert_fails(result, "--input-range", tmp_path / "r", tmp_path)
+    ok(run("generate", "--exact", tmp_path / "u255.npz", "--input-range", "0,255", *common,
+           "--out", tmp_path / "c"))
+    ok(run("generate", "--exact", tmp_path / "minus1.npz", *common, "--out", tmp_path / "m"))
+    np.testing.assert_allclose(_samples(tmp_path / "c"), _samples(tmp_path / "m"), atol=1e-5)
+    result = run("generate", "--checkpoint", tmp_path / "none.pt", "--input-range", "0,1",
+                 "--n", "2", "--out", tmp_path / "x")
+    assert_fails(result, "--input-range", tmp_path / "x", tmp_path)

@@ -173,6 +173,7 @@ def _check_data_options(ctx: click.Context, train_path, input_range) -> None:
 @click.option("--batch-size", type=int, default=256, show_default=True)
 @click.option("--shard-size", type=int, default=1000, show_default=True)
 @click.option("--name", default="samples", show_default=True, help="File name of the set.")
+@input_range_option()
 @device_option
 @click.option("--reference-layout", "reference_K", type=click.IntRange(min=1), metavar="K",
               help="Also write OUT/reference/K.npz in the paper authors' layout (their "
@@ -185,12 +186,17 @@ def _check_data_options(ctx: click.Context, train_path, input_range) -> None:
 @overwrite_option
 def generate(checkpoint, exact_path, torchscript, diffusers, shape, schedule,
              reference_checkpoint, reference_config, n, sampler, steps, eta, prior, prior_data,
-             clip_denoised, clip_range, seed, batch_size, shard_size, name, device,
-             reference_K, out, overwrite):
+             clip_denoised, clip_range, seed, batch_size, shard_size, name, input_range,
+             device, reference_K, out, overwrite):
     """Sample a set as npz shards plus a merged NAME.npz (resumable: finished shards are kept).
 
     Every shard has a record NAME-00000.json of what made it (model hash, sampler, steps, η,
-    seed, prior, clipping, shape, schedule); NAME.json describes NAME.npz."""
+    seed, prior, clipping, shape, schedule); NAME.json describes NAME.npz. --input-range
+    converts the training sets read (--exact, --prior-data) from LO,HI to [-1, 1]."""
+    data_range = input_ranges(input_range, ("data",)).get("data")
+    if data_range is not None and not (exact_path or prior_data):
+        raise UserError("--input-range converts the training set of --exact or --prior-data; "
+                        "this model reads none")
     _check_generate_options(checkpoint, exact_path, torchscript, diffusers, shape,
                             reference_checkpoint, reference_config, steps, eta, prior,
                             prior_data)
@@ -198,7 +204,7 @@ def generate(checkpoint, exact_path, torchscript, diffusers, shape, schedule,
     model = model_from_options(checkpoint, exact_path, torchscript, diffusers, shape=shape,
                                schedule=schedule, device=device,
                                reference_checkpoint=reference_checkpoint,
-                               reference_config=reference_config)
+                               reference_config=reference_config, input_range=data_range)
     config = GenerateConfig(n=n, sampler=sampler or model.schedule.default_sampler, steps=steps,
                             eta=0.0 if eta is None else eta,
                             seed=name_seed(name) if seed is None else seed,
@@ -209,7 +215,8 @@ def generate(checkpoint, exact_path, torchscript, diffusers, shape, schedule,
     _check_against_model(model, config, eta, clip_range)
     data = None
     if prior == "forward":
-        data = load_samples(_prior_data(prior_data, exact_path, checkpoint), "--prior-data")
+        data = load_samples(_prior_data(prior_data, exact_path, checkpoint), "--prior-data",
+                            data_range if (prior_data or exact_path) else None)
         if data.shape[1:] != tuple(model.shape):
             raise UserError(f"--prior-data holds samples of shape {data.shape[1:]} but the "
                             f"model makes samples of shape {tuple(model.shape)}")
@@ -301,17 +308,19 @@ def _size(nbytes: int) -> str:
 
 def model_from_options(checkpoint=None, exact_path=None, torchscript=None, diffusers=None,
                        *, shape=None, schedule=None, device="cpu", reference_checkpoint=None,
-                       reference_config=None, **options) -> LoadedModel:
+                       reference_config=None, input_range=None, **options) -> LoadedModel:
     """The model of --checkpoint, --exact, --torchscript, --diffusers or
     --reference-checkpoint (one of them), by ``memgen.diffusion.loaders.load_denoiser``:
     --exact is read as a sample file, --schedule ("vp" | "ve") is --exact's, --shape is
     --torchscript's and --diffusers', --config (``reference_config``) is
-    --reference-checkpoint's. options: exact_dtype, clip, ema (see ``load_denoiser``)."""
+    --reference-checkpoint's; input_range (LO, HI): --exact's values, converted to [-1, 1]
+    (``memgen.io.load_samples``). options: exact_dtype, clip, ema (see ``load_denoiser``)."""
     network = bool(torchscript or diffusers)
     if network and shape is None:
         raise UserError("--torchscript and --diffusers need --shape C H W")
     model = load_denoiser(checkpoint=checkpoint or None,
-                          exact=load_samples(exact_path, "--exact") if exact_path else None,
+                          exact=(load_samples(exact_path, "--exact", input_range)
+                                 if exact_path else None),
                           torchscript=torchscript or None, diffusers=diffusers or None,
                           reference=((reference_checkpoint, reference_config or None)
                                      if reference_checkpoint else None),
