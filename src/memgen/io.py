@@ -417,5 +417,9 @@ def read_csv_rows(path: str | Path) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"no such file: {path}")
-    with path.open(newline="") as f:
-        return list(csv.DictReader(f))
+    try:
+        with path.open(newline="") as f:
+            return list(csv.DictReader(f))
+    except (UnicodeDecodeError, csv.Error) as err:
+        kind = "binary, not text" if isinstance(err, UnicodeDecodeError) else str(err)
+        raise UserError(f"{path}: not a CSV table ({kind})") from None

@@ -311,20 +311,40 @@ def critical_time_cmd(checkpoint, exact_path, samples_path, labels_path, limit, 
         write_json(tmp / "summary.json", summary)
         _save_label_figure(tmp / "critical.png", sigma, labels, "critical σ*",
                            f"basin size (p = {p}, δ = {delta})", log=True)
-    _echo_by_label("σ*", summary["sigma_by_label"], out)
+    _echo_by_label("σ*", summary["sigma_by_label"], out,
+                   _censoring_notes(result.censored.numpy(), sigma_lo, sigma_hi))
+
+
+def _censoring_notes(censored: np.ndarray, sigma_lo: float, sigma_hi: float) -> list[str]:
+    """What the σ* table cannot show: samples never recovered even from σ_lo (σ* < σ_lo,
+    recorded as 0) and samples recovered from σ_hi (σ* ≥ σ_hi, recorded as σ_hi), each with
+    the bracket to move."""
+    n, notes = len(censored), []
+    below, above = int((censored < 0).sum()), int((censored > 0).sum())
+    if below:
+        notes.append(f"censored: {below} of {n} samples are not recovered even from "
+                     f"σ_lo = {sigma_lo:g} (σ* < {sigma_lo:g}, recorded as 0); lower "
+                     "--sigma-lo to measure them")
+    if above:
+        notes.append(f"censored: {above} of {n} samples are recovered from σ_hi = "
+                     f"{sigma_hi:g} (σ* ≥ {sigma_hi:g}, recorded as {sigma_hi:g}); raise "
+                     "--sigma-hi to measure them")
+    return notes
 
 
 def _label_names(labels, n: int) -> list[str]:
     return [""] * n if labels is None else [LABEL_NAMES[int(c)] for c in labels]
 
 
-def _echo_by_label(name: str, table: dict, out) -> None:
+def _echo_by_label(name: str, table: dict, out, notes: list[str] = ()) -> None:
     for label, row in table.items():
         if row["median"] is None:
             click.echo(f"{label:>12}: n = {row['n']}, no finite value")
         else:
             click.echo(f"{label:>12}: n = {row['n']}, median {name} {row['median']:.4g} "
                        f"(quartiles {row['q25']:.4g}-{row['q75']:.4g})")
+    for note in notes:
+        click.echo(note)
     click.echo(f"wrote {out}")
 
 
@@ -378,7 +398,7 @@ def relative_energy_cmd(checkpoint, exact_path, samples_path, labels_path, limit
 @model_options
 @click.option("--sigma", type=float, default=0.1, show_default=True,
               help="Noise level of the energy whose Hessian is taken.")
-@click.option("--n-eigen", type=int, default=6, show_default=True,
+@click.option("--n-eigen", type=click.IntRange(min=1), default=6, show_default=True,
               help="Eigenvalues per point (Lanczos); the dense spectrum gives all.")
 @click.option("--which", type=click.Choice(["SA", "LA"]), default="SA", show_default=True,
               help="SA: smallest (flat and unstable directions); LA: largest.")
