@@ -373,3 +373,44 @@ def test_classify_state_without_a_streamed_synth_is_refused(sets, synth):
     extra = ["--synth", sets["eval"]] if synth == "file" else []
     result = run(*classify_args(sets, out, *extra, "--state", sets["root"] / "state.npz"))
     assert_fails(result, "--state resumes a streamed --synth", out, sets["root"])
+
+
+# ------------------------------------------- 5. odd inputs found by trying every command
+
+
+@pytest.mark.parametrize("args, phrase, usage", [
+    (["phase", "--K", 2, "--sigma", 0.3, "--max-iter", 0], "--max-iter", True),
+    (["phase", "--K", 2, "--sigma", 0.3, "--tol", -1], "--tol", True),
+    (["phase", "--K", 2, "--sigma", 0.3, "--data-root", "."], "--data-root", False),
+    (["landscape", "--K", 2, "--resolution", 0, "--checkpoint", "c.pt"], "--resolution", True),
+    (["landscape", "--K", 2, "--sigma", 0], "--sigma", True),
+    (["landscape", "--K", 2, "--sigma", 0.3], "--sigma: only with --checkpoint", False),
+    (["landscape", "--K", 2, "--resolution", 50], "--resolution: only with --checkpoint", False),
+], ids=["max-iter-0", "tol-negative", "data-root-circle", "resolution-0", "sigma-0",
+        "sigma-without-checkpoint", "resolution-without-checkpoint"])
+def test_phase_and_landscape_refuse_meaningless_or_ignored_options(tmp_path, args, phrase,
+                                                                    usage):
+    out = tmp_path / "out"
+    assert_fails(run(*args, "--out", out), phrase, out, tmp_path, usage=usage)
+
+
+def test_basins_labels_that_are_not_labels_are_one_line(two_points):
+    (two_points / "empty.npz").write_bytes(b"")
+    np.savez(two_points / "floats.npz", labels=np.array([0.5, 7.0]))
+    np.savez(two_points / "ok.npz", labels=np.array([0, 1]))
+    for labels, phrase in (("empty.npz", "cannot read"), ("floats.npz", "0 (memorized)")):
+        out = two_points / "out"
+        result = run("basins", "curvature", "--exact", two_points / "train.npz", "--samples",
+                     two_points / "samples.npz", "--labels", two_points / labels, "--out", out)
+        assert_fails(result, phrase, out, two_points)
+    too_many = run("basins", "curvature", "--exact", two_points / "train.npz", "--samples",
+                   two_points / "samples.npz", "--n-eigen", 3, "--out", two_points / "out")
+    assert_fails(too_many, "D = 1 coordinates", two_points / "out", two_points)
+
+
+def test_an_unreadable_torchscript_file_is_one_line(sets):
+    (sets["root"] / "model.pt").write_bytes(b"not a zip archive")
+    out = sets["root"] / "gen"
+    result = run("generate", "--torchscript", sets["root"] / "model.pt", "--shape", 1, 2, 2,
+                 "--n", 2, "--out", out)
+    assert_fails(result, "cannot read TorchScript file", out, sets["root"])

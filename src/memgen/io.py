@@ -227,7 +227,8 @@ class OutputLock:
             try:
                 fd, path = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666), self.path
             except OSError as err:
-                if err.errno not in (errno.EACCES, errno.EROFS, errno.EPERM) or not self.out.is_dir():
+                read_only = err.errno in (errno.EACCES, errno.EROFS, errno.EPERM)
+                if not read_only or not self.out.is_dir():
                     raise
                 fd, path = os.open(self.out, os.O_RDONLY), None  # read-only parent: the folder
             try:

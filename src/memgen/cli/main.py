@@ -114,7 +114,8 @@ COMMANDS = {
 class _Group(click.Group):
     """Accepts list options and the global flags after the subcommand, loads each
     command's module when it is needed (click's lazy group pattern), holds the output
-    folders' locks while a command runs, and handles errors as :func:`memgen.cli.options.run_guarded` says."""
+    folders' locks while a command runs, and handles errors as
+    :func:`memgen.cli.options.run_guarded` says."""
 
     def list_commands(self, ctx):
         return sorted(COMMANDS)

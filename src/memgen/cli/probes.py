@@ -10,6 +10,7 @@ import csv
 import dataclasses
 import json
 import shutil
+import zipfile
 from pathlib import Path
 
 import click
@@ -213,19 +214,30 @@ def _load_model(checkpoint, exact_path, device, clip: bool = True):
 def _points(samples_path, labels_path, limit, device, dtype):
     """(x (B, ...), labels (B,) int or None) — the first ``limit`` samples."""
     x = load_samples(samples_path, "--samples")
-    labels = None
-    if labels_path:
-        with np.load(labels_path, allow_pickle=False) as archive:
-            if "labels" not in archive.files:
-                raise UserError(f"{labels_path} holds no 'labels' array")
-            labels = archive["labels"]
-        if len(labels) != len(x):
-            raise UserError(f"--labels has {len(labels)} entries for {len(x)} samples")
+    labels = _read_labels(labels_path) if labels_path else None
+    if labels is not None and len(labels) != len(x):
+        raise UserError(f"--labels has {len(labels)} entries for {len(x)} samples")
     if limit is not None:
         if limit < 1:
             raise UserError(f"--limit must be at least 1, got {limit}")
         x, labels = x[:limit], None if labels is None else labels[:limit]
     return torch.from_numpy(x).to(device, dtype), labels
+
+
+def _read_labels(path) -> np.ndarray:
+    """The ``labels`` array of a labels.npz (memgen classify's): 0, 1 or 2 per sample."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            labels = archive["labels"] if "labels" in archive.files else None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise UserError(f"--labels: cannot read {path} ({err or type(err).__name__})") from None
+    if labels is None:
+        raise UserError(f"{path} holds no 'labels' array")
+    if (labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer)
+            or ((labels < 0) | (labels > 2)).any()):
+        raise UserError(f"--labels: {path} must hold one label per sample, 0 (memorized), "
+                        "1 (spurious) or 2 (generalized)")
+    return labels
 
 
 def _by_label(values: np.ndarray, labels) -> dict:
@@ -402,7 +414,7 @@ def relative_energy_cmd(checkpoint, exact_path, samples_path, labels_path, limit
               help="Eigenvalues per point (Lanczos); the dense spectrum gives all.")
 @click.option("--which", type=click.Choice(["SA", "LA"]), default="SA", show_default=True,
               help="SA: smallest (flat and unstable directions); LA: largest.")
-@click.option("--dense-max", type=int, default=256, show_default=True,
+@click.option("--dense-max", type=click.IntRange(min=0), default=256, show_default=True,
               help="Dense Jacobian spectrum up to this many coordinates, Lanczos above.")
 def curvature(checkpoint, exact_path, samples_path, labels_path, limit, device, out, overwrite,
               sigma, n_eigen, which, dense_max):
@@ -413,6 +425,9 @@ def curvature(checkpoint, exact_path, samples_path, labels_path, limit, device, 
     den, _, dtype = _load_model(checkpoint, exact_path, device, clip=False)
     x, labels = _points(samples_path, labels_path, limit, device, dtype)
     dim = x[0].numel()
+    if n_eigen > dim:
+        raise UserError(f"--n-eigen {n_eigen}: the points have D = {dim} coordinates, so at "
+                        f"most {dim} eigenvalues")
     if dim <= dense_max:
         spectrum = hessian_spectrum(den, x, sigma)
         eig = spectrum.eigenvalues.numpy()

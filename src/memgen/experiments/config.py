@@ -227,8 +227,9 @@ class StrictLoader(yaml.SafeLoader):
             line = key_node.start_mark.line + 1
             if isinstance(key, typing.Hashable) and key in seen:
                 raise yaml.constructor.ConstructorError(
-                    None, None, f"the key {key!r} is given twice (lines {seen[key]} and "
-                    f"{line})", key_node.start_mark)
+                    None, None, f"the key {key!r} is given twice ("
+                    + (f"line {line}" if seen[key] == line else f"lines {seen[key]} and {line}")
+                    + ")", key_node.start_mark)
             if isinstance(key, typing.Hashable):
                 seen[key] = line
         return super().construct_mapping(node, deep)
