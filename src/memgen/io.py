@@ -252,9 +252,9 @@ class OutputLock:
 
     def hold(self) -> None:
         """Take the lock, kept by the innermost :func:`output_locks` block; outside one,
-        only check that no other run holds it."""
-        if self.fd is not None:
-            return
+        only check that no other run holds it. Under torchrun only rank 0 locks."""
+        if self.fd is not None or os.environ.get("RANK", "0") != "0":
+            return  # held; or under torchrun, where rank 0 alone writes (memgen train)
         self.acquire()
         if _SCOPES:
             _SCOPES[-1].append(self)
