@@ -51,7 +51,8 @@ device_option = click.option("--device", type=Device(), default="cpu", show_defa
 
 overwrite_option = click.option(
     "--overwrite", is_flag=True,
-    help="Replace --out even if another command (or not memgen) wrote it.")
+    help="Replace --out: a file, or a folder that another memgen command wrote (never a "
+         "folder of files memgen did not write).")
 
 
 def model_source_options(exact_help: str, shape_help: str, schedule_help: str):
