@@ -154,7 +154,8 @@ def test_sweep_dry_run_refuses_bad_config_values(tmp_path, case):
 
 
 def test_sweep_accepts_ddims_eta_of_one(tmp_path):
-    result = run("sweep", TINY, "--out", tmp_path / "run", "--dry-run", "--set", "sample.eta=1")
+    result = run("sweep", TINY, "--out", tmp_path / "run", "--dry-run", "--set", "sample.eta=1",
+                 "--set", "sample.sampler=ddim")  # η is DDIM's (issue #23: else refused)
     assert result.exit_code == 0, result.output
 
 

@@ -27,6 +27,8 @@ are refused by :func:`check_ranges` unless the caller allows it (``--allow-range
 from __future__ import annotations
 
 import csv
+import errno
+import fcntl
 import json
 import os
 import shutil
@@ -265,26 +267,43 @@ def write_marker(folder: str | Path, command: str) -> None:
 
 def check_output_dir(out: str | Path, command: str, overwrite: bool = False,
                      replaced: bool = True) -> None:
-    """ValueError unless ``out`` may receive ``command``'s results: absent, empty, or a
-    folder that the same command wrote (or any folder, with ``overwrite``); and files can
-    be created where they go (:func:`check_writable`). replaced=False: a resumable
-    command that writes inside an existing ``out`` (nothing is renamed into its place),
-    which may then be a mount point."""
-    out = Path(out)
+    """UserError unless ``out`` may receive ``command``'s results: absent, empty, or a
+    folder that the same command wrote (with ``overwrite``, any folder memgen wrote: its
+    marker; never a folder of other files); not in use by another memgen run (its lock,
+    :func:`output_lock`); and files can be created where they go (:func:`check_writable`).
+    A symlinked ``out`` is checked (and later written) at its target. replaced=False: a
+    resumable command that writes inside an existing ``out`` (nothing is renamed into its
+    place), which may then be a mount point. Inside :func:`output_locks` (every CLI
+    command) the lock is then held until the command ends."""
+    shown, out = Path(out), output_target(out)
     if out.exists() and not out.is_dir():
-        raise UserError(f"{out} is a file, not a folder; choose another --out")
+        raise UserError(f"{shown} is a file, not a folder; choose another --out")
     if replaced and out.is_dir() and os.path.ismount(out):
-        raise UserError(f"{out} is a mount point; give a folder inside it as --out")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise UserError(f"{shown} is a mount point; give a folder inside it as --out")
+    if out.is_dir() and any(p.name != MARKER for p in out.iterdir()):
         writer = written_by(out)
         if writer is None:
-            raise UserError(f"{out} holds files that memgen did not write; choose another "
-                             "--out (or pass --overwrite to replace it)")
-        if writer != command:
+            raise UserError(f"{shown} holds files that memgen did not write; choose another "
+                            "--out (--overwrite replaces only folders memgen made, marked "
+                            f"by {MARKER})")
+        if writer != command and not overwrite:
             owner = f"memgen {writer}" if writer else "an earlier memgen version"
-            raise UserError(f"{out} holds the results of {owner}; choose another --out "
-                             "(or pass --overwrite to replace them)")
+            raise UserError(f"{shown} holds the results of {owner}; choose another --out "
+                            "(or pass --overwrite to replace them)")
     check_writable(out, parent=replaced or not out.is_dir())
+    output_lock(out, shown).hold()
+
+
+def output_target(out: str | Path) -> Path:
+    """Where ``out`` is written: its target if it is a symlink (written through, never
+    replaced by a folder), else ``out`` itself; absolute. UserError for a symlink loop."""
+    out = Path(out).absolute()
+    if not out.is_symlink():
+        return out
+    target = Path(os.path.realpath(out))
+    if target.is_symlink():
+        raise UserError(f"{out} is a symlink that never reaches a folder (a loop)")
+    return target
 
 
 def check_output_file(path: str | Path, overwrite: bool = False) -> None:
@@ -320,49 +339,188 @@ def check_writable(path: str | Path, parent: bool = True) -> None:
         os.unlink(probe)
 
 
+# ------------------------------------------------------------------ locks on output folders
+
+_HELD: dict[Path, "OutputLock"] = {}  # the locks this process holds, by folder
+_SCOPES: list[list["OutputLock"]] = []  # the open output_locks() blocks, innermost last
+
+
+class OutputLock:
+    """An exclusive lock on the output folder ``out`` (its target, if a symlink): flock on
+    ``.NAME.memgen-lock`` beside it (on ``out`` itself where its parent is read-only). The
+    kernel releases it when the process dies, however it dies; :meth:`release` removes the
+    file, and the empty folders made for it or for a claimed ``out`` (nothing half-made is
+    left). One per folder and process: taking it again in the same process is a no-op."""
+
+    def __init__(self, out: Path, shown: Path | None = None):
+        self.out, self.shown = out, shown or out
+        self.path = out.with_name(f".{out.name}.memgen-lock")
+        self.fd: int | None = None
+        self.created: list[Path] = []  # folders made here (innermost first): removed if empty
+
+    def acquire(self) -> "OutputLock":
+        """Take the lock (UserError naming the folder if another run holds it)."""
+        self.created = [p for p in self.out.parents if not p.exists()]
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        while self.fd is None:
+            try:
+                fd, path = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666), self.path
+            except OSError as err:
+                read_only = err.errno in (errno.EACCES, errno.EROFS, errno.EPERM)
+                if not read_only or not self.out.is_dir():
+                    raise
+                fd, path = os.open(self.out, os.O_RDONLY), None  # read-only parent: the folder
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as err:
+                os.close(fd)
+                if err.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise
+                self._remove_created()
+                raise UserError(f"{self.shown} is in use by another memgen run{self._pid()}; "
+                                "wait for it to end, or choose another --out") from None
+            if path is not None and not _same_file(fd, path):
+                os.close(fd)  # its holder removed the file as we opened it: take a new one
+                continue
+            self.fd, self.path = fd, path
+            _HELD[self.out] = self
+            if path is not None:
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{os.getpid()}\n".encode())
+        return self
+
+    def hold(self) -> None:
+        """Take the lock, kept by the innermost :func:`output_locks` block; outside one,
+        only check that no other run holds it. Under torchrun only rank 0 locks."""
+        if self.fd is not None or os.environ.get("RANK", "0") != "0":
+            return  # held; or under torchrun, where rank 0 alone writes (memgen train)
+        self.acquire()
+        if _SCOPES:
+            _SCOPES[-1].append(self)
+        else:
+            self.release()
+
+    def claimed(self, made: list[Path]) -> None:
+        """Folders that :func:`claim_output_dir` made: removed on release while they hold
+        nothing but memgen's marker (a command that failed before writing anything)."""
+        self.created = [p for p in made if p not in self.created] + self.created
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        if self.path is not None:
+            try:
+                self.path.unlink()  # while still locked: a waiting opener sees another file
+            except FileNotFoundError:
+                pass
+        os.close(self.fd)
+        self.fd = None
+        _HELD.pop(self.out, None)
+        self._remove_created()
+
+    def _remove_created(self) -> None:
+        for folder in self.created:
+            try:
+                if folder == self.out and folder.is_dir() and [
+                        p.name for p in folder.iterdir()] == [MARKER]:
+                    (folder / MARKER).unlink()
+                folder.rmdir()
+            except OSError:
+                break
+        self.created = []
+
+    def _pid(self) -> str:
+        try:
+            pid = self.path.read_text().strip() if self.path else ""
+        except OSError:
+            pid = ""
+        return f" (pid {pid})" if pid.isdigit() else ""
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        here, there = os.fstat(fd), os.stat(path)
+    except FileNotFoundError:
+        return False
+    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
+
+
+def output_lock(out: str | Path, shown: str | Path | None = None) -> OutputLock:
+    """The lock of output folder ``out`` (this process's, if it holds it already)."""
+    target = output_target(out)
+    if target in _HELD:
+        return _HELD[target]
+    return OutputLock(target, Path(shown) if shown is not None else None)
+
+
+@contextmanager
+def output_locks():
+    """Hold the output locks taken inside the block (:func:`check_output_dir`,
+    :func:`claim_output_dir`) until it ends: the CLI runs every command in one, so a second
+    run into a folder in use is refused from its first check to the first run's end."""
+    held: list[OutputLock] = []
+    _SCOPES.append(held)
+    try:
+        yield
+    finally:
+        _SCOPES.remove(held)
+        for lock in reversed(held):
+            lock.release()
+
+
 @contextmanager
 def atomic_output_dir(out: str | Path, command: str, overwrite: bool = False):
     """Yield a temporary folder that replaces ``out`` only if the block succeeds.
 
-    ``out`` must pass :func:`check_output_dir`; the folder is marked as ``command``'s.
-    On failure or interruption nothing is left behind.
+    ``out`` must pass :func:`check_output_dir`; the folder is marked as ``command``'s, and
+    locked for the block (:class:`OutputLock`). A symlinked ``out`` is written through to
+    its target. On failure or interruption nothing is left behind.
     """
-    out = Path(out).absolute()
+    shown, out = Path(out), output_target(out)
     check_output_dir(out, command, overwrite)
-    created = [p for p in out.parents if not p.exists()]  # innermost first
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    lock = output_lock(out, shown)
+    mine = lock.fd is None
+    if mine:
+        lock.acquire()
     try:
-        tmp.chmod(0o777 & ~_umask())
-        write_marker(tmp, command)
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        for folder in created:  # the parents made here, while nothing else is in them
-            try:
-                folder.rmdir()
-            except OSError:
-                break
-        raise
-    old = out.with_name(f".{out.name}.old.{os.getpid()}")
-    if out.exists():
-        out.rename(old)
-    tmp.rename(out)
-    shutil.rmtree(old, ignore_errors=True)
+        check_output_dir(out, command, overwrite)  # again, now that no one else writes it
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+        try:
+            tmp.chmod(0o777 & ~_umask())
+            write_marker(tmp, command)
+            yield tmp
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        old = out.with_name(f".{out.name}.old.{os.getpid()}")
+        if out.exists():
+            out.rename(old)
+        tmp.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+        lock.created = []  # they hold the results now
+    finally:
+        if mine:
+            lock.release()
 
 
 def claim_output_dir(out: str | Path, command: str, overwrite: bool = False) -> Path:
     """Create (or reuse) a resumable output folder such as a sweep's or a training run's:
-    checked by :func:`check_output_dir`, then marked as ``command``'s. With
-    ``overwrite``, another command's folder is emptied first."""
-    out = Path(out)
+    checked by :func:`check_output_dir` (which locks it for the command), then marked as
+    ``command``'s. With ``overwrite``, another command's folder is emptied first. Returns
+    the folder written (a symlink's target). If the command then fails before writing
+    anything, the folder it made is removed when the lock is released."""
+    shown, out = Path(out), output_target(out)
     check_output_dir(out, command, overwrite, replaced=overwrite)
-    if overwrite and out.is_dir() and written_by(out) != command:
+    writer = written_by(out)
+    if overwrite and out.is_dir() and writer is not None and writer != command:
         shutil.rmtree(out)
+    made = [p for p in (out, *out.parents) if not p.exists()]
     out.mkdir(parents=True, exist_ok=True)
     if written_by(out) != command:
         write_marker(out, command)
-    return out
+    if out in _HELD:
+        _HELD[out].claimed(made)
+    return shown
 
 
 @contextmanager
@@ -399,5 +557,9 @@ def read_csv_rows(path: str | Path) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"no such file: {path}")
-    with path.open(newline="") as f:
-        return list(csv.DictReader(f))
+    try:
+        with path.open(newline="") as f:
+            return list(csv.DictReader(f))
+    except (UnicodeDecodeError, csv.Error) as err:
+        kind = "binary, not text" if isinstance(err, UnicodeDecodeError) else str(err)
+        raise UserError(f"{path}: not a CSV table ({kind})") from None

@@ -14,6 +14,7 @@ import numpy as np
 from memgen.cli.measure import print_summary
 from memgen.cli.options import (SEED, command_argv, echo_verbose, overwrite_option, show_progress,
                                 verbose_enabled)
+from memgen.errors import UserError
 from memgen.experiments.config import check_device, load_config
 from memgen.experiments.demo import DemoConfig, run_demo
 from memgen.experiments.landscape import (LandscapeConfig, checkpoint_rows, run_landscape,
@@ -59,8 +60,8 @@ def demo(data_root, K, n_eval, seed, out, overwrite):
                                       "box, or reverse diffusion stopped at σ.")
 @click.option("--method", type=click.Choice(["fixed_point", "gradient"]), default="fixed_point",
               show_default=True)
-@click.option("--max-iter", type=int, default=2000, show_default=True)
-@click.option("--tol", type=float, default=1e-6, show_default=True,
+@click.option("--max-iter", type=click.IntRange(min=1), default=2000, show_default=True)
+@click.option("--tol", type=click.FloatRange(min=0), default=1e-6, show_default=True,
               help="Stop when a step is shorter than tol × the patterns' RMS norm.")
 @click.option("--dtype", type=click.Choice(["float64", "float32"]), default=None,
               help="[float64 for the circle, float32 for images]")
@@ -71,6 +72,9 @@ def demo(data_root, K, n_eval, seed, out, overwrite):
 def phase(data, sigmas, Ks, n_starts, starts, method, max_iter, tol, dtype, data_root, seed, out,
           overwrite):
     """Attractors of the exact energy −log p_σ against the load K (and σ): phase.csv."""
+    if data_root and data == "circle":
+        raise UserError("--data-root: the circle pool is generated, not read; --data-root "
+                        "is for --data fmnist")
     config = PhaseConfig(data=data, sigmas=tuple(sigmas), Ks=tuple(Ks), n_starts=n_starts,
                          starts=starts, method=method, tol=tol, max_iter=max_iter, seed=seed,
                          data_root=data_root,
@@ -97,15 +101,21 @@ def phase(data, sigmas, Ks, n_starts, starts, method, max_iter, tol, dtype, data
               help="Trained 2D toy models (repeatable): also draw each one's learned "
                    "energy (PF-ODE likelihood) beside the exact one of its training set, "
                    "with the attractors its samples fall into.")
-@click.option("--sigma", type=float, default=0.387, show_default=True,
-              help="Noise level of the learned and exact energies (t = 0.15).")
-@click.option("--resolution", type=int, default=100, show_default=True,
-              help="Grid points per axis of the learned energy.")
+@click.option("--sigma", type=click.FloatRange(min=0, min_open=True), default=0.387,
+              show_default=True,
+              help="Noise level of the learned and exact energies (t = 0.15; with --checkpoint).")
+@click.option("--resolution", type=click.IntRange(min=2), default=100, show_default=True,
+              help="Grid points per axis of the learned energy (with --checkpoint).")
 @click.option("--out", required=True, type=click.Path(file_okay=False))
 @overwrite_option
 def landscape(Ks, gamma, checkpoints, sigma, resolution, out, overwrite):
     """2D energy landscapes of unit-circle data with their attractors (project page Fig. 2);
     with --checkpoint, those learned by trained models too."""
+    given = [f"--{name}" for name in ("sigma", "resolution") if click.get_current_context()
+             .get_parameter_source(name) is not click.core.ParameterSource.DEFAULT]
+    if given and not checkpoints:
+        raise UserError(f"{', '.join(given)}: only with --checkpoint (the learned energy); "
+                        "the exact landscapes use --beta")
     config = LandscapeConfig(Ks=tuple(Ks), gamma=gamma)
     check_output_dir(out, "landscape", overwrite)
     panels = run_landscape(config)

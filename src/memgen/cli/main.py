@@ -14,6 +14,7 @@ import click
 
 from memgen._version import __version__
 from memgen.cli.options import ARGV_KEY, run_guarded
+from memgen.io import output_locks
 from memgen.provenance import describe, gather
 
 LIST_OPTIONS = ("--K", "--sigma")  # take several numbers: --K 2 9 1000
@@ -41,6 +42,44 @@ def _is_number(token: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+GLOBAL_FLAGS = ("--debug", "--quiet", "-q", "--verbose", "-v")  # the group's own options
+
+
+def hoist_global_flags(group: click.Group, ctx, args: list[str]) -> list[str]:
+    """Move the group's flags given after the subcommand (``memgen classify ... -q``) before
+    it, where click reads them. A token is a flag only where it is not an option's value
+    (``--name -q``: the name "-q") and not after ``--``; a subcommand that defines the
+    same flag keeps it."""
+    hoisted, rest, command, takes = [], [], group, 0
+    for i, token in enumerate(args):
+        if takes:
+            takes -= 1
+        elif token == "--":
+            rest.extend(args[i:])
+            break
+        elif isinstance(command, click.Group) and not token.startswith("-"):
+            command = command.get_command(ctx, token) or command
+        elif token in GLOBAL_FLAGS and command is not group and token not in _names(command):
+            hoisted.append(token)
+            continue
+        elif "=" not in token:
+            takes = _values_taken(command, token)
+        rest.append(token)
+    return hoisted + rest
+
+
+def _names(command: click.Command) -> set[str]:
+    return {name for p in command.params for name in (*p.opts, *p.secondary_opts)}
+
+
+def _values_taken(command: click.Command, token: str) -> int:
+    """How many of the next tokens option ``token`` of ``command`` takes as its value."""
+    for param in command.params:
+        if isinstance(param, click.Option) and token in param.opts:
+            return 0 if param.is_flag or param.count else param.nargs
+    return 0
 
 
 # command name → ("module:attribute" of the click command or group, its line in --help)
@@ -73,8 +112,10 @@ COMMANDS = {
 
 
 class _Group(click.Group):
-    """Accepts list options, loads each command's module when it is needed (click's lazy
-    group pattern), and handles errors as :func:`memgen.cli.options.run_guarded` says."""
+    """Accepts list options and the global flags after the subcommand, loads each
+    command's module when it is needed (click's lazy group pattern), holds the output
+    folders' locks while a command runs, and handles errors as
+    :func:`memgen.cli.options.run_guarded` says."""
 
     def list_commands(self, ctx):
         return sorted(COMMANDS)
@@ -92,10 +133,11 @@ class _Group(click.Group):
 
     def parse_args(self, ctx, args):
         ctx.meta[ARGV_KEY] = ["memgen", *args]  # the command line as run, for provenance
-        return super().parse_args(ctx, expand_lists(list(args)))
+        return super().parse_args(ctx, hoist_global_flags(self, ctx, expand_lists(list(args))))
 
     def invoke(self, ctx):
-        return run_guarded(ctx, super().invoke)
+        with output_locks():  # each output folder locked from its check to the command's end
+            return run_guarded(ctx, super().invoke)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

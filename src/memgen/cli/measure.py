@@ -89,6 +89,9 @@ def classify(train_path, eval_path, synth_path, heldout_path, rule, delta_m, del
         raise UserError(f"--alpha {alpha}: a null detection rate lies in [0, 1)")
     if calibrate and not heldout_path:
         raise UserError("--calibrate needs held-out real data (--heldout)")
+    if state_path and (not synth_path or Path(synth_path).is_file()):
+        raise UserError("--state resumes a streamed --synth (a folder or glob of shards); "
+                        "one file or none is read whole: drop --state")
     check_output_dir(out, "classify", overwrite)
     ranges = input_ranges(input_range, tuple(
         which for which, path in zip(SETS, (train_path, eval_path, synth_path, heldout_path))

@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import json
 import shutil
+import zipfile
 from pathlib import Path
 
 import click
@@ -265,19 +266,30 @@ def _load_model(checkpoint, exact_path, device, clip: bool = True):
 def _points(samples_path, labels_path, limit, device, dtype):
     """(x (B, ...), labels (B,) int or None) — the first ``limit`` samples."""
     x = load_samples(samples_path, "--samples")
-    labels = None
-    if labels_path:
-        with np.load(labels_path, allow_pickle=False) as archive:
-            if "labels" not in archive.files:
-                raise UserError(f"{labels_path} holds no 'labels' array")
-            labels = archive["labels"]
-        if len(labels) != len(x):
-            raise UserError(f"--labels has {len(labels)} entries for {len(x)} samples")
+    labels = _read_labels(labels_path) if labels_path else None
+    if labels is not None and len(labels) != len(x):
+        raise UserError(f"--labels has {len(labels)} entries for {len(x)} samples")
     if limit is not None:
         if limit < 1:
             raise UserError(f"--limit must be at least 1, got {limit}")
         x, labels = x[:limit], None if labels is None else labels[:limit]
     return torch.from_numpy(x).to(device, dtype), labels
+
+
+def _read_labels(path) -> np.ndarray:
+    """The ``labels`` array of a labels.npz (memgen classify's): 0, 1 or 2 per sample."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            labels = archive["labels"] if "labels" in archive.files else None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise UserError(f"--labels: cannot read {path} ({err or type(err).__name__})") from None
+    if labels is None:
+        raise UserError(f"{path} holds no 'labels' array")
+    if (labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer)
+            or ((labels < 0) | (labels > 2)).any()):
+        raise UserError(f"--labels: {path} must hold one label per sample, 0 (memorized), "
+                        "1 (spurious) or 2 (generalized)")
+    return labels
 
 
 def _by_label(values: np.ndarray, labels) -> dict:
@@ -363,20 +375,40 @@ def critical_time_cmd(checkpoint, exact_path, samples_path, labels_path, limit, 
         write_json(tmp / "summary.json", summary)
         _save_label_figure(tmp / "critical.png", sigma, labels, "critical σ*",
                            f"basin size (p = {p}, δ = {delta})", log=True)
-    _echo_by_label("σ*", summary["sigma_by_label"], out)
+    _echo_by_label("σ*", summary["sigma_by_label"], out,
+                   _censoring_notes(result.censored.numpy(), sigma_lo, sigma_hi))
+
+
+def _censoring_notes(censored: np.ndarray, sigma_lo: float, sigma_hi: float) -> list[str]:
+    """What the σ* table cannot show: samples never recovered even from σ_lo (σ* < σ_lo,
+    recorded as 0) and samples recovered from σ_hi (σ* ≥ σ_hi, recorded as σ_hi), each with
+    the bracket to move."""
+    n, notes = len(censored), []
+    below, above = int((censored < 0).sum()), int((censored > 0).sum())
+    if below:
+        notes.append(f"censored: {below} of {n} samples are not recovered even from "
+                     f"σ_lo = {sigma_lo:g} (σ* < {sigma_lo:g}, recorded as 0); lower "
+                     "--sigma-lo to measure them")
+    if above:
+        notes.append(f"censored: {above} of {n} samples are recovered from σ_hi = "
+                     f"{sigma_hi:g} (σ* ≥ {sigma_hi:g}, recorded as {sigma_hi:g}); raise "
+                     "--sigma-hi to measure them")
+    return notes
 
 
 def _label_names(labels, n: int) -> list[str]:
     return [""] * n if labels is None else [LABEL_NAMES[int(c)] for c in labels]
 
 
-def _echo_by_label(name: str, table: dict, out) -> None:
+def _echo_by_label(name: str, table: dict, out, notes: list[str] = ()) -> None:
     for label, row in table.items():
         if row["median"] is None:
             click.echo(f"{label:>12}: n = {row['n']}, no finite value")
         else:
             click.echo(f"{label:>12}: n = {row['n']}, median {name} {row['median']:.4g} "
                        f"(quartiles {row['q25']:.4g}-{row['q75']:.4g})")
+    for note in notes:
+        click.echo(note)
     click.echo(f"wrote {out}")
 
 
@@ -430,11 +462,11 @@ def relative_energy_cmd(checkpoint, exact_path, samples_path, labels_path, limit
 @model_options
 @click.option("--sigma", type=float, default=0.1, show_default=True,
               help="Noise level of the energy whose Hessian is taken.")
-@click.option("--n-eigen", type=int, default=6, show_default=True,
+@click.option("--n-eigen", type=click.IntRange(min=1), default=6, show_default=True,
               help="Eigenvalues per point (Lanczos); the dense spectrum gives all.")
 @click.option("--which", type=click.Choice(["SA", "LA"]), default="SA", show_default=True,
               help="SA: smallest (flat and unstable directions); LA: largest.")
-@click.option("--dense-max", type=int, default=256, show_default=True,
+@click.option("--dense-max", type=click.IntRange(min=0), default=256, show_default=True,
               help="Dense Jacobian spectrum up to this many coordinates, Lanczos above.")
 def curvature(checkpoint, exact_path, samples_path, labels_path, limit, device, out, overwrite,
               sigma, n_eigen, which, dense_max):
@@ -445,6 +477,9 @@ def curvature(checkpoint, exact_path, samples_path, labels_path, limit, device, 
     den, _, dtype = _load_model(checkpoint, exact_path, device, clip=False)
     x, labels = _points(samples_path, labels_path, limit, device, dtype)
     dim = x[0].numel()
+    if n_eigen > dim:
+        raise UserError(f"--n-eigen {n_eigen}: the points have D = {dim} coordinates, so at "
+                        f"most {dim} eigenvalues")
     if dim <= dense_max:
         spectrum = hessian_spectrum(den, x, sigma)
         eig = spectrum.eigenvalues.numpy()

@@ -256,7 +256,11 @@ def _torchscript(path, device):
     """A TorchScript archive: code and tensors, no pickled Python objects."""
     if not Path(path).is_file():
         raise UserError(f"no such TorchScript file: {path}")
-    return torch.jit.load(str(path), map_location=device).eval()
+    try:
+        return torch.jit.load(str(path), map_location=device).eval()
+    except RuntimeError as err:  # not a TorchScript archive (torch says so in its first line)
+        raise UserError(f"cannot read TorchScript file {path} "
+                        f"({str(err).splitlines()[0]})") from None
 
 
 def _diffusers(path, device):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import re
 import types
 import typing
 from dataclasses import dataclass, field, fields
@@ -193,12 +194,16 @@ def network(model: ModelConfig) -> NetConfig:
 def load_config(path: str | Path, overrides: typing.Sequence[str] = ()) -> SweepConfig:
     """Read a YAML sweep config, apply ``key=value`` overrides, build and check it."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path} is a folder; give a YAML sweep config file")
     if not path.is_file():
         raise UserError(f"no such config file: {path}")
     try:
-        tree = yaml.safe_load(path.read_text()) or {}
+        tree = yaml.load(path.read_text(), Loader=StrictLoader) or {}
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not a text file (a YAML sweep config is text)") from None
     except yaml.YAMLError as err:
-        raise UserError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+        raise UserError(f"{path}: not valid YAML ({_yaml_error(err)})") from None
     if not isinstance(tree, dict):
         raise UserError(f"{path}: the top level must be a mapping")
     if not tree:
@@ -207,7 +212,36 @@ def load_config(path: str | Path, overrides: typing.Sequence[str] = ()) -> Sweep
         _apply_override(tree, item)
     config = build(SweepConfig, tree, "")
     check(config)
+    check_effect(config, tree)
     return config
+
+
+class StrictLoader(yaml.SafeLoader):
+    """yaml's safe loader, except that a key given twice in one mapping is an error (the
+    safe loader keeps the last value silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if isinstance(key, typing.Hashable) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"the key {key!r} is given twice ("
+                    + (f"line {line}" if seen[key] == line else f"lines {seen[key]} and {line}")
+                    + ")", key_node.start_mark)
+            if isinstance(key, typing.Hashable):
+                seen[key] = line
+        return super().construct_mapping(node, deep)
+
+
+def _yaml_error(err: yaml.YAMLError) -> str:
+    """The first line of a YAML error: its problem, with the line where the parser has one."""
+    problem = getattr(err, "problem", None)
+    mark = getattr(err, "problem_mark", None)
+    if problem and mark is not None and "line" not in problem:
+        return f"{problem}, line {mark.line + 1}"
+    return problem or str(err).splitlines()[0]
 
 
 def _apply_override(tree: dict, item: str) -> None:
@@ -220,7 +254,10 @@ def _apply_override(tree: dict, item: str) -> None:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise UserError(f"--set {key}: {part} is not a section")
-    node[leaf] = yaml.safe_load(text)
+    try:
+        node[leaf] = yaml.load(text, Loader=StrictLoader)
+    except yaml.YAMLError as err:
+        raise UserError(f"--set {key}: not a YAML value ({_yaml_error(err)})") from None
 
 
 def build(cls, tree, where: str):
@@ -269,11 +306,16 @@ def _as_type(option, value):
         return False, None
     if option is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return True, float(value)
+    if option is float and isinstance(value, str) and FLOAT_TEXT.fullmatch(value):
+        return True, float(value)  # 1e-3: YAML 1.1 reads a float without a dot as text
     if option is int and isinstance(value, int) and not isinstance(value, bool):
         return True, value
     if option in (str, bool) and isinstance(value, option):
         return True, value
     return False, None
+
+
+FLOAT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")  # 1e-3, 2E5, -3.e+2
 
 
 def _is_union(hint) -> bool:
@@ -344,6 +386,30 @@ def check(config: SweepConfig) -> None:
     if config.measure.k is not None and config.measure.k > min(config.Ks):
         raise UserError(f"measure.k: {config.measure.k} neighbours cannot be found in the "
                         f"smallest training set (K = {min(config.Ks)})")
+
+
+def check_effect(config: SweepConfig, tree: dict) -> None:
+    """Keys the config gives that would have no effect in its combination: each is an
+    error naming why (the user wrote them expecting an effect; the result would not show
+    it). Checked on the tree as written, so that defaults never count as given. (A train
+    section or model.schedule beside an exact model is let be: the shipped configs serve
+    as bases that ``--set model.kind=...`` turns into the other kind.)"""
+    model, sample = tree.get("model") or {}, tree.get("sample") or {}
+    kind = config.model.kind
+    if kind != "network":
+        why = ("the exact denoiser is not a network" if kind == "exact" else
+               "the authors' checkpoints carry their own network")
+        for key in ("preset", "net", "objective"):
+            if key in model:
+                raise UserError(f"model.{key}: has no effect with model.kind = {kind} ({why}); "
+                                "remove it")
+    sampler = config.sample.sampler
+    if config.sample.eta != 0 and sampler != "ddim":
+        raise UserError(f"sample.eta: η is DDIM's, but the sampler is "
+                        f"{sampler or 'the default (ddpm or euler_maruyama)'}; set "
+                        "sample.sampler: ddim, or remove eta")
+    if "clip_range" in sample and sample.get("clip_denoised") is False:
+        raise UserError("sample.clip_range: has no effect with sample.clip_denoised: false")
 
 
 SEED_MAX = 2**63  # what every generator (numpy, torch) accepts
