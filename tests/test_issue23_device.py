@@ -10,7 +10,7 @@ import pytest
 import torch
 from test_cli import assert_fails, run
 
-from memgen.cli.options import Device
+from memgen.cli.devices import Device
 from memgen.errors import UserError
 
 COMMANDS = {

@@ -25,7 +25,7 @@ import torch
 from memgen.errors import UserError
 from memgen.experiments.config import SweepConfig, load_config
 from memgen.experiments.sweep import run_sweep
-from memgen.io import check_ranges, load_samples, validate_samples
+from memgen.io import check_ranges, load_samples, output_locks, validate_samples
 from memgen.metrics.capacity import (Capacities, FractionTable,
                                      capacities as table_capacities, read_fraction_table)
 from memgen.metrics.classify import (Classification, ClassifyConfig, classify_sets,
@@ -113,8 +113,9 @@ def sweep(config: SweepConfig | str | Path, out: str | Path, overrides: Sequence
         config_file, config = config, load_config(config, overrides)
     elif overrides:
         raise UserError("overrides apply to a config file; change the SweepConfig instead")
-    return Capacities.from_dict(run_sweep(config, Path(out), progress=progress,
-                                          overwrite=overwrite, config_file=config_file))
+    with output_locks():  # the run folder is held, as the CLI holds it, until the sweep ends
+        return Capacities.from_dict(run_sweep(config, Path(out), progress=progress,
+                                              overwrite=overwrite, config_file=config_file))
 
 
 def _renamed(former: dict, old: str, new: str, value, function: str, default=None):

@@ -16,9 +16,9 @@ import click
 import numpy as np
 import torch
 
+from memgen.cli.devices import device_option
 from memgen.cli.models import checkpoint_net, model_from_options
-from memgen.cli.options import (SEED, device_option, model_source_options, overwrite_option,
-                                show_progress)
+from memgen.cli.options import SEED, model_source_options, overwrite_option, show_progress
 from memgen.data import DATASETS
 from memgen.diffusion.loaders import load_denoiser
 from memgen.diffusion.training import training_samples

@@ -15,8 +15,9 @@ import click
 import numpy as np
 import torch
 
-from memgen.cli.options import (SEED, device_option, input_range_option, input_ranges,
-                                model_source_options, overwrite_option, show_progress)
+from memgen.cli.devices import device_option
+from memgen.cli.options import (SEED, input_range_option, input_ranges, model_source_options,
+                                overwrite_option, show_progress)
 from memgen.data import DATASETS
 from memgen.diffusion.generate import (GenerateConfig, denoised_clip, generate as generate_set,
                                        name_seed, output_bytes, sampling_ladder)

@@ -18,9 +18,10 @@ import click
 import numpy as np
 import torch
 
+from memgen.cli.devices import device_option
 from memgen.cli.diagnose import checkpoint_training_set
 from memgen.cli.models import model_from_options
-from memgen.cli.options import SEED, device_option, overwrite_option, show_progress
+from memgen.cli.options import SEED, overwrite_option, show_progress
 from memgen.data import DATASETS, default_split_seed, load_dataset, nested_indices
 from memgen.diffusion.generate import GenerateConfig, generate
 from memgen.diffusion.samplers import SAMPLERS
