@@ -342,7 +342,7 @@ def test_a_model_returning_nan_is_a_user_error_and_writes_no_set(tmp_path):
                            "--steps", 5, "--batch-size", 4, "--shard-size", 4, "--out", out))
     assert f"torchscript {nan} gave NaN or Inf samples" in line, line
     assert "samples 0..3" in line, line
-    assert sorted(p.name for p in out.iterdir()) == [".memgen"]  # no shard, no merged set
+    assert not out.exists()  # no shard, no merged set: the folder it made is gone
     inf = _scripted(tmp_path / "inf.pt", _Inf())
     line = _error_line(run("-q", "generate", "--torchscript", inf, "--shape", 1, 4, 4, "--n", 4,
                            "--steps", 5, "--no-clip-denoised", "--out", tmp_path / "H"))

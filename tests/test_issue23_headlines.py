@@ -402,9 +402,9 @@ def test_parameters_carry_the_cli_names_and_the_former_ones_warn(api_sets, tmp_p
 
 def test_capacities_of_a_file_that_is_not_a_csv_is_a_user_error(tmp_path):
     np.savez(tmp_path / "labels.npz", labels=np.zeros(4, np.int8))
-    assert_fails(run("capacities", tmp_path / "labels.npz"), "is not a CSV text file", None,
+    assert_fails(run("capacities", tmp_path / "labels.npz"), "not a CSV table", None,
                  tmp_path)
-    with pytest.raises(memgen.UserError, match="not a CSV text file"):
+    with pytest.raises(memgen.UserError, match="not a CSV table"):
         memgen.capacities(tmp_path / "labels.npz")
 
 

@@ -65,10 +65,12 @@ RANGE_FLAG = "--input-range {}"  # how a message names the conversion (the API: 
 
 def load_samples(path: str | Path, name: str = "samples",
                  input_range: tuple[float, float] | None = None,
-                 flag: str = RANGE_FLAG) -> np.ndarray:
+                 flag: str = RANGE_FLAG, *, own: bool = False) -> np.ndarray:
     """Load a sample set as float32 (N, ...) under the input contract (module docstring);
     ``name`` labels errors, ``input_range`` converts explicitly, ``flag`` is how the
-    messages name that conversion ("{}" becomes LO,HI)."""
+    messages name that conversion ("{}" becomes LO,HI). own: a set memgen wrote itself
+    (generate's output, images clipped to [-1, 1]), read without the guess that images
+    above 0 were meant as [0, 1] — a model's samples may all be bright."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{name}: no such file {path}")
@@ -78,7 +80,7 @@ def load_samples(path: str | Path, name: str = "samples",
         raise UserError(f"{name}: {path}: {err}") from None
     except (OSError, zipfile.BadZipFile, EOFError, zlib.error) as err:
         raise UserError(f"{name}: cannot read {path} ({err})") from None
-    return validate_samples(array, name, input_range, flag)
+    return validate_samples(array, name, input_range, flag, own=own)
 
 
 _MAGIC = {".npy": b"\x93NUMPY", ".npz": b"PK"}
@@ -103,10 +105,10 @@ def _read_array(path: Path) -> np.ndarray:
 
 def validate_samples(array: np.ndarray, name: str = "samples",
                      input_range: tuple[float, float] | None = None,
-                     flag: str = RANGE_FLAG) -> np.ndarray:
+                     flag: str = RANGE_FLAG, *, own: bool = False) -> np.ndarray:
     """float32 copy of a real (N, D) or (N, C, H, W) array with N ≥ 1 samples of ≥ 1
     feature, finite, under the input contract (module docstring): images in [-1, 1]
-    (uint8 converted), or converted from ``input_range``."""
+    (uint8 converted), or converted from ``input_range``; own: see :func:`load_samples`."""
     array = np.asarray(array)
     if array.dtype == object or not (np.issubdtype(array.dtype, np.number)
                                      or array.dtype == bool):
@@ -137,7 +139,7 @@ def validate_samples(array: np.ndarray, name: str = "samples",
     array = array.astype(np.float32)
     lo, hi = _finite_range(array, name)
     if array.ndim == 4:
-        _check_image_range(array.dtype, lo, hi, name, flag)
+        _check_image_range(array.dtype, lo, hi, name, flag, own)
     return array
 
 
@@ -148,13 +150,15 @@ def _finite_range(array: np.ndarray, name: str) -> tuple[float, float]:
     return float(array.min()), float(array.max())
 
 
-def _check_image_range(dtype, lo: float, hi: float, name: str, flag: str) -> None:
-    """Images in [-1, 1] (tolerance RANGE_TOLERANCE) that do not look like [0, 1]."""
+def _check_image_range(dtype, lo: float, hi: float, name: str, flag: str,
+                       own: bool = False) -> None:
+    """Images in [-1, 1] (tolerance RANGE_TOLERANCE) that do not look like [0, 1] (unless
+    memgen wrote them: ``own``)."""
     tol = RANGE_TOLERANCE
     found = f"{name}: {dtype} images with values in [{lo:.4g}, {hi:.4g}]"
     if lo < -1 - tol or hi > 1 + tol:
         raise UserError(f"{found}, outside [-1, 1]: {_conversion_hint(lo, hi, flag)}")
-    if lo >= 0 and hi > 0.5:
+    if lo >= 0 and hi > 0.5 and not own:
         raise UserError(f"{found} look like [0, 1], not memgen's [-1, 1]: give "
                         f"{flag.format('0,1')} to convert them (or {flag.format('-1,1')} "
                         "to take them as they are)")

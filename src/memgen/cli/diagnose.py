@@ -18,7 +18,8 @@ import torch
 
 from memgen.cli.devices import device_option
 from memgen.cli.models import checkpoint_net, model_from_options
-from memgen.cli.options import SEED, model_source_options, overwrite_option, show_progress
+from memgen.cli.options import (SEED, input_range_option, input_ranges, model_source_options,
+                                overwrite_option, show_progress)
 from memgen.data import DATASETS
 from memgen.diffusion.loaders import load_denoiser
 from memgen.diffusion.training import training_samples
@@ -54,6 +55,7 @@ FILES = ("diagnose.csv", "diagnose.json", "diagnose.png")
 @click.option("--n", type=int, default=256, show_default=True, help="Queries per level.")
 @click.option("--batch-size", type=int, default=256, show_default=True)
 @click.option("--seed", type=SEED, default=0, show_default=True)
+@input_range_option()
 @device_option
 @click.option("--progress/--no-progress", default=True, show_default=True,
               help="A progress bar over the noise levels (on stderr).")
@@ -61,20 +63,26 @@ FILES = ("diagnose.csv", "diagnose.json", "diagnose.png")
               help="Output folder: diagnose.csv, diagnose.json, diagnose.png.")
 @overwrite_option
 def diagnose(checkpoint, exact_path, torchscript, diffusers, shape, schedule, train_path, data,
-             K, split_seed, half, data_root, sigmas, levels, n, batch_size, seed, device,
-             progress, out, overwrite):
+             K, split_seed, half, data_root, sigmas, levels, n, batch_size, seed, input_range,
+             device, progress, out, overwrite):
     """RMS error per coordinate of a model's denoiser against the exact denoiser of its
-    training set, by noise level σ: where the network stops being the optimal model."""
+    training set, by noise level σ: where the network stops being the optimal model.
+    --input-range converts the sample files read (--train, --exact) to [-1, 1]."""
     config = DiagnoseConfig(sigmas=tuple(sigmas) or None, levels=levels, n_per_level=n,
                             batch_size=batch_size, seed=seed)
     sources = {"checkpoint": checkpoint, "exact": exact_path, "torchscript": torchscript,
                "diffusers": diffusers}
     _check_sources(sources)
+    file_range = input_ranges(input_range, ("file",)).get("file")
+    if file_range is not None and not (train_path or exact_path):
+        raise UserError("--input-range converts the sample files of --train or --exact; none "
+                        "is given")
     check_output_dir(out, "diagnose", overwrite)
     train, train_name = _reference_set(train_path, data, K, split_seed, half, data_root,
-                                       checkpoint, exact_path)
+                                       checkpoint, exact_path, file_range)
     model = model_from_options(checkpoint, exact_path, torchscript, diffusers,
-                               shape=shape or train.shape[1:], schedule=schedule, device=device)
+                               shape=shape or train.shape[1:], schedule=schedule, device=device,
+                               input_range=file_range)
     sched = model.schedule
     if tuple(model.shape) != train.shape[1:]:
         raise UserError(f"the model takes samples of shape {tuple(model.shape)} but the "
@@ -112,7 +120,8 @@ def _check_sources(sources: dict) -> None:
         raise UserError(f"--{name}: no such {'folder' if name == 'diffusers' else 'file'} {path}")
 
 
-def _reference_set(train_path, data, K, split_seed, half, data_root, checkpoint, exact_path):
+def _reference_set(train_path, data, K, split_seed, half, data_root, checkpoint, exact_path,
+                   input_range=None):
     """(training set (N, ...) float32, a name for messages and diagnose.json): the
     checkpoint's own (train.npz beside it, where memgen train writes it); --train or
     --data/--K only where they are that set, or where the checkpoint records none."""
@@ -128,10 +137,10 @@ def _reference_set(train_path, data, K, split_seed, half, data_root, checkpoint,
         given = (samples, f"--data {name} --K {K}" + (f" --half {half}" if half != 1 else ""))
         return checkpoint_training_set(checkpoint, given, "--data/--K")
     if train_path:
-        given = (load_samples(train_path, "--train"), str(train_path))
+        given = (load_samples(train_path, "--train", input_range), str(train_path))
         return checkpoint_training_set(checkpoint, given) if checkpoint else given
     if exact_path:
-        return load_samples(exact_path, "--exact"), str(exact_path)
+        return load_samples(exact_path, "--exact", input_range), str(exact_path)
     if not checkpoint:
         raise UserError("give the training set: --train FILE")
     return checkpoint_training_set(checkpoint)

@@ -230,7 +230,7 @@ def generate(checkpoint, exact_path, torchscript, diffusers, shape, schedule,
     click.echo(f"wrote {merged}{derived}")
     if reference_K is not None:
         theirs = write_reference_layout(Path(out) / "reference" / f"{reference_K}.npz",
-                                        load_samples(merged, name))
+                                        load_samples(merged, name, own=True))
         click.echo(f"wrote {theirs} (the authors' layout)")
 
 

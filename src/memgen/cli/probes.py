@@ -21,7 +21,8 @@ import torch
 from memgen.cli.devices import device_option
 from memgen.cli.diagnose import checkpoint_training_set
 from memgen.cli.models import model_from_options
-from memgen.cli.options import SEED, overwrite_option, show_progress
+from memgen.cli.options import (SEED, input_range_option, input_ranges, overwrite_option,
+                                show_progress)
 from memgen.data import DATASETS, default_split_seed, load_dataset, nested_indices
 from memgen.diffusion.generate import GenerateConfig, generate
 from memgen.diffusion.samplers import SAMPLERS
@@ -62,11 +63,13 @@ def hygiene():
               help=METRIC_HELP)
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="Output folder: duplicates.csv, groups.json, summary.json, pairs.png.")
+@input_range_option()
 @overwrite_option
-def duplicates(train_path, data, K, data_root, threshold, delta, k, metric, out, overwrite):
+def duplicates(train_path, data, K, data_root, threshold, delta, k, metric, input_range, out,
+               overwrite):
     """Near-duplicate training samples (they would pass for memorized copies)."""
     check_output_dir(out, "hygiene duplicates", overwrite)
-    train = _training_set(train_path, data, K, data_root)
+    train = _training_set(train_path, data, K, data_root, _file_range(input_range))
     found = near_duplicates(train, threshold=threshold, delta=delta, k=k, metric=metric)
     summary = {"n": len(train), "metric": metric, "threshold": threshold, "delta": delta,
                "distance_cut": found.threshold, "pairs": len(found.pairs),
@@ -89,11 +92,11 @@ def duplicates(train_path, data, K, data_root, threshold, delta, k, metric, out,
                f"{summary['median_nn_distance']:.4g}); wrote {out}")
 
 
-def _training_set(train_path, data, K, data_root) -> np.ndarray:
+def _training_set(train_path, data, K, data_root, input_range=None) -> np.ndarray:
     if bool(train_path) == bool(data):
         raise UserError("give either --train FILE or --data NAME")
     if train_path:
-        return load_samples(train_path, "--train")
+        return load_samples(train_path, "--train", input_range)
 
     pool = load_dataset(data, "train", data_root)
     if K is None:
@@ -129,18 +132,20 @@ def _save_pairs(path: Path, train: np.ndarray, found) -> None:
 @click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--metric", type=click.Choice(tuple(FEATURE_MAPS)), default="l2", show_default=True,
               help=METRIC_HELP)
+@input_range_option()
 @device_option
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="Output folder: halves.csv, summary.json, samples-a/b.npz, pairs.png.")
 @overwrite_option
 def halves(checkpoint_a, checkpoint_b, train_a, train_b, n, sampler, steps, seed, metric,
-           device, out, overwrite):
+           input_range, device, out, overwrite):
     """Disjoint-halves test (Kadkhodaie et al. 2024): sample two models trained on
     disjoint halves from the same noise; near-identical samples mean generalization, if
     they are images at all (their precision against the other half is printed beside).
     The same model twice, the same or nested or overlapping training sets are refused."""
     check_output_dir(out, "hygiene halves", overwrite)
-    sets = _halves_sets({"a": (checkpoint_a, train_a), "b": (checkpoint_b, train_b)})
+    sets = _halves_sets({"a": (checkpoint_a, train_a), "b": (checkpoint_b, train_b)},
+                        _file_range(input_range))
     with atomic_output_dir(out, "hygiene halves", overwrite) as tmp:
         samples = {name: _sample(ckpt, n, sampler, steps, seed, device, tmp / f"gen-{name}")
                    for name, (_, ckpt) in sets.items()}
@@ -169,7 +174,7 @@ def halves(checkpoint_a, checkpoint_b, train_a, train_b, n, sampler, steps, seed
     click.echo(_halves_quality_line(quality) + f"; wrote {out}")
 
 
-def _halves_sets(given: dict) -> dict:
+def _halves_sets(given: dict, input_range=None) -> dict:
     """name → (training set, checkpoint): each checkpoint's recorded set (train.npz beside
     it, or --train-a/b where it records none), refused when the two are the same model
     (checkpoint bytes or training set) or the sets are not disjoint."""
@@ -183,7 +188,8 @@ def _halves_sets(given: dict) -> dict:
                         "trained on disjoint halves")
     sets = {}
     for name, (ckpt, train) in given.items():
-        supplied = None if not train else (load_samples(train, f"--train-{name}"), str(train))
+        supplied = None if not train else (load_samples(train, f"--train-{name}", input_range),
+                                           str(train))
         sets[name] = (checkpoint_training_set(ckpt, supplied, f"--train-{name}")[0], ckpt)
     check_halves(sets["a"][0], sets["b"][0])
     return sets
@@ -216,7 +222,7 @@ def _sample(checkpoint, n, sampler, steps, seed, device, folder: Path) -> np.nda
                             clip=len(model.shape) == 3)
     merged = generate(model.denoiser, model.shape, model.schedule, config, folder,
                       device=device, progress=show_progress())
-    samples = load_samples(merged)
+    samples = load_samples(merged, own=True)
     shutil.rmtree(folder)
     return samples
 
@@ -244,6 +250,7 @@ def model_options(fn):
                      help="labels.npz of memgen classify (or a sweep's classify stage) for "
                           "these samples: results are summarised per label."),
         click.option("--limit", type=int, help="Analyse only the first N samples."),
+        input_range_option(),
         device_option,
         click.option("--out", required=True, type=click.Path(file_okay=False)),
         overwrite_option,
@@ -253,20 +260,22 @@ def model_options(fn):
     return fn
 
 
-def _load_model(checkpoint, exact_path, device, clip: bool = True):
+def _load_model(checkpoint, exact_path, device, clip: bool = True, input_range=()):
     """(denoiser, schedule or None, dtype of the points): the exact model in float64 (the
     probes' bisections, Hessians and path integrals need it), without a schedule; networks
-    in float32."""
+    in float32. input_range: --input-range's values, converting --exact's file."""
     if bool(checkpoint) == bool(exact_path):
         raise UserError("give exactly one of --checkpoint, --exact")
     model = model_from_options(checkpoint, exact_path, device=device,
-                               exact_dtype=torch.float64, clip=clip)
+                               exact_dtype=torch.float64, clip=clip,
+                               input_range=_file_range(input_range))
     return model.denoiser, model.schedule, model.dtype
 
 
-def _points(samples_path, labels_path, limit, device, dtype):
-    """(x (B, ...), labels (B,) int or None) — the first ``limit`` samples."""
-    x = load_samples(samples_path, "--samples")
+def _points(samples_path, labels_path, limit, device, dtype, input_range=()):
+    """(x (B, ...), labels (B,) int or None) — the first ``limit`` samples, converted by
+    --input-range (``input_range``) where it is given."""
+    x = load_samples(samples_path, "--samples", _file_range(input_range))
     labels = _read_labels(labels_path) if labels_path else None
     if labels is not None and len(labels) != len(x):
         raise UserError(f"--labels has {len(labels)} entries for {len(x)} samples")
@@ -275,6 +284,11 @@ def _points(samples_path, labels_path, limit, device, dtype):
             raise UserError(f"--limit must be at least 1, got {limit}")
         x, labels = x[:limit], None if labels is None else labels[:limit]
     return torch.from_numpy(x).to(device, dtype), labels
+
+
+def _file_range(given) -> tuple[float, float] | None:
+    """The (LO, HI) of --input-range LO,HI: every sample file a command reads is in it."""
+    return input_ranges(given, ("file",)).get("file")
 
 
 def _read_labels(path) -> np.ndarray:
@@ -345,17 +359,17 @@ def basins():
 @click.option("--rtol", type=float, default=0.02, show_default=True,
               help="Bisection stops when σ_hi/σ_lo ≤ 1 + rtol.")
 @click.option("--seed", type=SEED, default=0, show_default=True)
-def critical_time_cmd(checkpoint, exact_path, samples_path, labels_path, limit, device, out,
-                      overwrite, sigma_lo, sigma_hi, n_trials, p, delta, distance, sampler, steps,
-                      rel_min, rtol, seed):
+def critical_time_cmd(checkpoint, exact_path, samples_path, labels_path, limit, device,
+                      input_range, out, overwrite, sigma_lo, sigma_hi, n_trials, p, delta,
+                      distance, sampler, steps, rel_min, rtol, seed):
     """Largest noise level σ* from which a sample is still recovered with probability ≥ p:
     noise x0 to σ, denoise back, count dist ≤ δ; bisection in log σ (paper's reference
     code: δ 0.1, 10 trials, p 0.9)."""
     config = RecoveryConfig(n_trials=n_trials, p=p, delta=delta, metric=distance,
                             sampler=sampler, steps=steps, rel_min=rel_min, seed=seed)
     check_output_dir(out, "basins critical-time", overwrite)
-    den, schedule, dtype = _load_model(checkpoint, exact_path, device)
-    x, labels = _points(samples_path, labels_path, limit, device, dtype)
+    den, schedule, dtype = _load_model(checkpoint, exact_path, device, input_range=input_range)
+    x, labels = _points(samples_path, labels_path, limit, device, dtype, input_range)
     if sigma_hi is None:
         sigma_hi = 10.0 if schedule is None else min(10.0, float(schedule.sigmas()[0]))
     result = critical_time(den, x, sigma_lo, sigma_hi, config, rtol=rtol, schedule=schedule,
@@ -424,22 +438,23 @@ def _echo_by_label(name: str, table: dict, out, notes: list[str] = ()) -> None:
 @click.option("--sigma", type=float, default=0.1, show_default=True,
               help="Noise level of the energy E_σ = −log p_σ.")
 @click.option("--rtol", type=float, default=1e-6, show_default=True)
-def relative_energy_cmd(checkpoint, exact_path, samples_path, labels_path, limit, device, out,
-                        overwrite, reference_path, train_path, sigma, rtol):
+def relative_energy_cmd(checkpoint, exact_path, samples_path, labels_path, limit, device,
+                        input_range, out, overwrite, reference_path, train_path, sigma, rtol):
     """ΔE = E_σ(x_ref) − E_σ(x), integrating the model's score along the quarter circle
     from x to x_ref (Raya & Ambrogioni 2023); negative: the sample lies higher than its
     reference. Default reference: the nearest training image."""
     check_output_dir(out, "basins relative-energy", overwrite)
-    den, _, dtype = _load_model(checkpoint, exact_path, device, clip=False)
-    x, labels = _points(samples_path, labels_path, limit, device, dtype)
+    den, _, dtype = _load_model(checkpoint, exact_path, device, clip=False,
+                                 input_range=input_range)
+    x, labels = _points(samples_path, labels_path, limit, device, dtype, input_range)
     if reference_path:
-        ref = _points(reference_path, None, limit, device, dtype)[0]
+        ref = _points(reference_path, None, limit, device, dtype, input_range)[0]
         if ref.shape != x.shape:
             raise UserError(f"--reference has shape {tuple(ref.shape)}, samples "
                              f"{tuple(x.shape)}")
     else:
         train_path = train_path or exact_path or Path(checkpoint).with_name("train.npz")
-        train = _points(train_path, None, None, device, dtype)[0]
+        train = _points(train_path, None, None, device, dtype, input_range)[0]
         near = knn_search(x.reshape(len(x), -1), train.reshape(len(train), -1), 1)
         ref = train[near.idx[:, 0]]
     result = relative_energy(den, x, ref, sigma, rtol=rtol, atol=1e-8, chunk=4096)
@@ -469,14 +484,15 @@ def relative_energy_cmd(checkpoint, exact_path, samples_path, labels_path, limit
               help="SA: smallest (flat and unstable directions); LA: largest.")
 @click.option("--dense-max", type=click.IntRange(min=0), default=256, show_default=True,
               help="Dense Jacobian spectrum up to this many coordinates, Lanczos above.")
-def curvature(checkpoint, exact_path, samples_path, labels_path, limit, device, out, overwrite,
-              sigma, n_eigen, which, dense_max):
+def curvature(checkpoint, exact_path, samples_path, labels_path, limit, device, input_range,
+              out, overwrite, sigma, n_eigen, which, dense_max):
     """Hessian spectrum of E_σ = −log p_σ at the given points: exact (dense Jacobian of the
     denoiser) in low dimension, extreme eigenvalues by Hessian-vector products and Lanczos
     for images. Summarised by the smallest eigenvalue λ_min."""
     check_output_dir(out, "basins curvature", overwrite)
-    den, _, dtype = _load_model(checkpoint, exact_path, device, clip=False)
-    x, labels = _points(samples_path, labels_path, limit, device, dtype)
+    den, _, dtype = _load_model(checkpoint, exact_path, device, clip=False,
+                                 input_range=input_range)
+    x, labels = _points(samples_path, labels_path, limit, device, dtype, input_range)
     dim = x[0].numel()
     if n_eigen > dim:
         raise UserError(f"--n-eigen {n_eigen}: the points have D = {dim} coordinates, so at "

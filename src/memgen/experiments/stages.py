@@ -253,7 +253,8 @@ def classify_stage(run: Path, K: int, train: np.ndarray, heldout: np.ndarray,
         folder.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
         result = classify_sets(
-            load_samples(eval_path, "eval"), train, load_samples(synth_path, "synth"), heldout,
+            load_samples(eval_path, "eval", own=True), train,
+            load_samples(synth_path, "synth", own=True), heldout,
             ClassifyConfig(rule=m.rule, delta_m=m.delta_m, delta_s=m.delta_s, metric=m.metric,
                            k=m.k, alpha=m.alpha, seed=m.seed, dedup=m.dedup))
         write_classification(folder, result)
@@ -300,7 +301,7 @@ def measure_state(run: Path, K: int, train: np.ndarray, heldout: np.ndarray, t_k
     if exports_reference(config) and steps == steps_of(config, train_folder)[-1]:
         for which, path in (("eval", eval_path), ("synth", synth_path)):
             write_reference_layout(run / "reference" / which / f"{K}.npz",
-                                   load_samples(path, which))
+                                   load_samples(path, which, own=True))
     return replace(result, train_folder=train_folder, checkpoint=checkpoint, steps=steps)
 
 

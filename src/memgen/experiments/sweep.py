@@ -102,7 +102,7 @@ def evidence_figures(run: Path, pool: np.ndarray, results: list[StageResult],
 
     if pool.ndim == 2 and pool.shape[1] == 2:
         panels = [{"K": r.K, "train": split(pool, r.K, config)[0],
-                   "samples": load_samples(r.eval_path), "labels": _labels(r)["labels"]}
+                   "samples": load_samples(r.eval_path, own=True), "labels": _labels(r)["labels"]}
                   for r in results]
         save(plot_samples_2d(panels), "samples.png")
         return figures
@@ -110,11 +110,12 @@ def evidence_figures(run: Path, pool: np.ndarray, results: list[StageResult],
         return figures
     for r in {results[0].K: results[0], results[len(results) // 2].K: results[len(results) // 2],
               results[-1].K: results[-1]}.values():
-        found, samples = _labels(r), load_samples(r.eval_path)
+        found, samples = _labels(r), load_samples(r.eval_path, own=True)
         chosen = {name: list(map(int, np.flatnonzero(found["labels"] == code)[:2]))
                   for code, name in enumerate(LABEL_NAMES)}
         if any(chosen.values()):
-            save(plot_neighbours(samples, split(pool, r.K, config)[0], load_samples(r.synth_path),
+            synth = load_samples(r.synth_path, own=True)
+            save(plot_neighbours(samples, split(pool, r.K, config)[0], synth,
                                  found["train_idx"], found["synth_idx"], found["labels"], chosen,
                                  found["train_dist"], found["synth_dist"], title=f"K = {r.K}"),
                  f"neighbours-K{r.K}.png")

@@ -37,7 +37,6 @@ the same gate). Tables without precision columns are not gated.
 
 from __future__ import annotations
 
-import csv
 import numbers
 import warnings
 from dataclasses import dataclass
@@ -419,11 +418,7 @@ def read_fraction_table(path: str | Path) -> FractionTable:
     n_eval, <label>_lo/_hi and null_<label> (each set used only when complete), and
     precision_<label> with baseline_precision (empty cells: not measured there)."""
     path = Path(path)
-    try:
-        rows = read_csv_rows(path)
-    except (UnicodeDecodeError, csv.Error) as err:  # a labels.npz, an image, ...
-        raise UserError(f"{path} is not a CSV text file ({type(err).__name__}): give the "
-                        "fractions.csv of memgen sweep or memgen aggregate") from None
+    rows = read_csv_rows(path)  # UserError for a labels.npz, an image, ...
     if not rows:
         raise UserError(f"{path} holds no rows")
     missing = [c for c in ("K", *LABEL_NAMES) if c not in rows[0]]
