@@ -17,7 +17,7 @@ import click
 import numpy as np
 import pytest
 from test_cli import assert_fails, hidden_leftovers, ok, run, save
-from test_cli_safety import ENV, _one_line_error, memgen
+from test_cli_safety import ENV, _one_line_error, memgen, sets  # noqa: F401 (sets: a fixture)
 
 from memgen.cli import cli
 from memgen.cli.main import hoist_global_flags
@@ -25,14 +25,6 @@ from memgen.errors import UserError
 from memgen.experiments.config import load_config
 
 TINY = Path(__file__).parents[1] / "configs" / "tiny.yaml"
-
-
-@pytest.fixture
-def sets(tmp_path):
-    rng = np.random.default_rng(0)
-    return {"train": save(tmp_path / "train.npz", rng.normal(size=(30, 4)).astype(np.float32)),
-            "eval": save(tmp_path / "eval.npz", rng.normal(size=(20, 4)).astype(np.float32)),
-            "root": tmp_path}
 
 
 def classify_args(sets, out, *extra):
