@@ -223,19 +223,39 @@ def test_streamed_synth_is_held_to_the_contract(tmp_path):
 
 
 def test_warns_where_s1_zero_exceeds_the_sets_own_repeats(tmp_path):
-    """An evaluated set with repeats of its own (a model that emits an image exactly) that
-    shares more rows with S′ than those repeats explain: labelled, with a warning."""
+    """An evaluated set with repeats of its own (a model that emits an image exactly) and
+    one more row shared with S′ than those repeats explain: labelled, with a warning."""
     rng = np.random.default_rng(12)
     train = images(rng, 10)
     eval_set = images(rng, 10)
     eval_set[1] = eval_set[0]  # 2 of 10 repeat each other
-    synth = np.concatenate([eval_set[:6], images(rng, 30)])  # 6 of 10 have s1 = 0
+    synth = np.concatenate([eval_set[:3], images(rng, 30)])  # 3 of 10 have s1 = 0
     result, out = classify_files(tmp_path, train, eval_set, "--synth",
                                  save(tmp_path / "synth.npz", synth))
     ok(result)
-    assert "6 of the 10 evaluated samples (60.0%) have an exact copy" in result.stderr
+    assert "3 of the 10 evaluated samples (30.0%) have an exact copy" in result.stderr
     warnings = json.loads((out / "summary.json").read_text())["warnings"]
     assert any("s1 = 0" in w for w in warnings)
+
+
+def test_one_repeated_row_does_not_excuse_sets_drawn_from_the_same_seed(tmp_path):
+    """A new user's case: one evaluated row repeated, and the other 8 rows are S′'s rows of
+    the same index (the same seed): the repeat explains itself, not the 8; refused. Exact
+    states that recur (fixed points reached again and again) share rows with S′ at other
+    indices: accepted."""
+    rng = np.random.default_rng(14)
+    train, fresh = images(rng, 10), images(rng, 9)
+    eval_set = np.concatenate([fresh[:1], fresh])  # rows 0, 1 repeat; rows 1..9 as in S′
+    synth = np.concatenate([images(rng, 1), fresh, images(rng, 40)])
+    result, out = classify_files(tmp_path, train, eval_set, "--synth",
+                                 save(tmp_path / "synth.npz", synth))
+    assert_fails(result, "8 of them neither training images nor repeated", out, tmp_path)
+    attractors = images(rng, 3)
+    recurring = np.concatenate([images(rng, 40), attractors, attractors, attractors[:1]])
+    eval_set = np.concatenate([images(rng, 7), attractors, attractors[:1]])
+    result, out = classify_files(tmp_path, train, eval_set, "--synth",
+                                 save(tmp_path / "recurring.npz", recurring))
+    ok(result)
 
 
 def test_no_overlap_warning_without_synth_or_for_training_copies(tmp_path):

@@ -443,3 +443,15 @@ def test_capacities_bad_tables_are_user_errors(table, phrase):
 def test_capacities_bad_arguments_are_user_errors(call, phrase):
     with pytest.raises(memgen.UserError, match=re.escape(phrase)):
         call(FractionTable(**GOOD))
+
+
+def test_the_gate_reads_whichever_precision_columns_a_table_has(tmp_path):
+    """A new user's table with precision_memorized alone: the memorized samples at K = 2
+    have precision 0.3 against 0.95, so MC is not reached (it was, with the gate dropped
+    for want of the other two columns)."""
+    path = tmp_path / "partial.csv"
+    path.write_text("K,memorized,spurious,generalized,n_eval,precision_memorized,"
+                    "baseline_precision\n2,1,0,0,10,0.3,0.95\n8,0,0,1,10,,0.95\n")
+    mc = ok(run("capacities", path, "--bootstrap", 50)).output.splitlines()[0]
+    assert mc.startswith("MC: not reached — at K = 2 the memorized samples have precision "
+                         "0.30 against 0.95"), mc

@@ -458,11 +458,10 @@ def _column(rows: list[dict], names, kind):
 
 
 def _sparse_column(rows: list[dict], names):
-    """The named columns as a float array with NaN for empty cells (squeezed for one
-    name), or None if any is absent or every cell is empty."""
-    if not all(name in rows[0] for name in names):
-        return None
-    values = np.array([[float(r[name]) if r[name] else np.nan for name in names]
+    """The named columns as a float array with NaN for empty cells and for the columns
+    the table lacks (squeezed for one name), or None where every cell is empty or absent:
+    a table with precision_memorized alone is still gated on it."""
+    values = np.array([[float(r[name]) if r.get(name) else np.nan for name in names]
                        for r in rows])
     if np.isnan(values).all():
         return None

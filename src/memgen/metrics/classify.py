@@ -172,6 +172,9 @@ def classify_sets(eval_set: np.ndarray, train: np.ndarray, synth=None,
         check_disjoint(train, heldout)
     common = dict(k=config.k, metric=config.metric, memory_budget=config.memory_budget,
                   progress=progress, backend=config.backend, distinct=config.dedup)
+    if synth is not None and not streamed:  # before any search: a shared file fails fast
+        hits = shared_rows(eval_set, synth)
+        check_independent(hits > 0, hits > 1, same_position(eval_set, synth), eval_set, train)
     null = None
     if heldout is not None:
         null = null_rates(train, heldout, rule, n_eval=len(eval_set),
@@ -179,11 +182,12 @@ def classify_sets(eval_set: np.ndarray, train: np.ndarray, synth=None,
                           seed=config.seed, **common)
         if config.calibrate:
             rule = null.calibrated
-    if synth is not None and not streamed:  # before the search: a shared file fails fast
-        check_independent(shared_rows(eval_set, synth), eval_set, train)
     near = find_neighbours(eval_set, train, synth, state=state, **common)
     if streamed:  # s1 = 0 exactly: the row is in S′ (the search refines in float64)
-        check_independent(near.synth_dist[:, 0] == 0, eval_set, train)
+        zero = near.synth_dist == 0
+        recurring = zero[:, 1] if zero.shape[1] > 1 else np.zeros(len(zero), dtype=bool)
+        positional = (zero & (near.synth_idx == np.arange(len(zero))[:, None])).any(axis=1)
+        check_independent(zero[:, 0], recurring, positional, eval_set, train)
     labels = apply_rule(near.train_dist, near.synth_dist, rule)
     quality = None if heldout is None else quality_vs_heldout(
         eval_set, heldout, metric=config.metric, k=config.k, seed=config.seed,
@@ -225,14 +229,15 @@ def check_disjoint(train: np.ndarray, heldout: np.ndarray) -> None:
 
 
 def shared_rows(eval_set: np.ndarray, synth: np.ndarray) -> np.ndarray:
-    """(n_eval,) bool: which evaluated rows appear exactly (byte for byte) in ``synth``."""
+    """(n_eval,) int: how often each evaluated row appears exactly (byte for byte) in
+    ``synth``."""
     index: dict[bytes, list[int]] = {}
     for i, row in enumerate(eval_set.reshape(len(eval_set), -1)):
         index.setdefault(row.tobytes(), []).append(i)
-    hit = np.zeros(len(eval_set), dtype=bool)
+    hits = np.zeros(len(eval_set), dtype=np.int64)
     for row in synth.reshape(len(synth), -1):
-        hit[index.get(row.tobytes(), [])] = True
-    return hit
+        hits[index.get(row.tobytes(), [])] += 1
+    return hits
 
 
 def own_duplicates(eval_set: np.ndarray, train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -247,21 +252,40 @@ def own_duplicates(eval_set: np.ndarray, train: np.ndarray) -> tuple[np.ndarray,
     return repeated, copied
 
 
-def check_independent(shared: np.ndarray, eval_set: np.ndarray, train: np.ndarray) -> None:
-    """Refuse an evaluated set that shares rows with the synthetic set (``shared``: (n,)
-    bool) where nothing in the data explains it: the shared rows are neither training
-    images nor repeated within the evaluated set, and either the evaluated set repeats
-    no row of its own or every row of it is shared (a prefix of S′, or S′ = S_eval).
-    Drawn from the same noise, every such sample has s1 = 0 and is called spurious."""
+def same_position(eval_set: np.ndarray, synth: np.ndarray) -> np.ndarray:
+    """(n_eval,) bool: evaluated row i is exactly synthetic row i — what two sets drawn
+    from the same seed give (sample i of a set comes from the stream (seed, i))."""
+    n = min(len(eval_set), len(synth))
+    same = np.zeros(len(eval_set), dtype=bool)
+    same[:n] = (eval_set[:n].reshape(n, -1) == synth[:n].reshape(n, -1)).all(axis=1)
+    return same
+
+
+def check_independent(shared: np.ndarray, recurring: np.ndarray, positional: np.ndarray,
+                      eval_set: np.ndarray, train: np.ndarray) -> None:
+    """Refuse an evaluated set that shares rows with the synthetic set where nothing in the
+    data explains it. shared: (n,) bool, the row is in S′; recurring: it is there at least
+    twice; positional: it is S′'s row of the same index. A shared row is explained when it
+    is a training image, repeats within S_eval or recurs within S′: an exact state the
+    model reaches again and again (a fixed point of retrieval, a clipped image). Refused:
+    two or more unexplained rows at the same index (sets drawn from the same seed, or the
+    same file), or two or more unexplained shared rows where neither set repeats itself (a
+    model without exact states cannot explain them). Drawn from the same noise, every such
+    sample has s1 = 0 and is called spurious; ``overlap_warnings`` says what is left."""
     if not shared.any():
         return
     repeated, copied = own_duplicates(eval_set, train)
-    if not (shared & ~repeated & ~copied).any() or (repeated.any() and not shared.all()):
-        return  # explained, or partly: overlap_warnings says so after the search
+    unexplained = shared & ~recurring & ~repeated & ~copied
+    same_seed = int((unexplained & positional).sum())
+    repeats = repeated.any() or recurring.any()
+    if not (same_seed >= 2 or (same_seed and shared.all())
+            or (unexplained.sum() >= 2 and not repeats)):
+        return
     raise UserError(f"{int(shared.sum())} of the {len(shared)} evaluated samples are also in "
-                    "the synthetic set (the same file, or sets generated from the same "
-                    "seed): S_eval and S′ must be drawn independently (memgen generate's "
-                    "default --seed depends on --name; give each set its own)")
+                    f"the synthetic set ({int(unexplained.sum())} of them neither training "
+                    "images nor repeated within either set: the same file, or sets generated "
+                    "from the same seed): S_eval and S′ must be drawn independently (memgen "
+                    "generate's default --seed depends on --name; give each set its own)")
 
 
 def overlap_warnings(eval_set: np.ndarray, train: np.ndarray, near: Neighbours,
