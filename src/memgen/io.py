@@ -136,11 +136,20 @@ def validate_samples(array: np.ndarray, name: str = "samples",
         raise UserError(f"{name}: {array.dtype} images with values in [{lo:g}, {hi:g}]; "
                         f"memgen takes images as floats in [-1, 1] or uint8: "
                         f"{_conversion_hint(lo, hi, flag)}")
+    lo, hi = _finite_range(array, name)  # before the cast: float64 beyond float32 is not NaN
+    _check_float32(lo, hi, name)
     array = array.astype(np.float32)
-    lo, hi = _finite_range(array, name)
     if array.ndim == 4:
         _check_image_range(array.dtype, lo, hi, name, flag, own)
     return array
+
+
+def _check_float32(lo: float, hi: float, name: str) -> None:
+    """UserError for values that float32 (memgen's working precision) cannot hold."""
+    big = float(np.finfo(np.float32).max)
+    if max(abs(lo), abs(hi)) > big:
+        raise UserError(f"{name}: values in [{lo:.4g}, {hi:.4g}] exceed float32's range "
+                        f"(±{big:.4g}); rescale them")
 
 
 def _finite_range(array: np.ndarray, name: str) -> tuple[float, float]:
@@ -180,8 +189,9 @@ def _convert(array: np.ndarray, name: str, input_range: tuple[float, float]) -> 
     lo, hi = (float(v) for v in input_range)
     if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
         raise UserError(f"input range {lo:g},{hi:g}: give LO,HI with LO < HI")
+    _check_float32(lo, hi, f"{name}: the input range {lo:g},{hi:g}")
+    found_lo, found_hi = _finite_range(array, name)
     values = array.astype(np.float32)
-    found_lo, found_hi = _finite_range(values, name)
     slack = RANGE_TOLERANCE * (hi - lo) / 2
     if found_lo < lo - slack or found_hi > hi + slack:
         raise UserError(f"{name}: values in [{found_lo:.4g}, {found_hi:.4g}] lie outside "

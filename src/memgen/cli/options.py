@@ -61,8 +61,11 @@ def input_ranges(given, sets: tuple[str, ...]) -> dict[str, tuple[float, float]]
     given = list(given or ())
     plain = [bounds for which, bounds in given if which is None]
     named = [which for which, _ in given if which is not None]
-    if len(plain) > 1 or len(named) != len(set(named)):
-        raise UserError("--input-range given twice for the same set")
+    if len(plain) > 1:
+        raise UserError("--input-range LO,HI given twice: give it once (SET=LO,HI for one set)")
+    if len(named) != len(set(named)):
+        twice = next(which for which in named if named.count(which) > 1)
+        raise UserError(f"--input-range {twice}=LO,HI given twice")
     absent = [which for which in named if which not in sets]
     if absent:
         raise UserError(f"--input-range {absent[0]}=: no --{absent[0]} given")

@@ -312,7 +312,9 @@ def overlap_warnings(eval_set: np.ndarray, train: np.ndarray, near: Neighbours,
 def duplicate_warnings(train: np.ndarray, near: Neighbours, rule: Rule) -> tuple[str, ...]:
     """Warnings when duplicated training images can hide copies from eq. 4 (d1 ≈ d2)."""
     repeats = len(train) - len(np.unique(train.reshape(len(train), -1), axis=0))
-    hidden = 0 if near.duplicate_pair is None else int(near.duplicate_pair.sum())
+    # an exact copy (d1 = d2 = 0) still passes eq. 4 (0 / ε); the near-copies do not
+    hidden = 0 if near.duplicate_pair is None else \
+        int((near.duplicate_pair & (near.train_dist[:, 0] > 0)).sum())
     if not rule.needs_second_neighbour or not (repeats or hidden):
         return ()
     where = ("the training set has near-duplicates" if not repeats else

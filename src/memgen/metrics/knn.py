@@ -472,7 +472,9 @@ def _validate(query: torch.Tensor, ref: torch.Tensor, k: int, exclude_self: bool
     if exclude_self and query.shape[0] != ref.shape[0]:
         raise UserError("exclude_self=True needs query and ref to be the same set")
     available = ref.shape[0] - int(exclude_self)
-    if not 1 <= k <= available:
+    if k < 1:
+        raise UserError(f"k={k}: ask for at least 1 neighbour")
+    if k > available:
         raise UserError(f"k={k} neighbours requested but the reference set offers {available}")
     query, ref = query.reshape(query.shape[0], -1), ref.reshape(ref.shape[0], -1)
     if not (_all_finite(query) and _all_finite(ref)):

@@ -368,14 +368,16 @@ def plot_denoiser_error(sigma: np.ndarray, curves: Mapping[str, tuple], title: s
     may be NaN) are shaded. Non-positive values are left off the log axis.
     """
     fig, ax = plt.subplots(figsize=(6.4, 4.2), layout="constrained")
-    styles, positive = ("o-", "s--", "^:"), False
+    styles = ("o-", "s--", "^:")
+    # all zero (a model compared with itself, a constant training set): a linear axis
+    positive = any((np.asarray(rms, dtype=float) > 0).any() for rms, _, _ in curves.values())
     for k, (label, (rms, lo, hi)) in enumerate(curves.items()):
-        rms, lo = (np.where(np.asarray(v, dtype=float) > 0, v, np.nan) for v in (rms, lo))
-        positive |= bool(np.isfinite(rms).any())
+        if positive:
+            rms, lo = (np.where(np.asarray(v, dtype=float) > 0, v, np.nan) for v in (rms, lo))
         (line,) = ax.plot(sigma, rms, styles[k % 3], ms=4, label=label)
         ax.fill_between(sigma, lo, hi, color=line.get_color(), alpha=0.2, lw=0)
     ax.set_xscale("log")
-    if positive:  # all zero (a model compared with itself): a linear axis
+    if positive:
         ax.set_yscale("log")
     ax.set(xlabel="noise level σ (VE)", ylabel="RMS error per coordinate")
     ax.grid(True, which="major", alpha=0.3)
