@@ -33,8 +33,8 @@ def test_unavailable_devices_are_user_errors_before_any_work(tmp_path, command, 
 
 
 @pytest.mark.parametrize("device", ["cpu", "cpu:0"])
-def test_cpu_devices_pass_through_unchanged(device):
-    assert Device().convert(device, None, None) == device
+def test_cpu_devices_are_the_cpu(device):
+    assert Device().convert(device, None, None) == "cpu"
 
 
 def test_device_errors_are_user_errors_not_click_usage():

@@ -66,3 +66,76 @@ def test_duplicate_warning_counts_only_copies_eq4_cannot_call_memorized(tmp_path
         assert (labels["labels"][:3] == 0).all() and labels["labels"][3] != 0
     warning = json.loads((out / "summary.json").read_text())["warnings"][0]
     assert "for 1 evaluated samples the two nearest training images" in warning, warning
+
+
+TRAIN = ["train", "--data", "digits", "--preset", "digits-8", "--batch-size", "8",
+         "--iterations", "2"]
+
+
+def test_retraining_a_run_on_another_training_set_is_refused_then_starts_afresh(tmp_path):
+    """Resuming would finish the K = 16 model on K = 32 data (it printed 'trained on 32
+    samples' over the K = 16 weights); refused, and --overwrite trains afresh."""
+    pytest.importorskip("sklearn")
+    import torch
+
+    out = tmp_path / "run"
+    ok(run(*TRAIN, "--K", 16, "--out", out))
+    before = (out / "checkpoint.pt").read_bytes()
+    result = run(*TRAIN, "--K", 32, "--out", out)
+    assert_fails(result, "another training set (16 samples", None, tmp_path)
+    assert (out / "checkpoint.pt").read_bytes() == before
+    ok(run(*TRAIN, "--K", 32, "--overwrite", "--out", out))
+    ok(run(*TRAIN, "--K", 32, "--out", tmp_path / "fresh"))
+    with np.load(out / "train.npz") as z:
+        assert len(z["samples"]) == 32
+    mine, fresh = (torch.load(f / "checkpoint.pt", weights_only=True)["model"]
+                   for f in (out, tmp_path / "fresh"))
+    assert all(torch.equal(mine[k], fresh[k]) for k in fresh)  # the K = 32 model, afresh
+    ok(run(*TRAIN, "--K", 32, "--iterations", 3, "--out", out))  # same data: resumes
+
+
+def test_a_diverging_run_stops_with_a_user_error(tmp_path):
+    pytest.importorskip("sklearn")
+    out = tmp_path / "run"
+    assert_fails(run(*TRAIN, "--K", 8, "--lr", "inf", "--out", out), "lr < inf", out, tmp_path)
+    result = run(*TRAIN[:-1], "20", "--K", 8, "--lr", "1e30", "--out", out)
+    assert result.exit_code == 1 and "diverged" in result.output, result.output
+
+
+def test_amp_without_cuda_is_refused(tmp_path):
+    pytest.importorskip("sklearn")
+    out = tmp_path / "run"
+    assert_fails(run(*TRAIN, "--K", 8, "--amp", "--out", out), "--amp", out, tmp_path)
+
+
+@pytest.mark.parametrize("tol", ["nan", "inf"])
+def test_phase_refuses_a_tolerance_that_is_not_finite(tmp_path, tol):
+    out = tmp_path / "p"
+    assert_fails(run("phase", "--sigma", 0.1, "--K", 2, "--tol", tol, "--out", out),
+                 "finite tolerance", out, tmp_path)
+
+
+def test_sweep_refuses_eval_and_synth_drawn_from_one_seed():
+    from pathlib import Path
+
+    from memgen.experiments.config import load_config
+
+    tiny = Path(__file__).parents[1] / "configs" / "tiny.yaml"
+    with pytest.raises(UserError, match="both 2"):
+        load_config(tiny, ["sample.eval_seed=2", "sample.synth_seed=2"])
+
+
+def test_reference_layout_is_per_set_and_goes_with_overwrite(tmp_path):
+    x = np.random.default_rng(4).uniform(-1, 1, (6, 1, 4, 4)).astype(np.float32)
+    save(tmp_path / "t.npz", x)
+    common = ["generate", "--exact", tmp_path / "t.npz", "--steps", 5, "--sampler", "ddim",
+              "--out", tmp_path / "g"]
+    ok(run(*common, "--reference-layout", 5, "--n", 8, "--name", "eval"))
+    ok(run(*common, "--reference-layout", 5, "--n", 4, "--name", "synth"))
+    ref = tmp_path / "g" / "reference"
+    for name, n in (("eval", 8), ("synth", 4)):
+        with np.load(ref / name / "5.npz") as z, np.load(tmp_path / "g" / f"{name}.npz") as s:
+            assert len(z["samples"]) == n
+            np.testing.assert_array_equal(z["samples"], s["samples"])
+    ok(run(*common, "--n", 3, "--name", "eval", "--overwrite"))
+    assert not (ref / "eval").exists()  # the old copy went with the set it copied

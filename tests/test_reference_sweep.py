@@ -165,6 +165,6 @@ def test_cli_generate_writes_their_layout(tmp_path, state):
                                       "--config", str(their), "--n", "3", "--steps", "3",
                                       "--reference-layout", "2", "--out", str(out)])
     assert result.exit_code == 0, result.output
-    with np.load(out / "reference" / "2.npz", allow_pickle=False) as z:
+    with np.load(out / "reference" / "samples" / "2.npz", allow_pickle=False) as z:
         assert z.files == ["samples"]
         np.testing.assert_array_equal(z["samples"], np.load(out / "samples.npz")["samples"])

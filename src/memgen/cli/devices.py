@@ -37,7 +37,7 @@ class Device(click.ParamType):
             raise UserError(f"--device {value}: no MPS device on this machine")
         elif device.type not in ("cpu", "cuda", "mps"):
             raise UserError(f"--device {value}: memgen runs on cpu, cuda or mps")
-        return str(value)
+        return "cpu" if device.type == "cpu" else str(value)  # cpu:0 is the cpu
 
 
 device_option = click.option("--device", type=Device(), default="cpu", show_default=True,

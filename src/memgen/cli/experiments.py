@@ -72,6 +72,8 @@ def demo(data_root, K, n_eval, seed, out, overwrite):
 def phase(data, sigmas, Ks, n_starts, starts, method, max_iter, tol, dtype, data_root, seed, out,
           overwrite):
     """Attractors of the exact energy −log p_σ against the load K (and σ): phase.csv."""
+    if not tol < float("inf"):  # NaN passes click's FloatRange, and stops every descent at once
+        raise UserError(f"--tol {tol}: give a finite tolerance (e.g. 1e-6)")
     if data_root and data == "circle":
         raise UserError("--data-root: the circle pool is generated, not read; --data-root "
                         "is for --data fmnist")
@@ -104,7 +106,8 @@ def phase(data, sigmas, Ks, n_starts, starts, method, max_iter, tol, dtype, data
 @click.option("--sigma", type=click.FloatRange(min=0, min_open=True), default=0.387,
               show_default=True,
               help="Noise level of the learned and exact energies (t = 0.15; with --checkpoint).")
-@click.option("--resolution", type=click.IntRange(min=2), default=100, show_default=True,
+@click.option("--resolution", type=click.IntRange(min=2, max=2000), default=100,
+              show_default=True,
               help="Grid points per axis of the learned energy (with --checkpoint).")
 @click.option("--out", required=True, type=click.Path(file_okay=False))
 @overwrite_option

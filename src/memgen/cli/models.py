@@ -112,7 +112,12 @@ def train(data, train_path, input_range, K, split_seed, half, data_root, preset,
     samples = training_samples(net, given, data, K, split_seed, data_root, half, resize=resize,
                                preset=preset)
     out = Path(out)
+    if amp and torch.device(device).type != "cuda":
+        raise UserError(f"--amp is bfloat16 autocast on CUDA; on {device} it has no effect")
+    fresh = _other_training_set(out, samples, overwrite)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, one process writes
+        if fresh:  # --overwrite of a run on another training set: start afresh
+            shutil.rmtree(out)
         claim_output_dir(out, "train", overwrite)
         with atomic_file(out / "train.npz") as tmp:
             np.savez(tmp, samples=samples)
@@ -120,6 +125,25 @@ def train(data, train_path, input_range, K, split_seed, half, data_root, preset,
                          progress=show_progress())
     click.echo(f"trained {state.step} iterations on {len(samples)} samples; "
                f"wrote {out / 'checkpoint.pt'}")
+
+
+def _other_training_set(out: Path, samples: np.ndarray, overwrite: bool) -> bool:
+    """Whether ``out`` holds a run (checkpoint.pt) trained on another training set than
+    ``samples`` (its train.npz): UserError, since resuming would finish the old model on the
+    new data — or True with ``overwrite``, where the run starts afresh."""
+    recorded = out / "train.npz"
+    if not ((out / "checkpoint.pt").is_file() and recorded.is_file()):
+        return False
+    before = load_samples(recorded, f"{recorded}", own=True)
+    if before.shape == samples.shape and np.array_equal(before, samples):
+        return False
+    if overwrite:
+        return True
+    other = "other values" if before.shape == samples.shape else \
+        f"now {len(samples)} of shape {samples.shape[1:]}"
+    raise UserError(f"{out} holds a run trained on another training set ({len(before)} "
+                    f"samples of shape {before.shape[1:]}; {other}): resuming would mix them; "
+                    "choose another --out or pass --overwrite to train afresh")
 
 
 def _check_data_options(ctx: click.Context, train_path, input_range) -> None:
@@ -177,9 +201,10 @@ def _check_data_options(ctx: click.Context, train_path, input_range) -> None:
 @input_range_option()
 @device_option
 @click.option("--reference-layout", "reference_K", type=click.IntRange(min=1), metavar="K",
-              help="Also write OUT/reference/K.npz in the paper authors' layout (their "
+              help="Also write OUT/reference/NAME/K.npz in the paper authors' layout (their "
                    "run_generate.py's: compressed, key samples, float32 N×C×H×W in [-1, 1]; "
-                   "their run_classify.py reads a folder of <K>.npz).")
+                   "their run_classify.py reads a folder of <K>.npz: reference/eval and "
+                   "reference/synth, as a sweep writes them).")
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="Folder of the shards and NAME.npz. An interrupted run resumes there: a "
                    "shard is reused only if made by the same model (content hash) and "
@@ -222,6 +247,9 @@ def generate(checkpoint, exact_path, torchscript, diffusers, shape, schedule,
             raise UserError(f"--prior-data holds samples of shape {data.shape[1:]} but the "
                             f"model makes samples of shape {tuple(model.shape)}")
     _check_disk(out, config, model.shape, reference_K)
+    theirs = Path(out) / "reference" / name
+    if overwrite and theirs.is_dir():  # the set's copies in their layout go with the set
+        shutil.rmtree(theirs)
     merged = generate_set(model.denoiser, model.shape, model.schedule, config,
                           claim_output_dir(out, "generate", overwrite), data=data,
                           device=device, progress=show_progress(), source=model.source,
@@ -229,7 +257,7 @@ def generate(checkpoint, exact_path, torchscript, diffusers, shape, schedule,
     derived = f" (seed {config.seed}, from --name {name})" if seed is None else ""
     click.echo(f"wrote {merged}{derived}")
     if reference_K is not None:
-        theirs = write_reference_layout(Path(out) / "reference" / f"{reference_K}.npz",
+        theirs = write_reference_layout(theirs / f"{reference_K}.npz",
                                         load_samples(merged, name, own=True))
         click.echo(f"wrote {theirs} (the authors' layout)")
 

@@ -76,8 +76,8 @@ def input_ranges(given, sets: tuple[str, ...]) -> dict[str, tuple[float, float]]
 
 overwrite_option = click.option(
     "--overwrite", is_flag=True,
-    help="Replace --out: a file, or a folder that another memgen command wrote (never a "
-         "folder of files memgen did not write).")
+    help="Replace --out: a file (commands that write one), or a folder that another memgen "
+         "command wrote (never a folder of files memgen did not write).")
 
 
 def model_source_options(exact_help: str, shape_help: str, schedule_help: str):

@@ -89,8 +89,9 @@ class TrainConfig:
         for name in ("iterations", "batch_size", "log_every", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be at least 1")
-        if not (self.lr > 0 and 0 <= self.ema_decay < 1 and self.grad_clip > 0):
-            raise UserError("need lr > 0, 0 <= ema_decay < 1 and grad_clip > 0")
+        if not (0 < self.lr < float("inf") and 0 <= self.ema_decay < 1
+                and 0 < self.grad_clip < float("inf")):
+            raise UserError("need 0 < lr < inf, 0 <= ema_decay < 1 and 0 < grad_clip < inf")
         if any(not 0 < n <= self.iterations for n in self.snapshots):
             raise UserError(f"snapshots must lie in 1..iterations, got {list(self.snapshots)}")
         if self.compile not in COMPILE_MODES:
@@ -351,6 +352,11 @@ def _loop(config, data, out, state, model, rank, progress, stop_after, saver):
         bar.update(1)
         if state.step % config.log_every == 0 or state.step == config.iterations:
             mean = float(torch.stack(losses).sum()) / len(losses)
+            if not np.isfinite(mean):  # diverged: no NaN weights written from here on
+                bar.close()
+                raise UserError(f"the training loss became {mean} by step {state.step}: the "
+                                "run diverged (lower --lr?); checkpoints written before it "
+                                "are kept")
             if rank == 0:
                 _log(out, state.step, mean, time.perf_counter() - t0)
             bar.set_postfix(loss=f"{mean:.4f}")

@@ -349,9 +349,14 @@ def check(config: SweepConfig) -> None:
                          "each task uses (e.g. 1)")
     _check_model(config.model)
     _check_checkpoints(config)
-    if config.sample.stop_sigma is not None and (not config.sample.stop_sigma > 0
+    if config.sample.stop_sigma is not None and (not 0 < config.sample.stop_sigma < float("inf")
                                                  or config.sample.final_denoise):
-        raise UserError("sample.stop_sigma: must be positive, and excludes final_denoise")
+        raise UserError("sample.stop_sigma: must be positive and finite, and excludes "
+                        "final_denoise")
+    if config.sample.eval_seed == config.sample.synth_seed:
+        raise UserError(f"sample.eval_seed and sample.synth_seed are both "
+                        f"{config.sample.eval_seed}: the evaluated set would be a prefix of "
+                        "the synthetic one (every sample spurious); give them different seeds")
     if any(not 0 < n < config.train.iterations for n in config.train.snapshots):
         raise UserError("train.snapshots: step counts must lie between 0 and train.iterations "
                          f"({config.train.iterations}), got {list(config.train.snapshots)}")
