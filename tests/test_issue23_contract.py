@@ -111,6 +111,11 @@ def test_sets_whose_ranges_clearly_differ_are_refused_unless_allowed():
     check_ranges(True, train=(signed + 1) / 2, eval=signed)  # allowed
     check_ranges(train=signed, eval=images(rng, 5), synth=np.clip(signed * 0.7, -1, 1),
                  heldout=None)  # the same range: fine
+    # a toy set's K = 2 points may both lie in one quadrant, its held-out points all round
+    # the circle: vectors are not held to the sign test
+    angle = rng.uniform(0, 2 * np.pi, 40)
+    circle = np.stack([np.cos(angle), np.sin(angle)], axis=1)
+    check_ranges(train=np.array([[0.3, 0.95], [0.9, 0.4]]), heldout=circle)
 
 
 # -------------------------------------------------------------------- classify (CLI)

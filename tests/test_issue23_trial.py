@@ -139,3 +139,23 @@ def test_reference_layout_is_per_set_and_goes_with_overwrite(tmp_path):
             np.testing.assert_array_equal(z["samples"], s["samples"])
     ok(run(*common, "--n", 3, "--name", "eval", "--overwrite"))
     assert not (ref / "eval").exists()  # the old copy went with the set it copied
+
+
+def test_a_sweep_stage_redraws_shards_of_an_earlier_memgen(tmp_path):
+    """A stage interrupted under an earlier memgen holds shards without records: its cache
+    key fixes the model and settings, so they are drawn again (the same samples), not
+    refused with advice a sweep cannot follow."""
+    from pathlib import Path
+
+    tiny = Path(__file__).parents[1] / "configs" / "tiny.yaml"
+    run_dir = tmp_path / "run"
+    ok(run("-q", "sweep", tiny, "--out", run_dir))
+    stage = sorted((run_dir / "cache").glob("eval-*"))[0]
+    before = np.load(stage / "eval.npz")["samples"]
+    (stage / "DONE.json").unlink()
+    (stage / "eval.npz").unlink()
+    for record in stage.glob("eval-*.json"):
+        record.unlink()  # as an earlier memgen left them
+    ok(run("-q", "sweep", tiny, "--out", run_dir))
+    np.testing.assert_array_equal(np.load(stage / "eval.npz")["samples"], before)
+    assert sorted(stage.glob("eval-*.json"))  # drawn again, with their records

@@ -225,15 +225,17 @@ def value_range(array: np.ndarray) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
-def range_mismatch(a: tuple[float, float], b: tuple[float, float]) -> str | None:
+def range_mismatch(a: tuple[float, float], b: tuple[float, float],
+                   images: bool = True) -> str | None:
     """Why two sets' ranges (:func:`value_range`) clearly differ, or None. They differ when
-    one set is non-negative (1st percentile ≥ 0) and the other clearly signed (1st
-    percentile below −¼ of its magnitude: [0, 1] against [-1, 1]), or when one set's
-    magnitude (largest |percentile|) is ``SCALE_MISMATCH`` times the other's ([0, 255]
-    against [-1, 1])."""
+    one set's magnitude (largest |percentile|) is ``SCALE_MISMATCH`` times the other's
+    ([0, 255] against [-1, 1]), or, for images, when one set is non-negative (1st
+    percentile ≥ 0) and the other clearly signed (1st percentile below −¼ of its
+    magnitude: [0, 1] against [-1, 1]). Vectors are not held to the sign test: a few
+    points of a toy set (K = 2 on the unit circle) may all lie in one quadrant."""
     scale_a, scale_b = max(map(abs, a)), max(map(abs, b))
     for (x, sx), (y, sy) in (((a, scale_a), (b, scale_b)), ((b, scale_b), (a, scale_a))):
-        if sx > 0 and sy > 0 and x[0] >= 0 and y[0] < -sy / 4:
+        if images and sx > 0 and sy > 0 and x[0] >= 0 and y[0] < -sy / 4:
             return "one is non-negative, the other signed"
         if sy > 0 and sx > SCALE_MISMATCH * sy:
             return f"one is over {SCALE_MISMATCH:g} times the magnitude of the other"
@@ -249,9 +251,10 @@ def check_ranges(allow: bool = False, flag: str = "--allow-range-mismatch",
         return
     named = [(n, a if isinstance(a, tuple) else value_range(a))
              for n, a in sets.items() if a is not None]
+    images = any(np.ndim(a) == 4 for a in sets.values() if not isinstance(a, tuple))
     for i, (name_a, range_a) in enumerate(named):
         for name_b, range_b in named[i + 1:]:
-            why = range_mismatch(range_a, range_b)
+            why = range_mismatch(range_a, range_b, images)
             if why:
                 raise UserError(f"{name_a} values lie in about [{range_a[0]:.3g}, "
                                 f"{range_a[1]:.3g}] but {name_b} values in about "

@@ -161,7 +161,7 @@ def checkpoint_training_set(checkpoint, given: tuple[np.ndarray, str] | None = N
         click.echo(f"warning: {checkpoint} records no training set (no train.npz beside "
                    f"it): {given[1]} is taken on trust", err=True)
         return given
-    recorded = load_samples(beside, f"train.npz beside {checkpoint}")
+    recorded = load_samples(beside, f"train.npz beside {checkpoint}", own=True)
     if given is not None and not same_rows(given[0], recorded):
         raise UserError(f"{given[1]} is not the training set of {checkpoint}: train.npz "
                         f"beside it holds {len(recorded)} other samples of shape "

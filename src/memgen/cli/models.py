@@ -30,7 +30,7 @@ from memgen.diffusion.training import (COMPILE_MODES, TrainConfig, train as run_
                                        training_samples)
 from memgen.errors import UserError
 from memgen.io import (atomic_file, check_output_dir, claim_output_dir, load_samples,
-                       write_reference_layout)
+                       output_target, write_reference_layout)
 
 
 class _TrainCommand(click.Command):
@@ -117,7 +117,7 @@ def train(data, train_path, input_range, K, split_seed, half, data_root, preset,
     fresh = _other_training_set(out, samples, overwrite)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, one process writes
         if fresh:  # --overwrite of a run on another training set: start afresh
-            shutil.rmtree(out)
+            shutil.rmtree(output_target(out))  # a symlinked --out stays a link
         claim_output_dir(out, "train", overwrite)
         with atomic_file(out / "train.npz") as tmp:
             np.savez(tmp, samples=samples)
@@ -241,8 +241,9 @@ def generate(checkpoint, exact_path, torchscript, diffusers, shape, schedule,
     _check_against_model(model, config, eta, clip_range)
     data = None
     if prior == "forward":
+        given = prior_data or exact_path  # else memgen train's train.npz: read as written
         data = load_samples(_prior_data(prior_data, exact_path, checkpoint), "--prior-data",
-                            data_range if (prior_data or exact_path) else None)
+                            data_range if given else None, own=not given)
         if data.shape[1:] != tuple(model.shape):
             raise UserError(f"--prior-data holds samples of shape {data.shape[1:]} but the "
                             f"model makes samples of shape {tuple(model.shape)}")

@@ -125,7 +125,8 @@ def _save_pairs(path: Path, train: np.ndarray, found) -> None:
 @click.option("--train-b", type=click.Path(dir_okay=False),
               help="Training set of model b, where its checkpoint records none [train.npz "
                    "beside it; a different set is refused].")
-@click.option("--n", type=int, default=256, show_default=True, help="Noise seeds.")
+@click.option("--n", type=click.IntRange(min=1), default=256, show_default=True,
+              help="Noise seeds.")
 @click.option("--sampler", type=click.Choice(tuple(SAMPLERS)), default="ddim", show_default=True,
               help="ddim/heun: the same noise gives the same sample (deterministic).")
 @click.option("--steps", type=int, help="Sampling steps [the schedule's full ladder].")
@@ -453,8 +454,13 @@ def relative_energy_cmd(checkpoint, exact_path, samples_path, labels_path, limit
             raise UserError(f"--reference has shape {tuple(ref.shape)}, samples "
                              f"{tuple(x.shape)}")
     else:
-        train_path = train_path or exact_path or Path(checkpoint).with_name("train.npz")
-        train = _points(train_path, None, None, device, dtype, input_range)[0]
+        given = train_path or exact_path  # the user's file, converted as --input-range says
+        if given:
+            train = _points(given, None, None, device, dtype, input_range)[0]
+        else:  # memgen train's own copy: read as written
+            beside = Path(checkpoint).with_name("train.npz")
+            train = torch.from_numpy(load_samples(beside, str(beside), own=True)).to(device,
+                                                                                     dtype)
         near = knn_search(x.reshape(len(x), -1), train.reshape(len(train), -1), 1)
         ref = train[near.idx[:, 0]]
     result = relative_energy(den, x, ref, sigma, rtol=rtol, atol=1e-8, chunk=4096)

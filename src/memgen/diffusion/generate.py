@@ -315,6 +315,15 @@ def discard_set(out: Path, name: str) -> None:
         (out / f"{name}{suffix}").unlink(missing_ok=True)
 
 
+def discard_unrecorded(out: Path, name: str) -> None:
+    """Remove set ``name``'s shards that have no record (an earlier memgen's): for a caller
+    whose folder already fixes the model and settings (a sweep stage's cache key), they are
+    drawn again rather than refused."""
+    for path in _set_files(out, name).values():
+        if _read_record(_record_path(path)) is None:
+            path.unlink()
+
+
 def _write_json(path: Path, payload: dict) -> None:
     with atomic_file(path) as tmp:
         tmp.write_text(json.dumps(payload, indent=2) + "\n")

@@ -405,7 +405,7 @@ def check_effect(config: SweepConfig, tree: dict) -> None:
         why = ("the exact denoiser is not a network" if kind == "exact" else
                "the authors' checkpoints carry their own network")
         for key in ("preset", "net", "objective"):
-            if key in model:
+            if model.get(key) is not None:  # --set model.preset=null takes it out
                 raise UserError(f"model.{key}: has no effect with model.kind = {kind} ({why}); "
                                 "remove it")
     sampler = config.sample.sampler

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from memgen.data import default_split_seed, load_dataset, resize_images, train_heldout
-from memgen.diffusion.generate import GenerateConfig, generate
+from memgen.diffusion.generate import GenerateConfig, discard_unrecorded, generate
 from memgen.diffusion.loaders import load_denoiser
 from memgen.diffusion.samplers import SAMPLER_REVISIONS
 from memgen.diffusion.schedules import VESchedule, VPSchedule
@@ -196,6 +196,7 @@ def generate_stage(run: Path, which: str, n: int, seed: int, train_key: str,
                              stop_sigma=s.stop_sigma, prior=s.prior or "standard",
                              clip_denoised=s.clip_denoised,
                              clip_range=s.clip_range or (-1.0, 1.0))
+        discard_unrecorded(folder, which)  # the key fixes the settings: redraw, not refuse
         generate(denoiser, train.shape[1:], schedule, gen, folder, data=train,
                  device=config.device, progress=progress)
         mark_done(folder, {"stage": which, "n": n, "seed": seed,
