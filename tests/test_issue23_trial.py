@@ -159,3 +159,21 @@ def test_a_sweep_stage_redraws_shards_of_an_earlier_memgen(tmp_path):
     ok(run("-q", "sweep", tiny, "--out", run_dir))
     np.testing.assert_array_equal(np.load(stage / "eval.npz")["samples"], before)
     assert sorted(stage.glob("eval-*.json"))  # drawn again, with their records
+
+
+@pytest.mark.parametrize("overrides, phrase", [
+    (["sample.steps=1"], "a VE ladder needs at least 2 steps"),
+    (["model.kind=network", "model.preset=toy-mlp", "data.name=digits"],
+     "takes 2-dimensional vectors but data.name = digits"),
+    (["model.kind=network", "model.preset=digits-8"], "takes 1-channel images"),
+])
+def test_sweep_dry_run_refuses_what_the_run_would(tmp_path, overrides, phrase):
+    """--dry-run passed these, and the run then failed inside a stage (a VE ladder of one
+    step; a vector network given 28×28 digits, an image network given circle points)."""
+    pytest.importorskip("sklearn")
+    from pathlib import Path
+
+    tiny = Path(__file__).parents[1] / "configs" / "tiny.yaml"
+    sets = [a for o in overrides for a in ("--set", o)]
+    out = tmp_path / "run"
+    assert_fails(run("sweep", tiny, *sets, "--dry-run", "--out", out), phrase, out, tmp_path)

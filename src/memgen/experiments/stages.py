@@ -77,11 +77,19 @@ def split_seed(config: SweepConfig) -> int:
 
 
 def load_pool(config: SweepConfig) -> np.ndarray:
-    """The training pool, resized to the model's image size."""
+    """The training pool, resized to the model's image size; UserError for a network that
+    takes another kind of sample (vectors against images, other channels or dimension)."""
     pool = load_dataset(config.data.name, "train", config.data.root)
-    if config.model.kind == "network" and pool.ndim == 4:
-        pool = resize_images(pool, network(config.model).image_size)
-    return pool
+    if config.model.kind != "network":
+        return pool
+    net, name = network(config.model), config.model.preset or "model.net"
+    if net.kind == "unet" and (pool.ndim != 4 or pool.shape[1] != net.channels):
+        raise UserError(f"model {name} takes {net.channels}-channel images but data.name = "
+                        f"{config.data.name} holds samples of shape {pool.shape[1:]}")
+    if net.kind != "unet" and pool.shape[1:] != (net.dim,):
+        raise UserError(f"model {name} takes {net.dim}-dimensional vectors but data.name = "
+                        f"{config.data.name} holds samples of shape {pool.shape[1:]}")
+    return resize_images(pool, net.image_size) if pool.ndim == 4 else pool
 
 
 def validate_against_data(config: SweepConfig, pool: np.ndarray) -> None:
@@ -96,6 +104,8 @@ def validate_against_data(config: SweepConfig, pool: np.ndarray) -> None:
         get_feature_map(config.measure.metric)  # LPIPS: loads its weights or says which
     except ValueError as err:
         raise UserError(f"measure.metric: {err}") from None
+    if schedule_family(config) == "ve" and config.sample.steps == 1:
+        raise UserError("sample.steps: a VE ladder needs at least 2 steps, got 1")
 
 
 def split(pool: np.ndarray, K: int, config: SweepConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -222,13 +232,17 @@ def sampler_name(config: SweepConfig) -> str:
     schedule (VE: euler_maruyama, VP: ddpm; the authors' checkpoints are VP)."""
     if config.sample.sampler is not None:
         return config.sample.sampler
+    return (VESchedule if schedule_family(config) == "ve" else VPSchedule).default_sampler
+
+
+def schedule_family(config: SweepConfig) -> str:
+    """"ve" or "vp": the noise schedule of the sweep's model (the authors' checkpoints are
+    VP; a network's follows its objective)."""
     if config.model.kind == "exact":
-        family = config.model.schedule
-    elif config.model.kind == "checkpoints":
-        family = "vp"
-    else:
-        family = "ve" if train_config(config).objective == "ve_score" else "vp"
-    return (VESchedule if family == "ve" else VPSchedule).default_sampler
+        return config.model.schedule
+    if config.model.kind == "checkpoints":
+        return "vp"
+    return "ve" if train_config(config).objective == "ve_score" else "vp"
 
 
 def _denoiser(checkpoint: Path | None, train: np.ndarray, config: SweepConfig):
