@@ -202,6 +202,12 @@ def _convert(array: np.ndarray, name: str, input_range: tuple[float, float]) -> 
     return np.clip(converted, -1, 1, out=converted)
 
 
+def row_keys(array: np.ndarray) -> list[bytes]:
+    """Each sample's bytes (C order): keys to compare sets exactly, row by row."""
+    array = np.ascontiguousarray(array)
+    return [row.tobytes() for row in array.reshape(len(array), -1)]
+
+
 def check_same_shape(**sets: np.ndarray | None) -> None:
     """ValueError naming the two sets whose per-sample shapes differ."""
     named = [(n, a) for n, a in sets.items() if a is not None]

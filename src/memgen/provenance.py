@@ -47,15 +47,20 @@ def command_line(argv: Sequence[str]) -> str:
     return shlex.join([Path(argv[0]).name, *argv[1:]])
 
 
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file's bytes, read a chunk at a time."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for chunk in iter(lambda: f.read(_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def file_record(path: str | Path, shape: Iterable[int] | None = None) -> dict:
     """{path (absolute), sha256 of the file's bytes, bytes, shape}; shape: the array as
     read (None for a file that holds no array, such as a config)."""
     path = Path(path)
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(_CHUNK), b""):
-            digest.update(chunk)
-    return {"path": str(path.resolve()), "sha256": digest.hexdigest(),
+    return {"path": str(path.resolve()), "sha256": file_sha256(path),
             "bytes": path.stat().st_size, "shape": None if shape is None else list(shape)}
 
 

@@ -24,7 +24,8 @@ from memgen.data import DATASETS
 from memgen.diffusion.loaders import load_denoiser
 from memgen.diffusion.training import training_samples
 from memgen.errors import UserError
-from memgen.io import atomic_output_dir, check_output_dir, load_samples, write_json
+from memgen.io import (atomic_output_dir, check_output_dir, load_samples, row_keys,
+                       write_json)
 from memgen.probes.diagnose import COLUMNS, DiagnoseConfig, default_sigmas, denoiser_error
 from memgen.report.figures import plot_denoiser_error, save_figure
 
@@ -173,8 +174,7 @@ def same_rows(a: np.ndarray, b: np.ndarray) -> bool:
     """The same samples, byte for byte, in any order."""
     if a.shape != b.shape:
         return False
-    rows = [sorted(r.tobytes() for r in np.ascontiguousarray(x, np.float32).reshape(len(x), -1))
-            for x in (a, b)]
+    rows = [sorted(row_keys(x.astype(np.float32, copy=False))) for x in (a, b)]
     return rows[0] == rows[1]
 
 

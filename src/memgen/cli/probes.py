@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import hashlib
 import json
 import shutil
 import zipfile
@@ -33,6 +32,7 @@ from memgen.metrics.hygiene import (check_halves, compare_halves, halves_quality
                                     near_duplicates)
 from memgen.metrics.knn import knn_search
 from memgen.metrics.rules import LABEL_NAMES
+from memgen.provenance import file_sha256
 from memgen.probes.curvature import hessian_eigsh, hessian_spectrum
 from memgen.probes.recovery import METRICS as DISTANCES, RecoveryConfig, critical_time
 from memgen.probes.relative_energy import relative_energy
@@ -183,7 +183,7 @@ def _halves_sets(given: dict, input_range=None) -> dict:
     for name, path in zip(given, paths):
         if not path.is_file():
             raise UserError(f"--checkpoint-{name}: no such file {path}")
-    if _sha256(paths[0]) == _sha256(paths[1]):
+    if file_sha256(paths[0]) == file_sha256(paths[1]):
         raise UserError(f"--checkpoint-a and --checkpoint-b are the same model (identical "
                         f"bytes: {paths[0]}, {paths[1]}): the halves test needs two models "
                         "trained on disjoint halves")
@@ -194,14 +194,6 @@ def _halves_sets(given: dict, input_range=None) -> dict:
         sets[name] = (checkpoint_training_set(ckpt, supplied, f"--train-{name}")[0], ckpt)
     check_halves(sets["a"][0], sets["b"][0])
     return sets
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _halves_quality_line(quality) -> str:

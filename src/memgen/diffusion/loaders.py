@@ -46,6 +46,7 @@ from memgen.diffusion.reference import load_reference
 from memgen.diffusion.schedules import VESchedule, VPSchedule
 from memgen.diffusion.training import TrainConfig, load_checkpoint
 from memgen.errors import UserError
+from memgen.provenance import file_sha256
 
 SOURCES = ("checkpoint", "exact", "torchscript", "diffusers", "reference")
 SCHEDULES = {"vp": VPSchedule, "ve": VESchedule}
@@ -275,15 +276,6 @@ def _diffusers(path, device):
 
 
 # ------------------------------------------------------------------------- content hashes
-
-
-def file_sha256(path) -> str:
-    """sha256 of a file's bytes, read 1 MiB at a time."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(2**20):
-            h.update(block)
-    return h.hexdigest()
 
 
 def folder_sha256(path) -> str:

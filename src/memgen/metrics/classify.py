@@ -13,7 +13,7 @@ import numpy as np
 
 from memgen._version import __version__
 from memgen.errors import UserError
-from memgen.io import check_same_shape, validate_samples, write_json
+from memgen.io import check_same_shape, row_keys, validate_samples, write_json
 from memgen.metrics.null import DEFAULT_ALPHA, NullResult, null_rates
 from memgen.metrics.quality import HeldoutQuality, quality_summary, quality_vs_heldout
 from memgen.metrics.rules import (LABEL_NAMES, Neighbours, Rule, apply_rule, find_neighbours,
@@ -222,8 +222,8 @@ def streamed_sample(synth: ShardSet, name: str = "--synth") -> np.ndarray:
 def check_disjoint(train: np.ndarray, heldout: np.ndarray) -> None:
     """Refuse held-out data that shares samples with the training set: the null run
     must see data the model never saw (with a copy, δ_m calibrates to below 0)."""
-    seen = {row.tobytes() for row in train.reshape(len(train), -1)}
-    shared = sum(row.tobytes() in seen for row in heldout.reshape(len(heldout), -1))
+    seen = set(row_keys(train))
+    shared = sum(key in seen for key in row_keys(heldout))
     if shared:
         raise UserError(f"{shared} of the {len(heldout)} held-out samples are also in the "
                          "training set: held-out data must be disjoint from it")
@@ -233,11 +233,11 @@ def shared_rows(eval_set: np.ndarray, synth: np.ndarray) -> np.ndarray:
     """(n_eval,) int: how often each evaluated row appears exactly (byte for byte) in
     ``synth``."""
     index: dict[bytes, list[int]] = {}
-    for i, row in enumerate(eval_set.reshape(len(eval_set), -1)):
-        index.setdefault(row.tobytes(), []).append(i)
+    for i, key in enumerate(row_keys(eval_set)):
+        index.setdefault(key, []).append(i)
     hits = np.zeros(len(eval_set), dtype=np.int64)
-    for row in synth.reshape(len(synth), -1):
-        hits[index.get(row.tobytes(), [])] += 1
+    for key in row_keys(synth):
+        hits[index.get(key, [])] += 1
     return hits
 
 
@@ -248,8 +248,8 @@ def own_duplicates(eval_set: np.ndarray, train: np.ndarray) -> tuple[np.ndarray,
     flat = eval_set.reshape(len(eval_set), -1)
     _, inverse, counts = np.unique(flat, axis=0, return_inverse=True, return_counts=True)
     repeated = counts[inverse.reshape(-1)] > 1
-    seen = {row.tobytes() for row in train.reshape(len(train), -1)}
-    copied = np.fromiter((row.tobytes() in seen for row in flat), dtype=bool, count=len(flat))
+    seen = set(row_keys(train))
+    copied = np.fromiter((key in seen for key in row_keys(flat)), dtype=bool, count=len(flat))
     return repeated, copied
 
 

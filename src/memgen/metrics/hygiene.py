@@ -35,6 +35,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from memgen.errors import UserError
+from memgen.io import row_keys
 from memgen.metrics.capacity import QUALITY_SHARE
 from memgen.metrics.features import get_feature_map
 from memgen.metrics.knn import knn_search
@@ -126,8 +127,7 @@ def compare_halves(samples_a: np.ndarray, samples_b: np.ndarray, train_a: np.nda
 def check_halves(train_a: np.ndarray, train_b: np.ndarray) -> None:
     """UserError unless the two training sets are disjoint: the same set, one inside the
     other (nested: memgen train's first K are within its first 2K) or any shared image."""
-    rows = [{r.tobytes() for r in np.ascontiguousarray(t).reshape(len(t), -1)}
-            for t in (train_a, train_b)]
+    rows = [set(row_keys(t)) for t in (train_a, train_b)]
     if train_a.shape[1:] != train_b.shape[1:] or not rows[0] & rows[1]:
         return
     if rows[0] == rows[1]:
