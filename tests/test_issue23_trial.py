@@ -164,8 +164,10 @@ def test_a_sweep_stage_redraws_shards_of_an_earlier_memgen(tmp_path):
 @pytest.mark.parametrize("overrides, phrase", [
     (["sample.steps=1"], "a VE ladder needs at least 2 steps"),
     (["model.kind=network", "model.preset=toy-mlp", "data.name=digits"],
-     "takes 2-dimensional vectors but data.name = digits"),
-    (["model.kind=network", "model.preset=digits-8"], "takes 1-channel images"),
+     "data.name = digits: the data are 1×8×8 images but preset toy-mlp takes "
+     "2-dimensional vectors (presets that fit: digits-8)"),
+    (["model.kind=network", "model.preset=digits-8"],
+     "the data are 2-dimensional vectors but preset digits-8 takes 1×8×8 images"),
 ])
 def test_sweep_dry_run_refuses_what_the_run_would(tmp_path, overrides, phrase):
     """--dry-run passed these, and the run then failed inside a stage (a VE ladder of one

@@ -38,9 +38,8 @@ class _TrainCommand(click.Command):
     count (computed only when the help is shown)."""
 
     def format_epilog(self, ctx, formatter):
-        rows = [(name, (f"{c.channels}×{c.image_size}×{c.image_size} images"
-                        if c.kind == "unet" else f"{c.dim}-dimensional vectors")
-                 + f", {preset_parameters(name):,} parameters") for name, c in PRESETS.items()]
+        rows = [(name, f"{c.takes}, {preset_parameters(name):,} parameters")
+                for name, c in PRESETS.items()]
         with formatter.section("Presets (--preset: the data size it takes)"):
             formatter.write_dl(rows)
         super().format_epilog(ctx, formatter)

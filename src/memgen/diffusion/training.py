@@ -445,26 +445,17 @@ def check_fits(net: NetConfig, shape: tuple[int, ...], resize: bool = False,
     """UserError unless samples of ``shape`` (C, H, W) or (D,) fit the network: its
     channels and image size (another size only with ``resize``), or its dimension. The
     message names the data's size, the network's and the presets that fit the data."""
-    name = f"preset {preset}" if preset else "the network"
-    if net.kind == "unet":
-        takes = f"{net.channels}×{net.image_size}×{net.image_size} images"
-        fits = len(shape) == 3 and shape[0] == net.channels and (
-            resize or shape[1:] == (net.image_size, net.image_size))
-    else:
-        takes = f"{net.dim}-dimensional vectors"
-        fits = shape == (net.dim,)
-    if fits:
+    shape = tuple(shape)
+    images = net.kind == "unet" and len(shape) == 3 and shape[0] == net.channels
+    if shape == net.sample_shape or (images and resize):
         return
     data = ("×".join(map(str, shape)) + " images" if len(shape) == 3 else
             f"{shape[0]}-dimensional vectors" if len(shape) == 1 else f"samples of shape {shape}")
-    others = [n for n, c in PRESETS.items() if n != preset and _preset_fits(c, shape)]
+    others = [n for n, c in PRESETS.items() if n != preset and c.sample_shape == shape]
     advice = f"presets that fit: {', '.join(others)}" if others else "no preset fits them"
-    if net.kind == "unet" and len(shape) == 3 and shape[0] == net.channels:
+    if images:
         advice += f"; or pass --resize to resize them to {net.image_size}×{net.image_size}"
-    raise UserError(f"the data are {data} but {name} takes {takes} ({advice})")
+    name = f"preset {preset}" if preset else "the network"
+    raise UserError(f"the data are {data} but {name} takes {net.takes} ({advice})")
 
 
-def _preset_fits(net: NetConfig, shape: tuple[int, ...]) -> bool:
-    if net.kind == "unet":
-        return shape == (net.channels, net.image_size, net.image_size)
-    return shape == (net.dim,)

@@ -26,7 +26,8 @@ from memgen.diffusion.generate import GenerateConfig, discard_unrecorded, genera
 from memgen.diffusion.loaders import load_denoiser
 from memgen.diffusion.samplers import SAMPLER_REVISIONS
 from memgen.diffusion.schedules import VESchedule, VPSchedule
-from memgen.diffusion.training import TrainConfig, snapshot_path, train as run_training
+from memgen.diffusion.training import (TrainConfig, check_fits, snapshot_path,
+                                       train as run_training)
 from memgen.errors import UserError
 from memgen.experiments.cache import file_fingerprint, fingerprint, is_done, mark_done, stage_key
 from memgen.experiments.config import (SweepConfig, as_dict, check_checkpoint_files,
@@ -82,13 +83,11 @@ def load_pool(config: SweepConfig) -> np.ndarray:
     pool = load_dataset(config.data.name, "train", config.data.root)
     if config.model.kind != "network":
         return pool
-    net, name = network(config.model), config.model.preset or "model.net"
-    if net.kind == "unet" and (pool.ndim != 4 or pool.shape[1] != net.channels):
-        raise UserError(f"model {name} takes {net.channels}-channel images but data.name = "
-                        f"{config.data.name} holds samples of shape {pool.shape[1:]}")
-    if net.kind != "unet" and pool.shape[1:] != (net.dim,):
-        raise UserError(f"model {name} takes {net.dim}-dimensional vectors but data.name = "
-                        f"{config.data.name} holds samples of shape {pool.shape[1:]}")
+    net = network(config.model)
+    try:
+        check_fits(net, pool.shape[1:], resize=True, preset=config.model.preset)
+    except UserError as err:
+        raise UserError(f"data.name = {config.data.name}: {err}") from None
     return resize_images(pool, net.image_size) if pool.ndim == 4 else pool
 
 

@@ -63,6 +63,20 @@ class NetConfig:
             raise UserError(f"unknown net kind {self.kind!r}; known: {known}")
         return _BUILDERS[self.kind](self)
 
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        """The shape of one sample the network takes: (C, H, W) for a U-Net, (D,) else."""
+        if self.kind == "unet":
+            return (self.channels, self.image_size, self.image_size)
+        return (self.dim,)
+
+    @property
+    def takes(self) -> str:
+        """The samples it takes, in words: "1×8×8 images", "2-dimensional vectors"."""
+        if self.kind == "unet":
+            return "×".join(map(str, self.sample_shape)) + " images"
+        return f"{self.dim}-dimensional vectors"
+
     def to_dict(self) -> dict:
         """Plain dict (tuples as lists) for JSON next to artifacts and in checkpoints."""
         d = dataclasses.asdict(self)
