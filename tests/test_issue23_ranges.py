@@ -64,3 +64,18 @@ def test_input_range_without_a_file_to_convert_is_refused(tmp_path):
     result = run("diagnose", "--checkpoint", tmp_path / "model.pt", "--input-range", "0,1",
                  "--out", out)
     assert_fails(result, "--input-range", out, tmp_path)
+
+
+@pytest.mark.parametrize("command", [
+    ["hygiene", "duplicates", "--data", "circle", "--K", "20"],
+    ["hygiene", "halves", "--checkpoint-a", "{a}", "--checkpoint-b", "{b}"],
+])
+def test_hygiene_refuses_input_range_without_a_users_file(tmp_path, command):
+    """A named data set, or memgen's own train.npz, is in [-1, 1] already: --input-range
+    there would be ignored (it was, silently)."""
+    for name in "ab":
+        (tmp_path / f"{name}.pt").write_bytes(name.encode())  # refused before it is read
+    line = [a.format(a=tmp_path / "a.pt", b=tmp_path / "b.pt") for a in command]
+    out = tmp_path / "out"
+    assert_fails(run(*line, "--input-range", "0,1", "--out", out), "--input-range", out,
+                 tmp_path)

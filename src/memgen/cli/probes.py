@@ -69,6 +69,7 @@ def duplicates(train_path, data, K, data_root, threshold, delta, k, metric, inpu
                overwrite):
     """Near-duplicate training samples (they would pass for memorized copies)."""
     check_output_dir(out, "hygiene duplicates", overwrite)
+    _needs_a_file(input_range, train_path, "--train")
     train = _training_set(train_path, data, K, data_root, _file_range(input_range))
     found = near_duplicates(train, threshold=threshold, delta=delta, k=k, metric=metric)
     summary = {"n": len(train), "metric": metric, "threshold": threshold, "delta": delta,
@@ -145,6 +146,7 @@ def halves(checkpoint_a, checkpoint_b, train_a, train_b, n, sampler, steps, seed
     they are images at all (their precision against the other half is printed beside).
     The same model twice, the same or nested or overlapping training sets are refused."""
     check_output_dir(out, "hygiene halves", overwrite)
+    _needs_a_file(input_range, train_a or train_b, "--train-a or --train-b")
     sets = _halves_sets({"a": (checkpoint_a, train_a), "b": (checkpoint_b, train_b)},
                         _file_range(input_range))
     with atomic_output_dir(out, "hygiene halves", overwrite) as tmp:
@@ -282,6 +284,14 @@ def _points(samples_path, labels_path, limit, device, dtype, input_range=()):
 def _file_range(given) -> tuple[float, float] | None:
     """The (LO, HI) of --input-range LO,HI: every sample file a command reads is in it."""
     return input_ranges(given, ("file",)).get("file")
+
+
+def _needs_a_file(input_range, given, names: str) -> None:
+    """UserError for --input-range where the command reads no user's sample file: the
+    named data sets and memgen's own train.npz are in [-1, 1] already."""
+    if input_range and not given:
+        raise UserError(f"--input-range converts the sample files of {names}; none is given "
+                        "(named data sets and memgen's train.npz are in [-1, 1] already)")
 
 
 def _read_labels(path) -> np.ndarray:
