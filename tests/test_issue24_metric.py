@@ -26,7 +26,6 @@ from memgen.metrics.lpips import embed_batched, random_lpips
 from memgen.metrics.null import null_rates
 from memgen.metrics.quality import quality_vs_heldout
 from memgen.metrics.rules import apply_rule, find_neighbours
-from memgen.metrics.shards import open_shards
 
 SIZES = {"train": 40, "eval": 17, "synth": 55, "heldout": 33}  # distinct: a call names its set
 SHAPE = (1, 3, 3)
