@@ -213,17 +213,8 @@ def find_neighbours(eval_set, train, synth=None, *, k: int | None = None,
         raise UserError("the synthetic set needs at least one sample other than the "
                          "evaluated one (the evaluated set has 1 sample and no --synth)")
     k_train, k_synth = _neighbour_counts(k, len(t), n_synth)
-    k_search = min(len(t), k_train + DEDUP_EXTRA) if distinct and k_train > 1 else k_train
-    near_t = search(e, t, k_search, memory_budget=memory_budget, progress=progress)
-    train_dist, train_idx = near_t.dist.cpu().numpy(), near_t.idx.cpu().numpy()
-    pair, cut = None, None
-    if k_train > 1:
-        cut = _near_duplicate_cut(t, search, memory_budget, feature_map.power)
-        twin = _twin_of_first(t, train_idx if distinct else train_idx[:, :2], cut,
-                              memory_budget)
-        pair = twin[:, 1]
-        if distinct:
-            train_dist, train_idx = _skip_twins(train_dist, train_idx, twin, k_train)
+    train_dist, train_idx, pair, cut = _train_neighbours(
+        e, t, k_train, search, feature_map.power, memory_budget, progress, distinct)
     if streamed:
         near_s = stream_knn(e, synth, k_synth, feature_map=feature_map, backend=backend,
                             memory_budget=memory_budget, state=state, progress=progress)
@@ -235,6 +226,25 @@ def find_neighbours(eval_set, train, synth=None, *, k: int | None = None,
                       synth_dist=near_s.dist.cpu().numpy() ** power,
                       synth_idx=near_s.idx.cpu().numpy(), duplicate_pair=pair,
                       duplicate_cut=None if cut is None else cut ** power, distinct=distinct)
+
+
+def _train_neighbours(e: torch.Tensor, t: torch.Tensor, k_train: int, search, power: int,
+                      memory_budget, progress: bool, distinct: bool):
+    """(dist, idx) of the k_train nearest training rows in embedding units (2.. skipping
+    near-duplicates of the first with ``distinct``), the (n,) near-duplicate flag of the
+    first two and the near-duplicate cut (both None for k_train = 1)."""
+    k_search = min(len(t), k_train + DEDUP_EXTRA) if distinct and k_train > 1 else k_train
+    near_t = search(e, t, k_search, memory_budget=memory_budget, progress=progress)
+    train_dist, train_idx = near_t.dist.cpu().numpy(), near_t.idx.cpu().numpy()
+    pair, cut = None, None
+    if k_train > 1:
+        cut = _near_duplicate_cut(t, search, memory_budget, power)
+        twin = _twin_of_first(t, train_idx if distinct else train_idx[:, :2], cut,
+                              memory_budget)
+        pair = twin[:, 1]
+        if distinct:
+            train_dist, train_idx = _skip_twins(train_dist, train_idx, twin, k_train)
+    return train_dist, train_idx, pair, cut
 
 
 def _near_duplicate_cut(t: torch.Tensor, search, memory_budget, power: int) -> float:
