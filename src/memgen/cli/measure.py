@@ -11,8 +11,9 @@ from pathlib import Path
 import click
 import numpy as np
 
-from memgen.cli.options import (SEED, command_argv, echo_verbose, input_range_option,
-                                input_ranges, overwrite_option, show_progress)
+from memgen.cli.options import (SEED, RegistryChoice, command_argv, echo_verbose,
+                                input_range_option, input_ranges, overwrite_option,
+                                show_progress)
 from memgen.errors import UserError
 from memgen.experiments.phase import read_phase
 from memgen.io import (atomic_file, atomic_output_dir, check_output_dir, check_output_file,
@@ -20,7 +21,7 @@ from memgen.io import (atomic_file, atomic_output_dir, check_output_dir, check_o
 from memgen.metrics.capacity import capacities as compute, describe, read_fraction_table
 from memgen.metrics.classify import (ClassifyConfig, classify_sets, streamed_sample, summary,
                                      write_classification)
-from memgen.metrics.features import FEATURE_MAPS
+from memgen.metrics.features import FEATURE_MAPS, METRIC_NAMES, metric_help
 from memgen.metrics.rules import LABEL_NAMES, RULE_DEFAULTS
 from memgen.metrics.shards import ShardSet, open_shards
 from memgen.metrics.stream import KNN_BACKENDS
@@ -28,7 +29,7 @@ from memgen.provenance import file_record, gather, shards_record
 from memgen.report.figures import plot_fractions, plot_neighbours, plot_phase, save_figure
 
 RULES = tuple(RULE_DEFAULTS)
-METRICS = tuple(FEATURE_MAPS)
+METRICS = METRIC_NAMES  # read at each use: a newly registered feature space is offered
 BACKENDS = tuple(KNN_BACKENDS)
 SETS = ("train", "eval", "synth", "heldout")  # the sets --input-range SET=LO,HI names
 
@@ -49,10 +50,9 @@ SETS = ("train", "eval", "synth", "heldout")  # the sets --input-range SET=LO,HI
                    "(the public reference code).")
 @click.option("--delta-m", type=float, help="Memorization threshold [paper: 1/3; absolute: 0.03].")
 @click.option("--delta-s", type=float, help="Spurious threshold [paper: 1/3; absolute: 0.02].")
-@click.option("--metric", type=click.Choice(METRICS), default="l2", show_default=True,
-              help="Distance d: Euclidean on pixels, or LPIPS (AlexNet/VGG16 backbone; -ref: "
-                   "the public reference code's [0,1] inputs) — weights from "
-                   "$MEMGEN_LPIPS_WEIGHTS or torch hub's checkpoints folder.")
+@click.option("--metric", type=RegistryChoice(FEATURE_MAPS), default="l2", show_default=True,
+              help=f"Distance d. {metric_help()}. Network weights from $MEMGEN_LPIPS_WEIGHTS "
+                   "or torch hub's checkpoints folder.")
 @click.option("--k", type=int, help="Neighbours kept per set [5, or fewer for a small set].")
 @click.option("--alpha", type=float, default=0.05, show_default=True,
               help="Null detection rate the calibrated thresholds allow.")

@@ -20,14 +20,14 @@ import torch
 from memgen.cli.devices import device_option
 from memgen.cli.diagnose import checkpoint_training_set
 from memgen.cli.models import model_from_options
-from memgen.cli.options import (SEED, input_range_option, input_ranges, overwrite_option,
-                                show_progress)
+from memgen.cli.options import (SEED, RegistryChoice, input_range_option, input_ranges,
+                                overwrite_option, show_progress)
 from memgen.data import DATASETS, default_split_seed, load_dataset, nested_indices
 from memgen.diffusion.generate import GenerateConfig, generate
 from memgen.diffusion.samplers import SAMPLERS
 from memgen.errors import UserError
 from memgen.io import atomic_output_dir, check_output_dir, load_samples, write_json
-from memgen.metrics.features import FEATURE_MAPS
+from memgen.metrics.features import FEATURE_MAPS, metric_help
 from memgen.metrics.hygiene import (check_halves, compare_halves, halves_quality,
                                     near_duplicates)
 from memgen.metrics.knn import knn_search
@@ -38,7 +38,7 @@ from memgen.probes.recovery import METRICS as DISTANCES, RecoveryConfig, critica
 from memgen.probes.relative_energy import relative_energy
 from memgen.report.figures import plot_by_label, plot_image_pairs, save_figure
 
-METRIC_HELP = "Distance: l2 on pixels or an LPIPS embedding (see memgen classify --help)."
+METRIC_HELP = f"Distance. {metric_help()} (see memgen classify --help)."
 
 
 @click.group()
@@ -59,7 +59,7 @@ def hygiene():
 @click.option("--delta", type=float, default=0.1, show_default=True)
 @click.option("--k", type=int, default=10, show_default=True,
               help="Neighbours searched per sample (largest group size found: k + 1).")
-@click.option("--metric", type=click.Choice(tuple(FEATURE_MAPS)), default="l2", show_default=True,
+@click.option("--metric", type=RegistryChoice(FEATURE_MAPS), default="l2", show_default=True,
               help=METRIC_HELP)
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="Output folder: duplicates.csv, groups.json, summary.json, pairs.png.")
@@ -132,7 +132,7 @@ def _save_pairs(path: Path, train: np.ndarray, found) -> None:
               help="ddim/heun: the same noise gives the same sample (deterministic).")
 @click.option("--steps", type=int, help="Sampling steps [the schedule's full ladder].")
 @click.option("--seed", type=SEED, default=0, show_default=True)
-@click.option("--metric", type=click.Choice(tuple(FEATURE_MAPS)), default="l2", show_default=True,
+@click.option("--metric", type=RegistryChoice(FEATURE_MAPS), default="l2", show_default=True,
               help=METRIC_HELP)
 @input_range_option()
 @device_option

@@ -24,7 +24,7 @@ from memgen.diffusion.nets import NetConfig, get_preset
 from memgen.diffusion.samplers import SAMPLERS
 from memgen.diffusion.training import COMPILE_MODES, TrainConfig
 from memgen.errors import UserError
-from memgen.metrics.features import FEATURE_MAPS
+from memgen.metrics.features import METRIC_NAMES
 from memgen.metrics.rules import RULE_DEFAULTS, make_rule
 
 
@@ -181,7 +181,7 @@ CHOICES = {
     "sample.sampler": (None, *SAMPLERS),
     "sample.prior": (None, "standard", "forward"),
     "measure.rule": tuple(RULE_DEFAULTS),
-    "measure.metric": tuple(FEATURE_MAPS),
+    "measure.metric": METRIC_NAMES,
     "executor.kind": ("local", "ray"),
 }
 

@@ -35,7 +35,7 @@ from memgen.experiments.config import (SweepConfig, as_dict, check_checkpoint_fi
 from memgen.experiments.probe_stages import analysis_stage, landscape_stage
 from memgen.io import load_samples, write_reference_layout
 from memgen.metrics.classify import ClassifyConfig, classify_sets, write_classification
-from memgen.metrics.features import get_feature_map
+from memgen.metrics.features import check_available
 
 
 @dataclass(frozen=True)
@@ -100,7 +100,7 @@ def validate_against_data(config: SweepConfig, pool: np.ndarray) -> None:
         raise UserError(f"Ks: {too_big} not below the {len(pool)} samples of "
                          f"data.name = {config.data.name}")
     try:
-        get_feature_map(config.measure.metric)  # LPIPS: loads its weights or says which
+        check_available(config.measure.metric)  # LPIPS: finds its weight files or says which
     except ValueError as err:
         raise UserError(f"measure.metric: {err}") from None
     if schedule_family(config) == "ve" and config.sample.steps == 1:

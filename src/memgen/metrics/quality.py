@@ -32,9 +32,9 @@ import numpy as np
 import torch
 
 from memgen.errors import UserError
-from memgen.metrics.features import get_feature_map
+from memgen.metrics.features import as_tensor, embed_sets
 from memgen.metrics.knn import _block_sizes, _budget
-from memgen.metrics.rules import DEFAULT_K, LABEL_NAMES, _tensor
+from memgen.metrics.rules import DEFAULT_K, LABEL_NAMES
 from memgen.metrics.stream import get_knn_backend
 
 _U64 = 2.0**-53  # unit roundoff of float64
@@ -86,7 +86,7 @@ def prdc(real, fake, k: int = DEFAULT_K, *, memory_budget: int | None = None,
 
 
 def _validate(real, fake, k: int):
-    real, fake = _tensor(real), _tensor(fake)
+    real, fake = as_tensor(real), as_tensor(fake)
     if real.ndim < 2 or fake.ndim < 2:
         raise UserError("real and fake features need a leading sample axis: shapes (n, d...)")
     if len(real) == 0 or len(fake) == 0:
@@ -207,13 +207,14 @@ def heldout_split(n_heldout: int, n_eval: int, seed: int = 0) -> tuple[np.ndarra
     return np.sort(order[b:b + min(n_eval, n_heldout - b)]), np.sort(order[:b])
 
 
-def quality_vs_heldout(eval_set, heldout, *, metric: str = "l2", k: int | None = None,
+def quality_vs_heldout(eval_set, heldout, *, metric: str | None = None, k: int | None = None,
                        seed: int = 0, memory_budget: int | None = None,
                        backend: str = "builtin") -> HeldoutQuality | None:
     """prdc of ``eval_set`` and of a held-out baseline against held-out reference data.
 
-    Both sets are embedded with the metric's feature map (``get_feature_map``, as
-    ``find_neighbours`` does) and split by :func:`heldout_split`. k: the given one or 5,
+    Both sets are embedded with the metric's feature map (None: l2), as ``find_neighbours``
+    does, unless they come embedded (:class:`~memgen.metrics.features.Embedded`, a
+    classify's: its metric), and split by :func:`heldout_split`. k: the given one or 5,
     reduced to the largest every set allows (k < each size), the same for both; None
     when no k ≥ 1 fits (the reference or the evaluated set has fewer than 2 samples).
     """
@@ -222,8 +223,8 @@ def quality_vs_heldout(eval_set, heldout, *, metric: str = "l2", k: int | None =
     k = min([DEFAULT_K if k is None else int(k)] + [n - 1 for n in sizes])
     if k < 1:
         return None
-    feature_map = get_feature_map(metric)
-    fake, pool = feature_map.embed(_tensor(eval_set)), feature_map.embed(_tensor(heldout))
+    (fake, pool), _ = embed_sets(metric, eval_set, heldout)
+    fake, pool = fake.vectors, pool.vectors
     ref = pool[torch.from_numpy(ref_idx).to(pool.device)]
     search = get_knn_backend(backend)
     ref, fake = _validate(ref, fake, k)
