@@ -18,8 +18,8 @@ from memgen.metrics.null import DEFAULT_ALPHA, NullResult, null_rates
 from memgen.metrics.quality import HeldoutQuality, quality_summary, quality_vs_heldout
 from memgen.metrics.rules import (LABEL_NAMES, Neighbours, Rule, apply_rule, find_neighbours,
                                   make_rule)
-from memgen.metrics.shards import ShardSet, iter_chunks
 from memgen.metrics.stats import FractionEstimate, estimate_fractions
+from memgen.neighbours import ShardSet, iter_chunks
 
 
 @dataclass(frozen=True)
@@ -150,7 +150,7 @@ def classify_sets(eval_set: np.ndarray, train: np.ndarray, synth=None,
     part of the evaluated set's size (``metrics.quality.heldout_split``, config seed).
 
     synth: an array, None (S_eval is its own synthetic set), or a ShardSet streamed from
-    disk (``state``: its restart file, see ``memgen.metrics.stream``).
+    disk (``state``: its restart file, see ``memgen.neighbours.stream``).
     """
     streamed = isinstance(synth, ShardSet)
     check_same_shape(train=train, eval=eval_set, synth=None if streamed else synth,
