@@ -129,8 +129,8 @@ def bf16_pass(q, ref, screen: Screen, fast: Bf16Screen, own, k: int, r_block: in
     reference left out. A row with no such candidate is not refined ((inf, −1)). Rows not
     certified (ok False) go to the float32 screen."""
     q_rows, q_sq = screen.queries(q)
-    cand_val, cand_idx = screen_candidates(fast.queries(q_rows, q_sq), fast.rows, _BF16_CAND, r_block,
-                                 own)
+    cand_val, cand_idx = screen_candidates(fast.queries(q_rows, q_sq), fast.rows, _BF16_CAND,
+                                           r_block, own)
     val, order = torch.sort(cand_val.double(), dim=1)
     idx = cand_idx.gather(1, order)
     slack = fast.slack(q_sq)

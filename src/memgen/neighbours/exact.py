@@ -146,8 +146,9 @@ def _certified_pass(q, ref, screen: Screen, own, k, n_cand, r_block, tau=None):
     cand_val, cand_idx = screen_candidates(q_rows, screen.rows, n_cand, r_block, own)
     # open unless proved at or past the bound (a NaN score, from overflow, proves nothing)
     open_ = None if tau is None else ~(cand_val.min(dim=1).values + q_sq - gamma >= tau)
-    d2, ix = refine_open(open_, lambda r: refine_candidates(q[r], ref, cand_val[r], cand_idx[r], k,
-                                                   2 * gamma[r]), len(q), k, q.device)
+    d2, ix = refine_open(open_, lambda r: refine_candidates(q[r], ref, cand_val[r], cand_idx[r],
+                                                            k, 2 * gamma[r]),
+                         len(q), k, q.device)
     if n_cand >= ref.shape[0] - int(own is not None):  # every reference a candidate,
         return d2, ix, torch.isfinite(cand_val).all(dim=1)  # where overflow chose none
     ok = _certified(cand_val, q_sq, gamma, d2[:, -1])
@@ -160,8 +161,9 @@ def _certified(cand_val, q_sq, gamma, kth_d2) -> torch.Tensor:
     """True where no discarded reference can beat the k-th refined distance.
 
     A discarded reference j has screened score s_j ≥ T (the largest kept score), and
-    |s_j + ‖q̃‖² − ‖q − r_j‖²| ≤ γ (:func:`screen_error_bound`), so the row is exact when
-    kth_d2 < T + ‖q̃‖² − γ (strict, so that ties with discarded points cannot hide).
+    |s_j + ‖q̃‖² − ‖q − r_j‖²| ≤ γ (:func:`~memgen.neighbours.precision.screen_error_bound`),
+    so the row is exact when kth_d2 < T + ‖q̃‖² − γ (strict, so that ties with discarded
+    points cannot hide).
     """
     threshold = cand_val.double().max(dim=1).values + q_sq - gamma
     return kth_d2 < threshold

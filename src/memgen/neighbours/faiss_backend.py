@@ -113,7 +113,8 @@ def _faiss_gpus() -> int:
 
 def _screen_bound(q32: np.ndarray, r32: np.ndarray) -> torch.Tensor:
     """γ (n,) float64: bound on |faiss value − exact squared distance| for float32 screening
-    of the centred data, the built-in engine's :func:`~memgen.neighbours.precision.screen_error_bound`."""
+    of the centred data, the built-in engine's
+    :func:`~memgen.neighbours.precision.screen_error_bound`."""
     q_sq, r_sq = sq_norms(torch.from_numpy(q32)), sq_norms(torch.from_numpy(r32))
     return screen_error_bound(q_sq, r_sq.max(), q32.shape[1], _UNIT_ROUNDOFF_F32)
 

@@ -18,7 +18,7 @@ _SCREEN_MIN_DIM = 32  # below this a float64 GEMM costs no more than the float32
 def pairwise_sq_dist(x: torch.Tensor, y: torch.Tensor, within=None) -> torch.Tensor:
     """‖x_b − y_i‖²: (B, N) float64 for x (B, D), y (N, D), exact wherever it matters.
 
-    Both sets are centred on y's mean first (as :func:`knn_search` does), which keeps the
+    Both sets are centred on y's mean first (as the kNN screen does), which keeps the
     expanded form ‖x‖² + ‖y‖² − 2xᵀy accurate for data far from the origin.
     within=None, float64 inputs or D < 32: one float64 GEMM of the centred data (error at
     most :func:`screen_error_bound` with u = 2⁻⁵³). within=W (a float, or (B,) tensor)
@@ -48,7 +48,7 @@ def pairwise_sq_dist(x: torch.Tensor, y: torch.Tensor, within=None) -> torch.Ten
         d2.index_copy_(0, rows, _sq_dist64(x[rows], y, center))
     b, i = torch.nonzero(near, as_tuple=True)
     step = max(1, 2**22 // x.shape[1])
-    for j in range(0, len(b), step):  # direct float64 differences, as refine_candidates computes them
+    for j in range(0, len(b), step):  # direct float64 differences, as the refinement's
         bj, ij = b[j:j + step], i[j:j + step]
         d2[bj, ij] = (x[bj].double() - y[ij].double()).square().sum(1)
     return d2

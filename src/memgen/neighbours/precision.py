@@ -30,9 +30,9 @@ def screen_error_bound(q_sq: torch.Tensor, r_sq_max, d: int, u: float) -> torch.
     q_sq: (n,) float64 ‖q̃‖² of the centred, rounded queries; r_sq_max: an upper bound on
     ‖r̃‖² over the references; d: dimension; u: unit roundoff of the screen
     (:func:`unit_roundoff`). Valid for every screen in use, all in the screen's precision:
-    :class:`Screen`'s s + ‖q̃‖² with s = [q̃, 1]·[−2r̃, fl(‖r̃‖²)] (one GEMM of d + 1 terms),
-    the energies' ‖r̃‖² − 2q̃ᵀr̃ + ‖q̃‖² (one addmm) and faiss's ‖q̃‖² + ‖r̃‖² − 2q̃ᵀr̃ (or
-    Σ(q̃ − r̃)²). With Q = ‖q̃‖², R = ‖r̃‖² and 2Σ|q̃_i r̃_i| ≤ Q + R, the error is at most, to
+    :class:`~memgen.neighbours.screen.Screen`'s s + ‖q̃‖² with s = [q̃, 1]·[−2r̃, fl(‖r̃‖²)]
+    (one GEMM of d + 1 terms), the energies' ‖r̃‖² − 2q̃ᵀr̃ + ‖q̃‖² (one addmm) and faiss's
+    ‖q̃‖² + ‖r̃‖² − 2q̃ᵀr̃ (or Σ(q̃ − r̃)²). With Q = ‖q̃‖², R = ‖r̃‖² and 2Σ|q̃_i r̃_i| ≤ Q + R, the error is at most, to
     first order in u:
       4u(Q + R)      rounding of the centred coordinates: q̃ = fl(q − c) has relative error
                      ≤ u + 2⁻⁵³ per coordinate (:func:`centred`), for q and r alike, so

@@ -13,8 +13,8 @@ _REFINE_ROWS = 32  # query rows per float64 refinement step (its temporaries fit
 _REFINE_EXTRA = 2  # candidates re-scored beyond k where the screen separates them
 
 
-def refine_candidates(q: torch.Tensor, ref: torch.Tensor, cand_val: torch.Tensor, cand_idx: torch.Tensor,
-            k: int, slack: torch.Tensor):
+def refine_candidates(q: torch.Tensor, ref: torch.Tensor, cand_val: torch.Tensor,
+                      cand_idx: torch.Tensor, k: int, slack: torch.Tensor):
     """The k best candidates by float64 distance of the raw data, ordered by (distance, index).
 
     A row re-scores its candidates screened within slack (b,) = 2γ of its k-th, and at

@@ -26,8 +26,9 @@ class Screen:
     """The reference side of a screen in one precision: centred references as GEMM rows.
 
     rows[j] = [−2r̃_j, fl(‖r̃_j‖²)], with r̃_j = ref_j − center rounded once to the screen's
-    dtype (:func:`centred`), so that a query row [q̃, 1] (:meth:`queries`) gives the score
-    s = ‖r̃‖² − 2q̃ᵀr̃ of every reference in one GEMM, with no pass to add the norms.
+    dtype (:func:`~memgen.neighbours.precision.centred`), so that a query row [q̃, 1]
+    (:meth:`queries`) gives the score s = ‖r̃‖² − 2q̃ᵀr̃ of every reference in one GEMM,
+    with no pass to add the norms.
     r_sq_max bounds ‖r̃_j‖² from above (the computed maximum, raised by its rounding).
     """
 
@@ -88,7 +89,7 @@ def block_sizes(n: int, m: int, budget: int, itemsize: int) -> tuple[int, int]:
 
 
 def screen_candidates(q_rows: torch.Tensor, r_rows: torch.Tensor, n_cand: int, r_block: int,
-            own: torch.Tensor | None):
+                      own: torch.Tensor | None):
     """The n_cand smallest scores ‖r̃‖² − 2q̃ᵀr̃ per query row, merged across reference blocks.
 
     q_rows (bq, d + 1), r_rows (m, d + 1): the GEMM rows of :class:`Screen`.

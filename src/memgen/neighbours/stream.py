@@ -91,7 +91,8 @@ def stream_knn(query: torch.Tensor, source, k: int, *, feature_map: Embedding | 
     """Exact top-k neighbours of in-memory queries among the rows of a streamed reference set.
 
     query:   (n, D) embedded queries (φ already applied), or (n, ...) flattened to D.
-    source:  shard files (see :func:`find_shards`) or a :class:`ShardSet` of m rows.
+    source:  shard files (see :func:`~memgen.neighbours.shards.find_shards`) or a
+             :class:`ShardSet` of m rows.
     feature_map: φ applied to every chunk (default ``l2``, the flattening); distances
              are ‖φ(x) − φ(y)‖ — raise them to ``feature_map.power`` for the metric.
     exclude: None, or (n,) / (n, e) integer global reference indices that query i must
