@@ -120,7 +120,7 @@ def _round_down_bf16(x: torch.Tensor) -> torch.Tensor:
 
 
 def bf16_pass(q, ref, screen: Screen, fast: Bf16Screen, own, k: int, r_block: int,
-               tau=None):
+              tau=None):
     """The bfloat16 pre-screen of a query block: the _BF16_CAND smallest lower-bound scores
     of each row (:class:`Bf16Screen`), the candidates that may be among the k best refined
     in float64 (those whose lower bound is below the k-th smallest upper bound, and below
@@ -143,8 +143,8 @@ def bf16_pass(q, ref, screen: Screen, fast: Bf16Screen, own, k: int, r_block: in
     need = may.sum(dim=1)  # a prefix: lower ascends
     need[~torch.isfinite(lower).all(dim=1)] = val.shape[1]  # overflowed scores order nothing
     d2, ix = refine_open(None if tau is None else need > 0,
-                          lambda r: refine_widths(q[r], ref, idx[r], need[r], k),
-                          len(q), k, q.device)
+                         lambda r: refine_widths(q[r], ref, idx[r], need[r], k),
+                         len(q), k, q.device)
     if _BF16_CAND >= ref.shape[0] - int(own is not None):  # every reference a candidate,
         return d2, ix, torch.isfinite(lower).all(dim=1)  # where overflow chose none
     floor = lower[:, -1] + q_sq  # no reference left out lies closer

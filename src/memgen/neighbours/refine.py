@@ -32,7 +32,7 @@ def refine_candidates(q: torch.Tensor, ref: torch.Tensor, cand_val: torch.Tensor
 
 
 def refine_widths(q: torch.Tensor, ref: torch.Tensor, idx: torch.Tensor, need: torch.Tensor,
-                   k: int):
+                  k: int):
     """The k best by float64 distance of the first need[i] candidates idx[i] of each row
     (at least k + _REFINE_EXTRA of them), ordered by (distance, index); rows grouped by
     width, rounded up to a multiple of 4, so a row with many near-ties costs only what it
