@@ -23,8 +23,7 @@ from memgen.metrics.classify import (ClassifyConfig, classify_sets, streamed_sam
                                      write_classification)
 from memgen.metrics.features import FEATURE_MAPS, METRIC_NAMES, metric_help
 from memgen.metrics.rules import LABEL_NAMES, RULE_DEFAULTS
-from memgen.metrics.shards import ShardSet, open_shards
-from memgen.metrics.stream import KNN_BACKENDS
+from memgen.neighbours import KNN_BACKENDS, ShardSet, open_shards
 from memgen.provenance import file_record, gather, shards_record
 from memgen.report.figures import plot_fractions, plot_neighbours, plot_phase, save_figure
 

@@ -30,8 +30,8 @@ from memgen.io import atomic_output_dir, check_output_dir, load_samples, write_j
 from memgen.metrics.features import FEATURE_MAPS, metric_help
 from memgen.metrics.hygiene import (check_halves, compare_halves, halves_quality,
                                     near_duplicates)
-from memgen.metrics.knn import knn_search
 from memgen.metrics.rules import LABEL_NAMES
+from memgen.neighbours import knn_search
 from memgen.provenance import file_sha256
 from memgen.probes.curvature import hessian_eigsh, hessian_spectrum
 from memgen.probes.recovery import METRICS as DISTANCES, RecoveryConfig, critical_time

@@ -19,7 +19,7 @@ Every function is batched over x, stable at large β and γ (log-sum-exp), and k
 dtype and device of its inputs: pass float64 tensors for float64 results. Logits are
 formed in float64 whatever the input dtype, and shifted by their row maximum before a
 float32 softmax, so float32 weights are exact to float32 rounding (~1e-7): the kernel's
-squared distances come from :func:`memgen.metrics.knn.pairwise_sq_dist` (data centred
+squared distances come from :func:`memgen.neighbours.pairwise_sq_dist` (data centred
 on the patterns' mean, a float32 GEMM screen, float64 wherever a weight can see the
 difference), DenseAM's xᵀy from a float64 GEMM. The expanded form ‖x‖² − 2xᵀy + ‖y‖²
 in float32 would put errors of γ·u·(‖x‖² + ‖y‖²) into every logit.
@@ -34,7 +34,7 @@ import math
 import torch
 
 from memgen.errors import UserError
-from memgen.metrics.knn import pairwise_sq_dist
+from memgen.neighbours import pairwise_sq_dist
 
 _NEGLIGIBLE_LOG_WEIGHT = 40.0  # weights below e^−40/N of a row's largest are left screened
 
@@ -84,7 +84,7 @@ def _kernel_logits64(x: torch.Tensor, patterns: torch.Tensor, gamma) -> torch.Te
 
     gamma: a float, or a (B,) tensor of per-row values. Squared distances within
     (40 + log N)/γ of a row's nearest pattern are float64-exact
-    (:func:`~memgen.metrics.knn.pairwise_sq_dist`); all others carry float32 screening
+    (:func:`~memgen.neighbours.pairwise_sq_dist`); all others carry float32 screening
     error but weigh less than e^−40/N of the largest, e^−40 ≈ 4e-18 together.
     """
     cutoff = _NEGLIGIBLE_LOG_WEIGHT + math.log(len(patterns))

@@ -19,9 +19,8 @@ from memgen.metrics.null import DEFAULT_ALPHA, NullResult, null_rates
 from memgen.metrics.quality import HeldoutQuality, quality_summary, quality_vs_heldout
 from memgen.metrics.rules import (LABEL_NAMES, Neighbours, Rule, apply_rule, find_neighbours,
                                   make_rule)
-from memgen.metrics.shards import ShardSet, iter_chunks
 from memgen.metrics.stats import FractionEstimate, estimate_fractions
-from memgen.metrics.stream import get_knn_backend
+from memgen.neighbours import ShardSet, get_knn_backend, iter_chunks
 
 
 @dataclass(frozen=True)
@@ -152,7 +151,7 @@ def classify_sets(eval_set: np.ndarray, train: np.ndarray, synth=None,
     part of the evaluated set's size (``metrics.quality.heldout_split``, config seed).
 
     synth: an array, None (S_eval is its own synthetic set), or a ShardSet streamed from
-    disk (``state``: its restart file, see ``memgen.metrics.stream``).
+    disk (``state``: its restart file, see ``memgen.neighbours.stream``).
 
     The metric is resolved once (one backbone) and each set embedded once (a streamed one
     chunk by chunk); the null run and quality take the held-out embedding's rows.

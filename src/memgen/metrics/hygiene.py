@@ -37,9 +37,9 @@ from memgen.errors import UserError
 from memgen.io import row_keys
 from memgen.metrics.capacity import QUALITY_SHARE
 from memgen.metrics.features import get_feature_map
-from memgen.metrics.knn import knn_search
 from memgen.metrics.quality import prdc
 from memgen.metrics.rules import DEFAULT_K
+from memgen.neighbours import knn_search
 
 THRESHOLDS = ("relative", "absolute")
 

@@ -10,7 +10,7 @@ with non-negative linear weights w_lc. So LPIPS(x, y) = ‖φ(x) − φ(y)‖² 
     φ(x) = concat_l √(w_lc / (H_l W_l)) · f̂_l(x)_{c,h,w}
 
 — one network pass per image, after which perceptual kNN is ordinary exact Euclidean kNN
-(``memgen.metrics.knn``). ``lpips_pairwise`` computes the same number the way the
+(``memgen.neighbours``). ``lpips_pairwise`` computes the same number the way the
 ``lpips`` package does (both images through the network, per pair); it exists to test
 the embedding and for the benchmark.
 

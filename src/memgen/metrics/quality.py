@@ -33,9 +33,8 @@ import torch
 
 from memgen.errors import UserError
 from memgen.metrics.features import as_tensor, embed_sets
-from memgen.metrics.knn import _block_sizes, _budget
 from memgen.metrics.rules import DEFAULT_K, LABEL_NAMES
-from memgen.metrics.stream import get_knn_backend
+from memgen.neighbours import block_sizes, get_knn_backend, resolve_budget
 
 _U64 = 2.0**-53  # unit roundoff of float64
 _BLOCK_ITEMS = 32  # bytes per (fake, real) pair in one block: scores, bands and masks
@@ -136,7 +135,7 @@ def ball_hits(points: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor,
     Pairs with |s − r_i²| ≤ γ + 4 (D + 4) u r_i² are re-decided by √(Σ (p − c)²) < r_i
     in float64 on the raw data; all others by s < r_i².
     """
-    budget = _budget(memory_budget)
+    budget = resolve_budget(memory_budget)
     centre = centres.double().mean(dim=0)
     p64, c64 = points.double() - centre, centres.double() - centre
     p_sq, c_sq = p64.square().sum(1), c64.square().sum(1)
@@ -145,7 +144,7 @@ def ball_hits(points: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor,
     gamma = 2 * (points.shape[1] + 4) * _U64 * (p_sq + c_sq.max())  # (M,)
     count = torch.zeros(len(points), dtype=torch.int64, device=points.device)
     hit = torch.zeros(len(centres), dtype=torch.bool, device=points.device)
-    bp, bc = _block_sizes(len(points), len(centres), budget, itemsize=_BLOCK_ITEMS)
+    bp, bc = block_sizes(len(points), len(centres), budget, itemsize=_BLOCK_ITEMS)
     for p0 in range(0, len(points), bp):
         for c0 in range(0, len(centres), bc):
             rows, cols = slice(p0, p0 + bp), slice(c0, c0 + bc)

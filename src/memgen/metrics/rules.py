@@ -31,9 +31,7 @@ import torch
 
 from memgen.errors import UserError
 from memgen.metrics.features import absolute_default_metrics, embed_sets
-from memgen.metrics.knn import DEFAULT_MEMORY_BUDGET
-from memgen.metrics.shards import ShardSet
-from memgen.metrics.stream import get_knn_backend, stream_knn
+from memgen.neighbours import DEFAULT_MEMORY_BUDGET, ShardSet, get_knn_backend, stream_knn
 
 MEMORIZED, SPURIOUS, GENERALIZED = 0, 1, 2
 LABEL_NAMES = ("memorized", "spurious", "generalized")
@@ -197,7 +195,7 @@ def find_neighbours(eval_set, train, synth=None, *, k: int | None = None,
     :class:`~memgen.metrics.features.Embedded` set (embedded once by the caller; metric
     None takes its space). synth=None: the evaluated set is its own synthetic set; each
     sample's own match is excluded by index. synth may be a
-    :class:`~memgen.metrics.shards.ShardSet`: it is then streamed from disk and embedded
+    :class:`~memgen.neighbours.ShardSet`: it is then streamed from disk and embedded
     chunk by chunk (restartable through the ``state`` file). k=None takes 5, or fewer when
     a set is smaller; an explicit k must fit both sets. backend: "builtin" or "faiss"
     (exact either way, identical neighbours). distinct=True: the training neighbours after
