@@ -192,6 +192,27 @@ def circle_radial_score(R: torch.Tensor, gamma: float) -> torch.Tensor:
     return 2 * (torch.special.i1e(z) / torch.special.i0e(z) - R)
 
 
+def circle_ring_radius(gamma: float) -> float:
+    """R* ≥ 0 where the continuum radial score 2(I1/I0(2γR) − R) vanishes: the radius of
+    the ring of minima of :func:`circle_energy`, by 80 bisection steps on [1e-9, 1].
+
+    The score is positive below R* and negative above it (I1/I0 is concave), and at most
+    2(1 − R) < 0 beyond R = 1, so R* < 1. For γ ≤ 1, I1/I0(2γR) ≤ γR ≤ R: the only minimum
+    is the origin and R* = 0.
+    """
+    lo, hi = 1e-9, 1.0
+
+    def f(r):
+        return float(circle_radial_score(torch.tensor(r, dtype=torch.float64), gamma))
+
+    if f(lo) <= 0:  # γR small: I1/I0 ≈ γR < R for γ < 1: the minimum is the origin
+        return 0.0
+    for _ in range(80):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if f(mid) > 0 else (lo, mid)
+    return (lo + hi) / 2
+
+
 # -------------------------------------------------------------------------- helpers
 
 
