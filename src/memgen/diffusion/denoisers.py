@@ -22,7 +22,7 @@ import torch
 
 from memgen.diffusion.parameterization import EpsPrediction, ScorePrediction
 from memgen.errors import UserError
-from memgen.memory.energy import kernel_weights
+from memgen.memory.energy import empirical_denoise
 
 DEFAULT_MEMORY_BUDGET = 256 * 2**20  # bytes for one (batch × patterns) block of weights
 
@@ -46,6 +46,11 @@ class EmpiricalDenoiser:
     It is the posterior mean under the empirical distribution — the optimal diffusion
     model for that training set, which therefore only reproduces training points (the
     positive control that must memorize). patterns: (N, ...) in the data's own shape.
+
+    The math is ``memgen.memory.energy.empirical_denoise`` (σ per row, queries in blocks
+    of ``memory_budget`` bytes); this class gives it the ``Denoiser`` interface: samples
+    of the data's shape, flattened and cast to the patterns' dtype and back, σ a number
+    or (B,).
     """
 
     def __init__(self, patterns: torch.Tensor, memory_budget: int = DEFAULT_MEMORY_BUDGET):
@@ -58,10 +63,7 @@ class EmpiricalDenoiser:
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
         flat = x.reshape(x.shape[0], -1).to(self.patterns.dtype)
         sigma = torch.as_tensor(sigma, dtype=flat.dtype, device=flat.device).expand(len(flat))
-        beta = 1.0 / (2.0 * sigma.square())
-        step = max(1, self.memory_budget // (flat.element_size() * len(self.patterns)))
-        out = torch.cat([kernel_weights(flat[i:i + step], self.patterns, beta[i:i + step])
-                         @ self.patterns for i in range(0, len(flat), step)])
+        out = empirical_denoise(flat, self.patterns, sigma, memory_budget=self.memory_budget)
         return out.reshape(x.shape).to(x.dtype)
 
 

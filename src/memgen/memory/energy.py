@@ -162,11 +162,26 @@ def empirical_hessian(x: torch.Tensor, patterns: torch.Tensor, sigma: float,
     return _identity_minus(cov, 1 / sigma**2, 1 / sigma**2)
 
 
-def empirical_denoise(x: torch.Tensor, patterns: torch.Tensor, sigma: float,
-                      scale: float = 1.0) -> torch.Tensor:
-    """The exact posterior mean D(x, σ) = Σ_i softmax_i(−‖x − a y_i‖²/(2σ²)) · a y_i."""
-    scaled = scale * patterns
-    return kernel_weights(x, scaled, kernel_gamma(sigma)) @ scaled
+def empirical_denoise(x: torch.Tensor, patterns: torch.Tensor, sigma: float | torch.Tensor,
+                      scale: float = 1.0, memory_budget: int | None = None) -> torch.Tensor:
+    """The exact posterior mean D(x, σ) = Σ_i softmax_i(−‖x − a y_i‖²/(2σ²)) · a y_i: (B, D).
+
+    The one exact denoiser of memgen (``memgen.diffusion.denoisers.EmpiricalDenoiser`` is
+    this function on samples of any shape). x: (B, D) and patterns: (N, D) of one dtype;
+    sigma: a positive number (γ = :func:`kernel_gamma`, a Python float), or a (B,) tensor
+    of per-row levels (γ = 1/(2σ²) formed in the tensor's dtype); a = scale.
+    memory_budget: bytes per block of queries, x.element_size() · N each, so blocks of
+    ⌊budget / (x.element_size() · N)⌋ ≥ 1 rows; None: all rows in one block.
+    """
+    scaled = patterns if scale == 1 else scale * patterns  # 1·y = y to the bit: no copy
+    gamma = (1.0 / (2.0 * sigma.square()) if isinstance(sigma, torch.Tensor)
+             else kernel_gamma(sigma))
+    if memory_budget is None:
+        return kernel_weights(x, scaled, gamma) @ scaled
+    step = max(1, memory_budget // (x.element_size() * len(scaled)))
+    per_row = isinstance(gamma, torch.Tensor)
+    return torch.cat([kernel_weights(x[i:i + step], scaled, gamma[i:i + step] if per_row
+                                     else gamma) @ scaled for i in range(0, len(x), step)])
 
 
 # ---------------------------------------------------------------- unit-circle limit
