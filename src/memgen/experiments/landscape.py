@@ -76,14 +76,8 @@ def discrete_panel(patterns: torch.Tensor, config: LandscapeConfig) -> tuple[Pan
 def continuum_panel(config: LandscapeConfig) -> Panel:
     g, a = config.grid, config.arrows
     radius = E.circle_ring_radius(config.gamma)
-
-    def radial(points):
-        return points.norm(dim=1)
-
-    energy = E.circle_energy(radial(square_grid(EXTENT, g)), config.gamma).reshape(g, g)
-    pts = square_grid(EXTENT, a)
-    r = radial(pts).clamp_min(1e-12)
-    score = (E.circle_radial_score(r, config.gamma) / r)[:, None] * pts
+    energy = E.circle_energy(square_grid(EXTENT, g).norm(dim=1), config.gamma).reshape(g, g)
+    score = E.circle_score(square_grid(EXTENT, a), config.gamma)
     ring_energy = float(E.circle_energy(torch.tensor(radius, dtype=torch.float64), config.gamma))
     return Panel(title="continuum (K → ∞)", energy=energy.numpy(),
                  score=score.reshape(a, a, 2).numpy(), patterns=None,

@@ -207,6 +207,13 @@ def circle_radial_score(R: torch.Tensor, gamma: float) -> torch.Tensor:
     return 2 * (torch.special.i1e(z) / torch.special.i0e(z) - R)
 
 
+def circle_score(points: torch.Tensor, gamma: float) -> torch.Tensor:
+    """−∇E at points (B, 2) of the plane, E = :func:`circle_energy` of R = ‖x‖: the radial
+    score times x/R, R clamped at 1e-12 (the field is 0 at the origin). (B, 2)."""
+    r = points.norm(dim=1).clamp_min(1e-12)
+    return (circle_radial_score(r, gamma) / r)[:, None] * points
+
+
 def circle_ring_radius(gamma: float) -> float:
     """R* ≥ 0 where the continuum radial score 2(I1/I0(2γR) − R) vanishes: the radius of
     the ring of minima of :func:`circle_energy`, by 80 bisection steps on [1e-9, 1].

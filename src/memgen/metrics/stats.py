@@ -97,6 +97,14 @@ def clopper_pearson(count: int, n: int, level: float = 0.95) -> tuple[float, flo
 # ------------------------------------------------------------- per-label summaries
 
 
+def label_confusion(truth: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """(3, 3) int64 counts of (truth, labels) pairs: rows the true label code, columns the
+    detected one (codes 0–2 of LABEL_NAMES); truth, labels: (n,)."""
+    matrix = np.zeros((3, 3), dtype=np.int64)
+    np.add.at(matrix, (truth.astype(np.int64), labels.astype(np.int64)), 1)
+    return matrix
+
+
 def label_groups(values: np.ndarray, labels: np.ndarray | None) -> dict[str, np.ndarray]:
     """values (B,) split by label: {"all": values} without labels, else {name: the values
     of that label} for every name of LABEL_NAMES, in that order (labels (B,) codes 0–2)."""
