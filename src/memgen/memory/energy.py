@@ -171,7 +171,8 @@ def empirical_denoise(x: torch.Tensor, patterns: torch.Tensor, sigma: float | to
     sigma: a positive number (γ = :func:`kernel_gamma`, a Python float), or a (B,) tensor
     of per-row levels (γ = 1/(2σ²) formed in the tensor's dtype); a = scale.
     memory_budget: bytes per block of queries, x.element_size() · N each, so blocks of
-    ⌊budget / (x.element_size() · N)⌋ ≥ 1 rows; None: all rows in one block.
+    ⌊budget / (x.element_size() · N)⌋ ≥ 1 rows; None: all rows in one block. (Blocks
+    agree with one block to rounding, not always to the bit: the GEMM sees other shapes.)
     """
     scaled = patterns if scale == 1 else scale * patterns  # 1·y = y to the bit: no copy
     gamma = (1.0 / (2.0 * sigma.square()) if isinstance(sigma, torch.Tensor)
