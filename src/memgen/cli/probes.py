@@ -31,6 +31,7 @@ from memgen.metrics.features import FEATURE_MAPS, metric_help
 from memgen.metrics.hygiene import (check_halves, compare_halves, halves_quality,
                                     near_duplicates)
 from memgen.metrics.rules import LABEL_NAMES
+from memgen.metrics.stats import label_groups, quartiles_by_label
 from memgen.neighbours import knn_search
 from memgen.provenance import file_sha256
 from memgen.probes.curvature import hessian_eigsh, hessian_spectrum
@@ -310,19 +311,6 @@ def _read_labels(path) -> np.ndarray:
     return labels
 
 
-def _by_label(values: np.ndarray, labels) -> dict:
-    """Quartiles per label (or for 'all'), over finite values."""
-    groups = {"all": values} if labels is None else {
-        name: values[labels == code] for code, name in enumerate(LABEL_NAMES)}
-    out = {}
-    for name, v in groups.items():
-        finite = v[np.isfinite(v)]
-        q = np.quantile(finite, [0.25, 0.5, 0.75]).tolist() if len(finite) else [None] * 3
-        out[name] = {"n": int(len(v)), "finite": int(len(finite)), "q25": q[0],
-                     "median": q[1], "q75": q[2]}
-    return out
-
-
 def _write_table(path: Path, columns: dict) -> None:
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
@@ -332,9 +320,8 @@ def _write_table(path: Path, columns: dict) -> None:
 
 def _save_label_figure(path: Path, values: np.ndarray, labels, ylabel: str, title: str,
                        log: bool) -> None:
-    groups = {"all": values} if labels is None else {
-        name: values[labels == code] for code, name in enumerate(LABEL_NAMES)}
-    save_figure(plot_by_label({"": groups}, ylabel=ylabel, title=title, log=log), path)
+    save_figure(plot_by_label({"": label_groups(values, labels)}, ylabel=ylabel, title=title,
+                              log=log), path)
 
 
 @click.group()
@@ -387,7 +374,7 @@ def critical_time_cmd(checkpoint, exact_path, samples_path, labels_path, limit, 
                           "rtol": rtol}, "rounds": result.rounds,
                "censored_above": int((result.censored > 0).sum()),
                "censored_below": int((result.censored < 0).sum()),
-               "sigma_by_label": _by_label(sigma, labels)}
+               "sigma_by_label": quartiles_by_label(sigma, labels)}
     with atomic_output_dir(out, "basins critical-time", overwrite) as tmp:
         _write_table(tmp / "critical.csv", columns)
         write_json(tmp / "summary.json", summary)
@@ -474,7 +461,7 @@ def relative_energy_cmd(checkpoint, exact_path, samples_path, labels_path, limit
             "converged": result.converged.cpu().numpy().astype(int)})
         summary = {"sigma": sigma, "reference": reference_path or "nearest training image",
                    "not_converged": int((~result.converged).sum()),
-                   "delta_by_label": _by_label(delta, labels)}
+                   "delta_by_label": quartiles_by_label(delta, labels)}
         write_json(tmp / "summary.json", summary)
         _save_label_figure(tmp / "relative_energy.png", delta, labels,
                            "E(reference) − E(sample)", f"relative energy at σ = {sigma}",
@@ -517,7 +504,7 @@ def curvature(checkpoint, exact_path, samples_path, labels_path, limit, device, 
             "index": np.arange(len(x)), "label": _label_names(labels, len(x)),
             **{f"eig{i}": eig[:, i] for i in range(eig.shape[1])}})
         summary = {"sigma": sigma, "which": which, "method": "dense" if dim <= dense_max
-                   else "lanczos", "dim": dim, "by_label": _by_label(lam, labels)}
+                   else "lanczos", "dim": dim, "by_label": quartiles_by_label(lam, labels)}
         write_json(tmp / "summary.json", summary)
         name = "λ_min" if which == "SA" else "λ_max"
         _save_label_figure(tmp / "curvature.png", lam * sigma**2, labels, f"{name} · σ²",
