@@ -21,7 +21,9 @@ from memgen.cli.options import (SEED, input_range_option, input_ranges, model_so
 from memgen.data import DATASETS
 from memgen.diffusion.generate import (GenerateConfig, denoised_clip, generate as generate_set,
                                        name_seed, output_bytes, sampling_ladder)
-from memgen.diffusion.loaders import LoadedModel, load_denoiser, read_checkpoint
+from memgen.diffusion.loaders import load_denoiser
+from memgen.diffusion.model_files import read_checkpoint
+from memgen.diffusion.sources import LoadedModel
 from memgen.diffusion.nets import PRESETS, get_preset
 from memgen.diffusion.nets.presets import preset_parameters
 from memgen.diffusion.samplers import SAMPLER_OPTIONS, SAMPLERS
