@@ -53,6 +53,7 @@ from memgen.diffusion.reference import load_reference
 from memgen.diffusion.schedules import VESchedule, VPSchedule
 from memgen.diffusion.training import snapshot_path
 from memgen.errors import UserError
+from memgen.io import load_samples
 from memgen.provenance import file_sha256
 
 SCHEDULES = {"vp": VPSchedule, "ve": VESchedule}
@@ -96,6 +97,8 @@ class Source:
     split: ClassVar[str] = "memgen"  # data.split unless given (memgen.data.splits)
     exports_reference: ClassVar[bool] = False  # sample.export_reference unless given
     analysable: ClassVar[bool] = True  # the sweep's analyses and train.snapshots apply
+    schedule_option: ClassVar[bool] = False  # the CLI's --schedule is this source's
+    folder: ClassVar[bool] = False  # its flag names a folder (else a file)
 
     def load(self, value, options: LoadOptions) -> LoadedModel:
         """The denoiser of ``value`` (a path, an array, …: what ``load_denoiser`` got)."""
@@ -106,6 +109,11 @@ class Source:
 
     def build(self, value, options: LoadOptions) -> LoadedModel:
         raise NotImplementedError
+
+    def option_value(self, path, *, config=None, input_range=None):
+        """What ``load`` takes, from the path given to the CLI's ``flag`` (``config``: the
+        YAML of --config; ``input_range``: (LO, HI) of a sample file's values)."""
+        return path
 
     # ------------------------------------------------------------------ in a sweep
     def sweep_model(self, model, state: Path | None, train: np.ndarray,
@@ -218,6 +226,11 @@ class ExactSource(Source):
     name, flag, sweep_kind = "exact", "--exact", "exact"
     model_fields = ("schedule",)
     no_network = "the exact denoiser is not a network"
+    schedule_option = True
+
+    def option_value(self, path, *, config=None, input_range=None):
+        """The training set of a sample file, converted from ``input_range`` to [-1, 1]."""
+        return load_samples(path, self.flag, input_range)
 
     def build(self, exact, options: LoadOptions) -> LoadedModel:
         patterns = torch.as_tensor(exact).to(device=options.device, dtype=options.exact_dtype)
@@ -274,7 +287,7 @@ class TorchScriptSource(EpsModelSource):
 
 
 class DiffusersSource(EpsModelSource):
-    name, flag = "diffusers", "--diffusers"
+    name, flag, folder = "diffusers", "--diffusers", True
 
     def read(self, path, device):
         return diffusers_net(path, device)
@@ -294,6 +307,9 @@ class ReferenceSource(Source):
     model_fields = ("path", "reference_config")
     no_network = "the authors' checkpoints carry their own network"
     split, exports_reference, analysable = "reference", True, False
+
+    def option_value(self, path, *, config=None, input_range=None):
+        return (path, config or None)
 
     def build(self, reference, options: LoadOptions) -> LoadedModel:
         if options.schedule is not None:
@@ -402,6 +418,11 @@ class SweepKinds(Mapping):
 
 
 SWEEP_KINDS = SweepKinds()
+
+
+def flags(where: Callable[[Source], bool] = lambda source: True, sep: str = ", ") -> str:
+    """The CLI flags of the sources ``where`` holds for, for a message."""
+    return sep.join(source.flag for source in SOURCES.values() if where(source))
 
 
 def model_source(model) -> Source:
