@@ -478,11 +478,10 @@ def _check_checkpoints(config: SweepConfig) -> None:
     """The source's own model checks, its split and analyses; model.path and
     model.reference_config only where the source reads them (model.kind = checkpoints)."""
     m, source = config.model, model_source(config.model)
-    if "path" not in source.model_fields:
-        if m.path is not None or m.reference_config is not None:
-            raise UserError("model.path, model.reference_config: only for model.kind = "
-                            + ", ".join(sweep_field_users("path")))
-        return
+    if "path" not in source.model_fields and (m.path is not None
+                                              or m.reference_config is not None):
+        raise UserError("model.path, model.reference_config: only for model.kind = "
+                        + ", ".join(sweep_field_users("path")))
     source.check_split(split_rule(config))
     a = config.analysis
     if not source.analysable and (a.basins or a.curvature or a.landscape
