@@ -20,6 +20,7 @@ from memgen.cli.options import (SEED, input_range_option, input_ranges, model_so
                                 overwrite_option, show_progress)
 from memgen.data import DATASETS
 from memgen.diffusion.loaders import load_denoiser
+from memgen.diffusion.sources import SOURCES
 from memgen.diffusion.training import training_samples
 from memgen.errors import UserError
 from memgen.experiments.diagnose import FILES, diagnose_record, write_diagnose
@@ -105,9 +106,9 @@ def _check_sources(sources: dict) -> None:
     if len(given) != 1:
         raise UserError("give exactly one of --checkpoint, --exact, --torchscript, --diffusers")
     (name, path), = given.items()
-    exists = Path(path).is_dir() if name == "diffusers" else Path(path).is_file()
-    if not exists:
-        raise UserError(f"--{name}: no such {'folder' if name == 'diffusers' else 'file'} {path}")
+    folder = SOURCES[name].folder  # the diffusers source is a folder
+    if not (Path(path).is_dir() if folder else Path(path).is_file()):
+        raise UserError(f"--{name}: no such {'folder' if folder else 'file'} {path}")
 
 
 def _reference_set(train_path, data, K, split_seed, half, data_root, checkpoint, exact_path,
