@@ -13,6 +13,7 @@ import json
 import re
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -21,7 +22,8 @@ import yaml
 
 from memgen.data import SPLIT_RULES
 from memgen.diffusion.nets import NetConfig, get_preset
-from memgen.diffusion.samplers import SAMPLERS
+from memgen.diffusion.samplers import SAMPLERS, option_names, option_owners, sampler_spec
+from memgen.diffusion.schedules import VESchedule, VPSchedule
 from memgen.diffusion.training import COMPILE_MODES, TrainConfig
 from memgen.errors import UserError
 from memgen.metrics.features import METRIC_NAMES
@@ -172,13 +174,32 @@ class SweepConfig:
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
 
 
+class RegistryNames(Sequence):
+    """The names ``first`` and then a registry's, as they are when read: a live tuple (a
+    name registered later is allowed too); equal to the tuple of the same names."""
+
+    def __init__(self, registry, *first):
+        self.registry, self.first = registry, first
+
+    def __getitem__(self, index):
+        return (*self.first, *self.registry)[index]
+
+    def __len__(self) -> int:
+        return len(self.first) + len(self.registry)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Sequence) and tuple(self) == tuple(other)
+
+    __hash__ = None
+
+
 CHOICES = {
     "model.kind": ("network", "exact", "checkpoints"),
     "train.compile": COMPILE_MODES,
     "data.split": (None, *SPLIT_RULES),
     "model.schedule": ("vp", "ve"),
     "model.objective": (None, "vp_eps", "ve_score"),
-    "sample.sampler": (None, *SAMPLERS),
+    "sample.sampler": RegistryNames(SAMPLERS, None),
     "sample.prior": (None, "standard", "forward"),
     "measure.rule": tuple(RULE_DEFAULTS),
     "measure.metric": METRIC_NAMES,
@@ -408,13 +429,25 @@ def check_effect(config: SweepConfig, tree: dict) -> None:
             if model.get(key) is not None:  # --set model.preset=null takes it out
                 raise UserError(f"model.{key}: has no effect with model.kind = {kind} ({why}); "
                                 "remove it")
-    sampler = config.sample.sampler
-    if config.sample.eta != 0 and sampler != "ddim":
-        raise UserError(f"sample.eta: η is DDIM's, but the sampler is "
-                        f"{sampler or 'the default (ddpm or euler_maruyama)'}; set "
-                        "sample.sampler: ddim, or remove eta")
+    _check_sampler_options(config.sample)
     if "clip_range" in sample and sample.get("clip_denoised") is False:
         raise UserError("sample.clip_range: has no effect with sample.clip_denoised: false")
+
+
+def _check_sampler_options(sample: SampleConfig) -> None:
+    """A sampler's option (sample.eta) away from its default, where the sampler run (the
+    one named, else the schedule's default: either may be) does not read it."""
+    defaults = (VPSchedule.default_sampler, VESchedule.default_sampler)
+    run = [sample.sampler] if sample.sampler is not None else defaults
+    for name in option_names():
+        owner = option_owners(name)[0]
+        option = owner.options[name]
+        if getattr(sample, name) == option.default or all(
+                name in sampler_spec(s).options for s in run):
+            continue
+        shown = sample.sampler or f"the default ({' or '.join(defaults)})"
+        raise UserError(f"sample.{name}: {option.symbol} is {owner.title}'s, but the sampler "
+                        f"is {shown}; set sample.sampler: {owner.name}, or remove {name}")
 
 
 SEED_MAX = 2**63  # what every generator (numpy, torch) accepts
