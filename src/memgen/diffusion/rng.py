@@ -2,8 +2,8 @@
 
 A ``generator`` is None (torch's global RNG), a torch.Generator, or a ``StackedGenerator``
 (one stream per sample, so a sample never depends on its batch). ``noise_like`` and
-``normal`` draw standard normals from any of them; ``noise_stream`` streams the scaled draws a
-sampler makes, in order, several steps' at a time where that gives the same numbers.
+``normal`` draw standard normals from any of them; ``noise_stream`` streams the scaled draws
+a sampler makes, in order, several steps' at a time where that gives the same numbers.
 """
 
 from __future__ import annotations

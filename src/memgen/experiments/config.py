@@ -13,7 +13,6 @@ import json
 import re
 import types
 import typing
-from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from memgen.diffusion.samplers import SAMPLERS, option_names, option_owners, sam
 from memgen.diffusion.schedules import VESchedule, VPSchedule
 from memgen.diffusion.training import COMPILE_MODES, TrainConfig
 from memgen.errors import UserError
-from memgen.metrics.features import METRIC_NAMES
+from memgen.metrics.features import METRIC_NAMES, RegistryNames
 from memgen.metrics.rules import RULE_DEFAULTS, make_rule
 
 
@@ -172,25 +171,6 @@ class SweepConfig:
     measure: MeasureConfig = field(default_factory=MeasureConfig)
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
-
-
-class RegistryNames(Sequence):
-    """The names ``first`` and then a registry's, as they are when read: a live tuple (a
-    name registered later is allowed too); equal to the tuple of the same names."""
-
-    def __init__(self, registry, *first):
-        self.registry, self.first = registry, first
-
-    def __getitem__(self, index):
-        return (*self.first, *self.registry)[index]
-
-    def __len__(self) -> int:
-        return len(self.first) + len(self.registry)
-
-    def __eq__(self, other) -> bool:
-        return isinstance(other, Sequence) and tuple(self) == tuple(other)
-
-    __hash__ = None
 
 
 CHOICES = {
