@@ -39,7 +39,8 @@ from common import interleaved_runs, model_bench_args, paired_median
 from memgen.diffusion.denoisers import EpsDenoiser, ScoreDenoiser
 from memgen.diffusion.generate import initial_std
 from memgen.diffusion.nets import count_parameters, get_preset
-from memgen.diffusion.samplers import StackedGenerator, get_sampler
+from memgen.diffusion.rng import StackedGenerator
+from memgen.diffusion.samplers import get_sampler
 from memgen.diffusion.schedules import VESchedule, VPSchedule
 
 

@@ -9,7 +9,8 @@ import torch
 from scipy.stats import norm
 
 from memgen.diffusion.denoisers import EmpiricalDenoiser, EpsDenoiser
-from memgen.diffusion.samplers import SAMPLERS, StackedGenerator, get_sampler
+from memgen.diffusion.rng import StackedGenerator
+from memgen.diffusion.samplers import SAMPLERS, get_sampler
 from memgen.diffusion.schedules import VESchedule, VPSchedule
 from memgen.memory import energy as E
 from memgen.probes.curvature import denoiser_jacobian, hessian, hessian_eigsh, hessian_spectrum

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from memgen.diffusion.denoisers import EmpiricalDenoiser
-from memgen.diffusion.samplers import retrieve_fixed_point, truncate_ladder
+from memgen.diffusion.ladders import truncate_ladder
+from memgen.diffusion.retrieval import retrieve_fixed_point
 
 
 def test_fixed_point_retrieval_of_the_exact_denoiser_finds_the_symmetric_mixture():

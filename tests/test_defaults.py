@@ -10,6 +10,7 @@ maps x − μ ↦ (Σ + σ² I)^½ (Σ + σ₀² I)^-½ (x − μ), so
   (Σ = I/2, σ₀ = 1) a variance of 1/3 per axis instead of 1/2.
 """
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,9 @@ import torch
 
 from memgen.diffusion.denoisers import EpsDenoiser, GaussianDenoiser
 from memgen.diffusion.generate import GenerateConfig, denoised_clip, generate, start_prior
-from memgen.diffusion.samplers import forward_prior, sample_ddim, sample_heun, ve_sigmas
+from memgen.diffusion.ladders import ve_sigmas
+from memgen.diffusion.priors import forward_prior
+from memgen.diffusion.samplers import SAMPLERS, sample_ddim, sample_heun
 from memgen.diffusion.schedules import VESchedule, VPSchedule
 
 F64 = torch.float64
@@ -214,16 +217,19 @@ def test_unset_options_keep_the_generate_key(name, monkeypatch):
 @pytest.mark.parametrize("name, sampler", [("tiny", "euler_maruyama"), ("toy2d", "euler_maruyama"),
                                            ("images-cpu", "ddpm"), ("reference-fmnist", "ddpm")])
 def test_a_samplers_revision_makes_new_generate_keys(name, sampler, monkeypatch):
-    """Sample sets of a sampler whose arithmetic changed (SAMPLER_REVISIONS) get new keys,
+    """Sample sets of a sampler whose arithmetic changed (its spec's revision) get new keys,
     whether the sampler is named or the schedule's default; the others keep theirs."""
     import memgen.experiments.stages as sweep
 
     config = _config(name)
     assert sweep.sampler_name(config) == sampler
-    monkeypatch.setattr(sweep, "SAMPLER_REVISIONS", {})
+    for spec in list(SAMPLERS.values()):
+        monkeypatch.setitem(SAMPLERS, spec.name, dataclasses.replace(spec, revision=None))
     key = sweep.generate_key("eval", 8, 1, "tk", None, config)
+    first = dict(SAMPLERS)
     for other in ("ddpm", "ddim", "heun", "euler_maruyama"):
-        monkeypatch.setattr(sweep, "SAMPLER_REVISIONS", {other: 7})
+        SAMPLERS.update(first)
+        SAMPLERS[other] = dataclasses.replace(first[other], revision=7)
         changed = sweep.generate_key("eval", 8, 1, "tk", None, config) != key
         assert changed == (other == sampler), other
 

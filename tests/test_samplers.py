@@ -9,10 +9,12 @@ import torch
 
 from memgen.diffusion.denoisers import (EmpiricalDenoiser, EpsDenoiser, GaussianDenoiser,
                                          ScoreDenoiser)
-from memgen.diffusion.samplers import (SAMPLER_OPTIONS, SAMPLERS, GaussianPrior, StackedGenerator,
-                                       _draws_group, clipped, get_sampler, initial_noise,
-                                       sample_ddim, sample_ddpm, sample_euler_maruyama,
-                                       sample_heun, sampler_options, ve_sigmas)
+from memgen.diffusion.ladders import ve_sigmas
+from memgen.diffusion.priors import GaussianPrior, initial_noise
+from memgen.diffusion.rng import StackedGenerator, draws_group
+from memgen.diffusion.sampler_steps import clipped
+from memgen.diffusion.samplers import (SAMPLERS, get_sampler, sample_ddim, sample_ddpm,
+                                       sample_euler_maruyama, sample_heun, sampler_options)
 from memgen.diffusion.schedules import VESchedule, VPSchedule
 
 F64 = torch.float64
@@ -303,7 +305,7 @@ def test_samplers_give_their_textbook_loops_numbers_to_the_bit(name, batch):
             for stacked in (False, True):
                 gens = [StackedGenerator(range(batch)) if stacked else
                         torch.Generator().manual_seed(2) for _ in range(2)]
-                got = SAMPLERS[name](denoiser, x, sigmas, clip=clip, generator=gens[0],
+                got = get_sampler(name)(denoiser, x, sigmas, clip=clip, generator=gens[0],
                                      options={"eta": eta} if name == "ddim" else None)
                 want = _textbook(name, denoiser, x, sigmas.tolist(), gens[1], clip, eta)
                 assert torch.equal(got, want), (type(denoiser).__name__, clip, eta, stacked)
@@ -379,13 +381,13 @@ def test_registry_and_errors():
         get_sampler("dpm++")
     x = torch.zeros(3, 2, dtype=F64)
     d = GaussianDenoiser(MU, COV)
-    for sampler in SAMPLERS.values():
+    for sampler in map(get_sampler, SAMPLERS):
         for bad in ([1.0, 2.0], [1.0, 0.0, 0.0], [1.0, -0.5], []):
             with pytest.raises(ValueError):
                 sampler(d, x, bad)
     with pytest.raises(ValueError):
         sample_ddim(d, x, [1.0, 0.5], options={"eta": 1.5})
-    for name, sampler in SAMPLERS.items():  # an option the sampler does not read
+    for sampler in map(get_sampler, SAMPLERS):  # an option the sampler does not read
         with pytest.raises(ValueError, match="no option 'etta'"):
             sampler(d, x, [1.0, 0.5], options={"etta": 0.5})
     with pytest.raises(ValueError):
@@ -399,7 +401,7 @@ def test_callback_dtype_and_last_step_to_zero(name):
     d = GaussianDenoiser(MU, COV)
     x = initial_noise((16, 2), 5.0, torch.Generator().manual_seed(0), dtype=F64)
     seen = []
-    out = SAMPLERS[name](d, x, [5.0, 1.0, 0.3, 0.0], generator=torch.Generator().manual_seed(1),
+    out = get_sampler(name)(d, x, [5.0, 1.0, 0.3, 0.0], generator=torch.Generator().manual_seed(1),
                          callback=lambda info: seen.append((info["i"], info["sigma_next"])))
     assert seen == [(0, 1.0), (1, 0.3), (2, 0.0)] and out.dtype == F64 and out.shape == x.shape
     if name != "heun":  # a stochastic or one-step-to-0 sampler ends on the denoiser's output
@@ -415,7 +417,7 @@ def test_callback_sees_the_step_and_the_denoised_estimate(name, clip):
     x = initial_noise((8, 2), 5.0, torch.Generator().manual_seed(0), dtype=F64)
     levels = [5.0, 1.0, 0.3, 0.0]
     seen = []
-    out = SAMPLERS[name](d, x, levels, clip=clip, generator=torch.Generator().manual_seed(1),
+    out = get_sampler(name)(d, x, levels, clip=clip, generator=torch.Generator().manual_seed(1),
                          callback=lambda info: seen.append(dict(info)))
     assert [set(info) for info in seen] == [{"x", "i", "sigma", "sigma_next", "denoised"}] * 3
     assert [(info["i"], info["sigma"], info["sigma_next"]) for info in seen] == [
@@ -431,7 +433,7 @@ def test_callback_sees_the_step_and_the_denoised_estimate(name, clip):
 def test_sampler_options_pick_what_each_sampler_reads():
     assert sampler_options("ddim", {"eta": 0.3}) == {"eta": 0.3}
     assert sampler_options("ddpm", {"eta": 0.3}) == {} == sampler_options("heun", {"eta": 1})
-    assert set(SAMPLER_OPTIONS) == set(SAMPLERS)
+    assert all(spec.name == name for name, spec in SAMPLERS.items())
     with pytest.raises(ValueError, match="unknown sampler"):
         sampler_options("dpm++", {})
     d, x = GaussianDenoiser(MU, COV), torch.zeros(4, 2, dtype=F64)
@@ -466,7 +468,7 @@ def test_clip_clamps_every_denoised_estimate(name):
     """clip=(lo, hi) is the sampler run on D clamped to [lo, hi]; clip=None changes nothing."""
     d = GaussianDenoiser(MU * 3, COV)  # x̂₀ near (1.5, −3): outside [−1, 1]
     x = initial_noise((64, 2), 5.0, torch.Generator().manual_seed(0), dtype=F64)
-    run = lambda den, **kw: SAMPLERS[name](den, x, [5.0, 1.0, 0.3, 0.0],  # noqa: E731
+    run = lambda den, **kw: get_sampler(name)(den, x, [5.0, 1.0, 0.3, 0.0],  # noqa: E731
                                            generator=torch.Generator().manual_seed(1), **kw)
     by_hand = run(lambda y, s: d(y, s).clamp(-1, 1))
     torch.testing.assert_close(run(d, clip=(-1, 1)), by_hand, rtol=0, atol=0)
@@ -500,7 +502,7 @@ def test_gaussian_prior_draws_z_then_w_from_each_stream():
 
 @pytest.mark.parametrize("dtype", [torch.float32, F64])
 def test_torch_cpu_normals_of_16_at_a_time_do_not_depend_on_grouping(dtype):
-    """What the block draws of a torch.Generator rest on (``_draws_group``): k draws of
+    """What the block draws of a torch.Generator rest on (``draws_group``): k draws of
     n = 16·m numbers from torch's CPU generator are one draw of k·n numbers; for n = 10 they
     are not, so such noise is drawn a step at a time."""
     def draws(n, together):
@@ -512,10 +514,10 @@ def test_torch_cpu_normals_of_16_at_a_time_do_not_depend_on_grouping(dtype):
     for n in (16, 128, 784):
         assert torch.equal(draws(n, True), draws(n, False))
     assert not torch.equal(draws(10, True), draws(10, False))
-    assert _draws_group(torch.zeros(8, 2, dtype=dtype), torch.Generator())
-    assert _draws_group(torch.zeros(8, 2, dtype=dtype), None)
-    assert not _draws_group(torch.zeros(5, 2, dtype=dtype), torch.Generator())
-    assert not _draws_group(torch.zeros(8, 2, dtype=torch.bfloat16), torch.Generator())
+    assert draws_group(torch.zeros(8, 2, dtype=dtype), torch.Generator())
+    assert draws_group(torch.zeros(8, 2, dtype=dtype), None)
+    assert not draws_group(torch.zeros(5, 2, dtype=dtype), torch.Generator())
+    assert not draws_group(torch.zeros(8, 2, dtype=torch.bfloat16), torch.Generator())
 
 
 @pytest.mark.parametrize("name", list(SAMPLERS))
@@ -525,9 +527,9 @@ def test_samplers_return_ordinary_tensors(name):
     d = GaussianDenoiser(MU, COV)
     x = initial_noise((16, 2), 5.0, torch.Generator().manual_seed(0), dtype=F64)
     sig = [5.0, 1.0, 0.3, 0.0]
-    out = SAMPLERS[name](d, x, sig, generator=torch.Generator().manual_seed(1))
+    out = get_sampler(name)(d, x, sig, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        plain = SAMPLERS[name].__wrapped__(d, x, sig, generator=torch.Generator().manual_seed(1))
+        plain = get_sampler(name).__wrapped__(d, x, sig, generator=torch.Generator().manual_seed(1))
     assert not out.is_inference() and torch.equal(out, plain)
     out.add_(1.0).requires_grad_()
     (out.square().sum()).backward()

@@ -16,7 +16,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from memgen.diffusion.loaders import load_denoiser
-from memgen.diffusion.samplers import StackedGenerator, sample_euler_maruyama
+from memgen.diffusion.rng import StackedGenerator
+from memgen.diffusion.samplers import sample_euler_maruyama
 import memgen.diffusion.training as T
 from memgen.diffusion.nets import get_preset
 from memgen.diffusion.train_step import FlatAdam, clip_flat

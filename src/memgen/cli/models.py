@@ -16,8 +16,8 @@ import numpy as np
 import torch
 
 from memgen.cli.devices import device_option
-from memgen.cli.options import (SEED, input_range_option, input_ranges, model_source_options,
-                                overwrite_option, show_progress)
+from memgen.cli.options import (SEED, RegistryChoice, input_range_option, input_ranges,
+                                model_source_options, overwrite_option, show_progress)
 from memgen.data import DATASETS
 from memgen.diffusion.generate import (GenerateConfig, denoised_clip, generate as generate_set,
                                        name_seed, output_bytes, sampling_ladder)
@@ -26,7 +26,7 @@ from memgen.diffusion.model_files import read_checkpoint
 from memgen.diffusion.sources import SOURCES, LoadedModel, flags
 from memgen.diffusion.nets import PRESETS, get_preset
 from memgen.diffusion.nets.presets import preset_parameters
-from memgen.diffusion.samplers import SAMPLER_OPTIONS, SAMPLERS
+from memgen.diffusion.samplers import SAMPLERS, option_names, option_owners, sampler_spec
 from memgen.diffusion.schedules import VESchedule, VPSchedule
 from memgen.diffusion.training import (COMPILE_MODES, TrainConfig, train as run_training,
                                        training_samples)
@@ -162,7 +162,25 @@ def _check_data_options(ctx: click.Context, train_path, input_range) -> None:
                         "in [-1, 1] already")
 
 
-@click.command()
+class _GenerateCommand(click.Command):
+    """``memgen generate``: its --help ends with the samplers, one line each (the registry's)."""
+
+    def format_epilog(self, ctx, formatter):
+        with formatter.section("Samplers (--sampler)"):
+            formatter.write_dl([(spec.name, spec.description) for spec in SAMPLERS.values()])
+        super().format_epilog(ctx, formatter)
+
+
+def sampler_option_flags(command):
+    """--NAME for every option a registered sampler reads (``SamplerSpec.options``), with
+    its spec's help line; given or None."""
+    for name in reversed(option_names()):
+        option = option_owners(name)[0].options[name]
+        command = click.option(f"--{name}", type=float, default=None, help=option.help)(command)
+    return command
+
+
+@click.command(cls=_GenerateCommand)
 @model_source_options(
     exact_help="Use the exact empirical denoiser of this training set (positive control).",
     shape_help="C H W of the samples (--torchscript/--diffusers; others record theirs).",
@@ -172,13 +190,12 @@ def _check_data_options(ctx: click.Context, train_path, input_range) -> None:
 @click.option("--config", "reference_config", type=click.Path(dir_okay=False),
               help="Their YAML config of --reference-checkpoint [the checkpoint's own args].")
 @click.option("--n", type=int, required=True, help="Number of samples.")
-@click.option("--sampler", type=click.Choice(tuple(SAMPLERS)), default=None,
+@click.option("--sampler", type=RegistryChoice(SAMPLERS), default=None,
               help="[ddpm for VP models, euler_maruyama for VE]")
 @click.option("--steps", type=int,
               help="Sampling steps, at least 1 (VP: at most its T = 1000; VE: at least 2) "
                    "[the schedule's full ladder].")
-@click.option("--eta", type=float, default=None,
-              help="DDIM η in [0, 1]; ddim only [0: deterministic DDIM].")
+@sampler_option_flags
 @click.option("--prior", type=click.Choice(["standard", "forward"]), default="standard",
               show_default=True,
               help="Start: standard N(0, σ₀² I) (VP: DDPM's N(0, I)); forward: the forward "
@@ -212,14 +229,15 @@ def _check_data_options(ctx: click.Context, train_path, input_range) -> None:
                    "settings; otherwise the run stops (--overwrite: draw the set afresh).")
 @overwrite_option
 def generate(checkpoint, exact_path, torchscript, diffusers, shape, schedule,
-             reference_checkpoint, reference_config, n, sampler, steps, eta, prior, prior_data,
+             reference_checkpoint, reference_config, n, sampler, steps, prior, prior_data,
              clip_denoised, clip_range, seed, batch_size, shard_size, name, input_range,
-             device, reference_K, out, overwrite):
+             device, reference_K, out, overwrite, **options):
     """Sample a set as npz shards plus a merged NAME.npz (resumable: finished shards are kept).
 
     Every shard has a record NAME-00000.json of what made it (model hash, sampler, steps, η,
     seed, prior, clipping, shape, schedule); NAME.json describes NAME.npz. --input-range
     converts the training sets read (--exact, --prior-data) from LO,HI to [-1, 1]."""
+    eta = options.get("eta")  # the samplers' options (--eta): None where not given
     data_range = input_ranges(input_range, ("data",)).get("data")
     if data_range is not None and not (exact_path or prior_data):
         raise UserError("--input-range converts the training set of --exact or --prior-data; "
@@ -239,7 +257,7 @@ def generate(checkpoint, exact_path, torchscript, diffusers, shape, schedule,
                             clip=len(model.shape) == 3, prior=prior,
                             clip_denoised=clip_denoised,
                             clip_range=tuple(clip_range or (-1.0, 1.0)))
-    _check_against_model(model, config, eta, clip_range)
+    _check_against_model(model, config, options, clip_range)
     data = None
     if prior == "forward":
         given = prior_data or exact_path  # else memgen train's train.npz: read as written
@@ -291,12 +309,18 @@ def _check_generate_options(checkpoint, exact_path, torchscript, diffusers, shap
         raise UserError(f"--eta must lie in [0, 1] (DDIM's η), got {eta}")
 
 
-def _check_against_model(model: LoadedModel, config: GenerateConfig, eta, clip_range) -> None:
-    """UserError for options the loaded model makes meaningless: --eta with a sampler
-    without η, --steps outside its schedule, --clip-range where x̂₀ is not clipped."""
-    if eta is not None and "eta" not in SAMPLER_OPTIONS[config.sampler]:
-        raise UserError(f"--eta is DDIM's η; the {config.sampler} sampler has none (add "
-                        "--sampler ddim or leave --eta out)")
+def _check_against_model(model: LoadedModel, config: GenerateConfig, options: dict,
+                         clip_range) -> None:
+    """UserError for options the loaded model makes meaningless: a sampler's option (--eta)
+    given to a sampler without it, --steps outside its schedule, --clip-range where x̂₀ is
+    not clipped."""
+    spec = sampler_spec(config.sampler)
+    for key in [key for key, value in options.items() if value is not None]:
+        if key not in spec.options:
+            owner = option_owners(key)[0]
+            raise UserError(f"--{key} is {owner.title}'s {owner.options[key].symbol}; the "
+                            f"{config.sampler} sampler has none (add --sampler {owner.name} "
+                            f"or leave --{key} out)")
     schedule, steps = model.schedule, config.steps
     if isinstance(schedule, VPSchedule) and steps is not None and steps > schedule.T:
         raise UserError(f"--steps {steps} exceeds the model's schedule: its T = {schedule.T} "

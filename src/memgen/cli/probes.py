@@ -129,7 +129,7 @@ def _save_pairs(path: Path, train: np.ndarray, found) -> None:
                    "beside it; a different set is refused].")
 @click.option("--n", type=click.IntRange(min=1), default=256, show_default=True,
               help="Noise seeds.")
-@click.option("--sampler", type=click.Choice(tuple(SAMPLERS)), default="ddim", show_default=True,
+@click.option("--sampler", type=RegistryChoice(SAMPLERS), default="ddim", show_default=True,
               help="ddim/heun: the same noise gives the same sample (deterministic).")
 @click.option("--steps", type=int, help="Sampling steps [the schedule's full ladder].")
 @click.option("--seed", type=SEED, default=0, show_default=True)
@@ -342,7 +342,7 @@ def basins():
               help="A trial is recovered when dist(x̂, x0) ≤ δ.")
 @click.option("--distance", type=click.Choice(DISTANCES), default="rms", show_default=True,
               help="rms: ‖x̂ − x0‖/√D; l2: ‖x̂ − x0‖.")
-@click.option("--sampler", type=click.Choice(tuple(SAMPLERS)), default="ddim", show_default=True)
+@click.option("--sampler", type=RegistryChoice(SAMPLERS), default="ddim", show_default=True)
 @click.option("--steps", type=int, default=20, show_default=True)
 @click.option("--rel-min", type=float, default=0.1, show_default=True,
               help="Denoising ladder σ → σ·rel_min geometrically, then 0.")

@@ -18,7 +18,7 @@ Modelling choices, explicit and defaulting to what memgen always did:
     prior          where x starts at the ladder's top σ₀: "standard" N(0, σ₀² I) for VE and
                    DDPM's x_T ~ N(0, I) for VP (N(0, (1 + σ₀²) I) in VE coordinates); or
                    "forward", the forward process's own law N(μ, σ₀² I + Σ) with the training
-                   set's mean and covariance (``samplers.forward_prior``). The standard VE start
+                   set's mean and covariance (``priors.forward_prior``). The standard VE start
                    ignores the data's spread: on the unit circle (Σ = I/2) with σ₀ = 1 it has
                    std 1 where the forward process has √1.5, and the PF-ODE then ends with
                    covariance σ₀² Σ(Σ + σ₀² I)⁻¹ (1/3 per axis) instead of Σ (1/2). For VP,
@@ -47,9 +47,12 @@ from tqdm.auto import tqdm
 from memgen._version import __version__
 from memgen.diffusion.denoisers import EpsDenoiser
 from memgen.diffusion.identity import ModelSource, array_sha256, denoiser_sha256
-from memgen.diffusion.samplers import (SAMPLER_OPTIONS, SAMPLER_REVISIONS, GaussianPrior,
-                                       StackedGenerator, clipped, forward_prior, get_sampler,
-                                       retrieve_fixed_point, sampler_options, truncate_ladder)
+from memgen.diffusion.ladders import truncate_ladder
+from memgen.diffusion.priors import GaussianPrior, forward_prior
+from memgen.diffusion.retrieval import retrieve_fixed_point
+from memgen.diffusion.rng import StackedGenerator
+from memgen.diffusion.sampler_steps import clipped
+from memgen.diffusion.samplers import get_sampler, sampler_options, sampler_spec
 from memgen.diffusion.schedules import VESchedule, VPSchedule
 from memgen.errors import UserError
 from memgen.io import atomic_file
@@ -81,10 +84,10 @@ class GenerateConfig:
             raise UserError("n, batch_size and shard_size must be at least 1")
         if self.stop_sigma is not None and (self.final_denoise or not self.stop_sigma > 0):
             raise UserError("stop_sigma must be positive and excludes final_denoise")
-        get_sampler(self.sampler)  # ValueError for unknown samplers
+        spec = sampler_spec(self.sampler)  # ValueError for unknown samplers
         if self.steps is not None and self.steps < 1:
             raise UserError(f"steps must be at least 1, got {self.steps}")
-        if "eta" in SAMPLER_OPTIONS[self.sampler] and not 0 <= self.eta <= 1:
+        if "eta" in spec.options and not 0 <= self.eta <= 1:
             raise UserError(f"eta must lie in [0, 1] for {self.sampler}, got {self.eta}")
         if self.prior not in PRIORS:
             raise UserError(f"unknown prior {self.prior!r}; known: {', '.join(PRIORS)}")
@@ -158,13 +161,13 @@ def generation_identity(denoiser, shape: tuple[int, ...], schedule, config: Gene
     """What decides a set's samples, as JSON: the model (its source's content hash, else a
     fingerprint of the denoiser), the sampler and its ladder, the seed, the prior (and its
     data's hash), the clipping, the shape and dtype. Not batch_size, n or the device."""
-    clip = denoised_clip(denoiser, config)
+    clip, spec = denoised_clip(denoiser, config), sampler_spec(config.sampler)
     model = source.identity() if source is not None else {
         "kind": type(denoiser).__name__, "sha256": denoiser_sha256(denoiser)}
     identity = {
         "model": model, "sampler": config.sampler,
-        "sampler_revision": SAMPLER_REVISIONS.get(config.sampler), "steps": config.steps,
-        "eta": config.eta if "eta" in SAMPLER_OPTIONS[config.sampler] else None,
+        "sampler_revision": spec.revision, "steps": config.steps,
+        "eta": config.eta if "eta" in spec.options else None,
         "seed": config.seed, "prior": config.prior,
         "prior_data_sha256": array_sha256(data) if config.prior == "forward" else None,
         "clip_denoised": clip is not None, "clip_range": clip, "clip": config.clip,

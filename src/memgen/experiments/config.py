@@ -21,12 +21,13 @@ import yaml
 
 from memgen.data import SPLIT_RULES
 from memgen.diffusion.nets import NetConfig
-from memgen.diffusion.samplers import SAMPLERS
+from memgen.diffusion.samplers import SAMPLERS, option_names, option_owners, sampler_spec
+from memgen.diffusion.schedules import VESchedule, VPSchedule
 from memgen.diffusion.sources import (SWEEP_KINDS, model_source, network,  # noqa: F401
                                       sweep_field_users)  # network: read here by stages
 from memgen.diffusion.training import COMPILE_MODES, TrainConfig
 from memgen.errors import UserError
-from memgen.metrics.features import METRIC_NAMES
+from memgen.metrics.features import METRIC_NAMES, RegistryNames
 from memgen.metrics.rules import RULE_DEFAULTS, make_rule
 
 
@@ -180,7 +181,7 @@ CHOICES = {
     "data.split": (None, *SPLIT_RULES),
     "model.schedule": ("vp", "ve"),
     "model.objective": (None, "vp_eps", "ve_score"),
-    "sample.sampler": (None, *SAMPLERS),
+    "sample.sampler": RegistryNames(SAMPLERS, None),
     "sample.prior": (None, "standard", "forward"),
     "measure.rule": tuple(RULE_DEFAULTS),
     "measure.metric": METRIC_NAMES,
@@ -402,13 +403,25 @@ def check_effect(config: SweepConfig, tree: dict) -> None:
         if key not in source.model_fields and model.get(key) is not None:  # not if =null
             raise UserError(f"model.{key}: has no effect with model.kind = {kind} "
                             f"({source.no_network}); remove it")
-    sampler = config.sample.sampler
-    if config.sample.eta != 0 and sampler != "ddim":
-        raise UserError(f"sample.eta: η is DDIM's, but the sampler is "
-                        f"{sampler or 'the default (ddpm or euler_maruyama)'}; set "
-                        "sample.sampler: ddim, or remove eta")
+    _check_sampler_options(config.sample)
     if "clip_range" in sample and sample.get("clip_denoised") is False:
         raise UserError("sample.clip_range: has no effect with sample.clip_denoised: false")
+
+
+def _check_sampler_options(sample: SampleConfig) -> None:
+    """A sampler's option (sample.eta) away from its default, where the sampler run (the
+    one named, else the schedule's default: either may be) does not read it."""
+    defaults = (VPSchedule.default_sampler, VESchedule.default_sampler)
+    run = [sample.sampler] if sample.sampler is not None else defaults
+    for name in option_names():
+        owner = option_owners(name)[0]
+        option = owner.options[name]
+        if getattr(sample, name) == option.default or all(
+                name in sampler_spec(s).options for s in run):
+            continue
+        shown = sample.sampler or f"the default ({' or '.join(defaults)})"
+        raise UserError(f"sample.{name}: {option.symbol} is {owner.title}'s, but the sampler "
+                        f"is {shown}; set sample.sampler: {owner.name}, or remove {name}")
 
 
 SEED_MAX = 2**63  # what every generator (numpy, torch) accepts

@@ -21,7 +21,9 @@ import torch
 from memgen.data import CIRCLE_SPLIT_SEED, circle_pool, nested_indices
 from memgen.diffusion.denoisers import ScoreDenoiser
 from memgen.diffusion.loaders import load_denoiser
-from memgen.diffusion.samplers import StackedGenerator, initial_noise, sample_euler_maruyama
+from memgen.diffusion.priors import initial_noise
+from memgen.diffusion.rng import StackedGenerator
+from memgen.diffusion.samplers import sample_euler_maruyama
 from memgen.errors import UserError
 from memgen.io import atomic_file, load_samples
 from memgen.memory import energy as E

@@ -23,7 +23,7 @@ import torch
 
 from memgen.data import default_split_seed, load_dataset, resize_images, train_heldout
 from memgen.diffusion.generate import GenerateConfig, discard_unrecorded, generate
-from memgen.diffusion.samplers import SAMPLER_REVISIONS
+from memgen.diffusion.samplers import sampler_spec
 from memgen.diffusion.sources import model_source, objective
 from memgen.diffusion.training import (TrainConfig, check_fits, snapshot_path,
                                        train as run_training)
@@ -213,7 +213,7 @@ def generate_key(which: str, n: int, seed: int, train_key: str, checkpoint: Path
     # options left unset are left out, so a new option keeps the keys of existing caches
     sampling = {name: getattr(config.sample, name) for name in SAMPLING_FIELDS
                 if getattr(config.sample, name) is not None}
-    revision = SAMPLER_REVISIONS.get(sampler_name(config))
+    revision = sampler_spec(sampler_name(config)).revision
     if revision is not None:  # a sampler's arithmetic changed: its older sets differ
         sampling["revision"] = revision
     state = None if checkpoint is None else checkpoint.name

@@ -131,21 +131,22 @@ FEATURE_MAPS: dict[str, Callable[[], FeatureMap]] = {
 
 
 class RegistryNames(Sequence):
-    """The names of a registry, read at each use: a name registered later is included.
+    """The names of a registry, read at each use: a name registered later is included;
+    after the names ``first`` (None for a config's optional choice).
 
     Compares equal to the tuple of the names (what a choice list used to be)."""
 
-    def __init__(self, registry: dict):
-        self.registry = registry
+    def __init__(self, registry: dict, *first):
+        self.registry, self.first = registry, first
 
     def __getitem__(self, i):
-        return tuple(self.registry)[i]
+        return (*self.first, *self.registry)[i]
 
     def __len__(self) -> int:
-        return len(self.registry)
+        return len(self.first) + len(self.registry)
 
     def __contains__(self, name) -> bool:
-        return name in self.registry
+        return name in self.first or name in self.registry
 
     def __eq__(self, other) -> bool:
         return tuple(self) == (tuple(other) if isinstance(other, (tuple, RegistryNames))

@@ -22,12 +22,13 @@ from functools import partial
 import numpy as np
 import torch
 
-from memgen.diffusion.samplers import SAMPLERS, StackedGenerator, get_sampler, ve_sigmas
+from memgen.diffusion.ladders import ve_sigmas
+from memgen.diffusion.rng import StackedGenerator
+from memgen.diffusion.samplers import sampler_spec
 from memgen.errors import UserError
 from memgen.probes.checks import F64, check_chunk, check_points, check_sigma
 
 METRICS = ("rms", "l2")
-_DETERMINISTIC = ("ddim", "heun")  # registry samplers that draw no noise (ddim: η = 0)
 _NOISE_TAG, _SAMPLER_TAG = 1, 2  # last entry of a trial's stream key (seed, id, trial, tag)
 
 
@@ -53,7 +54,8 @@ class RecoveryConfig:
     recovered when dist(x̂, x0) ≤ delta, dist = ‖x̂ − x0‖/√D ("rms", per-coordinate, so δ
     means the same for every image size) or ‖x̂ − x0‖ ("l2"). σ passes when P̂(σ) ≥ p.
     The ladder is relative to σ so that samples at different σ share one sampler call
-    (see ``_Rescaled``); its smallest level σ·rel_min must lie in a network's schedule.
+    (see ``_Rescaled``: the sampler's spec must be scale-invariant); its smallest level
+    σ·rel_min must lie in a network's schedule.
     """
 
     n_trials: int = 10
@@ -74,8 +76,9 @@ class RecoveryConfig:
             raise UserError(f"delta must be a finite positive distance, got {self.delta}")
         if self.metric not in METRICS:
             raise UserError(f"unknown metric {self.metric!r}; known: {', '.join(METRICS)}")
-        if self.sampler not in SAMPLERS:
-            raise UserError(f"unknown sampler {self.sampler!r}; known: {', '.join(SAMPLERS)}")
+        if not sampler_spec(self.sampler).scale_invariant:  # UserError for an unknown one
+            raise UserError(f"sampler {self.sampler!r} is not scale-invariant: recovery runs "
+                            "every sample on its own ladder σ·u in one call")
         if int(self.steps) != self.steps or self.steps < 1:
             raise UserError(f"steps must be an integer >= 1, got {self.steps}")
         if not 0 < self.rel_min <= 1:
@@ -161,13 +164,14 @@ def _recover(denoiser, x0, noise, levels, ids, config, chunk) -> Recovery:
 
 def _denoise_back(denoiser, start, scale, keys, config, chunk) -> torch.Tensor:
     """Row r carried from level scale[r] to 0: the sampler on the shared relative ladder u
-    with the rescaled denoiser D̃(x, u) = D(x, c u) and noise c z (exact, see ``_Rescaled``)."""
-    sampler, u = get_sampler(config.sampler), config.ladder()
-    step, out = chunk or len(start), []
+    with the rescaled denoiser D̃(x, u) = D(x, c u) and noise c z (exact, see ``_Rescaled``):
+    the per-row streams keyed ``keys`` with scale c, none for a deterministic sampler."""
+    spec, u = sampler_spec(config.sampler), config.ladder()
+    sampler, step, out = spec.run, chunk or len(start), []
     for i in range(0, len(start), step):
         c = scale[i:i + step]
-        gen = (None if config.sampler in _DETERMINISTIC
-               else _ScaledGenerator(keys[i:i + step], c, start.device))
+        gen = (None if spec.deterministic
+               else StackedGenerator(keys[i:i + step], start.device, scale=c))
         out.append(sampler(_Rescaled(denoiser, c), start[i:i + step], u, generator=gen))
     return torch.cat(out)
 
@@ -175,11 +179,12 @@ def _denoise_back(denoiser, start, scale, keys, config, chunk) -> torch.Tensor:
 class _Rescaled:
     """D̃(x, u) = D(x, c u), row r at its own level c_r u.
 
-    Every registry sampler's step s → s' is invariant under s = c u, s' = c u' once its
-    noise is multiplied by c: the drift terms depend on x, D and the ratios s'/s,
-    (s² − s'²)/s² only (DDIM/Euler x' = x̂ + (s'/s)(x − x̂); Heun; Euler–Maruyama's
-    (s² − s'²)·(x̂ − x)/s²), and every noise term is s or √(s² − s'²) times z, i.e. c times
-    the same term in u. So one call on the ladder u runs each row on its own ladder c_r u.
+    A scale-invariant sampler's step s → s' (``SamplerSpec.scale_invariant``, every one
+    registered today) is invariant under s = c u, s' = c u' once its noise is multiplied by
+    c: the drift terms depend on x, D and the ratios s'/s, (s² − s'²)/s² only (DDIM/Euler
+    x' = x̂ + (s'/s)(x − x̂); Heun; Euler–Maruyama's (s² − s'²)·(x̂ − x)/s²), and every noise
+    term is s or √(s² − s'²) times z, i.e. c times the same term in u. So one call on the
+    ladder u runs each row on its own ladder c_r u.
     """
 
     def __init__(self, denoiser, scale: torch.Tensor):
@@ -188,18 +193,6 @@ class _Rescaled:
     def __call__(self, x: torch.Tensor, u) -> torch.Tensor:
         sigma = self.scale.to(x.device) * torch.as_tensor(u, dtype=F64, device=x.device)
         return self.denoiser(x, sigma.to(x.dtype))
-
-
-class _ScaledGenerator(StackedGenerator):
-    """Per-row streams whose normals are multiplied by the row's scale c (see ``_Rescaled``)."""
-
-    def __init__(self, seeds, scale: torch.Tensor, device):
-        super().__init__(seeds, device=device)
-        self.scale = scale
-
-    def randn_like(self, x: torch.Tensor) -> torch.Tensor:
-        z = super().randn_like(x)
-        return z * self.scale.to(z).view(-1, *([1] * (x.ndim - 1)))
 
 
 # --------------------------------------------------------------------- critical time

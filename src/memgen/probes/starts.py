@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 
 from memgen.diffusion.denoisers import EmpiricalDenoiser
-from memgen.diffusion.samplers import sample_euler_maruyama, ve_sigmas
+from memgen.diffusion.ladders import ve_sigmas
+from memgen.diffusion.samplers import sample_euler_maruyama
 from memgen.errors import UserError
 
 
