@@ -24,6 +24,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
 import zipfile
 import zlib
 from pathlib import Path
@@ -127,7 +128,7 @@ def stream_knn(query: torch.Tensor, source, k: int, *, feature_map: Embedding | 
     m = shards.rows
     excl = _exclusions(exclude, len(query), m, k, query.device)
     budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else int(memory_budget)
-    derived = _chunk_rows(shards, feature_map, query, budget)  # also checks the feature sizes
+    derived = _chunk_rows(shards, query, budget)
     rows = derived if chunk_rows is None else chunk_rows
     fingerprint = _fingerprint(shards, query, excl, k, feature_map.name, backend)
     dist, idx, done, n_fallback = _resume(state, fingerprint, query, k, m)
@@ -198,22 +199,16 @@ def _embed(feature_map: Embedding, samples: torch.Tensor) -> torch.Tensor:
     return emb.reshape(emb.shape[0], -1)
 
 
-def _chunk_rows(shards: ShardSet, feature_map: Embedding, query: torch.Tensor,
-                budget: int) -> int:
+def _chunk_rows(shards: ShardSet, query: torch.Tensor, budget: int) -> int:
     """Rows whose float32 data, embedding, one float32 and one bfloat16 copy of it (the
     screens of ``knn_search``) fit ``budget`` bytes.
 
-    Embeds the first row to learn the embedding's size, and checks it matches the queries.
+    The embedding of a reference row has the queries' width and dtype (checked on each
+    chunk by :func:`_search_chunk`), so nothing is embedded to learn its size.
     """
     if budget <= 0:
         raise UserError("memory_budget must be a positive number of bytes")
-    first = next(iter_chunks(shards, 1)).samples.to(query.device)
-    emb = _embed(feature_map, first)
-    if emb.shape[1] != query.shape[1]:
-        raise UserError(f"the queries have {query.shape[1]} features but the {feature_map.name}"
-                         f" embedding of a reference sample has {emb.shape[1]}; embed the "
-                         "queries with the same feature map")
-    per_row = 4 * first[0].numel() + (emb.element_size() + 4 + 2) * emb.shape[1]
+    per_row = 4 * math.prod(shards.sample_shape) + (query.element_size() + 4 + 2) * query.shape[1]
     return max(1, budget // per_row)
 
 
@@ -226,6 +221,10 @@ def _search_chunk(search, query, feature_map, chunk: Chunk, k, excl, memory_budg
     distance inf.
     """
     emb = _embed(feature_map, chunk.samples.to(query.device))
+    if emb.shape[1] != query.shape[1]:
+        raise UserError(f"the queries have {query.shape[1]} features but the {feature_map.name}"
+                         f" embedding of a reference sample has {emb.shape[1]}; embed the "
+                         "queries with the same feature map")
     lo, hi = chunk.offset, chunk.offset + len(emb)
     extra = 0
     if excl is not None:
