@@ -78,6 +78,9 @@ class Sampling:
 
 
 SAMPLING_DEFAULTS = {"sampler": "ddpm", "prior": "standard", "clip_range": (-1.0, 1.0)}
+# the key order of GenerateConfig.record (a set's NAME.json), as written before Sampling
+RECORD_ORDER = ("n", "sampler", "steps", "eta", "seed", "batch_size", "shard_size", "name",
+                "clip", "final_denoise", "stop_sigma", "prior", "clip_denoised", "clip_range")
 
 
 @dataclass(frozen=True)
@@ -90,6 +93,14 @@ class GenerateConfig(Sampling):
     shard_size: int = 1000
     name: str = "samples"
     clip: bool = True  # clip the final samples to [−1, 1] (images)
+
+    def record(self) -> dict:
+        """The fields as a set's NAME.json records them: in RECORD_ORDER (their order before
+        Sampling became the base, so that records stay byte-identical), any new one after."""
+        fields_ = asdict(self)
+        rank = {name: i for i, name in enumerate(RECORD_ORDER)}
+        return {name: fields_[name]
+                for name in sorted(fields_, key=lambda n: rank.get(n, len(rank)))}
 
     def __post_init__(self):
         for name, default in SAMPLING_DEFAULTS.items():
@@ -250,7 +261,7 @@ def _merge(out: Path, config: GenerateConfig, n_shards: int, identity: dict, cli
     parts = [np.load(out / name, allow_pickle=False)["samples"] for name in shards]
     description.unlink(missing_ok=True)
     _save_npz(merged, np.concatenate(parts))
-    record = {"config": asdict(config), "denoised_clip": clip, "identity": identity,
+    record = {"config": config.record(), "denoised_clip": clip, "identity": identity,
               "model_path": source.path if source is not None else None, "shards": shards,
               "memgen": __version__}
     _write_json(description, record)
