@@ -20,7 +20,7 @@ selection, refinement, bounds and certification with the float64 fallback) by wr
 its functions.
 
 Every method is credited the same nominal 2·n·m·d flops; where memgen screens in bfloat16
-(a CPU with AMX: ``memgen.metrics.knn.BF16_SCREEN``) its rate can exceed the float32 GEMM
+(a CPU with AMX: ``knn_search``'s ``bf16_screen``) its rate can exceed the float32 GEMM
 peak, and its GEMM phase holds both its bfloat16 and float32 GEMMs. The repeats are interleaved
 (GEMM, memgen, faiss, GEMM, memgen, faiss, ...) so a slow spell on a shared machine hits
 all of them; the share of CPU time stolen by the hypervisor is printed with each best run.
@@ -49,17 +49,20 @@ from contextlib import contextmanager
 from common import (GEMM_SHAPES, Timing, gemm_name, gemm_plan, handicap, interleaved_best,
                     numpy_gemm_plan, print_blas_report, set_threads, speedup_cell, time_once)
 
-from memgen.metrics.knn import knn_search
+from memgen.neighbours import knn_search
 
-KNN = importlib.import_module("memgen.metrics.knn")  # the module (memgen.metrics.knn is a function)
-PHASES = {  # phase: functions of memgen.metrics.knn whose time it is (exclusive of the others)
+# the engine's modules, whose functions the phase timer wraps wherever they are bound
+ENGINE = [importlib.import_module(f"memgen.neighbours.{name}")
+          for name in ("exact", "screen", "refine", "bf16")]
+SCREEN, BF16 = ENGINE[1], ENGINE[3]
+PHASES = {  # phase: functions of memgen.neighbours whose time it is (exclusive of the others)
     "centring and norms": ("build", "queries"),
     "bfloat16 rows": ("Bf16Screen.of", "Bf16Screen.queries"),
     "GEMM (bfloat16 and float32)": ("mm",),
     "group minima": ("_scores",),
     "selection (top-c merges)": ("_smallest", "_merge_block"),
-    "float64 refinement": ("_refine", "_refine_widths"),
-    "bounds and certification": ("_certified", "_fallback", "Bf16Screen.slack",
+    "float64 refinement": ("refine_candidates", "refine_widths"),
+    "bounds and certification": ("_certified", "float64_fallback", "Bf16Screen.slack",
                                  "Bf16Screen.lower", "Bf16Screen.width"),
 }
 
@@ -331,7 +334,7 @@ def print_phases(query: torch.Tensor, ref: torch.Tensor, k: int) -> None:
 
 @contextmanager
 def _phase_timer():
-    """Wrap the phase functions of memgen.metrics.knn; yields {name: exclusive seconds}."""
+    """Wrap the phase functions of memgen.neighbours; yields {name: exclusive seconds}."""
     spent: dict[str, float] = {}
     stack: list[float] = []  # time spent in nested wrapped calls, per open call
 
@@ -349,29 +352,35 @@ def _phase_timer():
                     stack[-1] += elapsed
         return wrapper
 
-    screen, fast, torch_ns = KNN.Screen, KNN.Bf16Screen, KNN.torch
-    originals = {name: getattr(KNN, name) for name in
-                 ("_scores", "_smallest", "_merge_block", "_refine", "_refine_widths",
-                  "_certified", "_fallback")}
+    screen, fast = SCREEN.Screen, BF16.Bf16Screen
+    names = ("_scores", "_smallest", "_merge_block", "refine_candidates", "refine_widths",
+             "_certified", "float64_fallback")
+    # a function is bound in its own module and in each that imports it: wrap it in all
+    originals = {(module, name): getattr(module, name) for module in ENGINE for name in names
+                 if hasattr(module, name)}
+    wrapped = {name: timed(name, fn) for (_, name), fn in originals.items()}
     build, queries = screen.build.__func__, screen.queries
     methods = {name: getattr(fast, name) for name in ("queries", "slack", "lower", "width")}
     of = fast.of.__func__
     proxy = type("TorchProxy", (), {"__getattr__": lambda self, name: getattr(torch, name)})()
     proxy.mm = timed("mm", torch.mm)
     try:
-        for name, fn in originals.items():
-            setattr(KNN, name, timed(name, fn))
+        for module, name in originals:
+            setattr(module, name, wrapped[name])
         screen.build = classmethod(timed("build", build))
         screen.queries = timed("queries", queries)
         fast.of = classmethod(timed("Bf16Screen.of", of))
         for name, fn in methods.items():
             setattr(fast, name, timed(f"Bf16Screen.{name}", fn))
-        KNN.torch = proxy
+        for module in ENGINE:
+            module.torch = proxy
         yield spent
     finally:
-        for name, fn in originals.items():
-            setattr(KNN, name, fn)
-        screen.build, screen.queries, KNN.torch = classmethod(build), queries, torch_ns
+        for (module, name), fn in originals.items():
+            setattr(module, name, fn)
+        for module in ENGINE:
+            module.torch = torch
+        screen.build, screen.queries = classmethod(build), queries
         fast.of = classmethod(of)
         for name, fn in methods.items():
             setattr(fast, name, fn)

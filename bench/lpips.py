@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from common import print_blas_report, set_threads, time_once
 
-from memgen.metrics.knn import knn_search
+from memgen.neighbours import knn_search
 from memgen.metrics.lpips import embed_batched, lpips_pairwise, random_lpips
 
 

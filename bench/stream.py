@@ -3,7 +3,7 @@
 Task: the top-k Euclidean neighbours of ``--n-query`` queries among ``--n-ref`` reference
 samples (defaults 10,000 × 1,000,000 × 784, top-5) that live on disk as ``.npy`` shards
 (written once, seeded, to ``--dir``), searched chunk by chunk within ``--budget`` MiB by
-``memgen.metrics.stream.stream_knn``. One run measures:
+``memgen.neighbours.stream_knn``. One run measures:
 
 1. streamed search (memory-mapped shards, chunks of at most the budget);
 2. the baselines, over the whole reference set loaded in RAM (``--no-baseline`` skips them
@@ -43,9 +43,7 @@ import torch
 from common import (gemm_name, gemm_plan, handicap, interleaved_best, numpy_gemm_plan,
                     print_blas_report, set_threads, speedup_cell, time_once)
 
-from memgen.metrics.knn import knn_search
-from memgen.metrics.shards import open_shards
-from memgen.metrics.stream import stream_knn
+from memgen.neighbours import knn_search, open_shards, stream_knn
 
 
 def write_shards(folder: Path, n_ref: int, dim: int, shard: int) -> list[Path]:

@@ -825,7 +825,7 @@ def test_choice_lists_are_read_from_their_registries():
     from memgen.experiments.phase import PHASE_DATA
     from memgen.metrics.features import FEATURE_MAPS
     from memgen.metrics.rules import RULE_DEFAULTS
-    from memgen.metrics.stream import KNN_BACKENDS
+    from memgen.neighbours import KNN_BACKENDS
 
     registries = {"sampler": SAMPLERS, "data": DATASETS, "metric": FEATURE_MAPS,
                   "rule": RULE_DEFAULTS, "backend": KNN_BACKENDS}

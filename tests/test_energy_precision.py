@@ -13,7 +13,7 @@ import torch
 from memgen.diffusion.denoisers import EmpiricalDenoiser
 from memgen.memory import energy as E
 from memgen.memory.attractors import Memory
-from memgen.metrics.knn import pairwise_sq_dist
+from memgen.neighbours import pairwise_sq_dist
 
 D, N = 784, 200
 SIGMAS = [0.02, 0.05, 0.1]

@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 import memgen
-from memgen.metrics.knn import brute_force_knn, knn, knn_search, take_sorted
+from memgen.neighbours import brute_force_knn, knn, knn_search, take_sorted
 
 
 @settings(max_examples=60, deadline=None)

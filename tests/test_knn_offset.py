@@ -5,8 +5,8 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from memgen.metrics.knn import (_sq_norms, _unit_roundoff, brute_force_knn, centred, knn_search,
-                                screen_error_bound)
+from memgen.neighbours import (brute_force_knn, centred, knn_search, screen_error_bound, sq_norms,
+                               unit_roundoff)
 
 OFFSETS = st.one_of(st.sampled_from([0.0, 1.0, 2.0**10, 2.0**20, 2.0**24]),
                     st.floats(0.0, 2.0**24))
@@ -71,7 +71,7 @@ def test_offset_data_equal_brute_force(problem, margin):
 @given(problem=offset_problems(), margin=st.sampled_from([0, 2, 8]))
 def test_faiss_offset_data_equal_brute_force(problem, margin):
     pytest.importorskip("faiss")
-    from memgen.metrics.faiss_knn import faiss_knn_search
+    from memgen.neighbours import faiss_knn_search
 
     q, r, k, exclude_self = problem
     res = faiss_knn_search(torch.from_numpy(q), torch.from_numpy(r), k,
@@ -103,7 +103,7 @@ def test_ring_at_two_to_the_twenty_is_exact(k):
 @pytest.mark.parametrize("k", [1, 5])
 def test_faiss_ring_at_two_to_the_twenty_is_exact(k):
     pytest.importorskip("faiss")
-    from memgen.metrics.faiss_knn import faiss_knn_search
+    from memgen.neighbours import faiss_knn_search
 
     q, r = _ring_far_out()
     for query in (q, q.astype(np.float64)):
@@ -119,9 +119,9 @@ def test_screen_error_bound_covers_every_screened_value(problem):
     q, r = torch.from_numpy(problem[0]), torch.from_numpy(problem[1])
     center = r.mean(0, dtype=torch.float64)
     q32, r32 = centred(q, center), centred(r, center)
-    q_sq, r_sq = _sq_norms(q32), _sq_norms(r32)
+    q_sq, r_sq = sq_norms(q32), sq_norms(r32)
     exact = (q.double()[:, None, :] - r.double()[None, :, :]).square().sum(-1)
-    gamma = screen_error_bound(q_sq, r_sq.max(), q.shape[1], _unit_roundoff(torch.float32))
+    gamma = screen_error_bound(q_sq, r_sq.max(), q.shape[1], unit_roundoff(torch.float32))
     screened = torch.addmm(r_sq.float(), q32, r32.T, alpha=-2.0).double() + q_sq[:, None]
     assert ((screened - exact).abs() <= gamma[:, None]).all()
     faiss = pytest.importorskip("faiss")

@@ -2,7 +2,6 @@
 against float64 brute force, on data built to stress it: wide blocks, ties, duplicates,
 offsets far from the origin."""
 
-import importlib
 from unittest import mock
 
 import numpy as np
@@ -11,9 +10,10 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from memgen.errors import UserError
-from memgen.metrics.knn import brute_force_knn, knn_search
-
-knn_module = importlib.import_module("memgen.metrics.knn")  # memgen.metrics.knn is also a function
+from memgen.neighbours import brute_force_knn, knn_search
+# the engine's modules, whose internals these tests patch and probe
+from memgen.neighbours import (bf16 as bf16_module, exact as exact_module,
+                               refine as refine_module, screen as screen_module)
 
 
 def _data(kind: str, rng, n: int, m: int, d: int):
@@ -45,9 +45,9 @@ def test_wide_blocks_equal_brute_force(n, m, d, kind, margin, groups, seed, bf16
     rng = np.random.default_rng(seed)
     q, r = _data(kind, rng, n, m, d)
     k = data.draw(st.integers(1, 5))
-    with mock.patch.object(knn_module, "_R_BLOCK_MAX", 16 * groups), \
-            mock.patch.object(knn_module, "BF16_SCREEN", bf16):
-        res = knn_search(torch.from_numpy(q), torch.from_numpy(r), k, margin=margin)
+    with mock.patch.object(screen_module, "_R_BLOCK_MAX", 16 * groups):
+        res = knn_search(torch.from_numpy(q), torch.from_numpy(r), k, margin=margin,
+                         bf16_screen=bf16)
     bdist, bidx = brute_force_knn(q, r, k)
     np.testing.assert_array_equal(res.idx.numpy(), bidx)
     np.testing.assert_array_equal(res.dist.numpy(), bdist)
@@ -69,10 +69,9 @@ def test_a_bound_keeps_every_neighbour_closer_than_it(n, m, d, kind, seed, bf16,
     bound = bdist[np.arange(n), col] * rng.choice([1.0, 1 - 1e-9, 1 + 1e-9], size=n)
     bound[rng.random(n) < 0.15] = 0.0
     bound[rng.random(n) < 0.15] = np.inf
-    with mock.patch.object(knn_module, "_R_BLOCK_MAX", 16 * data.draw(st.integers(4, 32))), \
-            mock.patch.object(knn_module, "BF16_SCREEN", bf16):
+    with mock.patch.object(screen_module, "_R_BLOCK_MAX", 16 * data.draw(st.integers(4, 32))):
         res = knn_search(torch.from_numpy(q), torch.from_numpy(r), k,
-                         bound=torch.from_numpy(bound))
+                         bound=torch.from_numpy(bound), bf16_screen=bf16)
     dist, idx = res.dist.numpy(), res.idx.numpy()
     closer = bdist < bound[:, None]
     np.testing.assert_array_equal(dist[closer], bdist[closer])
@@ -97,10 +96,10 @@ def test_screens_that_overflow_choose_nothing(m, bf16, bounded):
     bdist, bidx = brute_force_knn(q, r, k)
     sdist, sidx = brute_force_knn(r, r, k, exclude_self=True)
     bound = (lambda d: torch.from_numpy(d[:, -1] * 1.5)) if bounded else (lambda d: None)
-    with mock.patch.object(knn_module, "BF16_SCREEN", bf16):
-        res = knn_search(torch.from_numpy(q), torch.from_numpy(r), k, bound=bound(bdist))
-        own = knn_search(torch.from_numpy(r), torch.from_numpy(r), k, exclude_self=True,
-                         bound=bound(sdist))
+    res = knn_search(torch.from_numpy(q), torch.from_numpy(r), k, bound=bound(bdist),
+                     bf16_screen=bf16)
+    own = knn_search(torch.from_numpy(r), torch.from_numpy(r), k, exclude_self=True,
+                     bound=bound(sdist), bf16_screen=bf16)
     np.testing.assert_array_equal(res.idx.numpy(), bidx)
     np.testing.assert_array_equal(res.dist.numpy(), bdist)
     np.testing.assert_array_equal(own.idx.numpy(), sidx)
@@ -131,10 +130,9 @@ def test_wide_blocks_exclude_self(m, d, copies, margin, groups, seed, bf16, data
     base = rng.integers(-3, 4, size=(m, d)).astype(np.float32)
     x = np.repeat(base, copies, axis=0)[rng.permutation(m * copies)]
     k = data.draw(st.integers(1, 4))
-    with mock.patch.object(knn_module, "_R_BLOCK_MAX", 16 * groups), \
-            mock.patch.object(knn_module, "BF16_SCREEN", bf16):
+    with mock.patch.object(screen_module, "_R_BLOCK_MAX", 16 * groups):
         res = knn_search(torch.from_numpy(x), torch.from_numpy(x), k, exclude_self=True,
-                         margin=margin)
+                         margin=margin, bf16_screen=bf16)
     bdist, bidx = brute_force_knn(x, x, k, exclude_self=True)
     np.testing.assert_array_equal(res.idx.numpy(), bidx)
     np.testing.assert_array_equal(res.dist.numpy(), bdist)
@@ -143,7 +141,7 @@ def test_wide_blocks_exclude_self(m, d, copies, margin, groups, seed, bf16, data
 def test_merges_and_pruned_refinement_are_exercised(monkeypatch):
     """The fast paths run on a realistic shape, and the answer is brute force's."""
     calls = {"merge": 0, "refined_rows": 0}
-    merge, refine = knn_module._merge_block, knn_module.candidate_sq_dist
+    merge, refine = screen_module._merge_block, refine_module.candidate_sq_dist
 
     def counting_merge(*args):
         calls["merge"] += 1
@@ -153,8 +151,8 @@ def test_merges_and_pruned_refinement_are_exercised(monkeypatch):
         calls["refined_rows"] += int(idx.shape[1] == 7)  # k + _REFINE_EXTRA columns
         return refine(q, ref, idx)
 
-    monkeypatch.setattr(knn_module, "_merge_block", counting_merge)
-    monkeypatch.setattr(knn_module, "candidate_sq_dist", counting_refine)
+    monkeypatch.setattr(screen_module, "_merge_block", counting_merge)
+    monkeypatch.setattr(refine_module, "candidate_sq_dist", counting_refine)
     rng = np.random.default_rng(5)
     q, r = _data("normal", rng, 300, 20_000, 12)
     res = knn_search(torch.from_numpy(q), torch.from_numpy(r), 5)
@@ -171,7 +169,7 @@ def test_screen_values_within_bound_of_exact(scale):
     rng = np.random.default_rng(11)
     q = torch.from_numpy((scale * (3 + rng.normal(size=(50, 300)))).astype(np.float32))
     r = torch.from_numpy((scale * (3 + rng.normal(size=(400, 300)))).astype(np.float32))
-    screen = knn_module.Screen.build(r, torch.float32)
+    screen = screen_module.Screen.build(r, torch.float32)
     q_rows, q_sq = screen.queries(q)
     screened = (q_rows @ screen.rows.T).double() + q_sq[:, None]
     exact = (q.double()[:, None] - r.double()[None]).square().sum(-1)
@@ -190,8 +188,8 @@ def test_bf16_screen_brackets_the_exact_distances(scale, offset, d):
     rng = np.random.default_rng(12)
     q = torch.from_numpy((scale * (offset + rng.normal(size=(60, d)))).astype(np.float32))
     r = torch.from_numpy((scale * (offset + rng.normal(size=(500, d)))).astype(np.float32))
-    screen = knn_module.Screen.build(r, torch.float32)
-    fast = knn_module.Bf16Screen.of(screen)
+    screen = screen_module.Screen.build(r, torch.float32)
+    fast = bf16_module.Bf16Screen.of(screen)
     q_rows, q_sq = screen.queries(q)
     value = torch.mm(fast.queries(q_rows, q_sq), fast.rows.T).double()
     exact = (q.double()[:, None] - r.double()[None]).square().sum(-1) - q_sq[:, None]
@@ -208,7 +206,7 @@ def test_bf16_screen_brackets_the_exact_distances(scale, offset, d):
 
 def test_round_down_bf16_never_rounds_up():
     x = torch.rand(100_000) * 1000
-    y = knn_module._round_down_bf16(x)
+    y = bf16_module._round_down_bf16(x)
     assert (y.float() <= x).all()
     assert ((x - y.float()) <= x * 2.0**-7).all()  # within one bfloat16 step
 
@@ -217,20 +215,19 @@ def test_bf16_screen_certifies_most_rows_and_matches_brute_force(monkeypatch):
     """On a realistic shape the bfloat16 pass certifies most rows itself (the float32
     screen takes the rest) and the answer is the float32 screen's and brute force's."""
     shares = []
-    real = knn_module._bf16_pass
+    real = exact_module.bf16_pass
 
     def spy(*args):
         out = real(*args)
         shares.append(float(out[2].double().mean()))
         return out
 
-    monkeypatch.setattr(knn_module, "_bf16_pass", spy)
-    monkeypatch.setattr(knn_module, "BF16_SCREEN", True)
+    monkeypatch.setattr(exact_module, "bf16_pass", spy)
     q, r = _data("normal", np.random.default_rng(6), 200, 5000, 300)
-    res = knn_search(torch.from_numpy(q), torch.from_numpy(r), 5)
+    res = knn_search(torch.from_numpy(q), torch.from_numpy(r), 5, bf16_screen=True)
     assert shares and min(shares) > 0.5 and res.n_fallback == 0
-    monkeypatch.setattr(knn_module, "BF16_SCREEN", False)  # the float32 screen alone
-    plain = knn_search(torch.from_numpy(q), torch.from_numpy(r), 5)
+    # the float32 screen alone
+    plain = knn_search(torch.from_numpy(q), torch.from_numpy(r), 5, bf16_screen=False)
     assert torch.equal(res.idx, plain.idx) and torch.equal(res.dist, plain.dist)
     bdist, bidx = brute_force_knn(q[:20], r, 5)  # brute force is slow: 20 of the queries
     np.testing.assert_array_equal(res.idx.numpy()[:20], bidx)
@@ -240,11 +237,11 @@ def test_bf16_screen_certifies_most_rows_and_matches_brute_force(monkeypatch):
 def test_bf16_screen_runs_only_where_it_pays(monkeypatch):
     """Automatic choice: a large problem of ≥ 256 dimensions on a CPU with AMX; never a
     small or low-dimensional one."""
-    use = knn_module._use_bf16
-    monkeypatch.setattr(knn_module, "_amx_bf16", lambda: True)
+    use = bf16_module.use_bf16
+    monkeypatch.setattr(bf16_module, "_amx_bf16", lambda: True)
     assert use(10_000, 60_000, 784, torch.device("cpu"), 5)
     assert not use(100, 1000, 784, torch.device("cpu"), 5)
     assert not use(10_000, 1_000_000, 64, torch.device("cpu"), 5)
     assert not use(10_000, 60_000, 784, torch.device("cpu"), 40)  # k beyond its candidates
-    monkeypatch.setattr(knn_module, "_amx_bf16", lambda: False)
+    monkeypatch.setattr(bf16_module, "_amx_bf16", lambda: False)
     assert not use(10_000, 60_000, 784, torch.device("cpu"), 5)

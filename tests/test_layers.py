@@ -15,14 +15,16 @@ import pytest
 SRC = Path(__file__).parents[1] / "src"
 FLOORS = {  # package prefix → floor, from the ground up
     "memgen._version": 0, "memgen.errors": 0,
-    "memgen.io": 1, "memgen.provenance": 1, "memgen.data": 1, "memgen.metrics": 1,
-    "memgen.memory": 2,
-    "memgen.diffusion": 3,
-    "memgen.probes": 4,
-    "memgen.report": 5,
-    "memgen.experiments": 6,
-    "memgen.cli": 7, "memgen.__main__": 7,
-    "memgen": 8,  # the public API (memgen/__init__.py)
+    "memgen.io": 1, "memgen.provenance": 1, "memgen.data": 1,
+    "memgen.neighbours": 2,
+    "memgen.metrics": 3,
+    "memgen.memory": 4,
+    "memgen.diffusion": 5,
+    "memgen.probes": 6,
+    "memgen.report": 7,
+    "memgen.experiments": 8,
+    "memgen.cli": 9, "memgen.__main__": 9,
+    "memgen": 10,  # the public API (memgen/__init__.py)
 }
 # optional or heavy dependencies that may be imported where they are used
 LAZY_ALLOWED = ("faiss", "ray", "diffusers", "prdc", "sklearn", "pandas", "memgen.metrics.lpips",
@@ -120,8 +122,8 @@ def test_imports_inside_functions_only_for_optional_heavy_dependencies():
     assert wrong == []
 
 
-@pytest.mark.parametrize("package", ["data", "metrics", "memory", "diffusion", "probes",
-                                     "report", "experiments", "cli"])
+@pytest.mark.parametrize("package", ["data", "neighbours", "metrics", "memory", "diffusion",
+                                     "probes", "report", "experiments", "cli"])
 def test_every_floor_says_what_it_holds_and_may_import(package):
     doc = ast.get_docstring(ast.parse((SRC / "memgen" / package / "__init__.py").read_text()))
     assert doc and "import" in doc, f"memgen/{package}/__init__.py needs its floor's docstring"

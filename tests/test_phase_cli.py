@@ -8,9 +8,9 @@ import torch
 from click.testing import CliRunner
 
 from memgen.cli.main import cli, expand_lists
-from memgen.experiments.landscape import circle_ring_radius
 from memgen.memory import energy as E
 from memgen.memory.attractors import Memory
+from memgen.memory.energy import circle_ring_radius
 
 
 def test_list_options_expand():

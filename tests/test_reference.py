@@ -57,9 +57,9 @@ from click.testing import CliRunner
 from memgen.cli import cli
 from memgen.diffusion.denoisers import EpsDenoiser
 from memgen.diffusion.loaders import load_denoiser
+from memgen.diffusion.nets.reference_unet import ReferenceConfig, ReferenceUNet
 from memgen.diffusion.parameterization import network_time
-from memgen.diffusion.reference import (ReferenceConfig, ReferenceUNet, load_reference,
-                                        load_reference_checkpoint)
+from memgen.diffusion.reference import load_reference, load_reference_checkpoint
 from memgen.diffusion.schedules import VPSchedule
 from memgen.errors import UserError
 

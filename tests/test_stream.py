@@ -12,15 +12,12 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from memgen.io import validate_samples
-from memgen.metrics import faiss_knn
-from memgen.metrics.faiss_knn import faiss_knn_search
 from memgen.metrics.features import FeatureMap
-from memgen.metrics.knn import brute_force_knn, knn_search, take_sorted
-from memgen.metrics.shards import find_shards, iter_chunks, open_shards
-from memgen.metrics.stream import get_knn_backend, stream_knn
+from memgen.neighbours import (brute_force_knn, faiss_knn_search, find_shards, get_knn_backend,
+                               iter_chunks, knn_search, open_shards, stream_knn, take_sorted)
+from memgen.neighbours import faiss_backend as faiss_knn
 
 SIZES = (10, 0, 23, 24)  # uneven shards, one empty: 57 rows
-knn_module = importlib.import_module("memgen.metrics.knn")  # the name is also a function
 
 
 def _write(folder, data, fmt, sizes=SIZES, name="synth"):
@@ -66,10 +63,10 @@ def test_streamed_equals_brute_force(n, m, d, kind, chunk_rows, k, bf16, seed):
         ref, query = shift + rng.normal(size=(m, d)), shift + rng.normal(size=(n, d))
     ref, query = ref.astype(np.float32), query.astype(np.float32)
     sizes = (m // 3, 0, m - m // 3)
-    with tempfile.TemporaryDirectory() as tmp, \
-            mock.patch.object(knn_module, "BF16_SCREEN", bf16):
+    with tempfile.TemporaryDirectory() as tmp:
         folder = _write(Path(tmp) / "s", ref, "npy", sizes=sizes)
-        result = stream_knn(torch.from_numpy(query), folder, k, chunk_rows=chunk_rows)
+        result = stream_knn(torch.from_numpy(query), folder, k, chunk_rows=chunk_rows,
+                            bf16_screen=bf16)
     dist, idx = brute_force_knn(query, ref, k)
     np.testing.assert_array_equal(result.idx.numpy(), idx)
     np.testing.assert_array_equal(result.dist.numpy(), dist)
@@ -94,7 +91,7 @@ def test_chunks_after_the_first_are_searched_within_the_running_kth(tmp_path):
     query = torch.from_numpy(rng.normal(size=(40, 8)).astype(np.float32))
     folder = _write(tmp_path / "synth", ref, "npy", sizes=(1200, 1800))
     bounds, unrefined = [], []
-    stream = importlib.import_module("memgen.metrics.stream")
+    stream = importlib.import_module("memgen.neighbours.stream")
     real = stream.get_knn_backend("builtin")
 
     def search(q, emb, k, **kwargs):

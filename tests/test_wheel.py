@@ -56,7 +56,7 @@ def test_the_wheel_is_named_for_pypi_and_holds_the_package(fresh):
     import zipfile
 
     names = zipfile.ZipFile(wheel).namelist()
-    assert "memgen/cli/main.py" in names and "memgen/metrics/knn.py" in names
+    assert "memgen/cli/main.py" in names and "memgen/neighbours/exact.py" in names
     entry = next(n for n in names if n.endswith("entry_points.txt"))
     assert "memgen = memgen.cli:main" in zipfile.ZipFile(wheel).read(entry).decode()
 

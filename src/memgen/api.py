@@ -31,8 +31,7 @@ from memgen.metrics.capacity import (Capacities, FractionTable,
                                      capacities as table_capacities, read_fraction_table)
 from memgen.metrics.classify import (Classification, ClassifyConfig, classify_sets,
                                      streamed_sample)
-from memgen.metrics.knn import knn as knn_bytes
-from memgen.metrics.shards import ShardSet, open_shards
+from memgen.neighbours import ShardSet, knn as knn_bytes, open_shards
 
 SampleSet = np.ndarray | torch.Tensor | str | Path
 
@@ -84,7 +83,7 @@ def classify(train: SampleSet, eval: SampleSet | None = None,  # noqa: A002 (--e
 def knn(query, ref, k: int, exclude_self: bool = False, *, memory_budget: float | None = 512,
         margin: int = 8, progress: bool = False):
     """Exact top-k Euclidean neighbours of each query row among the rows of ``ref``:
-    ``(dist, idx)``, each (n, k), ascending (``memgen.metrics.knn.knn``). exclude_self:
+    ``(dist, idx)``, each (n, k), ascending (``memgen.neighbours.knn``). exclude_self:
     query *is* ref, and row i's own match is dropped by index. memory_budget: MiB for one
     block of distances, as the command line's --memory-budget."""
     return knn_bytes(query, ref, k, exclude_self, memory_budget=_budget(memory_budget),

@@ -1,4 +1,4 @@
-"""Floor 7 — the ``memgen`` command line: flags → configs → library calls.
+"""Floor 9 — the ``memgen`` command line: flags → configs → library calls.
 
 ``main`` holds the command group, its error handling and the lazily loaded command
 modules (one per family: measurements, models, probes, diagnose, experiments), so that

@@ -2,14 +2,12 @@
 
 Registered on the main ``memgen`` group by ``memgen.cli.main`` (same error handling: a bad
 input is one line on stderr and exit status 1, found before any work, with nothing
-half-written left behind). The math lives in ``memgen.probes.diagnose``.
+half-written left behind). The math lives in ``memgen.probes.diagnose``, the output
+folder's format in ``memgen.experiments.diagnose``.
 """
 
 from __future__ import annotations
 
-import csv
-import dataclasses
-import math
 from pathlib import Path
 
 import click
@@ -22,14 +20,12 @@ from memgen.cli.options import (SEED, input_range_option, input_ranges, model_so
                                 overwrite_option, show_progress)
 from memgen.data import DATASETS
 from memgen.diffusion.loaders import load_denoiser
+from memgen.diffusion.sources import SOURCES
 from memgen.diffusion.training import training_samples
 from memgen.errors import UserError
-from memgen.io import (atomic_output_dir, check_output_dir, load_samples, row_keys,
-                       write_json)
-from memgen.probes.diagnose import COLUMNS, DiagnoseConfig, default_sigmas, denoiser_error
-from memgen.report.figures import plot_denoiser_error, save_figure
-
-FILES = ("diagnose.csv", "diagnose.json", "diagnose.png")
+from memgen.experiments.diagnose import FILES, diagnose_record, write_diagnose
+from memgen.io import atomic_output_dir, check_output_dir, load_samples, row_keys
+from memgen.probes.diagnose import DiagnoseConfig, default_sigmas, denoiser_error
 
 
 @click.command()
@@ -97,17 +93,11 @@ def diagnose(checkpoint, exact_path, torchscript, diffusers, shape, schedule, tr
     result = denoiser_error(model.denoiser, exact, data_t, levels_used,
                             n_per_level=n, generator=torch.Generator().manual_seed(seed),
                             batch_size=batch_size, progress=progress and show_progress())
-    payload = {"config": {**dataclasses.asdict(config), "sigmas": levels_used.tolist()},
-               "source": {k: v for k, v in sources.items() if v}, "train": train_name,
-               "K": len(train), "shape": list(train.shape[1:]), "schedule": _describe(sched)}
+    payload = diagnose_record(config, levels_used, sources, train_name, train, sched)
     with atomic_output_dir(out, "diagnose", overwrite) as tmp:
         write_diagnose(tmp, result, payload)
     _print_table(result)
     click.echo(f"wrote {', '.join(str(Path(out) / f) for f in FILES)}")
-
-
-def _describe(schedule) -> dict:
-    return {"kind": type(schedule).__name__, **dataclasses.asdict(schedule)}
 
 
 def _check_sources(sources: dict) -> None:
@@ -116,9 +106,9 @@ def _check_sources(sources: dict) -> None:
     if len(given) != 1:
         raise UserError("give exactly one of --checkpoint, --exact, --torchscript, --diffusers")
     (name, path), = given.items()
-    exists = Path(path).is_dir() if name == "diffusers" else Path(path).is_file()
-    if not exists:
-        raise UserError(f"--{name}: no such {'folder' if name == 'diffusers' else 'file'} {path}")
+    folder = SOURCES[name].folder  # the diffusers source is a folder
+    if not (Path(path).is_dir() if folder else Path(path).is_file()):
+        raise UserError(f"--{name}: no such {'folder' if folder else 'file'} {path}")
 
 
 def _reference_set(train_path, data, K, split_seed, half, data_root, checkpoint, exact_path,
@@ -184,27 +174,6 @@ def _check_in_schedule(schedule, sigmas: np.ndarray) -> None:
         schedule.t_from_sigma(torch.as_tensor(sigmas, dtype=torch.float64))
     except ValueError as err:
         raise UserError(f"--sigma: {err}") from None
-
-
-def write_diagnose(folder: Path, result, payload: dict) -> None:
-    """diagnose.csv (``memgen.probes.diagnose.COLUMNS``), diagnose.json and diagnose.png."""
-    rows = result.as_rows()
-    with (folder / "diagnose.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in r.items()}
-                         for r in rows)
-    json_rows = [{k: None if isinstance(v, float) and math.isnan(v) else v
-                  for k, v in r.items()} for r in rows]
-    write_json(folder / "diagnose.json", {**payload, "levels": json_rows})
-    curves = {"model vs exact denoiser": (result.rms, result.rms_lo, result.rms_hi),
-              "model vs clean y": (result.rms_model_vs_clean, result.rms_model_vs_clean_lo,
-                                   result.rms_model_vs_clean_hi),
-              "exact denoiser vs clean y": (result.rms_exact_vs_clean,
-                                            result.rms_exact_vs_clean_lo,
-                                            result.rms_exact_vs_clean_hi)}
-    title = f"denoiser error, K = {payload['K']} ({result.n_per_level} queries per level)"
-    save_figure(plot_denoiser_error(result.sigma, curves, title), folder / "diagnose.png")
 
 
 def _print_table(result) -> None:

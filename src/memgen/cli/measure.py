@@ -13,8 +13,9 @@ from pathlib import Path
 import click
 import numpy as np
 
-from memgen.cli.options import (SEED, command_argv, echo_verbose, input_range_option,
-                                input_ranges, overwrite_option, show_progress)
+from memgen.cli.options import (SEED, RegistryChoice, command_argv, echo_verbose,
+                                input_range_option, input_ranges, overwrite_option,
+                                show_progress)
 from memgen.errors import UserError
 from memgen.experiments.phase import read_phase
 from memgen.io import (atomic_file, atomic_output_dir, check_output_dir, check_output_file,
@@ -23,7 +24,7 @@ from memgen.metrics.capacity import capacities as compute, describe, read_fracti
 from memgen.metrics.classify import (ClassifyConfig, classify_sets, streamed_sample, summary,
                                      write_classification)
 from memgen.metrics.rules import LABEL_NAMES
-from memgen.metrics.shards import ShardSet, open_shards
+from memgen.neighbours import ShardSet, open_shards
 from memgen.provenance import file_record, gather, shards_record
 from memgen.report.figures import plot_fractions, plot_neighbours, plot_phase, save_figure
 
@@ -47,8 +48,9 @@ def _click_settings(f, hint) -> dict:
     kind = next(o for o in typing.get_args(hint) or (hint,) if o is not type(None))
     if kind is bool:
         return {"is_flag": True, "help": meta["help"]}
-    kind = (click.Choice(meta["choices"]) if "choices" in meta else SEED if meta.get("seed")
-            else float if meta.get("unit") == "MiB" else kind)
+    kind = (RegistryChoice(meta["registry"]) if "registry" in meta
+            else click.Choice(meta["choices"]) if "choices" in meta
+            else SEED if meta.get("seed") else float if meta.get("unit") == "MiB" else kind)
     default = meta.get("default", f.default)
     shown = {} if default is None else {"default": default, "show_default": True}
     return {"type": kind, **shown, "help": meta["help"]}

@@ -21,7 +21,9 @@ from memgen.cli.options import (SEED, input_range_option, input_ranges, model_so
 from memgen.data import DATASETS
 from memgen.diffusion.generate import (GenerateConfig, denoised_clip, generate as generate_set,
                                        name_seed, output_bytes, sampling_ladder)
-from memgen.diffusion.loaders import LoadedModel, load_denoiser, read_checkpoint
+from memgen.diffusion.loaders import load_denoiser
+from memgen.diffusion.model_files import read_checkpoint
+from memgen.diffusion.sources import SOURCES, LoadedModel, flags
 from memgen.diffusion.nets import PRESETS, get_preset
 from memgen.diffusion.nets.presets import preset_parameters
 from memgen.diffusion.samplers import SAMPLER_OPTIONS, SAMPLERS
@@ -267,19 +269,19 @@ def _check_generate_options(checkpoint, exact_path, torchscript, diffusers, shap
                             prior_data) -> None:
     """UserError for an option generate would ignore or cannot honour, before any work:
     read from the options alone (``_check_against_model`` checks the rest)."""
-    sources = [s for s in (checkpoint, exact_path, torchscript, diffusers, reference_checkpoint)
-               if s]
-    if len(sources) != 1:
-        raise UserError("give exactly one of --checkpoint, --exact, --torchscript, --diffusers, "
-                        "--reference-checkpoint")
+    given = _given(checkpoint, exact_path, torchscript, diffusers, reference_checkpoint)
+    if len(given) != 1:
+        raise UserError(f"give exactly one of {flags()}")
     if reference_config and not reference_checkpoint:
         raise UserError("--config is the YAML of --reference-checkpoint")
-    if shape is not None and not (torchscript or diffusers):
-        raise UserError("--shape is for --torchscript and --diffusers; this model's samples "
-                        "have the shape it records (--exact: its data's)")
-    given = click.get_current_context().get_parameter_source("schedule")
-    if given != click.core.ParameterSource.DEFAULT and not exact_path:
-        raise UserError("--schedule is for --exact; this model's schedule comes with it")
+    source = SOURCES[next(iter(given))]
+    if shape is not None and source.records_shape:
+        raise UserError(f"--shape is for {flags(lambda s: not s.records_shape, ' and ')}; this "
+                        "model's samples have the shape it records (--exact: its data's)")
+    schedule_given = click.get_current_context().get_parameter_source("schedule")
+    if schedule_given != click.core.ParameterSource.DEFAULT and not source.schedule_option:
+        raise UserError(f"--schedule is for {flags(lambda s: s.schedule_option, ' and ')}; "
+                        "this model's schedule comes with it")
     if prior_data and prior != "forward":
         raise UserError("--prior-data is the training set of --prior forward; add it or "
                         "leave --prior-data out")
@@ -344,20 +346,28 @@ def model_from_options(checkpoint=None, exact_path=None, torchscript=None, diffu
     --torchscript's and --diffusers', --config (``reference_config``) is
     --reference-checkpoint's; input_range (LO, HI): --exact's values, converted to [-1, 1]
     (``memgen.io.load_samples``). options: exact_dtype, clip, ema (see ``load_denoiser``)."""
-    network = bool(torchscript or diffusers)
+    given = _given(checkpoint, exact_path, torchscript, diffusers, reference_checkpoint)
+    sources = [SOURCES[name] for name in given]
+    network = any(not source.records_shape for source in sources)
     if network and shape is None:
-        raise UserError("--torchscript and --diffusers need --shape C H W")
-    model = load_denoiser(checkpoint=checkpoint or None,
-                          exact=(load_samples(exact_path, "--exact", input_range)
-                                 if exact_path else None),
-                          torchscript=torchscript or None, diffusers=diffusers or None,
-                          reference=((reference_checkpoint, reference_config or None)
-                                     if reference_checkpoint else None),
-                          schedule=schedule if exact_path else None,
+        raise UserError(f"{flags(lambda s: not s.records_shape, ' and ')} need --shape C H W")
+    values = {source.name: source.option_value(path, config=reference_config,
+                                               input_range=input_range)
+              for source, path in zip(sources, given.values())}
+    model = load_denoiser(**values,
+                          schedule=schedule if any(s.schedule_option for s in sources) else None,
                           shape=tuple(shape) if network else None, device=device, **options)
-    if exact_path:  # the array's hash stays the identity; the file names it in messages
-        model = replace(model, source=replace(model.source, path=str(exact_path)))
+    path = next(iter(given.values()), None)
+    if model.source.path is None:  # an array's hash stays the identity; its file names it
+        model = replace(model, source=replace(model.source, path=str(path)))
     return model
+
+
+def _given(checkpoint, exact_path, torchscript, diffusers, reference_checkpoint) -> dict:
+    """{source name: path} of the source options given (``memgen.diffusion.sources``)."""
+    paths = {"checkpoint": checkpoint, "exact": exact_path, "torchscript": torchscript,
+             "diffusers": diffusers, "reference": reference_checkpoint}
+    return {name: path for name, path in paths.items() if path}
 
 
 def _prior_data(prior_data, exact_path, checkpoint) -> str:

@@ -16,6 +16,23 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
 
 SEED = click.IntRange(min=0)  # every random generator memgen seeds takes a non-negative seed
 
+class RegistryChoice(click.Choice):
+    """A click.Choice of a registry's names, read at each use: a name registered after the
+    command was built (a plugin, a test) is offered too."""
+
+    def __init__(self, registry: dict, case_sensitive: bool = True):
+        self.registry = registry
+        super().__init__(tuple(registry), case_sensitive)
+
+    @property
+    def choices(self) -> tuple:
+        return tuple(self.registry)
+
+    @choices.setter
+    def choices(self, value) -> None:  # click.Choice.__init__ sets it; the registry rules
+        pass
+
+
 class InputRange(click.ParamType):
     """--input-range [SET=]LO,HI: the range a sample file's values are in, converted to
     [-1, 1] (``memgen.io``'s input contract); SET names one of the command's sets."""

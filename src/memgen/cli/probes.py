@@ -20,25 +20,26 @@ import torch
 from memgen.cli.devices import device_option
 from memgen.cli.diagnose import checkpoint_training_set
 from memgen.cli.models import model_from_options
-from memgen.cli.options import (SEED, input_range_option, input_ranges, overwrite_option,
-                                show_progress)
+from memgen.cli.options import (SEED, RegistryChoice, input_range_option, input_ranges,
+                                overwrite_option, show_progress)
 from memgen.data import DATASETS, default_split_seed, load_dataset, nested_indices
 from memgen.diffusion.generate import GenerateConfig, generate
 from memgen.diffusion.samplers import SAMPLERS
 from memgen.errors import UserError
 from memgen.io import atomic_output_dir, check_output_dir, load_samples, write_json
-from memgen.metrics.features import FEATURE_MAPS
+from memgen.metrics.features import FEATURE_MAPS, metric_help
 from memgen.metrics.hygiene import (check_halves, compare_halves, halves_quality,
                                     near_duplicates)
-from memgen.metrics.knn import knn_search
 from memgen.metrics.rules import LABEL_NAMES
+from memgen.metrics.stats import label_groups, quartiles_by_label
+from memgen.neighbours import knn_search
 from memgen.provenance import file_sha256
 from memgen.probes.curvature import hessian_eigsh, hessian_spectrum
 from memgen.probes.recovery import METRICS as DISTANCES, RecoveryConfig, critical_time
 from memgen.probes.relative_energy import relative_energy
 from memgen.report.figures import plot_by_label, plot_image_pairs, save_figure
 
-METRIC_HELP = "Distance: l2 on pixels or an LPIPS embedding (see memgen classify --help)."
+METRIC_HELP = f"Distance. {metric_help()} (see memgen classify --help)."
 
 
 @click.group()
@@ -59,7 +60,7 @@ def hygiene():
 @click.option("--delta", type=float, default=0.1, show_default=True)
 @click.option("--k", type=int, default=10, show_default=True,
               help="Neighbours searched per sample (largest group size found: k + 1).")
-@click.option("--metric", type=click.Choice(tuple(FEATURE_MAPS)), default="l2", show_default=True,
+@click.option("--metric", type=RegistryChoice(FEATURE_MAPS), default="l2", show_default=True,
               help=METRIC_HELP)
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="Output folder: duplicates.csv, groups.json, summary.json, pairs.png.")
@@ -132,7 +133,7 @@ def _save_pairs(path: Path, train: np.ndarray, found) -> None:
               help="ddim/heun: the same noise gives the same sample (deterministic).")
 @click.option("--steps", type=int, help="Sampling steps [the schedule's full ladder].")
 @click.option("--seed", type=SEED, default=0, show_default=True)
-@click.option("--metric", type=click.Choice(tuple(FEATURE_MAPS)), default="l2", show_default=True,
+@click.option("--metric", type=RegistryChoice(FEATURE_MAPS), default="l2", show_default=True,
               help=METRIC_HELP)
 @input_range_option()
 @device_option
@@ -310,19 +311,6 @@ def _read_labels(path) -> np.ndarray:
     return labels
 
 
-def _by_label(values: np.ndarray, labels) -> dict:
-    """Quartiles per label (or for 'all'), over finite values."""
-    groups = {"all": values} if labels is None else {
-        name: values[labels == code] for code, name in enumerate(LABEL_NAMES)}
-    out = {}
-    for name, v in groups.items():
-        finite = v[np.isfinite(v)]
-        q = np.quantile(finite, [0.25, 0.5, 0.75]).tolist() if len(finite) else [None] * 3
-        out[name] = {"n": int(len(v)), "finite": int(len(finite)), "q25": q[0],
-                     "median": q[1], "q75": q[2]}
-    return out
-
-
 def _write_table(path: Path, columns: dict) -> None:
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
@@ -332,9 +320,8 @@ def _write_table(path: Path, columns: dict) -> None:
 
 def _save_label_figure(path: Path, values: np.ndarray, labels, ylabel: str, title: str,
                        log: bool) -> None:
-    groups = {"all": values} if labels is None else {
-        name: values[labels == code] for code, name in enumerate(LABEL_NAMES)}
-    save_figure(plot_by_label({"": groups}, ylabel=ylabel, title=title, log=log), path)
+    save_figure(plot_by_label({"": label_groups(values, labels)}, ylabel=ylabel, title=title,
+                              log=log), path)
 
 
 @click.group()
@@ -387,7 +374,7 @@ def critical_time_cmd(checkpoint, exact_path, samples_path, labels_path, limit, 
                           "rtol": rtol}, "rounds": result.rounds,
                "censored_above": int((result.censored > 0).sum()),
                "censored_below": int((result.censored < 0).sum()),
-               "sigma_by_label": _by_label(sigma, labels)}
+               "sigma_by_label": quartiles_by_label(sigma, labels)}
     with atomic_output_dir(out, "basins critical-time", overwrite) as tmp:
         _write_table(tmp / "critical.csv", columns)
         write_json(tmp / "summary.json", summary)
@@ -474,7 +461,7 @@ def relative_energy_cmd(checkpoint, exact_path, samples_path, labels_path, limit
             "converged": result.converged.cpu().numpy().astype(int)})
         summary = {"sigma": sigma, "reference": reference_path or "nearest training image",
                    "not_converged": int((~result.converged).sum()),
-                   "delta_by_label": _by_label(delta, labels)}
+                   "delta_by_label": quartiles_by_label(delta, labels)}
         write_json(tmp / "summary.json", summary)
         _save_label_figure(tmp / "relative_energy.png", delta, labels,
                            "E(reference) − E(sample)", f"relative energy at σ = {sigma}",
@@ -517,7 +504,7 @@ def curvature(checkpoint, exact_path, samples_path, labels_path, limit, device, 
             "index": np.arange(len(x)), "label": _label_names(labels, len(x)),
             **{f"eig{i}": eig[:, i] for i in range(eig.shape[1])}})
         summary = {"sigma": sigma, "which": which, "method": "dense" if dim <= dense_max
-                   else "lanczos", "dim": dim, "by_label": _by_label(lam, labels)}
+                   else "lanczos", "dim": dim, "by_label": quartiles_by_label(lam, labels)}
         write_json(tmp / "summary.json", summary)
         name = "λ_min" if which == "SA" else "λ_max"
         _save_label_figure(tmp / "curvature.png", lam * sigma**2, labels, f"{name} · σ²",

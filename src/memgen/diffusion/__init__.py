@@ -1,4 +1,4 @@
-"""Floor 3 — diffusion models: the denoiser D(x, σ) and everything that makes or runs one.
+"""Floor 5 — diffusion models: the denoiser D(x, σ) and everything that makes or runs one.
 
 Noise schedules (VP and VE, owning add_noise and σ ↔ t), the parameterizations that
 turn a network's output into a denoiser (ε-prediction, σ·score), denoisers (the exact
@@ -6,5 +6,5 @@ empirical one built on ``memgen.memory``, trained checkpoints, TorchScript, diff
 samplers (DDPM, DDIM, Euler–Maruyama, Heun), training, generation of sample sets, the
 loaders that build a denoiser from any source, and the networks (``nets``).
 
-May import: floors 0–2 and this package.
+May import: floors 0–4 and this package.
 """

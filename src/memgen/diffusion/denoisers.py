@@ -2,9 +2,11 @@
 
 Convention (Karras et al. 2022, k-diffusion): variance-exploding coordinates, x = y + σ n
 with n ~ N(0, I). A variance-preserving model x_t = a y + σ_t n (a = √ᾱ, σ_t² = 1 − ᾱ)
-is seen through x = x_t / a at σ = σ_t / a; its wrapper does that conversion. What a
-network's output means is its family's parameterization (``memgen.diffusion.parameterization``);
-every denoiser is built from its source by ``memgen.diffusion.loaders.load_denoiser``.
+is seen through x = x_t / a at σ = σ_t / a; its parameterization does that conversion. What
+a network's output means is its family's parameterization (``memgen.diffusion.parameterization``),
+which ``NetworkDenoiser`` binds to the network; the exact denoisers are closed forms
+(``EmpiricalDenoiser``: ``memgen.memory.energy.empirical_denoise``). Every denoiser is
+built from its source by ``memgen.diffusion.loaders.load_denoiser``.
 
 Denoisers are differentiable in x (for Jacobians, divergences and Hessian-vector
 products) and build no graph otherwise: network weights are frozen, and the samplers
@@ -22,7 +24,7 @@ import torch
 
 from memgen.diffusion.parameterization import EpsPrediction, ScorePrediction
 from memgen.errors import UserError
-from memgen.memory.energy import kernel_weights
+from memgen.memory.energy import empirical_denoise
 
 DEFAULT_MEMORY_BUDGET = 256 * 2**20  # bytes for one (batch × patterns) block of weights
 
@@ -46,6 +48,11 @@ class EmpiricalDenoiser:
     It is the posterior mean under the empirical distribution — the optimal diffusion
     model for that training set, which therefore only reproduces training points (the
     positive control that must memorize). patterns: (N, ...) in the data's own shape.
+
+    The math is ``memgen.memory.energy.empirical_denoise`` (σ per row, queries in blocks
+    of ``memory_budget`` bytes); this class gives it the ``Denoiser`` interface: samples
+    of the data's shape, flattened and cast to the patterns' dtype and back, σ a number
+    or (B,).
     """
 
     def __init__(self, patterns: torch.Tensor, memory_budget: int = DEFAULT_MEMORY_BUDGET):
@@ -58,10 +65,7 @@ class EmpiricalDenoiser:
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
         flat = x.reshape(x.shape[0], -1).to(self.patterns.dtype)
         sigma = torch.as_tensor(sigma, dtype=flat.dtype, device=flat.device).expand(len(flat))
-        beta = 1.0 / (2.0 * sigma.square())
-        step = max(1, self.memory_budget // (flat.element_size() * len(self.patterns)))
-        out = torch.cat([kernel_weights(flat[i:i + step], self.patterns, beta[i:i + step])
-                         @ self.patterns for i in range(0, len(flat), step)])
+        out = empirical_denoise(flat, self.patterns, sigma, memory_budget=self.memory_budget)
         return out.reshape(x.shape).to(x.dtype)
 
 
@@ -88,43 +92,19 @@ class GaussianDenoiser:
         return mean + torch.einsum("bij,bj->bi", gain, x - mean)
 
 
-class EpsDenoiser:
-    """A VP ε-prediction network seen as a VE denoiser (k-diffusion's DiscreteEpsDDPMDenoiser):
-    D(x, σ) = x − σ ε̂(√ᾱ x, t(σ)), ``memgen.diffusion.parameterization.EpsPrediction``.
+class NetworkDenoiser:
+    """A network F bound to its parameterization, seen as a ``Denoiser``: D(x, σ) =
+    ``parameterization.denoise(F, x, σ)``, and its ``at_levels`` / ``residuals_at_levels``.
 
-    That is the model's own field. ``clip`` clamps it to [−1, 1] (Ho et al.'s clip_denoised)
-    for analyses that want that field; samplers clip on request instead (``clip=(lo, hi)``,
-    ``GenerateConfig.clip_denoised``, on by default for ε-networks there).
+    The parameterizations (``memgen.diffusion.parameterization``) hold the math and take
+    the network as an argument, so that training passes them the module it updates; this
+    class is the binding that samplers and probes call as D(x, σ), the only code between
+    the two. Built through a family's own class: ``EpsDenoiser`` or ``ScoreDenoiser``.
     """
 
-    def __init__(self, net, schedule, clip: bool = False):
-        self.net, self.schedule, self.clip = net, schedule, clip
-        self.parameterization = EpsPrediction(schedule)
-
-    def __call__(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
-        out = self.parameterization.denoise(self.net, x, sigma)
-        return out.clamp(-1, 1) if self.clip else out
-
-    def at_levels(self, levels: Sequence[float], x: torch.Tensor) -> list[Callable]:
-        """y ↦ D(y, σ) for each σ of ``levels``, for y like x (``Denoiser``)."""
-        steps = self.parameterization.at_levels(self.net, levels, x)
-        return [_clamped(f) for f in steps] if self.clip else steps
-
-    def residuals_at_levels(self, levels: Sequence[float], x: torch.Tensor
-                            ) -> tuple[list[float], Callable] | None:
-        """D(y, σ) − y = −σ·ε̂ at each σ of ``levels`` (``Denoiser``); None when clipped."""
-        if self.clip:
-            return None
-        return self.parameterization.residuals_at_levels(self.net, levels, x)
-
-
-class ScoreDenoiser:
-    """A VE network whose output F is σ times the score, seen as a denoiser: D(x, σ) =
-    x + σ F(x, t(σ)), ``memgen.diffusion.parameterization.ScorePrediction``."""
-
-    def __init__(self, net, schedule):
-        self.net, self.schedule = net, schedule
-        self.parameterization = ScorePrediction(schedule)
+    def __init__(self, net, parameterization):
+        self.net, self.schedule = net, parameterization.schedule
+        self.parameterization = parameterization
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
         return self.parameterization.denoise(self.net, x, sigma)
@@ -134,9 +114,50 @@ class ScoreDenoiser:
         return self.parameterization.at_levels(self.net, levels, x)
 
     def residuals_at_levels(self, levels: Sequence[float], x: torch.Tensor
-                            ) -> tuple[list[float], Callable]:
-        """D(y, σ) − y = σ·F at each σ of ``levels`` (``Denoiser``)."""
+                            ) -> tuple[list[float], Callable] | None:
+        """D(y, σ) − y = c_i·f(y, i) at each σ_i of ``levels`` (``Denoiser``)."""
         return self.parameterization.residuals_at_levels(self.net, levels, x)
+
+
+class EpsDenoiser(NetworkDenoiser):
+    """A VP ε-prediction network seen as a VE denoiser (k-diffusion's DiscreteEpsDDPMDenoiser):
+    D(x, σ) = x − σ ε̂(√ᾱ x, t(σ)), ``memgen.diffusion.parameterization.EpsPrediction``.
+
+    What it adds to ``NetworkDenoiser``: ``clip``, which clamps that field to [−1, 1] (Ho et
+    al.'s clip_denoised) for analyses that want it; samplers clip on request instead
+    (``clip=(lo, hi)``, ``GenerateConfig.clip_denoised``, on by default for ε-networks
+    there: the type is what ``memgen.diffusion.generate`` reads for that default).
+    """
+
+    def __init__(self, net, schedule, clip: bool = False):
+        super().__init__(net, EpsPrediction(schedule))
+        self.clip = clip
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
+        out = super().__call__(x, sigma)
+        return out.clamp(-1, 1) if self.clip else out
+
+    def at_levels(self, levels: Sequence[float], x: torch.Tensor) -> list[Callable]:
+        """y ↦ D(y, σ) for each σ of ``levels``, for y like x (``Denoiser``), clamped with
+        ``clip``."""
+        steps = super().at_levels(levels, x)
+        return [_clamped(f) for f in steps] if self.clip else steps
+
+    def residuals_at_levels(self, levels: Sequence[float], x: torch.Tensor
+                            ) -> tuple[list[float], Callable] | None:
+        """D(y, σ) − y = −σ·ε̂ at each σ of ``levels`` (``Denoiser``); None when clipped."""
+        return None if self.clip else super().residuals_at_levels(levels, x)
+
+
+class ScoreDenoiser(NetworkDenoiser):
+    """A VE network whose output F is σ times the score, seen as a denoiser: D(x, σ) =
+    x + σ F(x, t(σ)), ``memgen.diffusion.parameterization.ScorePrediction``.
+
+    ``NetworkDenoiser`` on that parameterization; the type names the family (the toy's
+    learned landscapes accept only it, ``memgen.experiments.landscape``)."""
+
+    def __init__(self, net, schedule):
+        super().__init__(net, ScorePrediction(schedule))
 
 
 def _clamped(step: Callable) -> Callable:

@@ -46,7 +46,7 @@ from tqdm.auto import tqdm
 
 from memgen._version import __version__
 from memgen.diffusion.denoisers import EpsDenoiser
-from memgen.diffusion.loaders import ModelSource, array_sha256, denoiser_sha256
+from memgen.diffusion.identity import ModelSource, array_sha256, denoiser_sha256
 from memgen.diffusion.samplers import (SAMPLER_OPTIONS, SAMPLER_REVISIONS, GaussianPrior,
                                        StackedGenerator, clipped, forward_prior, get_sampler,
                                        retrieve_fixed_point, sampler_options, truncate_ladder)

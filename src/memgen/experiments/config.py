@@ -25,9 +25,11 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
 
 from memgen.data import SPLIT_RULES
-from memgen.diffusion.nets import NetConfig, get_preset
 from memgen.diffusion.generate import Sampling
+from memgen.diffusion.nets import NetConfig
 from memgen.diffusion.samplers import SAMPLERS
+from memgen.diffusion.sources import (SWEEP_KINDS, model_source, network,  # noqa: F401
+                                      sweep_field_users)  # network: read here by stages
 from memgen.diffusion.training import COMPILE_MODES, TrainSettings
 from memgen.errors import UserError
 from memgen.metrics.classify import ClassifyConfig
@@ -138,7 +140,7 @@ class SweepConfig:
 
 
 CHOICES = {
-    "model.kind": ("network", "exact", "checkpoints"),
+    "model.kind": SWEEP_KINDS,  # the registry of memgen.diffusion.sources
     "train.compile": COMPILE_MODES,
     "data.split": (None, *SPLIT_RULES),
     "model.schedule": ("vp", "ve"),
@@ -148,11 +150,6 @@ CHOICES = {
     "executor.kind": ("local", "ray"),
 } | {f"measure.{f.name}": f.metadata["choices"] for f in fields(ClassifyConfig)
      if "choices" in f.metadata}  # rule, metric, backend: the classify options' own
-
-
-def network(model: ModelConfig) -> NetConfig:
-    """The network a model section describes."""
-    return model.net if model.net is not None else get_preset(model.preset or "toy-mlp")
 
 
 def load_config(path: str | Path, overrides: typing.Sequence[str] = (),
@@ -361,14 +358,11 @@ def check_effect(config: SweepConfig, tree: dict) -> None:
     section or model.schedule beside an exact model is let be: the shipped configs serve
     as bases that ``--set model.kind=...`` turns into the other kind.)"""
     model, sample = tree.get("model") or {}, tree.get("sample") or {}
-    kind = config.model.kind
-    if kind != "network":
-        why = ("the exact denoiser is not a network" if kind == "exact" else
-               "the authors' checkpoints carry their own network")
-        for key in ("preset", "net", "objective"):
-            if model.get(key) is not None:  # --set model.preset=null takes it out
-                raise UserError(f"model.{key}: has no effect with model.kind = {kind} ({why}); "
-                                "remove it")
+    kind, source = config.model.kind, model_source(config.model)
+    for key in ("preset", "net", "objective"):
+        if key not in source.model_fields and model.get(key) is not None:  # not if =null
+            raise UserError(f"model.{key}: has no effect with model.kind = {kind} "
+                            f"({source.no_network}); remove it")
     sampler = config.sample.sampler
     if config.sample.eta != 0 and sampler != "ddim":
         raise UserError(f"sample.eta: η is DDIM's, but the sampler is "
@@ -435,68 +429,40 @@ def check_device(device: str) -> None:
 
 
 def split_rule(config: SweepConfig) -> str:
-    """The data.split of a sweep (None: reference for checkpoints, else memgen)."""
+    """The data.split of a sweep (None: its model source's: reference for the authors'
+    checkpoints, else memgen)."""
     if config.data.split is not None:
         return config.data.split
-    return "reference" if config.model.kind == "checkpoints" else "memgen"
-
-
-def checkpoint_file(config: SweepConfig, K: int) -> Path:
-    """The authors' checkpoint of training-set size K (model.kind = checkpoints)."""
-    return Path(config.model.path) / f"{K}.pt"
+    return model_source(config.model).split
 
 
 def _check_checkpoints(config: SweepConfig) -> None:
-    """model.kind = checkpoints: a folder with one <K>.pt per K, their split, no analyses;
-    other kinds: no path."""
-    m = config.model
-    if m.kind != "checkpoints":
-        if m.path is not None or m.reference_config is not None:
-            raise UserError("model.path, model.reference_config: only for model.kind = "
-                            "checkpoints")
-        return
-    if m.path is None:
-        raise UserError("model.path: give the folder of the authors' <K>.pt files "
-                        "(model.kind = checkpoints)")
-    if split_rule(config) != "reference":
-        raise UserError("data.split: the authors' checkpoints were trained on their own "
-                        "subsets; model.kind = checkpoints needs data.split = reference")
+    """The source's own model checks, its split and analyses; model.path and
+    model.reference_config only where the source reads them (model.kind = checkpoints)."""
+    m, source = config.model, model_source(config.model)
+    if "path" not in source.model_fields and (m.path is not None
+                                              or m.reference_config is not None):
+        raise UserError("model.path, model.reference_config: only for model.kind = "
+                        + ", ".join(sweep_field_users("path")))
+    source.check_split(split_rule(config))
     a = config.analysis
-    if a.basins or a.curvature or a.landscape or config.train.snapshots:
-        raise UserError("model.kind = checkpoints: analysis and train.snapshots are for "
+    if not source.analysable and (a.basins or a.curvature or a.landscape
+                                  or config.train.snapshots):
+        raise UserError(f"model.kind = {m.kind}: analysis and train.snapshots are for "
                         "memgen's own models")
 
 
 def check_checkpoint_files(config: SweepConfig) -> None:
-    """model.kind = checkpoints: the folder holds one <K>.pt per K, and their YAML exists
-    (checked where the sweep runs, as check_device: shipped configs stay valid without
-    the downloads)."""
-    m = config.model
-    if m.kind != "checkpoints":
-        return
-    if not Path(m.path).is_dir():
-        raise UserError(f"model.path: no such folder {m.path} (the authors' <K>.pt files)")
-    missing = [checkpoint_file(config, K).name for K in config.Ks
-               if not checkpoint_file(config, K).is_file()]
-    if missing:
-        raise UserError(f"model.path: {m.path} has no {', '.join(missing)} (one <K>.pt per "
-                        "K of Ks)")
-    if m.reference_config is not None and not Path(m.reference_config).is_file():
-        raise UserError(f"model.reference_config: no such file {m.reference_config}")
+    """The model's files exist (model.kind = checkpoints: one <K>.pt per K in model.path,
+    and their YAML): checked where the sweep runs, as check_device, so that shipped
+    configs stay valid without the downloads."""
+    model_source(config.model).check_files(config.model, config.Ks)
 
 
 def _check_model(model: ModelConfig) -> None:
-    """The network must exist and build (checked on the meta device: no memory, no time)."""
-    if model.kind in ("exact", "checkpoints"):
-        return
-    if model.net is not None and model.preset is not None:
-        raise UserError("model: give model.preset or model.net, not both")
-    try:
-        net = network(model)
-        with torch.device("meta"):
-            net.build()
-    except ValueError as err:
-        raise UserError(f"model.{'net' if model.net is not None else 'preset'}: {err}") from None
+    """The model section runs (a network must exist and build: checked on the meta
+    device, no memory, no time)."""
+    model_source(model).check_model(model)
 
 
 def as_dict(config) -> dict:

@@ -21,6 +21,7 @@ from memgen.errors import UserError
 from memgen.io import atomic_output_dir, write_json
 from memgen.metrics.classify import ClassifyConfig, classify_sets, summary, write_classification
 from memgen.metrics.rules import GENERALIZED, LABEL_NAMES, MEMORIZED, SPURIOUS
+from memgen.metrics.stats import label_confusion
 from memgen.report.figures import plot_label_bars, plot_neighbours, save_figure
 
 
@@ -83,13 +84,6 @@ def _blends(train: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
     return out
 
 
-def confusion(truth: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """(3, 3) counts: rows planted label, columns detected label."""
-    matrix = np.zeros((3, 3), dtype=np.int64)
-    np.add.at(matrix, (truth.astype(np.int64), labels.astype(np.int64)), 1)
-    return matrix
-
-
 @dataclass(frozen=True)
 class DemoResult:
     summary: dict  # the summary.json payload
@@ -106,7 +100,7 @@ def run_demo(config: DemoConfig, data_root: str | None, out, progress: bool = Fa
     sets = plant_sets(train, test, config)
     result = classify_sets(sets.eval, sets.train, sets.synth, sets.heldout,
                           ClassifyConfig(seed=config.seed), progress=progress)
-    matrix = confusion(sets.truth, result.labels)
+    matrix = label_confusion(sets.truth, result.labels)  # rows planted, columns detected
     payload = summary(result)
     near = result.neighbours
     with atomic_output_dir(out, "demo", overwrite) as tmp:

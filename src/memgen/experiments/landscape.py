@@ -59,20 +59,6 @@ class Panel:
     ring_radius: float | None = None  # continuum: the radius of the minimum ring
 
 
-def circle_ring_radius(gamma: float) -> float:
-    """R* > 0 where the continuum radial score 2(I1/I0(2γR) − R) vanishes (bisection)."""
-    lo, hi = 1e-9, 1.0
-    def f(r):
-        return float(E.circle_radial_score(torch.tensor(r, dtype=torch.float64), gamma))
-
-    if f(lo) <= 0:  # γR small: I1/I0 ≈ γR < R for γ < 1: the minimum is the origin
-        return 0.0
-    for _ in range(80):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if f(mid) > 0 else (lo, mid)
-    return (lo + hi) / 2
-
-
 def discrete_panel(patterns: torch.Tensor, config: LandscapeConfig) -> tuple[Panel, Attractors]:
     memory = Memory(patterns, config.gamma, "kernel")
     found = find_attractors(memory, square_grid(EXTENT, config.starts_per_axis), tol=1e-9,
@@ -89,15 +75,9 @@ def discrete_panel(patterns: torch.Tensor, config: LandscapeConfig) -> tuple[Pan
 
 def continuum_panel(config: LandscapeConfig) -> Panel:
     g, a = config.grid, config.arrows
-    radius = circle_ring_radius(config.gamma)
-
-    def radial(points):
-        return points.norm(dim=1)
-
-    energy = E.circle_energy(radial(square_grid(EXTENT, g)), config.gamma).reshape(g, g)
-    pts = square_grid(EXTENT, a)
-    r = radial(pts).clamp_min(1e-12)
-    score = (E.circle_radial_score(r, config.gamma) / r)[:, None] * pts
+    radius = E.circle_ring_radius(config.gamma)
+    energy = E.circle_energy(square_grid(EXTENT, g).norm(dim=1), config.gamma).reshape(g, g)
+    score = E.circle_score(square_grid(EXTENT, a), config.gamma)
     ring_energy = float(E.circle_energy(torch.tensor(radius, dtype=torch.float64), config.gamma))
     return Panel(title="continuum (K → ∞)", energy=energy.numpy(),
                  score=score.reshape(a, a, 2).numpy(), patterns=None,

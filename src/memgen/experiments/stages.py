@@ -23,20 +23,19 @@ import torch
 
 from memgen.data import default_split_seed, load_dataset, resize_images, train_heldout
 from memgen.diffusion.generate import GenerateConfig, Sampling, discard_unrecorded, generate
-from memgen.diffusion.loaders import load_denoiser
 from memgen.diffusion.samplers import SAMPLER_REVISIONS
-from memgen.diffusion.schedules import VESchedule, VPSchedule
+from memgen.diffusion.sources import model_source, objective
 from memgen.diffusion.training import (TrainConfig, TrainSettings, check_fits, snapshot_path,
                                        train as run_training)
 from memgen.errors import UserError
 from memgen.experiments.cache import file_fingerprint, fingerprint, is_done, mark_done, stage_key
-from memgen.experiments.config import (SweepConfig, as_dict, check_checkpoint_files,
-                                       checkpoint_file, network, split_rule)
+from memgen.experiments.config import (SweepConfig, as_dict, check_checkpoint_files, network,
+                                       split_rule)
 from memgen.experiments.probe_stages import analysis_stage, landscape_stage
 from memgen.io import load_samples, write_reference_layout
 from memgen.metrics.classify import (ClassifyConfig, classify_sets, summary,
                                      write_classification)
-from memgen.metrics.features import get_feature_map
+from memgen.metrics.features import check_available
 
 
 @dataclass(frozen=True)
@@ -83,7 +82,7 @@ def load_pool(config: SweepConfig) -> np.ndarray:
     """The training pool, resized to the model's image size; UserError for a network that
     takes another kind of sample (vectors against images, other channels or dimension)."""
     pool = load_dataset(config.data.name, "train", config.data.root)
-    if config.model.kind != "network":
+    if not model_source(config.model).trains:  # only a network is fitted to its data
         return pool
     net = network(config.model)
     try:
@@ -102,7 +101,7 @@ def validate_against_data(config: SweepConfig, pool: np.ndarray) -> None:
         raise UserError(f"Ks: {too_big} not below the {len(pool)} samples of "
                          f"data.name = {config.data.name}")
     try:
-        get_feature_map(config.measure.metric)  # LPIPS: loads its weights or says which
+        check_available(config.measure.metric)  # LPIPS: finds its weight files or says which
     except ValueError as err:
         raise UserError(f"measure.metric: {err}") from None
     if schedule_family(config) == "ve" and config.sample.steps == 1:
@@ -123,7 +122,7 @@ def train_stage(run: Path, train: np.ndarray, K: int, config: SweepConfig,
     One folder per trajectory: a longer budget or a new snapshot resumes the run there.
     """
     key = train_key(train, config)
-    if config.model.kind in ("exact", "checkpoints"):
+    if not model_source(config.model).trains:
         return key, None
 
     folder = run / "cache" / f"train-{key}"
@@ -148,17 +147,12 @@ def train_key(train: np.ndarray, config: SweepConfig) -> str:
     the model with its full network and (for networks) what decides the trajectory — not
     the budget (iterations, snapshots); for the authors' checkpoints, the content of K.pt
     and of their YAML, if given."""
-    trajectory = None
-    if config.model.kind == "checkpoints":
-        given = config.model.reference_config
-        trajectory = {"checkpoint": file_fingerprint(checkpoint_file(config, len(train))),
-                      "reference_config": None if given is None else file_fingerprint(given)}
-    if config.model.kind == "network":
-        # not the budget (iterations, snapshots), nor the later fields at their defaults
-        trajectory = {k: v for k, v in as_dict(config.train).items()
-                      if k not in ("iterations", "snapshots")
-                      and not (k in LATE_TRAIN_DEFAULTS and v == LATE_TRAIN_DEFAULTS[k])}
-        trajectory["network"] = network(config.model).to_dict()
+    # not the budget (iterations, snapshots), nor the later fields at their defaults
+    training = {k: v for k, v in as_dict(config.train).items()
+                if k not in ("iterations", "snapshots")
+                and not (k in LATE_TRAIN_DEFAULTS and v == LATE_TRAIN_DEFAULTS[k])}
+    trajectory = model_source(config.model).trajectory(config.model, len(train), training,
+                                                       file_fingerprint)
     # the checkpoints' folder and YAML by content above, not by path (nor the unset fields,
     # so the keys of existing caches stay)
     model = {k: v for k, v in as_dict(config.model).items()
@@ -177,10 +171,9 @@ def train_config(config: SweepConfig) -> TrainConfig:
     """The library's TrainConfig of a sweep: its train section (TrainConfig's own base), the
     model's network and objective."""
     net = network(config.model)
-    objective = config.model.objective or ("ve_score" if net.kind == "mlp" else "vp_eps")
     return TrainConfig(**base_fields(TrainSettings, config.train),
                        preset=config.model.preset or "custom", network=net.to_dict(),
-                       objective=objective,
+                       objective=objective(config.model),
                        checkpoint_every=max(1, config.train.iterations // 4))
 
 
@@ -234,29 +227,20 @@ def sampler_name(config: SweepConfig) -> str:
     schedule (VE: euler_maruyama, VP: ddpm; the authors' checkpoints are VP)."""
     if config.sample.sampler is not None:
         return config.sample.sampler
-    return (VESchedule if schedule_family(config) == "ve" else VPSchedule).default_sampler
+    return model_source(config.model).default_sampler(config.model)
 
 
 def schedule_family(config: SweepConfig) -> str:
     """"ve" or "vp": the noise schedule of the sweep's model (the authors' checkpoints are
     VP; a network's follows its objective)."""
-    if config.model.kind == "exact":
-        return config.model.schedule
-    if config.model.kind == "checkpoints":
-        return "vp"
-    return "ve" if train_config(config).objective == "ve_score" else "vp"
+    return model_source(config.model).schedule_family(config.model)
 
 
 def _denoiser(checkpoint: Path | None, train: np.ndarray, config: SweepConfig):
     """(denoiser, schedule): the saved state, or the exact denoiser of S_K (float32, the
     sweep's stored samples depend on it: ``memgen.diffusion.loaders``)."""
-    if checkpoint is None:
-        model = load_denoiser(exact=train, schedule=config.model.schedule, device=config.device)
-    elif config.model.kind == "checkpoints":
-        model = load_denoiser(reference=(checkpoint, config.model.reference_config),
-                              device=config.device)
-    else:
-        model = load_denoiser(checkpoint=checkpoint, device=config.device)
+    model = model_source(config.model).sweep_model(config.model, checkpoint, train,
+                                                   config.device)
     return model.denoiser, model.schedule
 
 
@@ -328,9 +312,7 @@ def state_file(config: SweepConfig, K: int, train_folder: Path | None,
                steps: int | None) -> Path | None:
     """The model state a K is sampled from: the authors' K.pt, memgen's snapshot after
     ``steps`` steps, or None (the exact denoiser)."""
-    if config.model.kind == "checkpoints":
-        return checkpoint_file(config, K)
-    return None if train_folder is None else snapshot_path(train_folder, steps)
+    return model_source(config.model).state_file(config.model, K, train_folder, steps)
 
 
 def steps_of(config: SweepConfig, train_folder: Path | None) -> list[int | None]:
@@ -342,7 +324,7 @@ def exports_reference(config: SweepConfig) -> bool:
     """sample.export_reference (None: on for model.kind = checkpoints)."""
     if config.sample.export_reference is not None:
         return config.sample.export_reference
-    return config.model.kind == "checkpoints"
+    return model_source(config.model).exports_reference
 
 
 def run_K_task(config: SweepConfig, run: str, K: int) -> StageResult:

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from memgen.diffusion.sources import model_source
 from memgen.diffusion.training import snapshot_path
 from memgen.experiments.cache import fingerprint, is_done
 from memgen.experiments.config import SweepConfig, as_dict, check_device
@@ -156,7 +157,7 @@ def aggregate(run: Path, results: list[StageResult], config: SweepConfig,
 
     figures += landscape_figure(run, results, config) + analysis_figures(run, results, config)
     timescale = None
-    if config.train.snapshots and config.model.kind == "network":
+    if config.train.snapshots and model_source(config.model).trains:
         states = [state for r in results for state in (*r.snapshots, r)]
         with atomic_file(run / "fractions_steps.csv") as tmp:
             write_fractions(tmp, states, steps=True)
@@ -303,9 +304,8 @@ def plan(config: SweepConfig, run: Path) -> list[str]:
     for K in sorted(config.Ks):
         train, heldout = split(pool, K, config)
         t_key = train_key(train, config)
-        if config.model.kind in ("exact", "checkpoints"):
-            what = ("the exact denoiser" if config.model.kind == "exact"
-                    else f"the authors' {state_file(config, K, None, None)}")
+        if not model_source(config.model).trains:
+            what = model_source(config.model).untrained(config.model, K)
             lines.append(f"K={K}: train — ({what} needs no training)")
             states = [(None, state_file(config, K, None, None))]
         else:

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from memgen.errors import UserError
 from memgen.memory import energy as E
-from memgen.metrics.knn import knn_search
+from memgen.neighbours import knn_search
 
 _EXACT_EIG_MAX = 2000  # largest Gram matrix diagonalised exactly; Lanczos above
 _EXACT_EIG_FLOPS = 2e9  # ... and only while forming it costs less than this

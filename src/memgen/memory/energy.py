@@ -19,7 +19,7 @@ Every function is batched over x, stable at large β and γ (log-sum-exp), and k
 dtype and device of its inputs: pass float64 tensors for float64 results. Logits are
 formed in float64 whatever the input dtype, and shifted by their row maximum before a
 float32 softmax, so float32 weights are exact to float32 rounding (~1e-7): the kernel's
-squared distances come from :func:`memgen.metrics.knn.pairwise_sq_dist` (data centred
+squared distances come from :func:`memgen.neighbours.pairwise_sq_dist` (data centred
 on the patterns' mean, a float32 GEMM screen, float64 wherever a weight can see the
 difference), DenseAM's xᵀy from a float64 GEMM. The expanded form ‖x‖² − 2xᵀy + ‖y‖²
 in float32 would put errors of γ·u·(‖x‖² + ‖y‖²) into every logit.
@@ -34,7 +34,7 @@ import math
 import torch
 
 from memgen.errors import UserError
-from memgen.metrics.knn import pairwise_sq_dist
+from memgen.neighbours import pairwise_sq_dist
 
 _NEGLIGIBLE_LOG_WEIGHT = 40.0  # weights below e^−40/N of a row's largest are left screened
 
@@ -84,7 +84,7 @@ def _kernel_logits64(x: torch.Tensor, patterns: torch.Tensor, gamma) -> torch.Te
 
     gamma: a float, or a (B,) tensor of per-row values. Squared distances within
     (40 + log N)/γ of a row's nearest pattern are float64-exact
-    (:func:`~memgen.metrics.knn.pairwise_sq_dist`); all others carry float32 screening
+    (:func:`~memgen.neighbours.pairwise_sq_dist`); all others carry float32 screening
     error but weigh less than e^−40/N of the largest, e^−40 ≈ 4e-18 together.
     """
     cutoff = _NEGLIGIBLE_LOG_WEIGHT + math.log(len(patterns))
@@ -162,11 +162,27 @@ def empirical_hessian(x: torch.Tensor, patterns: torch.Tensor, sigma: float,
     return _identity_minus(cov, 1 / sigma**2, 1 / sigma**2)
 
 
-def empirical_denoise(x: torch.Tensor, patterns: torch.Tensor, sigma: float,
-                      scale: float = 1.0) -> torch.Tensor:
-    """The exact posterior mean D(x, σ) = Σ_i softmax_i(−‖x − a y_i‖²/(2σ²)) · a y_i."""
-    scaled = scale * patterns
-    return kernel_weights(x, scaled, kernel_gamma(sigma)) @ scaled
+def empirical_denoise(x: torch.Tensor, patterns: torch.Tensor, sigma: float | torch.Tensor,
+                      scale: float = 1.0, memory_budget: int | None = None) -> torch.Tensor:
+    """The exact posterior mean D(x, σ) = Σ_i softmax_i(−‖x − a y_i‖²/(2σ²)) · a y_i: (B, D).
+
+    The one exact denoiser of memgen (``memgen.diffusion.denoisers.EmpiricalDenoiser`` is
+    this function on samples of any shape). x: (B, D) and patterns: (N, D) of one dtype;
+    sigma: a positive number (γ = :func:`kernel_gamma`, a Python float), or a (B,) tensor
+    of per-row levels (γ = 1/(2σ²) formed in the tensor's dtype); a = scale.
+    memory_budget: bytes per block of queries, x.element_size() · N each, so blocks of
+    ⌊budget / (x.element_size() · N)⌋ ≥ 1 rows; None: all rows in one block. (Blocks
+    agree with one block to rounding, not always to the bit: the GEMM sees other shapes.)
+    """
+    scaled = patterns if scale == 1 else scale * patterns  # 1·y = y to the bit: no copy
+    gamma = (1.0 / (2.0 * sigma.square()) if isinstance(sigma, torch.Tensor)
+             else kernel_gamma(sigma))
+    if memory_budget is None:
+        return kernel_weights(x, scaled, gamma) @ scaled
+    step = max(1, memory_budget // (x.element_size() * len(scaled)))
+    per_row = isinstance(gamma, torch.Tensor)
+    return torch.cat([kernel_weights(x[i:i + step], scaled, gamma[i:i + step] if per_row
+                                     else gamma) @ scaled for i in range(0, len(x), step)])
 
 
 # ---------------------------------------------------------------- unit-circle limit
@@ -190,6 +206,34 @@ def circle_radial_score(R: torch.Tensor, gamma: float) -> torch.Tensor:
     """
     z = 2 * gamma * R
     return 2 * (torch.special.i1e(z) / torch.special.i0e(z) - R)
+
+
+def circle_score(points: torch.Tensor, gamma: float) -> torch.Tensor:
+    """−∇E at points (B, 2) of the plane, E = :func:`circle_energy` of R = ‖x‖: the radial
+    score times x/R, R clamped at 1e-12 (the field is 0 at the origin). (B, 2)."""
+    r = points.norm(dim=1).clamp_min(1e-12)
+    return (circle_radial_score(r, gamma) / r)[:, None] * points
+
+
+def circle_ring_radius(gamma: float) -> float:
+    """R* ≥ 0 where the continuum radial score 2(I1/I0(2γR) − R) vanishes: the radius of
+    the ring of minima of :func:`circle_energy`, by 80 bisection steps on [1e-9, 1].
+
+    The score is positive below R* and negative above it (I1/I0 is concave), and at most
+    2(1 − R) < 0 beyond R = 1, so R* < 1. For γ ≤ 1, I1/I0(2γR) ≤ γR ≤ R: the only minimum
+    is the origin and R* = 0.
+    """
+    lo, hi = 1e-9, 1.0
+
+    def f(r):
+        return float(circle_radial_score(torch.tensor(r, dtype=torch.float64), gamma))
+
+    if f(lo) <= 0:  # γR small: I1/I0 ≈ γR < R for γ < 1: the minimum is the origin
+        return 0.0
+    for _ in range(80):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if f(mid) > 0 else (lo, mid)
+    return (lo + hi) / 2
 
 
 # -------------------------------------------------------------------------- helpers

@@ -14,21 +14,21 @@ import numpy as np
 from memgen._version import __version__
 from memgen.errors import UserError
 from memgen.io import check_same_shape, row_keys, validate_samples, write_json
-from memgen.metrics.features import FEATURE_MAPS
+from memgen.metrics.features import FEATURE_MAPS, METRIC_NAMES, get_feature_map, metric_help
 from memgen.metrics.null import DEFAULT_ALPHA, NullResult, null_rates
 from memgen.metrics.quality import HeldoutQuality, quality_summary, quality_vs_heldout
 from memgen.metrics.rules import (LABEL_NAMES, RULE_DEFAULTS, Neighbours, Rule, apply_rule,
                                   find_neighbours, make_rule)
-from memgen.metrics.shards import ShardSet, iter_chunks
 from memgen.metrics.stats import FractionEstimate, estimate_fractions
-from memgen.metrics.stream import KNN_BACKENDS
+from memgen.neighbours import KNN_BACKENDS, ShardSet, get_knn_backend, iter_chunks
 
 
 def option(help: str, **cli) -> dict:  # noqa: A002 (click's name)
     """A ClassifyConfig field's metadata, the one list of classify options: its --help text
     and how ``memgen classify`` and ``memgen.classify`` take it. ``choices``: the values
-    allowed; ``default``: theirs, where it differs from the field's; ``unit="MiB"``: given
-    in MiB, stored in bytes; ``seed=True``: a non-negative seed."""
+    allowed (``registry``: a registry whose names they are, read at each use); ``default``:
+    theirs, where it differs from the field's; ``unit="MiB"``: given in MiB, stored in
+    bytes; ``seed=True``: a non-negative seed."""
     return {"help": help, **cli}
 
 
@@ -48,9 +48,8 @@ class ClassifyConfig:
     delta_s: float | None = field(default=None, metadata=option(
         "Spurious threshold [paper: 1/3; absolute: 0.02]."))
     metric: str = field(default="l2", metadata=option(
-        "Distance d: Euclidean on pixels, or LPIPS (AlexNet/VGG16 backbone; -ref: the public "
-        "reference code's [0,1] inputs) — weights from $MEMGEN_LPIPS_WEIGHTS or torch hub's "
-        "checkpoints folder.", choices=tuple(FEATURE_MAPS)))
+        f"Distance d. {metric_help()}. Network weights from $MEMGEN_LPIPS_WEIGHTS or torch "
+        "hub's checkpoints folder.", choices=METRIC_NAMES, registry=FEATURE_MAPS))
     k: int | None = field(default=None, metadata=option(  # None: 5, or fewer
         "Neighbours kept per set [5, or fewer for a small set]."))
     alpha: float = field(default=DEFAULT_ALPHA, metadata=option(
@@ -180,15 +179,54 @@ def classify_sets(eval_set: np.ndarray, train: np.ndarray, synth=None,
     part of the evaluated set's size (``metrics.quality.heldout_split``, config seed).
 
     synth: an array, None (S_eval is its own synthetic set), or a ShardSet streamed from
-    disk (``state``: its restart file, see ``memgen.metrics.stream``).
+    disk (``state``: its restart file, see ``memgen.neighbours.stream``).
+
+    The metric is resolved once (one backbone) and each set embedded once (a streamed one
+    chunk by chunk); the null run and quality take the held-out embedding's rows.
     """
+    streamed = isinstance(synth, ShardSet)
+    n_synth = None if synth is None else synth.rows if streamed else len(synth)
+    rule = check_inputs(eval_set, train, synth, heldout, config)
+    common = dict(k=config.k, memory_budget=config.memory_budget, progress=progress,
+                  backend=config.backend, distinct=config.dedup)
+    get_knn_backend(config.backend)  # an unknown or missing engine before any embedding
+    space = get_feature_map(config.metric)  # built once (LPIPS: one backbone)
+    e, t = space.embed_set(eval_set), space.embed_set(train)
+    null = quality = None
+    if heldout is not None:  # first, so that its embedding is freed before S′'s is made
+        h = space.embed_set(heldout)
+        null = null_rates(t, h, rule, n_eval=len(eval_set), n_synth=n_synth,
+                          alpha=config.alpha, seed=config.seed, **common)
+        if config.calibrate:
+            rule = null.calibrated
+        quality = quality_vs_heldout(e, h, k=config.k, seed=config.seed,
+                                     memory_budget=config.memory_budget, backend=config.backend)
+        del h
+    s = synth if synth is None or streamed else space.embed_set(synth)
+    near = find_neighbours(e, t, s, state=state, **common)
+    if streamed:  # s1 = 0 exactly: the row is in S′ (the search refines in float64)
+        zero = near.synth_dist == 0
+        recurring = zero[:, 1] if zero.shape[1] > 1 else np.zeros(len(zero), dtype=bool)
+        positional = (zero & (near.synth_idx == np.arange(len(zero))[:, None])).any(axis=1)
+        check_independent(zero[:, 0], recurring, positional, eval_set, train)
+    labels = apply_rule(near.train_dist, near.synth_dist, rule)
+    return Classification(config=config, rule=rule, labels=labels, neighbours=near, null=null,
+                 estimate=estimate_fractions(labels),
+                 n_train=len(train), n_synth=len(eval_set) if synth is None else n_synth,
+                 quality=quality, warnings=duplicate_warnings(train, near, rule)
+                 + overlap_warnings(eval_set, train, near, synth is None))
+
+
+def check_inputs(eval_set: np.ndarray, train: np.ndarray, synth, heldout: np.ndarray | None,
+                 config: ClassifyConfig) -> Rule:
+    """The checks of :func:`classify_sets` before any search (a shared file fails fast);
+    returns the config's rule."""
     streamed = isinstance(synth, ShardSet)
     check_same_shape(train=train, eval=eval_set, synth=None if streamed else synth,
                      heldout=heldout)
     if streamed and synth.sample_shape != eval_set.shape[1:]:
         raise UserError(f"synth samples have shape {synth.sample_shape} but eval samples "
                          f"have shape {eval_set.shape[1:]}")
-    n_synth = None if synth is None else synth.rows if streamed else len(synth)
     rule = config.make_rule()
     if config.calibrate and heldout is None:
         raise UserError("calibrated thresholds need held-out real data (--heldout)")
@@ -200,33 +238,10 @@ def classify_sets(eval_set: np.ndarray, train: np.ndarray, synth=None,
                         "at least 2 (or unset)")
     if heldout is not None:
         check_disjoint(train, heldout)
-    common = dict(k=config.k, metric=config.metric, memory_budget=config.memory_budget,
-                  progress=progress, backend=config.backend, distinct=config.dedup)
-    if synth is not None and not streamed:  # before any search: a shared file fails fast
+    if synth is not None and not streamed:
         hits = shared_rows(eval_set, synth)
         check_independent(hits > 0, hits > 1, same_position(eval_set, synth), eval_set, train)
-    null = None
-    if heldout is not None:
-        null = null_rates(train, heldout, rule, n_eval=len(eval_set),
-                          n_synth=n_synth, alpha=config.alpha,
-                          seed=config.seed, **common)
-        if config.calibrate:
-            rule = null.calibrated
-    near = find_neighbours(eval_set, train, synth, state=state, **common)
-    if streamed:  # s1 = 0 exactly: the row is in S′ (the search refines in float64)
-        zero = near.synth_dist == 0
-        recurring = zero[:, 1] if zero.shape[1] > 1 else np.zeros(len(zero), dtype=bool)
-        positional = (zero & (near.synth_idx == np.arange(len(zero))[:, None])).any(axis=1)
-        check_independent(zero[:, 0], recurring, positional, eval_set, train)
-    labels = apply_rule(near.train_dist, near.synth_dist, rule)
-    quality = None if heldout is None else quality_vs_heldout(
-        eval_set, heldout, metric=config.metric, k=config.k, seed=config.seed,
-        memory_budget=config.memory_budget, backend=config.backend)
-    return Classification(config=config, rule=rule, labels=labels, neighbours=near, null=null,
-                 estimate=estimate_fractions(labels),
-                 n_train=len(train), n_synth=len(eval_set) if synth is None else n_synth,
-                 quality=quality, warnings=duplicate_warnings(train, near, rule)
-                 + overlap_warnings(eval_set, train, near, synth is None))
+    return rule
 
 
 STREAM_PEEK_ROWS = 1024  # rows of a streamed set its range is judged by

@@ -30,7 +30,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
@@ -38,9 +37,9 @@ from memgen.errors import UserError
 from memgen.io import row_keys
 from memgen.metrics.capacity import QUALITY_SHARE
 from memgen.metrics.features import get_feature_map
-from memgen.metrics.knn import knn_search
 from memgen.metrics.quality import prdc
 from memgen.metrics.rules import DEFAULT_K
+from memgen.neighbours import knn_search
 
 THRESHOLDS = ("relative", "absolute")
 
@@ -67,7 +66,7 @@ def near_duplicates(train: np.ndarray, *, threshold: str = "relative", delta: fl
     if not delta > 0:
         raise UserError(f"delta must be positive, got {delta}")
     fmap = get_feature_map(metric)
-    emb = fmap.embed(torch.from_numpy(np.ascontiguousarray(train)))
+    emb = fmap.embed_set(train).vectors
     near = knn_search(emb, emb, min(k, len(train) - 1), exclude_self=True,
                       memory_budget=memory_budget)
     d, idx = near.dist.cpu().numpy() ** fmap.power, near.idx.cpu().numpy()  # (N, k)
@@ -115,7 +114,7 @@ def compare_halves(samples_a: np.ndarray, samples_b: np.ndarray, train_a: np.nda
     fmap = get_feature_map(metric)
 
     def embed(x):
-        return fmap.embed(torch.from_numpy(np.ascontiguousarray(x)))
+        return fmap.embed_set(x).vectors
 
     ea, eb = embed(samples_a).double(), embed(samples_b).double()
     between = (ea - eb).norm(dim=1).cpu().numpy() ** fmap.power
@@ -178,12 +177,8 @@ def halves_quality(samples_a: np.ndarray, samples_b: np.ndarray, train_a: np.nda
     k = min(k, len(train_a) - 1, len(train_b) - 1, len(samples_a) - 1)
     if k < 1:
         return None
-    fmap = get_feature_map(metric)
-
-    def embed(x):
-        return fmap.embed(torch.from_numpy(np.ascontiguousarray(x)))
-
-    ea, eb, ta, tb = embed(samples_a), embed(samples_b), embed(train_a), embed(train_b)
+    fmap = get_feature_map(metric)  # built once, each set embedded once
+    ea, eb, ta, tb = (fmap.embed_set(x).vectors for x in (samples_a, samples_b, train_a, train_b))
     return HalvesQuality(precision_a=prdc(tb, ea, k).precision,
                          precision_b=prdc(ta, eb, k).precision,
                          baseline_a=prdc(tb, ta, k).precision,

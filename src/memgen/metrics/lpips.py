@@ -10,7 +10,7 @@ with non-negative linear weights w_lc. So LPIPS(x, y) = ‖φ(x) − φ(y)‖² 
     φ(x) = concat_l √(w_lc / (H_l W_l)) · f̂_l(x)_{c,h,w}
 
 — one network pass per image, after which perceptual kNN is ordinary exact Euclidean kNN
-(``memgen.metrics.knn``). ``lpips_pairwise`` computes the same number the way the
+(``memgen.neighbours``). ``lpips_pairwise`` computes the same number the way the
 ``lpips`` package does (both images through the network, per pair); it exists to test
 the embedding and for the benchmark.
 
@@ -200,12 +200,11 @@ def weight_dirs(weights_dir: str | os.PathLike | None = None) -> list[Path]:
     return dirs
 
 
-def load_lpips(net: str = "alex", weights_dir: str | os.PathLike | None = None,
-               convention: str = "lpips") -> Lpips:
-    """LPIPS with ImageNet backbone weights and the v0.1 linear heads, from local files.
+def find_weights(net: str = "alex", weights_dir: str | os.PathLike | None = None
+                 ) -> dict[str, Path]:
+    """The backbone's and the heads' weight files (file name → path), found but not loaded.
 
-    Nothing is downloaded: missing files raise a ValueError that names them and where
-    they are looked for.
+    Missing files raise a ValueError that names them and where they are looked for.
     """
     if net not in BACKBONES:
         raise UserError(f"unknown LPIPS backbone {net!r}; known: {', '.join(BACKBONES)}")
@@ -219,6 +218,18 @@ def load_lpips(net: str = "alex", weights_dir: str | os.PathLike | None = None,
             f"ImageNet {net} weights; {spec.heads_file}: the lpips package's "
             f"weights/v0.1/{spec.heads_file}); put them in one of: "
             f"{', '.join(map(str, dirs))} (or set {WEIGHTS_ENV})")
+    return found
+
+
+def load_lpips(net: str = "alex", weights_dir: str | os.PathLike | None = None,
+               convention: str = "lpips") -> Lpips:
+    """LPIPS with ImageNet backbone weights and the v0.1 linear heads, from local files.
+
+    Nothing is downloaded: missing files raise a ValueError that names them and where
+    they are looked for.
+    """
+    found = find_weights(net, weights_dir)  # checks net first
+    spec = BACKBONES[net]
     state = torch.load(found[spec.weights_file], map_location="cpu", weights_only=True)
     features = _build_features(spec)
     prefix = "features."

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from memgen.errors import UserError
+from memgen.metrics.features import Embedded
 from memgen.metrics.rules import (Neighbours, Rule, apply_rule, find_neighbours, memorization_score,
                                   spurious_score)
 from memgen.metrics.stats import FractionEstimate, estimate_fractions
@@ -85,20 +86,24 @@ def _loosest_threshold(scores: np.ndarray, n_allowed: int, unconstrained: float)
 
 
 def null_rates(train, heldout, rule: Rule, *, n_eval: int, n_synth: int | None,
-               alpha: float = DEFAULT_ALPHA, k: int | None = None, metric: str = "l2",
-               seed: int = 0, memory_budget: int | None = None, progress: bool = False,
-               backend: str = "builtin", distinct: bool = False) -> NullResult:
+               alpha: float = DEFAULT_ALPHA, k: int | None = None,
+               metric: str | None = None, seed: int = 0, memory_budget: int | None = None,
+               progress: bool = False, backend: str = "builtin",
+               distinct: bool = False) -> NullResult:
     """Apply ``rule`` with held-out real data as both evaluated and synthetic sets.
 
-    seed: the permutation that draws the null evaluated and synthetic sets from ``heldout``.
-    distinct: as in :func:`~memgen.metrics.rules.find_neighbours` (``--dedup``).
+    train, heldout: samples, embedded here with ``metric`` (None: l2), or
+    :class:`~memgen.metrics.features.Embedded` sets (a classify's, embedded once: the null
+    sets are rows of the held-out embedding). seed: the permutation that draws the null
+    evaluated and synthetic sets from ``heldout``. distinct: as in
+    :func:`~memgen.metrics.rules.find_neighbours` (``--dedup``).
     """
     if len(heldout) < 2:
         raise UserError(f"the null run needs at least 2 held-out samples, got {len(heldout)}")
     e, s = null_sizes(len(heldout), n_eval, n_synth)
     order = np.random.default_rng(seed).permutation(len(heldout))
-    null_eval = heldout[order[:e]]
-    null_synth = None if s is None else heldout[order[e:e + s]]
+    null_eval = _rows(heldout, order[:e])  # raw samples: only the drawn rows get embedded
+    null_synth = None if s is None else _rows(heldout, order[e:e + s])
     near = find_neighbours(null_eval, train, null_synth, k=k, metric=metric,
                            memory_budget=memory_budget, progress=progress, backend=backend,
                            distinct=distinct)
@@ -108,3 +113,8 @@ def null_rates(train, heldout, rule: Rule, *, n_eval: int, n_synth: int | None,
         estimate=estimate_fractions(apply_rule(near.train_dist, near.synth_dist, rule)),
         calibrated_estimate=estimate_fractions(
             apply_rule(near.train_dist, near.synth_dist, calibrated)))
+
+
+def _rows(samples, idx: np.ndarray):
+    """Rows ``idx`` of a set of samples, or of an embedded set (not embedded again)."""
+    return samples.rows(idx) if isinstance(samples, Embedded) else samples[idx]

@@ -32,10 +32,9 @@ import numpy as np
 import torch
 
 from memgen.errors import UserError
-from memgen.metrics.features import get_feature_map
-from memgen.metrics.knn import _block_sizes, _budget
-from memgen.metrics.rules import DEFAULT_K, LABEL_NAMES, _tensor
-from memgen.metrics.stream import get_knn_backend
+from memgen.metrics.features import as_tensor, embed_sets
+from memgen.metrics.rules import DEFAULT_K, LABEL_NAMES
+from memgen.neighbours import block_sizes, get_knn_backend, resolve_budget
 
 _U64 = 2.0**-53  # unit roundoff of float64
 _BLOCK_ITEMS = 32  # bytes per (fake, real) pair in one block: scores, bands and masks
@@ -86,7 +85,7 @@ def prdc(real, fake, k: int = DEFAULT_K, *, memory_budget: int | None = None,
 
 
 def _validate(real, fake, k: int):
-    real, fake = _tensor(real), _tensor(fake)
+    real, fake = as_tensor(real), as_tensor(fake)
     if real.ndim < 2 or fake.ndim < 2:
         raise UserError("real and fake features need a leading sample axis: shapes (n, d...)")
     if len(real) == 0 or len(fake) == 0:
@@ -136,7 +135,7 @@ def ball_hits(points: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor,
     Pairs with |s − r_i²| ≤ γ + 4 (D + 4) u r_i² are re-decided by √(Σ (p − c)²) < r_i
     in float64 on the raw data; all others by s < r_i².
     """
-    budget = _budget(memory_budget)
+    budget = resolve_budget(memory_budget)
     centre = centres.double().mean(dim=0)
     p64, c64 = points.double() - centre, centres.double() - centre
     p_sq, c_sq = p64.square().sum(1), c64.square().sum(1)
@@ -145,7 +144,7 @@ def ball_hits(points: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor,
     gamma = 2 * (points.shape[1] + 4) * _U64 * (p_sq + c_sq.max())  # (M,)
     count = torch.zeros(len(points), dtype=torch.int64, device=points.device)
     hit = torch.zeros(len(centres), dtype=torch.bool, device=points.device)
-    bp, bc = _block_sizes(len(points), len(centres), budget, itemsize=_BLOCK_ITEMS)
+    bp, bc = block_sizes(len(points), len(centres), budget, itemsize=_BLOCK_ITEMS)
     for p0 in range(0, len(points), bp):
         for c0 in range(0, len(centres), bc):
             rows, cols = slice(p0, p0 + bp), slice(c0, c0 + bc)
@@ -207,13 +206,14 @@ def heldout_split(n_heldout: int, n_eval: int, seed: int = 0) -> tuple[np.ndarra
     return np.sort(order[b:b + min(n_eval, n_heldout - b)]), np.sort(order[:b])
 
 
-def quality_vs_heldout(eval_set, heldout, *, metric: str = "l2", k: int | None = None,
+def quality_vs_heldout(eval_set, heldout, *, metric: str | None = None, k: int | None = None,
                        seed: int = 0, memory_budget: int | None = None,
                        backend: str = "builtin") -> HeldoutQuality | None:
     """prdc of ``eval_set`` and of a held-out baseline against held-out reference data.
 
-    Both sets are embedded with the metric's feature map (``get_feature_map``, as
-    ``find_neighbours`` does) and split by :func:`heldout_split`. k: the given one or 5,
+    Both sets are embedded with the metric's feature map (None: l2), as ``find_neighbours``
+    does, unless they come embedded (:class:`~memgen.metrics.features.Embedded`, a
+    classify's: its metric), and split by :func:`heldout_split`. k: the given one or 5,
     reduced to the largest every set allows (k < each size), the same for both; None
     when no k ≥ 1 fits (the reference or the evaluated set has fewer than 2 samples).
     """
@@ -222,8 +222,8 @@ def quality_vs_heldout(eval_set, heldout, *, metric: str = "l2", k: int | None =
     k = min([DEFAULT_K if k is None else int(k)] + [n - 1 for n in sizes])
     if k < 1:
         return None
-    feature_map = get_feature_map(metric)
-    fake, pool = feature_map.embed(_tensor(eval_set)), feature_map.embed(_tensor(heldout))
+    (fake, pool), _ = embed_sets(metric, eval_set, heldout)
+    fake, pool = fake.vectors, pool.vectors
     ref = pool[torch.from_numpy(ref_idx).to(pool.device)]
     search = get_knn_backend(backend)
     ref, fake = _validate(ref, fake, k)

@@ -30,18 +30,16 @@ import numpy as np
 import torch
 
 from memgen.errors import UserError
-from memgen.metrics.features import get_feature_map
-from memgen.metrics.knn import DEFAULT_MEMORY_BUDGET
-from memgen.metrics.shards import ShardSet
-from memgen.metrics.stream import get_knn_backend, stream_knn
+from memgen.metrics.features import absolute_default_metrics, embed_sets
+from memgen.neighbours import DEFAULT_MEMORY_BUDGET, ShardSet, get_knn_backend, stream_knn
 
 MEMORIZED, SPURIOUS, GENERALIZED = 0, 1, 2
 LABEL_NAMES = ("memorized", "spurious", "generalized")
 # Default thresholds: the paper's δ_m = 1/3 (Yoon et al. 2023) for both tests, and the
 # reference code's README example for the absolute rule — raw distances, published only
 # for its own metric (LPIPS-AlexNet on [0, 1] inputs): other metrics need explicit ones.
+# (The metrics with published absolute defaults: FeatureSpace.absolute_defaults.)
 RULE_DEFAULTS = {"paper": (1 / 3, 1 / 3), "absolute": (0.03, 0.02)}
-ABSOLUTE_DEFAULT_METRICS = ("lpips-alex-ref",)
 DEFAULT_K = 5
 NEAR_DUPLICATE_DELTA = 0.1  # × the median nearest-neighbour distance (memgen.metrics.hygiene)
 DEDUP_EXTRA = 16  # neighbours searched beyond k, so that duplicates can be skipped
@@ -82,15 +80,16 @@ def make_rule(name: str = "paper", delta_m: float | None = None,
 
     The ratio rule's thresholds must lie in (0, 1), where its scores live; the absolute
     rule's must be non-negative, and given explicitly unless ``metric`` has published defaults
-    (``ABSOLUTE_DEFAULT_METRICS``; ``metric=None`` skips that check).
+    (its registry entry's ``absolute_defaults``; ``metric=None`` skips that check).
     """
     if name not in RULE_DEFAULTS:
         raise UserError(f"unknown rule {name!r}; known rules: {', '.join(RULE_DEFAULTS)}")
-    if (name == "absolute" and metric is not None and metric not in ABSOLUTE_DEFAULT_METRICS
+    published = absolute_default_metrics()
+    if (name == "absolute" and metric is not None and metric not in published
             and (delta_m is None or delta_s is None)):
         raise UserError(f"the absolute rule compares raw {metric} distances: give both "
                          "delta_m and delta_s in its units (defaults are published only "
-                         f"for {', '.join(ABSOLUTE_DEFAULT_METRICS)})")
+                         f"for {', '.join(published)})")
     default_m, default_s = RULE_DEFAULTS[name]
     rule = Rule(name, default_m if delta_m is None else _number(delta_m, "delta_m"),
                 default_s if delta_s is None else _number(delta_s, "delta_s"), eps)
@@ -186,39 +185,34 @@ class Neighbours:
     distinct: bool = False  # train neighbours 2.. skip near-duplicates of the first
 
 
-def find_neighbours(eval_set, train, synth=None, *, k: int | None = None, metric: str = "l2",
-                    memory_budget: int | None = None, progress: bool = False,
-                    backend: str = "builtin", state=None, distinct: bool = False) -> Neighbours:
+def find_neighbours(eval_set, train, synth=None, *, k: int | None = None,
+                    metric: str | None = None, memory_budget: int | None = None,
+                    progress: bool = False, backend: str = "builtin", state=None,
+                    distinct: bool = False) -> Neighbours:
     """Nearest training and synthetic neighbours of every evaluated sample.
 
-    synth=None: the evaluated set is its own synthetic set; each sample's own match is
-    excluded by index. synth may be a :class:`~memgen.metrics.shards.ShardSet`: it is then
-    streamed from disk chunk by chunk (restartable through the ``state`` file). k=None
-    takes 5, or fewer when a set is smaller; an explicit k must fit both sets. backend:
-    "builtin" or "faiss" (exact either way, identical neighbours). distinct=True: the
-    training neighbours after the first skip its near-duplicates (module docstring).
+    Each set: samples (array or tensor), embedded here with ``metric`` (None: l2), or an
+    :class:`~memgen.metrics.features.Embedded` set (embedded once by the caller; metric
+    None takes its space). synth=None: the evaluated set is its own synthetic set; each
+    sample's own match is excluded by index. synth may be a
+    :class:`~memgen.neighbours.ShardSet`: it is then streamed from disk and embedded
+    chunk by chunk (restartable through the ``state`` file). k=None takes 5, or fewer when
+    a set is smaller; an explicit k must fit both sets. backend: "builtin" or "faiss"
+    (exact either way, identical neighbours). distinct=True: the training neighbours after
+    the first skip its near-duplicates (module docstring).
     """
     search = get_knn_backend(backend)
-    feature_map = get_feature_map(metric)
-    e, t = feature_map.embed(_tensor(eval_set)), feature_map.embed(_tensor(train))
     streamed = isinstance(synth, ShardSet)
-    s = e if synth is None else None if streamed else feature_map.embed(_tensor(synth))
+    (e, t, s), feature_map = embed_sets(metric, eval_set, train, None if streamed else synth)
+    e, t = e.vectors, t.vectors
+    s = e if synth is None else None if streamed else s.vectors
     n_synth = synth.rows if streamed else len(s) - int(synth is None)
     if n_synth < 1:
         raise UserError("the synthetic set needs at least one sample other than the "
                          "evaluated one (the evaluated set has 1 sample and no --synth)")
     k_train, k_synth = _neighbour_counts(k, len(t), n_synth)
-    k_search = min(len(t), k_train + DEDUP_EXTRA) if distinct and k_train > 1 else k_train
-    near_t = search(e, t, k_search, memory_budget=memory_budget, progress=progress)
-    train_dist, train_idx = near_t.dist.cpu().numpy(), near_t.idx.cpu().numpy()
-    pair, cut = None, None
-    if k_train > 1:
-        cut = _near_duplicate_cut(t, search, memory_budget, feature_map.power)
-        twin = _twin_of_first(t, train_idx if distinct else train_idx[:, :2], cut,
-                              memory_budget)
-        pair = twin[:, 1]
-        if distinct:
-            train_dist, train_idx = _skip_twins(train_dist, train_idx, twin, k_train)
+    train_dist, train_idx, pair, cut = _train_neighbours(
+        e, t, k_train, search, feature_map.power, memory_budget, progress, distinct)
     if streamed:
         near_s = stream_knn(e, synth, k_synth, feature_map=feature_map, backend=backend,
                             memory_budget=memory_budget, state=state, progress=progress)
@@ -230,6 +224,25 @@ def find_neighbours(eval_set, train, synth=None, *, k: int | None = None, metric
                       synth_dist=near_s.dist.cpu().numpy() ** power,
                       synth_idx=near_s.idx.cpu().numpy(), duplicate_pair=pair,
                       duplicate_cut=None if cut is None else cut ** power, distinct=distinct)
+
+
+def _train_neighbours(e: torch.Tensor, t: torch.Tensor, k_train: int, search, power: int,
+                      memory_budget, progress: bool, distinct: bool):
+    """(dist, idx) of the k_train nearest training rows in embedding units (2.. skipping
+    near-duplicates of the first with ``distinct``), the (n,) near-duplicate flag of the
+    first two and the near-duplicate cut (both None for k_train = 1)."""
+    k_search = min(len(t), k_train + DEDUP_EXTRA) if distinct and k_train > 1 else k_train
+    near_t = search(e, t, k_search, memory_budget=memory_budget, progress=progress)
+    train_dist, train_idx = near_t.dist.cpu().numpy(), near_t.idx.cpu().numpy()
+    pair, cut = None, None
+    if k_train > 1:
+        cut = _near_duplicate_cut(t, search, memory_budget, power)
+        twin = _twin_of_first(t, train_idx if distinct else train_idx[:, :2], cut,
+                              memory_budget)
+        pair = twin[:, 1]
+        if distinct:
+            train_dist, train_idx = _skip_twins(train_dist, train_idx, twin, k_train)
+    return train_dist, train_idx, pair, cut
 
 
 def _near_duplicate_cut(t: torch.Tensor, search, memory_budget, power: int) -> float:
@@ -288,7 +301,3 @@ def _neighbour_counts(k: int | None, n_train: int, n_synth: int) -> tuple[int, i
         raise UserError(f"k={k} is larger than the synthetic set ({n_synth} samples "
                          "available)")
     return k, k
-
-
-def _tensor(x) -> torch.Tensor:
-    return x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x))

@@ -92,3 +92,36 @@ def clopper_pearson(count: int, n: int, level: float = 0.95) -> tuple[float, flo
     """Exact binomial interval for count successes out of n."""
     lo, hi = clopper_pearson_bounds(count, n, level)
     return float(lo), float(hi)
+
+
+# ------------------------------------------------------------- per-label summaries
+
+
+def label_confusion(truth: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """(3, 3) int64 counts of (truth, labels) pairs: rows the true label code, columns the
+    detected one (codes 0–2 of LABEL_NAMES); truth, labels: (n,)."""
+    matrix = np.zeros((3, 3), dtype=np.int64)
+    np.add.at(matrix, (truth.astype(np.int64), labels.astype(np.int64)), 1)
+    return matrix
+
+
+def label_groups(values: np.ndarray, labels: np.ndarray | None) -> dict[str, np.ndarray]:
+    """values (B,) split by label: {"all": values} without labels, else {name: the values
+    of that label} for every name of LABEL_NAMES, in that order (labels (B,) codes 0–2)."""
+    if labels is None:
+        return {"all": values}
+    return {name: values[labels == code] for code, name in enumerate(LABEL_NAMES)}
+
+
+def quartiles_by_label(values: np.ndarray, labels: np.ndarray | None) -> dict[str, dict]:
+    """Quartiles of values (B,) per label of ``label_groups``, over the finite values:
+    {name: {"n", "finite", "q25", "median", "q75"}}, the quartiles None where a group has
+    no finite value. numpy's default (linear) quantile, not QUANTILE_METHOD: these are
+    summaries of measured values, not of resampled ones."""
+    out = {}
+    for name, v in label_groups(values, labels).items():
+        finite = v[np.isfinite(v)]
+        q = np.quantile(finite, [0.25, 0.5, 0.75]).tolist() if len(finite) else [None] * 3
+        out[name] = {"n": int(len(v)), "finite": int(len(finite)), "q25": q[0],
+                     "median": q[1], "q75": q[2]}
+    return out

@@ -1,7 +1,7 @@
-"""Floor 5 — figures and report.html.
+"""Floor 7 — figures and report.html.
 
 They take computed data (arrays, the payloads of summary.json and capacities.json) and
 compute nothing: every number they show was measured below.
 
-May import: floors 0–4 (in practice ``memgen.io``, ``memgen.metrics``) and this package.
+May import: floors 0–6 (in practice ``memgen.io``, ``memgen.metrics``) and this package.
 """

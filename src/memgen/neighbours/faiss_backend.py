@@ -3,7 +3,7 @@
 faiss is an optional dependency (``pip install faiss-cpu``): this module imports
 without it, and :func:`faiss_knn_search` raises ``ValueError`` when it is missing.
 
-The search mirrors :mod:`memgen.metrics.knn`:
+The search mirrors :mod:`memgen.neighbours.exact`:
 
 1. *Screen* with ``faiss.IndexFlatL2`` on float32 data, both sets centred on the
    reference mean and rounded once to float32 (on the GPU when the inputs are CUDA tensors and faiss has GPU
@@ -13,7 +13,7 @@ The search mirrors :mod:`memgen.metrics.knn`:
    and sort by (distance, index): both engines return bit-identical results.
 3. *Certify* every row: with T the largest value faiss kept for the row and
    γ ≈ (3d + 10) u (‖q‖² + max‖r‖²) the float32 screening error bound (u = 2⁻²⁴) that the
-   built-in engine uses (:func:`memgen.metrics.knn.screen_error_bound`, which covers
+   built-in engine uses (:func:`memgen.neighbours.precision.screen_error_bound`, which covers
    faiss's float32 norms and the rounding of the centred coordinates), every reference
    faiss discarded has exact squared distance ≥ T − γ, so a row whose k-th refined
    squared distance is below T − γ is exact. Rows that fail — and all rows when some
@@ -27,9 +27,10 @@ import numpy as np
 import torch
 
 from memgen.errors import UserError
-from memgen.metrics.knn import (KnnResult, _budget, _fallback, _sq_norms, _validate,
-                                candidate_sq_dist, centred, mean_center, screen_error_bound,
-                                take_sorted)
+from memgen.neighbours.exact import (KnnResult, float64_fallback, resolve_budget,
+                                     validate_search)
+from memgen.neighbours.precision import centred, mean_center, screen_error_bound, sq_norms
+from memgen.neighbours.refine import candidate_sq_dist, take_sorted
 
 try:
     import faiss
@@ -53,7 +54,7 @@ def faiss_knn_search(query: torch.Tensor, ref: torch.Tensor, k: int, *,
     query: (n, ...), ref: (m, ...) with the same trailing shape (flattened to d).
     ``exclude_self=True``: query is ref (n == m) and row i never matches reference i.
     Returns a :class:`KnnResult` — dist (n, k) float64 Euclidean (not squared), idx (n, k)
-    int64, ties by smaller index — identical to :func:`memgen.metrics.knn.knn_search`.
+    int64, ties by smaller index — identical to :func:`memgen.neighbours.exact.knn_search`.
     memory_budget (bytes) bounds the score block of the float64 fallback only; faiss
     blocks its own search. Memory: two float32 copies of ref (centred array and index),
     one of query, and a few (n, c) candidate arrays. On CPU the built-in engine is the
@@ -62,7 +63,7 @@ def faiss_knn_search(query: torch.Tensor, ref: torch.Tensor, k: int, *,
     """
     if faiss is None:
         raise UserError(MISSING_FAISS)
-    query, ref = _validate(query, ref, k, exclude_self)
+    query, ref = validate_search(query, ref, k, exclude_self)
     n, m = query.shape[0], ref.shape[0]
     n_cand = min(k + margin, m - int(exclude_self)) + int(exclude_self)
     center = mean_center(ref)
@@ -78,8 +79,9 @@ def faiss_knn_search(query: torch.Tensor, ref: torch.Tensor, k: int, *,
     n_fallback = int((~ok).sum())
     if n_fallback:
         bad = torch.nonzero(~ok).squeeze(1)
-        d2[bad], idx[bad] = _fallback(query[bad], ref, center, None if own is None else own[bad],
-                                      k, margin, _budget(memory_budget))
+        d2[bad], idx[bad] = float64_fallback(query[bad], ref, center,
+                                             None if own is None else own[bad], k, margin,
+                                             resolve_budget(memory_budget))
     return KnnResult(dist=d2.sqrt(), idx=idx, n_fallback=n_fallback)
 
 
@@ -111,8 +113,9 @@ def _faiss_gpus() -> int:
 
 def _screen_bound(q32: np.ndarray, r32: np.ndarray) -> torch.Tensor:
     """γ (n,) float64: bound on |faiss value − exact squared distance| for float32 screening
-    of the centred data, the built-in engine's :func:`~memgen.metrics.knn.screen_error_bound`."""
-    q_sq, r_sq = _sq_norms(torch.from_numpy(q32)), _sq_norms(torch.from_numpy(r32))
+    of the centred data, the built-in engine's
+    :func:`~memgen.neighbours.precision.screen_error_bound`."""
+    q_sq, r_sq = sq_norms(torch.from_numpy(q32)), sq_norms(torch.from_numpy(r32))
     return screen_error_bound(q_sq, r_sq.max(), q32.shape[1], _UNIT_ROUNDOFF_F32)
 
 

@@ -14,19 +14,21 @@ search over the whole reference set. (One nuance: merging compares the reported
 float64 distances √d², the in-memory engine compares d²; two distinct d² with the same
 square root then come out ordered by index here.)
 
-The reference rows come from shard files through :mod:`memgen.metrics.shards`
+The reference rows come from shard files through :mod:`memgen.neighbours.shards`
 (memory-mapped, never loaded whole). Progress is saved after every chunk, so an
 interrupted search resumes where it stopped.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import zipfile
 import zlib
 from pathlib import Path
-from typing import Callable
+from dataclasses import dataclass
+from typing import Callable, Protocol
 
 import numpy as np
 import torch
@@ -34,16 +36,38 @@ from tqdm.auto import tqdm
 
 from memgen.errors import UserError
 from memgen.io import atomic_file
-from memgen.metrics.faiss_knn import MISSING_FAISS, faiss_available, faiss_knn_search
-from memgen.metrics.features import FeatureMap, get_feature_map
-from memgen.metrics.knn import DEFAULT_MEMORY_BUDGET, KnnResult, knn_search, take_sorted
-from memgen.metrics.shards import Chunk, Shard, ShardSet, iter_chunks, open_array, open_shards
+from memgen.neighbours.exact import DEFAULT_MEMORY_BUDGET, KnnResult, knn_search
+from memgen.neighbours.faiss_backend import MISSING_FAISS, faiss_available, faiss_knn_search
+from memgen.neighbours.refine import take_sorted
+from memgen.neighbours.shards import (Chunk, Shard, ShardSet, iter_chunks, open_array,
+                                      open_shards)
 
 KNN_BACKENDS: dict[str, Callable[..., KnnResult]] = {
     "builtin": knn_search,
     "faiss": faiss_knn_search,
 }
 _STATE_VERSION = 1
+
+
+class Embedding(Protocol):
+    """The feature map φ a streamed search applies to every chunk (a
+    :class:`memgen.metrics.features.FeatureMap` is one): its name, which the restart state
+    records, and embed, (rows, ...) samples → (rows, D) vectors."""
+
+    name: str
+    embed: Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Flatten:
+    """φ = identity: samples flattened to vectors, so distances are Euclidean on pixels.
+    Named ``l2``, as the metric of the same map in :mod:`memgen.metrics.features`."""
+
+    name: str = "l2"
+
+    @staticmethod
+    def embed(x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(x.shape[0], -1)
 
 
 def get_knn_backend(name: str) -> Callable[..., KnnResult]:
@@ -59,15 +83,16 @@ def get_knn_backend(name: str) -> Callable[..., KnnResult]:
 # ---------------------------------------------------------------------------- search
 
 
-def stream_knn(query: torch.Tensor, source, k: int, *, feature_map: FeatureMap | None = None,
+def stream_knn(query: torch.Tensor, source, k: int, *, feature_map: Embedding | None = None,
                exclude=None, backend: str = "builtin", memory_budget: int | None = None,
                chunk_rows: int | None = None, margin: int = 8, state: str | Path | None = None,
                callback: Callable[[int, int], None] | None = None,
-               progress: bool = False) -> KnnResult:
+               progress: bool = False, bf16_screen: bool | None = None) -> KnnResult:
     """Exact top-k neighbours of in-memory queries among the rows of a streamed reference set.
 
     query:   (n, D) embedded queries (φ already applied), or (n, ...) flattened to D.
-    source:  shard files (see :func:`find_shards`) or a :class:`ShardSet` of m rows.
+    source:  shard files (see :func:`~memgen.neighbours.shards.find_shards`) or a
+             :class:`ShardSet` of m rows.
     feature_map: φ applied to every chunk (default ``l2``, the flattening); distances
              are ‖φ(x) − φ(y)‖ — raise them to ``feature_map.power`` for the metric.
     exclude: None, or (n,) / (n, e) integer global reference indices that query i must
@@ -81,6 +106,8 @@ def stream_knn(query: torch.Tensor, source, k: int, *, feature_map: FeatureMap |
              call with the same fingerprint resumes there (a finished state returns at
              once), a different one raises ValueError.
     callback(rows_done, m) runs after each chunk (and its state save).
+    bf16_screen: the builtin engine's bfloat16 pre-screen (:func:`knn_search`): None where
+             it pays, True / False forced on or off; the neighbours are the same.
 
     Returns a :class:`KnnResult`: dist (n, k) float64, idx (n, k) int64 global indices,
     ascending by (distance, index) — equal to an in-memory search over all m rows;
@@ -94,8 +121,8 @@ def stream_knn(query: torch.Tensor, source, k: int, *, feature_map: FeatureMap |
     2 × memory_budget. Everything lives on the queries' device.
     """
     shards = open_shards(source)
-    search = get_knn_backend(backend)
-    feature_map = feature_map or get_feature_map("l2")
+    search = _engine(backend, bf16_screen)
+    feature_map = feature_map or Flatten()
     query = _check_query(query)
     m = shards.rows
     excl = _exclusions(exclude, len(query), m, k, query.device)
@@ -122,6 +149,16 @@ def stream_knn(query: torch.Tensor, source, k: int, *, feature_map: FeatureMap |
                 callback(done, m)
     assert dist.shape == (len(query), k) and torch.isfinite(dist).all()
     return KnnResult(dist=dist, idx=idx, n_fallback=n_fallback)
+
+
+def _engine(backend: str, bf16_screen: bool | None) -> Callable[..., KnnResult]:
+    """The backend's search, with the builtin engine's screen choice bound where given."""
+    search = get_knn_backend(backend)
+    if bf16_screen is None:
+        return search
+    if backend != "builtin":
+        raise UserError(f"bf16_screen applies to the builtin kNN backend, not {backend!r}")
+    return functools.partial(search, bf16_screen=bf16_screen)
 
 
 def _check_query(query) -> torch.Tensor:
@@ -155,13 +192,13 @@ def _exclusions(exclude, n: int, m: int, k: int, device) -> torch.Tensor | None:
     return excl
 
 
-def _embed(feature_map: FeatureMap, samples: torch.Tensor) -> torch.Tensor:
+def _embed(feature_map: Embedding, samples: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         emb = feature_map.embed(samples)
     return emb.reshape(emb.shape[0], -1)
 
 
-def _chunk_rows(shards: ShardSet, feature_map: FeatureMap, query: torch.Tensor,
+def _chunk_rows(shards: ShardSet, feature_map: Embedding, query: torch.Tensor,
                 budget: int) -> int:
     """Rows whose float32 data, embedding, one float32 and one bfloat16 copy of it (the
     screens of ``knn_search``) fit ``budget`` bytes.

@@ -1,0 +1,435 @@
+"""Model sources as objects: one registered class per kind of model memgen runs.
+
+A source states everything that follows from where a denoiser comes from: its names
+(``load_denoiser``'s keyword and the identity record's kind, ``memgen generate``'s flag,
+the sweep's ``model.kind``), how it builds the denoiser and schedule, what identifies it
+(``ModelSource``'s content hash; the sweep train key's trajectory part), its schedule
+family and so its default sampler, whether the sweep trains it, which model fields it
+reads, its default data split, whether the sweep exports the authors' layout, and the
+state a sweep samples each K from. ``SOURCES`` holds them, in the order
+``load_denoiser`` names them:
+
+    name         what                                         model.kind    trains
+    checkpoint   a ``memgen train`` checkpoint.pt              network       yes
+    exact        the empirical denoiser of the training set   exact         no
+    torchscript  an ε-model file eps = model(x_t, t)          (no sweeps)
+    diffusers    a diffusers ``UNet2DModel`` folder            (no sweeps)
+    reference    the authors' K.pt (``diffusion.reference``)  checkpoints   no
+
+A checkpoint carries its network, objective and schedule; TorchScript and diffusers are
+VP ε-prediction with integer-valued t on the DDPM linear schedule unless told; the
+authors' networks are ε-prediction on their schedule, which is ``VPSchedule()``.
+
+Precision. Networks run in float32 (their weights). The exact denoiser runs in the dtype
+of its stored patterns, ``exact_dtype``, float32 by default: the sample files' own dtype,
+in which ``memgen generate``, ``memgen diagnose``'s model and the sweep's generate and
+analysis stages have always run it (their stored samples and cache keys depend on those
+bits). The attractor probes of ``memgen basins`` and diagnose's reference ask for
+float64: a bisection on the recovery probability, Hessian spectra and energy integrals
+along a path need the softmax weights to more digits than float32 keeps at small σ.
+
+Adding a source: a subclass of ``Source`` registered in ``SOURCES``; the sweep config's
+``model.kind`` choices, its checks, stage keys and stages read it from here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import torch
+
+from memgen.diffusion.model_files import (check_eps_shape, diffusers_net, read_checkpoint,
+                                           sample_shape, torchscript_net)
+from memgen.diffusion.denoisers import Denoiser, EmpiricalDenoiser, EpsDenoiser, ScoreDenoiser
+from memgen.diffusion.identity import ModelSource, array_sha256, folder_sha256
+from memgen.diffusion.nets import NetConfig, get_preset
+from memgen.diffusion.reference import load_reference
+from memgen.diffusion.schedules import VESchedule, VPSchedule
+from memgen.diffusion.training import snapshot_path
+from memgen.errors import UserError
+from memgen.io import load_samples
+from memgen.provenance import file_sha256
+
+SCHEDULES = {"vp": VPSchedule, "ve": VESchedule}
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A denoiser with what its callers need to run it."""
+
+    denoiser: Denoiser
+    schedule: VPSchedule | VESchedule | None  # None: the exact denoiser without a schedule
+    shape: tuple[int, ...]  # one sample: (D,) or (C, H, W)
+    dtype: torch.dtype  # what it computes in: float32 for networks, exact_dtype otherwise
+    source: ModelSource | None = None  # what it was loaded from, and its content hash
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """How to load a source (``load_denoiser``'s keywords besides the source)."""
+
+    schedule: VPSchedule | VESchedule | str | None = None
+    shape: tuple[int, ...] | None = None
+    device: str | torch.device = "cpu"
+    exact_dtype: torch.dtype = torch.float32
+    clip: bool = False
+    ema: bool = True
+
+
+class Source:
+    """One kind of model source. ``model`` below is a sweep's model section
+    (``memgen.experiments.config.ModelConfig``: kind, path, reference_config, preset, net,
+    objective, schedule)."""
+
+    name: ClassVar[str]  # load_denoiser's keyword, the ModelSource kind
+    flag: ClassVar[str]  # memgen generate's option
+    sweep_kind: ClassVar[str | None] = None  # model.kind in a sweep (None: not in sweeps)
+    trains: ClassVar[bool] = False  # the sweep trains its network (a train stage)
+    records_shape: ClassVar[bool] = True  # False: the caller gives the sample shape
+    model_fields: ClassVar[tuple[str, ...]] = ()  # the model fields it reads, besides kind
+    no_network: ClassVar[str] = ""  # why model.preset, net, objective have no effect
+    split: ClassVar[str] = "memgen"  # data.split unless given (memgen.data.splits)
+    exports_reference: ClassVar[bool] = False  # sample.export_reference unless given
+    analysable: ClassVar[bool] = True  # the sweep's analyses and train.snapshots apply
+    schedule_option: ClassVar[bool] = False  # the CLI's --schedule is this source's
+    folder: ClassVar[bool] = False  # its flag names a folder (else a file)
+
+    def load(self, value, options: LoadOptions) -> LoadedModel:
+        """The denoiser of ``value`` (a path, an array, …: what ``load_denoiser`` got)."""
+        if options.shape is not None and self.records_shape:
+            raise UserError(f"shape is for TorchScript and diffusers models; a {self.name} "
+                            "source has its own")
+        return self.build(value, options)
+
+    def build(self, value, options: LoadOptions) -> LoadedModel:
+        raise NotImplementedError
+
+    def option_value(self, path, *, config=None, input_range=None):
+        """What ``load`` takes, from the path given to the CLI's ``flag`` (``config``: the
+        YAML of --config; ``input_range``: (LO, HI) of a sample file's values)."""
+        return path
+
+    # ------------------------------------------------------------------ in a sweep
+    def sweep_model(self, model, state: Path | None, train: np.ndarray,
+                    device) -> LoadedModel:
+        """The model a sweep samples: the saved ``state`` of this K, or built from S_K."""
+        raise NotImplementedError
+
+    def schedule_family(self, model) -> str:
+        """"ve" or "vp": the noise schedule of the sweep's model."""
+        return "vp"
+
+    def default_sampler(self, model) -> str:
+        """The sampler when sample.sampler is unset: the schedule family's default."""
+        family = VESchedule if self.schedule_family(model) == "ve" else VPSchedule
+        return family.default_sampler
+
+    def trajectory(self, model, K: int, training: dict,
+                   file_key: Callable[[Path], str]) -> dict | None:
+        """The train key's part beyond the model section and S_K: what decides the states
+        (``training``: the train settings that decide a trajectory; ``file_key``: a file's
+        content hash in the keys)."""
+        return None
+
+    def state_file(self, model, K: int, train_folder: Path | None,
+                   steps: int | None) -> Path | None:
+        """The state a K is sampled from: the snapshot after ``steps`` steps of its
+        training, or None (built from S_K)."""
+        return None if train_folder is None else snapshot_path(train_folder, steps)
+
+    def untrained(self, model, K: int) -> str:
+        """What a K uses instead of training, for --dry-run."""
+        return f"the {self.name} model"
+
+    def check_model(self, model) -> None:
+        """UserError for a model section this source cannot run (before any work)."""
+
+    def check_split(self, split: str) -> None:
+        """UserError for a data.split this source cannot be measured on."""
+
+    def check_files(self, model, Ks) -> None:
+        """UserError for missing files (where the sweep runs, not when a config is read)."""
+
+
+# ------------------------------------------------------------------------------ sources
+
+
+class CheckpointSource(Source):
+    """A ``memgen train`` checkpoint: its EMA weights (or the raw ones without ``ema``),
+    its network, objective, schedule and sample shape."""
+
+    name, flag, sweep_kind, trains = "checkpoint", "--checkpoint", "network", True
+    model_fields = ("preset", "net", "objective")
+
+    def build(self, path, options: LoadOptions) -> LoadedModel:
+        if options.schedule is not None:
+            raise UserError("a checkpoint carries its own schedule")
+        payload, config = read_checkpoint(path, map_location=options.device)
+        net = replace(config.net, seed=config.seed).build().to(options.device)
+        try:
+            net.load_state_dict(payload["ema" if options.ema else "model"])
+        except (RuntimeError, TypeError, AttributeError) as err:
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise UserError(f"{path}: its weights do not fit its network ({first})") from None
+        net.eval().requires_grad_(False)  # gradients flow to x only (Hessians, divergences)
+        schedule = config.schedule()
+        if config.objective == "vp_eps":
+            denoiser = EpsDenoiser(net, schedule, clip=options.clip)
+        else:
+            denoiser = ScoreDenoiser(net, schedule)
+        source = ModelSource(self.name, str(path), lambda: file_sha256(path))
+        return LoadedModel(denoiser, schedule, sample_shape(config.net), torch.float32, source)
+
+    def sweep_model(self, model, state, train, device) -> LoadedModel:
+        return self.load(state, LoadOptions(device=device))
+
+    def schedule_family(self, model) -> str:
+        return "ve" if objective(model) == "ve_score" else "vp"
+
+    def trajectory(self, model, K, training, file_key) -> dict:
+        return {**training, "network": network(model).to_dict()}
+
+    def check_model(self, model) -> None:
+        """The network must exist and build (on the meta device: no memory, no time)."""
+        if model.net is not None and model.preset is not None:
+            raise UserError("model: give model.preset or model.net, not both")
+        try:
+            net = network(model)
+            with torch.device("meta"):
+                net.build()
+        except ValueError as err:
+            where = "net" if model.net is not None else "preset"
+            raise UserError(f"model.{where}: {err}") from None
+
+
+def network(model) -> NetConfig:
+    """The network a model section describes: ``net``, else its preset [toy-mlp]."""
+    return model.net if model.net is not None else get_preset(model.preset or "toy-mlp")
+
+
+def objective(model) -> str:
+    """A network's objective: model.objective, else ve_score for MLPs, vp_eps for U-Nets."""
+    return model.objective or ("ve_score" if network(model).kind == "mlp" else "vp_eps")
+
+
+class ExactSource(Source):
+    """The exact empirical denoiser of a training set (N, ...) in ``exact_dtype`` (see the
+    module docstring), with ``schedule`` ("vp", "ve", a schedule, or None for none) only
+    for the samplers' ladder: the positive control, no network."""
+
+    name, flag, sweep_kind = "exact", "--exact", "exact"
+    model_fields = ("schedule",)
+    no_network = "the exact denoiser is not a network"
+    schedule_option = True
+
+    def option_value(self, path, *, config=None, input_range=None):
+        """The training set of a sample file, converted from ``input_range`` to [-1, 1]."""
+        return load_samples(path, self.flag, input_range)
+
+    def build(self, exact, options: LoadOptions) -> LoadedModel:
+        patterns = torch.as_tensor(exact).to(device=options.device, dtype=options.exact_dtype)
+        source = ModelSource(self.name, None, lambda: array_sha256(exact))
+        return LoadedModel(EmpiricalDenoiser(patterns), parse_schedule(options.schedule),
+                           tuple(patterns.shape[1:]), options.exact_dtype, source)
+
+    def sweep_model(self, model, state, train, device) -> LoadedModel:
+        """S_K's exact denoiser in float32 (the sweep's stored samples depend on it)."""
+        return self.load(train, LoadOptions(schedule=model.schedule, device=device))
+
+    def schedule_family(self, model) -> str:
+        return model.schedule
+
+    def untrained(self, model, K: int) -> str:
+        return "the exact denoiser"
+
+
+class EpsModelSource(Source):
+    """A VP ε-model from a file or folder: ``schedule`` its VP schedule [VPSchedule()],
+    ``shape`` its sample shape (required: the model does not record it)."""
+
+    records_shape = False
+
+    def build(self, path, options: LoadOptions) -> LoadedModel:
+        if options.shape is None:
+            raise UserError("a TorchScript or diffusers model needs the sample shape (C, H, W)")
+        vp = parse_schedule(options.schedule or "vp")
+        if not isinstance(vp, VPSchedule):
+            raise UserError("a TorchScript or diffusers ε-model needs a VP schedule")
+        net = self.read(path, options.device)
+        source = ModelSource(self.name, str(path), lambda: self.content(path))
+        check_eps_shape(net, vp, tuple(options.shape), options.device, source.label())
+        return LoadedModel(EpsDenoiser(net, vp, clip=options.clip), vp, tuple(options.shape),
+                           torch.float32, source)
+
+    def read(self, path, device) -> Callable:
+        """The network: eps = net(x_t, t)."""
+        raise NotImplementedError
+
+    def content(self, path) -> str:
+        """The sha256 of what ``path`` holds."""
+        raise NotImplementedError
+
+
+class TorchScriptSource(EpsModelSource):
+    name, flag = "torchscript", "--torchscript"
+
+    def read(self, path, device):
+        return torchscript_net(path, device)
+
+    def content(self, path) -> str:
+        return file_sha256(path)
+
+
+class DiffusersSource(EpsModelSource):
+    name, flag, folder = "diffusers", "--diffusers", True
+
+    def read(self, path, device):
+        return diffusers_net(path, device)
+
+    def content(self, path) -> str:
+        return folder_sha256(path)
+
+
+class ReferenceSource(Source):
+    """The paper authors' ``K.pt`` as (path, config): config their YAML's path, a mapping
+    of its model: keys, or None for the checkpoint's args; their network as an
+    ε-prediction VP denoiser on their schedule (``ema`` as for a checkpoint). In a sweep:
+    ``<K>.pt`` of the folder model.path, on their own subsets, sampled as they did, with
+    S_eval and S′ also in their layout."""
+
+    name, flag, sweep_kind = "reference", "--reference-checkpoint", "checkpoints"
+    model_fields = ("path", "reference_config")
+    no_network = "the authors' checkpoints carry their own network"
+    split, exports_reference, analysable = "reference", True, False
+
+    def option_value(self, path, *, config=None, input_range=None):
+        return (path, config or None)
+
+    def build(self, reference, options: LoadOptions) -> LoadedModel:
+        if options.schedule is not None:
+            raise UserError("a reference checkpoint carries its own schedule (their DDPM's)")
+        if not isinstance(reference, (tuple, list)) or len(reference) != 2:
+            raise UserError("reference must be a pair (checkpoint path, config or None)")
+        loaded = load_reference(reference[0], reference[1], ema=options.ema)
+        if loaded.config.prediction_type != "epsilon":
+            raise UserError(f"{reference[0]}: memgen loads their ε-prediction networks; this "
+                            f"one was trained with prediction_type "
+                            f"{loaded.config.prediction_type!r}")
+        net = loaded.net.to(options.device).requires_grad_(False)  # gradients flow to x only
+        schedule = loaded.config.schedule()
+        path, their_config = reference
+        source = ModelSource(self.name, str(path),
+                             lambda: reference_sha256(path, their_config))
+        return LoadedModel(EpsDenoiser(net, schedule, clip=options.clip), schedule,
+                           loaded.config.shape, torch.float32, source)
+
+    def sweep_model(self, model, state, train, device) -> LoadedModel:
+        return self.load((state, model.reference_config), LoadOptions(device=device))
+
+    def checkpoint(self, model, K: int) -> Path:
+        """The authors' checkpoint of training-set size K."""
+        return Path(model.path) / f"{K}.pt"
+
+    def trajectory(self, model, K, training, file_key) -> dict:
+        """The content of K.pt and of their YAML, if given (not their paths)."""
+        given = model.reference_config
+        return {"checkpoint": file_key(self.checkpoint(model, K)),
+                "reference_config": None if given is None else file_key(given)}
+
+    def state_file(self, model, K, train_folder, steps) -> Path:
+        return self.checkpoint(model, K)
+
+    def untrained(self, model, K: int) -> str:
+        return f"the authors' {self.checkpoint(model, K)}"
+
+    def check_model(self, model) -> None:
+        if model.path is None:
+            raise UserError("model.path: give the folder of the authors' <K>.pt files "
+                            "(model.kind = checkpoints)")
+
+    def check_split(self, split: str) -> None:
+        if split != "reference":
+            raise UserError("data.split: the authors' checkpoints were trained on their own "
+                            "subsets; model.kind = checkpoints needs data.split = reference")
+
+    def check_files(self, model, Ks) -> None:
+        """One <K>.pt per K in model.path, and their YAML if given."""
+        if not Path(model.path).is_dir():
+            raise UserError(f"model.path: no such folder {model.path} (the authors' <K>.pt "
+                            "files)")
+        missing = [self.checkpoint(model, K).name for K in Ks
+                   if not self.checkpoint(model, K).is_file()]
+        if missing:
+            raise UserError(f"model.path: {model.path} has no {', '.join(missing)} (one "
+                            "<K>.pt per K of Ks)")
+        if model.reference_config is not None and not Path(model.reference_config).is_file():
+            raise UserError(f"model.reference_config: no such file {model.reference_config}")
+
+
+def reference_sha256(path, config) -> str:
+    """The authors' checkpoint's bytes with their config: its file's bytes, the mapping
+    given, or nothing (the checkpoint's own args)."""
+    h = hashlib.sha256(file_sha256(path).encode())
+    if isinstance(config, (str, Path)):
+        h.update(b"config file " + file_sha256(config).encode())
+    elif config is not None:
+        h.update(b"config " + json.dumps(config, sort_keys=True, default=repr).encode())
+    return h.hexdigest()
+
+
+def parse_schedule(schedule):
+    """A schedule from its name ("vp", "ve"); a schedule or None as given."""
+    if schedule is None or isinstance(schedule, (VPSchedule, VESchedule)):
+        return schedule
+    if schedule not in SCHEDULES:
+        raise UserError(f"unknown schedule {schedule!r}; known: {', '.join(SCHEDULES)}")
+    return SCHEDULES[schedule]()
+
+
+# ----------------------------------------------------------------------------- registry
+
+
+SOURCES: dict[str, Source] = {source.name: source for source in (
+    CheckpointSource(), ExactSource(), TorchScriptSource(), DiffusersSource(),
+    ReferenceSource())}
+
+
+class SweepKinds(Mapping):
+    """model.kind → its source: a live view of ``SOURCES`` (those with a sweep kind, in
+    their order), so a source registered later is a choice too."""
+
+    def __getitem__(self, kind: str) -> Source:
+        for source in SOURCES.values():
+            if source.sweep_kind is not None and source.sweep_kind == kind:
+                return source
+        raise KeyError(kind)
+
+    def __iter__(self) -> Iterator[str]:
+        return (s.sweep_kind for s in SOURCES.values() if s.sweep_kind is not None)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+SWEEP_KINDS = SweepKinds()
+
+
+def flags(where: Callable[[Source], bool] = lambda source: True, sep: str = ", ") -> str:
+    """The CLI flags of the sources ``where`` holds for, for a message."""
+    return sep.join(source.flag for source in SOURCES.values() if where(source))
+
+
+def model_source(model) -> Source:
+    """The source of a sweep's model section (by model.kind)."""
+    return SWEEP_KINDS[model.kind]
+
+
+def sweep_field_users(field: str) -> list[str]:
+    """The model.kind values whose source reads model.``field``."""
+    return [kind for kind, source in SWEEP_KINDS.items() if field in source.model_fields]
