@@ -249,7 +249,8 @@ def test_a_key_given_twice_is_refused_naming_it_and_its_lines(tmp_path):
                       "  n_eval: 50\n  steps: 200\n")
     out = tmp_path / "run"
     result = run("sweep", config, "--out", out, "--dry-run")
-    assert_fails(result, "the key 'steps' is given twice (lines 4 and 6)", out, tmp_path)
+    # OmegaConf's loader names the line of the second one (issue #24: was "lines 4 and 6")
+    assert_fails(result, "the key 'steps' is given twice, line 6", out, tmp_path)
     top = tmp_path / "top.yaml"
     top.write_text("Ks: [2]\nKs: [4]\n")
     assert_fails(run("sweep", top, "--out", out), "'Ks' is given twice", out, tmp_path)

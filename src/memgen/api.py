@@ -16,6 +16,7 @@ bytes). The former names and a budget in bytes work, with a DeprecationWarning.
 from __future__ import annotations
 
 import warnings
+from dataclasses import fields
 from pathlib import Path
 from typing import Sequence
 
@@ -37,20 +38,20 @@ SampleSet = np.ndarray | torch.Tensor | str | Path
 
 def classify(train: SampleSet, eval: SampleSet | None = None,  # noqa: A002 (--eval)
              synth: SampleSet | None = None, *, heldout: SampleSet | None = None,
-             rule: str = "paper", delta_m: float | None = None, delta_s: float | None = None,
-             metric: str = "l2", k: int | None = None, alpha: float = 0.05,
-             calibrate: bool = False, dedup: bool = False, seed: int = 0,
-             backend: str = "builtin", memory_budget: float | None = 512, state: str | None = None,
-             progress: bool = False, input_range: tuple[float, float] | dict | None = None,
-             allow_range_mismatch: bool = False, **former) -> Classification:
+             state: str | None = None, progress: bool = False,
+             input_range: tuple[float, float] | dict | None = None,
+             allow_range_mismatch: bool = False, **options) -> Classification:
     """Label every sample memorized, spurious or generalized (eqs. 4–6) — ``memgen classify``.
 
     train: the training set S (--train); eval: the evaluated set (--eval); synth: the
     synthetic set S′ (--synth; None: the evaluated samples are their own, self-matches
     excluded); heldout: real data not in S for null rates, calibrated thresholds and sample
-    quality; memory_budget: MiB for one block of pairwise distances, as --memory-budget;
-    state: restart file for a streamed synth (a folder or glob of shards). input_range:
-    (LO, HI) of every set's values, converted to [-1, 1] (``--input-range``), or
+    quality; state: restart file for a streamed synth (a folder or glob of shards).
+    options: the fields of ClassifyConfig under their own names, with the command line's
+    defaults and units (``rule="paper"``, ``delta_m``, ``delta_s``, ``metric="l2"``, ``k``,
+    ``alpha=0.05``, ``calibrate``, ``seed=0``, ``memory_budget=512`` MiB for one block of
+    pairwise distances, ``backend="builtin"``, ``dedup``; ``memgen classify --help``).
+    input_range: (LO, HI) of every set's values, converted to [-1, 1] (``--input-range``), or
     {name: (LO, HI)} for some of them (names: train, eval, synth, heldout).
     allow_range_mismatch: classify sets whose ranges clearly differ
     (``memgen.io.check_ranges``; ``--allow-range-mismatch``). The result has
@@ -58,12 +59,16 @@ def classify(train: SampleSet, eval: SampleSet | None = None,  # noqa: A002 (--e
     ``fractions``, ``ci95``, ``counts``, ``null_rates`` and ``null_ci95`` by label name,
     ``neighbours``, ``summary()`` and ``to_frame()`` (pandas).
     """
+    known = {f.name: f for f in fields(ClassifyConfig)}
+    former = {name: value for name, value in options.items() if name not in known}
     eval = _renamed(former, "samples", "eval", eval, "classify")
     if eval is None:
         raise UserError("give the evaluated samples: classify(train, eval, ...)")
-    config = ClassifyConfig(rule=rule, delta_m=delta_m, delta_s=delta_s, metric=metric, k=k,
-                            alpha=alpha, calibrate=calibrate, seed=seed,
-                            memory_budget=_budget(memory_budget), backend=backend, dedup=dedup)
+    given = {name: options.get(name, f.metadata.get("default", f.default))
+             for name, f in known.items()}  # the command line's defaults
+    for name in [name for name, f in known.items() if f.metadata.get("unit") == "MiB"]:
+        given[name] = _budget(given[name])  # MiB to bytes (here: the warning's stack level)
+    config = ClassifyConfig(**given)
     config.make_rule()  # bad thresholds fail before any data is read
     ranges = _ranges(input_range)
     sets = {name: None if x is None else _samples(x, name, ranges.get(name))

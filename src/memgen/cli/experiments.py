@@ -164,9 +164,8 @@ def sweep(config_path, out, overrides, dry_run, executor, workers, address, thre
     (default), in --workers local processes, or as a Ray task (--executor ray)."""
     flags = {"kind": executor, "workers": workers, "address": address,
              "cpus_per_task": threads}
-    overrides = list(overrides) + [f"executor.{key}={value}" for key, value in flags.items()
-                                   if value is not None]
-    config = load_config(config_path, overrides)
+    executor_flags = {key: value for key, value in flags.items() if value is not None}
+    config = load_config(config_path, overrides, {"executor": executor_flags})
     check_device(config.device)
     check_sweep_dir(Path(out), overwrite)
     if dry_run:

@@ -6,6 +6,8 @@ Registered on the ``memgen`` group by :mod:`memgen.cli.main` (same error handlin
 from __future__ import annotations
 
 import time
+import typing
+from dataclasses import fields
 from pathlib import Path
 
 import click
@@ -21,16 +23,41 @@ from memgen.io import (atomic_file, atomic_output_dir, check_output_dir, check_o
 from memgen.metrics.capacity import capacities as compute, describe, read_fraction_table
 from memgen.metrics.classify import (ClassifyConfig, classify_sets, streamed_sample, summary,
                                      write_classification)
-from memgen.metrics.features import FEATURE_MAPS, METRIC_NAMES, metric_help
-from memgen.metrics.rules import LABEL_NAMES, RULE_DEFAULTS
-from memgen.neighbours import KNN_BACKENDS, ShardSet, open_shards
+from memgen.metrics.rules import LABEL_NAMES
+from memgen.neighbours import ShardSet, open_shards
 from memgen.provenance import file_record, gather, shards_record
 from memgen.report.figures import plot_fractions, plot_neighbours, plot_phase, save_figure
 
-RULES = tuple(RULE_DEFAULTS)
-METRICS = METRIC_NAMES  # read at each use: a newly registered feature space is offered
-BACKENDS = tuple(KNN_BACKENDS)
 SETS = ("train", "eval", "synth", "heldout")  # the sets --input-range SET=LO,HI names
+
+
+def classify_options(command):
+    """One option per ClassifyConfig field, in its order: ``--delta-m`` for delta_m, the type
+    from the annotation (a bool: a flag), the help, choices and default from the field's
+    metadata (memgen.metrics.classify.option). A new field is a new option, nothing else."""
+    hints = typing.get_type_hints(ClassifyConfig)
+    for f in reversed(fields(ClassifyConfig)):
+        command = click.option(f"--{f.name.replace('_', '-')}",
+                               **_click_settings(f, hints[f.name]))(command)
+    return command
+
+
+def _click_settings(f, hint) -> dict:
+    """click.option's keywords for one ClassifyConfig field."""
+    meta = f.metadata
+    kind = next(o for o in typing.get_args(hint) or (hint,) if o is not type(None))
+    if kind is bool:
+        return {"is_flag": True, "help": meta["help"]}
+    kind = (RegistryChoice(meta["registry"]) if "registry" in meta
+            else click.Choice(meta["choices"]) if "choices" in meta
+            else SEED if meta.get("seed") else float if meta.get("unit") == "MiB" else kind)
+    default = meta.get("default", f.default)
+    shown = {} if default is None else {"default": default, "show_default": True}
+    return {"type": kind, **shown, "help": meta["help"]}
+
+
+# the options given in MiB, stored in bytes (--memory-budget)
+MIB_OPTIONS = tuple(f.name for f in fields(ClassifyConfig) if f.metadata.get("unit") == "MiB")
 
 
 @click.command()
@@ -44,29 +71,7 @@ SETS = ("train", "eval", "synth", "heldout")  # the sets --input-range SET=LO,HI
                    "set, self-matches excluded.")
 @click.option("--heldout", "heldout_path", type=click.Path(dir_okay=False),
               help="Held-out real data (not in S): null rates and calibrated thresholds.")
-@click.option("--rule", type=click.Choice(RULES), default="paper", show_default=True,
-              help="paper: ratio tests of eqs. 4-6; absolute: raw-distance thresholds "
-                   "(the public reference code).")
-@click.option("--delta-m", type=float, help="Memorization threshold [paper: 1/3; absolute: 0.03].")
-@click.option("--delta-s", type=float, help="Spurious threshold [paper: 1/3; absolute: 0.02].")
-@click.option("--metric", type=RegistryChoice(FEATURE_MAPS), default="l2", show_default=True,
-              help=f"Distance d. {metric_help()}. Network weights from $MEMGEN_LPIPS_WEIGHTS "
-                   "or torch hub's checkpoints folder.")
-@click.option("--k", type=int, help="Neighbours kept per set [5, or fewer for a small set].")
-@click.option("--alpha", type=float, default=0.05, show_default=True,
-              help="Null detection rate the calibrated thresholds allow.")
-@click.option("--calibrate", is_flag=True,
-              help="Label with the thresholds calibrated on --heldout.")
-@click.option("--dedup", is_flag=True,
-              help="Measure d2 against the nearest training image that is not a "
-                   "near-duplicate of the first (memgen's extension of eq. 4 for training "
-                   "sets with repeated images).")
-@click.option("--seed", type=SEED, default=0, show_default=True,
-              help="Draws the null and quality subsets from --heldout.")
-@click.option("--memory-budget", type=float, default=512, show_default=True,
-              help="MiB for one block of pairwise distances (and one streamed chunk).")
-@click.option("--backend", type=click.Choice(BACKENDS), default="builtin",
-              show_default=True, help="Exact kNN engine (faiss: pip install faiss-cpu).")
+@classify_options
 @click.option("--state", "state_path", type=click.Path(dir_okay=False),
               help="Restart file for a streamed --synth: an interrupted search resumes.")
 @input_range_option(SETS)
@@ -76,17 +81,15 @@ SETS = ("train", "eval", "synth", "heldout")  # the sets --input-range SET=LO,HI
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="Output folder: summary.json, labels.npz.")
 @overwrite_option
-def classify(train_path, eval_path, synth_path, heldout_path, rule, delta_m, delta_s, metric, k,
-             alpha, calibrate, dedup, seed, memory_budget, backend, state_path, input_range,
-             allow_range_mismatch, out, overwrite):
+def classify(train_path, eval_path, synth_path, heldout_path, state_path, input_range,
+             allow_range_mismatch, out, overwrite, **options):
     """Label every evaluated sample memorized, spurious or generalized (eqs. 4-6)."""
-    config = ClassifyConfig(rule=rule, delta_m=delta_m, delta_s=delta_s, metric=metric, k=k,
-                            alpha=alpha, calibrate=calibrate, seed=seed,
-                            memory_budget=_mib(memory_budget), backend=backend, dedup=dedup)
+    config = ClassifyConfig(**{name: _mib(value) if name in MIB_OPTIONS else value
+                               for name, value in options.items()})
     config.make_rule()  # reject bad thresholds and --out before reading any data
-    if not 0 <= alpha < 1:
-        raise UserError(f"--alpha {alpha}: a null detection rate lies in [0, 1)")
-    if calibrate and not heldout_path:
+    if not 0 <= config.alpha < 1:
+        raise UserError(f"--alpha {config.alpha}: a null detection rate lies in [0, 1)")
+    if config.calibrate and not heldout_path:
         raise UserError("--calibrate needs held-out real data (--heldout)")
     if state_path and (not synth_path or Path(synth_path).is_file()):
         raise UserError("--state resumes a streamed --synth (a folder or glob of shards); "

@@ -37,7 +37,7 @@ import math
 import re
 import zipfile
 import zlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -61,25 +61,54 @@ PRIORS = ("standard", "forward")
 
 
 @dataclass(frozen=True)
-class GenerateConfig:
-    n: int
-    sampler: str = "ddpm"
+class Sampling:
+    """How a set is sampled: the sweep's ``sample`` section shares these fields, and the base
+    of :class:`GenerateConfig`. None leaves a setting at its default (GenerateConfig's below)."""
+
+    sampler: str | None = None  # None: ddpm (a sweep: its schedule's default sampler)
     steps: int | None = None  # None: the schedule's full ladder (T for VP, 1000 for VE)
     eta: float = 0.0  # DDIM only
-    seed: int = 0
-    batch_size: int = 256
-    shard_size: int = 1000
-    name: str = "samples"
-    clip: bool = True  # clip the final samples to [−1, 1] (images)
     final_denoise: bool = False  # end the ladder with σ = 0 (one last denoising step)
     # stop the ladder at this VE noise level and retrieve x ← D(x, σ) to a fixed point: with
     # the exact denoiser, the attractors of E_σ (mixture minima: a known spurious generator)
     stop_sigma: float | None = None
-    prior: str = "standard"  # "standard" | "forward" (see the module docstring)
-    clip_denoised: bool | None = None  # None: on for ε-networks (EpsDenoiser), else off
-    clip_range: tuple[float, float] = (-1.0, 1.0)  # [lo, hi] for clip_denoised
+    # "standard" (None) | "forward": the start of the ladder (see the module docstring)
+    prior: str | None = None
+    # clamp x̂₀ to clip_range at every step; None: on for ε-networks (EpsDenoiser), else off
+    clip_denoised: bool | None = None
+    clip_range: tuple[float, float] | None = None  # [lo, hi] for clip_denoised; None: [-1, 1]
+    batch_size: int = 256
+
+
+SAMPLING_DEFAULTS = {"sampler": "ddpm", "prior": "standard", "clip_range": (-1.0, 1.0)}
+# the key order of GenerateConfig.record (a set's NAME.json), as written before Sampling
+RECORD_ORDER = ("n", "sampler", "steps", "eta", "seed", "batch_size", "shard_size", "name",
+                "clip", "final_denoise", "stop_sigma", "prior", "clip_denoised", "clip_range")
+
+
+@dataclass(frozen=True)
+class GenerateConfig(Sampling):
+    """One set to generate: how (:class:`Sampling`, its None settings resolved to
+    SAMPLING_DEFAULTS), how many, from which seed, and how it is stored."""
+
+    n: int = field(kw_only=True)
+    seed: int = 0
+    shard_size: int = 1000
+    name: str = "samples"
+    clip: bool = True  # clip the final samples to [−1, 1] (images)
+
+    def record(self) -> dict:
+        """The fields as a set's NAME.json records them: in RECORD_ORDER (their order before
+        Sampling became the base, so that records stay byte-identical), any new one after."""
+        fields_ = asdict(self)
+        rank = {name: i for i, name in enumerate(RECORD_ORDER)}
+        return {name: fields_[name]
+                for name in sorted(fields_, key=lambda n: rank.get(n, len(rank)))}
 
     def __post_init__(self):
+        for name, default in SAMPLING_DEFAULTS.items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, default)  # frozen: resolved once, here
         if self.n < 1 or self.batch_size < 1 or self.shard_size < 1:
             raise UserError("n, batch_size and shard_size must be at least 1")
         if self.stop_sigma is not None and (self.final_denoise or not self.stop_sigma > 0):
@@ -235,7 +264,7 @@ def _merge(out: Path, config: GenerateConfig, n_shards: int, identity: dict, cli
     parts = [np.load(out / name, allow_pickle=False)["samples"] for name in shards]
     description.unlink(missing_ok=True)
     _save_npz(merged, np.concatenate(parts))
-    record = {"config": asdict(config), "denoised_clip": clip, "identity": identity,
+    record = {"config": config.record(), "denoised_clip": clip, "identity": identity,
               "model_path": source.path if source is not None else None, "shards": shards,
               "memgen": __version__}
     _write_json(description, record)

@@ -58,24 +58,40 @@ COMPILE_MODES = ("none", "default", "reduce-overhead")  # TrainConfig.compile
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    preset: str = "fmnist-cpu-16"  # the network, unless `network` describes it
-    objective: str = "vp_eps"
+class TrainSettings:
+    """How a network is optimised: the sweep's ``train`` section, and the base of
+    :class:`TrainConfig`. The defaults are DDPM's lr 2e-4 and EMA 0.9999, 2,000 iterations
+    (the shipped network configs set their own: the toy MLP's lr 2e-3, EMA 0.999)."""
+
     iterations: int = 2000
-    snapshots: tuple[int, ...] = ()  # also keep the state after these many steps
+    # also keep the state after these many steps (< iterations): the training-time axis
+    snapshots: tuple[int, ...] = ()
     batch_size: int = 128  # the batch is min(batch_size, K) ...
     fixed_batch: bool = False  # ... or batch_size draws with replacement whatever K is
     lr: float = 2e-4
     ema_decay: float = 0.9999  # 0: no EMA (the EMA weights equal the raw weights)
-    ema_warmup: bool = True  # decay min(ema_decay, (1 + k)/(10 + k)) at step k (update_ema)
+    # EMA warm-up: the decay at step k is min(ema_decay, (1 + k)/(10 + k)) (update_ema), which
+    # stays below 0.999 until k ≈ 9,000 (0.9999: k ≈ 90,000), so decays 0.999 and 0.9999 are
+    # identical for the first ~9k steps; false: ema_decay from the first step
+    ema_warmup: bool = True
     grad_clip: float = 1.0
     seed: int = 3407
+    amp: bool = False  # bfloat16 autocast on CUDA (ignored on the CPU)
+    # torch.compile the loss (the network's forward with it): "default", or "reduce-overhead"
+    # (CUDA graphs on a GPU); eager, with one warning, where compiling fails (train_step).
+    # A sweep leaves it out of the train key when none.
+    compile: str = "none"
+
+
+@dataclass(frozen=True)
+class TrainConfig(TrainSettings):
+    """A training run: the optimisation (:class:`TrainSettings`), the network and its
+    objective, and what the run writes."""
+
+    preset: str = "fmnist-cpu-16"  # the network, unless `network` describes it
+    objective: str = "vp_eps"
     log_every: int = 100
     checkpoint_every: int = 1000
-    amp: bool = False  # bfloat16 autocast on CUDA
-    # torch.compile the loss (the network's forward with it): "default", or "reduce-overhead"
-    # (CUDA graphs on a GPU); eager, with one warning, where compiling fails (train_step)
-    compile: str = "none"
     beta_min: float = 1e-4  # vp_eps schedule
     beta_max: float = 0.02
     T: int = 1000

@@ -1,8 +1,11 @@
-"""Sweep configuration: YAML files mapped onto frozen dataclasses, strictly.
+"""Sweep configuration: YAML files mapped onto frozen dataclasses by OmegaConf, strictly.
 
-Unknown keys, wrong types and impossible values fail before any work starts, with a
-message naming the field (``train.iterations: expected int, got 'many'``). ``--set
-a.b=value`` overrides are parsed as YAML scalars and applied to the same tree.
+One tree: the sections are the library's own configs (``train``: TrainSettings, the base of
+memgen.diffusion.training.TrainConfig; ``sample``: Sampling, the base of GenerateConfig;
+``measure``: ClassifyConfig), each with the sweep's few extra fields. OmegaConf's structured
+config reads the YAML and ``--set a.b=value`` (a dotlist) onto them; unknown keys, wrong types
+and impossible values fail before any work starts, with a message naming the field
+(``train.iterations: expected int, got 'many'``).
 """
 
 from __future__ import annotations
@@ -18,17 +21,21 @@ from pathlib import Path
 
 import torch
 import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
 
 from memgen.data import SPLIT_RULES
+from memgen.diffusion.generate import Sampling
 from memgen.diffusion.nets import NetConfig
 from memgen.diffusion.samplers import SAMPLERS, option_names, option_owners, sampler_spec
 from memgen.diffusion.schedules import VESchedule, VPSchedule
 from memgen.diffusion.sources import (SWEEP_KINDS, model_source, network,  # noqa: F401
                                       sweep_field_users)  # network: read here by stages
-from memgen.diffusion.training import COMPILE_MODES, TrainConfig
+from memgen.diffusion.training import COMPILE_MODES, TrainSettings
 from memgen.errors import UserError
-from memgen.metrics.features import METRIC_NAMES, RegistryNames
-from memgen.metrics.rules import RULE_DEFAULTS, make_rule
+from memgen.metrics.classify import ClassifyConfig
+from memgen.metrics.features import RegistryNames
+from memgen.metrics.rules import make_rule
 
 
 @dataclass(frozen=True)
@@ -61,71 +68,30 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
-class TrainSection:
-    """The sweep's training settings. Every default is ``TrainConfig``'s (``memgen train``
-    reads the same): DDPM's lr 2e-4 and EMA 0.9999, 2,000 iterations. The shipped network
-    configs set their own (the toy MLP: lr 2e-3, EMA 0.999, as this section once did)."""
+class SampleConfig(Sampling):
+    """The sweep's sample section: how S_eval and S′ are sampled (memgen.diffusion.generate's
+    Sampling; sampler None: ddpm (VP) or euler_maruyama (VE), clip_denoised None: on for
+    ε-prediction networks (vp_eps checkpoints, as DDPM samples), off for score networks and
+    the exact denoiser; prior "forward": the forward process's law N(μ, σ₀² I + Σ) of the
+    training set), and how many of each."""
 
-    iterations: int = TrainConfig.iterations
-    # step counts (< iterations) at which the run is also measured: the training-time axis
-    snapshots: tuple[int, ...] = TrainConfig.snapshots
-    batch_size: int = TrainConfig.batch_size
-    # B draws with replacement for any K (else min(B, K))
-    fixed_batch: bool = TrainConfig.fixed_batch
-    lr: float = TrainConfig.lr
-    ema_decay: float = TrainConfig.ema_decay
-    grad_clip: float = TrainConfig.grad_clip
-    seed: int = TrainConfig.seed
-    amp: bool = TrainConfig.amp  # bfloat16 autocast (CUDA only; ignored on the CPU)
-    # EMA warm-up: the decay at step k is min(ema_decay, (1 + k)/(10 + k)), which stays below
-    # 0.999 until k ≈ 9,000 (0.9999: k ≈ 90,000), so decays 0.999 and 0.9999 are identical
-    # for the first ~9k steps; false: ema_decay from the first step. ema_decay 0: no EMA
-    # (the EMA weights are the raw weights).
-    ema_warmup: bool = TrainConfig.ema_warmup
-    # torch.compile of the loss: none | default | reduce-overhead (CUDA graphs on a GPU);
-    # eager, with one warning, where compiling fails. Left out of the train key when none.
-    compile: str = TrainConfig.compile
-
-
-@dataclass(frozen=True)
-class SampleConfig:
-    sampler: str | None = None  # None: ddpm (VP) or euler_maruyama (VE)
-    steps: int | None = None
-    eta: float = 0.0
-    final_denoise: bool = False  # end with a σ = 0 step (VE ladders stop at σ(t_min))
-    # stop at this VE noise level and retrieve x ← D(x, σ) to its fixed point (with the
-    # exact denoiser: the attractors of E_σ, the positive control for spurious states)
-    stop_sigma: float | None = None
-    # start of the ladder (memgen.diffusion.generate): null/"standard" N(0, σ₀² I) (VP: DDPM's
-    # N(0, I)); "forward" the forward process's law N(μ, σ₀² I + Σ) of the training set
-    prior: str | None = None
-    # clamp x̂₀ to clip_range at every step; null: on for ε-prediction networks (vp_eps
-    # checkpoints, as DDPM samples), off for score networks and the exact denoiser
-    clip_denoised: bool | None = None
-    clip_range: tuple[float, float] | None = None  # null: [-1, 1]
     n_eval: int = 1000
     synth_multiplier: int = 4  # |S'| = multiplier · K
     min_synth: int = 0  # |S'| = max(multiplier · K, min_synth)
     eval_seed: int = 1
     synth_seed: int = 2
-    batch_size: int = 256
     # also write S_eval and S' in the authors' layout (memgen.io.write_reference_layout) as
     # RUN/reference/{eval,synth}/<K>.npz; None: on for model.kind = checkpoints
     export_reference: bool | None = None
 
 
 @dataclass(frozen=True)
-class MeasureConfig:
-    metric: str = "l2"
-    rule: str = "paper"
-    delta_m: float | None = None
-    delta_s: float | None = None
-    k: int | None = None
-    alpha: float = 0.05
+class MeasureConfig(ClassifyConfig):
+    """The sweep's measure section: the classification (memgen.metrics.classify's
+    ClassifyConfig, every field of it) and the capacities' settings."""
+
     bootstrap: int = 1000  # resamples of the capacities' intervals (fractions: exact)
-    seed: int = 0
     epsilon: float = 0.1  # capacities' error margin (eqs. 1, 3)
-    dedup: bool = False  # d2 against the nearest distinct training image (classify --dedup)
 
 
 @dataclass(frozen=True)
@@ -168,7 +134,7 @@ class SweepConfig:
     device: str = "cpu"
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainSection = field(default_factory=TrainSection)
+    train: TrainSettings = field(default_factory=TrainSettings)
     sample: SampleConfig = field(default_factory=SampleConfig)
     measure: MeasureConfig = field(default_factory=MeasureConfig)
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
@@ -183,145 +149,141 @@ CHOICES = {
     "model.objective": (None, "vp_eps", "ve_score"),
     "sample.sampler": RegistryNames(SAMPLERS, None),
     "sample.prior": (None, "standard", "forward"),
-    "measure.rule": tuple(RULE_DEFAULTS),
-    "measure.metric": METRIC_NAMES,
     "executor.kind": ("local", "ray"),
-}
+} | {f"measure.{f.name}": f.metadata["choices"] for f in fields(ClassifyConfig)
+     if "choices" in f.metadata}  # rule, metric, backend: the classify options' own
 
 
-def load_config(path: str | Path, overrides: typing.Sequence[str] = ()) -> SweepConfig:
-    """Read a YAML sweep config, apply ``key=value`` overrides, build and check it."""
+def load_config(path: str | Path, overrides: typing.Sequence[str] = (),
+                extra: dict | None = None) -> SweepConfig:
+    """Read a YAML sweep config, merge ``key=value`` overrides (an OmegaConf dotlist) and
+    ``extra`` (a nested dict, e.g. the CLI's executor flags) over it, build and check it.
+
+    OmegaConf does the reading: YAML 1.2 scalars (``1e-3`` is a float), a key given twice
+    refused, the types of the dataclasses below; memgen's checks come on top (:func:`check`).
+    """
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{path} is a folder; give a YAML sweep config file")
     if not path.is_file():
         raise UserError(f"no such config file: {path}")
     try:
-        tree = yaml.load(path.read_text(), Loader=StrictLoader) or {}
+        text = path.read_text()
+        tree = OmegaConf.create(text) if text.strip() else OmegaConf.create({})
     except UnicodeDecodeError:
         raise UserError(f"{path}: not a text file (a YAML sweep config is text)") from None
     except yaml.YAMLError as err:
         raise UserError(f"{path}: not valid YAML ({_yaml_error(err)})") from None
-    if not isinstance(tree, dict):
+    if not isinstance(tree, DictConfig):
         raise UserError(f"{path}: the top level must be a mapping")
     if not tree:
         raise UserError(f"{path}: the config is empty (see configs/ for examples)")
-    for item in overrides:
-        _apply_override(tree, item)
-    config = build(SweepConfig, tree, "")
+    given = OmegaConf.merge(tree, *(_dotlist(item) for item in overrides),
+                            OmegaConf.create(extra or {}))
+    raw = OmegaConf.to_container(given)
+    config = structured(SweepConfig, raw)
     check(config)
-    check_effect(config, tree)
+    check_effect(config, raw)
     return config
 
 
-class StrictLoader(yaml.SafeLoader):
-    """yaml's safe loader, except that a key given twice in one mapping is an error (the
-    safe loader keeps the last value silently)."""
-
-    def construct_mapping(self, node, deep=False):
-        seen = {}
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=True)
-            line = key_node.start_mark.line + 1
-            if isinstance(key, typing.Hashable) and key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"the key {key!r} is given twice ("
-                    + (f"line {line}" if seen[key] == line else f"lines {seen[key]} and {line}")
-                    + ")", key_node.start_mark)
-            if isinstance(key, typing.Hashable):
-                seen[key] = line
-        return super().construct_mapping(node, deep)
+def _dotlist(item: str) -> DictConfig:
+    """One ``--set key=value``, its value read as YAML (OmegaConf's dotlist)."""
+    key, sep, _ = item.partition("=")
+    if not sep or not key:
+        raise UserError(f"--set expects key=value, got {item!r}")
+    try:
+        return OmegaConf.from_dotlist([item])
+    except yaml.YAMLError as err:
+        raise UserError(f"--set {key}: not a YAML value ({_yaml_error(err)})") from None
 
 
 def _yaml_error(err: yaml.YAMLError) -> str:
-    """The first line of a YAML error: its problem, with the line where the parser has one."""
+    """The first line of a YAML error: its problem, with the line where the parser has one
+    (a key given twice: OmegaConf's loader refuses it, "found duplicate key")."""
     problem = getattr(err, "problem", None)
     mark = getattr(err, "problem_mark", None)
+    if problem and problem.startswith("found duplicate key "):
+        problem = f"the key {problem.removeprefix('found duplicate key ')!r} is given twice"
     if problem and mark is not None and "line" not in problem:
         return f"{problem}, line {mark.line + 1}"
     return problem or str(err).splitlines()[0]
 
 
-def _apply_override(tree: dict, item: str) -> None:
-    key, sep, text = item.partition("=")
-    if not sep or not key:
-        raise UserError(f"--set expects key=value, got {item!r}")
-    *parents, leaf = key.split(".")
-    node = tree
-    for part in parents:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise UserError(f"--set {key}: {part} is not a section")
+def structured(cls, raw: dict):
+    """The frozen dataclass ``cls`` from a plain nested dict, through OmegaConf's structured
+    config (``OmegaConf.structured(cls)`` merged with ``raw``, then ``to_object``). Its
+    errors become one line naming the key: ``train.iterations: expected int, got 'many'``,
+    ``train.lrr: unknown key (did you mean lr? known: ...)``."""
+    base = OmegaConf.structured(cls)
     try:
-        node[leaf] = yaml.load(text, Loader=StrictLoader)
-    except yaml.YAMLError as err:
-        raise UserError(f"--set {key}: not a YAML value ({_yaml_error(err)})") from None
+        return OmegaConf.to_object(OmegaConf.merge(base, raw))
+    except OmegaConfBaseException:
+        pass
+    merged = base  # again, one value at a time, to name the one that fails
+    for key, value in _leaves(raw):
+        try:
+            merged = OmegaConf.merge(merged, _nested(key, value))
+        except ConfigKeyError as err:
+            raise UserError(_unknown_key(cls, err.full_key or key, str(err))) from None
+        except OmegaConfBaseException:
+            raise UserError(f"{key}: expected {_expected(cls, key)}, got {value!r}") from None
+    try:
+        return OmegaConf.to_object(merged)
+    except MissingMandatoryValue as err:
+        raise UserError(f"{err.full_key}: required") from None
 
 
-def build(cls, tree, where: str):
-    """Instantiate dataclass ``cls`` from a mapping, checking every key and type."""
-    if not isinstance(tree, dict):
-        raise UserError(f"{where or 'config'}: expected a mapping, got {tree!r}")
-    known = {f.name: f for f in fields(cls)}
-    unknown = sorted(set(tree) - set(known))
-    if unknown:
-        raise UserError(f"{_join(where, unknown[0])}: unknown key (known: {', '.join(known)})")
-    missing = [f.name for f in fields(cls) if f.name not in tree
-               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
-    if missing:
-        raise UserError(f"{_join(where, missing[0])}: required")
-    hints = typing.get_type_hints(cls)
-    values = {name: _coerce(hints[name], tree[name], _join(where, name))
-              for name in tree}
-    return cls(**values)
+def _leaves(tree: dict, where: str = ""):
+    """(dotted key, value) of every value in a nested dict that is not itself a dict."""
+    for name, value in tree.items():
+        key = f"{where}.{name}" if where else str(name)
+        if isinstance(value, dict) and value:
+            yield from _leaves(value, key)
+        else:
+            yield key, value
 
 
-def _coerce(hint, value, where: str):
-    if dataclasses.is_dataclass(hint):
-        return build(hint, value, where)
+def _nested(key: str, value) -> dict:
+    for part in reversed(key.split(".")):
+        value = {part: value}
+    return value
+
+
+def _hint(cls, key: str):
+    """The annotation of a dotted key in dataclass ``cls`` (None for an unknown one)."""
+    hint = cls
+    for part in key.split("."):
+        options = typing.get_args(hint) if _is_union(hint) else (hint,)
+        classes = [o for o in options if dataclasses.is_dataclass(o)]
+        if not classes or part not in typing.get_type_hints(classes[0]):
+            return None
+        hint = typing.get_type_hints(classes[0])[part]
+    return hint
+
+
+def _expected(cls, key: str) -> str:
+    """What a key takes, in words: ``int``, ``float or null``, ``tuple``, ``a mapping``."""
+    hint = _hint(cls, key)
     options = typing.get_args(hint) if _is_union(hint) else (hint,)
-    if value is None and type(None) in options:
-        return None
-    for option in options:
-        if option is type(None):
-            continue
-        if dataclasses.is_dataclass(option):
-            return build(option, value, where)
-        ok, out = _as_type(option, value)
-        if ok:
-            return out
-    names = " or ".join("null" if o is type(None) else getattr(o, "__name__", str(o))
-                        for o in options)
-    raise UserError(f"{where}: expected {names}, got {value!r}")
+    return " or ".join("null" if o is type(None) else "a mapping" if dataclasses.is_dataclass(o)
+                       else getattr(typing.get_origin(o) or o, "__name__", str(o))
+                       for o in options)
 
 
-def _as_type(option, value):
-    """(True, converted) if value fits the annotation ``option``."""
-    if typing.get_origin(option) is tuple:
-        item = typing.get_args(option)[0]
-        if isinstance(value, (list, tuple)) and all(_as_type(item, v)[0] for v in value):
-            return True, tuple(_as_type(item, v)[1] for v in value)
-        return False, None
-    if option is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return True, float(value)
-    if option is float and isinstance(value, str) and FLOAT_TEXT.fullmatch(value):
-        return True, float(value)  # 1e-3: YAML 1.1 reads a float without a dot as text
-    if option is int and isinstance(value, int) and not isinstance(value, bool):
-        return True, value
-    if option in (str, bool) and isinstance(value, option):
-        return True, value
-    return False, None
-
-
-FLOAT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")  # 1e-3, 2E5, -3.e+2
+def _unknown_key(cls, key: str, message: str) -> str:
+    """An unknown key's line: the known ones, and OmegaConf's suggestion where it has one."""
+    where, _, _ = key.rpartition(".")
+    section = _hint(cls, where) if where else cls
+    options = typing.get_args(section) if _is_union(section) else (section,)
+    known = [f.name for o in options if dataclasses.is_dataclass(o) for f in fields(o)]
+    guess = re.search(r"Did you mean: '(\w+)'", message)
+    return (f"{key}: unknown key ({f'did you mean {guess[1]}? ' if guess else ''}"
+            f"known: {', '.join(known)})")
 
 
 def _is_union(hint) -> bool:
     return typing.get_origin(hint) in (typing.Union, types.UnionType)
-
-
-def _join(where: str, name: str) -> str:
-    return f"{where}.{name}" if where else name
 
 
 def check(config: SweepConfig) -> None:
@@ -441,6 +403,7 @@ def _check_ranges(config: SweepConfig) -> None:
         "train.grad_clip": (t.grad_clip, 0, None, True), "sample.eta": (s.eta, 0, 1, False),
         "sample.min_synth": (s.min_synth, 0, None, False),
         "sample.steps": (s.steps, 1, None, False), "measure.k": (m.k, 1, None, False),
+        "measure.memory_budget": (m.memory_budget, 0, None, True),
         "measure.alpha": (m.alpha, 0, 1, False), "measure.epsilon": (m.epsilon, 0, 1, True),
         "analysis.sigma_lo": (a.sigma_lo, 0, None, True),
         "analysis.sigma_hi": (a.sigma_hi, a.sigma_lo, None, True),

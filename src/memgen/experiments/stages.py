@@ -15,17 +15,17 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from memgen.data import default_split_seed, load_dataset, resize_images, train_heldout
-from memgen.diffusion.generate import GenerateConfig, discard_unrecorded, generate
+from memgen.diffusion.generate import GenerateConfig, Sampling, discard_unrecorded, generate
 from memgen.diffusion.samplers import sampler_spec
 from memgen.diffusion.sources import model_source, objective
-from memgen.diffusion.training import (TrainConfig, check_fits, snapshot_path,
+from memgen.diffusion.training import (TrainConfig, TrainSettings, check_fits, snapshot_path,
                                        train as run_training)
 from memgen.errors import UserError
 from memgen.experiments.cache import file_fingerprint, fingerprint, is_done, mark_done, stage_key
@@ -33,13 +33,15 @@ from memgen.experiments.config import (SweepConfig, as_dict, check_checkpoint_fi
                                        split_rule)
 from memgen.experiments.probe_stages import analysis_stage, landscape_stage
 from memgen.io import load_samples, write_reference_layout
-from memgen.metrics.classify import ClassifyConfig, classify_sets, write_classification
+from memgen.metrics.classify import (ClassifyConfig, classify_sets, summary,
+                                     write_classification)
 from memgen.metrics.features import check_available
 
 
 @dataclass(frozen=True)
 class StageResult:
-    """One K's classification, as read back from its summary.json, and where its sets are."""
+    """One K's classification (summary.json's payload, as computed or as cached) and where
+    its sets are."""
 
     K: int
     summary: dict
@@ -160,24 +162,29 @@ def train_key(train: np.ndarray, config: SweepConfig) -> str:
 
 # the measure settings that only the aggregate reads (capacities), not the labels
 AGGREGATE_FIELDS = ("epsilon", "bootstrap")
+# ClassifyConfig's fields that the measure section gained by being one (issue #24), left out
+# of the classify key at these defaults so that existing caches keep their keys
+LATE_MEASURE_DEFAULTS = {"calibrate": False, "memory_budget": None, "backend": "builtin"}
 
 
-def train_config(config: SweepConfig):
+def train_config(config: SweepConfig) -> TrainConfig:
+    """The library's TrainConfig of a sweep: its train section (TrainConfig's own base), the
+    model's network and objective."""
     net = network(config.model)
-    t = config.train
-    return TrainConfig(preset=config.model.preset or "custom", network=net.to_dict(),
-                       objective=objective(config.model), iterations=t.iterations,
-                       snapshots=t.snapshots,
-                       batch_size=t.batch_size, fixed_batch=t.fixed_batch, lr=t.lr,
-                       ema_decay=t.ema_decay, ema_warmup=t.ema_warmup, grad_clip=t.grad_clip,
-                       seed=t.seed, amp=t.amp, compile=t.compile,
-                       checkpoint_every=max(1, t.iterations // 4))
+    return TrainConfig(**base_fields(TrainSettings, config.train),
+                       preset=config.model.preset or "custom", network=net.to_dict(),
+                       objective=objective(config.model),
+                       checkpoint_every=max(1, config.train.iterations // 4))
 
 
-# the sample settings that change a sample (not batch_size, n_eval or the S′ size); the
-# later ones default to None (today's behaviour) and are then left out of the key
-SAMPLING_FIELDS = ("sampler", "steps", "eta", "final_denoise", "stop_sigma", "prior",
-                   "clip_denoised", "clip_range")
+def base_fields(base, section) -> dict:
+    """name → value of the fields that dataclass ``section`` has from its base ``base``."""
+    return {f.name: getattr(section, f.name) for f in fields(base)}
+
+
+# the sample settings that change a sample: Sampling's but batch_size (not n_eval or the S′
+# size either); the later ones default to None (today's behaviour), then left out of the key
+SAMPLING_FIELDS = tuple(f.name for f in fields(Sampling) if f.name != "batch_size")
 
 
 def generate_stage(run: Path, which: str, n: int, seed: int, train_key: str,
@@ -191,14 +198,9 @@ def generate_stage(run: Path, which: str, n: int, seed: int, train_key: str,
     if not is_done(folder):
         t0 = time.perf_counter()
         denoiser, schedule = _denoiser(checkpoint, train, config)
-        s = config.sample
-        gen = GenerateConfig(n=n, sampler=sampler_name(config), steps=s.steps,  # as the key
-                             eta=s.eta, seed=seed, batch_size=s.batch_size,
-                             shard_size=max(n // 4, 256),
-                             name=which, clip=train.ndim == 4, final_denoise=s.final_denoise,
-                             stop_sigma=s.stop_sigma, prior=s.prior or "standard",
-                             clip_denoised=s.clip_denoised,
-                             clip_range=s.clip_range or (-1.0, 1.0))
+        how = base_fields(Sampling, config.sample) | {"sampler": sampler_name(config)}  # as the key
+        gen = GenerateConfig(**how, n=n, seed=seed, shard_size=max(n // 4, 256), name=which,
+                             clip=train.ndim == 4)
         discard_unrecorded(folder, which)  # the key fixes the settings: redraw, not refuse
         generate(denoiser, train.shape[1:], schedule, gen, folder, data=train,
                  device=config.device, progress=progress)
@@ -246,27 +248,29 @@ def classify_stage(run: Path, K: int, train: np.ndarray, heldout: np.ndarray,
                    eval_key: str, eval_path: Path, synth_key: str, synth_path: Path,
                    config: SweepConfig) -> StageResult:
     """Classify S_eval against S_K and S′ (null rates from held-out real data)."""
-    m = config.measure
     folder = run / "cache" / f"classify-{classify_key(eval_key, synth_key, heldout, config)}"
-    if not is_done(folder):
-        folder.mkdir(parents=True, exist_ok=True)
-        t0 = time.perf_counter()
-        result = classify_sets(
-            load_samples(eval_path, "eval", own=True), train,
-            load_samples(synth_path, "synth", own=True), heldout,
-            ClassifyConfig(rule=m.rule, delta_m=m.delta_m, delta_s=m.delta_s, metric=m.metric,
-                           k=m.k, alpha=m.alpha, seed=m.seed, dedup=m.dedup))
-        write_classification(folder, result)
-        mark_done(folder, {"K": K, "stage": "classify", "seconds": time.perf_counter() - t0})
-    summary = json.loads((folder / "summary.json").read_text())
-    return StageResult(K, summary, folder, eval_path, synth_path)
+    if is_done(folder):
+        return StageResult(K, json.loads((folder / "summary.json").read_text()), folder,
+                           eval_path, synth_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    result = classify_sets(
+        load_samples(eval_path, "eval", own=True), train,
+        load_samples(synth_path, "synth", own=True), heldout,
+        ClassifyConfig(**base_fields(ClassifyConfig, config.measure)))
+    write_classification(folder, result)
+    mark_done(folder, {"K": K, "stage": "classify", "seconds": time.perf_counter() - t0})
+    # as summary.json holds it (JSON's lists and string keys), cached or not
+    return StageResult(K, json.loads(json.dumps(summary(result))), folder, eval_path,
+                       synth_path)
 
 
 def classify_key(eval_key: str, synth_key: str, heldout: np.ndarray,
                  config: SweepConfig) -> str:
     """The classify stage's key: its two sets, the held-out data's content and the measure
     settings that change a label (not those only the capacities read)."""
-    reads = {k: v for k, v in as_dict(config.measure).items() if k not in AGGREGATE_FIELDS}
+    reads = {k: v for k, v in as_dict(config.measure).items() if k not in AGGREGATE_FIELDS
+             and not (k in LATE_MEASURE_DEFAULTS and v == LATE_MEASURE_DEFAULTS[k])}
     return stage_key("classify", eval_key, synth_key, reads, fingerprint(heldout))
 
 

@@ -5,7 +5,7 @@ This is the orchestration behind ``memgen classify``; the math lives in ``metric
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
@@ -14,30 +14,58 @@ import numpy as np
 from memgen._version import __version__
 from memgen.errors import UserError
 from memgen.io import check_same_shape, row_keys, validate_samples, write_json
-from memgen.metrics.features import get_feature_map
+from memgen.metrics.features import FEATURE_MAPS, METRIC_NAMES, get_feature_map, metric_help
 from memgen.metrics.null import DEFAULT_ALPHA, NullResult, null_rates
 from memgen.metrics.quality import HeldoutQuality, quality_summary, quality_vs_heldout
-from memgen.metrics.rules import (LABEL_NAMES, Neighbours, Rule, apply_rule, find_neighbours,
-                                  make_rule)
+from memgen.metrics.rules import (LABEL_NAMES, RULE_DEFAULTS, Neighbours, Rule, apply_rule,
+                                  find_neighbours, make_rule)
 from memgen.metrics.stats import FractionEstimate, estimate_fractions
-from memgen.neighbours import ShardSet, get_knn_backend, iter_chunks
+from memgen.neighbours import KNN_BACKENDS, ShardSet, get_knn_backend, iter_chunks
+
+
+def option(help: str, **cli) -> dict:  # noqa: A002 (click's name)
+    """A ClassifyConfig field's metadata, the one list of classify options: its --help text
+    and how ``memgen classify`` and ``memgen.classify`` take it. ``choices``: the values
+    allowed (``registry``: a registry whose names they are, read at each use); ``default``:
+    theirs, where it differs from the field's; ``unit="MiB"``: given in MiB, stored in
+    bytes; ``seed=True``: a non-negative seed."""
+    return {"help": help, **cli}
 
 
 @dataclass(frozen=True)
 class ClassifyConfig:
-    """Everything that decides the labels; serialised into every summary.json."""
+    """Everything that decides the labels; serialised into every summary.json.
 
-    rule: str = "paper"
-    delta_m: float | None = None  # None: the rule's default
-    delta_s: float | None = None
-    metric: str = "l2"
-    k: int | None = None  # None: 5, or fewer when a set is smaller
-    alpha: float = DEFAULT_ALPHA
-    calibrate: bool = False  # label with the thresholds calibrated on held-out data
-    seed: int = 0
-    memory_budget: int | None = None
-    backend: str = "builtin"  # builtin | faiss: exact kNN engines with identical results
-    dedup: bool = False  # d2 against the nearest training image distinct from the first
+    Each field is an option of ``memgen classify`` (``--delta-m`` for delta_m) and of
+    ``memgen.classify``, and a key of a sweep's ``measure`` section: a new field here is a
+    new option there (``memgen.cli.measure.classify_options``, ``memgen.api.classify``)."""
+
+    rule: str = field(default="paper", metadata=option(
+        "paper: ratio tests of eqs. 4-6; absolute: raw-distance thresholds (the public "
+        "reference code).", choices=tuple(RULE_DEFAULTS)))
+    delta_m: float | None = field(default=None, metadata=option(  # None: the rule's default
+        "Memorization threshold [paper: 1/3; absolute: 0.03]."))
+    delta_s: float | None = field(default=None, metadata=option(
+        "Spurious threshold [paper: 1/3; absolute: 0.02]."))
+    metric: str = field(default="l2", metadata=option(
+        f"Distance d. {metric_help()}. Network weights from $MEMGEN_LPIPS_WEIGHTS or torch "
+        "hub's checkpoints folder.", choices=METRIC_NAMES, registry=FEATURE_MAPS))
+    k: int | None = field(default=None, metadata=option(  # None: 5, or fewer
+        "Neighbours kept per set [5, or fewer for a small set]."))
+    alpha: float = field(default=DEFAULT_ALPHA, metadata=option(
+        "Null detection rate the calibrated thresholds allow."))
+    calibrate: bool = field(default=False, metadata=option(
+        "Label with the thresholds calibrated on --heldout."))
+    seed: int = field(default=0, metadata=option(
+        "Draws the null and quality subsets from --heldout.", seed=True))
+    memory_budget: int | None = field(default=None, metadata=option(  # bytes; None: 512 MiB
+        "MiB for one block of pairwise distances (and one streamed chunk).",
+        default=512, unit="MiB"))
+    backend: str = field(default="builtin", metadata=option(  # exact kNN engines, same results
+        "Exact kNN engine (faiss: pip install faiss-cpu).", choices=tuple(KNN_BACKENDS)))
+    dedup: bool = field(default=False, metadata=option(  # d2 against the nearest distinct one
+        "Measure d2 against the nearest training image that is not a near-duplicate of the "
+        "first (memgen's extension of eq. 4 for training sets with repeated images)."))
 
     def make_rule(self) -> Rule:
         return make_rule(self.rule, self.delta_m, self.delta_s, metric=self.metric)

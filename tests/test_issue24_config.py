@@ -1,0 +1,152 @@
+"""Issue #24, item 1: one config tree, read by OmegaConf from the library's own dataclasses."""
+
+from __future__ import annotations
+
+import json
+import typing
+from dataclasses import dataclass, field, fields, make_dataclass
+from pathlib import Path
+
+import click
+import pytest
+
+import memgen.api as api
+import memgen.experiments.config as config_module
+from memgen.cli.measure import classify_options
+from memgen.diffusion.generate import GenerateConfig, Sampling
+from memgen.diffusion.training import TrainConfig, TrainSettings
+from memgen.errors import UserError
+from memgen.experiments.config import (MeasureConfig, SampleConfig, SweepConfig, as_dict,
+                                       load_config, structured)
+from memgen.metrics.classify import ClassifyConfig, option
+
+ROOT = Path(__file__).parents[1]
+TINY = ROOT / "configs" / "tiny.yaml"
+BEFORE = json.loads((Path(__file__).parent / "data" / "issue24_configs.json").read_text())
+
+
+def _within(new: dict, old: dict) -> dict:
+    """``new`` restricted to the keys of ``old`` (a section may have gained fields)."""
+    return {k: _within(new[k], v) if isinstance(v, dict) and isinstance(new[k], dict)
+            else new[k] for k, v in old.items()}
+
+
+@pytest.mark.parametrize("name", sorted(BEFORE))
+def test_every_shipped_config_loads_to_the_values_of_the_hand_written_loader(name):
+    new = as_dict(load_config(ROOT / "configs" / name))
+    assert _within(new, BEFORE[name]) == BEFORE[name]
+
+
+def test_the_pin_covers_every_shipped_config():
+    assert sorted(BEFORE) == sorted(p.name for p in (ROOT / "configs").glob("*.yaml"))
+
+
+def test_set_reads_an_exponent_float_and_nested_and_list_values():
+    config = load_config(TINY, ["train.lr=1e-3", "Ks=[2, 4]", "train.snapshots=[1, 2]",
+                                "model.kind=network", "model.net.kind=mlp",
+                                "model.net.width=7", "sample.clip_denoised=true",
+                                "sample.clip_range=[-2, 2]"])
+    assert config.train.lr == 1e-3 and isinstance(config.train.lr, float)
+    assert config.Ks == (2, 4) and config.train.snapshots == (1, 2)
+    assert config.model.net.width == 7 and config.model.net.depth == 4  # NetConfig's default
+    assert config.sample.clip_range == (-2.0, 2.0)
+
+
+def test_extra_dict_overrides_merge_like_set(tmp_path):
+    config = load_config(TINY, ["executor.workers=3"], {"executor": {"cpus_per_task": 2.0}})
+    assert (config.executor.workers, config.executor.cpus_per_task) == (3, 2.0)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.lrr=1", "train.lrr: unknown key (did you mean lr? known: iterations,"),
+    ("measure.metrc=l2", "measure.metrc: unknown key (did you mean metric?"),
+    ("train.iterations=many", "train.iterations: expected int, got 'many'"),
+    ("Ks=two", "Ks: expected tuple, got 'two'"),
+    ("train=5", "train: expected a mapping, got 5"),
+    ("model.net.width=5", "model.net.kind: required"),
+    ("model={kind: exact, kind: network}", "the key 'kind' is given twice"),
+])
+def test_omegaconf_errors_are_one_line_naming_the_key(override, message):
+    with pytest.raises(UserError) as err:
+        load_config(TINY, [override])
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_key_given_twice_in_a_file_is_refused(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("Ks: [2]\ntrain:\n  lr: 1e-3\n  lr: 2e-3\n")
+    with pytest.raises(UserError, match="the key 'lr' is given twice, line 4"):
+        load_config(path)
+
+
+def test_the_sections_are_the_library_configs():
+    hints = typing.get_type_hints(SweepConfig)
+    assert hints["train"] is TrainSettings and issubclass(TrainConfig, TrainSettings)
+    assert issubclass(SampleConfig, Sampling) and issubclass(GenerateConfig, Sampling)
+    assert issubclass(MeasureConfig, ClassifyConfig)
+    # no field of the library's configs is declared again by the sweep's sections
+    for section, base in ((SampleConfig, Sampling), (MeasureConfig, ClassifyConfig)):
+        own = set(section.__annotations__)
+        assert not own & {f.name for f in fields(base)}, section
+    assert [f.name for f in fields(MeasureConfig)] == [
+        *(f.name for f in fields(ClassifyConfig)), "bootstrap", "epsilon"]
+
+
+def test_generate_config_resolves_the_unset_sampling_settings():
+    config = GenerateConfig(n=1)
+    assert (config.sampler, config.prior, config.clip_range) == ("ddpm", "standard",
+                                                                 (-1.0, 1.0))
+
+
+def test_classify_options_are_exactly_the_config_fields():
+    command = click.command()(classify_options(lambda **kw: kw))
+    names = [p.name for p in command.params]
+    assert names == [f.name for f in fields(ClassifyConfig)]
+    assert {p.opts[0] for p in command.params} == {
+        "--" + f.name.replace("_", "-") for f in fields(ClassifyConfig)}
+
+
+def _with_extra_field(monkeypatch):
+    """ClassifyConfig with one more field (a bool flag), put where the three readers find it."""
+    extended = make_dataclass(
+        "ClassifyConfig", [("extra_flag", bool, field(default=False, metadata=option(
+            "A new classify option.")))], bases=(ClassifyConfig,), frozen=True)
+    extended.__module__ = ClassifyConfig.__module__
+    monkeypatch.setattr(api, "ClassifyConfig", extended)
+    measure = make_dataclass("MeasureConfig", [("bootstrap", int, 1000), ("epsilon", float, 0.1)],
+                             bases=(extended,), frozen=True)
+    sweep = make_dataclass("SweepConfig", [("measure", measure, field(default_factory=measure))],
+                           bases=(SweepConfig,), frozen=True)
+    return extended, sweep
+
+
+def test_a_new_classify_field_reaches_the_cli_the_api_and_the_sweep(monkeypatch):
+    import memgen.cli.measure as measure_cli
+
+    extended, sweep = _with_extra_field(monkeypatch)
+    monkeypatch.setattr(measure_cli, "ClassifyConfig", extended)
+    command = click.command()(measure_cli.classify_options(lambda **kw: kw))
+    flag = [p for p in command.params if p.name == "extra_flag"]
+    assert flag and flag[0].opts == ["--extra-flag"] and flag[0].is_flag
+    assert flag[0].help == "A new classify option."
+    seen = {}
+    monkeypatch.setattr(api, "classify_sets", lambda *a, **k: seen.setdefault("config", a[4]))
+    import numpy as np
+    data = np.zeros((4, 2), np.float32) + np.arange(4, dtype=np.float32)[:, None]
+    api.classify(data, data, extra_flag=True)
+    assert seen["config"].extra_flag is True
+    with pytest.raises(TypeError, match="unexpected keyword argument 'extra_flg'"):
+        api.classify(data, data, extra_flg=True)
+    assert structured(sweep, {"measure": {"extra_flag": True}}).measure.extra_flag is True
+
+
+def test_a_measure_field_the_sweep_gained_keeps_the_classify_key_at_its_default():
+    from memgen.experiments.stages import classify_key
+    import numpy as np
+
+    heldout = np.zeros((3, 2), np.float32)
+    base = load_config(TINY)
+    same = load_config(TINY, ["measure.backend=builtin", "measure.calibrate=false"])
+    other = load_config(TINY, ["measure.calibrate=true"])
+    assert classify_key("e", "s", heldout, base) == classify_key("e", "s", heldout, same)
+    assert classify_key("e", "s", heldout, base) != classify_key("e", "s", heldout, other)
