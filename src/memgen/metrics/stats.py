@@ -26,6 +26,9 @@ INTERVAL_METHOD = "clopper-pearson"
 # the inverse of the empirical CDF (the textbook percentile bootstrap), which always
 # returns one of the values drawn, e.g. a K of the grid and never one between two.
 QUANTILE_METHOD = "inverted_cdf"
+# Quartiles that summarise measured values (σ* per label): numpy's default, linear
+# interpolation between order statistics, as these summaries have always been written.
+SUMMARY_QUANTILE_METHOD = "linear"
 
 
 @dataclass(frozen=True)
@@ -116,12 +119,13 @@ def label_groups(values: np.ndarray, labels: np.ndarray | None) -> dict[str, np.
 def quartiles_by_label(values: np.ndarray, labels: np.ndarray | None) -> dict[str, dict]:
     """Quartiles of values (B,) per label of ``label_groups``, over the finite values:
     {name: {"n", "finite", "q25", "median", "q75"}}, the quartiles None where a group has
-    no finite value. numpy's default (linear) quantile, not QUANTILE_METHOD: these are
+    no finite value. SUMMARY_QUANTILE_METHOD (linear), not QUANTILE_METHOD: these are
     summaries of measured values, not of resampled ones."""
     out = {}
     for name, v in label_groups(values, labels).items():
         finite = v[np.isfinite(v)]
-        q = np.quantile(finite, [0.25, 0.5, 0.75]).tolist() if len(finite) else [None] * 3
+        q = (np.quantile(finite, [0.25, 0.5, 0.75], method=SUMMARY_QUANTILE_METHOD).tolist()
+             if len(finite) else [None] * 3)
         out[name] = {"n": int(len(v)), "finite": int(len(finite)), "q25": q[0],
                      "median": q[1], "q75": q[2]}
     return out
