@@ -824,11 +824,11 @@ def test_choice_lists_are_read_from_their_registries():
     from memgen.experiments.config import CHOICES
     from memgen.experiments.phase import PHASE_DATA
     from memgen.metrics.features import FEATURE_MAPS
-    from memgen.metrics.rules import RULE_DEFAULTS
+    from memgen.metrics.rules import RULES
     from memgen.neighbours import KNN_BACKENDS
 
     registries = {"sampler": SAMPLERS, "data": DATASETS, "metric": FEATURE_MAPS,
-                  "rule": RULE_DEFAULTS, "backend": KNN_BACKENDS}
+                  "rule": RULES, "backend": KNN_BACKENDS}
     seen = set()
     ctx = click.Context(cli)
     for command in _all_commands(cli, ctx):
@@ -842,4 +842,4 @@ def test_choice_lists_are_read_from_their_registries():
     assert set(PHASE_DATA) <= set(DATASETS)
     assert CHOICES["sample.sampler"] == (None, *SAMPLERS)
     assert CHOICES["measure.metric"] == tuple(FEATURE_MAPS)
-    assert CHOICES["measure.rule"] == tuple(RULE_DEFAULTS)
+    assert CHOICES["measure.rule"] == tuple(RULES)

@@ -341,12 +341,12 @@ def check(config: SweepConfig) -> None:
             raise UserError(f"{key}: must be at least 1, got {value}")
     _check_ranges(config)
     try:
-        make_rule(config.measure.rule, config.measure.delta_m, config.measure.delta_s,
-                  metric=config.measure.metric)
+        rule = make_rule(config.measure.rule, config.measure.delta_m, config.measure.delta_s,
+                         metric=config.measure.metric)
     except ValueError as err:
         raise UserError(f"measure: {err}") from None
-    if config.measure.rule == "paper" and config.measure.k == 1:
-        raise UserError("measure.k: the paper rule needs the second nearest training "
+    if rule.needs_second_neighbour and config.measure.k == 1:
+        raise UserError(f"measure.k: the {rule.name} rule needs the second nearest training "
                         "sample, so k must be at least 2 (or unset)")
     if config.measure.k is not None and config.measure.k > min(config.Ks):
         raise UserError(f"measure.k: {config.measure.k} neighbours cannot be found in the "

@@ -17,8 +17,9 @@ from memgen.io import check_same_shape, row_keys, validate_samples, write_json
 from memgen.metrics.features import FEATURE_MAPS, METRIC_NAMES, get_feature_map, metric_help
 from memgen.metrics.null import DEFAULT_ALPHA, NullResult, null_rates
 from memgen.metrics.quality import HeldoutQuality, quality_summary, quality_vs_heldout
-from memgen.metrics.rules import (LABEL_NAMES, RULE_DEFAULTS, Neighbours, Rule, apply_rule,
-                                  find_neighbours, make_rule)
+from memgen.metrics.rules import (DEFAULT_RULE, LABEL_NAMES, RULE_NAMES, RULES, Neighbours, Rule,
+                                  apply_rule, find_neighbours, make_rule, rule_help,
+                                  threshold_help)
 from memgen.metrics.stats import FractionEstimate, estimate_fractions
 from memgen.neighbours import KNN_BACKENDS, ShardSet, get_knn_backend, iter_chunks
 
@@ -40,13 +41,12 @@ class ClassifyConfig:
     ``memgen.classify``, and a key of a sweep's ``measure`` section: a new field here is a
     new option there (``memgen.cli.measure.classify_options``, ``memgen.api.classify``)."""
 
-    rule: str = field(default="paper", metadata=option(
-        "paper: ratio tests of eqs. 4-6; absolute: raw-distance thresholds (the public "
-        "reference code).", choices=tuple(RULE_DEFAULTS)))
+    rule: str = field(default=DEFAULT_RULE, metadata=option(  # memgen.metrics.rules.RULES
+        rule_help(), choices=RULE_NAMES, registry=RULES))
     delta_m: float | None = field(default=None, metadata=option(  # None: the rule's default
-        "Memorization threshold [paper: 1/3; absolute: 0.03]."))
+        f"Memorization threshold [{threshold_help('delta_m')}]."))
     delta_s: float | None = field(default=None, metadata=option(
-        "Spurious threshold [paper: 1/3; absolute: 0.02]."))
+        f"Spurious threshold [{threshold_help('delta_s')}]."))
     metric: str = field(default="l2", metadata=option(
         f"Distance d. {metric_help()}. Network weights from $MEMGEN_LPIPS_WEIGHTS or torch "
         "hub's checkpoints folder.", choices=METRIC_NAMES, registry=FEATURE_MAPS))
@@ -231,11 +231,11 @@ def check_inputs(eval_set: np.ndarray, train: np.ndarray, synth, heldout: np.nda
     if config.calibrate and heldout is None:
         raise UserError("calibrated thresholds need held-out real data (--heldout)")
     if rule.needs_second_neighbour and len(train) < 2:
-        raise UserError("the paper rule needs a second nearest training sample, but the "
-                        "training set has only one (use --rule absolute)")
+        raise UserError(f"the {rule.name} rule needs a second nearest training sample, but "
+                        "the training set has only one (use --rule absolute)")
     if rule.needs_second_neighbour and config.k == 1:
-        raise UserError("the paper rule needs a second nearest training sample: k must be "
-                        "at least 2 (or unset)")
+        raise UserError(f"the {rule.name} rule needs a second nearest training sample: k "
+                        "must be at least 2 (or unset)")
     if heldout is not None:
         check_disjoint(train, heldout)
     if synth is not None and not streamed:

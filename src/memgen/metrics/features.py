@@ -76,7 +76,7 @@ class FeatureSpace:
     embedding: builds φ (LPIPS: loads its backbone; called once per classify).
     power: p of d = ‖φ(x) − φ(y)‖^p.
     help: what the CLI's --metric help says of it.
-    absolute_defaults: the absolute rule's default thresholds (``rules.RULE_DEFAULTS``)
+    absolute_defaults: the absolute rule's default thresholds (``rules.ABSOLUTE.defaults``)
         are published in this metric's units.
     check: raises UserError naming the missing weight files, without loading them.
     Calling the entry builds its :class:`FeatureMap` (the registry's contract: an entry is

@@ -15,7 +15,7 @@ Calibration: the loosest thresholds at which the null rate of each detection
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -71,7 +71,7 @@ def calibrate(null: Neighbours, rule: Rule, alpha: float = DEFAULT_ALPHA) -> Rul
     delta_m = _loosest_threshold(mem, n_allowed, rule.delta_m)
     spur = spurious_score(null.train_dist, null.synth_dist, rule)[mem > delta_m]
     delta_s = _loosest_threshold(spur, n_allowed, rule.delta_s)
-    return Rule(rule.name, delta_m, delta_s, rule.eps)
+    return replace(rule, delta_m=delta_m, delta_s=delta_s)
 
 
 def _loosest_threshold(scores: np.ndarray, n_allowed: int, unconstrained: float) -> float:

@@ -11,6 +11,8 @@ Rules:
     absolute  memorized  ⇔ d1 ≤ δ_m;  spurious ⇔ s1 ≤ δ_s and not memorized
               (what the public reference code computes, on raw distances)
     generalized ⇔ neither                                            (eq. 6)
+Each rule is one :class:`RuleKind` in :data:`RULES` (scores, defaults, range check, captions,
+--help); a new rule is a new entry there, read by the CLI, the API, sweeps and reports.
 
 Duplicated training images. A copy of an image that occurs twice in S has d1 ≈ d2, so
 eq. 4 never calls it memorized. memgen flags such rows (the second neighbour is a
@@ -25,21 +27,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
 
 from memgen.errors import UserError
-from memgen.metrics.features import absolute_default_metrics, embed_sets
+from memgen.metrics.features import RegistryNames, absolute_default_metrics, embed_sets
 from memgen.neighbours import DEFAULT_MEMORY_BUDGET, ShardSet, get_knn_backend, stream_knn
 
 MEMORIZED, SPURIOUS, GENERALIZED = 0, 1, 2
 LABEL_NAMES = ("memorized", "spurious", "generalized")
-# Default thresholds: the paper's δ_m = 1/3 (Yoon et al. 2023) for both tests, and the
-# reference code's README example for the absolute rule — raw distances, published only
-# for its own metric (LPIPS-AlexNet on [0, 1] inputs): other metrics need explicit ones.
-# (The metrics with published absolute defaults: FeatureSpace.absolute_defaults.)
-RULE_DEFAULTS = {"paper": (1 / 3, 1 / 3), "absolute": (0.03, 0.02)}
 DEFAULT_K = 5
 NEAR_DUPLICATE_DELTA = 0.1  # × the median nearest-neighbour distance (memgen.metrics.hygiene)
 DEDUP_EXTRA = 16  # neighbours searched beyond k, so that duplicates can be skipped
@@ -47,6 +45,112 @@ _CUT_SAMPLE = 2000  # training samples whose nearest-neighbour distances give th
 # The ratio tests are scale-free only while ε is negligible: distances must exceed it by
 # this factor (data near 1e-30 would otherwise come out all memorized).
 MIN_DISTANCE_OVER_EPS = 1e3
+
+
+@dataclass(frozen=True)
+class RuleKind:
+    """A detection rule, without thresholds: an entry of :data:`RULES`, read by every user
+    (the --rule and measure.rule choices and help, thresholds, labels, captions, null run).
+
+    memorization: (d, ε) ↦ (n,) score, d the (n, k) float64 training distances (ascending);
+        memorized ⇔ score ≤ δ_m.
+    spurious: (d1, s1, ε) ↦ (n,) score, d1 and s1 (n,) float64; spurious ⇔ score ≤ δ_s and
+        not memorized.
+    defaults: (δ_m, δ_s) where the user gives none; ``shown``: how --help writes them
+        (None: ``:g``).
+    check_threshold: (rule name, field, value) ↦ None; UserError for a threshold out of range.
+    conditions: the memorized and spurious conditions in words, ``str.format`` patterns of
+        δ_m and δ_s (the report's captions).
+    needs_second_neighbour: the memorization score reads d2 (k ≥ 2, |S| ≥ 2).
+    guarded_ratio: ε guards a ratio, so the distances must dwarf it (check_distance_scale).
+    metric_units: the thresholds are distances in the metric's units, with defaults only for
+        metrics that publish them (``FeatureSpace.absolute_defaults``).
+    """
+
+    name: str
+    help: str  # the --rule help line
+    defaults: tuple[float, float]
+    memorization: Callable[[np.ndarray, float], np.ndarray]
+    spurious: Callable[[np.ndarray, np.ndarray, float], np.ndarray]
+    check_threshold: Callable[[str, str, float], None]
+    conditions: tuple[str, str]
+    shown: tuple[str, str] | None = None
+    needs_second_neighbour: bool = False
+    guarded_ratio: bool = False
+    metric_units: bool = False
+
+
+def _ratio_of_neighbours(d: np.ndarray, eps: float) -> np.ndarray:
+    """d1 / (d2 + ε) (eq. 4)."""
+    if d.shape[1] < 2:
+        raise UserError("the paper rule needs a second nearest training sample, but the "
+                         "training set has only one (use --rule absolute)")
+    return d[:, 0] / (d[:, 1] + eps)
+
+
+def _ratio_of_synthetic(d1: np.ndarray, s1: np.ndarray, eps: float) -> np.ndarray:
+    """s1 / (d1 + s1 + ε) (eq. 5)."""
+    return s1 / (d1 + s1 + eps)
+
+
+def _nearest_training(d: np.ndarray, eps: float) -> np.ndarray:
+    """d1 (the absolute rule; ε unused)."""
+    return d[:, 0]
+
+
+def _nearest_synthetic(d1: np.ndarray, s1: np.ndarray, eps: float) -> np.ndarray:
+    """s1 (the absolute rule; ε unused)."""
+    return s1
+
+
+def ratio_threshold(rule: str, field: str, value: float) -> None:
+    """A ratio's threshold lies strictly inside (0, 1), where the ratios live."""
+    if not 0 < value < 1:
+        raise UserError(f"{field} = {value:g}: the {rule} rule's ratios lie in [0, 1], "
+                         "so its thresholds must lie strictly between 0 and 1")
+
+
+def distance_threshold(rule: str, field: str, value: float) -> None:
+    """A distance threshold is non-negative."""
+    if not value >= 0:
+        raise UserError(f"{field} = {value:g}: the {rule} rule's thresholds are "
+                         "distances and cannot be negative")
+
+
+# paper: δ_m = δ_s = 1/3 (Yoon et al. 2023). absolute: the reference code's README example,
+# raw distances published only for its own metric (LPIPS-AlexNet on [0, 1] inputs): other
+# metrics need explicit ones (the metrics with published defaults:
+# FeatureSpace.absolute_defaults).
+PAPER = RuleKind(
+    "paper", "ratio tests of eqs. 4-6", (1 / 3, 1 / 3), _ratio_of_neighbours,
+    _ratio_of_synthetic, ratio_threshold, ("d1/d2 ≤ {:.3g}", "s1/(d1 + s1) ≤ {:.3g}"),
+    shown=("1/3", "1/3"), needs_second_neighbour=True, guarded_ratio=True)
+ABSOLUTE = RuleKind(
+    "absolute", "raw-distance thresholds (the public reference code)", (0.03, 0.02),
+    _nearest_training, _nearest_synthetic, distance_threshold,
+    ("d1 ≤ {:.3g}", "s1 ≤ {:.3g}"), metric_units=True)
+RULES: dict[str, RuleKind] = {kind.name: kind for kind in (PAPER, ABSOLUTE)}
+RULE_NAMES = RegistryNames(RULES)  # the --rule and measure.rule choices
+DEFAULT_RULE = PAPER.name
+
+
+def rule_kind(name: str) -> RuleKind:
+    """The rule registered under ``name``; UserError lists the known ones."""
+    if name not in RULES:
+        raise UserError(f"unknown rule {name!r}; known rules: {', '.join(RULES)}")
+    return RULES[name]
+
+
+def rule_help() -> str:
+    """The --rule help: each registered rule with its entry's help."""
+    return "; ".join(f"{kind.name}: {kind.help}" for kind in RULES.values()) + "."
+
+
+def threshold_help(field: str) -> str:
+    """Each registered rule's default of ``field`` (delta_m or delta_s), for --help."""
+    i = ("delta_m", "delta_s").index(field)
+    return "; ".join(f"{kind.name}: " + (kind.shown[i] if kind.shown else f"{kind.defaults[i]:g}")
+                     for kind in RULES.values())
 
 
 @dataclass(frozen=True)
@@ -59,9 +163,7 @@ class Rule:
     eps: float = 1e-6
 
     def __post_init__(self):
-        if self.name not in RULE_DEFAULTS:
-            raise UserError(f"unknown rule {self.name!r}; known rules: "
-                             f"{', '.join(RULE_DEFAULTS)}")
+        rule_kind(self.name)
         for field in ("delta_m", "delta_s", "eps"):
             if not math.isfinite(getattr(self, field)):
                 raise UserError(f"{field} must be a finite number")
@@ -69,38 +171,36 @@ class Rule:
             raise UserError(f"eps must be non-negative, got {self.eps}")
 
     @property
+    def kind(self) -> RuleKind:
+        return RULES[self.name]
+
+    @property
     def needs_second_neighbour(self) -> bool:
-        return self.name == "paper"
+        return self.kind.needs_second_neighbour
 
 
-def make_rule(name: str = "paper", delta_m: float | None = None,
+def make_rule(name: str = DEFAULT_RULE, delta_m: float | None = None,
               delta_s: float | None = None, eps: float = 1e-6,
               metric: str | None = None) -> Rule:
     """A :class:`Rule` from a user's thresholds, with the rule's defaults where none is given.
 
-    The ratio rule's thresholds must lie in (0, 1), where its scores live; the absolute
-    rule's must be non-negative, and given explicitly unless ``metric`` has published defaults
-    (its registry entry's ``absolute_defaults``; ``metric=None`` skips that check).
+    Each threshold passes the rule's ``check_threshold`` (the ratio rule's lie in (0, 1),
+    where its scores live; the absolute rule's are non-negative). A rule in ``metric_units``
+    needs both given unless ``metric`` has published defaults (its registry entry's
+    ``absolute_defaults``; ``metric=None`` skips that check).
     """
-    if name not in RULE_DEFAULTS:
-        raise UserError(f"unknown rule {name!r}; known rules: {', '.join(RULE_DEFAULTS)}")
+    kind = rule_kind(name)
     published = absolute_default_metrics()
-    if (name == "absolute" and metric is not None and metric not in published
+    if (kind.metric_units and metric is not None and metric not in published
             and (delta_m is None or delta_s is None)):
-        raise UserError(f"the absolute rule compares raw {metric} distances: give both "
+        raise UserError(f"the {name} rule compares raw {metric} distances: give both "
                          "delta_m and delta_s in its units (defaults are published only "
                          f"for {', '.join(published)})")
-    default_m, default_s = RULE_DEFAULTS[name]
+    default_m, default_s = kind.defaults
     rule = Rule(name, default_m if delta_m is None else _number(delta_m, "delta_m"),
                 default_s if delta_s is None else _number(delta_s, "delta_s"), eps)
     for field in ("delta_m", "delta_s"):
-        value = getattr(rule, field)
-        if name == "paper" and not 0 < value < 1:
-            raise UserError(f"{field} = {value:g}: the paper rule's ratios lie in [0, 1], "
-                             "so its thresholds must lie strictly between 0 and 1")
-        if name == "absolute" and not value >= 0:
-            raise UserError(f"{field} = {value:g}: the absolute rule's thresholds are "
-                             "distances and cannot be negative")
+        kind.check_threshold(name, field, getattr(rule, field))
     return rule
 
 
@@ -112,22 +212,14 @@ def _number(value, field: str) -> float:
 
 def memorization_score(train_dist: np.ndarray, rule: Rule) -> np.ndarray:
     """The quantity compared with δ_m: d1/(d2+ε) (paper) or d1 (absolute). train_dist: (n, k)."""
-    d = np.asarray(train_dist, dtype=np.float64)
-    if rule.name == "absolute":
-        return d[:, 0]
-    if d.shape[1] < 2:
-        raise UserError("the paper rule needs a second nearest training sample, but the "
-                         "training set has only one (use --rule absolute)")
-    return d[:, 0] / (d[:, 1] + rule.eps)
+    return rule.kind.memorization(np.asarray(train_dist, dtype=np.float64), rule.eps)
 
 
 def spurious_score(train_dist: np.ndarray, synth_dist: np.ndarray, rule: Rule) -> np.ndarray:
     """The quantity compared with δ_s: s1/(d1+s1+ε) (paper) or s1 (absolute)."""
     d1 = np.asarray(train_dist, dtype=np.float64)[:, 0]
     s1 = np.asarray(synth_dist, dtype=np.float64)[:, 0]
-    if rule.name == "absolute":
-        return s1
-    return s1 / (d1 + s1 + rule.eps)
+    return rule.kind.spurious(d1, s1, rule.eps)
 
 
 def apply_rule(train_dist: np.ndarray, synth_dist: np.ndarray, rule: Rule) -> np.ndarray:
@@ -150,10 +242,10 @@ def check_distance_scale(train_dist: np.ndarray, rule: Rule) -> None:
 
     The ratios d1/(d2+ε) and s1/(d1+s1+ε) are scale-free only while ε is negligible: the
     median second-neighbour distance d2 (the training set's own spacing; d1 and s1 are 0
-    for copies) must exceed ε by ``MIN_DISTANCE_OVER_EPS``.
+    for copies) must exceed ε by ``MIN_DISTANCE_OVER_EPS``. Only for a ``guarded_ratio`` rule.
     """
     d = np.asarray(train_dist, dtype=np.float64)
-    if rule.name != "paper" or rule.eps == 0 or len(d) == 0 or d.shape[1] < 2:
+    if not rule.kind.guarded_ratio or rule.eps == 0 or len(d) == 0 or d.shape[1] < 2:
         return
     scale = float(np.median(d[:, 1]))
     if not scale > MIN_DISTANCE_OVER_EPS * rule.eps:

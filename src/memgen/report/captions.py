@@ -7,20 +7,21 @@ import html
 import re
 from pathlib import Path
 
-from memgen.metrics.rules import RULE_DEFAULTS
+from memgen.metrics.rules import DEFAULT_RULE, RULES
 
 LABEL_KEY = "memorized (red), spurious (orange) and generalized (blue)"
 
 
 def rule_conditions(rule: str, delta_m: float | None, delta_s: float | None) -> tuple[str, str]:
     """The memorized and spurious conditions of a rule (paper eqs. 4–6) with its thresholds,
-    in words: d1 ≤ d2 the nearest training distances, s1 the nearest synthetic one."""
-    default_m, default_s = RULE_DEFAULTS.get(rule, (None, None))
+    in words: d1 ≤ d2 the nearest training distances, s1 the nearest synthetic one (the
+    rule's ``RuleKind.conditions``; an unknown rule: the default rule's, with no defaults)."""
+    kind = RULES.get(rule)
+    default_m, default_s = (None, None) if kind is None else kind.defaults
     dm = default_m if delta_m is None else delta_m
     ds = default_s if delta_s is None else delta_s
-    if rule == "absolute":
-        return f"d1 ≤ {dm:.3g}", f"s1 ≤ {ds:.3g}"
-    return f"d1/d2 ≤ {dm:.3g}", f"s1/(d1 + s1) ≤ {ds:.3g}"
+    mem, spur = (kind or RULES[DEFAULT_RULE]).conditions
+    return mem.format(dm), spur.format(ds)
 
 
 def figure_caption(path: Path, config: dict, summary: dict | None = None,
@@ -29,7 +30,7 @@ def figure_caption(path: Path, config: dict, summary: dict | None = None,
     summary: one classify summary.json (for the rule and its thresholds)."""
     summary = summary or {}
     measure = config.get("measure", {})
-    mem, spur = rule_conditions(summary.get("rule", measure.get("rule", "paper")),
+    mem, spur = rule_conditions(summary.get("rule", measure.get("rule", DEFAULT_RULE)),
                                 summary.get("delta_m", measure.get("delta_m")),
                                 summary.get("delta_s", measure.get("delta_s")))
     name = path.name
