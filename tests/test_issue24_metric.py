@@ -25,7 +25,8 @@ from memgen.metrics.features import FeatureMap, FeatureSpace
 from memgen.metrics.lpips import embed_batched, random_lpips
 from memgen.metrics.null import null_rates
 from memgen.metrics.quality import quality_vs_heldout
-from memgen.metrics.rules import apply_rule, find_neighbours
+from memgen.metrics.nearest import find_neighbours
+from memgen.metrics.rules import apply_rule
 
 SIZES = {"train": 40, "eval": 17, "synth": 55, "heldout": 33}  # distinct: a call names its set
 SHAPE = (1, 3, 3)

@@ -7,7 +7,7 @@ import torch
 import memgen.metrics.features as features
 from memgen.metrics.features import FeatureMap
 from memgen.metrics.lpips import BACKBONES, embed_batched, load_lpips, lpips_pairwise, random_lpips
-from memgen.metrics.rules import find_neighbours
+from memgen.metrics.nearest import find_neighbours
 
 
 def _images(n, channels, size, seed):

@@ -5,8 +5,8 @@ import pytest
 
 from memgen.data import circle_pool
 from memgen.metrics.null import calibrate, null_rates, null_sizes
-from memgen.metrics.rules import (Neighbours, apply_rule, find_neighbours, make_rule,
-                                  memorization_score, spurious_score)
+from memgen.metrics.nearest import Neighbours, find_neighbours
+from memgen.metrics.rules import apply_rule, make_rule, memorization_score, spurious_score
 from memgen.metrics.stats import clopper_pearson
 
 

@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 
-from memgen.metrics.rules import (GENERALIZED, MEMORIZED, SPURIOUS, Rule, apply_rule,
-                                  find_neighbours, make_rule, memorization_score, spurious_score)
+from memgen.metrics.nearest import find_neighbours
+from memgen.metrics.rules import (GENERALIZED, MEMORIZED, SPURIOUS, Rule, apply_rule, make_rule,
+                                  memorization_score, spurious_score)
 
 M, S, G = MEMORIZED, SPURIOUS, GENERALIZED
 

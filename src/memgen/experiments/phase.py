@@ -23,7 +23,8 @@ from memgen.data import circle_pool, default_split_seed, load_idx_images, nested
 from memgen.errors import UserError
 from memgen.io import read_csv_rows, write_json
 from memgen.memory.attractors import Memory, find_attractors, ring_barriers, ring_energy_spread
-from memgen.metrics.rules import apply_rule, find_neighbours, make_rule
+from memgen.metrics.nearest import find_neighbours
+from memgen.metrics.rules import apply_rule, make_rule
 from memgen.probes.starts import make_starts
 from memgen.report.figures import plot_phase, save_figure
 

@@ -12,8 +12,9 @@ May import: floors 0–2 (``memgen.errors``, ``memgen.io``, ``memgen.data``, the
 from memgen.metrics.capacity import Capacity, FractionTable, capacities, read_fraction_table
 from memgen.metrics.null import NullResult, calibrate, null_rates
 from memgen.metrics.quality import Quality, prdc
-from memgen.metrics.rules import (GENERALIZED, LABEL_NAMES, MEMORIZED, SPURIOUS, Neighbours, Rule,
-                                  apply_rule, find_neighbours, make_rule)
+from memgen.metrics.nearest import Neighbours, find_neighbours
+from memgen.metrics.rules import (GENERALIZED, LABEL_NAMES, MEMORIZED, SPURIOUS, Rule, apply_rule,
+                                  make_rule)
 from memgen.metrics.stats import FractionEstimate, clopper_pearson, estimate_fractions
 
 __all__ = [

@@ -17,9 +17,9 @@ from memgen.io import check_same_shape, row_keys, validate_samples, write_json
 from memgen.metrics.features import FEATURE_MAPS, METRIC_NAMES, get_feature_map, metric_help
 from memgen.metrics.null import DEFAULT_ALPHA, NullResult, null_rates
 from memgen.metrics.quality import HeldoutQuality, quality_summary, quality_vs_heldout
-from memgen.metrics.rules import (DEFAULT_RULE, LABEL_NAMES, RULE_NAMES, RULES, Neighbours, Rule,
-                                  apply_rule, find_neighbours, make_rule, rule_help,
-                                  threshold_help)
+from memgen.metrics.nearest import Neighbours, find_neighbours
+from memgen.metrics.rules import (DEFAULT_RULE, LABEL_NAMES, RULE_NAMES, RULES, Rule, apply_rule,
+                                  make_rule, rule_help, threshold_help)
 from memgen.metrics.stats import FractionEstimate, estimate_fractions
 from memgen.neighbours import KNN_BACKENDS, ShardSet, get_knn_backend, iter_chunks
 

@@ -38,7 +38,7 @@ from memgen.io import row_keys
 from memgen.metrics.capacity import QUALITY_SHARE
 from memgen.metrics.features import get_feature_map
 from memgen.metrics.quality import prdc
-from memgen.metrics.rules import DEFAULT_K
+from memgen.metrics.nearest import DEFAULT_K
 from memgen.neighbours import knn_search
 
 THRESHOLDS = ("relative", "absolute")

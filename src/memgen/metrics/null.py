@@ -21,8 +21,8 @@ import numpy as np
 
 from memgen.errors import UserError
 from memgen.metrics.features import Embedded
-from memgen.metrics.rules import (Neighbours, Rule, apply_rule, find_neighbours, memorization_score,
-                                  spurious_score)
+from memgen.metrics.nearest import Neighbours, find_neighbours
+from memgen.metrics.rules import Rule, apply_rule, memorization_score, spurious_score
 from memgen.metrics.stats import FractionEstimate, estimate_fractions
 
 DEFAULT_ALPHA = 0.05
@@ -96,7 +96,7 @@ def null_rates(train, heldout, rule: Rule, *, n_eval: int, n_synth: int | None,
     :class:`~memgen.metrics.features.Embedded` sets (a classify's, embedded once: the null
     sets are rows of the held-out embedding). seed: the permutation that draws the null
     evaluated and synthetic sets from ``heldout``. distinct: as in
-    :func:`~memgen.metrics.rules.find_neighbours` (``--dedup``).
+    :func:`~memgen.metrics.nearest.find_neighbours` (``--dedup``).
     """
     if len(heldout) < 2:
         raise UserError(f"the null run needs at least 2 held-out samples, got {len(heldout)}")

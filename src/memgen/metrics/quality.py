@@ -33,7 +33,8 @@ import torch
 
 from memgen.errors import UserError
 from memgen.metrics.features import as_tensor, embed_sets
-from memgen.metrics.rules import DEFAULT_K, LABEL_NAMES
+from memgen.metrics.nearest import DEFAULT_K
+from memgen.metrics.rules import LABEL_NAMES
 from memgen.neighbours import block_sizes, get_knn_backend, resolve_budget
 
 _U64 = 2.0**-53  # unit roundoff of float64
