@@ -150,3 +150,13 @@ def test_a_measure_field_the_sweep_gained_keeps_the_classify_key_at_its_default(
     other = load_config(TINY, ["measure.calibrate=true"])
     assert classify_key("e", "s", heldout, base) == classify_key("e", "s", heldout, same)
     assert classify_key("e", "s", heldout, base) != classify_key("e", "s", heldout, other)
+
+
+@pytest.mark.parametrize("budget", [512, 0, -1])
+def test_a_sweep_memory_budget_below_one_mib_is_refused_as_a_likely_mib(budget):
+    # the sweep's key is ClassifyConfig's, in bytes; 512 meant as memgen classify's MiB
+    # would otherwise run with blocks of 512 bytes
+    with pytest.raises(UserError, match=r"measure\.memory_budget: .* bytes is less than 1 MiB"):
+        config_module.load_config(TINY, [f"measure.memory_budget={budget}"])
+    config = config_module.load_config(TINY, ["measure.memory_budget=536870912"])
+    assert config.measure.memory_budget == 512 * 2**20

@@ -386,6 +386,7 @@ def _check_sampler_options(sample: SampleConfig) -> None:
                         f"is {shown}; set sample.sampler: {owner.name}, or remove {name}")
 
 
+MIB = 2**20  # measure.memory_budget is ClassifyConfig's, in bytes (at least one MiB)
 SEED_MAX = 2**63  # what every generator (numpy, torch) accepts
 CLOSED_ABOVE = ("sample.eta",)  # η = 1 is DDIM's DDPM end of the family
 
@@ -403,7 +404,6 @@ def _check_ranges(config: SweepConfig) -> None:
         "train.grad_clip": (t.grad_clip, 0, None, True), "sample.eta": (s.eta, 0, 1, False),
         "sample.min_synth": (s.min_synth, 0, None, False),
         "sample.steps": (s.steps, 1, None, False), "measure.k": (m.k, 1, None, False),
-        "measure.memory_budget": (m.memory_budget, 0, None, True),
         "measure.alpha": (m.alpha, 0, 1, False), "measure.epsilon": (m.epsilon, 0, 1, True),
         "analysis.sigma_lo": (a.sigma_lo, 0, None, True),
         "analysis.sigma_hi": (a.sigma_hi, a.sigma_lo, None, True),
@@ -421,6 +421,10 @@ def _check_ranges(config: SweepConfig) -> None:
             close = "]" if key in CLOSED_ABOVE else ")"
             bounds = f"{'(' if lo_open else '['}{lo:g}, {'∞' if hi is None else f'{hi:g}'}{close}"
             raise UserError(f"{key}: {value!r} is out of range; it must lie in {bounds}")
+    if m.memory_budget is not None and not m.memory_budget >= MIB:
+        raise UserError(f"measure.memory_budget: {m.memory_budget!r} bytes is less than 1 MiB; "
+                        "this key is in bytes (memgen classify's --memory-budget is in MiB): "
+                        "536870912 is 512 MiB")
     if t.ema_decay == 1:
         raise UserError("train.ema_decay: 1 would never move the EMA weights")
     if s.clip_range is not None and len(s.clip_range) != 2:
