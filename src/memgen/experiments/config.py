@@ -11,7 +11,6 @@ and impossible values fail before any work starts, with a message naming the fie
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import re
 import types
@@ -33,6 +32,7 @@ from memgen.diffusion.sources import (SWEEP_KINDS, model_source, network,  # noq
                                       sweep_field_users)  # network: read here by stages
 from memgen.diffusion.training import COMPILE_MODES, TrainSettings
 from memgen.errors import UserError
+from memgen.experiments.executors import EXECUTORS, ExecutorConfig
 from memgen.metrics.classify import ClassifyConfig
 from memgen.metrics.features import RegistryNames
 from memgen.metrics.rules import make_rule
@@ -95,15 +95,6 @@ class MeasureConfig(ClassifyConfig):
 
 
 @dataclass(frozen=True)
-class ExecutorConfig:
-    kind: str = "local"  # local | ray
-    workers: int = 1
-    address: str | None = None
-    cpus_per_task: float = 1.0
-    gpus_per_task: float = 0.0
-
-
-@dataclass(frozen=True)
 class AnalysisConfig:
     """Attractor analyses of the evaluated samples, per label and K (memgen.probes.recovery,
     memgen.probes.curvature)."""
@@ -149,7 +140,7 @@ CHOICES = {
     "model.objective": (None, "vp_eps", "ve_score"),
     "sample.sampler": RegistryNames(SAMPLERS, None),
     "sample.prior": (None, "standard", "forward"),
-    "executor.kind": ("local", "ray"),
+    "executor.kind": RegistryNames(EXECUTORS),
 } | {f"measure.{f.name}": f.metadata["choices"] for f in fields(ClassifyConfig)
      if "choices" in f.metadata}  # rule, metric, backend: the classify options' own
 
@@ -298,15 +289,9 @@ def check(config: SweepConfig) -> None:
     if kind not in ("cpu", "cuda") or (index and not index.isdigit()) or (
             kind == "cpu" and index):
         raise UserError(f"device: {config.device!r} is not cpu, cuda or cuda:N")
-    if config.executor.kind == "ray" and importlib.util.find_spec("ray") is None:
-        raise UserError("executor.kind: ray needs the ray package "
-                         "(pip install ray)")
     if config.executor.cpus_per_task <= 0 or config.executor.gpus_per_task < 0:
         raise UserError("executor: cpus_per_task must be positive, gpus_per_task >= 0")
-    if (config.executor.kind == "ray" and config.device.startswith("cuda")
-            and config.executor.gpus_per_task == 0):
-        raise UserError("executor.gpus_per_task: a cuda sweep on Ray must declare the GPUs "
-                         "each task uses (e.g. 1)")
+    EXECUTORS[config.executor.kind].check(config.executor, config.device)
     _check_model(config.model)
     _check_checkpoints(config)
     if config.sample.stop_sigma is not None and (not 0 < config.sample.stop_sigma < float("inf")

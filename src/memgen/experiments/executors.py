@@ -1,6 +1,8 @@
 """Where a sweep's per-K work runs: here, in a local process pool, or as Ray tasks.
 
-:func:`execute` maps a function of K over the K values, by the executor a config names.
+:func:`execute` maps a function of K over the K values, by the executor a config names:
+one :class:`Executor` in ``EXECUTORS`` (the sweep config's ``executor.kind`` choices and
+checks, and ``memgen sweep --executor``, read it).
 The function is passed in (for the pool and Ray it must pickle: a module-level function,
 or a ``functools.partial`` of one, such as :func:`memgen.experiments.stages.run_K_task`),
 so the executors know nothing of the stages. Each worker's torch threads match its CPU
@@ -14,7 +16,9 @@ sweep resumes from whatever every task had finished, whichever executor ran it.
 from __future__ import annotations
 
 import concurrent.futures
+import importlib.util
 import multiprocessing
+from dataclasses import dataclass
 from typing import Callable, Iterable, TypeVar
 
 import numpy as np
@@ -22,9 +26,19 @@ import torch
 from tqdm.auto import tqdm
 
 from memgen.errors import UserError
-from memgen.experiments.config import ExecutorConfig
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ExecutorConfig:
+    """A sweep's ``executor`` section: which executor of ``EXECUTORS`` and its resources."""
+
+    kind: str = "local"  # a name of EXECUTORS
+    workers: int = 1
+    address: str | None = None
+    cpus_per_task: float = 1.0
+    gpus_per_task: float = 0.0
 
 
 def execute(run_one: Callable[[int], T], Ks: Iterable[int], executor: ExecutorConfig, *,
@@ -35,12 +49,7 @@ def execute(run_one: Callable[[int], T], Ks: Iterable[int], executor: ExecutorCo
     Ks = sorted(Ks)
     bar = tqdm(total=len(Ks), desc=f"sweep ({executor.kind})", unit="K", disable=not progress)
     threads = max(1, int(executor.cpus_per_task))
-    if executor.kind == "ray":
-        results = _ray(run_one, Ks, executor, threads, bar)
-    elif executor.workers > 1:
-        results = _process_pool(run_one, Ks, executor.workers, threads, bar)
-    else:
-        results = _here(here or run_one, Ks, threads, bar)
+    results = EXECUTORS[executor.kind].run(run_one, Ks, executor, threads, bar, here)
     bar.close()
     return [results[K] for K in Ks]
 
@@ -110,3 +119,42 @@ def _ray(run_one, Ks, ex: ExecutorConfig, threads: int, bar) -> dict:
     finally:
         if started:
             ray.shutdown()
+
+
+def _local(run_one, Ks, ex: ExecutorConfig, threads: int, bar, here) -> dict:
+    """In ``workers`` processes, or in this process (``here`` where given) for one."""
+    if ex.workers > 1:
+        return _process_pool(run_one, Ks, ex.workers, threads, bar)
+    return _here(here or run_one, Ks, threads, bar)
+
+
+def _check_nothing(ex: ExecutorConfig, device: str) -> None:
+    """An executor with nothing to check before a sweep starts."""
+
+
+def _check_ray(ex: ExecutorConfig, device: str) -> None:
+    """Ray must be installed, and a cuda sweep must declare the GPUs each task uses."""
+    if importlib.util.find_spec("ray") is None:
+        raise UserError("executor.kind: ray needs the ray package (pip install ray)")
+    if device.startswith("cuda") and ex.gpus_per_task == 0:
+        raise UserError("executor.gpus_per_task: a cuda sweep on Ray must declare the GPUs "
+                        "each task uses (e.g. 1)")
+
+
+@dataclass(frozen=True)
+class Executor:
+    """One way to run a sweep's K values: ``run(run_one, Ks, config, threads, bar, here)``
+    returns {K: run_one(K)}; ``check(config, device)`` raises UserError, before any work,
+    for a config it cannot run; ``help``: one line for ``memgen sweep --help``."""
+
+    name: str
+    run: Callable[..., dict]
+    help: str
+    check: Callable[[ExecutorConfig, str], None] = _check_nothing
+
+
+EXECUTORS: dict[str, Executor] = {e.name: e for e in (
+    Executor("local", _local, "here, or in --workers local processes"),
+    Executor("ray", lambda run_one, Ks, ex, threads, bar, here: _ray(run_one, Ks, ex, threads, bar),
+             "as Ray tasks", check=_check_ray),
+)}
