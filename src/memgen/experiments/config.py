@@ -294,6 +294,14 @@ def check(config: SweepConfig) -> None:
     EXECUTORS[config.executor.kind].check(config.executor, config.device)
     _check_model(config.model)
     _check_checkpoints(config)
+    _check_sets(config)
+    _check_counts(config)
+    _check_ranges(config)
+    _check_measure(config)
+
+
+def _check_sets(config: SweepConfig) -> None:
+    """The ladder's stop, the two sets' seeds, the snapshots and the K values."""
     if config.sample.stop_sigma is not None and (not 0 < config.sample.stop_sigma < float("inf")
                                                  or config.sample.final_denoise):
         raise UserError("sample.stop_sigma: must be positive and finite, and excludes "
@@ -309,6 +317,10 @@ def check(config: SweepConfig) -> None:
         raise UserError("Ks: give training-set sizes of at least 2")
     if len(set(config.Ks)) != len(config.Ks):
         raise UserError("Ks: each K may appear only once")
+
+
+def _check_counts(config: SweepConfig) -> None:
+    """Counts that must be at least 1."""
     positive = {"train.iterations": config.train.iterations,
                 "train.batch_size": config.train.batch_size,
                 "sample.n_eval": config.sample.n_eval,
@@ -324,7 +336,10 @@ def check(config: SweepConfig) -> None:
     for key, value in positive.items():
         if value < 1:
             raise UserError(f"{key}: must be at least 1, got {value}")
-    _check_ranges(config)
+
+
+def _check_measure(config: SweepConfig) -> None:
+    """The rule's thresholds and the neighbours it needs."""
     try:
         rule = make_rule(config.measure.rule, config.measure.delta_m, config.measure.delta_s,
                          metric=config.measure.metric)
