@@ -140,13 +140,15 @@ def test_a_new_classify_field_reaches_the_cli_the_api_and_the_sweep(monkeypatch)
     assert structured(sweep, {"measure": {"extra_flag": True}}).measure.extra_flag is True
 
 
-def test_a_measure_field_the_sweep_gained_keeps_the_classify_key_at_its_default():
+def test_a_measure_field_that_changes_labels_changes_the_classify_key():
+    """Every ClassifyConfig field is keyed but the exact kNN engine's knobs
+    (memgen.experiments.stages.CLASSIFY_UNKEYED; tests/test_stage_keys.py checks them all)."""
     from memgen.experiments.stages import classify_key
     import numpy as np
 
     heldout = np.zeros((3, 2), np.float32)
     base = load_config(TINY)
-    same = load_config(TINY, ["measure.backend=builtin", "measure.calibrate=false"])
+    same = load_config(TINY, ["measure.backend=faiss", "measure.memory_budget=64"])
     other = load_config(TINY, ["measure.calibrate=true"])
     assert classify_key("e", "s", heldout, base) == classify_key("e", "s", heldout, same)
     assert classify_key("e", "s", heldout, base) != classify_key("e", "s", heldout, other)

@@ -1,4 +1,5 @@
-"""Each sweep stage's cache key covers exactly the settings it reads (issue #12, item 9).
+"""Each sweep stage's cache key covers exactly the settings it reads (issue #12, item 9;
+issue #24, item 7: the whole config slice of its stage, no field left out for old caches).
 
 A rerun with a changed setting must recompute exactly the stages that read it: the test
 compares the cache folders and their DONE markers before and after, and the --dry-run
@@ -8,16 +9,24 @@ plan says the same thing before any work.
 from __future__ import annotations
 
 import json
+import typing
+from dataclasses import fields, replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 from test_cli import run
 
+from memgen.diffusion.generate import Sampling
 from memgen.diffusion.nets import get_preset
-from memgen.experiments.config import AnalysisConfig, SweepConfig, load_config
+from memgen.diffusion.samplers import SAMPLERS
+from memgen.diffusion.training import TrainSettings
+from memgen.experiments.cache import STAGE_VERSION, stage_key
+from memgen.experiments.config import AnalysisConfig, MeasureConfig, SweepConfig, load_config
 from memgen.experiments.probe_stages import analysis_key
-from memgen.experiments.sweep import train_key
+from memgen.experiments.stages import (CLASSIFY_UNKEYED, SAMPLING_UNKEYED, TRAIN_BUDGET,
+                                       classify_key, generate_key, sampler_name, train_key)
+from memgen.metrics.classify import ClassifyConfig
 
 TINY = Path(__file__).parents[1] / "configs" / "tiny.yaml"
 BASE = ["--set", "Ks=[2, 9]"]
@@ -100,17 +109,82 @@ def test_train_key_holds_the_data_content_and_the_full_network():
     assert train_key(train, wider) != key  # a changed architecture never reuses a cache
 
 
-def test_analysis_key_hashes_n_eigen_under_its_former_name_k():
-    """analysis.n_eigen was analysis.k: the key still names it k, so analysis caches made
-    before the rename stay valid (keys stored before the rename)."""
-    folder = "classify-0123456789abcdef"
-    basins = SweepConfig(analysis=AnalysisConfig(basins=True))
-    curvature = SweepConfig(analysis=AnalysisConfig(curvature=True, n_eigen=7))
-    assert analysis_key(folder, basins) == "88e05bf77203565b"
-    assert analysis_key(folder, curvature) == "a73c106852fec764"
+def test_analysis_n_eigen_is_checked_and_keyed_by_its_name():
+    """analysis.n_eigen (once analysis.k): the old name is refused, and the key hashes the
+    field by its own name (STAGE_VERSION 4 dropped the former name from the key)."""
     config = load_config(TINY, ["analysis.curvature=true", "analysis.n_eigen=3"])
     assert config.analysis.n_eigen == 3
     with pytest.raises(ValueError, match="analysis.k: unknown key"):
         load_config(TINY, ["analysis.k=3"])
     with pytest.raises(ValueError, match="analysis.n_eigen: must be at least 1"):
         load_config(TINY, ["analysis.n_eigen=0"])
+    folder = "classify-0123456789abcdef"
+    reads = {f.name: getattr(config.analysis, f.name) for f in fields(AnalysisConfig)
+             if not f.name.startswith("landscape")}
+    assert "n_eigen" in reads and "k" not in reads
+    assert analysis_key(folder, config) == stage_key("analysis", folder, reads)
+
+
+# ------------------------------------------------- each key hashes its stage's whole slice
+
+TRAIN = np.arange(8, dtype=np.float32).reshape(4, 2)
+HELDOUT = np.zeros((3, 2), np.float32)
+NETWORK = Path(__file__).parents[1] / "configs" / "toy2d.yaml"
+
+
+def _other(cls, name: str, value, config: SweepConfig):
+    """Another value of field ``name`` of dataclass ``cls`` (the key functions do not check
+    values; a sampler must exist, and differ from the one the config runs)."""
+    if name == "sampler":
+        return next(s for s in SAMPLERS if s != sampler_name(config))
+    if value is None:  # the first type of its Optional
+        hint = typing.get_args(typing.get_type_hints(cls)[name])[0]
+        return {int: 3, float: 0.5, str: "other", bool: True}.get(hint, (0.25, 0.75))
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, (int, float)):
+        return value + 1
+    if isinstance(value, tuple):
+        return (*value, 7)
+    return f"{value}-other"
+
+
+# section, the dataclass whose fields are iterated, the fields the key leaves out (and why:
+# the train budget resumes one trajectory; a sample never depends on its batch; both kNN
+# engines are exact with any block size; epsilon, bootstrap: only the aggregate reads them;
+# the landscape settings: the landscape stage's own key), the config, the key
+SLICES = {
+    "train": (TrainSettings, {"iterations", "snapshots"}, NETWORK,
+              lambda c: train_key(TRAIN, c)),
+    "sample": (Sampling, {"batch_size"}, TINY,
+               lambda c: generate_key("eval", 8, 1, "tk", None, c)),
+    "measure": (MeasureConfig, {"memory_budget", "backend", "epsilon", "bootstrap"}, TINY,
+                lambda c: classify_key("e", "s", HELDOUT, c)),
+    "analysis": (AnalysisConfig, {"landscape", "landscape_Ks", "landscape_sigma",
+                                  "landscape_resolution"}, TINY,
+                 lambda c: analysis_key("classify-0123456789abcdef", c)),
+}
+
+
+@pytest.mark.parametrize("section", SLICES)
+def test_each_key_changes_with_every_field_it_reads_and_no_other(section):
+    cls, left_out, path, key = SLICES[section]
+    config = load_config(path, ["analysis.basins=true"])
+    assert key(config) is not None
+    names = [f.name for f in fields(cls)]
+    assert left_out < set(names)  # the test names real fields
+    for name in names:
+        part = getattr(config, section)
+        other = _other(cls, name, getattr(part, name), config)
+        changed = replace(config, **{section: replace(part, **{name: other})})
+        assert (key(changed) != key(config)) == (name not in left_out), (section, name)
+
+
+def test_the_slices_left_out_are_the_ones_named():
+    """The module constants say the same as SLICES above (a new field left out of a key
+    must be named there, with its reason)."""
+    assert set(TRAIN_BUDGET) == SLICES["train"][1]
+    assert set(SAMPLING_UNKEYED) == SLICES["sample"][1]
+    assert set(CLASSIFY_UNKEYED) | {f.name for f in fields(MeasureConfig)} - {
+        f.name for f in fields(ClassifyConfig)} == SLICES["measure"][1]
+    assert STAGE_VERSION == 4

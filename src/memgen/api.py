@@ -108,7 +108,7 @@ def capacities(table: FractionTable | str | Path, epsilon: float = 0.1,
 
 
 def sweep(config: SweepConfig | str | Path, out: str | Path, overrides: Sequence[str] = (),
-          *, overwrite: bool = False, progress: bool = True) -> dict:
+          *, overwrite: bool = False, progress: bool = True) -> Capacities:
     """Run a sweep over K — ``memgen sweep CONFIG --out OUT [--set key=value ...]``, the
     overrides being --set's — and return its capacities (``as_dict()``: capacities.json);
     every output lands in ``out``."""
@@ -118,8 +118,8 @@ def sweep(config: SweepConfig | str | Path, out: str | Path, overrides: Sequence
     elif overrides:
         raise UserError("overrides apply to a config file; change the SweepConfig instead")
     with output_locks():  # the run folder is held, as the CLI holds it, until the sweep ends
-        return Capacities.from_dict(run_sweep(config, Path(out), progress=progress,
-                                              overwrite=overwrite, config_file=config_file))
+        return run_sweep(config, Path(out), progress=progress, overwrite=overwrite,
+                         config_file=config_file).capacities
 
 
 def _renamed(former: dict, old: str, new: str, value, function: str, default=None):

@@ -5,7 +5,6 @@ Registered on the ``memgen`` group by :mod:`memgen.cli.main` (same error handlin
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
@@ -20,9 +19,9 @@ from memgen.experiments.demo import DemoConfig, run_demo
 from memgen.experiments.landscape import (LandscapeConfig, checkpoint_rows, run_landscape,
                                           write_landscape, write_learned)
 from memgen.experiments.phase import PHASE_DATA, PhaseConfig, run_phase, write_phase
-from memgen.experiments.sweep import check_sweep_dir, plan, run_sweep
-from memgen.io import atomic_output_dir, check_output_dir, read_csv_rows
-from memgen.metrics.capacity import Capacity, describe, read_fraction_table
+from memgen.experiments.sweep import SweepResult, check_sweep_dir, plan, run_sweep
+from memgen.io import atomic_output_dir, check_output_dir
+from memgen.metrics.capacity import describe
 from memgen.metrics.rules import LABEL_NAMES
 
 
@@ -172,31 +171,31 @@ def sweep(config_path, out, overrides, dry_run, executor, workers, address, thre
         for line in plan(config, Path(out)):
             click.echo(line)
         return
-    caps = run_sweep(config, Path(out), progress=show_progress(), overwrite=overwrite,
-                     config_file=config_path, argv=command_argv(),
-                     log=echo_verbose if verbose_enabled() else None)
-    _print_sweep(Path(out), caps)
+    result = run_sweep(config, Path(out), progress=show_progress(), overwrite=overwrite,
+                       config_file=config_path, argv=command_argv(),
+                       log=echo_verbose if verbose_enabled() else None)
+    _print_sweep(result)
 
 
-def _print_sweep(run: Path, caps: dict) -> None:
+def _print_sweep(result: SweepResult) -> None:
     """One screen: fractions with 95% intervals, null rates and the precision of the
     evaluated samples (and of held-out data) per K; the capacities; τ_mem if measured."""
-    table = read_fraction_table(run / "fractions.csv")
-    extra = _extra_columns(run / "fractions.csv")
+    table = result.table
+    extra = _extra_columns(result.rows)
     click.echo(f"{'K':>6}  {'memorized':^22}{'spurious':^22}{'generalized':^22}  null m/s/g"
                "      precision (held-out)")
     for i, K in enumerate(table.K):
         cells = "".join(f"{table.fractions[i, j]:6.3f} [{table.lo[i, j]:.3f},{table.hi[i, j]:.3f}] "
                         for j in range(3))
         click.echo(f"{K:>6}  {cells} {extra[i]}")
-    footnote = _null_footnote(run / "fractions.csv")
+    footnote = _null_footnote(result.rows)
     if footnote:
         click.echo(footnote)
     for name in ("MC", "SC", "GC"):
-        click.echo(describe(Capacity.from_dict(name, caps[name])))
-    if (run / "timescale.json").exists():
-        _print_timescale(json.loads((run / "timescale.json").read_text()))
-    click.echo(f"report: {run / 'report.html'}")
+        click.echo(describe(result.capacities[name]))
+    if result.timescale is not None:
+        _print_timescale(result.timescale)
+    click.echo(f"report: {result.run / 'report.html'}")
 
 
 def _print_timescale(timescale: dict) -> None:
@@ -215,13 +214,14 @@ def _print_timescale(timescale: dict) -> None:
         click.echo(f"τ_mem ∝ K^b: no fit ({timescale.get('fit_note', '')})")
 
 
-def _extra_columns(path: Path) -> list[str]:
+def _extra_columns(rows) -> list[str]:
     """Per K: the null rates m/s/g (marked * when held-out data ran short for the null
-    run) and the precision (held-out baseline), '-' if absent."""
+    run) and the precision (held-out baseline), '-' if absent; rows: fractions.csv's cells
+    (``SweepResult.rows``)."""
     def number(r, key, digits):
         return f"{float(r[key]):.{digits}f}" if r.get(key) else "-"
 
-    rows = sorted(read_csv_rows(path), key=lambda r: int(r["K"]))
+    rows = sorted(rows, key=lambda r: int(r["K"]))
     return ["/".join(number(r, f"null_{n}", 2) for n in LABEL_NAMES)
             + ("*" if _null_short(r) else " ")
             + f" {number(r, 'precision', 3):>9} ({number(r, 'baseline_precision', 3)})"
@@ -234,8 +234,8 @@ def _null_short(row: dict) -> bool:
     return any(a and b and int(float(a)) < int(float(b)) for a, b in sizes)
 
 
-def _null_footnote(path: Path) -> str | None:
-    short = [r for r in read_csv_rows(path) if _null_short(r)]
+def _null_footnote(rows) -> str | None:
+    short = [r for r in rows if _null_short(r)]
     if not short:
         return None
     sizes = ", ".join(f"K={r['K']}: {r['null_n_eval']}/{r['null_n_synth']} instead of "

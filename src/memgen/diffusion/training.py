@@ -79,7 +79,6 @@ class TrainSettings:
     amp: bool = False  # bfloat16 autocast on CUDA (ignored on the CPU)
     # torch.compile the loss (the network's forward with it): "default", or "reduce-overhead"
     # (CUDA graphs on a GPU); eager, with one warning, where compiling fails (train_step).
-    # A sweep leaves it out of the train key when none.
     compile: str = "none"
 
 

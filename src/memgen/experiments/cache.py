@@ -11,19 +11,29 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
 
 from memgen.io import atomic_file, write_json
 
-STAGE_VERSION = 3  # bump when a stage's output format or key changes
+# bump when a stage's output format or key changes: every stage of an earlier version's
+# sweep then runs once more (4: each key hashes its stage's whole config slice)
+STAGE_VERSION = 4
 
 
 def stage_key(name: str, *parts) -> str:
     """Hash of a stage's name, its config slice and its inputs' keys."""
     text = json.dumps([name, STAGE_VERSION, *parts], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def key_fields(base, section, unkeyed: tuple[str, ...] = ()) -> dict:
+    """The config slice a stage's key hashes: name → value of every field of dataclass
+    ``base`` (``section`` is one, or a sweep section built on it) but ``unkeyed``, the
+    fields that cannot change the stage's output (each key names its own and why)."""
+    return {f.name: getattr(section, f.name) for f in fields(base) if f.name not in unkeyed}
 
 
 def fingerprint(array: np.ndarray) -> str:

@@ -110,7 +110,7 @@ class AnalysisConfig:
     steps: int = 20
     rel_min: float = 0.1
     curvature_sigma: float = 0.1
-    n_eigen: int = 4  # eigenvalues per point (Lanczos above 256 coordinates); "k" in keys
+    n_eigen: int = 4  # eigenvalues per point (Lanczos above 256 coordinates)
     landscape: bool = False  # 2D data, trained models: learned vs exact energy (PF-ODE)
     landscape_Ks: tuple[int, ...] = (2, 9, 1000)  # those of them that the sweep has
     landscape_sigma: float = 0.387  # σ(t = 0.15) of the toy VE SDE, as in the paper

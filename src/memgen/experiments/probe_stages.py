@@ -18,14 +18,15 @@ PF-ODE likelihood, ``memgen.experiments.landscape.learned_row``) beside the exac
 from __future__ import annotations
 
 import time
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from memgen.diffusion.loaders import load_denoiser
-from memgen.experiments.cache import is_done, mark_done, stage_key
-from memgen.experiments.config import SweepConfig, as_dict
+from memgen.experiments.cache import is_done, key_fields, mark_done, stage_key
+from memgen.experiments.config import AnalysisConfig, SweepConfig
 from memgen.experiments.landscape import learned_row, write_learned
 from memgen.io import atomic_file
 from memgen.metrics.rules import LABEL_NAMES
@@ -34,9 +35,10 @@ from memgen.probes.recovery import RecoveryConfig, critical_time
 from memgen.report.figures import plot_by_label, save_figure
 
 DENSE_MAX = 256  # coordinates up to which the Hessian spectrum is computed densely
-# Renamed AnalysisConfig fields under their former names in the key, so that caches made
-# before the rename stay valid.
-_KEY_NAMES = {"n_eigen": "k"}
+# the analysis settings that only the landscape stage reads (landscape, landscape_Ks: which
+# K it runs at; landscape_sigma, landscape_resolution: its key)
+LANDSCAPE_FIELDS = tuple(f.name for f in fields(AnalysisConfig)
+                         if f.name.startswith("landscape"))
 
 
 def pick_per_label(labels: np.ndarray, per_label: int) -> np.ndarray:
@@ -46,12 +48,13 @@ def pick_per_label(labels: np.ndarray, per_label: int) -> np.ndarray:
 
 
 def analysis_key(classify_folder: str, config: SweepConfig) -> str | None:
-    """The analysis stage's key (None when no analysis is enabled)."""
+    """The analysis stage's key (None when no analysis is enabled): the classify stage it
+    reads (its sets, hence the model state) and every analysis setting but the landscape's
+    (LANDSCAPE_FIELDS)."""
     a = config.analysis
     if not (a.basins or a.curvature):
         return None
-    reads = {_KEY_NAMES.get(name, name): v for name, v in as_dict(a).items()
-             if not name.startswith("landscape")}
+    reads = key_fields(AnalysisConfig, a, LANDSCAPE_FIELDS)
     return stage_key("analysis", classify_folder, reads)
 
 
@@ -159,7 +162,8 @@ def landscape_stage(run: Path, result, train: np.ndarray, config: SweepConfig) -
             or train.shape[1] != 2 or result.K not in a.landscape_Ks):
         return None
     key = stage_key("landscape", result.train_folder.name, result.eval_path.parent.name,
-                    a.landscape_sigma, a.landscape_resolution)
+                    {"landscape_sigma": a.landscape_sigma,
+                     "landscape_resolution": a.landscape_resolution})
 
     def compute() -> dict:
         den = load_denoiser(checkpoint=result.checkpoint, device=config.device).denoiser

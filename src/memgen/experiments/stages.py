@@ -28,7 +28,8 @@ from memgen.diffusion.sources import model_source, objective
 from memgen.diffusion.training import (TrainConfig, TrainSettings, check_fits, snapshot_path,
                                        train as run_training)
 from memgen.errors import UserError
-from memgen.experiments.cache import file_fingerprint, fingerprint, is_done, mark_done, stage_key
+from memgen.experiments.cache import (file_fingerprint, fingerprint, is_done, key_fields,
+                                      mark_done, stage_key)
 from memgen.experiments.config import (SweepConfig, as_dict, check_checkpoint_files, network,
                                        split_rule)
 from memgen.experiments.probe_stages import analysis_stage, landscape_stage
@@ -137,34 +138,30 @@ def train_stage(run: Path, train: np.ndarray, K: int, config: SweepConfig,
     return key, folder
 
 
-# train settings added after caches existed, left out of the train key at these defaults so
-# that those caches keep their keys
-LATE_TRAIN_DEFAULTS = {"ema_warmup": True, "compile": "none"}
+# the train settings left out of the train key: the budget, which a longer run or a new
+# snapshot resumes on the same trajectory (one folder per trajectory)
+TRAIN_BUDGET = ("iterations", "snapshots")
 
 
 def train_key(train: np.ndarray, config: SweepConfig) -> str:
     """The train stage's key: the training set's content (not where it was read from),
-    the model with its full network and (for networks) what decides the trajectory — not
-    the budget (iterations, snapshots); for the authors' checkpoints, the content of K.pt
-    and of their YAML, if given."""
-    # not the budget (iterations, snapshots), nor the later fields at their defaults
-    training = {k: v for k, v in as_dict(config.train).items()
-                if k not in ("iterations", "snapshots")
-                and not (k in LATE_TRAIN_DEFAULTS and v == LATE_TRAIN_DEFAULTS[k])}
+    the model with its full network and (for networks) every train setting but the budget
+    (TRAIN_BUDGET); for the authors' checkpoints, the content of K.pt and of their YAML,
+    if given."""
+    training = key_fields(TrainSettings, config.train, TRAIN_BUDGET)
     trajectory = model_source(config.model).trajectory(config.model, len(train), training,
                                                        file_fingerprint)
-    # the checkpoints' folder and YAML by content above, not by path (nor the unset fields,
-    # so the keys of existing caches stay)
+    # the checkpoints' folder and YAML by content above, not by path
     model = {k: v for k, v in as_dict(config.model).items()
              if k not in ("path", "reference_config")}
     return stage_key("train", fingerprint(train), model, trajectory)
 
 
-# the measure settings that only the aggregate reads (capacities), not the labels
-AGGREGATE_FIELDS = ("epsilon", "bootstrap")
-# ClassifyConfig's fields that the measure section gained by being one (issue #24), left out
-# of the classify key at these defaults so that existing caches keep their keys
-LATE_MEASURE_DEFAULTS = {"calibrate": False, "memory_budget": None, "backend": "builtin"}
+# the classify settings left out of the classify key: the exact kNN engine's knobs. Both
+# engines are exact and certified (memgen.neighbours: ties by the smaller index), and the
+# budget only sets block sizes, so neither changes a neighbour, a label or a null rate
+# (as sample.batch_size, which changes no sample; summary.json records their values).
+CLASSIFY_UNKEYED = ("memory_budget", "backend")
 
 
 def train_config(config: SweepConfig) -> TrainConfig:
@@ -182,9 +179,16 @@ def base_fields(base, section) -> dict:
     return {f.name: getattr(section, f.name) for f in fields(base)}
 
 
-# the sample settings that change a sample: Sampling's but batch_size (not n_eval or the S′
-# size either); the later ones default to None (today's behaviour), then left out of the key
-SAMPLING_FIELDS = tuple(f.name for f in fields(Sampling) if f.name != "batch_size")
+# the sampling setting left out of the generate key: the batch (sample i draws from its
+# own stream keyed by (seed, i), so no sample depends on its batch); the set's size and
+# seed are the key's own parts
+SAMPLING_UNKEYED = ("batch_size",)
+
+
+def sampling(config: SweepConfig) -> dict:
+    """The Sampling fields the generate stage runs with: the sample section's, the sampler
+    resolved (:func:`sampler_name`)."""
+    return base_fields(Sampling, config.sample) | {"sampler": sampler_name(config)}
 
 
 def generate_stage(run: Path, which: str, n: int, seed: int, train_key: str,
@@ -198,9 +202,8 @@ def generate_stage(run: Path, which: str, n: int, seed: int, train_key: str,
     if not is_done(folder):
         t0 = time.perf_counter()
         denoiser, schedule = _denoiser(checkpoint, train, config)
-        how = base_fields(Sampling, config.sample) | {"sampler": sampler_name(config)}  # as the key
-        gen = GenerateConfig(**how, n=n, seed=seed, shard_size=max(n // 4, 256), name=which,
-                             clip=train.ndim == 4)
+        gen = GenerateConfig(**sampling(config), n=n, seed=seed, shard_size=max(n // 4, 256),
+                             name=which, clip=train.ndim == 4)
         discard_unrecorded(folder, which)  # the key fixes the settings: redraw, not refuse
         generate(denoiser, train.shape[1:], schedule, gen, folder, data=train,
                  device=config.device, progress=progress)
@@ -211,15 +214,13 @@ def generate_stage(run: Path, which: str, n: int, seed: int, train_key: str,
 
 def generate_key(which: str, n: int, seed: int, train_key: str, checkpoint: Path | None,
                  config: SweepConfig) -> str:
-    """The generate stage's key: the model state and the settings that change a sample."""
-    # options left unset are left out, so a new option keeps the keys of existing caches
-    sampling = {name: getattr(config.sample, name) for name in SAMPLING_FIELDS
-                if getattr(config.sample, name) is not None}
-    revision = sampler_spec(sampler_name(config)).revision
-    if revision is not None:  # a sampler's arithmetic changed: its older sets differ
-        sampling["revision"] = revision
+    """The generate stage's key: the model state, the set's size and seed, and every
+    Sampling field but the batch (SAMPLING_UNKEYED), with the sampler's revision (a sampler
+    whose arithmetic changed draws other sets)."""
+    settings = {k: v for k, v in sampling(config).items() if k not in SAMPLING_UNKEYED}
+    revision = sampler_spec(settings["sampler"]).revision
     state = None if checkpoint is None else checkpoint.name
-    return stage_key("generate", train_key, state, which, n, seed, sampling)
+    return stage_key("generate", train_key, state, which, n, seed, settings, revision)
 
 
 def sampler_name(config: SweepConfig) -> str:
@@ -267,10 +268,10 @@ def classify_stage(run: Path, K: int, train: np.ndarray, heldout: np.ndarray,
 
 def classify_key(eval_key: str, synth_key: str, heldout: np.ndarray,
                  config: SweepConfig) -> str:
-    """The classify stage's key: its two sets, the held-out data's content and the measure
-    settings that change a label (not those only the capacities read)."""
-    reads = {k: v for k, v in as_dict(config.measure).items() if k not in AGGREGATE_FIELDS
-             and not (k in LATE_MEASURE_DEFAULTS and v == LATE_MEASURE_DEFAULTS[k])}
+    """The classify stage's key: its two sets, the held-out data's content and every
+    ClassifyConfig field but CLASSIFY_UNKEYED (not the capacities' epsilon and bootstrap
+    either, which the measure section adds: only the aggregate reads them)."""
+    reads = key_fields(ClassifyConfig, config.measure, CLASSIFY_UNKEYED)
     return stage_key("classify", eval_key, synth_key, reads, fingerprint(heldout))
 
 

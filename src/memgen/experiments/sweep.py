@@ -13,6 +13,7 @@ import csv
 import json
 import re
 import time
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -30,7 +31,8 @@ from memgen.experiments.stages import (StageResult, classify_key, generate_key, 
                                        validate_against_data)
 from memgen.io import (MARKER, atomic_file, check_output_dir, claim_output_dir, load_samples,
                        write_json, write_marker)
-from memgen.metrics.capacity import capacities, read_fraction_table
+from memgen.metrics.capacity import (Capacities, FractionTable, capacities,
+                                     read_fraction_table)
 from memgen.metrics.rules import LABEL_NAMES
 from memgen.metrics.timescale import MEMORIZED_HALF, fit_power_law, tau_mem_per_K
 from memgen.provenance import file_record, gather
@@ -52,7 +54,22 @@ def csv_number(value):
     return value
 
 
-def write_fractions(path: Path, results: list[StageResult], steps: bool = False) -> None:
+@dataclass(frozen=True)
+class SweepResult:
+    """What a sweep measured, as its files hold it: the per-K classifications, fractions.csv
+    (the cells as written, and the table the capacities were computed from), the
+    capacities, the training-time axis and the run folder."""
+
+    run: Path  # as given
+    results: tuple[StageResult, ...]  # one per K, by K (each with its snapshots)
+    table: FractionTable  # fractions.csv read back: its 6-significant-digit values
+    rows: tuple[dict[str, str], ...]  # fractions.csv's cells (column → text), by K
+    capacities: Capacities  # capacities.json's
+    timescale: dict | None = None  # timescale.json's payload (train.snapshots), else None
+
+
+def write_fractions(path: Path, results: list[StageResult],
+                    steps: bool = False) -> tuple[dict[str, str], ...]:
     """fractions.csv: K, the three fractions with _lo/_hi, n_eval and n_synth, the null
     rates with the null run's set sizes (smaller than n_eval/n_synth when held-out data ran
     short), and the sample quality vs held-out data (precision, recall, density, coverage,
@@ -62,7 +79,8 @@ def write_fractions(path: Path, results: list[StageResult], steps: bool = False)
     per (K, steps) — fractions_steps.csv, the training-time axis.
     results: StageResults, or any rows with ``K``, ``summary`` (a classify summary.json)
     and ``steps`` — ``memgen.experiments.aggregate.Measured`` for ``memgen aggregate``.
-    Every real number is written with CSV_DIGITS significant digits (:func:`csv_number`)."""
+    Every real number is written with CSV_DIGITS significant digits (:func:`csv_number`).
+    Returns the rows as written (column → cell text, as ``csv.DictReader`` reads them)."""
     quality = ("precision", "recall", "density", "coverage")
     columns = ["K"] + ["steps"] * steps
     columns += [f"{n}{suffix}" for n in LABEL_NAMES for suffix in ("", "_lo", "_hi")]
@@ -70,6 +88,7 @@ def write_fractions(path: Path, results: list[StageResult], steps: bool = False)
     columns += ["null_n_eval", "null_n_synth"]
     columns += [*quality, *(f"precision_{n}" for n in LABEL_NAMES), "baseline_precision",
                 "baseline_recall"]
+    written = []
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(columns)
@@ -87,7 +106,10 @@ def write_fractions(path: Path, results: list[StageResult], steps: bool = False)
             row += [csv_number(q.get(name)) for name in quality]
             row += [csv_number(by_label.get(name)) for name in LABEL_NAMES]
             row += [csv_number(base.get("precision")), csv_number(base.get("recall"))]
+            row = [str(cell) for cell in row]  # as csv.writer writes them
             writer.writerow(row)
+            written.append(dict(zip(columns, row)))
+    return tuple(written)
 
 
 def evidence_figures(run: Path, pool: np.ndarray, results: list[StageResult],
@@ -131,13 +153,17 @@ def _labels(result: StageResult) -> dict:
 
 
 def aggregate(run: Path, results: list[StageResult], config: SweepConfig,
-              pool: np.ndarray | None = None, provenance: dict | None = None) -> dict:
+              pool: np.ndarray | None = None, provenance: dict | None = None) -> SweepResult:
     """fractions.csv with its provenance.json, capacities.json, the figures and
-    report.html; returns the capacities. provenance: ``memgen.provenance.gather``'s
-    record (default: this process's command line and versions, no inputs)."""
+    report.html; returns what they hold. provenance: ``memgen.provenance.gather``'s
+    record (default: this process's command line and versions, no inputs).
+
+    The capacities are computed from fractions.csv as written (read back: its values with
+    CSV_DIGITS significant digits), so that ``memgen capacities RUN/fractions.csv``
+    reproduces capacities.json exactly."""
     provenance = gather() if provenance is None else provenance
     with atomic_file(run / "fractions.csv") as tmp:
-        write_fractions(tmp, results)
+        rows = write_fractions(tmp, results)
     with atomic_file(run / "provenance.json") as tmp:
         write_json(tmp, provenance)
     table = read_fraction_table(run / "fractions.csv")
@@ -167,7 +193,8 @@ def aggregate(run: Path, results: list[StageResult], config: SweepConfig,
     with atomic_file(run / "report.html") as tmp:
         write_report(tmp, config.name, as_dict(config), payload, results, figures,
                      timescale=timescale, provenance=provenance)
-    return payload
+    return SweepResult(run, tuple(sorted(results, key=lambda r: r.K)), table, rows, caps,
+                       timescale)
 
 
 def write_time_axis(run: Path, states: list[StageResult], title: str) -> dict:
@@ -199,8 +226,9 @@ def write_time_axis(run: Path, states: list[StageResult], title: str) -> dict:
 
 def run_sweep(config: SweepConfig, run: Path, progress: bool = True,
               overwrite: bool = False, *, config_file: str | Path | None = None,
-              argv: list[str] | None = None, log=None) -> dict:
-    """Every K (here, in worker processes or as Ray tasks), then the aggregate.
+              argv: list[str] | None = None, log=None) -> SweepResult:
+    """Every K (here, in worker processes or as Ray tasks), then the aggregate: its
+    :class:`SweepResult`.
 
     ``run`` must be new, empty or a sweep's folder (resumed); ``overwrite`` empties
     another command's folder first (``memgen.io.claim_output_dir``). config_file and
@@ -226,11 +254,11 @@ def run_sweep(config: SweepConfig, run: Path, progress: bool = True,
     for line in (stage_log(results, before) if log else []):
         log(line)
     t1 = time.perf_counter()
-    payload = aggregate(run, results, config, pool, provenance)
+    result = aggregate(run, results, config, pool, provenance)
     if log:
         log(f"stages {t1 - t0:.1f} s, aggregate (tables, figures, report) "
             f"{time.perf_counter() - t1:.1f} s")
-    return payload
+    return result
 
 
 def _pool_record(config: SweepConfig, pool: np.ndarray) -> dict:
