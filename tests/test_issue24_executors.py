@@ -56,3 +56,16 @@ def test_ray_check_comes_from_its_entry(monkeypatch):
     monkeypatch.setattr(executors.importlib.util, "find_spec", lambda name, *a: None)
     with pytest.raises(UserError, match="executor.kind: ray needs the ray package"):
         EXECUTORS["ray"].check(ExecutorConfig(kind="ray"), "cpu")
+
+
+def test_a_registered_executor_runs_a_sweep_from_the_cli(backwards, tmp_path):
+    from click.testing import CliRunner
+
+    from memgen.cli import cli
+
+    result = CliRunner().invoke(cli, ["sweep", str(TINY), "--out", str(tmp_path / "run"),
+                                      "--executor", "backwards", "--set", "Ks=[2,9]",
+                                      "--set", "sample.n_eval=20", "--set", "sample.min_synth=40",
+                                      "--set", "sample.steps=10", "--set", "measure.bootstrap=20"])
+    assert result.exit_code == 0, result.output
+    assert backwards == [[2, 9]] and (tmp_path / "run" / "fractions.csv").exists()

@@ -11,11 +11,12 @@ import click
 import numpy as np
 
 from memgen.cli.measure import print_summary
-from memgen.cli.options import (SEED, command_argv, echo_verbose, overwrite_option, show_progress,
-                                verbose_enabled)
+from memgen.cli.options import (SEED, RegistryChoice, command_argv, echo_verbose, overwrite_option,
+                                show_progress, verbose_enabled)
 from memgen.errors import UserError
 from memgen.experiments.config import check_device, load_config
 from memgen.experiments.demo import DemoConfig, run_demo
+from memgen.experiments.executors import EXECUTORS
 from memgen.experiments.landscape import (LandscapeConfig, checkpoint_rows, run_landscape,
                                           write_landscape, write_learned)
 from memgen.experiments.phase import PHASE_DATA, PhaseConfig, run_phase, write_phase
@@ -143,8 +144,9 @@ def landscape(Ks, gamma, checkpoints, sigma, resolution, out, overwrite):
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a config value, e.g. --set train.iterations=200 (repeatable).")
 @click.option("--dry-run", is_flag=True, help="Check the config and show what would run.")
-@click.option("--executor", type=click.Choice(["local", "ray"]), default=None,
-              help="Where each K runs (overrides executor.kind): here or as Ray tasks.")
+@click.option("--executor", type=RegistryChoice(EXECUTORS), default=None,
+              help="Where each K runs (overrides executor.kind): "
+                   + "; ".join(f"{e.name}: {e.help}" for e in EXECUTORS.values()) + ".")
 @click.option("--workers", type=int, default=None,
               help="Parallel K: local worker processes, or CPUs of a private Ray instance.")
 @click.option("--address", default=None,
