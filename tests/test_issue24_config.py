@@ -148,7 +148,7 @@ def test_a_measure_field_that_changes_labels_changes_the_classify_key():
 
     heldout = np.zeros((3, 2), np.float32)
     base = load_config(TINY)
-    same = load_config(TINY, ["measure.backend=faiss", "measure.memory_budget=64"])
+    same = load_config(TINY, ["measure.backend=faiss", "measure.memory_budget=67108864"])
     other = load_config(TINY, ["measure.calibrate=true"])
     assert classify_key("e", "s", heldout, base) == classify_key("e", "s", heldout, same)
     assert classify_key("e", "s", heldout, base) != classify_key("e", "s", heldout, other)
