@@ -147,7 +147,7 @@ def test_network_denoisers_are_their_parameterizations_d_to_the_bit():
     assert torch.equal(clipped(x * 50, 80.0), EpsPrediction(vp).denoise(_net, x * 50, 80.0)
                        .clamp(-1, 1))
     assert clipped.residuals_at_levels([1.0], x) is None
-    # the attributes a fingerprint walks (loaders.denoiser_sha256), as before the refactor
+    # the attributes a fingerprint walks (identity.denoiser_sha256), as before the refactor
     assert sorted(vars(clipped)) == ["clip", "net", "parameterization", "schedule"]
     assert sorted(vars(ScoreDenoiser(_net, ve))) == ["net", "parameterization", "schedule"]
 

@@ -24,7 +24,7 @@ from memgen.errors import UserError
 from memgen.io import read_csv_rows, write_json
 from memgen.memory.attractors import Memory, find_attractors, ring_barriers, ring_energy_spread
 from memgen.metrics.nearest import find_neighbours
-from memgen.metrics.rules import apply_rule, make_rule
+from memgen.metrics.rules import DEFAULT_RULE, apply_rule, make_rule
 from memgen.probes.starts import make_starts
 from memgen.report.figures import plot_phase, save_figure
 
@@ -101,7 +101,7 @@ def phase_point(patterns: torch.Tensor, sigma: float, config: PhaseConfig) -> di
     two_d = patterns.shape[1] == 2
     barriers = ring_barriers(memory, found) if two_d else np.array([])
     near = find_neighbours(found.retrieval.endpoints, patterns)
-    labels = apply_rule(near.train_dist, near.synth_dist, make_rule("paper"))
+    labels = apply_rule(near.train_dist, near.synth_dist, make_rule(DEFAULT_RULE))
     run = found.retrieval
     return {
         "sigma": sigma, "beta": memory.inverse_temperature,  # the kernel's γ = 1/(2σ²)

@@ -239,7 +239,7 @@ def schedule_family(config: SweepConfig) -> str:
 
 def _denoiser(checkpoint: Path | None, train: np.ndarray, config: SweepConfig):
     """(denoiser, schedule): the saved state, or the exact denoiser of S_K (float32, the
-    sweep's stored samples depend on it: ``memgen.diffusion.loaders``)."""
+    sweep's stored samples depend on it: ``memgen.diffusion.sources``)."""
     model = model_source(config.model).sweep_model(config.model, checkpoint, train,
                                                    config.device)
     return model.denoiser, model.schedule

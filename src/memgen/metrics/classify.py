@@ -14,7 +14,8 @@ import numpy as np
 from memgen._version import __version__
 from memgen.errors import UserError
 from memgen.io import check_same_shape, row_keys, validate_samples, write_json
-from memgen.metrics.features import FEATURE_MAPS, METRIC_NAMES, get_feature_map, metric_help
+from memgen.metrics.features import (FEATURE_MAPS, METRIC_NAMES, RegistryNames, get_feature_map,
+                                     metric_help)
 from memgen.metrics.null import DEFAULT_ALPHA, NullResult, null_rates
 from memgen.metrics.quality import HeldoutQuality, quality_summary, quality_vs_heldout
 from memgen.metrics.nearest import Neighbours, find_neighbours
@@ -62,7 +63,8 @@ class ClassifyConfig:
         "MiB for one block of pairwise distances (and one streamed chunk).",
         default=512, unit="MiB"))
     backend: str = field(default="builtin", metadata=option(  # exact kNN engines, same results
-        "Exact kNN engine (faiss: pip install faiss-cpu).", choices=tuple(KNN_BACKENDS)))
+        "Exact kNN engine (faiss: pip install faiss-cpu).", choices=RegistryNames(KNN_BACKENDS),
+        registry=KNN_BACKENDS))
     dedup: bool = field(default=False, metadata=option(  # d2 against the nearest distinct one
         "Measure d2 against the nearest training image that is not a near-duplicate of the "
         "first (memgen's extension of eq. 4 for training sets with repeated images)."))

@@ -132,7 +132,7 @@ def ball_hits(points: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor,
     count (M,) int64 = #{i : p_j ∈ B(c_i)}, hit (N,) bool = ∃ j : p_j ∈ B(c_i).
 
     Screen: s = ‖p‖² + ‖c‖² − 2 pᵀc in float64 on data centred at the centres' mean,
-    with |s − ‖p − c‖²| ≤ γ = 2 (D + 4) u (‖p‖² + max‖c‖²) (the bound of knn.py).
+    with |s − ‖p − c‖²| ≤ γ = 2 (D + 4) u (‖p‖² + max‖c‖²) (``memgen.neighbours.precision.screen_error_bound``).
     Pairs with |s − r_i²| ≤ γ + 4 (D + 4) u r_i² are re-decided by √(Σ (p − c)²) < r_i
     in float64 on the raw data; all others by s < r_i².
     """
