@@ -64,3 +64,17 @@ def test_the_cli_prints_the_result_not_the_run_folders_files(swept, tmp_path, mo
     again = run("sweep", TINY, "--out", out, *[a for s in SMALL for a in ("--set", s)])
     assert again.exit_code == 0, again.output
     assert again.stdout == first.stdout
+
+
+def test_a_rerun_removes_the_outputs_of_the_earlier_config_that_it_makes_no_more(tmp_path):
+    # a sweep rerun without snapshots (or analyses) left the earlier time axis and figures
+    # beside the new table, and the CLI printed their τ_mem as current
+    folder = tmp_path / "run"
+    run_sweep(load_config(TINY, SMALL), folder, progress=False)
+    for name in ("timescale.json", "fractions_steps.csv", "phase_map.png", "critical.png"):
+        (folder / name).write_text("from an earlier config")
+    result = run_sweep(load_config(TINY, SMALL), folder, progress=False)
+    assert result.timescale is None
+    for name in ("timescale.json", "fractions_steps.csv", "phase_map.png", "critical.png"):
+        assert not (folder / name).exists()
+    assert (folder / "fractions.csv").exists() and (folder / "fractions.png").exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import typing
+from types import SimpleNamespace
 from dataclasses import dataclass, field, fields, make_dataclass
 from pathlib import Path
 
@@ -149,7 +150,7 @@ def test_a_measure_field_that_changes_labels_changes_the_classify_key():
     heldout = np.zeros((3, 2), np.float32)
     base = load_config(TINY)
     same = load_config(TINY, ["measure.backend=faiss", "measure.memory_budget=67108864"])
-    other = load_config(TINY, ["measure.calibrate=true"])
+    other = load_config(TINY, ["measure.dedup=true"])
     assert classify_key("e", "s", heldout, base) == classify_key("e", "s", heldout, same)
     assert classify_key("e", "s", heldout, base) != classify_key("e", "s", heldout, other)
 
@@ -162,3 +163,51 @@ def test_a_sweep_memory_budget_below_one_mib_is_refused_as_a_likely_mib(budget):
         config_module.load_config(TINY, [f"measure.memory_budget={budget}"])
     config = config_module.load_config(TINY, ["measure.memory_budget=536870912"])
     assert config.measure.memory_budget == 512 * 2**20
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"calibrate": "no"}, "calibrate: expected true or false, got 'no'"),
+    ({"dedup": "false"}, "dedup: expected true or false"),
+    ({"k": 2.5}, "k: expected an integer, got 2.5"),
+    ({"k": "3"}, "k: expected an integer"),
+    ({"seed": -1}, "seed: a seed is a non-negative integer"),
+    ({"alpha": True}, "alpha: expected a number, got True"),
+    ({"rule": 3}, "rule: expected text"),
+])
+def test_classify_options_of_the_wrong_type_are_refused_not_coerced(options, message):
+    # before, memgen.classify(calibrate="no") calibrated ("no" is true)
+    with pytest.raises(UserError, match=message):
+        ClassifyConfig(**options)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("name=${oops}", r"name: \$\{\.\.\.\} interpolations are not read"),
+    ("Ks[0]=5", "set a list whole"),
+    ("measure.calibrate=2", "measure.calibrate: expected true or false, got 2"),
+    ("name=yes", "name: expected text, got True"),
+    ("notes=1.10", "notes: expected text, got 1.1"),
+])
+def test_omegaconf_conversions_that_would_be_silent_are_refused(override, message):
+    with pytest.raises(UserError, match=message):
+        load_config(TINY, [override])
+
+
+def test_a_dotted_key_in_the_file_is_refused(tmp_path):
+    path = tmp_path / "dot.yaml"
+    path.write_text("Ks: [2, 9]\n'measure.delta_m': 0.2\nmeasure: {delta_m: 0.3}\n")
+    with pytest.raises(UserError, match="the key 'measure.delta_m' has a dot; nest it"):
+        load_config(path)
+
+
+def test_a_calibrated_sweep_is_refused_until_it_reports_its_thresholds():
+    with pytest.raises(UserError, match="measure.calibrate: a sweep would label each K"):
+        load_config(TINY, ["measure.calibrate=true"])
+
+
+def test_api_sweep_takes_one_override_as_text(monkeypatch, tmp_path):
+    seen = []
+    monkeypatch.setattr(api, "run_sweep",
+                        lambda config, *a, **k: seen.append(config.Ks) or SimpleNamespace(
+                            capacities=None))
+    api.sweep(TINY, tmp_path / "run", "Ks=[2, 9]", progress=False)
+    assert seen == [(2, 9)]

@@ -113,6 +113,8 @@ def sweep(config: SweepConfig | str | Path, out: str | Path, overrides: Sequence
     overrides being --set's — and return its capacities (``as_dict()``: capacities.json);
     every output lands in ``out``."""
     config_file = None
+    if isinstance(overrides, str):  # one "key=value" would be read a letter at a time
+        overrides = [overrides]
     if not isinstance(config, SweepConfig):
         config_file, config = config, load_config(config, overrides)
     elif overrides:

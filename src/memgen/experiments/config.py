@@ -169,13 +169,48 @@ def load_config(path: str | Path, overrides: typing.Sequence[str] = (),
         raise UserError(f"{path}: the top level must be a mapping")
     if not tree:
         raise UserError(f"{path}: the config is empty (see configs/ for examples)")
-    given = OmegaConf.merge(tree, *(_dotlist(item) for item in overrides),
-                            OmegaConf.create(extra or {}))
+    _check_keys(OmegaConf.to_container(tree), str(path))
+    try:
+        given = OmegaConf.merge(tree, *(_dotlist(item) for item in overrides),
+                                OmegaConf.create(extra or {}))
+    except (OmegaConfBaseException, TypeError) as err:  # --set Ks[0]=5: a list's item
+        raise UserError(f"--set: {str(err).splitlines()[0]} (set a list whole, "
+                        "e.g. --set 'Ks=[2,4]')") from None
     raw = OmegaConf.to_container(given)
+    _check_scalars(SweepConfig, raw)
     config = structured(SweepConfig, raw)
     check(config)
     check_effect(config, raw)
     return config
+
+
+def _check_keys(tree: dict, where: str) -> None:
+    """No dotted key in the file: OmegaConf would merge ``measure.delta_m: 0.2`` into the
+    measure section, beside (and over or under) a ``measure: {delta_m: ...}``."""
+    for key, value in tree.items():
+        if isinstance(key, str) and "." in key:
+            raise UserError(f"{where}: the key {key!r} has a dot; nest it "
+                            f"({key.split('.')[0]}: {{{key.partition('.')[2]}: ...}})")
+        if isinstance(value, dict):
+            _check_keys(value, where)
+
+
+def _check_scalars(cls, raw: dict) -> None:
+    """What OmegaConf would convert silently: a number or a bool for a text field
+    (``name: yes`` → 'True'), anything but true/false for a flag (2 → True), and the
+    ``${...}`` interpolations it would try to resolve (a sweep config holds values)."""
+    for key, value in _leaves(raw):
+        if isinstance(value, str) and "${" in value:
+            raise UserError(f"{key}: ${{...}} interpolations are not read in a sweep "
+                            f"config; give the value itself, got {value!r}")
+        if value is None:
+            continue
+        hint = _hint(cls, key)
+        options = set(typing.get_args(hint) if _is_union(hint) else (hint,)) - {type(None)}
+        if options == {bool} and not isinstance(value, bool):
+            raise UserError(f"{key}: expected true or false, got {value!r}")
+        if options == {str} and not isinstance(value, str):
+            raise UserError(f"{key}: expected text, got {value!r} (quote it to keep it as text)")
 
 
 def _dotlist(item: str) -> DictConfig:
@@ -340,6 +375,11 @@ def _check_counts(config: SweepConfig) -> None:
 
 def _check_measure(config: SweepConfig) -> None:
     """The rule's thresholds and the neighbours it needs."""
+    if config.measure.calibrate:
+        raise UserError("measure.calibrate: a sweep would label each K with its own "
+                        "calibrated thresholds but reports none of them (fractions.csv, the "
+                        "report); give measure.delta_m and delta_s, or run memgen classify "
+                        "--calibrate on a K's sets in RUN/cache")
     try:
         rule = make_rule(config.measure.rule, config.measure.delta_m, config.measure.delta_s,
                          metric=config.measure.metric)

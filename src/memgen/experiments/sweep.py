@@ -162,6 +162,9 @@ def aggregate(run: Path, results: list[StageResult], config: SweepConfig,
     CSV_DIGITS significant digits), so that ``memgen capacities RUN/fractions.csv``
     reproduces capacities.json exactly."""
     provenance = gather() if provenance is None else provenance
+    for stale in run.iterdir():  # an earlier run's time axis or figures, made no more
+        if stale.is_file() and AGGREGATE_OUTPUTS.fullmatch(stale.name):
+            stale.unlink()
     with atomic_file(run / "fractions.csv") as tmp:
         rows = write_fractions(tmp, results)
     with atomic_file(run / "provenance.json") as tmp:
@@ -303,6 +306,9 @@ def check_sweep_dir(run: Path, overwrite: bool = False) -> None:
 
 
 STAGE_FOLDER = re.compile(r"(train|eval|synth|classify|analysis|landscape)-[0-9a-f]{16}")
+# what the aggregate writes (all of it again on every run): figures, tables, time axis, report
+AGGREGATE_OUTPUTS = re.compile(r"(fractions_steps\.csv|timescale\.json|capacities\.json|"
+                               r"report\.html|.*\.png)")
 SWEEP_OUTPUTS = re.compile(r"(cache|config\.json|fractions(_steps)?\.csv|capacities\.json|"
                            r"timescale\.json|provenance\.json|report\.html|.*\.png|.*\.csv)")
 

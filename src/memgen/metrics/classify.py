@@ -5,7 +5,9 @@ This is the orchestration behind ``memgen classify``; the math lives in ``metric
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import numbers
+import typing
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import ClassVar
 
@@ -69,8 +71,28 @@ class ClassifyConfig:
         "Measure d2 against the nearest training image that is not a near-duplicate of the "
         "first (memgen's extension of eq. 4 for training sets with repeated images)."))
 
+    def __post_init__(self):
+        """Each option of its field's type, whoever built the config (``memgen.classify``'s
+        keywords arrive unchecked: calibrate="no" would otherwise be true)."""
+        hints = typing.get_type_hints(ClassifyConfig)
+        for f in fields(ClassifyConfig):
+            value = getattr(self, f.name)
+            options = set(typing.get_args(hints[f.name]) or (hints[f.name],))
+            if value is None and type(None) in options:
+                continue
+            kind = next(o for o in options if o is not type(None))
+            if not isinstance(value, OPTION_TYPES[kind]) or (
+                    kind is not bool and isinstance(value, bool)):
+                raise UserError(f"{f.name}: expected {TYPE_WORDS[kind]}, got {value!r}")
+            if f.metadata.get("seed") and value < 0:
+                raise UserError(f"{f.name}: a seed is a non-negative integer, got {value}")
+
     def make_rule(self) -> Rule:
         return make_rule(self.rule, self.delta_m, self.delta_s, metric=self.metric)
+
+
+OPTION_TYPES = {bool: bool, int: numbers.Integral, float: numbers.Real, str: str}
+TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "text"}
 
 
 @dataclass(frozen=True)
