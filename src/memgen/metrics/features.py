@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from memgen.errors import UserError
+from memgen.neighbours import Flatten, as_tensor
 
 Embedding = Callable[[torch.Tensor], torch.Tensor]  # φ: (n, ...) samples -> (n, D)
 
@@ -95,10 +96,6 @@ class FeatureSpace:
         return FeatureMap(name=self.name, embed=self.embedding(), power=self.power)
 
 
-def _flatten(x: torch.Tensor) -> torch.Tensor:
-    return x.reshape(x.shape[0], -1)
-
-
 def _lpips(net: str, convention: str, help: str, absolute_defaults: bool = False) -> FeatureSpace:
     def embedding() -> Embedding:
         # LPIPS builds its backbone only when the metric is asked for
@@ -119,7 +116,8 @@ def _lpips(net: str, convention: str, help: str, absolute_defaults: bool = False
 
 
 FEATURE_MAPS: dict[str, Callable[[], FeatureMap]] = {
-    "l2": FeatureSpace("l2", embedding=lambda: _flatten, power=1, help="Euclidean on pixels"),
+    "l2": FeatureSpace("l2", embedding=lambda: Flatten.embed, power=1,
+                       help="Euclidean on pixels"),
     # LPIPS v0.1 (memgen.metrics.lpips); -ref: the paper's public code's [0, 1] inputs
     "lpips-alex": _lpips("alex", "lpips", "LPIPS, AlexNet backbone"),
     "lpips-vgg": _lpips("vgg", "lpips", "LPIPS, VGG16 backbone"),
@@ -213,7 +211,3 @@ def embed_sets(metric: str | None, *sets) -> tuple[tuple[Embedded | None, ...], 
     return tuple(x if x is None or isinstance(x, Embedded) else space.embed_set(x)
                  for x in sets), space
 
-
-def as_tensor(x) -> torch.Tensor:
-    """A tensor as it is; an array as a tensor sharing its memory (contiguous ones)."""
-    return x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x))

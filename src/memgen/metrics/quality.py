@@ -32,10 +32,10 @@ import numpy as np
 import torch
 
 from memgen.errors import UserError
-from memgen.metrics.features import as_tensor, embed_sets
+from memgen.metrics.features import embed_sets
 from memgen.metrics.nearest import DEFAULT_K
 from memgen.metrics.rules import LABEL_NAMES
-from memgen.neighbours import block_sizes, get_knn_backend, resolve_budget
+from memgen.neighbours import as_tensor, block_sizes, get_knn_backend, resolve_budget
 
 _U64 = 2.0**-53  # unit roundoff of float64
 _BLOCK_ITEMS = 32  # bytes per (fake, real) pair in one block: scores, bands and masks

@@ -10,8 +10,8 @@ ties going to the smaller index. Arrays in, arrays out: no metric, no model.
 May import: floors 0–1 (``memgen.errors``, ``memgen.io``) and this package.
 """
 
-from memgen.neighbours.exact import (DEFAULT_MEMORY_BUDGET, KnnResult, brute_force_knn, knn,
-                                     knn_search, resolve_budget)
+from memgen.neighbours.exact import (DEFAULT_MEMORY_BUDGET, KnnResult, as_tensor, brute_force_knn,
+                                     knn, knn_search, resolve_budget)
 from memgen.neighbours.faiss_backend import MISSING_FAISS, faiss_available, faiss_knn_search
 from memgen.neighbours.pairwise import pairwise_sq_dist
 from memgen.neighbours.precision import (centred, mean_center, screen_error_bound, sq_norms,
@@ -25,7 +25,7 @@ from memgen.neighbours.stream import (KNN_BACKENDS, Embedding, Flatten, get_knn_
 
 __all__ = [
     "Chunk", "DEFAULT_MEMORY_BUDGET", "Embedding", "Flatten", "KNN_BACKENDS", "KnnResult",
-    "MISSING_FAISS", "Shard", "ShardSet", "block_sizes", "brute_force_knn", "candidate_sq_dist",
+    "MISSING_FAISS", "Shard", "ShardSet", "as_tensor", "block_sizes", "brute_force_knn", "candidate_sq_dist",
     "centred", "faiss_available", "faiss_knn_search", "find_shards", "get_knn_backend",
     "iter_chunks", "knn", "knn_search", "mean_center", "open_array", "open_shards",
     "pairwise_sq_dist", "resolve_budget", "screen_error_bound", "sq_norms", "stream_knn",
