@@ -251,9 +251,10 @@ def _save(fig, out: str, dpi: int) -> None:
 
 
 def _mib(value: float) -> int:
+    """MiB in bytes: at least one byte (1e-30 MiB would round to none)."""
     if not value > 0 or value == float("inf"):
         raise UserError("--memory-budget must be a positive number of MiB")
-    return int(value * 2**20)
+    return max(1, int(value * 2**20))
 
 
 def _check_epsilon(epsilon: float) -> None:
