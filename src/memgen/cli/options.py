@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import traceback
+from collections.abc import Callable
 
 import click
 
@@ -97,27 +98,46 @@ overwrite_option = click.option(
          "command wrote (never a folder of files memgen did not write).")
 
 
-def model_source_options(exact_help: str, shape_help: str, schedule_help: str):
-    """--checkpoint | --exact | --torchscript | --diffusers, with --shape and --schedule: the
-    model sources of ``memgen.diffusion.loaders.load_denoiser`` (one of them is given)."""
-    options = [
-        click.option("--checkpoint", type=click.Path(dir_okay=False),
-                     help="A memgen train checkpoint."),
-        click.option("--exact", "exact_path", type=click.Path(dir_okay=False), help=exact_help),
-        click.option("--torchscript", type=click.Path(dir_okay=False),
-                     help="A TorchScript ε-model eps = model(x_t, t) (VP, DDPM linear schedule)."),
-        click.option("--diffusers", type=click.Path(file_okay=False),
-                     help="A diffusers UNet2DModel folder (needs the diffusers extra)."),
-        click.option("--shape", type=int, nargs=3, help=shape_help),
-        click.option("--schedule", type=click.Choice(["vp", "ve"]), default="vp",
-                     show_default=True, help=schedule_help),
-    ]
+class OptionSlot:
+    """Stands among a command's params (``LiveCommand``) for options built from a registry
+    at each use, so that an entry registered after the command was built (a plug-in, a
+    test's dummy) has its option too. ``build()`` gives them, cached while ``key()`` (the
+    registry's entries) is unchanged; ``collect(params)`` turns their values into the
+    callback's arguments."""
 
-    def decorate(fn):
-        for option in reversed(options):
-            fn = option(fn)
+    opts = secondary_opts = ()  # click reads these of every param; the options carry them
+
+    def __init__(self, build: Callable[[], list], key: Callable[[], tuple],
+                 collect: Callable[[dict], dict] = lambda params: params):
+        self.build, self.key, self.collect = build, key, collect
+        self._cached: tuple | None = None
+
+    def options(self) -> list[click.Option]:
+        key = self.key()
+        if self._cached is None or self._cached[0] != key:
+            self._cached = (key, self.build())
+        return self._cached[1]
+
+    def __call__(self, fn):
+        """As a decorator: put the slot where a click.option would put its option."""
+        fn.__dict__.setdefault("__click_params__", []).append(self)
         return fn
-    return decorate
+
+
+class LiveCommand(click.Command):
+    """A click.Command whose params may hold ``OptionSlot``s, each replaced, at each use
+    (parsing, --help), by the options its registry gives now."""
+
+    def get_params(self, ctx: click.Context) -> list[click.Parameter]:
+        params = [option for param in self.params
+                  for option in (param.options() if isinstance(param, OptionSlot) else [param])]
+        help_option = self.get_help_option(ctx)
+        return params + ([help_option] if help_option is not None else [])
+
+    def invoke(self, ctx: click.Context):
+        for slot in [param for param in self.params if isinstance(param, OptionSlot)]:
+            ctx.params = slot.collect(ctx.params)
+        return super().invoke(ctx)
 
 
 def debug_enabled(ctx: click.Context | None = None) -> bool:
