@@ -105,8 +105,6 @@ class OptionSlot:
     registry's entries) is unchanged; ``collect(params)`` turns their values into the
     callback's arguments."""
 
-    opts = secondary_opts = ()  # click reads these of every param; the options carry them
-
     def __init__(self, build: Callable[[], list], key: Callable[[], tuple],
                  collect: Callable[[dict], dict] = lambda params: params):
         self.build, self.key, self.collect = build, key, collect
@@ -125,17 +123,30 @@ class OptionSlot:
 
 
 class LiveCommand(click.Command):
-    """A click.Command whose params may hold ``OptionSlot``s, each replaced, at each use
-    (parsing, --help), by the options its registry gives now."""
+    """A click.Command whose params may be given ``OptionSlot``s: its ``params`` holds, at
+    each use (parsing, --help, anything reading them), the options each slot's registry
+    gives now, in the slot's place."""
 
-    def get_params(self, ctx: click.Context) -> list[click.Parameter]:
-        params = [option for param in self.params
-                  for option in (param.options() if isinstance(param, OptionSlot) else [param])]
-        help_option = self.get_help_option(ctx)
-        return params + ([help_option] if help_option is not None else [])
+    @property
+    def params(self) -> list[click.Parameter]:
+        """The same list while the registries are unchanged (click appends its help option
+        to it and pops it again)."""
+        key = tuple(slot.key() for slot in self._slots())
+        if self._expanded is None or self._expanded[0] != key:
+            expanded = [option for param in self._declared for option in (
+                param.options() if isinstance(param, OptionSlot) else [param])]
+            self._expanded = (key, expanded)
+        return self._expanded[1]
+
+    @params.setter
+    def params(self, value) -> None:
+        self._declared, self._expanded = list(value), None
+
+    def _slots(self) -> list[OptionSlot]:
+        return [param for param in self._declared if isinstance(param, OptionSlot)]
 
     def invoke(self, ctx: click.Context):
-        for slot in [param for param in self.params if isinstance(param, OptionSlot)]:
+        for slot in self._slots():
             ctx.params = slot.collect(ctx.params)
         return super().invoke(ctx)
 
