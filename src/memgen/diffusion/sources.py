@@ -29,7 +29,9 @@ float64: a bisection on the recovery probability, Hessian spectra and energy int
 along a path need the softmax weights to more digits than float32 keeps at small σ.
 
 Adding a source: a subclass of ``Source`` registered in ``SOURCES``; the sweep config's
-``model.kind`` choices, its checks, stage keys and stages read it from here.
+``model.kind`` choices, its checks, stage keys and stages read it from here, and so do
+``memgen generate`` and ``memgen diagnose`` (``memgen.cli.source_options``): its ``flag``
+with its ``help`` line, a file or a ``folder``, what ``option_value`` makes of the path.
 """
 
 from __future__ import annotations
