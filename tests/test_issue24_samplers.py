@@ -18,7 +18,7 @@ from memgen.diffusion.generate import GenerateConfig, generate
 from memgen.diffusion.ladders import ve_sigmas
 from memgen.diffusion.priors import GaussianPrior, forward_prior, initial_noise
 from memgen.diffusion.rng import StackedGenerator
-from memgen.diffusion.samplers import SAMPLERS, SamplerSpec, get_sampler
+from memgen.diffusion.samplers import SAMPLERS, SamplerOption, SamplerSpec, get_sampler
 from memgen.diffusion.schedules import VESchedule
 from memgen.experiments.config import load_config
 from memgen.probes.recovery import RecoveryConfig, recovery_probability
@@ -317,3 +317,94 @@ EXPECTED = {
     'recovery/heun/torch.float32': 'd4fbb0306fb4e126',
     'recovery/heun/torch.float64': 'a22dfa23e9c5ab00',
 }
+
+
+# ------------------------------------- (e) a sampler option is its SamplerOption + a field
+# The recipe: a SamplerOption in the spec (diffusion/samplers.py) and a field of the same
+# name on Sampling (diffusion/generate.py). Sampling cannot take a field at run time, so
+# the field is added here in subclasses of the classes that inherit it (GenerateConfig,
+# the sweep's SampleConfig), put where their readers find them.
+
+
+def _gained(denoiser, x, sigmas, *, clip=None, generator=None, callback=None, options=None):
+    """A dummy sampler with one option: every sample ends at 0.25 · gain."""
+    return torch.full_like(x, 0.25 * options["gain"])
+
+
+GAIN = SamplerOption(1.0, "g", "The dummy's gain in [0, 4]; gained only.", 0.0, 4.0)
+GAINED = SamplerSpec("gained", _gained, "Gained", "every sample at 0.25 · gain (a test's)",
+                     deterministic=True, scale_invariant=True, options={"gain": GAIN})
+GainConfig = dataclasses.make_dataclass("GenerateConfig", [("gain", float, GAIN.default)],
+                                        bases=(GenerateConfig,), frozen=True)
+
+
+@pytest.fixture
+def gained(monkeypatch):
+    import memgen.cli.models as models
+
+    monkeypatch.setitem(SAMPLERS, "gained", GAINED)
+    monkeypatch.setattr(models, "GenerateConfig", GainConfig)
+    return GAINED
+
+
+def _generate(tmp_path, *args):
+    train = tmp_path / "train.npz"
+    np.savez(train, samples=PATTERNS.numpy())
+    return CliRunner().invoke(cli, ["generate", "--exact", str(train), "--n", "4", "--steps",
+                                    "5", "--out", str(tmp_path / "gen"), *args])
+
+
+def test_a_sampler_option_reaches_the_sampler_and_the_record_from_the_cli(gained, tmp_path):
+    text = CliRunner().invoke(cli, ["generate", "--help"], terminal_width=200).output
+    assert "--gain FLOAT" in text and "The dummy's gain in [0, 4]; gained only." in text
+    result = _generate(tmp_path, "--sampler", "gained", "--gain", "2")
+    assert result.exit_code == 0, result.output
+    assert (np.load(tmp_path / "gen" / "samples.npz")["samples"] == 0.5).all()
+    identity = json.loads((tmp_path / "gen" / "samples-00000.json").read_text())["identity"]
+    assert identity["gain"] == 2.0 and identity["eta"] is None  # η: recorded as always
+    assert list(identity)[4:6] == ["eta", "gain"]  # after steps
+    refused = _generate(tmp_path, "--sampler", "gained", "--gain", "5", "--overwrite")
+    assert refused.exit_code == 1
+    assert "--gain must lie in [0, 4] (Gained's g), got 5.0" in refused.output
+    other = _generate(tmp_path, "--sampler", "ddim", "--gain", "2", "--overwrite")
+    assert other.exit_code == 1
+    assert "--gain is Gained's g; the ddim sampler has none" in other.output
+
+
+def test_a_sampler_option_reaches_the_sampler_through_generate(gained, tmp_path):
+    def draw(gain, name):
+        config = GainConfig(n=3, sampler="gained", gain=gain, steps=4, name=name, clip=False)
+        path = generate(exact, (3,), VESchedule(), config, tmp_path)
+        return np.load(path)["samples"], json.loads((tmp_path / f"{name}.json").read_text())
+
+    default, record = draw(GAIN.default, "a")
+    tripled, record3 = draw(3.0, "b")
+    assert (default == 0.25).all() and (tripled == 0.75).all()
+    assert record["identity"]["gain"] == 1.0 and record3["identity"]["gain"] == 3.0
+    assert record3["config"]["gain"] == 3.0
+    with pytest.raises(ValueError, match=r"gain must lie in \[0, 4\] for gained, got -1"):
+        GainConfig(n=3, sampler="gained", gain=-1.0)
+    with pytest.raises(ValueError, match="option 'gain' has no field on GenerateConfig"):
+        GenerateConfig(n=3, sampler="gained")  # the recipe's second half missing
+
+
+def test_a_sampler_option_is_range_checked_in_the_sweep_config(monkeypatch):
+    from memgen.experiments.config import SampleConfig, check
+
+    with pytest.raises(ValueError, match=r"sample.eta: 1.5 is out of range; it must lie in "
+                                         r"\[0, 1\]"):
+        load_config(CONFIGS / "tiny.yaml", ["sample.sampler=ddim", "sample.eta=1.5"])
+    config = load_config(CONFIGS / "tiny.yaml")
+    monkeypatch.setitem(SAMPLERS, "gained", GAINED)
+    GainSample = dataclasses.make_dataclass("SampleConfig", [("gain", float, GAIN.default)],
+                                            bases=(SampleConfig,), frozen=True)
+    fields = {f.name: getattr(config.sample, f.name) for f in dataclasses.fields(SampleConfig)}
+
+    def with_gain(gain):
+        sample = GainSample(**{**fields, "sampler": "gained"}, gain=gain)
+        return dataclasses.replace(config, sample=sample)
+
+    check(with_gain(4.0))  # the interval is closed
+    with pytest.raises(ValueError, match=r"sample.gain: 4.5 is out of range; it must lie in "
+                                         r"\[0, 4\]"):
+        check(with_gain(4.5))

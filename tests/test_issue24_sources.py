@@ -25,6 +25,7 @@ from memgen.diffusion.sources import SOURCES, LoadedModel, LoadOptions, Source
 from memgen.experiments.config import CHOICES, load_config
 from memgen.experiments.stages import (exports_reference, sampler_name, schedule_family,
                                        split_rule, state_file, train_key)
+from memgen.io import load_samples
 from memgen.provenance import file_sha256
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
@@ -258,3 +259,43 @@ def test_registry_names_flags_and_kinds():
     assert {k: s.name for k, s in sources.SWEEP_KINDS.items()} == {
         "network": "checkpoint", "exact": "exact", "checkpoints": "reference"}
     assert [s.name for s in SOURCES.values() if s.trains] == ["checkpoint"]
+
+
+# ------------------------------------------------- a source's flag on memgen generate
+
+
+class FileDummySource(DummySource):
+    """The dummy source as the CLI gives it: a training set's sample file."""
+
+    help = "The mean of this training set as the denoiser (a test's)."
+    schedule_option = True  # --schedule is its
+
+    def option_value(self, path, *, config=None, input_range=None):
+        return load_samples(path, self.flag, input_range)
+
+
+def test_a_registered_source_has_its_flag_on_generate(tmp_path, monkeypatch):
+    source = FileDummySource()
+    source.built = []
+    monkeypatch.setitem(SOURCES, "dummy", source)
+    for command in ("generate", "diagnose"):
+        text = CliRunner().invoke(cli, [command, "--help"], terminal_width=200).output
+        assert "--dummy FILE" in text
+        assert "The mean of this training set as the denoiser" in text
+    train = np.random.default_rng(0).uniform(-1, 1, (6, 2)).astype(np.float32)
+    np.savez(tmp_path / "train.npz", samples=train)
+    result = CliRunner().invoke(cli, ["generate", "--dummy", str(tmp_path / "train.npz"),
+                                      "--schedule", "ve", "--n", "3", "--steps", "5",
+                                      "--sampler", "heun", "--out", str(tmp_path / "gen")])
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "gen" / "samples.json").read_text())
+    assert record["identity"]["model"] == {"kind": "dummy", "sha256": array_sha256(train)}
+    assert record["model_path"] == str(tmp_path / "train.npz")
+    assert [d.calls for d in source.built] == [8]  # Heun on 5 levels: 4 steps of 2 calls
+    none = CliRunner().invoke(cli, ["generate", "--n", "3", "--out", str(tmp_path / "x")])
+    assert none.exit_code == 1
+    assert ("give exactly one of --checkpoint, --exact, --torchscript, --diffusers, "
+            "--reference-checkpoint, --dummy") in none.output
+    two = CliRunner().invoke(cli, ["diagnose", "--dummy", "a", "--exact", "b", "--out", "y"])
+    assert "give exactly one of --checkpoint, --exact, --torchscript, --diffusers, --dummy" \
+        in two.output

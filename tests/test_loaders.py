@@ -40,13 +40,13 @@ def test_exact_source_in_each_callers_dtype():
 def test_exact_source_from_the_cli_file(tmp_path):
     train_set = _train_set((4, 1, 8, 8))
     np.savez(tmp_path / "t.npz", samples=train_set)
-    model = model_from_options(exact_path=str(tmp_path / "t.npz"), schedule="ve")
+    model = model_from_options({"exact": str(tmp_path / "t.npz")}, schedule="ve")
     assert model.schedule == VESchedule() and model.shape == (1, 8, 8)
     x = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(2))
     want = EmpiricalDenoiser(torch.from_numpy(train_set))(x, 0.3)
     assert torch.equal(model.denoiser(x, 0.3), want)
     with pytest.raises(ValueError, match="--exact"):
-        model_from_options(exact_path=str(tmp_path / "missing.npz"))
+        model_from_options({"exact": str(tmp_path / "missing.npz")})
 
 
 @pytest.mark.parametrize("preset, objective, shape", [("toy-mlp", "ve_score", (2,)),
@@ -99,7 +99,7 @@ def test_torchscript_source(tmp_path):
     with pytest.raises(ValueError, match="no such TorchScript"):
         load_denoiser(torchscript=tmp_path / "missing.pt", shape=(1, 4, 4))
     with pytest.raises(ValueError, match="--shape"):
-        model_from_options(torchscript=str(path))
+        model_from_options({"torchscript": str(path)})
 
 
 def test_exactly_one_source_and_no_stray_options():

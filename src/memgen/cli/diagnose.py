@@ -16,11 +16,11 @@ import torch
 
 from memgen.cli.devices import device_option
 from memgen.cli.models import checkpoint_net, model_from_options
-from memgen.cli.options import (SEED, input_range_option, input_ranges, model_source_options,
+from memgen.cli.options import (SEED, LiveCommand, input_range_option, input_ranges,
                                 overwrite_option, show_progress)
+from memgen.cli.source_options import ModelFlags, model_source_options
 from memgen.data import DATASETS
 from memgen.diffusion.loaders import load_denoiser
-from memgen.diffusion.sources import SOURCES
 from memgen.diffusion.training import training_samples
 from memgen.errors import UserError
 from memgen.experiments.diagnose import FILES, diagnose_record, write_diagnose
@@ -28,12 +28,13 @@ from memgen.io import atomic_output_dir, check_output_dir, load_samples, row_key
 from memgen.probes.diagnose import DiagnoseConfig, default_sigmas, denoiser_error
 
 
-@click.command()
+@click.command(cls=LiveCommand)
 @model_source_options(
-    exact_help="The exact denoiser of this training set (compared with itself: a sanity "
-               "check, RMS 0).",
     shape_help="C H W of --torchscript/--diffusers samples [the training set's].",
-    schedule_help="Noise schedule of --exact (sets the default σ range).")
+    schedule_help="Noise schedule of --exact (sets the default σ range).",
+    where=lambda source: source.diagnosable,
+    helps={"exact": "The exact denoiser of this training set (compared with itself: a "
+                    "sanity check, RMS 0)."})
 @click.option("--train", "train_path", type=click.Path(dir_okay=False),
               help="The training set whose exact denoiser is the reference [--exact's file; "
                    "train.npz beside --checkpoint].")
@@ -59,17 +60,15 @@ from memgen.probes.diagnose import DiagnoseConfig, default_sigmas, denoiser_erro
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="Output folder: diagnose.csv, diagnose.json, diagnose.png.")
 @overwrite_option
-def diagnose(checkpoint, exact_path, torchscript, diffusers, shape, schedule, train_path, data,
-             K, split_seed, half, data_root, sigmas, levels, n, batch_size, seed, input_range,
-             device, progress, out, overwrite):
+def diagnose(model, shape, schedule, train_path, data, K, split_seed, half, data_root, sigmas,
+             levels, n, batch_size, seed, input_range, device, progress, out, overwrite):
     """RMS error per coordinate of a model's denoiser against the exact denoiser of its
     training set, by noise level σ: where the network stops being the optimal model.
     --input-range converts the sample files read (--train, --exact) to [-1, 1]."""
     config = DiagnoseConfig(sigmas=tuple(sigmas) or None, levels=levels, n_per_level=n,
                             batch_size=batch_size, seed=seed)
-    sources = {"checkpoint": checkpoint, "exact": exact_path, "torchscript": torchscript,
-               "diffusers": diffusers}
-    _check_sources(sources)
+    _check_source(model)
+    checkpoint, exact_path = model.path("checkpoint"), model.training_set()
     file_range = input_ranges(input_range, ("file",)).get("file")
     if file_range is not None and not (train_path or exact_path):
         raise UserError("--input-range converts the sample files of --train or --exact; none "
@@ -77,12 +76,11 @@ def diagnose(checkpoint, exact_path, torchscript, diffusers, shape, schedule, tr
     check_output_dir(out, "diagnose", overwrite)
     train, train_name = _reference_set(train_path, data, K, split_seed, half, data_root,
                                        checkpoint, exact_path, file_range)
-    model = model_from_options(checkpoint, exact_path, torchscript, diffusers,
-                               shape=shape or train.shape[1:], schedule=schedule, device=device,
-                               input_range=file_range)
-    sched = model.schedule
-    if tuple(model.shape) != train.shape[1:]:
-        raise UserError(f"the model takes samples of shape {tuple(model.shape)} but the "
+    loaded = model_from_options(model.paths, shape=shape or train.shape[1:], schedule=schedule,
+                                device=device, input_range=file_range)
+    sched = loaded.schedule
+    if tuple(loaded.shape) != train.shape[1:]:
+        raise UserError(f"the model takes samples of shape {tuple(loaded.shape)} but the "
                          f"training set {train_name} has shape {train.shape[1:]}")
     levels_used = np.asarray(config.sigmas or default_sigmas(sched, config.levels))
     if not exact_path:
@@ -90,25 +88,22 @@ def diagnose(checkpoint, exact_path, torchscript, diffusers, shape, schedule, tr
     data_t = torch.from_numpy(train).to(device)
     # the reference in float64: the ground truth the model is measured against
     exact = load_denoiser(exact=train, device=device, exact_dtype=torch.float64).denoiser
-    result = denoiser_error(model.denoiser, exact, data_t, levels_used,
+    result = denoiser_error(loaded.denoiser, exact, data_t, levels_used,
                             n_per_level=n, generator=torch.Generator().manual_seed(seed),
                             batch_size=batch_size, progress=progress and show_progress())
-    payload = diagnose_record(config, levels_used, sources, train_name, train, sched)
+    payload = diagnose_record(config, levels_used, model.paths, train_name, train, sched)
     with atomic_output_dir(out, "diagnose", overwrite) as tmp:
         write_diagnose(tmp, result, payload)
     _print_table(result)
     click.echo(f"wrote {', '.join(str(Path(out) / f) for f in FILES)}")
 
 
-def _check_sources(sources: dict) -> None:
+def _check_source(model: ModelFlags) -> None:
     """Exactly one model source, and it exists."""
-    given = {k: v for k, v in sources.items() if v}
-    if len(given) != 1:
-        raise UserError("give exactly one of --checkpoint, --exact, --torchscript, --diffusers")
-    (name, path), = given.items()
-    folder = SOURCES[name].folder  # the diffusers source is a folder
+    source, path = model.one()
+    folder = source.folder  # the diffusers source is a folder
     if not (Path(path).is_dir() if folder else Path(path).is_file()):
-        raise UserError(f"--{name}: no such {'folder' if folder else 'file'} {path}")
+        raise UserError(f"{source.flag}: no such {'folder' if folder else 'file'} {path}")
 
 
 def _reference_set(train_path, data, K, split_seed, half, data_root, checkpoint, exact_path,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,8 +17,10 @@ import numpy as np
 import torch
 
 from memgen.cli.devices import device_option
-from memgen.cli.options import (SEED, RegistryChoice, input_range_option, input_ranges,
-                                model_source_options, overwrite_option, show_progress)
+from memgen.cli.options import (SEED, LiveCommand, OptionSlot, RegistryChoice,
+                                input_range_option, input_ranges, overwrite_option,
+                                show_progress)
+from memgen.cli.source_options import ModelFlags, model_source_options
 from memgen.data import DATASETS
 from memgen.diffusion.generate import (GenerateConfig, denoised_clip, generate as generate_set,
                                        name_seed, output_bytes, sampling_ladder)
@@ -162,8 +165,9 @@ def _check_data_options(ctx: click.Context, train_path, input_range) -> None:
                         "in [-1, 1] already")
 
 
-class _GenerateCommand(click.Command):
-    """``memgen generate``: its --help ends with the samplers, one line each (the registry's)."""
+class _GenerateCommand(LiveCommand):
+    """``memgen generate``: its model-source and sampler-option flags read from their
+    registries at each use; its --help ends with the samplers, one line each."""
 
     def format_epilog(self, ctx, formatter):
         with formatter.section("Samplers (--sampler)"):
@@ -171,24 +175,22 @@ class _GenerateCommand(click.Command):
         super().format_epilog(ctx, formatter)
 
 
-def sampler_option_flags(command):
+def _sampler_option_flags() -> list[click.Option]:
     """--NAME for every option a registered sampler reads (``SamplerSpec.options``), with
-    its spec's help line; given or None."""
-    for name in reversed(option_names()):
-        option = option_owners(name)[0].options[name]
-        command = click.option(f"--{name}", type=float, default=None, help=option.help)(command)
-    return command
+    its first owner's help line; given or None."""
+    return [click.Option([f"--{name}"], type=float, default=None,
+                         help=option_owners(name)[0].options[name].help)
+            for name in option_names()]
+
+
+sampler_option_flags = OptionSlot(
+    _sampler_option_flags, lambda: tuple((s.name, id(s)) for s in SAMPLERS.values()))
 
 
 @click.command(cls=_GenerateCommand)
 @model_source_options(
-    exact_help="Use the exact empirical denoiser of this training set (positive control).",
     shape_help="C H W of the samples (--torchscript/--diffusers; others record theirs).",
     schedule_help="Noise schedule for --exact (the other sources carry their own).")
-@click.option("--reference-checkpoint", type=click.Path(dir_okay=False),
-              help="A K.pt of the paper authors' train_unet.py (their DDPM U-Net, EMA weights).")
-@click.option("--config", "reference_config", type=click.Path(dir_okay=False),
-              help="Their YAML config of --reference-checkpoint [the checkpoint's own args].")
 @click.option("--n", type=int, required=True, help="Number of samples.")
 @click.option("--sampler", type=RegistryChoice(SAMPLERS), default=None,
               help="[ddpm for VP models, euler_maruyama for VE]")
@@ -228,51 +230,46 @@ def sampler_option_flags(command):
                    "shard is reused only if made by the same model (content hash) and "
                    "settings; otherwise the run stops (--overwrite: draw the set afresh).")
 @overwrite_option
-def generate(checkpoint, exact_path, torchscript, diffusers, shape, schedule,
-             reference_checkpoint, reference_config, n, sampler, steps, prior, prior_data,
-             clip_denoised, clip_range, seed, batch_size, shard_size, name, input_range,
-             device, reference_K, out, overwrite, **options):
+def generate(model, shape, schedule, n, sampler, steps, prior, prior_data, clip_denoised,
+             clip_range, seed, batch_size, shard_size, name, input_range, device, reference_K,
+             out, overwrite, **options):
     """Sample a set as npz shards plus a merged NAME.npz (resumable: finished shards are kept).
 
     Every shard has a record NAME-00000.json of what made it (model hash, sampler, steps, η,
     seed, prior, clipping, shape, schedule); NAME.json describes NAME.npz. --input-range
     converts the training sets read (--exact, --prior-data) from LO,HI to [-1, 1]."""
-    eta = options.get("eta")  # the samplers' options (--eta): None where not given
+    given = {key: value for key, value in options.items() if value is not None}  # --eta, …
     data_range = input_ranges(input_range, ("data",)).get("data")
+    exact_path = model.training_set()  # --exact's file
     if data_range is not None and not (exact_path or prior_data):
         raise UserError("--input-range converts the training set of --exact or --prior-data; "
                         "this model reads none")
-    _check_generate_options(checkpoint, exact_path, torchscript, diffusers, shape,
-                            reference_checkpoint, reference_config, steps, eta, prior,
-                            prior_data)
+    _check_generate_options(model, shape, steps, given, prior, prior_data)
     check_output_dir(out, "generate", overwrite, replaced=overwrite)
-    model = model_from_options(checkpoint, exact_path, torchscript, diffusers, shape=shape,
-                               schedule=schedule, device=device,
-                               reference_checkpoint=reference_checkpoint,
-                               reference_config=reference_config, input_range=data_range)
-    config = GenerateConfig(n=n, sampler=sampler or model.schedule.default_sampler, steps=steps,
-                            eta=0.0 if eta is None else eta,
-                            seed=name_seed(name) if seed is None else seed,
-                            batch_size=batch_size, shard_size=shard_size, name=name,
-                            clip=len(model.shape) == 3, prior=prior,
-                            clip_denoised=clip_denoised,
-                            clip_range=tuple(clip_range or (-1.0, 1.0)))
-    _check_against_model(model, config, options, clip_range)
+    loaded = model_from_options(model.paths, shape=shape, schedule=schedule, device=device,
+                                config=model.config, input_range=data_range)
+    config = GenerateConfig(
+        n=n, sampler=sampler or loaded.schedule.default_sampler, steps=steps, **given,
+        seed=name_seed(name) if seed is None else seed, batch_size=batch_size,
+        shard_size=shard_size, name=name, clip=len(loaded.shape) == 3, prior=prior,
+        clip_denoised=clip_denoised, clip_range=tuple(clip_range or (-1.0, 1.0)))
+    _check_against_model(loaded, config, given, clip_range)
     data = None
     if prior == "forward":
-        given = prior_data or exact_path  # else memgen train's train.npz: read as written
-        data = load_samples(_prior_data(prior_data, exact_path, checkpoint), "--prior-data",
-                            data_range if given else None, own=not given)
-        if data.shape[1:] != tuple(model.shape):
+        from_file = prior_data or exact_path  # else memgen train's train.npz: read as written
+        data = load_samples(_prior_data(prior_data, exact_path, model.path("checkpoint")),
+                            "--prior-data", data_range if from_file else None,
+                            own=not from_file)
+        if data.shape[1:] != tuple(loaded.shape):
             raise UserError(f"--prior-data holds samples of shape {data.shape[1:]} but the "
-                            f"model makes samples of shape {tuple(model.shape)}")
-    _check_disk(out, config, model.shape, reference_K)
+                            f"model makes samples of shape {tuple(loaded.shape)}")
+    _check_disk(out, config, loaded.shape, reference_K)
     theirs = Path(out) / "reference" / name
     if overwrite and theirs.is_dir():  # the set's copies in their layout go with the set
         shutil.rmtree(theirs)
-    merged = generate_set(model.denoiser, model.shape, model.schedule, config,
+    merged = generate_set(loaded.denoiser, loaded.shape, loaded.schedule, config,
                           claim_output_dir(out, "generate", overwrite), data=data,
-                          device=device, progress=show_progress(), source=model.source,
+                          device=device, progress=show_progress(), source=loaded.source,
                           overwrite=overwrite)
     derived = f" (seed {config.seed}, from --name {name})" if seed is None else ""
     click.echo(f"wrote {merged}{derived}")
@@ -282,17 +279,14 @@ def generate(checkpoint, exact_path, torchscript, diffusers, shape, schedule,
         click.echo(f"wrote {theirs} (the authors' layout)")
 
 
-def _check_generate_options(checkpoint, exact_path, torchscript, diffusers, shape,
-                            reference_checkpoint, reference_config, steps, eta, prior,
+def _check_generate_options(model: ModelFlags, shape, steps, options: dict, prior,
                             prior_data) -> None:
     """UserError for an option generate would ignore or cannot honour, before any work:
-    read from the options alone (``_check_against_model`` checks the rest)."""
-    given = _given(checkpoint, exact_path, torchscript, diffusers, reference_checkpoint)
-    if len(given) != 1:
-        raise UserError(f"give exactly one of {flags()}")
-    if reference_config and not reference_checkpoint:
-        raise UserError("--config is the YAML of --reference-checkpoint")
-    source = SOURCES[next(iter(given))]
+    read from the options alone (``_check_against_model`` checks the rest); ``options``:
+    the sampler options given (--eta)."""
+    source, _ = model.one()
+    if model.config and not source.config_help:
+        raise UserError(f"--config is the YAML of {flags(lambda s: bool(s.config_help), ' or ')}")
     if shape is not None and source.records_shape:
         raise UserError(f"--shape is for {flags(lambda s: not s.records_shape, ' and ')}; this "
                         "model's samples have the shape it records (--exact: its data's)")
@@ -305,8 +299,12 @@ def _check_generate_options(checkpoint, exact_path, torchscript, diffusers, shap
                         "leave --prior-data out")
     if steps is not None and steps < 1:
         raise UserError(f"--steps must be at least 1, got {steps}")
-    if eta is not None and not 0 <= eta <= 1:
-        raise UserError(f"--eta must lie in [0, 1] (DDIM's η), got {eta}")
+    for key, value in options.items():
+        owner = option_owners(key)[0]
+        option = owner.options[key]
+        if not option.admits(value):
+            raise UserError(f"--{key} must lie in {option.interval()} ({owner.title}'s "
+                            f"{option.symbol}), got {value}")
 
 
 def _check_against_model(model: LoadedModel, config: GenerateConfig, options: dict,
@@ -315,7 +313,7 @@ def _check_against_model(model: LoadedModel, config: GenerateConfig, options: di
     given to a sampler without it, --steps outside its schedule, --clip-range where x̂₀ is
     not clipped."""
     spec = sampler_spec(config.sampler)
-    for key in [key for key, value in options.items() if value is not None]:
+    for key in options:
         if key not in spec.options:
             owner = option_owners(key)[0]
             raise UserError(f"--{key} is {owner.title}'s {owner.options[key].symbol}; the "
@@ -361,22 +359,22 @@ def _size(nbytes: int) -> str:
         nbytes /= 1000
 
 
-def model_from_options(checkpoint=None, exact_path=None, torchscript=None, diffusers=None,
-                       *, shape=None, schedule=None, device="cpu", reference_checkpoint=None,
-                       reference_config=None, input_range=None, **options) -> LoadedModel:
-    """The model of --checkpoint, --exact, --torchscript, --diffusers or
-    --reference-checkpoint (one of them), by ``memgen.diffusion.loaders.load_denoiser``:
-    --exact is read as a sample file, --schedule ("vp" | "ve") is --exact's, --shape is
-    --torchscript's and --diffusers', --config (``reference_config``) is
-    --reference-checkpoint's; input_range (LO, HI): --exact's values, converted to [-1, 1]
-    (``memgen.io.load_samples``). options: exact_dtype, clip, ema (see ``load_denoiser``)."""
-    given = _given(checkpoint, exact_path, torchscript, diffusers, reference_checkpoint)
+def model_from_options(paths: Mapping[str, str | None], *, shape=None, schedule=None,
+                       device="cpu", config=None, input_range=None,
+                       **options) -> LoadedModel:
+    """The model of the one source given in ``paths`` ({source name: path or None}: the
+    command's flags, ``ModelFlags.paths``), by ``memgen.diffusion.loaders.load_denoiser``,
+    its path read by ``Source.option_value`` (--exact's as a sample file, converted from
+    ``input_range`` (LO, HI) to [-1, 1]; --reference-checkpoint's with ``config``, its
+    --config); --schedule ("vp" | "ve") goes to the sources with ``schedule_option``,
+    --shape to those that do not record theirs. options: exact_dtype, clip, ema (see
+    ``load_denoiser``)."""
+    given = {name: path for name, path in paths.items() if path}
     sources = [SOURCES[name] for name in given]
     network = any(not source.records_shape for source in sources)
     if network and shape is None:
         raise UserError(f"{flags(lambda s: not s.records_shape, ' and ')} need --shape C H W")
-    values = {source.name: source.option_value(path, config=reference_config,
-                                               input_range=input_range)
+    values = {source.name: source.option_value(path, config=config, input_range=input_range)
               for source, path in zip(sources, given.values())}
     model = load_denoiser(**values,
                           schedule=schedule if any(s.schedule_option for s in sources) else None,
@@ -385,13 +383,6 @@ def model_from_options(checkpoint=None, exact_path=None, torchscript=None, diffu
     if model.source.path is None:  # an array's hash stays the identity; its file names it
         model = replace(model, source=replace(model.source, path=str(path)))
     return model
-
-
-def _given(checkpoint, exact_path, torchscript, diffusers, reference_checkpoint) -> dict:
-    """{source name: path} of the source options given (``memgen.diffusion.sources``)."""
-    paths = {"checkpoint": checkpoint, "exact": exact_path, "torchscript": torchscript,
-             "diffusers": diffusers, "reference": reference_checkpoint}
-    return {name: path for name, path in paths.items() if path}
 
 
 def _prior_data(prior_data, exact_path, checkpoint) -> str:

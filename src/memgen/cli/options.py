@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import traceback
+from collections.abc import Callable
 
 import click
 
@@ -97,27 +98,57 @@ overwrite_option = click.option(
          "command wrote (never a folder of files memgen did not write).")
 
 
-def model_source_options(exact_help: str, shape_help: str, schedule_help: str):
-    """--checkpoint | --exact | --torchscript | --diffusers, with --shape and --schedule: the
-    model sources of ``memgen.diffusion.loaders.load_denoiser`` (one of them is given)."""
-    options = [
-        click.option("--checkpoint", type=click.Path(dir_okay=False),
-                     help="A memgen train checkpoint."),
-        click.option("--exact", "exact_path", type=click.Path(dir_okay=False), help=exact_help),
-        click.option("--torchscript", type=click.Path(dir_okay=False),
-                     help="A TorchScript ε-model eps = model(x_t, t) (VP, DDPM linear schedule)."),
-        click.option("--diffusers", type=click.Path(file_okay=False),
-                     help="A diffusers UNet2DModel folder (needs the diffusers extra)."),
-        click.option("--shape", type=int, nargs=3, help=shape_help),
-        click.option("--schedule", type=click.Choice(["vp", "ve"]), default="vp",
-                     show_default=True, help=schedule_help),
-    ]
+class OptionSlot:
+    """Stands among a command's params (``LiveCommand``) for options built from a registry
+    at each use, so that an entry registered after the command was built (a plug-in, a
+    test's dummy) has its option too. ``build()`` gives them, cached while ``key()`` (the
+    registry's entries) is unchanged; ``collect(params)`` turns their values into the
+    callback's arguments."""
 
-    def decorate(fn):
-        for option in reversed(options):
-            fn = option(fn)
+    def __init__(self, build: Callable[[], list], key: Callable[[], tuple],
+                 collect: Callable[[dict], dict] = lambda params: params):
+        self.build, self.key, self.collect = build, key, collect
+        self._cached: tuple | None = None
+
+    def options(self) -> list[click.Option]:
+        key = self.key()
+        if self._cached is None or self._cached[0] != key:
+            self._cached = (key, self.build())
+        return self._cached[1]
+
+    def __call__(self, fn):
+        """As a decorator: put the slot where a click.option would put its option."""
+        fn.__dict__.setdefault("__click_params__", []).append(self)
         return fn
-    return decorate
+
+
+class LiveCommand(click.Command):
+    """A click.Command whose params may be given ``OptionSlot``s: its ``params`` holds, at
+    each use (parsing, --help, anything reading them), the options each slot's registry
+    gives now, in the slot's place."""
+
+    @property
+    def params(self) -> list[click.Parameter]:
+        """The same list while the registries are unchanged (click appends its help option
+        to it and pops it again)."""
+        key = tuple(slot.key() for slot in self._slots())
+        if self._expanded is None or self._expanded[0] != key:
+            expanded = [option for param in self._declared for option in (
+                param.options() if isinstance(param, OptionSlot) else [param])]
+            self._expanded = (key, expanded)
+        return self._expanded[1]
+
+    @params.setter
+    def params(self, value) -> None:
+        self._declared, self._expanded = list(value), None
+
+    def _slots(self) -> list[OptionSlot]:
+        return [param for param in self._declared if isinstance(param, OptionSlot)]
+
+    def invoke(self, ctx: click.Context):
+        for slot in self._slots():
+            ctx.params = slot.collect(ctx.params)
+        return super().invoke(ctx)
 
 
 def debug_enabled(ctx: click.Context | None = None) -> bool:

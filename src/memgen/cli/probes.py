@@ -213,7 +213,7 @@ def _halves_quality_line(quality) -> str:
 
 
 def _sample(checkpoint, n, sampler, steps, seed, device, folder: Path) -> np.ndarray:
-    model = model_from_options(checkpoint, device=device)
+    model = model_from_options({"checkpoint": checkpoint}, device=device)
     config = GenerateConfig(n=n, sampler=sampler, steps=steps, seed=seed, name="samples",
                             clip=len(model.shape) == 3)
     merged = generate(model.denoiser, model.shape, model.schedule, config, folder,
@@ -262,7 +262,7 @@ def _load_model(checkpoint, exact_path, device, clip: bool = True, input_range=(
     in float32. input_range: --input-range's values, converting --exact's file."""
     if bool(checkpoint) == bool(exact_path):
         raise UserError("give exactly one of --checkpoint, --exact")
-    model = model_from_options(checkpoint, exact_path, device=device,
+    model = model_from_options({"checkpoint": checkpoint, "exact": exact_path}, device=device,
                                exact_dtype=torch.float64, clip=clip,
                                input_range=_file_range(input_range))
     return model.denoiser, model.schedule, model.dtype

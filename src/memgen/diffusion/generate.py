@@ -52,7 +52,7 @@ from memgen.diffusion.priors import GaussianPrior, forward_prior
 from memgen.diffusion.retrieval import retrieve_fixed_point
 from memgen.diffusion.rng import StackedGenerator
 from memgen.diffusion.sampler_steps import clipped
-from memgen.diffusion.samplers import get_sampler, sampler_options, sampler_spec
+from memgen.diffusion.samplers import ETA, get_sampler, sampler_spec
 from memgen.diffusion.schedules import VESchedule, VPSchedule
 from memgen.errors import UserError
 from memgen.io import atomic_file
@@ -63,11 +63,15 @@ PRIORS = ("standard", "forward")
 @dataclass(frozen=True)
 class Sampling:
     """How a set is sampled: the sweep's ``sample`` section shares these fields, and the base
-    of :class:`GenerateConfig`. None leaves a setting at its default (GenerateConfig's below)."""
+    of :class:`GenerateConfig`. None leaves a setting at its default (GenerateConfig's below).
+
+    A sampler's option (``SamplerOption`` in its spec's ``options``, e.g. DDIM's η) is a
+    field of the same name and default here: the draw passes the chosen sampler's options
+    from these fields (``sampler_settings``), and a set's identity records them."""
 
     sampler: str | None = None  # None: ddpm (a sweep: its schedule's default sampler)
     steps: int | None = None  # None: the schedule's full ladder (T for VP, 1000 for VE)
-    eta: float = 0.0  # DDIM only
+    eta: float = ETA.default  # DDIM only
     final_denoise: bool = False  # end the ladder with σ = 0 (one last denoising step)
     # stop the ladder at this VE noise level and retrieve x ← D(x, σ) to a fixed point: with
     # the exact denoiser, the attractors of E_σ (mixture minima: a known spurious generator)
@@ -116,14 +120,27 @@ class GenerateConfig(Sampling):
         spec = sampler_spec(self.sampler)  # ValueError for unknown samplers
         if self.steps is not None and self.steps < 1:
             raise UserError(f"steps must be at least 1, got {self.steps}")
-        if "eta" in spec.options and not 0 <= self.eta <= 1:
-            raise UserError(f"eta must lie in [0, 1] for {self.sampler}, got {self.eta}")
+        for key, value in sampler_settings(self).items():
+            if not spec.options[key].admits(value):
+                raise UserError(f"{key} must lie in {spec.options[key].interval()} for "
+                                f"{self.sampler}, got {value}")
         if self.prior not in PRIORS:
             raise UserError(f"unknown prior {self.prior!r}; known: {', '.join(PRIORS)}")
         if len(self.clip_range) != 2 or not self.clip_range[0] < self.clip_range[1]:
             raise UserError(f"clip_range must be a pair lo < hi, got {self.clip_range}")
         if not self.name or "/" in self.name:
             raise UserError(f"bad set name {self.name!r}")
+
+
+def sampler_settings(config: Sampling) -> dict:
+    """{option: value} of every option of the config's sampler (its spec's ``options``),
+    read from the config's field of that name: the sampler's ``options``."""
+    spec = sampler_spec(config.sampler or SAMPLING_DEFAULTS["sampler"])
+    missing = [key for key in spec.options if not hasattr(config, key)]
+    if missing:
+        raise UserError(f"the {spec.name} sampler's option {missing[0]!r} has no field on "
+                        f"{type(config).__name__} (add it to Sampling)")
+    return {key: getattr(config, key) for key in spec.options}
 
 
 def name_seed(name: str) -> int:
@@ -184,19 +201,26 @@ def sampling_ladder(schedule, config: GenerateConfig) -> torch.Tensor:
     return sigmas
 
 
+# sampler options an identity records for every sampler, None where it does not read them
+# (records before the options were the specs'); any other only for the samplers that do
+ALWAYS_RECORDED = ("eta",)
+
+
 def generation_identity(denoiser, shape: tuple[int, ...], schedule, config: GenerateConfig, *,
                         source: ModelSource | None = None, data=None,
                         dtype=torch.float32) -> dict:
     """What decides a set's samples, as JSON: the model (its source's content hash, else a
     fingerprint of the denoiser), the sampler and its ladder, the seed, the prior (and its
-    data's hash), the clipping, the shape and dtype. Not batch_size, n or the device."""
+    data's hash), the clipping, the shape and dtype. Not batch_size, n or the device.
+    The sampler's options follow steps: η for every sampler (None where it has none, as
+    records always had it), then any other option of the sampler's own spec."""
     clip, spec = denoised_clip(denoiser, config), sampler_spec(config.sampler)
     model = source.identity() if source is not None else {
         "kind": type(denoiser).__name__, "sha256": denoiser_sha256(denoiser)}
     identity = {
         "model": model, "sampler": config.sampler,
         "sampler_revision": spec.revision, "steps": config.steps,
-        "eta": config.eta if "eta" in spec.options else None,
+        **dict.fromkeys(ALWAYS_RECORDED), **sampler_settings(config),
         "seed": config.seed, "prior": config.prior,
         "prior_data_sha256": array_sha256(data) if config.prior == "forward" else None,
         "clip_denoised": clip is not None, "clip_range": clip, "clip": config.clip,
@@ -370,7 +394,7 @@ def output_bytes(n: int, shape: tuple[int, ...]) -> int:
 def _draw(denoiser, shape, sigmas, start, clip, config, lo, hi, device, dtype,
           label: str = "the model") -> np.ndarray:
     sampler = get_sampler(config.sampler)
-    options = sampler_options(config.sampler, {"eta": config.eta})
+    options = sampler_settings(config)
     chunks = []
     for b0 in range(lo, hi, config.batch_size):
         b1 = min(hi, b0 + config.batch_size)

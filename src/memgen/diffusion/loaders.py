@@ -8,9 +8,6 @@ loaded model (``ModelSource``, content hashes) is ``memgen.diffusion.identity``.
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import numpy as np
 import torch
 
 from memgen.diffusion.schedules import VESchedule, VPSchedule
@@ -18,16 +15,12 @@ from memgen.diffusion.sources import SOURCES, LoadedModel, LoadOptions
 from memgen.errors import UserError
 
 
-def load_denoiser(*, checkpoint: str | Path | None = None,
-                  exact: np.ndarray | torch.Tensor | None = None,
-                  torchscript: str | Path | None = None, diffusers: str | Path | None = None,
-                  reference: tuple | None = None,
-                  schedule: VPSchedule | VESchedule | str | None = None,
+def load_denoiser(*, schedule: VPSchedule | VESchedule | str | None = None,
                   shape: tuple[int, ...] | None = None, device: str | torch.device = "cpu",
                   exact_dtype: torch.dtype = torch.float32, clip: bool = False,
-                  ema: bool = True, **others) -> LoadedModel:
-    """The denoiser of exactly one source, on ``device`` (``others``: a source registered
-    beside these, by its name).
+                  ema: bool = True, **sources) -> LoadedModel:
+    """The denoiser of exactly one source, on ``device``: ``sources`` holds one keyword of
+    ``SOURCES`` (its name: the registered sources below, or one registered beside them).
 
     checkpoint: a checkpoint file (its EMA weights, or the raw ones without ``ema``); it
         carries its schedule and sample shape.
@@ -41,15 +34,13 @@ def load_denoiser(*, checkpoint: str | Path | None = None,
         it carries its schedule and sample shape.
     clip: clamp an ε-model's x̂₀ to [−1, 1] (``EpsDenoiser``); no effect on the others.
     """
-    values = {"checkpoint": checkpoint, "exact": exact, "torchscript": torchscript,
-              "diffusers": diffusers, "reference": reference, **others}
-    unknown = sorted(set(values) - set(SOURCES))
+    unknown = sorted(set(sources) - set(SOURCES))
     if unknown:
         raise TypeError(f"load_denoiser() got an unexpected keyword argument {unknown[0]!r}")
-    given = [name for name in SOURCES if values.get(name) is not None]
+    given = [name for name in SOURCES if sources.get(name) is not None]
     if len(given) != 1:
         raise UserError(f"give exactly one model source ({', '.join(SOURCES)}), got "
                         f"{', '.join(given) or 'none'}")
     options = LoadOptions(schedule=schedule, shape=shape, device=device,
                           exact_dtype=exact_dtype, clip=clip, ema=ema)
-    return SOURCES[given[0]].load(values[given[0]], options)
+    return SOURCES[given[0]].load(sources[given[0]], options)

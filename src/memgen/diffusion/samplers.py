@@ -141,8 +141,6 @@ def sample_ddim(denoiser, x, sigmas, *, clip=None, generator=None, callback=None
     i.e. ``sample_ddpm``.
     """
     eta = _own_options("ddim", options)["eta"]
-    if not 0 <= eta <= 1:
-        raise UserError(f"eta must lie in [0, 1], got {eta}")
     levels = ladder_levels(sigmas)
     pairs = list(zip(levels, levels[1:]))
     steps = denoise_steps(denoiser, levels[:-1], x, clip)
@@ -166,11 +164,26 @@ def sample_ddim(denoiser, x, sigmas, *, clip=None, generator=None, callback=None
 @dataclass(frozen=True)
 class SamplerOption:
     """A setting a sampler reads from its ``options``: its default, its symbol in messages
-    (η) and the --help line of its ``memgen generate`` flag (--NAME)."""
+    (η), the --help line of its ``memgen generate`` flag (--NAME) and the closed interval
+    [low, high] its values lie in, which the sampler, ``memgen generate``,
+    ``GenerateConfig`` and the sweep's sample section all check.
+
+    Adding one: this in the spec's ``options`` (read there from ``options``) and a field
+    of the same name, with this default, on ``memgen.diffusion.generate.Sampling``."""
 
     default: float
     symbol: str
     help: str
+    low: float = -math.inf
+    high: float = math.inf
+
+    def interval(self) -> str:
+        """[low, high] for messages: "[0, 1]"."""
+        return f"[{self.low:g}, {self.high:g}]"
+
+    def admits(self, value: float) -> bool:
+        """Whether ``value`` lies in [low, high] (never NaN)."""
+        return self.low <= value <= self.high
 
 
 @dataclass(frozen=True)
@@ -209,13 +222,13 @@ class SamplerSpec:
         return {key: option.default for key, option in self.options.items()}
 
 
-_ETA = SamplerOption(0.0, "η", "DDIM η in [0, 1]; ddim only [0: deterministic DDIM].")
+ETA = SamplerOption(0.0, "η", "DDIM η in [0, 1]; ddim only [0: deterministic DDIM].", 0.0, 1.0)
 SAMPLERS: dict[str, SamplerSpec] = {spec.name: spec for spec in (
     SamplerSpec("ddpm", sample_ddpm, "DDPM", "ancestral DDPM (Ho et al. 2020, Alg. 2)",
                 deterministic=False, scale_invariant=True),
     SamplerSpec("ddim", sample_ddim, "DDIM",
                 "DDIM (Song et al. 2021, eq. 12); deterministic at η = 0",
-                deterministic=True, scale_invariant=True, options={"eta": _ETA}),
+                deterministic=True, scale_invariant=True, options={"eta": ETA}),
     # revision 2: the residual step (``memgen.diffusion.sampler_steps``)
     SamplerSpec("euler_maruyama", sample_euler_maruyama, "Euler–Maruyama",
                 "reverse VE SDE, Euler–Maruyama (Song et al. 2021)",
@@ -257,10 +270,15 @@ def option_owners(option: str) -> list[SamplerSpec]:
 
 def _own_options(name: str, options: Mapping | None) -> dict:
     """The sampler's settings: its defaults, updated by ``options``; ValueError for a key
-    it does not read."""
-    defaults = SAMPLERS[name].defaults()
+    it does not read or a value outside its option's interval."""
+    spec = SAMPLERS[name]
+    defaults = spec.defaults()
     unknown = sorted(set(options or {}) - set(defaults))
     if unknown:
         raise UserError(f"sampler {name!r} has no option {', '.join(map(repr, unknown))}; "
                         f"its options: {', '.join(defaults) or 'none'}")
-    return {**defaults, **(options or {})}
+    settings = {**defaults, **(options or {})}
+    for key, value in settings.items():
+        if not spec.options[key].admits(value):
+            raise UserError(f"{key} must lie in {spec.options[key].interval()}, got {value}")
+    return settings

@@ -29,7 +29,9 @@ float64: a bisection on the recovery probability, Hessian spectra and energy int
 along a path need the softmax weights to more digits than float32 keeps at small σ.
 
 Adding a source: a subclass of ``Source`` registered in ``SOURCES``; the sweep config's
-``model.kind`` choices, its checks, stage keys and stages read it from here.
+``model.kind`` choices, its checks, stage keys and stages read it from here, and so do
+``memgen generate`` and ``memgen diagnose`` (``memgen.cli.source_options``): its ``flag``
+with its ``help`` line, a file or a ``folder``, what ``option_value`` makes of the path.
 """
 
 from __future__ import annotations
@@ -99,6 +101,10 @@ class Source:
     analysable: ClassVar[bool] = True  # the sweep's analyses and train.snapshots apply
     schedule_option: ClassVar[bool] = False  # the CLI's --schedule is this source's
     folder: ClassVar[bool] = False  # its flag names a folder (else a file)
+    help: ClassVar[str] = ""  # the --help line of its flag
+    config_help: ClassVar[str] = ""  # the --help line of --config, where it reads a YAML
+    diagnosable: ClassVar[bool] = True  # memgen diagnose offers it
+    training_set: ClassVar[bool] = False  # its flag names a training set (a sample file)
 
     def load(self, value, options: LoadOptions) -> LoadedModel:
         """The denoiser of ``value`` (a path, an array, …: what ``load_denoiser`` got)."""
@@ -165,6 +171,7 @@ class CheckpointSource(Source):
     its network, objective, schedule and sample shape."""
 
     name, flag, sweep_kind, trains = "checkpoint", "--checkpoint", "network", True
+    help = "A memgen train checkpoint."
     model_fields = ("preset", "net", "objective")
 
     def build(self, path, options: LoadOptions) -> LoadedModel:
@@ -224,6 +231,8 @@ class ExactSource(Source):
     for the samplers' ladder: the positive control, no network."""
 
     name, flag, sweep_kind = "exact", "--exact", "exact"
+    training_set = True
+    help = "Use the exact empirical denoiser of this training set (positive control)."
     model_fields = ("schedule",)
     no_network = "the exact denoiser is not a network"
     schedule_option = True
@@ -278,6 +287,7 @@ class EpsModelSource(Source):
 
 class TorchScriptSource(EpsModelSource):
     name, flag = "torchscript", "--torchscript"
+    help = "A TorchScript ε-model eps = model(x_t, t) (VP, DDPM linear schedule)."
 
     def read(self, path, device):
         return torchscript_net(path, device)
@@ -288,6 +298,7 @@ class TorchScriptSource(EpsModelSource):
 
 class DiffusersSource(EpsModelSource):
     name, flag, folder = "diffusers", "--diffusers", True
+    help = "A diffusers UNet2DModel folder (needs the diffusers extra)."
 
     def read(self, path, device):
         return diffusers_net(path, device)
@@ -304,6 +315,9 @@ class ReferenceSource(Source):
     S_eval and S′ also in their layout."""
 
     name, flag, sweep_kind = "reference", "--reference-checkpoint", "checkpoints"
+    help = "A K.pt of the paper authors' train_unet.py (their DDPM U-Net, EMA weights)."
+    config_help = "Their YAML config of --reference-checkpoint [the checkpoint's own args]."
+    diagnosable = False  # diagnose needs the training set: theirs are their own subsets
     model_fields = ("path", "reference_config")
     no_network = "the authors' checkpoints carry their own network"
     split, exports_reference, analysable = "reference", True, False

@@ -428,20 +428,31 @@ def _check_sampler_options(sample: SampleConfig) -> None:
 
 MIB = 2**20  # measure.memory_budget is ClassifyConfig's, in bytes (at least one MiB)
 SEED_MAX = 2**63  # what every generator (numpy, torch) accepts
-CLOSED_ABOVE = ("sample.eta",)  # η = 1 is DDIM's DDPM end of the family
+
+
+def sampler_option_ranges(sample: SampleConfig) -> dict:
+    """sample.NAME → (value, low, high, False) for every sampler option: the closed
+    interval of its ``SamplerOption`` (η = 1 is DDIM's DDPM end of the family)."""
+    ranges = {}
+    for name in option_names():
+        option = option_owners(name)[0].options[name]
+        high = None if option.high == float("inf") else option.high
+        ranges[f"sample.{name}"] = (getattr(sample, name), option.low, high, False)
+    return ranges
 
 
 def _check_ranges(config: SweepConfig) -> None:
     """Numbers that must lie in an interval: (value, lo, hi, lo_open) per field; hi is
-    excluded except for the fields of CLOSED_ABOVE."""
+    excluded except for the sampler options (closed intervals)."""
     t, s, m, a = config.train, config.sample, config.measure, config.analysis
     seeds = {"data.split_seed": config.data.split_seed, "train.seed": t.seed,
              "sample.eval_seed": s.eval_seed, "sample.synth_seed": s.synth_seed,
              "measure.seed": m.seed}
     ranges = {key: (value, 0, SEED_MAX, False) for key, value in seeds.items()}
+    closed_above = sampler_option_ranges(s)
     ranges |= {
         "train.lr": (t.lr, 0, None, True), "train.ema_decay": (t.ema_decay, 0, 1, False),
-        "train.grad_clip": (t.grad_clip, 0, None, True), "sample.eta": (s.eta, 0, 1, False),
+        "train.grad_clip": (t.grad_clip, 0, None, True), **closed_above,
         "sample.min_synth": (s.min_synth, 0, None, False),
         "sample.steps": (s.steps, 1, None, False), "measure.k": (m.k, 1, None, False),
         "measure.alpha": (m.alpha, 0, 1, False), "measure.epsilon": (m.epsilon, 0, 1, True),
@@ -456,9 +467,9 @@ def _check_ranges(config: SweepConfig) -> None:
         if value is None:
             continue
         below = value <= lo if lo_open else value < lo
-        above = hi is not None and (value > hi if key in CLOSED_ABOVE else value >= hi)
+        above = hi is not None and (value > hi if key in closed_above else value >= hi)
         if below or above or value != value:
-            close = "]" if key in CLOSED_ABOVE else ")"
+            close = "]" if key in closed_above else ")"
             bounds = f"{'(' if lo_open else '['}{lo:g}, {'∞' if hi is None else f'{hi:g}'}{close}"
             raise UserError(f"{key}: {value!r} is out of range; it must lie in {bounds}")
     if m.memory_budget is not None and not m.memory_budget >= MIB:
