@@ -170,7 +170,6 @@ def test_a_sweep_memory_budget_below_one_mib_is_refused_as_a_likely_mib(budget):
     ({"dedup": "false"}, "dedup: expected true or false"),
     ({"k": 2.5}, "k: expected an integer, got 2.5"),
     ({"k": "3"}, "k: expected an integer"),
-    ({"seed": -1}, "seed: a seed is a non-negative integer"),
     ({"alpha": True}, "alpha: expected a number, got True"),
     ({"rule": 3}, "rule: expected text"),
 ])
@@ -211,3 +210,13 @@ def test_api_sweep_takes_one_override_as_text(monkeypatch, tmp_path):
                             capacities=None))
     api.sweep(TINY, tmp_path / "run", "Ks=[2, 9]", progress=False)
     assert seen == [(2, 9)]
+
+
+def test_the_api_refuses_a_negative_seed_and_a_state_it_would_not_use(tmp_path):
+    import numpy as np
+
+    x = np.zeros((4, 2), np.float32) + np.arange(4, dtype=np.float32)[:, None]
+    with pytest.raises(UserError, match="seed: a seed is a non-negative integer, got -1"):
+        api.classify(x, x + 0.5, seed=-1)
+    with pytest.raises(UserError, match="state: a restart file is for a streamed synth"):
+        api.classify(x, x + 0.5, x + 0.25, state=str(tmp_path / "state.npz"))

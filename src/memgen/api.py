@@ -69,11 +69,18 @@ def classify(train: SampleSet, eval: SampleSet | None = None,  # noqa: A002 (--e
     for name in [name for name, f in known.items() if f.metadata.get("unit") == "MiB"]:
         given[name] = _budget(given[name])  # MiB to bytes (here: the warning's stack level)
     config = ClassifyConfig(**given)
+    for name in [name for name, f in known.items() if f.metadata.get("seed")]:
+        seed = getattr(config, name)
+        if seed < 0:  # --seed's range (the CLI's SEED type)
+            raise UserError(f"{name}: a seed is a non-negative integer, got {seed}")
     config.make_rule()  # bad thresholds fail before any data is read
     ranges = _ranges(input_range)
     sets = {name: None if x is None else _samples(x, name, ranges.get(name))
             for name, x in (("train", train), ("eval", eval), ("heldout", heldout))}
     synth = _synthetic(synth, ranges.get("synth"))
+    if state is not None and not isinstance(synth, ShardSet):
+        raise UserError("state: a restart file is for a streamed synth (a folder or glob of "
+                        "shards); this synth is read whole")
     check_ranges(allow_range_mismatch, "allow_range_mismatch=True", **sets,
                  synth=streamed_sample(synth, "synth") if isinstance(synth, ShardSet) else synth)
     return classify_sets(sets["eval"], sets["train"], synth, sets["heldout"], config,

@@ -84,8 +84,6 @@ class ClassifyConfig:
             if not isinstance(value, OPTION_TYPES[kind]) or (
                     kind is not bool and isinstance(value, bool)):
                 raise UserError(f"{f.name}: expected {TYPE_WORDS[kind]}, got {value!r}")
-            if f.metadata.get("seed") and value < 0:
-                raise UserError(f"{f.name}: a seed is a non-negative integer, got {value}")
 
     def make_rule(self) -> Rule:
         return make_rule(self.rule, self.delta_m, self.delta_s, metric=self.metric)
