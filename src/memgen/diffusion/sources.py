@@ -276,35 +276,22 @@ class EpsModelSource(Source):
         return LoadedModel(EpsDenoiser(net, vp, clip=options.clip), vp, tuple(options.shape),
                            torch.float32, source)
 
-    def read(self, path, device) -> Callable:
-        """The network: eps = net(x_t, t)."""
-        raise NotImplementedError
-
-    def content(self, path) -> str:
-        """The sha256 of what ``path`` holds."""
-        raise NotImplementedError
+    # read(path, device): the network, eps = net(x_t, t); content(path): the sha256 of what
+    # path holds (each subclass's own reader and hash)
+    read: ClassVar[Callable[[str, torch.device], Callable]]
+    content: ClassVar[Callable[[str], str]]
 
 
 class TorchScriptSource(EpsModelSource):
     name, flag = "torchscript", "--torchscript"
     help = "A TorchScript ε-model eps = model(x_t, t) (VP, DDPM linear schedule)."
-
-    def read(self, path, device):
-        return torchscript_net(path, device)
-
-    def content(self, path) -> str:
-        return file_sha256(path)
+    read, content = staticmethod(torchscript_net), staticmethod(file_sha256)
 
 
 class DiffusersSource(EpsModelSource):
     name, flag, folder = "diffusers", "--diffusers", True
     help = "A diffusers UNet2DModel folder (needs the diffusers extra)."
-
-    def read(self, path, device):
-        return diffusers_net(path, device)
-
-    def content(self, path) -> str:
-        return folder_sha256(path)
+    read, content = staticmethod(diffusers_net), staticmethod(folder_sha256)
 
 
 class ReferenceSource(Source):
