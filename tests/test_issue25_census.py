@@ -126,6 +126,8 @@ def test_cli_exact_denoiser_at_low_noise_has_exactly_K_memorized_attractors(tmp_
         assert sum(row["basins"]) == pytest.approx(1.0) and row["null_n_spurious"] == 0
     assert (out / "census.csv").read_text().count("\n") == 3
     assert (out / "endpoints.npz").is_file()
+    provenance = json.loads((out / "provenance.json").read_text())
+    assert set(provenance["inputs"]) == {"train", "heldout", "endpoints"}
     again = CliRunner().invoke(cli, args[:-1] + ["--sampler", "ddpm", "--overwrite", "-q"])
     assert again.exit_code == 1 and "deterministic" in again.output
 

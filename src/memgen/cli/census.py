@@ -5,20 +5,23 @@ Registered on the main ``memgen`` group by ``memgen.cli.main`` (same error handl
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import click
 
 from memgen.cli.devices import device_option
 from memgen.cli.models import model_from_options
-from memgen.cli.options import (SEED, LiveCommand, RegistryChoice, input_range_option,
-                                input_ranges, overwrite_option, show_progress)
+from memgen.cli.options import (SEED, LiveCommand, RegistryChoice, command_argv,
+                                input_range_option, input_ranges, overwrite_option,
+                                show_progress)
 from memgen.cli.source_options import ModelFlags, model_source_options
 from memgen.diffusion.generate import GenerateConfig, generate as generate_set, name_seed, \
     sampling_ladder
 from memgen.diffusion.samplers import SAMPLERS, sampler_spec
 from memgen.errors import UserError
-from memgen.io import claim_output_dir, load_samples
+from memgen.io import atomic_file, claim_output_dir, load_samples
+from memgen.provenance import file_record, gather
 from memgen.probes.census import KINDS, CensusRun, census_at_radii, write_census
 
 ENDPOINTS = "endpoints"  # the set's name in --out: endpoints.npz and its shards
@@ -47,8 +50,8 @@ ENDPOINTS = "endpoints"  # the set's name in --out: endpoints.npz and its shards
 @input_range_option(("train", "heldout"))
 @device_option
 @click.option("--out", required=True, type=click.Path(file_okay=False),
-              help="Folder of endpoints.npz (resumable shards), census.csv, spurious.csv "
-                   "and census.json.")
+              help="Folder of endpoints.npz (resumable shards), census.csv, spurious.csv, "
+                   "census.json and provenance.json.")
 @overwrite_option
 def census(model: ModelFlags, shape, schedule, n, sampler, steps, fractions, heldout,
            train_path, seed, batch_size, input_range, device, out, overwrite):
@@ -66,7 +69,8 @@ def census(model: ModelFlags, shape, schedule, n, sampler, steps, fractions, hel
     model.one()  # exactly one model source
     loaded = model_from_options(model.paths, shape=shape, schedule=schedule, device=device,
                                 config=model.config, input_range=ranges.get("train"))
-    train = load_samples(_train_file(train_path, model), "--train", ranges.get("train"))
+    train_file = _train_file(train_path, model)
+    train = load_samples(train_file, "--train", ranges.get("train"))
     held = load_samples(heldout, "--heldout", ranges.get("heldout"))
     for name, data in (("--train", train), ("--heldout", held)):
         if data.shape[1:] != tuple(loaded.shape):
@@ -82,6 +86,10 @@ def census(model: ModelFlags, shape, schedule, n, sampler, steps, fractions, hel
                           overwrite=overwrite)
     run = census_at_radii(load_samples(merged, ENDPOINTS, own=True), train, held, fractions)
     written = write_census(folder, run)
+    inputs = {"train": file_record(train_file), "heldout": file_record(heldout),
+              "endpoints": file_record(merged)}
+    with atomic_file(Path(folder) / "provenance.json") as tmp:
+        tmp.write_text(json.dumps(gather(inputs, command_argv()), indent=2) + "\n")
     click.echo(table(run))
     click.echo(f"wrote {', '.join(str(p) for p in written)}")
 
