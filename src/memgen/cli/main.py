@@ -17,7 +17,7 @@ from memgen.cli.options import ARGV_KEY, run_guarded
 from memgen.io import output_locks
 from memgen.provenance import describe, gather
 
-LIST_OPTIONS = ("--K", "--sigma")  # take several numbers: --K 2 9 1000
+LIST_OPTIONS = ("--K", "--sigma", "--radius-fraction")  # take several numbers: --K 2 9 1000
 
 
 def expand_lists(args: list[str]) -> list[str]:
@@ -106,6 +106,8 @@ COMMANDS = {
                 "Training-set checks: near-duplicates, disjoint halves."),
     "basins": ("memgen.cli.probes:basins",
                "Basin size (critical σ*), relative energy and curvature at samples."),
+    "census": ("memgen.cli.census:census",
+               "Attractor census: endpoints of deterministic sampling, clustered at radii."),
     "diagnose": ("memgen.cli.diagnose:diagnose",
                  "A model's denoiser against the exact one, by noise level."),
 }
