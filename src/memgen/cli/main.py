@@ -86,6 +86,8 @@ def _values_taken(command: click.Command, token: str) -> int:
 COMMANDS = {
     "classify": ("memgen.cli.measure:classify",
                  "Label evaluated samples memorized, spurious or generalized (eqs. 4-6)."),
+    "rescore": ("memgen.cli.rescore:rescore",
+                "Both protocols' fractions per K from the authors' released files."),
     "capacities": ("memgen.cli.measure:capacities",
                    "MC, SC and GC (eqs. 1-3) of a fractions.csv."),
     "aggregate": ("memgen.cli.aggregate:aggregate",

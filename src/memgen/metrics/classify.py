@@ -21,6 +21,9 @@ from memgen.metrics.features import (FEATURE_MAPS, METRIC_NAMES, RegistryNames, 
 from memgen.metrics.null import DEFAULT_ALPHA, NullResult, null_rates
 from memgen.metrics.quality import HeldoutQuality, quality_summary, quality_vs_heldout
 from memgen.metrics.nearest import Neighbours, find_neighbours
+from memgen.metrics.protocols import (DEFAULT_PROTOCOL, PROTOCOL_NAMES, PROTOCOLS,
+                                      REFERENCE_PROTOCOL, get_protocol, protocol_help,
+                                      protocol_payload)
 from memgen.metrics.rules import (DEFAULT_RULE, LABEL_NAMES, RULE_NAMES, RULES, Rule, apply_rule,
                                   make_rule, rule_help, threshold_help)
 from memgen.metrics.stats import FractionEstimate, estimate_fractions
@@ -44,8 +47,9 @@ class ClassifyConfig:
     ``memgen.classify``, and a key of a sweep's ``measure`` section: a new field here is a
     new option there (``memgen.cli.measure.classify_options``, ``memgen.api.classify``)."""
 
-    rule: str = field(default=DEFAULT_RULE, metadata=option(  # memgen.metrics.rules.RULES
-        rule_help(), choices=RULE_NAMES, registry=RULES))
+    rule: str | None = field(default=None, metadata=option(  # None: the protocol's (paper)
+        f"{rule_help()} [{DEFAULT_RULE}; the reference protocol's: "
+        f"{REFERENCE_PROTOCOL.rule}]", choices=RULE_NAMES, registry=RULES))
     delta_m: float | None = field(default=None, metadata=option(  # None: the rule's default
         f"Memorization threshold [{threshold_help('delta_m')}]."))
     delta_s: float | None = field(default=None, metadata=option(
@@ -70,6 +74,8 @@ class ClassifyConfig:
     dedup: bool = field(default=False, metadata=option(  # d2 against the nearest distinct one
         "Measure d2 against the nearest training image that is not a near-duplicate of the "
         "first (memgen's extension of eq. 4 for training sets with repeated images)."))
+    protocol: str = field(default=DEFAULT_PROTOCOL, metadata=option(  # metrics.protocols
+        f"Detection protocol. {protocol_help()}", choices=PROTOCOL_NAMES, registry=PROTOCOLS))
 
     def __post_init__(self):
         """Each option of its field's type, whoever built the config (``memgen.classify``'s
@@ -84,6 +90,10 @@ class ClassifyConfig:
             if not isinstance(value, OPTION_TYPES[kind]) or (
                     kind is not bool and isinstance(value, bool)):
                 raise UserError(f"{f.name}: expected {TYPE_WORDS[kind]}, got {value!r}")
+        protocol = get_protocol(self.protocol)
+        protocol.check(self.rule, self.k, self.calibrate)
+        if self.rule is None:  # the protocol's rule, or the default one
+            object.__setattr__(self, "rule", protocol.rule or DEFAULT_RULE)
 
     def make_rule(self) -> Rule:
         return make_rule(self.rule, self.delta_m, self.delta_s, metric=self.metric)
@@ -107,6 +117,7 @@ class Classification:
     n_synth: int
     quality: HeldoutQuality | None = None  # prdc vs held-out data (metrics.quality)
     warnings: tuple[str, ...] = ()  # what may make the labels misleading (duplicates)
+    power: int = 1  # d = ‖φ(x) − φ(y)‖^power in the metric's feature space
 
     @property
     def fractions(self) -> dict[str, float]:
@@ -236,7 +247,7 @@ def classify_sets(eval_set: np.ndarray, train: np.ndarray, synth=None,
                  estimate=estimate_fractions(labels),
                  n_train=len(train), n_synth=len(eval_set) if synth is None else n_synth,
                  quality=quality, warnings=duplicate_warnings(train, near, rule)
-                 + overlap_warnings(eval_set, train, near, synth is None))
+                 + overlap_warnings(eval_set, train, near, synth is None), power=space.power)
 
 
 def check_inputs(eval_set: np.ndarray, train: np.ndarray, synth, heldout: np.ndarray | None,
@@ -244,6 +255,7 @@ def check_inputs(eval_set: np.ndarray, train: np.ndarray, synth, heldout: np.nda
     """The checks of :func:`classify_sets` before any search (a shared file fails fast);
     returns the config's rule."""
     streamed = isinstance(synth, ShardSet)
+    get_protocol(config.protocol).check_synth(synth is not None)
     check_same_shape(train=train, eval=eval_set, synth=None if streamed else synth,
                      heldout=heldout)
     if streamed and synth.sample_shape != eval_set.shape[1:]:
@@ -412,9 +424,24 @@ def summary(result: Classification, provenance: dict | None = None) -> dict:
         payload["null"] = null_payload(result.null, result.config.calibrate)
         payload["quality"] = (None if result.quality is None
                               else quality_summary(result.quality, result.labels))
-    payload.update(config=asdict(result.config), version=__version__)
+    protocol = get_protocol(result.config.protocol)
+    if protocol.name != DEFAULT_PROTOCOL:  # the default's summary.json is that of before
+        near = result.neighbours
+        payload["protocol"] = protocol_payload(
+            protocol, result.config.metric, result.power,
+            near.train_dist.shape[1], near.train_dist, result.labels)
+    payload.update(config=config_payload(result.config), version=__version__)
     if provenance is not None:
         payload["provenance"] = provenance
+    return payload
+
+
+def config_payload(config: ClassifyConfig) -> dict:
+    """summary.json's ``config``: every field, the protocol only where it is not the default
+    (so that a default summary.json reads as it did before protocols existed)."""
+    payload = asdict(config)
+    if payload["protocol"] == DEFAULT_PROTOCOL:
+        del payload["protocol"]
     return payload
 
 
