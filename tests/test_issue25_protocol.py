@@ -203,3 +203,38 @@ def test_rescore_refuses_a_file_without_their_keys(tmp_path):
     np.savez(tmp_path / "d" / "8.npz", samples=np.zeros((3, 1, 2, 2)))
     result = CliRunner().invoke(cli, ["rescore", "--dists", str(tmp_path / "d")])
     assert result.exit_code == 1 and "missing data-dists" in result.output, result.output
+
+
+def test_a_sweep_labels_by_the_reference_protocol_as_classify_does(tmp_path):
+    """measure.protocol: reference in a sweep: the rule left unset is the protocol's, S′ is
+    S_eval itself; each K's labels equal memgen classify --protocol reference on its set."""
+    from pathlib import Path
+
+    from memgen.experiments.config import load_config
+    from memgen.experiments.sweep import run_sweep
+
+    tiny = Path(__file__).parents[1] / "configs" / "tiny.yaml"
+    config = load_config(tiny, ["Ks=[2, 9]", "sample.n_eval=40", "sample.min_synth=40",
+                                "sample.steps=30", "measure.bootstrap=20",
+                                "measure.protocol=reference", "measure.delta_m=0.05",
+                                "measure.delta_s=0.03"])
+    assert config.measure.rule == "absolute"
+    result = run_sweep(config, tmp_path / "run", progress=False)
+    for stage in result.results:
+        assert stage.summary["protocol"]["name"] == "reference"
+        assert stage.summary["rule"] == "absolute"
+        np.savez(tmp_path / "train.npz", samples=_train_of(stage, config))
+        out = tmp_path / f"classify-{stage.K}"
+        ran = CliRunner().invoke(cli, [
+            "classify", "--train", str(tmp_path / "train.npz"), "--eval", str(stage.eval_path),
+            "--protocol", "reference", "--delta-m", "0.05", "--delta-s", "0.03",
+            "--out", str(out)])
+        assert ran.exit_code == 0, ran.output
+        with np.load(out / "labels.npz") as mine, np.load(stage.folder / "labels.npz") as swept:
+            np.testing.assert_array_equal(mine["labels"], swept["labels"])
+
+
+def _train_of(stage, config) -> np.ndarray:
+    from memgen.experiments.stages import load_pool, split
+
+    return split(load_pool(config), stage.K, config)[0]

@@ -151,6 +151,7 @@ def load_config(path: str | Path, overrides: typing.Sequence[str] = (),
     memgen's checks come on top (:func:`check`).
     """
     raw = read_tree(path, overrides, extra, SweepConfig)
+    raw.setdefault("measure", {}).setdefault("rule", None)  # unset: the protocol's rule
     config = structured(SweepConfig, raw)
     check(config)
     check_effect(config, raw)

@@ -37,6 +37,7 @@ from memgen.io import load_samples, write_reference_layout
 from memgen.metrics.classify import (ClassifyConfig, classify_sets, summary,
                                      write_classification)
 from memgen.metrics.features import check_available
+from memgen.metrics.protocols import get_protocol
 
 
 @dataclass(frozen=True)
@@ -255,10 +256,11 @@ def classify_stage(run: Path, K: int, train: np.ndarray, heldout: np.ndarray,
                            eval_path, synth_path)
     folder.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
+    measure = ClassifyConfig(**base_fields(ClassifyConfig, config.measure))
+    own = get_protocol(measure.protocol).own_synthetic  # S′: S_eval itself, leave-one-out
     result = classify_sets(
         load_samples(eval_path, "eval", own=True), train,
-        load_samples(synth_path, "synth", own=True), heldout,
-        ClassifyConfig(**base_fields(ClassifyConfig, config.measure)))
+        None if own else load_samples(synth_path, "synth", own=True), heldout, measure)
     write_classification(folder, result)
     mark_done(folder, {"K": K, "stage": "classify", "seconds": time.perf_counter() - t0})
     # as summary.json holds it (JSON's lists and string keys), cached or not
