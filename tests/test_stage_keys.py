@@ -27,6 +27,7 @@ from memgen.experiments.probe_stages import analysis_key
 from memgen.experiments.stages import (CLASSIFY_UNKEYED, SAMPLING_UNKEYED, TRAIN_BUDGET,
                                        classify_key, generate_key, sampler_name, train_key)
 from memgen.metrics.classify import ClassifyConfig
+from memgen.metrics.protocols import PROTOCOLS, Protocol
 
 TINY = Path(__file__).parents[1] / "configs" / "tiny.yaml"
 BASE = ["--set", "Ks=[2, 9]"]
@@ -137,6 +138,8 @@ def _other(cls, name: str, value, config: SweepConfig):
     values; a sampler must exist, and differ from the one the config runs)."""
     if name == "sampler":
         return next(s for s in SAMPLERS if s != sampler_name(config))
+    if name == "protocol":  # one that takes any rule (registered by the test)
+        return "any-rule"
     if value is None:  # the first type of its Optional
         hint = typing.get_args(typing.get_type_hints(cls)[name])[0]
         return {int: 3, float: 0.5, str: "other", bool: True}.get(hint, (0.25, 0.75))
@@ -167,7 +170,8 @@ SLICES = {
 
 
 @pytest.mark.parametrize("section", SLICES)
-def test_each_key_changes_with_every_field_it_reads_and_no_other(section):
+def test_each_key_changes_with_every_field_it_reads_and_no_other(section, monkeypatch):
+    monkeypatch.setitem(PROTOCOLS, "any-rule", Protocol("any-rule", "a protocol of the test"))
     cls, left_out, path, key = SLICES[section]
     config = load_config(path, ["analysis.basins=true"])
     assert key(config) is not None
