@@ -23,6 +23,7 @@ from memgen.experiments.phase import PHASE_DATA, PhaseConfig, run_phase, write_p
 from memgen.experiments.sweep import SweepResult, check_sweep_dir, plan, run_sweep
 from memgen.io import atomic_output_dir, check_output_dir
 from memgen.metrics.capacity import describe
+from memgen.metrics.features import registry_help
 from memgen.metrics.rules import LABEL_NAMES
 
 
@@ -146,7 +147,7 @@ def landscape(Ks, gamma, checkpoints, sigma, resolution, out, overwrite):
 @click.option("--dry-run", is_flag=True, help="Check the config and show what would run.")
 @click.option("--executor", type=RegistryChoice(EXECUTORS), default=None,
               help="Where each K runs (overrides executor.kind): "
-                   + "; ".join(f"{e.name}: {e.help}" for e in EXECUTORS.values()) + ".")
+                   + registry_help(EXECUTORS))
 @click.option("--workers", type=int, default=None,
               help="Parallel K: local worker processes, or CPUs of a private Ray instance.")
 @click.option("--address", default=None,

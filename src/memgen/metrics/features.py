@@ -128,6 +128,19 @@ FEATURE_MAPS: dict[str, Callable[[], FeatureMap]] = {
 }
 
 
+def registry_entry(registry: dict, name: str, noun: str):
+    """The entry of ``registry`` under ``name``; UserError naming the known ones
+    ("unknown rule 'x'; known rules: paper, absolute")."""
+    if name not in registry:
+        raise UserError(f"unknown {noun} {name!r}; known {noun}s: {', '.join(registry)}")
+    return registry[name]
+
+
+def registry_help(registry: dict) -> str:
+    """A --help line of a registry's entries: "name: its help; ...". """
+    return "; ".join(f"{entry.name}: {entry.help}" for entry in registry.values()) + "."
+
+
 class RegistryNames(Sequence):
     """The names of a registry, read at each use: a name registered later is included;
     after the names ``first`` (None for a config's optional choice).

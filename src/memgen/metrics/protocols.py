@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from memgen.errors import UserError
-from memgen.metrics.features import RegistryNames
+from memgen.metrics.features import RegistryNames, registry_entry, registry_help
 from memgen.metrics.rules import LABEL_NAMES, PAPER, SPURIOUS
 
 REFERENCE_K = 5  # neighbours the public code keeps per set (its --k default)
@@ -87,14 +87,12 @@ DEFAULT_PROTOCOL = PAPER_PROTOCOL.name
 
 def get_protocol(name: str) -> Protocol:
     """The protocol registered under ``name``; UserError lists the known ones."""
-    if name not in PROTOCOLS:
-        raise UserError(f"unknown protocol {name!r}; known protocols: {', '.join(PROTOCOLS)}")
-    return PROTOCOLS[name]
+    return registry_entry(PROTOCOLS, name, "protocol")
 
 
 def protocol_help() -> str:
     """The --protocol help: each registered protocol with its entry's help."""
-    return "; ".join(f"{p.name}: {p.help}" for p in PROTOCOLS.values()) + "."
+    return registry_help(PROTOCOLS)
 
 
 def distance_statement(metric: str, power: int) -> dict:

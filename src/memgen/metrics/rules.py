@@ -25,7 +25,8 @@ from typing import Callable
 import numpy as np
 
 from memgen.errors import UserError
-from memgen.metrics.features import RegistryNames, absolute_default_metrics
+from memgen.metrics.features import (RegistryNames, absolute_default_metrics, registry_entry,
+                                     registry_help)
 
 MEMORIZED, SPURIOUS, GENERALIZED = 0, 1, 2
 LABEL_NAMES = ("memorized", "spurious", "generalized")
@@ -123,14 +124,12 @@ DEFAULT_RULE = PAPER.name
 
 def rule_kind(name: str) -> RuleKind:
     """The rule registered under ``name``; UserError lists the known ones."""
-    if name not in RULES:
-        raise UserError(f"unknown rule {name!r}; known rules: {', '.join(RULES)}")
-    return RULES[name]
+    return registry_entry(RULES, name, "rule")
 
 
 def rule_help() -> str:
     """The --rule help: each registered rule with its entry's help."""
-    return "; ".join(f"{kind.name}: {kind.help}" for kind in RULES.values()) + "."
+    return registry_help(RULES)
 
 
 def threshold_help(field: str) -> str:
