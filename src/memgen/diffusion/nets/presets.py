@@ -12,6 +12,8 @@ Table 2 (Pham et al. 2025, arXiv 2505.21777):
     fmnist-cpu-28   1,112,801       -     dim 32, (1, 2, 2), attn 14×14: ≈ 0.8 s*
     digits-8          701,345       -     fmnist-cpu-16's layout at 8×8 (attn 4×4): 32 ms per
                                           step of 16*
+    digits-8-w8        44,969       -     digits-8 at width 8 (the capacity axis)
+    digits-8-w64    2,793,281       -     digits-8 at width 64 (the capacity axis)
     toy-mlp            54,274       -
     (* one thread of the 2-core development machine)
 
@@ -127,6 +129,13 @@ PRESETS: dict[str, NetConfig] = {
     # scikit-learn's 8×8 digits (sides 8 -> 4): the layout of fmnist-cpu-16
     "digits-8": NetConfig("unet", channels=1, image_size=8, dim=32, dim_mults=(1, 2),
                           num_res_blocks=1, attn_resolutions=(4,), dropout=0.0),
+    # the capacity axis (issue #25): digits-8's layout at widths 8 and 64 (the authors'
+    # released checkpoints vary width the same way); widths 12–24 would put 48 channels
+    # under GroupNorm's 32 groups
+    "digits-8-w8": NetConfig("unet", channels=1, image_size=8, dim=8, dim_mults=(1, 2),
+                             num_res_blocks=1, attn_resolutions=(4,), dropout=0.0),
+    "digits-8-w64": NetConfig("unet", channels=1, image_size=8, dim=64, dim_mults=(1, 2),
+                              num_res_blocks=1, attn_resolutions=(4,), dropout=0.0),
     # the 2D toy's score network (Fourier time embedding, 4 SiLU layers of 128)
     "toy-mlp": NetConfig("mlp", dim=2, width=128, depth=4),
 }
