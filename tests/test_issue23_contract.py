@@ -303,8 +303,8 @@ def test_train_refuses_a_size_mismatch_naming_sizes_and_presets(tmp_path):
     rng = np.random.default_rng(15)
     result, out = train_run(tmp_path, images(rng, 8))  # default preset: fmnist-cpu-16
     assert_fails(result, "the data are 1×8×8 images but preset fmnist-cpu-16 takes "
-                         "1×16×16 images (presets that fit: digits-8, digits-8-w8, digits-8-w64; or "
-                         "pass --resize",
+                         "1×16×16 images (presets that fit: digits-8, digits-8-w8, "
+                         "digits-8-w64; or pass --resize",
                  out, tmp_path)
     result, out = train_run(tmp_path, images(rng, 8, channels=3), "--preset", "digits-8")
     assert_fails(result, "3×8×8 images but preset digits-8 takes 1×8×8", out, tmp_path)
