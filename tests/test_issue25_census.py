@@ -143,3 +143,30 @@ def test_writer_round_trip(tmp_path):
     record = json.loads(paths[2].read_text())
     assert record["radii"][0]["spurious"][0]["size"] == 3
     assert record["radii"][0]["basin_kinds"] == ["spurious", "memorized", "memorized"]
+
+
+def test_census_precision_is_the_share_of_each_kind_inside_the_heldout_manifold():
+    """Endpoints planted on the held-out data (one pair, two singletons) and far off it
+    (another pair): the spurious precision is the brute-force share of spurious endpoints
+    inside a k = 5 ball of the held-out reference part, and the held-out baseline's
+    precision is its own share."""
+    from memgen.metrics.quality import heldout_split
+    rng = np.random.default_rng(3)
+    held = rng.normal(size=(200, 4))
+    train = held[:3] + 50.0  # far from everything: nothing is memorized
+    on = held[[7, 7, 11, 12]] + 1e-3 * np.eye(4)[[0, 1, 2, 3]]
+    off = np.array([[30.0, 0, 0, 0], [30.0, 0, 0, 1e-3]])
+    ends = np.vstack([on, off])
+    row = census_at_radii(ends, train, held, [0.001]).rows[0]
+    ref_idx, base_idx = heldout_split(len(held), len(ends))
+    ref = held[ref_idx]
+    d = np.linalg.norm(ref[:, None] - ref[None], axis=-1)
+    radii = np.sort(d, axis=1)[:, 5]  # the 5th nearest other reference point
+    inside = lambda p: bool((np.linalg.norm(ref - p, axis=1) < radii).any())
+    kinds = row.endpoints.kinds[row.endpoints.labels]
+    spurious = [inside(p) for p, k in zip(ends, kinds) if k == "spurious"]
+    assert sorted(kinds) == ["singleton", "singleton", "spurious", "spurious", "spurious",
+                             "spurious"]
+    assert row.precision("spurious") == pytest.approx(np.mean(spurious)) == 0.5
+    assert row.precision("memorized") != row.precision("memorized")  # NaN: no such endpoint
+    assert row.heldout_precision == pytest.approx(np.mean([inside(p) for p in held[base_idx]]))

@@ -111,10 +111,11 @@ def table(run: CensusRun) -> str:
     lines = [f"held-out median distance to the training set: {run.heldout_median:.4g} "
              f"(K = {run.n_train})",
              "fraction  radius  clusters  " + "  ".join(f"{k}(n, mass)" for k in KINDS)
-             + "  null spurious mass"]
+             + "  null spurious mass  spurious precision (held-out)"]
     for row in run.rows:
         e = row.endpoints
         cells = "  ".join(f"{e.count(k):>6} {e.mass(k):.3f}" for k in KINDS)
         lines.append(f"{row.rule.fraction:>8g}  {row.rule.radius:.4g}  {e.n_clusters:>8}  "
-                     f"{cells}  {row.null.mass('spurious'):.3f}")
+                     f"{cells}  {row.null.mass('spurious'):.3f}  "
+                     f"{row.precision('spurious'):.3f} ({row.heldout_precision:.3f})")
     return "\n".join(lines)

@@ -18,6 +18,14 @@ images h and training images y_i (``RadiusRule``), for each fraction f asked. Th
 clustering of the held-out images at the same r is the null: how much mass recurring
 clusters away from the training images hold where no model is involved.
 
+Whether the endpoints lie on the data: each endpoint is on the data manifold when it
+falls inside a k-nearest-neighbour ball (k = 5) of a held-out reference part
+(Kynkäänniemi et al. 2019; ``memgen.metrics.quality.quality_vs_heldout``: held-out data
+split into a reference and a baseline part); the share of a kind's endpoints on it is that
+kind's precision, beside the held-out baseline part's own (``census.csv``'s
+``precision_*`` and ``heldout_precision``; the issue's bar: spurious precision ≥ half the
+held-out one). NaN where the held-out set is too small for k ≥ 1.
+
 For a spurious attractor with centre c (its members' mean) and nearest training images
 y₁, y₂ (d1 ≤ d2): t = ⟨c − y₁, y₂ − y₁⟩/‖y₂ − y₁‖² places c's projection on the line
 through them (0 at y₁, 1 at y₂: inside the segment for 0 < t < 1), ``offset`` is c's
@@ -46,6 +54,7 @@ from scipy.sparse.csgraph import connected_components
 
 from memgen.errors import UserError
 from memgen.io import atomic_file
+from memgen.metrics.quality import quality_vs_heldout
 from memgen.neighbours import knn_search, pairwise_sq_dist, screen_error_bound, unit_roundoff
 
 _PAIR_BUDGET = 64 * 2**20  # bytes of float64 distances per block of rows
@@ -268,6 +277,16 @@ class CensusRow:
     rule: RadiusRule
     endpoints: Census
     null: Census
+    on_manifold: np.ndarray | None = None  # (M,) bool: endpoint inside the held-out manifold
+    heldout_precision: float = float("nan")  # the held-out baseline part's precision
+
+    def precision(self, kind: str) -> float:
+        """Share of the endpoints in clusters of this kind that lie on the held-out manifold
+        (NaN without a manifold or without such endpoints)."""
+        if self.on_manifold is None:
+            return float("nan")
+        members = self.endpoints.kinds[self.endpoints.labels] == kind
+        return float(self.on_manifold[members].mean()) if members.any() else float("nan")
 
 
 @dataclass(frozen=True)
@@ -283,9 +302,22 @@ def census_at_radii(endpoints, train, heldout, fractions) -> CensusRun:
     """The census of the endpoints and of the held-out images at r = f · the held-out median
     distance to the training set, for each fraction f."""
     rules = radius_rules(train, heldout, fractions)
+    on_manifold, heldout_precision = manifold(endpoints, heldout)
     rows = tuple(CensusRow(rule, census(endpoints, train, rule.radius),
-                           census(heldout, train, rule.radius)) for rule in rules)
+                           census(heldout, train, rule.radius), on_manifold, heldout_precision)
+                 for rule in rules)
     return CensusRun(rules[0].heldout_median, len(as_rows(train)), rows)
+
+
+def manifold(endpoints, heldout) -> tuple[np.ndarray | None, float]:
+    """(M,) whether each endpoint lies inside the k-NN balls of the held-out reference part,
+    and the held-out baseline part's precision (module docstring); (None, NaN) where the
+    held-out set is too small."""
+    quality = quality_vs_heldout(as_rows(endpoints), as_rows(heldout))
+    if quality is None:
+        return None, float("nan")
+    baseline = float("nan") if quality.baseline is None else quality.baseline.precision
+    return np.asarray(quality.quality.in_manifold, dtype=bool), baseline
 
 
 # ---------------------------------------------------------------------- writers
@@ -302,6 +334,9 @@ def summary_row(row: CensusRow) -> dict:
             out[f"{prefix}n_{kind}"] = c.count(kind)
         for kind in KINDS:
             out[f"{prefix}mass_{kind}"] = c.mass(kind)
+    for kind in KINDS:
+        out[f"precision_{kind}"] = row.precision(kind)
+    out["heldout_precision"] = row.heldout_precision
     return out
 
 
