@@ -165,11 +165,15 @@ def protocol_rules(config: dict, summary: dict) -> list[tuple[str, str, str]]:
     return out
 
 
+def _protocol_words(rules: list[tuple[str, str, str]]) -> str:
+    return "; ".join(f"<b>{html.escape(name)}</b> ({html.escape(get_protocol(name).help)}): "
+                     f"memorized when {mem}, else spurious when {spur}"
+                     for name, mem, spur in rules)
+
+
 def _protocols(config: dict, summary: dict, K: str | None) -> str:
     rules = protocol_rules(config, summary)
-    words = "; ".join(f"<b>{html.escape(name)}</b> ({html.escape(get_protocol(name).help)}): "
-                      f"memorized when {mem}, else spurious when {spur}"
-                      for name, mem, spur in rules)
+    words = _protocol_words(rules)
     if K is None:
         return ("<b>Both protocols on the same samples.</b> One panel per protocol, left to "
                 f"right: {words}; else generalized (d1 ≤ d2: the nearest training distances; "
@@ -181,13 +185,15 @@ def _protocols(config: dict, summary: dict, K: str | None) -> str:
                 "so a difference between them is the protocols'. A spurious fraction is a "
                 "finding only where its band lies above its dashed line. protocols.csv holds "
                 "the numbers and the d1/d2 breakdown of each protocol's spurious samples.")
-    own = next(name for name, _, _ in rules if get_protocol(name).own_synthetic)
+    own = [rule for rule in rules if get_protocol(rule[0]).own_synthetic][:1]
     near, between, far = BREAKDOWN_BINS
-    return (f"<b>The {html.escape(own)} protocol's spurious samples, K = {K}.</b> {words}. "
+    return (f"<b>The {html.escape(own[0][0])} protocol's spurious samples, K = {K}.</b> "
+            f"{_protocol_words(own)}. "
             "Its spurious samples split by d1/d2 (d1, d2: distances to the nearest and "
             "second-nearest training image), up to 12 per bin, each (orange frame) above its "
             f"nearest training image: {near}, d1/d2 ≤ {NEAR_COPY_RATIO:.3g} — a near-copy of "
-            "one training image that recurs within the set (eqs. 4–6 call it memorized); "
+            "one training image that recurs within the set (eqs. 4–6 at δ_m = 1/3 call it "
+            "memorized); "
             f"{between}, ≤ {EQUIDISTANT_RATIO:.3g}; {far}, above — about as near a second "
             "training image as the first (a mixture candidate) or far from both. The counts "
             "of each bin are in protocols.csv.")
