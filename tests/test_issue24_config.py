@@ -90,7 +90,7 @@ def test_the_sections_are_the_library_configs():
         own = set(section.__annotations__)
         assert not own & {f.name for f in fields(base)}, section
     assert [f.name for f in fields(MeasureConfig)] == [
-        *(f.name for f in fields(ClassifyConfig)), "bootstrap", "epsilon"]
+        *(f.name for f in fields(ClassifyConfig)), "bootstrap", "epsilon", "compare"]
 
 
 def test_generate_config_resolves_the_unset_sampling_settings():

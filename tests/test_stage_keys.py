@@ -155,13 +155,15 @@ def _other(cls, name: str, value, config: SweepConfig):
 # section, the dataclass whose fields are iterated, the fields the key leaves out (and why:
 # the train budget resumes one trajectory; a sample never depends on its batch; both kNN
 # engines are exact with any block size; epsilon, bootstrap: only the aggregate reads them;
-# the landscape settings: the landscape stage's own key), the config, the key
+# compare: a classify stage of its own, of the compared section; the landscape settings:
+# the landscape stage's own key), the config, the key
 SLICES = {
     "train": (TrainSettings, {"iterations", "snapshots"}, NETWORK,
               lambda c: train_key(TRAIN, c)),
     "sample": (Sampling, {"batch_size"}, TINY,
                lambda c: generate_key("eval", 8, 1, "tk", None, c)),
-    "measure": (MeasureConfig, {"memory_budget", "backend", "epsilon", "bootstrap"}, TINY,
+    "measure": (MeasureConfig, {"memory_budget", "backend", "epsilon", "bootstrap",
+                                "compare"}, TINY,
                 lambda c: classify_key("e", "s", HELDOUT, c)),
     "analysis": (AnalysisConfig, {"landscape", "landscape_Ks", "landscape_sigma",
                                   "landscape_resolution"}, TINY,

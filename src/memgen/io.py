@@ -586,3 +586,17 @@ def read_csv_rows(path: str | Path) -> list[dict]:
     except (UnicodeDecodeError, csv.Error) as err:
         kind = "binary, not text" if isinstance(err, UnicodeDecodeError) else str(err)
         raise UserError(f"{path}: not a CSV table ({kind})") from None
+
+
+CSV_DIGITS = 6
+
+
+def csv_number(value):
+    """A CSV cell: "" for None, a real number with CSV_DIGITS significant digits, anything
+    else (K, counts) as it is. Six digits keep a fraction c/n exact for n ≤ 10^6
+    (round(value · n) = c), and rounding is monotone, so lo ≤ p ≤ hi still holds."""
+    if value is None:
+        return ""
+    if isinstance(value, (float, np.floating)):
+        return f"{value:.{CSV_DIGITS}g}"
+    return value

@@ -31,7 +31,8 @@ from memgen.experiments.executors import EXECUTORS, ExecutorConfig
 from memgen.experiments.reading import read_tree, structured
 from memgen.metrics.classify import ClassifyConfig
 from memgen.metrics.features import RegistryNames
-from memgen.metrics.rules import make_rule
+from memgen.metrics.protocols import PROTOCOL_NAMES, REFERENCE_PROTOCOL, get_protocol
+from memgen.metrics.rules import DEFAULT_RULE, RULE_NAMES, make_rule
 
 
 @dataclass(frozen=True)
@@ -82,12 +83,29 @@ class SampleConfig(Sampling):
 
 
 @dataclass(frozen=True)
+class CompareConfig:
+    """measure.compare: a second detection protocol (memgen.metrics.protocols) run on the
+    same S_eval (and S′, where it reads one) of every (K, steps) state, never regenerated:
+    RUN/protocols.csv, protocols.png and the d1/d2 grids. Its own rule and cutoffs (the
+    reference protocol's are absolute distances in the metric's units, the paper's are
+    ratios); every other setting is measure's."""
+
+    protocol: str = REFERENCE_PROTOCOL.name
+    rule: str | None = None  # None: the protocol's rule (reference: absolute), else paper
+    delta_m: float | None = None  # None: the rule's default (absolute: only for lpips-*-ref)
+    delta_s: float | None = None
+
+
+@dataclass(frozen=True)
 class MeasureConfig(ClassifyConfig):
     """The sweep's measure section: the classification (memgen.metrics.classify's
-    ClassifyConfig, every field of it) and the capacities' settings."""
+    ClassifyConfig, every field of it), the capacities' settings and the protocol compared
+    (sweep only: ``memgen classify`` labels one set by one protocol; run it again with the
+    other --protocol on the same files, or ``memgen rescore --samples``)."""
 
     bootstrap: int = 1000  # resamples of the capacities' intervals (fractions: exact)
     epsilon: float = 0.1  # capacities' error margin (eqs. 1, 3)
+    compare: CompareConfig | None = None  # None: one protocol only
 
 
 @dataclass(frozen=True)
@@ -179,6 +197,7 @@ def check(config: SweepConfig) -> None:
     _check_counts(config)
     _check_ranges(config)
     _check_measure(config)
+    compared_measure(config)  # measure.compare's own errors, before any work
 
 
 def _check_sets(config: SweepConfig) -> None:
@@ -237,6 +256,35 @@ def _check_measure(config: SweepConfig) -> None:
     if config.measure.k is not None and config.measure.k > min(config.Ks):
         raise UserError(f"measure.k: {config.measure.k} neighbours cannot be found in the "
                         f"smallest training set (K = {min(config.Ks)})")
+
+
+def compared_measure(config: SweepConfig) -> MeasureConfig | None:
+    """The measure section of measure.compare (None when unset): measure's settings with the
+    compared protocol, its rule and cutoffs, and the neighbours it prescribes (measure.k
+    where it prescribes none). One-line UserErrors name measure.compare's keys."""
+    c, m = config.measure.compare, config.measure
+    if c is None:
+        return None
+    for key, value, allowed in (("protocol", c.protocol, PROTOCOL_NAMES),
+                                ("rule", c.rule, (None, *RULE_NAMES))):
+        if value not in allowed:
+            shown = ", ".join("null" if a is None else a for a in allowed)
+            raise UserError(f"measure.compare.{key}: {value!r} is not one of {shown}")
+    if c.protocol == m.protocol:
+        raise UserError(f"measure.compare.protocol: {c.protocol} is measure.protocol already; "
+                        "compare another protocol")
+    protocol = get_protocol(c.protocol)
+    if protocol.rule is not None and c.rule not in (None, protocol.rule):
+        raise UserError(f"measure.compare.rule: the {protocol.name} protocol uses the "
+                        f"{protocol.rule} rule; {c.rule} contradicts it (remove the key)")
+    try:
+        make_rule(c.rule or protocol.rule or DEFAULT_RULE, c.delta_m, c.delta_s,
+                  metric=m.metric)
+    except ValueError as err:
+        raise UserError(f"measure.compare: {err}") from None
+    return dataclasses.replace(m, protocol=c.protocol, rule=c.rule, delta_m=c.delta_m,
+                               delta_s=c.delta_s, k=m.k if protocol.k is None else None,
+                               compare=None)
 
 
 def check_effect(config: SweepConfig, tree: dict) -> None:

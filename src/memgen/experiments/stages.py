@@ -30,8 +30,8 @@ from memgen.diffusion.training import (TrainConfig, TrainSettings, check_fits, s
 from memgen.errors import UserError
 from memgen.experiments.cache import (file_fingerprint, fingerprint, is_done, key_fields,
                                       mark_done, stage_key)
-from memgen.experiments.config import (SweepConfig, as_dict, check_checkpoint_files, network,
-                                       split_rule)
+from memgen.experiments.config import (SweepConfig, as_dict, check_checkpoint_files,
+                                       compared_measure, network, split_rule)
 from memgen.experiments.probe_stages import analysis_stage, landscape_stage
 from memgen.io import load_samples, write_reference_layout
 from memgen.metrics.classify import (ClassifyConfig, classify_sets, summary,
@@ -56,13 +56,15 @@ class StageResult:
     snapshots: tuple["StageResult", ...] = ()  # the same K after fewer steps (ascending)
     analysis_folder: Path | None = None
     landscape_folder: Path | None = None
+    compared: "StageResult | None" = None  # the same sets by measure.compare's protocol
 
     def stage_folders(self) -> dict[str, Path]:
         """The cache folder of each stage this state read (train: not for the exact
         denoiser; analysis and landscape: when the config asks)."""
         folders = {"train": self.train_folder, "eval": self.eval_path.parent,
                    "synth": self.synth_path.parent, "classify": self.folder,
-                   "analysis": self.analysis_folder, "landscape": self.landscape_folder}
+                   "analysis": self.analysis_folder, "landscape": self.landscape_folder,
+                   "compare": self.compared and self.compared.folder}
         return {name: folder for name, folder in folders.items() if folder is not None}
 
     def seconds(self) -> dict[str, float]:
@@ -304,11 +306,28 @@ def measure_state(run: Path, K: int, train: np.ndarray, heldout: np.ndarray, t_k
                                            checkpoint, train, config, progress)
     result = classify_stage(run, K, train, heldout, eval_key, eval_path, synth_key, synth_path,
                             config)
+    compared = compare_stage(run, K, train, heldout, eval_key, eval_path, synth_key,
+                             synth_path, config)
     if exports_reference(config) and steps == steps_of(config, train_folder)[-1]:
         for which, path in (("eval", eval_path), ("synth", synth_path)):
             write_reference_layout(run / "reference" / which / f"{K}.npz",
                                    load_samples(path, which, own=True))
-    return replace(result, train_folder=train_folder, checkpoint=checkpoint, steps=steps)
+    return replace(result, train_folder=train_folder, checkpoint=checkpoint, steps=steps,
+                   compared=compared and replace(compared, steps=steps))
+
+
+def compare_stage(run: Path, K: int, train: np.ndarray, heldout: np.ndarray,
+                  eval_key: str, eval_path: Path, synth_key: str, synth_path: Path,
+                  config: SweepConfig) -> StageResult | None:
+    """The same S_eval (and S′) classified by measure.compare's protocol (None: unset): a
+    classify stage of the compared measure section, so its own key (``classify_key`` of
+    that section) leaves the main classification's and the sets' keys as they were, and a
+    sweep run with that protocol as measure.protocol finds it cached."""
+    measure = compared_measure(config)
+    if measure is None:
+        return None
+    return classify_stage(run, K, train, heldout, eval_key, eval_path, synth_key, synth_path,
+                          replace(config, measure=measure))
 
 
 def state_file(config: SweepConfig, K: int, train_folder: Path | None,

@@ -26,11 +26,12 @@ from memgen.experiments.cache import fingerprint, is_done
 from memgen.experiments.config import SweepConfig, as_dict, check_device
 from memgen.experiments.executors import execute
 from memgen.experiments.probe_stages import analysis_figures, analysis_key, landscape_figure
+from memgen.experiments.protocol_outputs import protocol_outputs, protocol_plan
 from memgen.experiments.stages import (StageResult, classify_key, generate_key, load_pool, run_K,
                                        run_K_task, split, state_file, train_config, train_key,
                                        validate_against_data)
-from memgen.io import (MARKER, atomic_file, check_output_dir, claim_output_dir, load_samples,
-                       write_json, write_marker)
+from memgen.io import (MARKER, atomic_file, check_output_dir, claim_output_dir, csv_number,
+                       load_samples, write_json, write_marker)
 from memgen.metrics.capacity import (Capacities, FractionTable, capacities,
                                      read_fraction_table)
 from memgen.metrics.rules import LABEL_NAMES
@@ -39,20 +40,6 @@ from memgen.provenance import file_record, gather
 from memgen.report.figures import (plot_fractions, plot_neighbours, plot_phase_map,
                                    plot_sample_grid, plot_samples_2d, save_figure)
 from memgen.report.html import write_report
-
-CSV_DIGITS = 6
-
-
-def csv_number(value):
-    """A CSV cell: "" for None, a real number with CSV_DIGITS significant digits, anything
-    else (K, counts) as it is. Six digits keep a fraction c/n exact for n ≤ 10^6
-    (round(value · n) = c), and rounding is monotone, so lo ≤ p ≤ hi still holds."""
-    if value is None:
-        return ""
-    if isinstance(value, (float, np.floating)):
-        return f"{value:.{CSV_DIGITS}g}"
-    return value
-
 
 @dataclass(frozen=True)
 class SweepResult:
@@ -185,6 +172,7 @@ def aggregate(run: Path, results: list[StageResult], config: SweepConfig,
         figures += evidence_figures(run, pool, results, config)
 
     figures += landscape_figure(run, results, config) + analysis_figures(run, results, config)
+    figures += protocol_outputs(run, results, config, pool)
     timescale = None
     if config.train.snapshots and model_source(config.model).trains:
         states = [state for r in results for state in (*r.snapshots, r)]
@@ -308,7 +296,7 @@ def check_sweep_dir(run: Path, overwrite: bool = False) -> None:
 STAGE_FOLDER = re.compile(r"(train|eval|synth|classify|analysis|landscape)-[0-9a-f]{16}")
 # what the aggregate writes (all of it again on every run): figures, tables, time axis, report
 AGGREGATE_OUTPUTS = re.compile(r"(fractions_steps\.csv|timescale\.json|capacities\.json|"
-                               r"report\.html|.*\.png)")
+                               r"report\.html|.*\.png|protocols\.csv)")
 SWEEP_OUTPUTS = re.compile(r"(cache|config\.json|fractions(_steps)?\.csv|capacities\.json|"
                            r"timescale\.json|provenance\.json|report\.html|.*\.png|.*\.csv)")
 
@@ -362,6 +350,8 @@ def plan(config: SweepConfig, run: Path) -> list[str]:
                              f" ({n} samples)")
             c_key = classify_key(keys["eval"], keys["synth"], heldout, config)
             lines.append(f"  classify{where}: {_state(run / 'cache' / f'classify-{c_key}')}")
+            lines += [f"  {what}{where}: {_state(folder)}" for what, folder in
+                      protocol_plan(run, keys["eval"], keys["synth"], heldout, config)]
             a_key = analysis_key(f"classify-{c_key}", config)
             if a_key is not None and steps_done == states[-1][0]:
                 lines.append(f"  analysis{where}: {_state(run / 'cache' / f'analysis-{a_key}')}")

@@ -120,16 +120,21 @@ def d1_over_d2(train_dist: np.ndarray) -> np.ndarray:
     return np.where(d[:, 0] == 0, 0.0, ratio)
 
 
+def breakdown_bins(train_dist: np.ndarray) -> np.ndarray:
+    """(n,) int: each sample's bin of BREAKDOWN_BINS by its d1/d2 — 0 near_copy (≤ 1/3),
+    1 between (≤ 2/3), 2 equidistant (> 2/3)."""
+    ratio = d1_over_d2(train_dist)
+    return (ratio > NEAR_COPY_RATIO).astype(np.int64) + (ratio > EQUIDISTANT_RATIO)
+
+
 def copy_breakdown(train_dist: np.ndarray, labels: np.ndarray) -> dict:
     """The spurious samples by d1/d2: counts of ``near_copy`` (d1/d2 ≤ 1/3), ``between``
     (≤ 2/3) and ``equidistant`` (> 2/3), with the cuts and the median ratio (None without
     spurious samples)."""
     spurious = np.asarray(labels) == SPURIOUS
     ratio = d1_over_d2(train_dist)[spurious]
-    near = ratio <= NEAR_COPY_RATIO
-    between = ~near & (ratio <= EQUIDISTANT_RATIO)
-    counts = dict(zip(BREAKDOWN_BINS, (int(near.sum()), int(between.sum()),
-                                       int((~near & ~between).sum()))))
+    found = np.bincount(breakdown_bins(train_dist)[spurious], minlength=len(BREAKDOWN_BINS))
+    counts = dict(zip(BREAKDOWN_BINS, map(int, found)))
     return {"label": LABEL_NAMES[SPURIOUS], "n": int(spurious.sum()), "counts": counts,
             "cuts": {"near_copy": NEAR_COPY_RATIO, "equidistant": EQUIDISTANT_RATIO},
             "median_d1_over_d2": float(np.median(ratio)) if len(ratio) else None}

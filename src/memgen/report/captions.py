@@ -7,6 +7,8 @@ import html
 import re
 from pathlib import Path
 
+from memgen.metrics.protocols import (BREAKDOWN_BINS, DEFAULT_PROTOCOL, EQUIDISTANT_RATIO,
+                                      NEAR_COPY_RATIO, get_protocol)
 from memgen.metrics.rules import DEFAULT_RULE, RULES
 
 LABEL_KEY = "memorized (red), spurious (orange) and generalized (blue)"
@@ -48,6 +50,9 @@ def figure_caption(path: Path, config: dict, summary: dict | None = None,
                 "generation order), each framed in its label's colour: " + LABEL_KEY + ". "
                 "Look for near copies of a few training images (red frames) at small K and "
                 "varied new images (blue) at large K.")
+    grid = re.fullmatch(r"protocols-spurious-K(\d+)\.png", name)
+    if name == "protocols.png" or grid:
+        return _protocols(config, summary, grid and grid.group(1))
     analysis = config.get("analysis", {})
     if name == "learned_landscape.png":
         return _learned_landscape(analysis)
@@ -143,3 +148,52 @@ def _curvature(a: dict) -> str:
             "values near 0 a flat direction (a valley, as along a ring of new samples), "
             f"negative values a saddle. {_boxes()}. Look for memorized samples near 1 and "
             "generalized ones near 0.")
+
+
+def protocol_rules(config: dict, summary: dict) -> list[tuple[str, str, str]]:
+    """(protocol, memorized condition, spurious condition) of measure.protocol (as the
+    summary.json applied it) and of measure.compare (its rule, else the protocol's)."""
+    compare = config.get("measure", {}).get("compare") or {}
+    main = summary.get("config", {}).get("protocol", DEFAULT_PROTOCOL)
+    out = [(main, *rule_conditions(summary.get("rule", DEFAULT_RULE), summary.get("delta_m"),
+                                   summary.get("delta_s")))]
+    if compare:
+        other = get_protocol(compare["protocol"])
+        out.append((other.name, *rule_conditions(compare.get("rule") or other.rule
+                                                 or DEFAULT_RULE, compare.get("delta_m"),
+                                                 compare.get("delta_s"))))
+    return out
+
+
+def _protocol_words(rules: list[tuple[str, str, str]]) -> str:
+    return "; ".join(f"<b>{html.escape(name)}</b> ({html.escape(get_protocol(name).help)}): "
+                     f"memorized when {mem}, else spurious when {spur}"
+                     for name, mem, spur in rules)
+
+
+def _protocols(config: dict, summary: dict, K: str | None) -> str:
+    rules = protocol_rules(config, summary)
+    words = _protocol_words(rules)
+    if K is None:
+        return ("<b>Both protocols on the same samples.</b> One panel per protocol, left to "
+                f"right: {words}; else generalized (d1 ≤ d2: the nearest training distances; "
+                "s1: the nearest synthetic one, for a protocol whose S′ is the evaluated set "
+                "its nearest other evaluated sample). Solid lines: the fractions of "
+                f"{LABEL_KEY} samples at each K (log axis), shaded: exact 95% intervals; "
+                "dashed: the null rate, held-out real data labelled by the same protocol at "
+                "the same set sizes. Both panels label the same S_eval (nothing regenerated), "
+                "so a difference between them is the protocols'. A spurious fraction is a "
+                "finding only where its band lies above its dashed line. protocols.csv holds "
+                "the numbers and the d1/d2 breakdown of each protocol's spurious samples.")
+    own = [rule for rule in rules if get_protocol(rule[0]).own_synthetic][:1]
+    near, between, far = BREAKDOWN_BINS
+    return (f"<b>The {html.escape(own[0][0])} protocol's spurious samples, K = {K}.</b> "
+            f"{_protocol_words(own)}. "
+            "Its spurious samples split by d1/d2 (d1, d2: distances to the nearest and "
+            "second-nearest training image), up to 12 per bin, each (orange frame) above its "
+            f"nearest training image: {near}, d1/d2 ≤ {NEAR_COPY_RATIO:.3g} — a near-copy of "
+            "one training image that recurs within the set (eqs. 4–6 at δ_m = 1/3 call it "
+            "memorized); "
+            f"{between}, ≤ {EQUIDISTANT_RATIO:.3g}; {far}, above — about as near a second "
+            "training image as the first (a mixture candidate) or far from both. The counts "
+            "of each bin are in protocols.csv.")

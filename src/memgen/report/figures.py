@@ -41,13 +41,7 @@ def plot_fractions(K: np.ndarray, fractions: np.ndarray, lo: np.ndarray | None =
     only where a value: an SC that does not rise above its null rate is None and not drawn.
     """
     fig, ax = plt.subplots(figsize=(8.2, 4.2), layout="constrained")
-    handles = []
-    for j, name in enumerate(LABEL_NAMES):
-        handles += ax.plot(K, fractions[:, j], "o-", ms=3.5, color=COLORS[name], label=name)
-        if lo is not None and hi is not None:
-            ax.fill_between(K, lo[:, j], hi[:, j], color=COLORS[name], alpha=0.2, lw=0)
-        if null is not None:
-            ax.plot(K, null[:, j], "--", lw=1, color=COLORS[name], alpha=0.7)
+    handles = _draw_fractions(ax, K, fractions, lo, hi, null)
     drawn = []
     for name, value in dict(capacities).items():
         value = getattr(value, "value", value)  # a Capacity or a plain K
@@ -56,13 +50,7 @@ def plot_fractions(K: np.ndarray, fractions: np.ndarray, lo: np.ndarray | None =
             ax.axvline(value, ls=":", color=COLORS[CAPACITY_LABEL[name]], lw=1.2)
             ax.text(value, 1.02, name, ha="center", va="bottom",
                     color=COLORS[CAPACITY_LABEL[name]], transform=ax.get_xaxis_transform())
-    if len(K) > 1 and K.min() > 0:
-        ax.set_xscale("log")
-        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-        if len(K) <= 12:
-            ax.set_xticks(K, [str(int(k)) for k in K], fontsize=8)
-    ax.set(xlabel="training-set size K", ylabel="fraction of evaluated samples",
-           ylim=(-0.02, 1.02))
+    _K_axis(ax, K)
     if lo is not None and hi is not None:
         handles.append(Patch(color="grey", alpha=0.3, lw=0, label="shaded: 95% interval"))
     if null is not None:
@@ -75,6 +63,74 @@ def plot_fractions(K: np.ndarray, fractions: np.ndarray, lo: np.ndarray | None =
               frameon=False)  # outside the axes: it hides no curve
     if title:
         ax.set_title(title, fontsize=10, pad=16)  # above the capacity labels
+    return fig
+
+
+def _draw_fractions(ax, K: np.ndarray, fractions: np.ndarray, lo: np.ndarray | None,
+                    hi: np.ndarray | None, null: np.ndarray | None) -> list:
+    """The three fractions (solid), their intervals (shaded) and null rates (dashed) on
+    ``ax``; returns the fraction lines (legend handles)."""
+    handles = []
+    for j, name in enumerate(LABEL_NAMES):
+        handles += ax.plot(K, fractions[:, j], "o-", ms=3.5, color=COLORS[name], label=name)
+        if lo is not None and hi is not None:
+            ax.fill_between(K, lo[:, j], hi[:, j], color=COLORS[name], alpha=0.2, lw=0)
+        if null is not None:
+            ax.plot(K, null[:, j], "--", lw=1, color=COLORS[name], alpha=0.7)
+    return handles
+
+
+def _K_axis(ax, K: np.ndarray) -> None:
+    """A log K axis ticked at the K values (up to 12 of them), fractions from 0 to 1."""
+    if len(K) > 1 and K.min() > 0:
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        if len(K) <= 12:
+            ax.set_xticks(K, [str(int(k)) for k in K], fontsize=8)
+    ax.set(xlabel="training-set size K", ylabel="fraction of evaluated samples",
+           ylim=(-0.02, 1.02))
+
+
+def plot_protocols(panels: Sequence[Mapping]):
+    """Both protocols side by side on the same samples: one panel per protocol, as
+    :func:`plot_fractions` without capacities. panels: dicts with title, K (M,), fractions,
+    lo, hi, null (M, 3) in LABEL_NAMES order (null NaN where unknown)."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.9), sharey=True,
+                             layout="constrained", squeeze=False)
+    for ax, panel in zip(axes[0], panels):
+        handles = _draw_fractions(ax, panel["K"], panel["fractions"], panel["lo"],
+                                  panel["hi"], panel["null"])
+        _K_axis(ax, panel["K"])
+        ax.set_title(panel["title"], fontsize=9)
+    for ax in axes[0][1:]:
+        ax.set_ylabel("")  # the first panel's, shared
+    handles += [Patch(color="grey", alpha=0.3, lw=0, label="shaded: 95% interval"),
+                Line2D([], [], color="black", ls="--", lw=1,
+                       label="dashed: null rate (held-out real data, same protocol)")]
+    fig.legend(handles=handles, loc="outside lower center", ncol=5, fontsize=8, frameon=False)
+    return fig
+
+
+def plot_breakdown_grid(groups: Mapping[str, tuple[np.ndarray, np.ndarray]],
+                        title: str = ""):
+    """Samples in named groups (the d1/d2 bins), each above its nearest training image:
+    groups = {name: (samples (n, C, H, W), nearest training images (n, C, H, W))}, images
+    in [-1, 1]; an empty group keeps its (empty) row."""
+    columns = max(1, max(len(samples) for samples, _ in groups.values()))
+    fig, axes = plt.subplots(2 * len(groups), columns, squeeze=False, layout="constrained",
+                             figsize=(max(columns, 4) * 0.75, 1.6 * len(groups) + 0.7))
+    for g, (name, (samples, nearest)) in enumerate(groups.items()):
+        top, bottom = axes[2 * g], axes[2 * g + 1]
+        for j in range(columns):
+            if j < len(samples):
+                _show(top[j], samples[j], "", COLORS["spurious"])
+                _show(bottom[j], nearest[j], "")
+            else:
+                top[j].axis("off")
+                bottom[j].axis("off")
+        top[0].set_title(f"{name} ({len(samples)} shown)", fontsize=8, loc="left")
+    fig.suptitle((f"{title}\n" if title else "") + "each sample (orange frame) above its "
+                 "nearest training image", fontsize=8)
     return fig
 
 

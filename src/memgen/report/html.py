@@ -70,7 +70,8 @@ def _quality_section(results) -> str:
 
 
 STAGE_HEADS = {"train": "train s", "eval": "S_eval s", "synth": "S′ s",
-               "classify": "classify s", "analysis": "analysis s", "landscape": "landscape s"}
+               "classify": "classify s", "analysis": "analysis s", "landscape": "landscape s",
+               "compare": "compare s"}
 
 
 def _timings_table(results) -> str:
