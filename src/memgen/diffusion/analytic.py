@@ -90,7 +90,12 @@ class ELSDenoiser:
     (all positions if ``equivariant``, else those at p), zero padding ⌊P/2⌋.
 
     patterns: (N, C, H, W); patch: odd P, 1 ≤ P ≤ 2·max(H, W) − 1 (from there on every
-    pixel's patch holds the whole image); memory_budget: bytes of one block of logits."""
+    pixel's patch holds the whole image); memory_budget: bytes of one block of logits.
+
+    As matrices: the query patches Q (one row per sample and pixel) and the candidates Φ
+    (one row per patch), logits = [2γQ, −γ, 1] · [Φ, ‖φ‖², log count]ᵀ (one GEMM; the
+    candidate-free −γ‖x_P(p)‖² left out of the softmax), grouped by pixel without
+    equivariance (each pixel its own N candidates)."""
 
     def __init__(self, patterns: torch.Tensor, patch: int, equivariant: bool = True,
                  memory_budget: int = DEFAULT_MEMORY_BUDGET):
@@ -98,70 +103,67 @@ class ELSDenoiser:
         self.patch, self.pad, self.equivariant = patch, patch // 2, bool(equivariant)
         self.memory_budget = memory_budget
         self.shape = tuple(patterns.shape[1:])
-        if not self.equivariant:
-            self.images = patterns  # (N, C, H, W): the candidates at each pixel
-            self.ones = torch.ones(1, 1, patch, patch, dtype=patterns.dtype)
-            return
-        c, p = patterns.shape[1], patch
-        padded = F.pad(patterns, (self.pad,) * 4)
-        patches = padded.unfold(2, p, 1).unfold(3, p, 1)  # (N, C, H, W, P, P)
-        flat = patches.permute(0, 2, 3, 1, 4, 5).reshape(-1, c * p * p)
-        bank, counts = torch.unique(flat, dim=0, return_counts=True)  # sorted: deterministic
-        self.bank = bank.reshape(-1, c, p, p)  # (M, C, P, P)
-        self.norms = bank.square().sum(1)  # (M,)
-        self.log_counts = counts.to(bank.dtype).log()  # (M,)
-        self.centres = self.bank[:, :, self.pad, self.pad]  # (M, C)
+        n, c, h, w = patterns.shape
+        patches = self.queries(patterns)  # (N, H·W, C·P²)
+        centres = patterns.reshape(n, c, h * w).transpose(1, 2)  # (N, H·W, C)
+        if self.equivariant:
+            flat = torch.cat([patches, centres], 2).reshape(n * h * w, -1)
+            rows, counts = torch.unique(flat, dim=0, return_counts=True)  # sorted: stable
+            patches, centres = rows[None, :, :-c], rows[None, :, -c:]  # (1, M, ·)
+            log_counts = counts.to(rows.dtype).log()[None]  # (1, M)
+        else:
+            patches, centres = patches.transpose(0, 1), centres.transpose(0, 1)  # (HW, N, ·)
+            log_counts = torch.zeros(patches.shape[:2], dtype=patterns.dtype)
+        norms = patches.square().sum(2)
+        self.bank = torch.cat([patches, norms[..., None], log_counts[..., None]], 2)
+        self.centres = centres  # (G, M, C): G = 1 (equivariant) or H·W
+
+    def queries(self, x: torch.Tensor) -> torch.Tensor:
+        """The P×P patch around every pixel, zero-padded: (B, H·W, C·P²)."""
+        return F.unfold(F.pad(x, (self.pad,) * 4), self.patch).transpose(1, 2)
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
-        dtype = self.bank.dtype if self.equivariant else self.images.dtype
-        xs = x.to(dtype)
-        sig = per_row(sigma, xs)
-        candidates = len(self.bank) if self.equivariant else len(self.images)
-        c, h, w = self.shape
-        pair = xs.element_size() * h * w * (1 if self.equivariant else c) * 3
-        rows = max(1, min(len(xs), self.memory_budget // (pair * candidates)))
-        step = candidates if rows > 1 else max(1, self.memory_budget // pair)
-        out = [self._rows(xs[i:i + rows], sig[i:i + rows], step)
-               for i in range(0, len(xs), rows)]
-        return torch.cat(out).to(x.dtype)
+        xs = x.to(self.bank.dtype)
+        gamma = 1.0 / (2.0 * per_row(sigma, xs).square())  # (B,)
+        b, (c, h, w) = len(xs), self.shape
+        q = self.queries(xs)  # (B, HW, F)
+        g = gamma[:, None, None].expand(b, h * w, 1)
+        aug = torch.cat([2 * g * q, -g, torch.ones_like(g)], 2)  # (B, HW, F + 2)
+        if self.equivariant:
+            out = self._posterior(aug.reshape(1, b * h * w, -1))  # (1, B·HW, C)
+        else:
+            out = self._posterior(aug.transpose(0, 1))  # (HW, B, C)
+            out = out.transpose(0, 1)
+        return out.reshape(b, h * w, c).transpose(1, 2).reshape(x.shape).to(x.dtype)
 
-    def _rows(self, x: torch.Tensor, sigma: torch.Tensor, step: int) -> torch.Tensor:
-        """D for a block of rows, the candidates ``step`` at a time (online softmax)."""
-        gamma = (1.0 / (2.0 * sigma.square()))[:, None, None, None]  # (B, 1, 1, 1)
+    def _posterior(self, aug: torch.Tensor) -> torch.Tensor:
+        """Σ_m softmax_m(aug · bank_m) centre_m per group and row: (G, R, C), rows in blocks
+        and candidates ``step`` at a time (online softmax) within the memory budget."""
+        groups, total = self.bank.shape[:2]
+        per = aug.element_size() * groups * 2  # bytes per (row, candidate): logits, weights
+        rows = max(1, min(aug.shape[1], self.memory_budget // (per * total)))
+        step = total if rows > 1 else max(1, self.memory_budget // per)
+        return torch.cat([self._block(aug[:, i:i + rows], step)
+                          for i in range(0, aug.shape[1], rows)], 1)
+
+    def _block(self, aug: torch.Tensor, step: int) -> torch.Tensor:
+        bank, centres = self.bank.to(aug), self.centres.to(aug)
+        if step >= bank.shape[1]:
+            return torch.softmax(aug @ bank.transpose(1, 2), 2) @ centres
         top = num = den = None
-        total = len(self.bank) if self.equivariant else len(self.images)
-        for j in range(0, total, step):
-            logits, weigh = (self._equivariant(x, gamma, j, j + step) if self.equivariant
-                             else self._local(x, gamma, j, j + step))
-            block_top = logits.amax(1, keepdim=True)  # (B, 1, H, W)
+        for j in range(0, bank.shape[1], step):
+            logits = aug @ bank[:, j:j + step].transpose(1, 2)  # (G, R, M_b)
+            block_top = logits.amax(2, keepdim=True)
             new_top = block_top if top is None else torch.maximum(top, block_top)
-            wts = (logits - new_top).exp()
+            wts = (logits - new_top).exp_()
+            part, mass = wts @ centres[:, j:j + step], wts.sum(2, keepdim=True)
             if top is None:
-                num, den = weigh(wts), wts.sum(1, keepdim=True)
+                num, den = part, mass
             else:
                 scale = (top - new_top).exp()
-                num, den = num * scale + weigh(wts), den * scale + wts.sum(1, keepdim=True)
+                num, den = num * scale + part, den * scale + mass
             top = new_top
         return num / den
-
-    def _equivariant(self, x, gamma, lo, hi):
-        """Logits −‖x_P(p) − φ‖²γ + log count, less the φ-free −‖x_P(p)‖²γ: (B, M_b, H, W)."""
-        bank = self.bank[lo:hi].to(x)
-        dots = F.conv2d(F.pad(x, (self.pad,) * 4), bank)  # (B, M_b, H, W)
-        logits = (2 * dots - self.norms[lo:hi].to(x)[None, :, None, None]) * gamma
-        logits = logits + self.log_counts[lo:hi].to(x)[None, :, None, None]
-        centres = self.centres[lo:hi].to(x)
-        return logits, lambda wts: torch.einsum("bmhw,mc->bchw", wts, centres)
-
-    def _local(self, x, gamma, lo, hi):
-        """Logits −‖x_P(p) − y_n,P(p)‖²γ over the images n at the same p: (B, N_b, H, W)."""
-        images = self.images[lo:hi].to(x)
-        b, n = len(x), len(images)
-        sq = (x[:, None] - images[None]).square().sum(2)  # (B, N_b, H, W)
-        boxed = F.conv2d(sq.reshape(b * n, 1, *sq.shape[2:]), self.ones.to(x),
-                         padding=self.pad)  # zero-padded sum over each P×P window
-        logits = -boxed.reshape(b, n, *sq.shape[2:]) * gamma
-        return logits, lambda wts: torch.einsum("bnhw,nchw->bchw", wts, images)
 
 
 def check_els(shape: tuple[int, ...], patch: int) -> None:
