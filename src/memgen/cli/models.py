@@ -375,9 +375,10 @@ def model_from_options(paths: Mapping[str, str | None], *, shape=None, schedule=
     network = any(not source.records_shape for source in sources)
     if network and shape is None:
         raise UserError(f"{flags(lambda s: not s.records_shape, ' and ')} need --shape C H W")
-    values = {source.name: source.option_value(path, config=config, input_range=input_range,
-                                               parameters=parameters)
-              for source, path in zip(sources, given.values())}
+    values = {source.name: source.option_value(
+        path, config=config, input_range=input_range,
+        **({"parameters": parameters} if getattr(source, "parameters", ()) else {}))
+        for source, path in zip(sources, given.values())}
     model = load_denoiser(**values,
                           schedule=schedule if any(s.schedule_option for s in sources) else None,
                           shape=tuple(shape) if network else None, device=device, **options)

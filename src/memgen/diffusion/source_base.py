@@ -79,10 +79,10 @@ class Source:
     def build(self, value, options: LoadOptions) -> LoadedModel:
         raise NotImplementedError
 
-    def option_value(self, path, *, config=None, input_range=None, parameters=None):
+    def option_value(self, path, *, config=None, input_range=None):
         """What ``load`` takes, from the path given to the CLI's ``flag`` (``config``: the
-        YAML of --config; ``input_range``: (LO, HI) of a sample file's values;
-        ``parameters``: {name: value} of the source's ``SourceParameter`` flags given)."""
+        YAML of --config; ``input_range``: (LO, HI) of a sample file's values; a source
+        with ``parameters`` also takes ``parameters``, {name: value} of their flags given)."""
         return path
 
     # ------------------------------------------------------------------ in a sweep

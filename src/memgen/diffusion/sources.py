@@ -144,7 +144,7 @@ class ExactSource(Source):
     no_network = "the exact denoiser is not a network"
     schedule_option = True
 
-    def option_value(self, path, *, config=None, input_range=None, parameters=None):
+    def option_value(self, path, *, config=None, input_range=None):
         """The training set of a sample file, converted from ``input_range`` to [-1, 1]."""
         return load_samples(path, self.flag, input_range)
 
@@ -216,7 +216,7 @@ class ReferenceSource(Source):
     no_network = "the authors' checkpoints carry their own network"
     split, exports_reference, analysable = "reference", True, False
 
-    def option_value(self, path, *, config=None, input_range=None, parameters=None):
+    def option_value(self, path, *, config=None, input_range=None):
         return (path, config or None)
 
     def build(self, reference, options: LoadOptions) -> LoadedModel:
