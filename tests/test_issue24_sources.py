@@ -93,7 +93,7 @@ def _sweep(out, *extra):
 
 def test_a_registered_source_runs_a_sweep_end_to_end(tmp_path, dummy):
     assert "dummy" in CHOICES["model.kind"] and list(CHOICES["model.kind"]) == [
-        "network", "exact", "checkpoints", "dummy"]
+        "network", "exact", "checkpoints", "smoothed", "els", "gaussian", "dummy"]
     plan = _sweep(tmp_path / "run", "--dry-run")
     assert plan.exit_code == 0, plan.output
     assert "K=2: train — (the mean needs no training)" in plan.output
@@ -126,7 +126,7 @@ def test_a_registered_source_answers_the_sweep_questions(tmp_path, dummy):
     assert model.source.identity() == {"kind": "dummy",
                                        "sha256": array_sha256(np.ones((3, 2), np.float32))}
     with pytest.raises(ValueError, match=r"exactly one model source \(checkpoint, exact, "
-                                         r"torchscript, diffusers, reference, dummy\), got none"):
+                                         r"torchscript, diffusers, reference, smoothed, els, gaussian, dummy\), got none"):
         load_denoiser()
 
 
@@ -253,11 +253,14 @@ def test_the_sweep_builds_each_model_as_load_denoiser_does():
 
 
 def test_registry_names_flags_and_kinds():
-    assert list(SOURCES) == ["checkpoint", "exact", "torchscript", "diffusers", "reference"]
+    assert list(SOURCES) == ["checkpoint", "exact", "torchscript", "diffusers", "reference",
+                             "smoothed", "els", "gaussian"]
     assert [s.flag for s in SOURCES.values()] == ["--checkpoint", "--exact", "--torchscript",
-                                                  "--diffusers", "--reference-checkpoint"]
+                                                  "--diffusers", "--reference-checkpoint",
+                                                  "--smoothed", "--els", "--gaussian"]
     assert {k: s.name for k, s in sources.SWEEP_KINDS.items()} == {
-        "network": "checkpoint", "exact": "exact", "checkpoints": "reference"}
+        "network": "checkpoint", "exact": "exact", "checkpoints": "reference",
+        "smoothed": "smoothed", "els": "els", "gaussian": "gaussian"}
     assert [s.name for s in SOURCES.values() if s.trains] == ["checkpoint"]
 
 
@@ -295,7 +298,7 @@ def test_a_registered_source_has_its_flag_on_generate(tmp_path, monkeypatch):
     none = CliRunner().invoke(cli, ["generate", "--n", "3", "--out", str(tmp_path / "x")])
     assert none.exit_code == 1
     assert ("give exactly one of --checkpoint, --exact, --torchscript, --diffusers, "
-            "--reference-checkpoint, --dummy") in none.output
+            "--reference-checkpoint, --smoothed, --els, --gaussian, --dummy") in none.output
     two = CliRunner().invoke(cli, ["diagnose", "--dummy", "a", "--exact", "b", "--out", "y"])
-    assert "give exactly one of --checkpoint, --exact, --torchscript, --diffusers, --dummy" \
-        in two.output
+    assert ("give exactly one of --checkpoint, --exact, --torchscript, --diffusers, --smoothed, "
+            "--els, --gaussian, --dummy") in two.output

@@ -68,7 +68,8 @@ def census(model: ModelFlags, shape, schedule, n, sampler, steps, fractions, hel
     ranges = input_ranges(input_range, ("train", "heldout"))
     model.one()  # exactly one model source
     loaded = model_from_options(model.paths, shape=shape, schedule=schedule, device=device,
-                                config=model.config, input_range=ranges.get("train"))
+                                config=model.config, input_range=ranges.get("train"),
+                                parameters=model.parameters)
     train_file = _train_file(train_path, model)
     train = load_samples(train_file, "--train", ranges.get("train"))
     held = load_samples(heldout, "--heldout", ranges.get("heldout"))

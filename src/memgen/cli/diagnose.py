@@ -77,7 +77,8 @@ def diagnose(model, shape, schedule, train_path, data, K, split_seed, half, data
     train, train_name = _reference_set(train_path, data, K, split_seed, half, data_root,
                                        checkpoint, exact_path, file_range)
     loaded = model_from_options(model.paths, shape=shape or train.shape[1:], schedule=schedule,
-                                device=device, input_range=file_range)
+                                device=device, input_range=file_range,
+                                parameters=model.parameters)
     sched = loaded.schedule
     if tuple(loaded.shape) != train.shape[1:]:
         raise UserError(f"the model takes samples of shape {tuple(loaded.shape)} but the "

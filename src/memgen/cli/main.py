@@ -112,6 +112,8 @@ COMMANDS = {
                "Attractor census: endpoints of deterministic sampling, clustered at radii."),
     "diagnose": ("memgen.cli.diagnose:diagnose",
                  "A model's denoiser against the exact one, by noise level."),
+    "r2": ("memgen.cli.r2:r2",
+           "r² of a model's denoiser against the exact, smoothed, ELS and Gaussian ones."),
 }
 
 

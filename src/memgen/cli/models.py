@@ -247,7 +247,8 @@ def generate(model, shape, schedule, n, sampler, steps, prior, prior_data, clip_
     _check_generate_options(model, shape, steps, given, prior, prior_data)
     check_output_dir(out, "generate", overwrite, replaced=overwrite)
     loaded = model_from_options(model.paths, shape=shape, schedule=schedule, device=device,
-                                config=model.config, input_range=data_range)
+                                config=model.config, input_range=data_range,
+                                parameters=model.parameters)
     config = GenerateConfig(
         n=n, sampler=sampler or loaded.schedule.default_sampler, steps=steps, **given,
         seed=name_seed(name) if seed is None else seed, batch_size=batch_size,
@@ -360,13 +361,13 @@ def _size(nbytes: int) -> str:
 
 
 def model_from_options(paths: Mapping[str, str | None], *, shape=None, schedule=None,
-                       device="cpu", config=None, input_range=None,
+                       device="cpu", config=None, input_range=None, parameters=None,
                        **options) -> LoadedModel:
     """The model of the one source given in ``paths`` ({source name: path or None}: the
     command's flags, ``ModelFlags.paths``), by ``memgen.diffusion.loaders.load_denoiser``,
     its path read by ``Source.option_value`` (--exact's as a sample file, converted from
     ``input_range`` (LO, HI) to [-1, 1]; --reference-checkpoint's with ``config``, its
-    --config); --schedule ("vp" | "ve") goes to the sources with ``schedule_option``,
+    --config; a training-free source's with ``parameters``, its --smoothing, …); --schedule ("vp" | "ve") goes to the sources with ``schedule_option``,
     --shape to those that do not record theirs. options: exact_dtype, clip, ema (see
     ``load_denoiser``)."""
     given = {name: path for name, path in paths.items() if path}
@@ -374,8 +375,10 @@ def model_from_options(paths: Mapping[str, str | None], *, shape=None, schedule=
     network = any(not source.records_shape for source in sources)
     if network and shape is None:
         raise UserError(f"{flags(lambda s: not s.records_shape, ' and ')} need --shape C H W")
-    values = {source.name: source.option_value(path, config=config, input_range=input_range)
-              for source, path in zip(sources, given.values())}
+    values = {source.name: source.option_value(
+        path, config=config, input_range=input_range,
+        **({"parameters": parameters} if getattr(source, "parameters", ()) else {}))
+        for source, path in zip(sources, given.values())}
     model = load_denoiser(**values,
                           schedule=schedule if any(s.schedule_option for s in sources) else None,
                           shape=tuple(shape) if network else None, device=device, **options)

@@ -5,12 +5,12 @@ source registered there alone has its flag on both."""
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import click
 
 from memgen.cli.options import OptionSlot
-from memgen.diffusion.sources import SOURCES, Source, flags
+from memgen.diffusion.sources import SOURCES, Source, flags, parameter_specs
 from memgen.errors import UserError
 
 
@@ -24,13 +24,20 @@ class ModelFlags:
     paths: dict[str, str]
     config: str | None
     offered: tuple[str, ...]
+    parameters: dict = field(default_factory=dict)  # {name: value} of --smoothing, … given
 
     def one(self) -> tuple[Source, str]:
         """(the source, its path): UserError unless exactly one source flag was given."""
         if len(self.paths) != 1:
             raise UserError(f"give exactly one of {self.offered_flags()}")
         (name, path), = self.paths.items()
-        return SOURCES[name], path
+        source = SOURCES[name]
+        for key in self.parameters:
+            _, readers = parameter_specs()[key]
+            if source not in readers:
+                raise UserError(f"--{key} is for {', '.join(s.flag for s in readers)}; "
+                                f"{source.flag} does not read it")
+        return source, path
 
     def offered_flags(self, sep: str = ", ") -> str:
         return flags(lambda source: source.name in self.offered, sep)
@@ -46,6 +53,7 @@ class ModelFlags:
 
 
 SOURCE_PARAM = "source_"  # the click name of a source's option: source_<name>
+PARAMETER_PARAM = "source_parameter_"  # and of a source's number: source_parameter_<name>
 CONFIG_PARAM = "source_config"
 
 
@@ -69,7 +77,7 @@ def model_source_options(shape_help: str, schedule_help: str,
             _source_option(s, helps),
             click.Option(["--config", CONFIG_PARAM], type=click.Path(dir_okay=False),
                          help=s.config_help))]
-        return [*plain,
+        return [*plain, *_parameter_options(offered()),
                 click.Option(["--shape"], type=int, nargs=3, help=shape_help),
                 click.Option(["--schedule"], type=click.Choice(["vp", "ve"]), default="vp",
                              show_default=True, help=schedule_help),
@@ -80,7 +88,9 @@ def model_source_options(shape_help: str, schedule_help: str,
         paths = {name: params.pop(SOURCE_PARAM + name, None) for name in names}
         config = params.pop(CONFIG_PARAM, None)
         given = {name: path for name, path in paths.items() if path}
-        return {**params, "model": ModelFlags(given, config, names)}
+        values = {key: params.pop(PARAMETER_PARAM + key, None) for key in parameter_specs()}
+        chosen = {key: value for key, value in values.items() if value is not None}
+        return {**params, "model": ModelFlags(given, config, names, chosen)}
 
     return OptionSlot(build, lambda: tuple((n, id(s)) for n, s in SOURCES.items()), collect)
 
@@ -89,3 +99,19 @@ def _source_option(source: Source, helps: Mapping[str, str]) -> click.Option:
     kind = click.Path(file_okay=False) if source.folder else click.Path(dir_okay=False)
     return click.Option([source.flag, SOURCE_PARAM + source.name], type=kind,
                         help=helps.get(source.name, source.help))
+
+
+def _parameter_options(offered: list[Source]) -> list[click.Option]:
+    """--NAME for every number an offered source is built with (``SourceParameter``: a
+    bool as --NAME/--no-NAME); None unless given, so the source's default applies."""
+    options = []
+    for key, (parameter, readers) in parameter_specs().items():
+        if not any(source in readers for source in offered):
+            continue
+        if parameter.kind is bool:
+            decls = [f"--{key}/--no-{key}", PARAMETER_PARAM + key]
+            options.append(click.Option(decls, default=None, help=parameter.help))
+        else:
+            options.append(click.Option([f"--{key}", PARAMETER_PARAM + key], type=parameter.kind,
+                                        default=None, help=parameter.help))
+    return options

@@ -24,7 +24,7 @@ from memgen.diffusion.nets import NetConfig
 from memgen.diffusion.samplers import SAMPLERS, option_names, option_owners, sampler_spec
 from memgen.diffusion.schedules import VESchedule, VPSchedule
 from memgen.diffusion.sources import (SWEEP_KINDS, model_source, network,  # noqa: F401
-                                      sweep_field_users)  # network: read here by stages
+                                      parameter_specs, sweep_field_users)  # network: read here by stages
 from memgen.diffusion.training import COMPILE_MODES, TrainSettings
 from memgen.errors import UserError
 from memgen.experiments.executors import EXECUTORS, ExecutorConfig
@@ -54,6 +54,7 @@ class ModelConfig:
 
     # network | exact (the empirical denoiser: no training) | checkpoints (the authors'
     # K.pt files, one per K in the folder ``path``: no training; memgen.diffusion.reference)
+    # | smoothed | els | gaussian (training-free generalizers of S_K)
     kind: str = "network"
     path: str | None = None  # kind = checkpoints: the folder of <K>.pt
     # kind = checkpoints: their YAML (train_unet.py's config); None: each checkpoint's args
@@ -61,7 +62,13 @@ class ModelConfig:
     preset: str | None = None  # None: toy-mlp, unless net is given
     net: NetConfig | None = None
     objective: str | None = None  # None: ve_score for MLPs, vp_eps for U-Nets
-    schedule: str = "ve"  # for kind = exact: vp | ve
+    schedule: str = "ve"  # for kind = exact, smoothed, els, gaussian: vp | ve
+    # the training-free generalizers' numbers (memgen.diffusion.analytic_sources; each
+    # default is its SourceParameter's): kind = smoothed: the smoothing s ≥ 0; kind = els:
+    # the patch size (odd) and translation equivariance
+    smoothing: float = 0.1
+    patch: int = 3
+    equivariant: bool = True
 
 
 @dataclass(frozen=True)
@@ -299,6 +306,10 @@ def check_effect(config: SweepConfig, tree: dict) -> None:
         if key not in source.model_fields and model.get(key) is not None:  # not if =null
             raise UserError(f"model.{key}: has no effect with model.kind = {kind} "
                             f"({source.no_network}); remove it")
+    for key, (_, readers) in parameter_specs().items():
+        if model.get(key) is not None and source not in readers:
+            raise UserError(f"model.{key}: has no effect with model.kind = {kind}; it is for "
+                            f"model.kind = {', '.join(s.sweep_kind for s in readers)}")
     _check_sampler_options(config.sample)
     if "clip_range" in sample and sample.get("clip_denoised") is False:
         raise UserError("sample.clip_range: has no effect with sample.clip_denoised: false")

@@ -24,7 +24,7 @@ import torch
 from memgen.data import default_split_seed, load_dataset, resize_images, train_heldout
 from memgen.diffusion.generate import GenerateConfig, Sampling, discard_unrecorded, generate
 from memgen.diffusion.samplers import sampler_spec
-from memgen.diffusion.sources import model_source, objective
+from memgen.diffusion.sources import keyed_by_sources, model_source, objective
 from memgen.diffusion.training import (TrainConfig, TrainSettings, check_fits, snapshot_path,
                                        train as run_training)
 from memgen.errors import UserError
@@ -100,6 +100,7 @@ def validate_against_data(config: SweepConfig, pool: np.ndarray) -> None:
     """K must leave room in the pool and the metric's weights must exist; fail before any
     work rather than after hours of training; the authors' checkpoints must all exist."""
     check_checkpoint_files(config)
+    model_source(config.model).check_data(config.model, pool.shape[1:])
     too_big = [K for K in config.Ks if K >= len(pool)]
     if too_big:
         raise UserError(f"Ks: {too_big} not below the {len(pool)} samples of "
@@ -154,9 +155,9 @@ def train_key(train: np.ndarray, config: SweepConfig) -> str:
     training = key_fields(TrainSettings, config.train, TRAIN_BUDGET)
     trajectory = model_source(config.model).trajectory(config.model, len(train), training,
                                                        file_fingerprint)
-    # the checkpoints' folder and YAML by content above, not by path
-    model = {k: v for k, v in as_dict(config.model).items()
-             if k not in ("path", "reference_config")}
+    # the checkpoints' folder and YAML by content above, not by path; the training-free
+    # sources' numbers there too (keyed_by_sources)
+    model = {k: v for k, v in as_dict(config.model).items() if k not in keyed_by_sources()}
     return stage_key("train", fingerprint(train), model, trajectory)
 
 
