@@ -38,8 +38,11 @@ def test_every_shipped_config_loads_to_the_values_of_the_hand_written_loader(nam
     assert _within(new, BEFORE[name]) == BEFORE[name]
 
 
-def test_the_pin_covers_every_shipped_config():
-    assert sorted(BEFORE) == sorted(p.name for p in (ROOT / "configs").glob("*.yaml"))
+def test_the_pin_covers_every_shipped_config_of_its_time_and_the_newer_ones_load():
+    shipped = sorted(p.name for p in (ROOT / "configs").glob("*.yaml"))
+    assert set(BEFORE) <= set(shipped)
+    for name in set(shipped) - set(BEFORE):  # configs added after the hand-written loader
+        load_config(ROOT / "configs" / name)
 
 
 def test_set_reads_an_exponent_float_and_nested_and_list_values():
