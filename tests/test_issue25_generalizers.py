@@ -191,3 +191,23 @@ def test_cli_refuses_bad_source_parameters_before_any_work(tmp_path):
             result.output
         assert pytest.importorskip("re").search(message, result.output), result.output
         assert not out.exists() or not any(out.iterdir())
+
+
+def test_r2_cli_builds_the_references_with_the_parameters_given(tmp_path):
+    """--smoothing with any compared model sets the smoothed reference: its row at
+    smoothing 0 equals the exact reference's row; without --smoothing (0.1) it differs."""
+    train, held = _images(5, 1, 4, 4).float().numpy(), _images(6, 1, 4, 4, seed=2).float().numpy()
+    np.savez(tmp_path / "t.npz", samples=train)
+    np.savez(tmp_path / "h.npz", samples=held)
+    rows = {}
+    for smoothing in ("0", None):
+        extra = [] if smoothing is None else ["--smoothing", smoothing]
+        result = CliRunner().invoke(cli, ["r2", "--gaussian", str(tmp_path / "t.npz"), *extra,
+                                          "--train", str(tmp_path / "t.npz"), "--heldout",
+                                          str(tmp_path / "h.npz"), "--sigma", "0.4"])
+        assert result.exit_code == 0, result.output
+        table = dict(line.split()[1:3] for line in result.output.splitlines()
+                     if line.startswith("0.4"))
+        rows[smoothing] = table
+    assert rows["0"]["smoothed"] == rows["0"]["exact"]
+    assert rows[None]["smoothed"] != rows[None]["exact"]

@@ -59,7 +59,7 @@ def r2(model: ModelFlags, shape, schedule, train_path, heldout, sigmas, n, seed,
         raise UserError(f"--sigma: noise levels must be positive, got {list(sigmas)}")
     if out and not overwrite and Path(out).exists():
         raise UserError(f"--out: {out} exists; pass --overwrite to replace it")
-    model.one()
+    model.one(parameters_elsewhere=True)  # --smoothing, … build the references too
     ranges = input_ranges(input_range, ("train", "heldout"))
     loaded = model_from_options(model.paths, shape=shape, schedule=schedule, device=device,
                                 config=model.config, input_range=ranges.get("train"),

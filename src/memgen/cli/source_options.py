@@ -26,13 +26,15 @@ class ModelFlags:
     offered: tuple[str, ...]
     parameters: dict = field(default_factory=dict)  # {name: value} of --smoothing, … given
 
-    def one(self) -> tuple[Source, str]:
-        """(the source, its path): UserError unless exactly one source flag was given."""
+    def one(self, parameters_elsewhere: bool = False) -> tuple[Source, str]:
+        """(the source, its path): UserError unless exactly one source flag was given, or
+        a source's number (--smoothing, …) was given that this source does not read
+        (unless ``parameters_elsewhere``: the command builds other sources with them)."""
         if len(self.paths) != 1:
             raise UserError(f"give exactly one of {self.offered_flags()}")
         (name, path), = self.paths.items()
         source = SOURCES[name]
-        for key in self.parameters:
+        for key in () if parameters_elsewhere else self.parameters:
             _, readers = parameter_specs()[key]
             if source not in readers:
                 raise UserError(f"--{key} is for {', '.join(s.flag for s in readers)}; "
