@@ -22,9 +22,7 @@ from memgen.diffusion.samplers import SAMPLERS, sampler_spec
 from memgen.errors import UserError
 from memgen.io import atomic_file, claim_output_dir, load_samples
 from memgen.provenance import file_record, gather
-from memgen.probes.census import KINDS, CensusRun, census_at_radii, write_census
-
-ENDPOINTS = "endpoints"  # the set's name in --out: endpoints.npz and its shards
+from memgen.probes.census import ENDPOINTS, KINDS, CensusRun, census_at_radii, write_census
 
 
 @click.command(cls=LiveCommand)

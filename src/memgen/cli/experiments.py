@@ -20,6 +20,7 @@ from memgen.experiments.executors import EXECUTORS
 from memgen.experiments.landscape import (LandscapeConfig, checkpoint_rows, run_landscape,
                                           write_landscape, write_learned)
 from memgen.experiments.phase import PHASE_DATA, PhaseConfig, run_phase, write_phase
+from memgen.experiments.census_stage import peak_line
 from memgen.experiments.sweep import SweepResult, check_sweep_dir, plan, run_sweep
 from memgen.io import atomic_output_dir, check_output_dir
 from memgen.metrics.capacity import describe
@@ -198,6 +199,8 @@ def _print_sweep(result: SweepResult) -> None:
         click.echo(describe(result.capacities[name]))
     if result.timescale is not None:
         _print_timescale(result.timescale)
+    if result.census is not None:
+        click.echo(peak_line(result.census))
     click.echo(f"report: {result.run / 'report.html'}")
 
 

@@ -74,6 +74,7 @@ class VPSchedule:
     beta_max: float = 0.02
     T: int = 1000
     default_sampler: ClassVar[str] = "ddpm"  # Ho et al.'s ancestral sampler (not a field)
+    deterministic_sampler: ClassVar[str] = "ddim"  # at η = 0: the census's default
 
     def __post_init__(self):
         if not 0 < self.beta_min <= self.beta_max < 1:
@@ -191,6 +192,7 @@ class VESchedule:
     sigma_max: float = 1.0
     t_min: float = 1e-3
     default_sampler: ClassVar[str] = "euler_maruyama"  # the toy's sampler (not a field)
+    deterministic_sampler: ClassVar[str] = "heun"  # the PF-ODE: the census's default
 
     def __post_init__(self):
         if not self.sigma_max > 0:

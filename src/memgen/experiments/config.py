@@ -23,8 +23,9 @@ from memgen.diffusion.generate import Sampling
 from memgen.diffusion.nets import NetConfig
 from memgen.diffusion.samplers import SAMPLERS, option_names, option_owners, sampler_spec
 from memgen.diffusion.schedules import VESchedule, VPSchedule
-from memgen.diffusion.sources import (SWEEP_KINDS, model_source, network,  # noqa: F401
-                                      parameter_specs, sweep_field_users)  # network: read here by stages
+from memgen.diffusion.sources import (SCHEDULES, SWEEP_KINDS, model_source,  # noqa: F401
+                                      network, parameter_specs,
+                                      sweep_field_users)  # network: read by stages
 from memgen.diffusion.training import COMPILE_MODES, TrainSettings
 from memgen.errors import UserError
 from memgen.experiments.executors import EXECUTORS, ExecutorConfig
@@ -136,6 +137,15 @@ class AnalysisConfig:
     landscape_Ks: tuple[int, ...] = (2, 9, 1000)  # those of them that the sweep has
     landscape_sigma: float = 0.387  # σ(t = 0.15) of the toy VE SDE, as in the paper
     landscape_resolution: int = 100  # grid points per axis
+    # the attractor census of each K's final state (memgen.experiments.census_stage): M
+    # endpoints of a deterministic sampler (None: the schedule's, ddim for VP, heun for VE),
+    # clustered at r = f · the held-out median distance to S_K for each fraction f
+    census: bool = False
+    census_n: int = 2000  # endpoints M
+    census_sampler: str | None = None
+    census_steps: int = 50
+    census_fractions: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4)
+    census_seed: int | None = None  # None: derived from the name "endpoints" (memgen census's)
 
 
 @dataclass(frozen=True)
@@ -160,6 +170,7 @@ CHOICES = {
     "model.schedule": ("vp", "ve"),
     "model.objective": (None, "vp_eps", "ve_score"),
     "sample.sampler": RegistryNames(SAMPLERS, None),
+    "analysis.census_sampler": RegistryNames(SAMPLERS, None),
     "sample.prior": (None, "standard", "forward"),
     "executor.kind": RegistryNames(EXECUTORS),
 } | {f"measure.{f.name}": f.metadata["choices"] for f in fields(ClassifyConfig)
@@ -205,6 +216,31 @@ def check(config: SweepConfig) -> None:
     _check_ranges(config)
     _check_measure(config)
     compared_measure(config)  # measure.compare's own errors, before any work
+    _check_census(config)
+
+
+def _check_census(config: SweepConfig) -> None:
+    """The census's settings (checked whether or not it is on, as every analysis key): a
+    deterministic sampler, M ≥ 2, a ladder its schedule family allows, positive fractions."""
+    a = config.analysis
+    if a.census_sampler is not None and not sampler_spec(a.census_sampler).deterministic:
+        shown = ", ".join(s.name for s in SAMPLERS.values() if s.deterministic)
+        raise UserError(f"analysis.census_sampler: {a.census_sampler} draws noise; the census "
+                        f"needs a deterministic one: {shown}")
+    if a.census_n < 2:
+        raise UserError(f"analysis.census_n: must be at least 2, got {a.census_n}")
+    family = model_source(config.model).schedule_family(config.model)
+    try:
+        SCHEDULES[family]().sigmas(a.census_steps)
+    except UserError as err:
+        raise UserError(f"analysis.census_steps: {err}") from None
+    fractions = list(a.census_fractions)
+    if not fractions or not all(0 < f < float("inf") for f in fractions):
+        raise UserError(f"analysis.census_fractions: give one or more positive radius "
+                        f"fractions, got {fractions}")
+    if len(set(fractions)) != len(fractions):
+        raise UserError(f"analysis.census_fractions: each fraction may appear only once, "
+                        f"got {fractions}")
 
 
 def _check_sets(config: SweepConfig) -> None:
@@ -352,7 +388,7 @@ def _check_ranges(config: SweepConfig) -> None:
     t, s, m, a = config.train, config.sample, config.measure, config.analysis
     seeds = {"data.split_seed": config.data.split_seed, "train.seed": t.seed,
              "sample.eval_seed": s.eval_seed, "sample.synth_seed": s.synth_seed,
-             "measure.seed": m.seed}
+             "measure.seed": m.seed, "analysis.census_seed": a.census_seed}
     ranges = {key: (value, 0, SEED_MAX, False) for key, value in seeds.items()}
     closed_above = sampler_option_ranges(s)
     ranges |= {
@@ -420,7 +456,7 @@ def _check_checkpoints(config: SweepConfig) -> None:
                         + ", ".join(sweep_field_users("path")))
     source.check_split(split_rule(config))
     a = config.analysis
-    if not source.analysable and (a.basins or a.curvature or a.landscape
+    if not source.analysable and (a.basins or a.curvature or a.landscape or a.census
                                   or config.train.snapshots):
         raise UserError(f"model.kind = {m.kind}: analysis and train.snapshots are for "
                         "memgen's own models")

@@ -39,6 +39,8 @@ DENSE_MAX = 256  # coordinates up to which the Hessian spectrum is computed dens
 # K it runs at; landscape_sigma, landscape_resolution: its key)
 LANDSCAPE_FIELDS = tuple(f.name for f in fields(AnalysisConfig)
                          if f.name.startswith("landscape"))
+# the settings of the census stages (memgen.experiments.census_stage: their own keys)
+CENSUS_FIELDS = tuple(f.name for f in fields(AnalysisConfig) if f.name.startswith("census"))
 
 
 def pick_per_label(labels: np.ndarray, per_label: int) -> np.ndarray:
@@ -50,11 +52,11 @@ def pick_per_label(labels: np.ndarray, per_label: int) -> np.ndarray:
 def analysis_key(classify_folder: str, config: SweepConfig) -> str | None:
     """The analysis stage's key (None when no analysis is enabled): the classify stage it
     reads (its sets, hence the model state) and every analysis setting but the landscape's
-    (LANDSCAPE_FIELDS)."""
+    and the census's (LANDSCAPE_FIELDS, CENSUS_FIELDS)."""
     a = config.analysis
     if not (a.basins or a.curvature):
         return None
-    reads = key_fields(AnalysisConfig, a, LANDSCAPE_FIELDS)
+    reads = key_fields(AnalysisConfig, a, LANDSCAPE_FIELDS + CENSUS_FIELDS)
     return stage_key("analysis", classify_folder, reads)
 
 

@@ -32,6 +32,7 @@ from memgen.experiments.cache import (file_fingerprint, fingerprint, is_done, ke
                                       mark_done, stage_key)
 from memgen.experiments.config import (SweepConfig, as_dict, check_checkpoint_files,
                                        compared_measure, network, split_rule)
+from memgen.experiments.census_stage import census_stage
 from memgen.experiments.probe_stages import analysis_stage, landscape_stage
 from memgen.io import load_samples, write_reference_layout
 from memgen.metrics.classify import (ClassifyConfig, classify_sets, summary,
@@ -57,14 +58,17 @@ class StageResult:
     analysis_folder: Path | None = None
     landscape_folder: Path | None = None
     compared: "StageResult | None" = None  # the same sets by measure.compare's protocol
+    endpoints_folder: Path | None = None  # the census's endpoints (analysis.census)
+    census_folder: Path | None = None
 
     def stage_folders(self) -> dict[str, Path]:
         """The cache folder of each stage this state read (train: not for the exact
-        denoiser; analysis and landscape: when the config asks)."""
+        denoiser; analysis, landscape, endpoints and census: when the config asks)."""
         folders = {"train": self.train_folder, "eval": self.eval_path.parent,
                    "synth": self.synth_path.parent, "classify": self.folder,
                    "analysis": self.analysis_folder, "landscape": self.landscape_folder,
-                   "compare": self.compared and self.compared.folder}
+                   "compare": self.compared and self.compared.folder,
+                   "endpoints": self.endpoints_folder, "census": self.census_folder}
         return {name: folder for name, folder in folders.items() if folder is not None}
 
     def seconds(self) -> dict[str, float]:
@@ -290,8 +294,11 @@ def run_K(run: Path, pool: np.ndarray, K: int, config: SweepConfig,
                 for n in steps]
     result = replace(measured[-1], snapshots=tuple(measured[:-1]))
 
+    census = census_stage(run, result, train, heldout, t_key, config, progress)
     return replace(result, analysis_folder=analysis_stage(run, result, train, config),
-                   landscape_folder=landscape_stage(run, result, train, config))
+                   landscape_folder=landscape_stage(run, result, train, config),
+                   endpoints_folder=census and census.endpoints,
+                   census_folder=census and census.census)
 
 
 def measure_state(run: Path, K: int, train: np.ndarray, heldout: np.ndarray, t_key: str,

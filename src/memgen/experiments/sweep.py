@@ -24,6 +24,7 @@ from memgen.diffusion.sources import model_source
 from memgen.diffusion.training import snapshot_path
 from memgen.experiments.cache import fingerprint, is_done
 from memgen.experiments.config import SweepConfig, as_dict, check_device
+from memgen.experiments.census_stage import CensusTable, census_outputs, census_plan
 from memgen.experiments.executors import execute
 from memgen.experiments.probe_stages import analysis_figures, analysis_key, landscape_figure
 from memgen.experiments.protocol_outputs import protocol_outputs, protocol_plan
@@ -53,6 +54,7 @@ class SweepResult:
     rows: tuple[dict[str, str], ...]  # fractions.csv's cells (column → text), by K
     capacities: Capacities  # capacities.json's
     timescale: dict | None = None  # timescale.json's payload (train.snapshots), else None
+    census: CensusTable | None = None  # census.csv's (analysis.census), else None
 
 
 def write_fractions(path: Path, results: list[StageResult],
@@ -173,6 +175,8 @@ def aggregate(run: Path, results: list[StageResult], config: SweepConfig,
 
     figures += landscape_figure(run, results, config) + analysis_figures(run, results, config)
     figures += protocol_outputs(run, results, config, pool)
+    census, census_figures = census_outputs(run, results, config.name)
+    figures += census_figures
     timescale = None
     if config.train.snapshots and model_source(config.model).trains:
         states = [state for r in results for state in (*r.snapshots, r)]
@@ -185,7 +189,7 @@ def aggregate(run: Path, results: list[StageResult], config: SweepConfig,
         write_report(tmp, config.name, as_dict(config), payload, results, figures,
                      timescale=timescale, provenance=provenance)
     return SweepResult(run, tuple(sorted(results, key=lambda r: r.K)), table, rows, caps,
-                       timescale)
+                       timescale, census)
 
 
 def write_time_axis(run: Path, states: list[StageResult], title: str) -> dict:
@@ -293,10 +297,11 @@ def check_sweep_dir(run: Path, overwrite: bool = False) -> None:
         check_output_dir(run, "sweep", overwrite, replaced=overwrite)
 
 
-STAGE_FOLDER = re.compile(r"(train|eval|synth|classify|analysis|landscape)-[0-9a-f]{16}")
+STAGE_FOLDER = re.compile(r"(train|eval|synth|classify|analysis|landscape|endpoints|census)"
+                          r"-[0-9a-f]{16}")
 # what the aggregate writes (all of it again on every run): figures, tables, time axis, report
 AGGREGATE_OUTPUTS = re.compile(r"(fractions_steps\.csv|timescale\.json|capacities\.json|"
-                               r"report\.html|.*\.png|protocols\.csv)")
+                               r"report\.html|.*\.png|protocols\.csv|census(_spurious)?\.csv)")
 SWEEP_OUTPUTS = re.compile(r"(cache|config\.json|fractions(_steps)?\.csv|capacities\.json|"
                            r"timescale\.json|provenance\.json|report\.html|.*\.png|.*\.csv)")
 
@@ -355,6 +360,10 @@ def plan(config: SweepConfig, run: Path) -> list[str]:
             a_key = analysis_key(f"classify-{c_key}", config)
             if a_key is not None and steps_done == states[-1][0]:
                 lines.append(f"  analysis{where}: {_state(run / 'cache' / f'analysis-{a_key}')}")
+        last = states[-1]
+        lines += [f"  {name}{'' if last[0] is None else f' after {last[0]} steps'}: "
+                  f"{_state(folder)}" for name, folder in
+                  census_plan(run, t_key, last[1], heldout, config).items()]
     return lines
 
 

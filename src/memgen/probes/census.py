@@ -59,6 +59,7 @@ from memgen.neighbours import knn_search, pairwise_sq_dist, screen_error_bound, 
 
 _PAIR_BUDGET = 64 * 2**20  # bytes of float64 distances per block of rows
 KINDS = ("memorized", "spurious", "singleton")
+ENDPOINTS = "endpoints"  # the endpoints' set name (endpoints.npz and its shards; its seed)
 
 
 def as_rows(x) -> torch.Tensor:

@@ -10,6 +10,7 @@ from pathlib import Path
 from memgen.metrics.protocols import (BREAKDOWN_BINS, DEFAULT_PROTOCOL, EQUIDISTANT_RATIO,
                                       NEAR_COPY_RATIO, get_protocol)
 from memgen.metrics.rules import DEFAULT_RULE, RULES
+from memgen.report.census_figure import census_caption
 
 LABEL_KEY = "memorized (red), spurious (orange) and generalized (blue)"
 
@@ -60,6 +61,8 @@ def figure_caption(path: Path, config: dict, summary: dict | None = None,
         return _critical(analysis)
     if name == "curvature.png":
         return _curvature(analysis)
+    if name == "census.png":
+        return census_caption(analysis)
     return f"<b>{html.escape(name)}</b>."
 
 

@@ -71,7 +71,7 @@ def _quality_section(results) -> str:
 
 STAGE_HEADS = {"train": "train s", "eval": "S_eval s", "synth": "S′ s",
                "classify": "classify s", "analysis": "analysis s", "landscape": "landscape s",
-               "compare": "compare s"}
+               "compare": "compare s", "endpoints": "endpoints s", "census": "census s"}
 
 
 def _timings_table(results) -> str:
