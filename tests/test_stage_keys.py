@@ -121,7 +121,7 @@ def test_analysis_n_eigen_is_checked_and_keyed_by_its_name():
         load_config(TINY, ["analysis.n_eigen=0"])
     folder = "classify-0123456789abcdef"
     reads = {f.name: getattr(config.analysis, f.name) for f in fields(AnalysisConfig)
-             if not f.name.startswith("landscape")}
+             if not f.name.startswith(("landscape", "census"))}
     assert "n_eigen" in reads and "k" not in reads
     assert analysis_key(folder, config) == stage_key("analysis", folder, reads)
 
@@ -155,8 +155,8 @@ def _other(cls, name: str, value, config: SweepConfig):
 # section, the dataclass whose fields are iterated, the fields the key leaves out (and why:
 # the train budget resumes one trajectory; a sample never depends on its batch; both kNN
 # engines are exact with any block size; epsilon, bootstrap: only the aggregate reads them;
-# compare: a classify stage of its own, of the compared section; the landscape settings:
-# the landscape stage's own key), the config, the key
+# compare: a classify stage of its own, of the compared section; the landscape and census
+# settings: their stages' own keys), the config, the key
 SLICES = {
     "train": (TrainSettings, {"iterations", "snapshots"}, NETWORK,
               lambda c: train_key(TRAIN, c)),
@@ -166,7 +166,9 @@ SLICES = {
                                 "compare"}, TINY,
                 lambda c: classify_key("e", "s", HELDOUT, c)),
     "analysis": (AnalysisConfig, {"landscape", "landscape_Ks", "landscape_sigma",
-                                  "landscape_resolution"}, TINY,
+                                  "landscape_resolution", "census", "census_n",
+                                  "census_sampler", "census_steps", "census_fractions",
+                                  "census_seed"}, TINY,
                  lambda c: analysis_key("classify-0123456789abcdef", c)),
 }
 
