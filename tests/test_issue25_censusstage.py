@@ -25,7 +25,7 @@ from memgen.diffusion.loaders import load_denoiser
 from memgen.errors import UserError
 from memgen.experiments.census_stage import census_keys
 from memgen.experiments.config import load_config
-from memgen.experiments.stages import load_pool, split
+from memgen.experiments.stages import load_pool, run_K, split
 from memgen.experiments.sweep import run_sweep
 from memgen.io import load_samples
 from memgen.probes.census import census_at_radii, summary_row
@@ -277,3 +277,30 @@ def test_dry_run_names_the_census_stages(tiny, swept, tmp_path):
                                      "--set", "analysis.census_fractions=[0.2]"])
     assert fresh.output.count("  endpoints: cached") == 2
     assert fresh.output.count("  census: to run (new settings)") == 2
+
+
+def test_a_vp_unet_census_equals_memgen_census_on_its_checkpoint(tmp_path):
+    """The main job's kind of model (a digits U-Net, ε-prediction on the VP schedule, here
+    the 45k-parameter width after a few steps): the stage's census.json equals that of
+    ``memgen census --checkpoint`` given the same state, S_K and held-out images, with
+    DDIM (VP's deterministic sampler) as RESULTS.md ran it."""
+    images = Path(__file__).parents[1] / "configs" / "images-cpu.yaml"
+    config = load_config(images, [
+        "Ks=[2]", "model.preset=digits-8-w8", "train.iterations=4", "train.snapshots=[]",
+        "sample.steps=3", "sample.n_eval=8", "executor.workers=1", "analysis.census=true",
+        "analysis.census_n=10", "analysis.census_steps=4", "analysis.census_fractions=[0.5,1]"])
+    pool = load_pool(config)
+    K2 = run_K(tmp_path / "run", pool, 2, config)  # the stages, without the aggregate
+    train, heldout = split(pool, 2, config)
+    np.savez(tmp_path / "train.npz", samples=train)
+    np.savez(tmp_path / "held.npz", samples=census_stage.null_set(heldout, config))
+    out = tmp_path / "cli"
+    result = CliRunner().invoke(cli, [
+        "census", "--checkpoint", str(K2.checkpoint), "--train", str(tmp_path / "train.npz"),
+        "--heldout", str(tmp_path / "held.npz"), "--n", "10", "--sampler", "ddim", "--steps",
+        "4", "--radius-fraction", "0.5", "--radius-fraction", "1", "--out", str(out), "-q"])
+    assert result.exit_code == 0, result.output
+    np.testing.assert_array_equal(load_samples(out / "endpoints.npz", own=True),
+                                  load_samples(K2.endpoints_folder / "endpoints.npz", own=True))
+    assert json.loads((out / "census.json").read_text()) == json.loads(
+        (K2.census_folder / "census.json").read_text())

@@ -253,6 +253,7 @@ def peak_line(table: CensusTable) -> str:
         if not spurious[i] > 0:
             parts.append(f"f={f:g}: none")
             continue
-        parts.append(f"f={f:g}: {spurious[i]:.3f} at K={data['Ks'][i]} (r={data['radius'][i, j]:.3g}"
-                     f", {int(data['n_spurious'][i, j])} clusters, null {data['null'][i, j]:.3f})")
+        parts.append(f"f={f:g}: {spurious[i]:.3f} at K={data['Ks'][i]} "
+                     f"(r={data['radius'][i, j]:.3g}, {int(data['n_spurious'][i, j])} "
+                     f"clusters, null {data['null'][i, j]:.3f})")
     return "census, peak spurious endpoint mass by radius: " + "; ".join(parts)
