@@ -148,9 +148,23 @@ def test_rerun_reuses_the_cache_and_new_radii_reuse_the_endpoints(tiny, swept, t
     assert len(_csv(run / "census.csv")) == 6
 
 
-def test_census_off_leaves_no_census_files(tiny, tmp_path):
+def _done(run: Path) -> dict[str, int]:
+    return {p.parent.name: p.stat().st_mtime_ns for p in (run / "cache").glob("*/DONE.json")}
+
+
+def test_switching_the_census_on_adds_its_stages_only_and_off_removes_its_files(tiny,
+                                                                                tmp_path):
+    """A finished sweep (as the main job's) gets its census by --set analysis.census=true
+    without one other stage rerun; switched off again, no census file remains."""
     run = tmp_path / "run"
+    run_sweep(load_config(tiny, ["analysis.census=false"]), run, progress=False)
+    before = _done(run)
+    assert not [p.name for p in run.iterdir() if p.name.startswith("census")]
     run_sweep(load_config(tiny), run, progress=False)
+    after = _done(run)
+    assert {k: v for k, v in after.items() if k in before} == before
+    assert sorted(k.split("-")[0] for k in set(after) - set(before)) == [
+        "census", "census", "endpoints", "endpoints"]
     assert (run / "census.csv").exists() and (run / "census_spurious.csv").exists()
     result = run_sweep(load_config(tiny, ["analysis.census=false"]), run, progress=False)
     assert result.census is None
