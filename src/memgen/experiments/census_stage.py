@@ -244,8 +244,10 @@ def figure_data(rows) -> dict:
 
 def peak_line(table: CensusTable) -> str:
     """The printed summary: per radius fraction, the largest spurious endpoint mass across
-    K, its K and radius, its clusters and the null's spurious mass in the same row."""
+    K, its K and radius, its clusters, the null's spurious mass in the same row and the
+    spurious endpoints' precision beside the held-out one (on the data, where given)."""
     data = figure_data(table.rows)
+    by_row = {(int(r["K"]), float(r["fraction"])): r for r in table.rows}
     parts = []
     for j, f in enumerate(data["fractions"]):
         spurious = data["mass"][:, j, 1]
@@ -253,7 +255,11 @@ def peak_line(table: CensusTable) -> str:
         if not spurious[i] > 0:
             parts.append(f"f={f:g}: none")
             continue
+        row = by_row[data["Ks"][i], f]
+        quality = (f", precision {float(row['precision_spurious']):.2f} (held-out "
+                   f"{float(row['heldout_precision']):.2f})" if "precision_spurious" in row
+                   else "")
         parts.append(f"f={f:g}: {spurious[i]:.3f} at K={data['Ks'][i]} "
                      f"(r={data['radius'][i, j]:.3g}, {int(data['n_spurious'][i, j])} "
-                     f"clusters, null {data['null'][i, j]:.3f})")
+                     f"clusters, null {data['null'][i, j]:.3f}{quality})")
     return "census, peak spurious endpoint mass by radius: " + "; ".join(parts)

@@ -87,5 +87,7 @@ def census_caption(analysis: dict) -> str:
             "where fewer: census.csv's null_n_points), clustered the same way at the same r, "
             "which also set r. A spurious "
             "mass is a finding only above the null of its own column and K; the numbers "
-            "move with r, so read every column (census.csv; each attractor's two nearest "
-            "training images and its place between them: census_spurious.csv).")
+            "move with r, so read every column (census.csv, with each kind's precision: the "
+            "share of its endpoints on the held-out manifold, beside the held-out images' "
+            "own; each spurious attractor's two nearest training images and its place "
+            "between them: census_spurious.csv).")
