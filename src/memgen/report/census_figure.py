@@ -30,8 +30,8 @@ def plot_census(Ks: Sequence[int], fractions: Sequence[float], mass: np.ndarray,
     top = max(float(np.nanmax(np.concatenate([mass[..., 1].ravel(), null.ravel()]))), 1e-3)
     for j, f in enumerate(fractions):
         _stacked(axes[0, j], x, mass[:, j])
-        r = radius[:, j]
-        axes[0, j].set_title(f"f = {f:g}\nr = {np.nanmin(r):.3g}–{np.nanmax(r):.3g}", fontsize=9)
+        lo, hi = f"{np.nanmin(radius[:, j]):.3g}", f"{np.nanmax(radius[:, j]):.3g}"
+        axes[0, j].set_title(f"f = {f:g}\nr = {lo}" + (f"–{hi}" if hi != lo else ""), fontsize=9)
         _spurious(axes[1, j], x, mass[:, j, 1], null[:, j], n_spurious[:, j], top)
         for ax in axes[:, j]:
             ax.set_xticks(x, [str(K) for K in Ks], fontsize=7)
