@@ -242,12 +242,21 @@ def test_bad_values_are_one_line_errors(tiny, override):
     assert message.startswith(BAD[override]) and "\n" not in message
 
 
-def test_vp_steps_beyond_the_ladder_and_a_source_without_analyses(tiny):
+def test_vp_steps_beyond_the_ladder_are_refused(tiny):
     with pytest.raises(UserError, match=r"^analysis.census_steps: steps must be an integer "
                                         r"in \[1, 1000\], got 1001$"):
         load_config(tiny, ["model.schedule=vp", "analysis.census_steps=1001"])
-    with pytest.raises(UserError, match="model.kind = checkpoints: analysis and "):
-        load_config(tiny, ["model.kind=checkpoints", "model.path=x", "data.split=reference"])
+
+
+def test_every_sweep_source_gets_a_census(tiny, tmp_path):
+    """The census samples the model the generate stage samples (the source's sweep_model),
+    so it runs where the other analyses do not: a training-free generalizer (the optimal
+    Gaussian denoiser, analysable = False), and the authors' checkpoints are accepted."""
+    config = load_config(tiny, ["model.kind=gaussian", "Ks=[5]"])
+    (K5,) = run_sweep(config, tmp_path / "run", progress=False).results
+    assert K5.census_folder is not None
+    assert len(_csv(tmp_path / "run" / "census.csv")) == len(FRACTIONS)
+    load_config(tiny, ["model.kind=checkpoints", "model.path=x", "data.split=reference"])
 
 
 def test_the_cli_refuses_before_any_work(tiny, tmp_path):

@@ -22,6 +22,11 @@ options stay at their defaults, where a ``SamplerSpec`` is deterministic); the c
 holds the endpoints' key, the fractions and the held-out set's content. So new radii reuse
 the endpoints, and nothing else than these settings reruns either stage.
 
+Which models: every model.kind. The endpoints are drawn from the model the generate stage
+samples (the source's ``sweep_model``: a trained state, the exact denoiser of S_K, a
+training-free generalizer, the authors' K.pt), so the census, unlike the analyses that need
+memgen's own models (``Source.analysable``), runs on all of them.
+
 Which states: the final state of each K only, as the other analyses (basins, curvature):
 the census describes the model the sweep reports, and M endpoints per snapshot would
 multiply its cost (the main job: about 30 s per K and state on one core) by the number of

@@ -456,7 +456,7 @@ def _check_checkpoints(config: SweepConfig) -> None:
                         + ", ".join(sweep_field_users("path")))
     source.check_split(split_rule(config))
     a = config.analysis
-    if not source.analysable and (a.basins or a.curvature or a.landscape or a.census
+    if not source.analysable and (a.basins or a.curvature or a.landscape
                                   or config.train.snapshots):
         raise UserError(f"model.kind = {m.kind}: analysis and train.snapshots are for "
                         "memgen's own models")
