@@ -165,7 +165,8 @@ def test_a_sweep_stage_redraws_shards_of_an_earlier_memgen(tmp_path):
     (["sample.steps=1"], "a VE ladder needs at least 2 steps"),
     (["model.kind=network", "model.preset=toy-mlp", "data.name=digits"],
      "data.name = digits: the data are 1×8×8 images but preset toy-mlp takes "
-     "2-dimensional vectors (presets that fit: digits-8)"),
+     "2-dimensional vectors (presets that fit: digits-8, "
+     "digits-8-w8, digits-8-w64)"),
     (["model.kind=network", "model.preset=digits-8"],
      "the data are 2-dimensional vectors but preset digits-8 takes 1×8×8 images"),
 ])
