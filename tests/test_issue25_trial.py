@@ -3,6 +3,7 @@ silently wrong number."""
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 
 from memgen.cli.main import cli
@@ -27,3 +28,24 @@ def test_census_refuses_a_radius_it_cannot_set_before_sampling(tmp_path, case):
                                       "--out", str(out), "-q"])
     assert result.exit_code == 1, result.output
     assert "radius" in result.output and not out.exists()
+
+
+def test_r2_against_a_constant_reference_is_undefined_not_minus_infinity():
+    """A reference whose outputs do not vary (one training image): r² = 1 − err / 0 is
+    NaN, except 1 where the model matches it exactly; a varying reference is unchanged."""
+    from memgen.probes.r2 import r2_scores
+    b = torch.ones(5, 3) * torch.tensor([0.5, -0.2, 0.1])  # every output the same image
+    assert r2_scores(b.clone(), b) == (1.0, 1.0)
+    pooled, median = r2_scores(b + 0.1, b)
+    assert np.isnan(pooled) and median == pytest.approx(1 - 0.03 / (0.74 / 3), rel=1e-6)
+    v = torch.arange(6.0).reshape(3, 2)  # a = 0.5 b: 1 − 0.25 Σ‖b‖² / Σ‖b − b̄‖²
+    assert r2_scores(0.5 * v, v)[0] == pytest.approx(1 - 0.25 * 55 / 16)
+
+
+def test_cli_r2_of_the_exact_denoiser_of_one_image_against_itself_is_one(tmp_path):
+    train, held = _sets(tmp_path, np.random.default_rng(1).uniform(-1, 1, (1, 1, 4, 4)))
+    result = CliRunner().invoke(cli, ["r2", "--exact", train, "--train", train, "--heldout",
+                                      held, "--sigma", "0.1"])
+    assert result.exit_code == 0, result.output
+    exact = next(line for line in result.output.splitlines() if " exact " in line)
+    assert exact.split()[2:4] == ["1.0000", "1.0000"] and "inf" not in result.output

@@ -85,6 +85,8 @@ def r2(model: ModelFlags, shape, schedule, train_path, heldout, sigmas, n, seed,
     click.echo("sigma  reference  r2  median_r2  n")
     for name, row in rows:
         click.echo(f"{row.sigma:<6g} {name:<9}  {row.r2:.4f}  {row.median_r2:.4f}  {row.n}")
+    if any(row.r2 != row.r2 or row.median_r2 != row.median_r2 for _, row in rows):
+        click.echo("nan: the reference's outputs do not vary over the inputs (r² undefined)")
     if out:
         with atomic_file(out) as tmp, open(tmp, "w", newline="") as f:
             writer = csv.writer(f)
