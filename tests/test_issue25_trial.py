@@ -49,3 +49,17 @@ def test_cli_r2_of_the_exact_denoiser_of_one_image_against_itself_is_one(tmp_pat
     assert result.exit_code == 0, result.output
     exact = next(line for line in result.output.splitlines() if " exact " in line)
     assert exact.split()[2:4] == ["1.0000", "1.0000"] and "inf" not in result.output
+
+
+def test_a_base_config_of_one_training_free_kind_turns_into_another_with_null():
+    """configs/spurious-cpu.yaml sets model.smoothing; --set model.kind=gaussian alone is
+    refused (the key would have no effect) and model.smoothing=null unsets it."""
+    from memgen.errors import UserError
+    from memgen.experiments.config import load_config
+    with pytest.raises(UserError, match=r"model.smoothing: has no effect .*=null\)"):
+        load_config("configs/spurious-cpu.yaml", ["model.kind=gaussian"])
+    config = load_config("configs/spurious-cpu.yaml", ["model.kind=els", "model.smoothing=null",
+                                                       "model.patch=5"])
+    assert (config.model.kind, config.model.patch, config.model.smoothing) == ("els", 5, 0.1)
+    again = load_config("configs/spurious-cpu.yaml", ["model.smoothing=null"])
+    assert again.model.smoothing == 0.1  # unset: the default s
