@@ -63,3 +63,14 @@ def test_a_base_config_of_one_training_free_kind_turns_into_another_with_null():
     assert (config.model.kind, config.model.patch, config.model.smoothing) == ("els", 5, 0.1)
     again = load_config("configs/spurious-cpu.yaml", ["model.smoothing=null"])
     assert again.model.smoothing == 0.1  # unset: the default s
+
+
+@pytest.mark.parametrize("option", [["--patch", "4"], ["--smoothing", "-1"]])
+def test_r2_refuses_a_bad_reference_parameter_the_user_gave(tmp_path, option):
+    """A --patch or --smoothing of one's own that the reference refuses is an error (it
+    was skipped with exit status 0, the row silently missing)."""
+    train, held = _sets(tmp_path, np.random.default_rng(1).uniform(-1, 1, (3, 1, 4, 4)))
+    result = CliRunner().invoke(cli, ["r2", "--exact", train, "--train", train, "--heldout",
+                                      held, "--sigma", "0.1", *option])
+    assert result.exit_code == 1 and option[0] in result.output
+    assert "skipped" not in result.output and "sigma" not in result.output

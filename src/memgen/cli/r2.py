@@ -78,6 +78,8 @@ def r2(model: ModelFlags, shape, schedule, train_path, heldout, sigmas, n, seed,
             refs[name] = load_denoiser(**{name: (train, given) if own else train},
                                        device=device).denoiser
         except UserError as err:  # a reference these data do not fit (ELS: images only)
+            if given:  # --patch 4, --smoothing -1: the user's own value is wrong
+                raise
             click.echo(f"{name}: skipped ({err})")
     x = torch.from_numpy(held).to(device)
     rows = compare(loaded.denoiser, refs, x, sigmas, torch.Generator().manual_seed(seed),
