@@ -74,3 +74,16 @@ def test_r2_refuses_a_bad_reference_parameter_the_user_gave(tmp_path, option):
                                       held, "--sigma", "0.1", *option])
     assert result.exit_code == 1 and option[0] in result.output
     assert "skipped" not in result.output and "sigma" not in result.output
+
+
+@pytest.mark.parametrize("command", ["r2", "census"])
+def test_a_repeated_sigma_or_radius_fraction_is_refused(tmp_path, command):
+    """memgen r2 --sigma 0.1 0.1 printed two different r² for one σ (a fresh noise draw
+    each); census --radius-fraction 0.2 0.2 two rows (the sweep refuses it already)."""
+    train, held = _sets(tmp_path, np.random.default_rng(1).uniform(-1, 1, (3, 1, 4, 4)))
+    args = (["r2", "--train", train, "--sigma", "0.1", "0.1"] if command == "r2" else
+            ["census", "--n", "4", "--steps", "5", "--radius-fraction", "0.2", "0.2",
+             "--out", str(tmp_path / "census")])
+    result = CliRunner().invoke(cli, [*args, "--exact", train, "--heldout", held])
+    assert result.exit_code == 1 and "only once" in result.output, result.output
+    assert not (tmp_path / "census").exists()

@@ -57,6 +57,8 @@ def r2(model: ModelFlags, shape, schedule, train_path, heldout, sigmas, n, seed,
     their defaults); any model source may be compared, a training-free one too."""
     if not all(s > 0 for s in sigmas):
         raise UserError(f"--sigma: noise levels must be positive, got {list(sigmas)}")
+    if len(set(sigmas)) != len(sigmas):  # each σ draws its own noise: two rows, two values
+        raise UserError(f"--sigma: each noise level may appear only once, got {list(sigmas)}")
     if out and not overwrite and Path(out).exists():
         raise UserError(f"--out: {out} exists; pass --overwrite to replace it")
     model.one(parameters_elsewhere=True)  # --smoothing, … build the references too
