@@ -1,6 +1,7 @@
 """Issue #25, a new user's odd inputs: each bad input refused before any work, and no
 silently wrong number."""
 
+import click
 import numpy as np
 import pytest
 import torch
@@ -87,3 +88,11 @@ def test_a_repeated_sigma_or_radius_fraction_is_refused(tmp_path, command):
     result = CliRunner().invoke(cli, [*args, "--exact", train, "--heldout", held])
     assert result.exit_code == 1 and "only once" in result.output, result.output
     assert not (tmp_path / "census").exists()
+
+
+@pytest.mark.parametrize("command", ["generate", "census"])
+def test_schedule_help_names_the_training_free_sources_that_read_it(command):
+    """--schedule acts on --smoothed/--els/--gaussian too (the help said --exact only)."""
+    ctx = click.Context(cli)
+    option = next(p for p in cli.get_command(ctx, command).params if p.name == "schedule")
+    assert all(flag in option.help for flag in ("--exact", "--smoothed", "--els", "--gaussian"))

@@ -29,7 +29,8 @@ from memgen.probes.census import (ENDPOINTS, KINDS, CensusRun, census_at_radii, 
 @click.command(cls=LiveCommand)
 @model_source_options(
     shape_help="C H W of the samples (--torchscript/--diffusers; others record theirs).",
-    schedule_help="Noise schedule for --exact (the other sources carry their own).")
+    schedule_help="Noise schedule for --exact, --smoothed, --els and --gaussian (the "
+                  "other sources carry their own).")
 @click.option("--n", type=click.IntRange(min=2), required=True,
               help="Endpoints M: seeded noises carried down a deterministic ladder.")
 @click.option("--sampler", type=RegistryChoice(SAMPLERS), default="ddim", show_default=True,
