@@ -96,3 +96,21 @@ def test_schedule_help_names_the_training_free_sources_that_read_it(command):
     ctx = click.Context(cli)
     option = next(p for p in cli.get_command(ctx, command).params if p.name == "schedule")
     assert all(flag in option.help for flag in ("--exact", "--smoothed", "--els", "--gaussian"))
+
+
+@pytest.mark.parametrize("args", [["--smoothed", "TRAIN", "--smoothing", "inf"],
+                                  ["--exact", "TRAIN", "--sigma", "inf"]])
+def test_r2_refuses_an_infinite_smoothing_or_sigma(tmp_path, args):
+    """Both made every output NaN: a table of nan, exit status 0."""
+    train, held = _sets(tmp_path, np.random.default_rng(1).uniform(-1, 1, (3, 1, 4, 4)))
+    args = [train if a == "TRAIN" else a for a in args]
+    sigma = [] if "--sigma" in args else ["--sigma", "0.1"]
+    result = CliRunner().invoke(cli, ["r2", *args, *sigma, "--train", train, "--heldout", held])
+    assert result.exit_code == 1 and "finite" in result.output, result.output
+
+
+def test_sweep_refuses_an_infinite_smoothing():
+    from memgen.errors import UserError
+    from memgen.experiments.config import load_config
+    with pytest.raises(UserError, match="model.smoothing: must be finite"):
+        load_config("configs/spurious-cpu.yaml", ["model.smoothing=.inf"])

@@ -55,8 +55,8 @@ def r2(model: ModelFlags, shape, schedule, train_path, heldout, sigmas, n, seed,
 
     The references are built with the --smoothing, --patch and --equivariant given (else
     their defaults); any model source may be compared, a training-free one too."""
-    if not all(s > 0 for s in sigmas):
-        raise UserError(f"--sigma: noise levels must be positive, got {list(sigmas)}")
+    if not all(0 < s < float("inf") for s in sigmas):
+        raise UserError(f"--sigma: noise levels must be positive and finite, got {list(sigmas)}")
     if len(set(sigmas)) != len(sigmas):  # each σ draws its own noise: two rows, two values
         raise UserError(f"--sigma: each noise level may appear only once, got {list(sigmas)}")
     if out and not overwrite and Path(out).exists():
