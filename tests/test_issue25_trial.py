@@ -114,3 +114,13 @@ def test_sweep_refuses_an_infinite_smoothing():
     from memgen.experiments.config import load_config
     with pytest.raises(UserError, match="model.smoothing: must be finite"):
         load_config("configs/spurious-cpu.yaml", ["model.smoothing=.inf"])
+
+
+def test_r2_will_not_write_its_table_over_an_input(tmp_path):
+    """--out T.npz --overwrite replaced the training set with the CSV."""
+    train, held = _sets(tmp_path, np.random.default_rng(1).uniform(-1, 1, (3, 1, 4, 4)))
+    before = (tmp_path / "train.npz").read_bytes()
+    result = CliRunner().invoke(cli, ["r2", "--exact", train, "--train", train, "--heldout",
+                                      held, "--sigma", "0.1", "--out", train, "--overwrite"])
+    assert result.exit_code == 1 and "one of the inputs" in result.output
+    assert (tmp_path / "train.npz").read_bytes() == before

@@ -61,6 +61,10 @@ def r2(model: ModelFlags, shape, schedule, train_path, heldout, sigmas, n, seed,
         raise UserError(f"--sigma: each noise level may appear only once, got {list(sigmas)}")
     if out and not overwrite and Path(out).exists():
         raise UserError(f"--out: {out} exists; pass --overwrite to replace it")
+    inputs = [train_path, heldout, *model.paths.values()]
+    if out and Path(out).exists() and any(Path(out).samefile(p) for p in inputs
+                                          if p and Path(p).exists()):
+        raise UserError(f"--out: {out} is one of the inputs; write the table elsewhere")
     model.one(parameters_elsewhere=True)  # --smoothing, … build the references too
     ranges = input_ranges(input_range, ("train", "heldout"))
     loaded = model_from_options(model.paths, shape=shape, schedule=schedule, device=device,
