@@ -124,3 +124,12 @@ def test_r2_will_not_write_its_table_over_an_input(tmp_path):
                                       held, "--sigma", "0.1", "--out", train, "--overwrite"])
     assert result.exit_code == 1 and "one of the inputs" in result.output
     assert (tmp_path / "train.npz").read_bytes() == before
+
+
+@pytest.mark.parametrize("size", ["0", "-2"])
+def test_r2_refuses_a_batch_size_below_one(tmp_path, size):
+    """It was an internal error (range() step 0; torch.cat of nothing)."""
+    train, held = _sets(tmp_path, np.random.default_rng(1).uniform(-1, 1, (3, 1, 4, 4)))
+    result = CliRunner().invoke(cli, ["r2", "--exact", train, "--train", train, "--heldout",
+                                      held, "--sigma", "0.1", "--batch-size", size])
+    assert result.exit_code == 2 and "--batch-size" in result.output, result.output

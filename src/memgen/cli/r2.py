@@ -43,7 +43,7 @@ def references() -> list[str]:
 @click.option("--n", type=click.IntRange(min=2), default=None,
               help="The first N held-out images [all].")
 @click.option("--seed", type=SEED, default=0, show_default=True)
-@click.option("--batch-size", type=int, default=256, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 @input_range_option(("train", "heldout"))
 @device_option
 @click.option("--out", type=click.Path(dir_okay=False), help="Also write the table as CSV.")
