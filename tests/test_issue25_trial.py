@@ -133,3 +133,12 @@ def test_r2_refuses_a_batch_size_below_one(tmp_path, size):
     result = CliRunner().invoke(cli, ["r2", "--exact", train, "--train", train, "--heldout",
                                       held, "--sigma", "0.1", "--batch-size", size])
     assert result.exit_code == 2 and "--batch-size" in result.output, result.output
+
+
+def test_r2_refuses_a_single_heldout_image(tmp_path):
+    """One image: the pooled r² has no spread to divide by (--n refuses 1 already)."""
+    train, _ = _sets(tmp_path, np.random.default_rng(1).uniform(-1, 1, (3, 1, 4, 4)))
+    np.savez(tmp_path / "one.npz", samples=np.zeros((1, 1, 4, 4), np.float32))
+    result = CliRunner().invoke(cli, ["r2", "--exact", train, "--train", train, "--heldout",
+                                      str(tmp_path / "one.npz"), "--sigma", "0.1"])
+    assert result.exit_code == 1 and "at least 2 images" in result.output, result.output

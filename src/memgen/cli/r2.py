@@ -72,6 +72,8 @@ def r2(model: ModelFlags, shape, schedule, train_path, heldout, sigmas, n, seed,
                                 parameters=model.parameters)
     train = load_samples(train_path, "--train", ranges.get("train"))
     held = load_samples(heldout, "--heldout", ranges.get("heldout"))[:n]
+    if len(held) < 2:  # the pooled r² divides by the spread of the outputs over images
+        raise UserError(f"--heldout: r² needs at least 2 images, {heldout} holds {len(held)}")
     for name, data in (("--train", train), ("--heldout", held)):
         if data.shape[1:] != tuple(loaded.shape):
             raise UserError(f"{name} holds samples of shape {data.shape[1:]} but the model "
