@@ -30,6 +30,19 @@ def references() -> list[str]:
     return [name for name, source in SOURCES.items() if source.training_set]
 
 
+def _check_arguments(sigmas, out, overwrite, inputs) -> None:
+    """--sigma and --out, before any work: one-line UserErrors."""
+    if not all(0 < s < float("inf") for s in sigmas):
+        raise UserError(f"--sigma: noise levels must be positive and finite, got {list(sigmas)}")
+    if len(set(sigmas)) != len(sigmas):  # each σ draws its own noise: two rows, two values
+        raise UserError(f"--sigma: each noise level may appear only once, got {list(sigmas)}")
+    if out and not overwrite and Path(out).exists():
+        raise UserError(f"--out: {out} exists; pass --overwrite to replace it")
+    if out and Path(out).exists() and any(Path(out).samefile(p) for p in inputs
+                                          if p and Path(p).exists()):
+        raise UserError(f"--out: {out} is one of the inputs; write the table elsewhere")
+
+
 @click.command(cls=LiveCommand)
 @model_source_options(
     shape_help="C H W of the samples (--torchscript/--diffusers; others record theirs).",
@@ -55,16 +68,7 @@ def r2(model: ModelFlags, shape, schedule, train_path, heldout, sigmas, n, seed,
 
     The references are built with the --smoothing, --patch and --equivariant given (else
     their defaults); any model source may be compared, a training-free one too."""
-    if not all(0 < s < float("inf") for s in sigmas):
-        raise UserError(f"--sigma: noise levels must be positive and finite, got {list(sigmas)}")
-    if len(set(sigmas)) != len(sigmas):  # each σ draws its own noise: two rows, two values
-        raise UserError(f"--sigma: each noise level may appear only once, got {list(sigmas)}")
-    if out and not overwrite and Path(out).exists():
-        raise UserError(f"--out: {out} exists; pass --overwrite to replace it")
-    inputs = [train_path, heldout, *model.paths.values()]
-    if out and Path(out).exists() and any(Path(out).samefile(p) for p in inputs
-                                          if p and Path(p).exists()):
-        raise UserError(f"--out: {out} is one of the inputs; write the table elsewhere")
+    _check_arguments(sigmas, out, overwrite, [train_path, heldout, *model.paths.values()])
     model.one(parameters_elsewhere=True)  # --smoothing, … build the references too
     ranges = input_ranges(input_range, ("train", "heldout"))
     loaded = model_from_options(model.paths, shape=shape, schedule=schedule, device=device,
