@@ -22,13 +22,15 @@ from memgen.diffusion.samplers import SAMPLERS, sampler_spec
 from memgen.errors import UserError
 from memgen.io import atomic_file, claim_output_dir, load_samples
 from memgen.provenance import file_record, gather
-from memgen.probes.census import ENDPOINTS, KINDS, CensusRun, census_at_radii, write_census
+from memgen.probes.census import (ENDPOINTS, KINDS, CensusRun, census_at_radii, radius_rules,
+                                  write_census)
 
 
 @click.command(cls=LiveCommand)
 @model_source_options(
     shape_help="C H W of the samples (--torchscript/--diffusers; others record theirs).",
-    schedule_help="Noise schedule for --exact (the other sources carry their own).")
+    schedule_help="Noise schedule for --exact, --smoothed, --els and --gaussian (the "
+                  "other sources carry their own).")
 @click.option("--n", type=click.IntRange(min=2), required=True,
               help="Endpoints M: seeded noises carried down a deterministic ladder.")
 @click.option("--sampler", type=RegistryChoice(SAMPLERS), default="ddim", show_default=True,
@@ -79,6 +81,7 @@ def census(model: ModelFlags, shape, schedule, n, sampler, steps, fractions, hel
                             seed=name_seed(ENDPOINTS) if seed is None else seed,
                             name=ENDPOINTS, clip=len(loaded.shape) == 3)
     sampling_ladder(loaded.schedule, config)  # what the ladder refuses, before --out exists
+    radius_rules(train, held, fractions)  # bad fractions, held-out copies: before sampling
     folder = claim_output_dir(out, "census", overwrite)
     merged = generate_set(loaded.denoiser, loaded.shape, loaded.schedule, config, folder,
                           device=device, progress=show_progress(), source=loaded.source,

@@ -190,7 +190,8 @@ sampler_option_flags = OptionSlot(
 @click.command(cls=_GenerateCommand)
 @model_source_options(
     shape_help="C H W of the samples (--torchscript/--diffusers; others record theirs).",
-    schedule_help="Noise schedule for --exact (the other sources carry their own).")
+    schedule_help="Noise schedule for --exact, --smoothed, --els and --gaussian (the "
+                  "other sources carry their own).")
 @click.option("--n", type=int, required=True, help="Number of samples.")
 @click.option("--sampler", type=RegistryChoice(SAMPLERS), default=None,
               help="[ddpm for VP models, euler_maruyama for VE]")

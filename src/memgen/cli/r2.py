@@ -30,6 +30,19 @@ def references() -> list[str]:
     return [name for name, source in SOURCES.items() if source.training_set]
 
 
+def _check_arguments(sigmas, out, overwrite, inputs) -> None:
+    """--sigma and --out, before any work: one-line UserErrors."""
+    if not all(0 < s < float("inf") for s in sigmas):
+        raise UserError(f"--sigma: noise levels must be positive and finite, got {list(sigmas)}")
+    if len(set(sigmas)) != len(sigmas):  # each σ draws its own noise: two rows, two values
+        raise UserError(f"--sigma: each noise level may appear only once, got {list(sigmas)}")
+    if out and not overwrite and Path(out).exists():
+        raise UserError(f"--out: {out} exists; pass --overwrite to replace it")
+    if out and Path(out).exists() and any(Path(out).samefile(p) for p in inputs
+                                          if p and Path(p).exists()):
+        raise UserError(f"--out: {out} is one of the inputs; write the table elsewhere")
+
+
 @click.command(cls=LiveCommand)
 @model_source_options(
     shape_help="C H W of the samples (--torchscript/--diffusers; others record theirs).",
@@ -43,7 +56,7 @@ def references() -> list[str]:
 @click.option("--n", type=click.IntRange(min=2), default=None,
               help="The first N held-out images [all].")
 @click.option("--seed", type=SEED, default=0, show_default=True)
-@click.option("--batch-size", type=int, default=256, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 @input_range_option(("train", "heldout"))
 @device_option
 @click.option("--out", type=click.Path(dir_okay=False), help="Also write the table as CSV.")
@@ -55,10 +68,7 @@ def r2(model: ModelFlags, shape, schedule, train_path, heldout, sigmas, n, seed,
 
     The references are built with the --smoothing, --patch and --equivariant given (else
     their defaults); any model source may be compared, a training-free one too."""
-    if not all(s > 0 for s in sigmas):
-        raise UserError(f"--sigma: noise levels must be positive, got {list(sigmas)}")
-    if out and not overwrite and Path(out).exists():
-        raise UserError(f"--out: {out} exists; pass --overwrite to replace it")
+    _check_arguments(sigmas, out, overwrite, [train_path, heldout, *model.paths.values()])
     model.one(parameters_elsewhere=True)  # --smoothing, … build the references too
     ranges = input_ranges(input_range, ("train", "heldout"))
     loaded = model_from_options(model.paths, shape=shape, schedule=schedule, device=device,
@@ -66,6 +76,8 @@ def r2(model: ModelFlags, shape, schedule, train_path, heldout, sigmas, n, seed,
                                 parameters=model.parameters)
     train = load_samples(train_path, "--train", ranges.get("train"))
     held = load_samples(heldout, "--heldout", ranges.get("heldout"))[:n]
+    if len(held) < 2:  # the pooled r² divides by the spread of the outputs over images
+        raise UserError(f"--heldout: r² needs at least 2 images, {heldout} holds {len(held)}")
     for name, data in (("--train", train), ("--heldout", held)):
         if data.shape[1:] != tuple(loaded.shape):
             raise UserError(f"{name} holds samples of shape {data.shape[1:]} but the model "
@@ -78,6 +90,8 @@ def r2(model: ModelFlags, shape, schedule, train_path, heldout, sigmas, n, seed,
             refs[name] = load_denoiser(**{name: (train, given) if own else train},
                                        device=device).denoiser
         except UserError as err:  # a reference these data do not fit (ELS: images only)
+            if given:  # --patch 4, --smoothing -1: the user's own value is wrong
+                raise
             click.echo(f"{name}: skipped ({err})")
     x = torch.from_numpy(held).to(device)
     rows = compare(loaded.denoiser, refs, x, sigmas, torch.Generator().manual_seed(seed),
@@ -85,6 +99,8 @@ def r2(model: ModelFlags, shape, schedule, train_path, heldout, sigmas, n, seed,
     click.echo("sigma  reference  r2  median_r2  n")
     for name, row in rows:
         click.echo(f"{row.sigma:<6g} {name:<9}  {row.r2:.4f}  {row.median_r2:.4f}  {row.n}")
+    if any(row.r2 != row.r2 or row.median_r2 != row.median_r2 for _, row in rows):
+        click.echo("nan: the reference's outputs do not vary over the inputs (r² undefined)")
     if out:
         with atomic_file(out) as tmp, open(tmp, "w", newline="") as f:
             writer = csv.writer(f)

@@ -65,8 +65,8 @@ class SmoothedDenoiser:
 
     def __init__(self, patterns: torch.Tensor, smoothing: float, draws: int = SMOOTHING_DRAWS,
                  seed: int = SMOOTHING_SEED, memory_budget: int = DEFAULT_MEMORY_BUDGET):
-        if not smoothing >= 0:
-            raise UserError(f"smoothing must be at least 0, got {smoothing}")
+        if not 0 <= smoothing < float("inf"):
+            raise UserError(f"smoothing must be finite and at least 0, got {smoothing}")
         self.exact = EmpiricalDenoiser(patterns, memory_budget)
         self.smoothing = float(smoothing)
         gen = torch.Generator().manual_seed(seed)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar
@@ -124,6 +125,8 @@ class SmoothedSource(AnalyticSource):
     def check_settings(self, settings, where) -> None:
         if not settings["smoothing"] >= 0:
             raise UserError(f"{where}smoothing: {settings['smoothing']!r} must be at least 0")
+        if settings["smoothing"] == math.inf:  # every output NaN
+            raise UserError(f"{where}smoothing: must be finite, got {settings['smoothing']!r}")
 
     def denoiser(self, patterns, settings) -> Denoiser:
         return SmoothedDenoiser(patterns, settings["smoothing"])

@@ -188,10 +188,21 @@ def load_config(path: str | Path, overrides: typing.Sequence[str] = (),
     """
     raw = read_tree(path, overrides, extra, SweepConfig)
     raw.setdefault("measure", {}).setdefault("rule", None)  # unset: the protocol's rule
+    _unset_null_parameters(raw)
     config = structured(SweepConfig, raw)
     check(config)
     check_effect(config, raw)
     return config
+
+
+def _unset_null_parameters(raw: dict) -> None:
+    """model.smoothing=null (patch, equivariant): the key unset, as if never written, so
+    that ``--set model.kind=...`` can turn a base config of one training-free kind into
+    another kind (check_effect refuses a parameter the new kind does not read)."""
+    model = raw.get("model")
+    for key in parameter_specs() if isinstance(model, dict) else ():
+        if key in model and model[key] is None:
+            del model[key]
 
 
 def check(config: SweepConfig) -> None:
@@ -345,7 +356,8 @@ def check_effect(config: SweepConfig, tree: dict) -> None:
     for key, (_, readers) in parameter_specs().items():
         if model.get(key) is not None and source not in readers:
             raise UserError(f"model.{key}: has no effect with model.kind = {kind}; it is for "
-                            f"model.kind = {', '.join(s.sweep_kind for s in readers)}")
+                            f"model.kind = {', '.join(s.sweep_kind for s in readers)} "
+                            f"(remove it, or --set model.{key}=null)")
     _check_sampler_options(config.sample)
     if "clip_range" in sample and sample.get("clip_denoised") is False:
         raise UserError("sample.clip_range: has no effect with sample.clip_denoised: false")

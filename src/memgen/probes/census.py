@@ -93,11 +93,13 @@ def heldout_median(train, heldout) -> float:
 
 
 def radius_rules(train, heldout, fractions) -> tuple[RadiusRule, ...]:
-    """The rule for each fraction (> 0); UserError when the held-out images sit on the
-    training images (median 0: no radius can be set from them)."""
+    """The rule for each fraction (> 0, each once); UserError when the held-out images sit
+    on the training images (median 0: no radius can be set from them)."""
     fractions = [float(f) for f in fractions]
     if not fractions or not all(f > 0 for f in fractions):
         raise UserError(f"give one or more positive radius fractions, got {fractions}")
+    if len(set(fractions)) != len(fractions):
+        raise UserError(f"each radius fraction may appear only once, got {fractions}")
     median = heldout_median(train, heldout)
     if not median > 0:
         raise UserError("the held-out images' median distance to the training set is 0 "

@@ -14,7 +14,9 @@ r² medians ≈ 0.94–0.96, so also
 
     r²_i = 1 − ‖a_i − b_i‖² / ‖b_i − mean(b_i)‖²,   mean(b_i): the mean of b_i's coordinates,
 
-and their median over i. Sums in float64.
+and their median over i. Sums in float64. Where the reference's outputs do not vary (a
+single training image, identical ones: the denominator is 0) r² is undefined: 1 if a = b,
+else NaN.
 
 Known answer (tests): a = c·b gives r² = 1 − (1 − c)² Σ‖b_i‖² / Σ‖b_i − b̄‖².
 """
@@ -41,9 +43,16 @@ def r2_scores(model_out: torch.Tensor, reference_out: torch.Tensor) -> tuple[flo
     """(pooled r², median per-image r²) of outputs (N, D) against a reference's (N, D)."""
     a, b = model_out.to(torch.float64), reference_out.to(torch.float64)
     err = (a - b).square().sum(1)  # (N,)
-    pooled = 1 - err.sum() / (b - b.mean(0)).square().sum()
-    per_image = 1 - err / (b - b.mean(1, keepdim=True)).square().sum(1)
+    pooled = _r2(err.sum(), (b - b.mean(0)).square().sum())
+    per_image = _r2(err, (b - b.mean(1, keepdim=True)).square().sum(1))
     return float(pooled), float(per_image.median())
+
+
+def _r2(err: torch.Tensor, spread: torch.Tensor) -> torch.Tensor:
+    """1 − err / spread; where the reference does not vary (spread 0) r² is undefined: 1
+    if the model matches it exactly, else NaN (not −∞)."""
+    undefined = torch.where(err == 0, 1.0, torch.nan).to(err.dtype)
+    return torch.where(spread > 0, 1 - err / spread, undefined)
 
 
 def denoiser_outputs(denoiser: Callable, x: torch.Tensor, sigma: float,
