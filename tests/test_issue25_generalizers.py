@@ -211,3 +211,29 @@ def test_r2_cli_builds_the_references_with_the_parameters_given(tmp_path):
         rows[smoothing] = table
     assert rows["0"]["smoothed"] == rows["0"]["exact"]
     assert rows[None]["smoothed"] != rows[None]["exact"]
+
+
+def test_smoothed_mean_approaches_its_expectation_with_many_draws():
+    """Two points y = ±1 (1-D), σ → 0: D_K is the sign step, so the expectation
+    E_ε[D_K(x + λε)] = 2Φ(x/λ) − 1 with λ = s(1 + σ); 20,000 antithetic pairs reach it
+    within 4 standard errors, 16 pairs leave D piecewise constant near the midpoint."""
+    train = torch.tensor([[-1.0], [1.0]], dtype=F64)
+    s, sigma = 0.5, 1e-3
+    x = torch.linspace(-0.6, 0.6, 13, dtype=F64)[:, None]
+    lam = s * (1 + sigma)
+    want = torch.erf(x / (lam * math.sqrt(2)))  # 2Φ(x/λ) − 1
+    many = SmoothedDenoiser(train, s, draws=20_000)(x, sigma)
+    assert torch.allclose(many, want, atol=4 / math.sqrt(40_000))
+    few = SmoothedDenoiser(train, s, draws=16)(x + 1e-4, sigma)
+    assert torch.equal(few, SmoothedDenoiser(train, s, draws=16)(x, sigma))  # steps of 1/16
+
+
+def test_draws_reach_the_smoothed_key_and_are_checked():
+    train = np.arange(32, dtype=np.float32).reshape(2, 1, 4, 4) / 32
+    keys = {d: train_key(train, load_config(TINY, ["model.kind=smoothed", f"model.draws={d}"]))
+            for d in (16, 64)}
+    assert keys[16] != keys[64]
+    with pytest.raises(UserError, match="model.draws: must be at least 1"):
+        load_config(TINY, ["model.kind=smoothed", "model.draws=0"])
+    with pytest.raises(UserError, match="model.draws: has no effect"):
+        load_config(TINY, ["model.kind=exact", "model.draws=4"])

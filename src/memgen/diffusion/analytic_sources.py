@@ -4,13 +4,15 @@ training set as the exact denoiser is, with its numbers (``SourceParameter``): t
 --smoothing, --patch, --equivariant and the sweep's model fields of the same names.
 
     name      model.kind  parameters (default)         denoiser
-    smoothed  smoothed    smoothing (0.1)              SmoothedDenoiser (Scarvelis et al.)
+    smoothed  smoothed    smoothing (0.1), draws (16)  SmoothedDenoiser (Scarvelis et al.)
     els       els         patch (3), equivariant (on)  ELSDenoiser (Kamb & Ganguli)
     gaussian  gaussian    —                            LinearDenoiser (S_K's mean, 1/K cov)
 
-The defaults are memgen's, not the papers': the smoothing is a number in the data's
-[-1, 1] units at σ = 0 (about a thirtieth of a held-out digit's distance to its nearest
-training digit); Kamb & Ganguli calibrate the patch against each network and time.
+The defaults are memgen's, not the papers': the smoothing s is a per-coordinate standard
+deviation in the data's [-1, 1] units at σ = 0, so the perturbation's length is about
+s√D (0.8 for s = 0.1 on 8×8 digits, 4 for s = 0.5, where held-out digits lie 2.0–5.4 from
+their nearest training digit); Kamb & Ganguli calibrate the patch against each network
+and time.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from typing import ClassVar
 
 import torch
 
-from memgen.diffusion.analytic import ELSDenoiser, LinearDenoiser, SmoothedDenoiser, check_els
+from memgen.diffusion.analytic import (SMOOTHING_DRAWS, ELSDenoiser, LinearDenoiser,
+                                      SmoothedDenoiser, check_els)
 from memgen.diffusion.denoisers import Denoiser
 from memgen.diffusion.identity import ModelSource, array_sha256
 from memgen.diffusion.source_base import LoadedModel, LoadOptions, Source, parse_schedule
@@ -116,10 +119,13 @@ class SmoothedSource(AnalyticSource):
     help = ("Use the smoothed closed-form denoiser of this training set (Scarvelis et al. "
             "2023; --smoothing).")
     title = "the smoothed closed-form denoiser"
-    parameters = (SourceParameter(
-        "smoothing", float, 0.1, "Smoothing s of --smoothed: D(x, σ) = E[D_K(x + s(1 + σ)ε, "
-        "σ)] (0: the exact denoiser) [0.1]."),)
-    model_fields = ("schedule", "smoothing")
+    parameters = (
+        SourceParameter("smoothing", float, 0.1, "Smoothing s of --smoothed: D(x, σ) = "
+                        "E[D_K(x + s(1 + σ)ε, σ)] (0: the exact denoiser) [0.1]."),
+        SourceParameter("draws", int, SMOOTHING_DRAWS, "Antithetic pairs of fixed draws ε in "
+                        "--smoothed's Monte-Carlo mean: few make D piecewise constant in x, "
+                        f"many approach the expectation [{SMOOTHING_DRAWS}]."))
+    model_fields = ("schedule", "smoothing", "draws")
     no_network = "the smoothed closed-form denoiser is not a network"
 
     def check_settings(self, settings, where) -> None:
@@ -127,9 +133,11 @@ class SmoothedSource(AnalyticSource):
             raise UserError(f"{where}smoothing: {settings['smoothing']!r} must be at least 0")
         if settings["smoothing"] == math.inf:  # every output NaN
             raise UserError(f"{where}smoothing: must be finite, got {settings['smoothing']!r}")
+        if settings["draws"] < 1:
+            raise UserError(f"{where}draws: must be at least 1, got {settings['draws']}")
 
     def denoiser(self, patterns, settings) -> Denoiser:
-        return SmoothedDenoiser(patterns, settings["smoothing"])
+        return SmoothedDenoiser(patterns, settings["smoothing"], draws=settings["draws"])
 
 
 class ELSSource(AnalyticSource):

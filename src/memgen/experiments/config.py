@@ -68,6 +68,7 @@ class ModelConfig:
     # default is its SourceParameter's): kind = smoothed: the smoothing s ≥ 0; kind = els:
     # the patch size (odd) and translation equivariance
     smoothing: float = 0.1
+    draws: int = 16  # kind = smoothed: antithetic pairs of draws in its Monte-Carlo mean
     patch: int = 3
     equivariant: bool = True
 
