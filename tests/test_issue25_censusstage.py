@@ -117,8 +117,22 @@ def test_outputs_figure_report_and_printed_peak(swept):
     line = next(line for line in output.splitlines() if line.startswith("census, peak"))
     if float(peak["mass_spurious"]) > 0:
         assert f"f=0.3: {float(peak['mass_spurious']):.3f} at K={peak['K']}" in line
+        part = line.split("f=0.3: ")[1].split(";")[0]
+        assert f"of {peak['null_n_points']} held-out" in part
+        below = float(peak["mass_spurious"]) <= float(peak["null_mass_spurious"])
+        assert ("not above its null" in part) == below
     else:
         assert "f=0.3: none" in line
+
+
+def test_the_printed_peak_says_when_it_is_not_above_its_null():
+    """A peak at or below the held-out null is named so (the trial's Gaussian on the toy
+    printed "0.040 … null 0.930" as a peak)."""
+    rows = [{"K": 2, "steps": 10, "fraction": 0.1, "radius": 0.5, "n_spurious": 3,
+             "mass_memorized": 0.0, "mass_spurious": 0.04, "mass_singleton": 0.96,
+             "null_mass_spurious": 0.93, "null_n_points": 40, "heldout_median": 5.0}]
+    line = census_stage.peak_line(census_stage.CensusTable(tuple(rows), (), ()))
+    assert "f=0.1: 0.040 at K=2" in line and "null 0.930 of 40 held-out, not above" in line
 
 
 def _count(monkeypatch) -> dict[str, int]:

@@ -249,7 +249,8 @@ def figure_data(rows) -> dict:
 
 def peak_line(table: CensusTable) -> str:
     """The printed summary: per radius fraction, the largest spurious endpoint mass across
-    K, its K and radius, its clusters, the null's spurious mass in the same row and the
+    K, its K and radius, its clusters, the null's spurious mass in the same row (with the
+    number of held-out points clustered, and "not above its null" where it is not) and the
     spurious endpoints' precision beside the held-out one (on the data, where given)."""
     data = figure_data(table.rows)
     by_row = {(int(r["K"]), float(r["fraction"])): r for r in table.rows}
@@ -264,7 +265,9 @@ def peak_line(table: CensusTable) -> str:
         quality = (f", precision {float(row['precision_spurious']):.2f} (held-out "
                    f"{float(row['heldout_precision']):.2f})" if "precision_spurious" in row
                    else "")
+        null, n_null = data["null"][i, j], int(row["null_n_points"])
+        below = ", not above its null" if not spurious[i] > null else ""
         parts.append(f"f={f:g}: {spurious[i]:.3f} at K={data['Ks'][i]} "
                      f"(r={data['radius'][i, j]:.3g}, {int(data['n_spurious'][i, j])} "
-                     f"clusters, null {data['null'][i, j]:.3f}{quality})")
+                     f"clusters, null {null:.3f} of {n_null} held-out{below}{quality})")
     return "census, peak spurious endpoint mass by radius: " + "; ".join(parts)
