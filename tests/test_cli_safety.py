@@ -237,7 +237,12 @@ def test_ctrl_c_exits_130_and_leaves_nothing_half_written(tmp_path):
     time.sleep(8)  # imports, then well into the work
     assert proc.poll() is None, proc.communicate()
     proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=60)
+    try:
+        _, stderr = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:  # never leave the run behind (it held a core for hours)
+        proc.kill()
+        proc.communicate()
+        raise
     assert proc.returncode == 130, stderr
     assert "interrupted" in stderr and "Traceback" not in stderr
     assert not out.exists()

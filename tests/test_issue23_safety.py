@@ -186,7 +186,12 @@ def test_two_runs_into_one_out_one_is_refused(sets):
         second = run(*classify_args(sets, out))
     finally:
         proc.send_signal(signal.SIGINT)
-        proc.communicate(timeout=60)
+        try:
+            proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:  # never leave the run behind on a slow machine
+            proc.kill()
+            proc.communicate()
+            raise
     assert_fails(second, "in use by another memgen run", out, sets["root"])
 
 
