@@ -227,13 +227,21 @@ def test_debug_shows_the_traceback(sets):
     assert user.returncode == 1 and "Traceback" in user.stderr and "no such file" in user.stderr
 
 
+def default_sigint() -> None:
+    """In the child before exec: SIGINT at its default and unblocked, whatever the test
+    process inherited or set (a child started with SIGINT ignored never sees Ctrl-C)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 def test_ctrl_c_exits_130_and_leaves_nothing_half_written(tmp_path):
     out = tmp_path / "phase"
     proc = subprocess.Popen(
         [sys.executable, "-m", "memgen", "phase", "--data", "circle", "--sigma", "0.02",
          "--K", "2000", "--n-starts", "200000", "--max-iter", "100000", "--tol", "0",
          "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env=ENV)
+        env=ENV,
+        preexec_fn=default_sigint)
     time.sleep(8)  # imports, then well into the work
     assert proc.poll() is None, proc.communicate()
     proc.send_signal(signal.SIGINT)

@@ -170,6 +170,13 @@ def test_a_folder_in_use_is_refused_before_any_work(sets, command):
     assert hidden_leftovers(sets["root"]) == []
 
 
+def default_sigint() -> None:
+    """In the child before exec: SIGINT at its default and unblocked, whatever the test
+    process inherited or set (a child started with SIGINT ignored never sees Ctrl-C)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 def test_two_runs_into_one_out_one_is_refused(sets):
     """A long phase run holds its --out from its first check: a classify into the same
     folder meanwhile is refused (before, both reported success)."""
@@ -177,7 +184,8 @@ def test_two_runs_into_one_out_one_is_refused(sets):
     proc = subprocess.Popen(
         [sys.executable, "-m", "memgen", "phase", "--data", "circle", "--sigma", "0.02",
          "--K", "2000", "--n-starts", "200000", "--max-iter", "100000", "--tol", "0",
-         "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+         "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+        preexec_fn=default_sigint)
     try:
         deadline = time.monotonic() + 60
         while not lock_file(out).exists() and time.monotonic() < deadline:
