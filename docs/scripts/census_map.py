@@ -19,8 +19,11 @@ from memgen.report.figures import save_figure
 
 def read(folder: str, fraction: float) -> dict:
     record = json.loads((Path(folder) / "census.json").read_text())
-    row = next(r for r in record["radii"] if abs(r["fraction"] - fraction) < 1e-12)
-    return {"K": record["n_train"], **row}
+    rows = [r for r in record["radii"] if abs(r["fraction"] - fraction) < 1e-12]
+    if not rows:
+        shown = ", ".join(f"{r['fraction']:g}" for r in record["radii"])
+        raise SystemExit(f"{folder}: no census at fraction {fraction:g} (it has {shown})")
+    return {"K": record["n_train"], **rows[0]}
 
 
 def main() -> None:

@@ -117,7 +117,7 @@ def settings_sha256(train, settings: dict) -> str:
 class SmoothedSource(AnalyticSource):
     name, flag, sweep_kind = "smoothed", "--smoothed", "smoothed"
     help = ("Use the smoothed closed-form denoiser of this training set (Scarvelis et al. "
-            "2023; --smoothing).")
+            "2023; --smoothing, --draws).")
     title = "the smoothed closed-form denoiser"
     parameters = (
         SourceParameter("smoothing", float, 0.1, "Smoothing s of --smoothed: D(x, σ) = "
